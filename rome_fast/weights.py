@@ -1,0 +1,48 @@
+"""The edited weight as a (d_out, d_in) matrix, whatever its storage; in-place rank-one edits.
+
+Orientation is decided by the module type, never by the shape (a square weight is ambiguous):
+``torch.nn.Linear`` stores (d_out, d_in); transformers' ``Conv1D`` (GPT-2) stores (d_in, d_out).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from transformers.pytorch_utils import Conv1D
+
+from rome_fast.update import RankOne
+
+SUPPORTED = "torch.nn.Linear and transformers.pytorch_utils.Conv1D"
+
+
+def weight_matrix(module: nn.Module) -> Tensor:
+    """A (d_out, d_in) view of the module's weight (writes through to the parameter)."""
+    if isinstance(module, Conv1D):
+        return module.weight.T
+    if isinstance(module, nn.Linear):
+        return module.weight
+    raise TypeError(f"cannot edit a {type(module).__name__}: supported modules are {SUPPORTED}")
+
+
+def module_bias(module: nn.Module) -> Tensor | None:
+    """The module's output bias (d_out,), or None when it has none."""
+    weight_matrix(module)  # type check
+    bias = module.bias
+    return bias if isinstance(bias, Tensor) else None
+
+
+def apply_rank_one(module: nn.Module, r: RankOne, *, sign: float = 1.0) -> None:
+    """``W += sign · outer(left, right)`` in place, in the weight's dtype.
+
+    The outer product is formed in the factors' dtype and rounded once to the weight's dtype.
+    ``sign=-1`` undoes an edit up to that rounding; restore a saved copy for a bit-exact revert.
+    """
+    W = weight_matrix(module)
+    if r.left.shape != (W.shape[0],) or r.right.shape != (W.shape[1],):
+        raise ValueError(
+            f"rank-one factors of shapes {tuple(r.left.shape)} and {tuple(r.right.shape)} do not "
+            f"fit the (d_out, d_in) = {tuple(W.shape)} weight of this {type(module).__name__}"
+        )
+    with torch.no_grad():
+        delta = sign * torch.outer(r.left.to(W.device), r.right.to(W.device))
+        W.add_(delta.to(W.dtype))
