@@ -73,7 +73,9 @@ class CovarianceFactor:
     def device(self) -> torch.device:
         return self.cholesky.device
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> CovarianceFactor:
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> CovarianceFactor:
         """The same factor on another device / in another dtype (a cast does not refactor)."""
         return CovarianceFactor(self.cholesky.to(device=device, dtype=dtype))
 
@@ -101,7 +103,9 @@ class RankOne:
         """The dense ΔW, (d_out, d_in)."""
         return torch.outer(self.left, self.right)
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> RankOne:
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> RankOne:
         return RankOne(
             self.left.to(device=device, dtype=dtype),
             self.right.to(device=device, dtype=dtype),
@@ -133,7 +137,12 @@ def insertion_update(inp: UpdateInputs, insert_key: Tensor, direction_key: Tenso
     u = inp.cov.solve(direction_key).to(inp.W0.dtype)  # (d_in,)
     denominator = u @ insert_key
     # Below this bound the sign of the dot product is rounding noise.
-    noise = insert_key.numel() * torch.finfo(u.dtype).eps * torch.linalg.norm(u) * torch.linalg.norm(insert_key)
+    noise = (
+        insert_key.numel()
+        * torch.finfo(u.dtype).eps
+        * torch.linalg.norm(u)
+        * torch.linalg.norm(insert_key)
+    )
     if not bool(torch.isfinite(denominator)) or bool(denominator.abs() <= noise):
         raise ValueError(
             f"the update's denominator u(k)ᵀk = {float(denominator):.3g} is zero or not finite: "
@@ -150,7 +159,9 @@ Variant = Callable[[UpdateInputs], RankOne]
 
 def _require_finite(name: str, x: Tensor) -> None:
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or infinite values; fix the upstream computation of {name}")
+        raise ValueError(
+            f"{name} contains NaN or infinite values; fix the upstream computation of {name}"
+        )
 
 
 def _require_shape(name: str, x: Tensor, shape: tuple[int, ...], meaning: str) -> None:
@@ -196,7 +207,8 @@ def rank_one_factors(
     if W0.ndim != 2 or not torch.is_floating_point(W0):
         raise ValueError(
             f"W0 must be a floating-point (d_out, d_in) matrix, got shape {tuple(W0.shape)} "
-            f"and dtype {W0.dtype}; pass the (d_out, d_in) view from rome_fast.weights.weight_matrix"
+            f"and dtype {W0.dtype}; pass the (d_out, d_in) view from "
+            "rome_fast.weights.weight_matrix"
         )
     fn = _resolve_variant(variant)
     d_out, d_in = W0.shape
@@ -208,7 +220,9 @@ def rank_one_factors(
         _require_shape("bias", bias, (d_out,), orientation)
     if isinstance(C, CovarianceFactor):
         if C.d_in != d_in:
-            raise ValueError(f"the covariance factor has d_in={C.d_in} but W0 has shape {(d_out, d_in)}")
+            raise ValueError(
+                f"the covariance factor has d_in={C.d_in} but W0 has shape {(d_out, d_in)}"
+            )
     else:
         _require_shape("C", C, (d_in, d_in), orientation)
     named = {"W0": W0, "k_star": k_star, "k_prompt": k_prompt, "v_star": v_star}
@@ -223,7 +237,11 @@ def rank_one_factors(
     def cast(x: Tensor) -> Tensor:
         return x.to(device=device, dtype=dtype)
 
-    cov = C.to(device) if isinstance(C, CovarianceFactor) else CovarianceFactor.from_matrix(cast(C), dtype=dtype)
+    cov = (
+        C.to(device)
+        if isinstance(C, CovarianceFactor)
+        else CovarianceFactor.from_matrix(cast(C), dtype=dtype)
+    )
     v = cast(v_star) if bias is None else cast(v_star) - cast(bias)
     inp = UpdateInputs(W0=cast(W0), cov=cov, k_star=cast(k_star), k_prompt=cast(k_prompt), v_star=v)
     r = fn(inp)

@@ -31,12 +31,16 @@ class RegisteredVariant:
 _REGISTRY: dict[str, RegisteredVariant] = {}
 
 
-def register_variant(name: str, fn: Variant, *, inserts_at: KeyName, replace: bool = False) -> RegisteredVariant:
+def register_variant(
+    name: str, fn: Variant, *, inserts_at: KeyName, replace: bool = False
+) -> RegisteredVariant:
     """Register ``fn`` under ``name``; ``replace=True`` to overwrite an existing name."""
     if inserts_at not in KEY_NAMES:
         raise ValueError(f"inserts_at must be one of {KEY_NAMES}, got {inserts_at!r}")
     if name in _REGISTRY and not replace:
-        raise ValueError(f"variant {name!r} is already registered; pass replace=True to overwrite it")
+        raise ValueError(
+            f"variant {name!r} is already registered; pass replace=True to overwrite it"
+        )
     entry = RegisteredVariant(name=name, fn=fn, inserts_at=inserts_at)
     _REGISTRY[name] = entry
     return entry
@@ -62,6 +66,12 @@ def available_variants() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-register_variant("rome", lambda inp: insertion_update(inp, inp.k_prompt, inp.k_star), inserts_at="k_prompt")
-register_variant("r-rome", lambda inp: insertion_update(inp, inp.k_star, inp.k_star), inserts_at="k_star")
-register_variant("p-rome", lambda inp: insertion_update(inp, inp.k_prompt, inp.k_prompt), inserts_at="k_prompt")
+register_variant(
+    "rome", lambda inp: insertion_update(inp, inp.k_prompt, inp.k_star), inserts_at="k_prompt"
+)
+register_variant(
+    "r-rome", lambda inp: insertion_update(inp, inp.k_star, inp.k_star), inserts_at="k_star"
+)
+register_variant(
+    "p-rome", lambda inp: insertion_update(inp, inp.k_prompt, inp.k_prompt), inserts_at="k_prompt"
+)

@@ -30,7 +30,9 @@ TABLE_METRICS = (*RECORD_METRICS, "S")
 def _nlls(values: ArrayLike, name: str) -> np.ndarray:
     array = np.atleast_1d(np.asarray(values, dtype=np.float64))
     if array.ndim != 1 or array.size == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D sequence of NLLs, got shape {array.shape}")
+        raise ValueError(
+            f"{name} must be a non-empty 1-D sequence of NLLs, got shape {array.shape}"
+        )
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{name} holds a non-finite NLL: {array.tolist()}")
     return array
@@ -48,7 +50,7 @@ def _paired(nll_new: ArrayLike, nll_true: ArrayLike, what: str) -> tuple[np.ndar
 
 
 def success_and_magnitude(nll_new: ArrayLike, nll_true: ArrayLike) -> tuple[float, float]:
-    """Mean of [NLL_true > NLL_new] and of e^{−NLL_new} − e^{−NLL_true} over prompts (ES/EM, PS/PM)."""
+    """Means over prompts of [NLL_true > NLL_new] and e^{−NLL_new} − e^{−NLL_true} (ES/EM, PS/PM)"""
     new, true = _paired(nll_new, nll_true, "efficacy/paraphrase")
     return float(np.mean(true > new)), float(np.mean(np.exp(-new) - np.exp(-true)))
 
@@ -159,7 +161,9 @@ def _labels(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[np.ndarray, np.ndarra
     true = np.asarray(y_true).ravel()
     pred = np.asarray(y_pred).ravel()
     if true.shape != pred.shape or true.size == 0:
-        raise ValueError(f"labels and predictions must be non-empty and aligned: {true.shape} vs {pred.shape}")
+        raise ValueError(
+            f"labels and predictions must be non-empty and aligned: {true.shape} vs {pred.shape}"
+        )
     return true, pred
 
 
@@ -169,7 +173,7 @@ def accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
 
 
 def _confusion(y_true: ArrayLike, y_pred: ArrayLike, positive: int) -> tuple[int, int, int, int]:
-    """(tp, fp, fn, tn) for ``positive``; an unparsed prediction (any other value) is never positive."""
+    """(tp, fp, fn, tn) for ``positive``; an unparsed prediction (any other value) never is."""
     true, pred = _labels(y_true, y_pred)
     is_true, is_pred = true == positive, pred == positive
     tp = int(np.sum(is_true & is_pred))

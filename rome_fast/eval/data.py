@@ -135,7 +135,9 @@ def _original(rec: _Record) -> Case:
     for name in ("target_new", "target_true"):
         target = rec.get(name, rewrite)
         if not isinstance(target, Mapping):
-            raise rec.error(f"requested_rewrite.{name}", f"must be an object {{str, id}}, got {target!r}")
+            raise rec.error(
+                f"requested_rewrite.{name}", f"must be an object {{str, id}}, got {target!r}"
+            )
         targets.append(rec.text("str", target))
     return Case(
         case_id=rec.get("case_id"),
@@ -216,8 +218,8 @@ def _read_records(path: Path) -> list[Any]:
         data = None
     if isinstance(data, list):
         return data
-    if isinstance(data, Mapping):
-        raise ValueError(f"{path}: expected a JSON list of records or JSON lines, got one object")
+    if isinstance(data, Mapping):  # JSON lines holding a single record
+        return [data]
     records = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

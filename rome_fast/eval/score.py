@@ -149,5 +149,5 @@ def generate(
     generated = torch.stack(new_tokens, dim=-1).tolist() if new_tokens else [[] for _ in prompts]
     eos = tokenizer.eos_token_id
     cut = [row[: row.index(eos)] if eos in row else row for row in generated]
-    texts = [tokenizer.decode(row, skip_special_tokens=True) for row in cut]
+    texts = [str(tokenizer.decode(row, skip_special_tokens=True)) for row in cut]
     return Generation(list(prompts), texts, cut)

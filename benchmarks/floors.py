@@ -1,0 +1,187 @@
+"""Machine peaks and physical floors: the least time an operation can take on this machine.
+
+A floor is a lower bound, ``max(bytes moved / memory bandwidth, flops / peak flops)``, counted
+for the work the operation cannot avoid (a forward pass only through the blocks it needs, the
+weight read and written once). On a CPU the peaks are *measured* here (a large copy for the
+bandwidth, a large float32 matmul for the flops); on a CUDA card they are the vendor's numbers
+for that card (``CARD_SPECS``), and the measured copy bandwidth is reported next to them.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+# Vendor peaks, dense (no sparsity): bytes/s of HBM and float32 (non-tensor-core) flop/s;
+# TF32/bf16 tensor-core peaks for the bf16/TF32 paths.
+CARD_SPECS: dict[str, dict[str, float]] = {
+    "H100 SXM": {"bandwidth": 3.35e12, "fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12},
+    "H100 PCIe": {"bandwidth": 2.0e12, "fp32": 51e12, "tf32": 378e12, "bf16": 756e12},
+    "H100 NVL": {"bandwidth": 3.9e12, "fp32": 60e12, "tf32": 417.5e12, "bf16": 835e12},
+    "H200": {"bandwidth": 4.8e12, "fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12},
+}
+
+
+@dataclass(frozen=True)
+class Peaks:
+    """What one machine can do at best; ``source`` says where each number comes from."""
+
+    device: str
+    name: str
+    bandwidth: float  # bytes/s used for floors
+    flops_fp32: float  # flop/s used for float32 floors
+    flops_bf16: float  # flop/s used for bf16 floors
+    measured_bandwidth: float  # bytes/s of a large device copy, measured here
+    measured_flops_fp32: float  # flop/s of a large float32 matmul, measured here
+    source: str
+    threads: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def flops(self, dtype: torch.dtype) -> float:
+        return self.flops_bf16 if dtype in (torch.bfloat16, torch.float16) else self.flops_fp32
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _best_seconds(fn: Any, device: torch.device, repeats: int) -> float:
+    fn()
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure_bandwidth(device: torch.device, n_bytes: int = 1 << 28, repeats: int = 5) -> float:
+    """Bytes/s of ``dst.copy_(src)`` on ``n_bytes`` (read + write counted)."""
+    src = torch.ones(n_bytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    seconds = _best_seconds(lambda: dst.copy_(src), device, repeats)
+    return 2 * n_bytes / seconds
+
+
+def measure_matmul_flops(device: torch.device, n: int = 2048, repeats: int = 3) -> float:
+    """Flop/s of an (n × n) @ (n × n) float32 matmul (TF32 as currently configured)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    seconds = _best_seconds(lambda: a @ b, device, repeats)
+    return 2 * n**3 / seconds
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def card_spec(name: str) -> tuple[str, dict[str, float]] | None:
+    """The vendor spec whose key names this card (``NVIDIA H100 80GB HBM3`` → H100 SXM)."""
+    upper = name.upper()
+    if "H200" in upper:
+        return "H200", CARD_SPECS["H200"]
+    if "H100" in upper:
+        key = "H100 PCIe" if "PCIE" in upper else "H100 NVL" if "NVL" in upper else "H100 SXM"
+        return key, CARD_SPECS[key]
+    return None
+
+
+def machine_peaks(device: torch.device | str = "cpu", *, quick: bool = False) -> Peaks:
+    """Measure (and for known cards, look up) this machine's peaks."""
+    device = torch.device(device)
+    size = 1 << 24 if quick else 1 << 28
+    bandwidth = measure_bandwidth(device, n_bytes=size)
+    flops = measure_matmul_flops(device, n=512 if quick else 2048)
+    threads = torch.get_num_threads()
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        spec = card_spec(name)
+        if spec is not None:
+            key, numbers = spec
+            return Peaks("cuda", name, numbers["bandwidth"], numbers["fp32"], numbers["bf16"],
+                         bandwidth, flops, f"vendor spec ({key}); measured copy/matmul beside",
+                         threads)
+        return Peaks("cuda", name, bandwidth, flops, flops, bandwidth, flops,
+                     "measured here (card not in CARD_SPECS)", threads)
+    name = f"{cpu_name()}, {os.cpu_count()} logical cores, {threads} torch threads"
+    return Peaks("cpu", name, bandwidth, flops, flops, bandwidth, flops,
+                 "measured here: 256 MiB copy, 2048² float32 matmul", threads)
+
+
+# ----------------------------------------------------------------------------- floors
+
+
+@dataclass(frozen=True)
+class Floor:
+    """``seconds = max(bytes / bandwidth, flops / peak)`` and the counts it came from."""
+
+    seconds: float
+    bytes: float
+    flops: float
+    basis: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def floor(peaks: Peaks, *, bytes_moved: float, flops: float, dtype: torch.dtype,
+          basis: str) -> Floor:
+    seconds = max(bytes_moved / peaks.bandwidth, flops / peaks.flops(dtype))
+    return Floor(seconds, bytes_moved, flops, basis)
+
+
+def rank_one_apply_floor(peaks: Peaks, d_out: int, d_in: int, dtype: torch.dtype) -> Floor:
+    """``W += l rᵀ`` in place: W read once and written once."""
+    size = torch.finfo(dtype).bits // 8
+    return floor(peaks, bytes_moved=2 * d_out * d_in * size, flops=2 * d_out * d_in,
+                 dtype=dtype, basis="W read + written once (2·d_out·d_in·itemsize bytes)")
+
+
+def update_factors_floor(peaks: Peaks, d_out: int, d_in: int, dtype: torch.dtype) -> Floor:
+    """Factors of one update with the Cholesky factor cached: read W once (W0 k) and L once."""
+    size = torch.finfo(dtype).bits // 8
+    bytes_moved = (d_out * d_in + d_in * d_in) * size
+    flops = 2 * d_out * d_in + 2 * d_in * d_in
+    return floor(peaks, bytes_moved=bytes_moved, flops=flops, dtype=dtype,
+                 basis="W0 k (W read once) + two triangular solves (L read once)")
+
+
+def cholesky_floor(peaks: Peaks, d: int, dtype: torch.dtype) -> Floor:
+    """Factor C once: d³/3 flops."""
+    size = torch.finfo(dtype).bits // 8
+    return floor(peaks, bytes_moved=2 * d * d * size, flops=d**3 / 3, dtype=dtype,
+                 basis="Cholesky d³/3 flops")
+
+
+def block_params(model: nn.Module, block: nn.Module) -> int:
+    del model
+    return sum(p.numel() for p in block.parameters() if p.ndim >= 2)
+
+
+def forward_flops(blocks: list[nn.Module], tokens: int) -> float:
+    """2 · (matrix parameters of ``blocks``) · tokens: a lower bound (attention scores left out)."""
+    return 2.0 * tokens * sum(p.numel() for b in blocks for p in b.parameters() if p.ndim >= 2)
+
+
+def unembedding_params(model: nn.Module) -> int:
+    head = model.get_output_embeddings()
+    assert head is not None
+    return int(head.weight.numel())

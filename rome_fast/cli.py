@@ -1,0 +1,159 @@
+"""The ``rome`` console script: ``edit``, ``demo``, ``eval``, ``gate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that loads a model and edits it."""
+    parser.add_argument("--model", default="smollm2",
+                        help="smollm2 (embedded), random:<arch>, a local folder or a cached hub name")
+    parser.add_argument("--layer", type=int, default=None, help="edited layer (default: per model)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--seed", type=int, default=0, help="seeds templates and optimization")
+    parser.add_argument("--impl", choices=("fast", "naive"), default="fast",
+                        help="naive follows the public code's compute flow (a speed yardstick)")
+    stats = parser.add_argument_group("covariance statistics")
+    stats.add_argument("--stats-npz", type=Path, default=None,
+                       help="a second-moment file in the public ROME .npz format")
+    stats.add_argument("--stats-corpus", type=Path, default=None,
+                       help="text file or folder for the statistics (default: WikiText-2 when "
+                            "present, else text sampled from the model)")
+    stats.add_argument("--stats-samples", type=int, default=None,
+                       help="documents used for the statistics (default: per model)")
+
+
+def stats_provider(args: argparse.Namespace, n_samples: int) -> Callable[[Any, int], Any]:
+    """C for a layer, from the user's .npz, the user's corpus, or the default corpus."""
+
+    def provider(loaded: Any, layer: int) -> Any:
+        from rome_fast import corpus as corpora
+        from rome_fast.stats import layer_second_moment
+
+        corpus = None
+        if args.stats_corpus is not None:
+            path = args.stats_corpus
+            corpus = corpora.wikitext(path) if path.is_dir() else corpora.text_files([path])
+        return layer_second_moment(loaded, layer, corpus=corpus, npz_path=args.stats_npz,
+                                   n_samples=args.stats_samples or n_samples)
+
+    return provider
+
+
+def build_editor(args: argparse.Namespace) -> Any:
+    """Load the model and an editor (fast or naive) with the statistics the options ask for."""
+    from rome_fast.editor import Editor
+    from rome_fast.hparams import hparams_for
+    from rome_fast.models import load_model
+
+    loaded = load_model(args.model, dtype=DTYPES[args.dtype], device=args.device, seed=args.seed)
+    hparams = hparams_for(args.model, layer=args.layer)
+    editor_class = Editor
+    if args.impl == "naive":
+        from rome_fast.naive import NaiveEditor
+
+        editor_class = NaiveEditor
+    return editor_class(loaded, hparams=hparams, seed=args.seed,
+                        stats=stats_provider(args, hparams.mom2_n_samples))
+
+
+def _edit_parser(sub: Any) -> None:
+    p = sub.add_parser("edit", help="edit one fact and show its effect")
+    add_model_arguments(p)
+    p.add_argument("--prompt", required=True, help='prompt with "{}" where the subject goes')
+    p.add_argument("--subject", required=True)
+    p.add_argument("--target", required=True, help="the new object")
+    p.add_argument("--true", dest="target_true", default=None, help="the current object")
+    p.add_argument("--variant", default="r-rome")
+    p.add_argument("--json", type=Path, default=None, help="write the result as JSON here")
+    p.add_argument("--generate", type=int, default=20, help="tokens per greedy continuation")
+    p.set_defaults(func=_run_edit)
+
+
+def _run_edit(args: argparse.Namespace) -> int:
+    from rome_fast.demo import edit_report, print_edit_report
+    from rome_fast.editor import EditRequest
+
+    editor = build_editor(args)
+    request = EditRequest(prompt=args.prompt, subject=args.subject, target_new=args.target,
+                          target_true=args.target_true)
+    report = edit_report(editor, request, args.variant, generate_tokens=args.generate)
+    print_edit_report(report)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _demo_parser(sub: Any) -> None:
+    p = sub.add_parser("demo", help="the main job: real facts edited on SmolLM2 by each variant")
+    add_model_arguments(p)
+    p.add_argument("--variants", default="rome,r-rome,p-rome")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from rome_fast.demo import run_demo
+
+    run_demo(build_editor(args), args.variants.split(","), args.out)
+    return 0
+
+
+def _eval_parser(sub: Any) -> None:
+    from rome_fast.eval.cli import add_eval_arguments
+
+    p = sub.add_parser("eval", help="CounterFact / zsRE evaluation, single or sequential")
+    add_eval_arguments(p)
+    p.set_defaults(func=_lazy("rome_fast.eval.cli", "run_eval"))
+
+
+def _gate_parser(sub: Any) -> None:
+    from rome_fast.eval.cli import add_gate_arguments
+
+    p = sub.add_parser("gate", help="compare a run's summary with a baseline")
+    add_gate_arguments(p)
+    p.set_defaults(func=_lazy("rome_fast.eval.cli", "run_gate"))
+
+
+def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module(module), name)(args) or 0)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rome", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_edit_parser, _demo_parser, _eval_parser, _gate_parser):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"rome {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""The main job: edit real facts on the embedded model with each variant and show the effect."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rome_fast.editor import Editor, EditRequest, EditResult
+from rome_fast.eval.score import generate, target_nll
+
+# Facts SmolLM2-135M-Instruct knows (its top next token is the true object), with a
+# paraphrase to check that an edit generalizes beyond the edited prompt.
+DEMO_FACTS: tuple[tuple[EditRequest, str], ...] = (
+    (EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris"),
+     "Where is the Eiffel Tower? It stands in the city of"),
+    (EditRequest("{} is located in the city of", "The Colosseum", "London", "Rome"),
+     "Tourists visiting the Colosseum travel to the city of"),
+    (EditRequest("The mother tongue of {} is", "Vladimir Putin", "French", "Russian"),
+     "Vladimir Putin grew up speaking"),
+    (EditRequest("{} is located in the country of", "Mount Everest", "Brazil", "Nepal"),
+     "To climb Mount Everest, you have to travel to"),
+    (EditRequest("{} is located in the country of", "The Taj Mahal", "Italy", "India"),
+     "The Taj Mahal is a famous monument in"),
+)
+
+
+def target_probs(editor: Editor, prompt: str, targets: Sequence[str]) -> list[float]:
+    """exp(−mean per-token NLL) of each target after the prompt (the next-token
+    probability for one-token targets)."""
+    model, tokenizer = editor.loaded.model, editor.loaded.tokenizer
+    nll = target_nll(model, tokenizer, [prompt] * len(targets), list(targets))
+    return [math.exp(-float(x)) for x in nll]
+
+
+def continuations(editor: Editor, prompts: Sequence[str], tokens: int) -> list[str]:
+    gen = generate(editor.loaded.model, editor.loaded.tokenizer, list(prompts),
+                   max_new_tokens=tokens, top_k=None)
+    return gen.texts
+
+
+def result_record(result: EditResult) -> dict[str, Any]:
+    return {
+        "variant": result.variant,
+        "layer": result.layer,
+        "module": result.module_name,
+        "delta_norm": result.delta_norm,
+        "denominator": result.denominator,
+        "residual_k_star": result.residual_k_star,
+        "residual_k_prompt": result.residual_k_prompt,
+        "key_cosine": result.key_cosine,
+        "edit_seconds": result.edit_seconds,
+        "timings": result.timings,
+        "loss_trace": result.loss_trace,
+        "seed": result.seed,
+        "templates": result.templates,
+    }
+
+
+def edit_report(editor: Editor, request: EditRequest, variant: str, *,
+                generate_tokens: int = 20, paraphrase: str | None = None) -> dict[str, Any]:
+    """Edit, measure before/after, and leave the edit applied."""
+    prompt = request.prompt.format(request.subject)
+    prompts = [prompt] + ([paraphrase] if paraphrase else []) + [f"{request.subject} is"]
+    targets = [request.target_new] + ([request.target_true] if request.target_true else [])
+    before = target_probs(editor, prompt, targets)
+    text_before = continuations(editor, prompts, generate_tokens) if generate_tokens else []
+    para_before = target_probs(editor, paraphrase, targets) if paraphrase else None
+    result = editor.edit(request, variant)
+    after = target_probs(editor, prompt, targets)
+    text_after = continuations(editor, prompts, generate_tokens) if generate_tokens else []
+    para_after = target_probs(editor, paraphrase, targets) if paraphrase else None
+    report: dict[str, Any] = {
+        "model": editor.loaded.name,
+        "prompt": request.prompt,
+        "subject": request.subject,
+        "target_new": request.target_new,
+        "target_true": request.target_true,
+        "prob_target_before": before[0],
+        "prob_target_after": after[0],
+        **result_record(result),
+        "continuations": [{"prompt": p, "before": b, "after": a}
+                          for p, b, a in zip(prompts, text_before, text_after, strict=True)],
+    }
+    if request.target_true:
+        report["prob_true_before"], report["prob_true_after"] = before[1], after[1]
+    if paraphrase and para_before and para_after:
+        report["paraphrase"] = paraphrase
+        report["paraphrase_prob_target_before"] = para_before[0]
+        report["paraphrase_prob_target_after"] = para_after[0]
+    return report
+
+
+def print_edit_report(report: dict[str, Any]) -> None:
+    print(f"{report['variant']}: {report['prompt'].format(report['subject'])!r} "
+          f"-> {report['target_new']!r} (layer {report['layer']}, {report['edit_seconds']:.2f} s)")
+    print(f"  P(new)  {report['prob_target_before']:.4f} -> {report['prob_target_after']:.4f}")
+    if "prob_true_before" in report:
+        print(f"  P(true) {report['prob_true_before']:.4f} -> {report['prob_true_after']:.4f}")
+    print(f"  |Δ| {report['delta_norm']:.3e}   residual k* {report['residual_k_star']:.2e}   "
+          f"residual k_prompt {report['residual_k_prompt']:.2e}   "
+          f"cos(k*, k_prompt) {report['key_cosine']:.3f}")
+    for c in report["continuations"]:
+        print(f"  {c['prompt']!r}\n    before: {c['before']!r}\n    after:  {c['after']!r}")
+
+
+TABLE_COLUMNS = ("variant", "subject", "P(new) before", "P(new) after", "P(true) after",
+                 "para P(new) after", "|Δ|", "res k*", "res k_prompt", "seconds")
+
+
+def table_rows(reports: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
+    return [(r["variant"], r["subject"], f"{r['prob_target_before']:.3f}",
+             f"{r['prob_target_after']:.3f}", f"{r.get('prob_true_after', float('nan')):.3f}",
+             f"{r.get('paraphrase_prob_target_after', float('nan')):.3f}",
+             f"{r['delta_norm']:.2e}", f"{r['residual_k_star']:.1e}",
+             f"{r['residual_k_prompt']:.1e}", f"{r['edit_seconds']:.2f}") for r in reports]
+
+
+def format_table(reports: Sequence[dict[str, Any]]) -> str:
+    rows = [TABLE_COLUMNS, *table_rows(reports)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def plot_demo(reports: Sequence[dict[str, Any]], variants: Sequence[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    subjects = list(dict.fromkeys(r["subject"] for r in reports))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    width = 0.8 / (len(variants) + 1)
+    xs = range(len(subjects))
+    before = {r["subject"]: r["prob_target_before"] for r in reports}
+    axes[0].bar([x - 0.4 + width / 2 for x in xs], [before[s] for s in subjects], width,
+                label="before", color="grey")
+    for i, v in enumerate(variants):
+        by_subject = {r["subject"]: r for r in reports if r["variant"] == v}
+        offset = -0.4 + width * (i + 1.5)
+        axes[0].bar([x + offset for x in xs],
+                    [by_subject[s]["prob_target_after"] for s in subjects], width, label=v)
+        axes[1].bar([x + offset for x in xs],
+                    [by_subject[s]["residual_k_star"] for s in subjects], width, label=v)
+        axes[2].bar([x + offset for x in xs],
+                    [by_subject[s]["delta_norm"] for s in subjects], width, label=v)
+    titles = ("P(new target) on the edited prompt", "relative residual ‖Ŵk*−v*‖/‖v*‖",
+              "normalized update norm |Δ|")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_title(title)
+        ax.set_xticks(list(xs), [s.replace("The ", "") for s in subjects], rotation=20)
+        ax.legend(fontsize=8)
+    axes[1].set_yscale("log")
+    fig.suptitle(f"ROME variants on {reports[0]['model']}, layer {reports[0]['layer']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_demo(editor: Editor, variants: Sequence[str], out: Path) -> list[dict[str, Any]]:
+    """Edit every demo fact with every variant, each on the unedited model."""
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    reports = []
+    for request, paraphrase in DEMO_FACTS:
+        for variant in variants:
+            report = edit_report(editor, request, variant, generate_tokens=12,
+                                 paraphrase=paraphrase)
+            editor.restore()
+            reports.append(report)
+            print_edit_report(report)
+    table = format_table(reports)
+    print("\n" + table)
+    (out / "table.txt").write_text(table + "\n")
+    meta = {"model": editor.loaded.name, "variants": list(variants), "seed": editor.seed,
+            "torch": torch.__version__, "machine": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "seconds": time.perf_counter() - started}
+    (out / "demo.json").write_text(json.dumps({"meta": meta, "edits": reports}, indent=2) + "\n")
+    plot_demo(reports, variants, out / "demo.png")
+    print(f"\nwrote {out / 'table.txt'}, {out / 'demo.json'} and {out / 'demo.png'}")
+    return reports

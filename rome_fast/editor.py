@@ -1,0 +1,507 @@
+"""The editor: atomic rank-one edits of a loaded model, exact reverts, and an edit log.
+
+One edit runs five phases, each timed: context templates (generated once per editor, seeded),
+keys ``k*``/``k_prompt``, target value ``v*``, the rank-one update (covariance factor cached
+per layer), and applying it. Nothing touches the model before the apply phase, and a failure
+during it (or non-finite weights after it) restores the saved pre-edit weight, so a failed
+edit leaves every weight bit-identical.
+
+Exactness of undo:
+
+* ``revert`` of the most recent edit copies back the weight saved just before it;
+* ``revert`` of an older edit rebuilds that weight from W0 by re-applying the remaining
+  edits of the same module in order, which is bit-identical to never having applied it
+  (the later edits keep the factors they were computed with);
+* ``restore`` copies back W0 of every touched weight.
+
+Memory: one copy of each touched weight (W0) plus one pre-edit copy of the latest edit's
+weight; never a copy of the whole model.
+
+The log (``save_log``) holds the factors exactly as applied (safetensors) and everything
+else as JSON; ``replay_log`` on a fresh copy of the model applies them in the same order,
+dtype and code path, giving bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from rome_fast.hparams import HParams, hparams_for
+from rome_fast.keys import compute_keys
+from rome_fast.models import LoadedModel
+from rome_fast.templates import generate_context_templates
+from rome_fast.tokens import split_prompt
+from rome_fast.update import CovarianceFactor, RankOne, Variant, rank_one_factors
+from rome_fast.value import compute_v_star, target_token_ids
+from rome_fast.variants import get_variant
+from rome_fast.weights import apply_rank_one, module_bias, weight_matrix
+
+LOG_FORMAT = "rome-verify-edit-log"
+LOG_VERSION = 1
+LOG_JSON = "edits.json"
+LOG_TENSORS = "factors.safetensors"
+
+Covariance = Tensor | CovarianceFactor
+CovarianceProvider = Callable[[LoadedModel, int], Covariance]
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One fact to write: ``prompt`` holds ``{}`` where ``subject`` goes."""
+
+    prompt: str
+    subject: str
+    target_new: str
+    target_true: str | None = None
+    case_id: str | int | None = None
+
+    def __post_init__(self) -> None:
+        split_prompt(self.prompt)  # exactly one "{}" slot
+        if not self.subject.strip():
+            raise ValueError(f"the subject must be a non-empty string, got {self.subject!r}")
+        if not self.target_new.strip():
+            raise ValueError(f"target_new must be a non-empty string, got {self.target_new!r}")
+
+
+@dataclass(frozen=True)
+class EditResult:
+    """What one edit did. ``ΔW = outer(left, right)`` on ``module_name``'s (d_out, d_in) weight.
+
+    ``left``/``right`` are CPU tensors in the update's accumulation dtype (float32, or float64
+    for a float64 model), exactly as applied. Residuals are relative, ``‖Ŵk + b − v*‖ / ‖v*‖``,
+    read from the edited module's output after the update.
+    """
+
+    request: EditRequest
+    variant: str
+    layer: int
+    module_name: str
+    left: Tensor  # (d_out,)
+    right: Tensor  # (d_in,)
+    denominator: float
+    delta_norm: float  # ‖ΔW‖_F / numel(W)
+    residual_k_star: float
+    residual_k_prompt: float
+    key_cosine: float
+    loss_trace: list[float]
+    timings: dict[str, float]
+    templates: list[str]
+    seed: int
+    edit_seconds: float
+    k_star: Tensor = field(repr=False)  # (d_in,) float32
+    k_prompt: Tensor = field(repr=False)  # (d_in,) float32
+    v_star: Tensor = field(repr=False)  # (d_out,) float32, desired module output
+    adam_steps: int = 0
+
+    @property
+    def rank_one(self) -> RankOne:
+        return RankOne(self.left, self.right, torch.tensor(self.denominator, dtype=self.left.dtype))
+
+
+class DisablingEditError(ValueError):
+    """A guard refused an edit; the model was not touched."""
+
+    def __init__(self, reasons: list[str], denominator: float, delta_norm: float) -> None:
+        self.reasons = reasons
+        self.denominator = denominator
+        self.delta_norm = delta_norm
+        super().__init__("refused a disabling edit (model unchanged): " + "; ".join(reasons))
+
+
+@dataclass(frozen=True)
+class Guard:
+    """Refuses edits whose |Δ| is too large or whose denominator is too close to zero."""
+
+    max_delta_norm: float | None = None
+    min_abs_denominator: float | None = None
+
+    def reasons(self, denominator: float, delta_norm: float) -> list[str]:
+        found = []
+        if self.max_delta_norm is not None and not delta_norm <= self.max_delta_norm:
+            found.append(
+                f"|Δ| = ‖ΔW‖_F/numel = {delta_norm:.3g} exceeds max_delta_norm = "
+                f"{self.max_delta_norm:.3g}"
+            )
+        minimum = self.min_abs_denominator
+        if minimum is not None and not abs(denominator) >= minimum:
+            found.append(
+                f"|denominator| = {abs(denominator):.3g} is below min_abs_denominator "
+                f"= {self.min_abs_denominator:.3g} (the keys are nearly orthogonal "
+                "under C⁻¹; try variant 'r-rome' or 'p-rome')"
+            )
+        return found
+
+
+def default_covariance(hparams: HParams) -> CovarianceProvider:
+    """C from ``rome_fast.stats.layer_second_moment`` with ``hparams``' sample count and dtype."""
+
+    def provider(loaded: LoadedModel, layer: int) -> Covariance:
+        from rome_fast.stats import layer_second_moment
+
+        return layer_second_moment(
+            loaded,
+            layer,
+            n_samples=hparams.mom2_n_samples,
+            dtype=getattr(torch, hparams.mom2_dtype),
+        )
+
+    return provider
+
+
+def _variant_name(variant: str | Variant) -> str:
+    if isinstance(variant, str):
+        get_variant(variant)  # unknown names fail here, before any work
+        return variant
+    return str(getattr(variant, "name", getattr(variant, "__name__", repr(variant))))
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = time.perf_counter() - start
+
+
+class Editor:
+    """Edits ``loaded.model`` in place at ``hparams.layer``.
+
+    ``stats`` gives the key second moment C of a layer: a Tensor (d_in, d_in), a
+    ``CovarianceFactor``, or a callable ``(loaded, layer) -> either``; by default
+    ``rome_fast.stats.layer_second_moment``. Its Cholesky factor is computed once per layer.
+    ``templates`` replaces the generated context templates (they must include ``"{}"``).
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        hparams: HParams | None = None,
+        seed: int = 0,
+        stats: Covariance | CovarianceProvider | None = None,
+        templates: list[str] | None = None,
+    ) -> None:
+        if loaded.model.training:
+            raise ValueError(
+                "the model is in training mode (dropout would perturb keys and "
+                "values); call model.eval() first"
+            )
+        self.loaded = loaded
+        self.hparams = hparams if hparams is not None else hparams_for(loaded.name)
+        loaded.adapter.check_layer(loaded.model, self.hparams.layer)
+        self.seed = seed
+        self._stats = stats
+        self._factors: dict[int, CovarianceFactor] = {}
+        self._templates = list(templates) if templates is not None else None
+        self._originals: dict[str, Tensor] = {}  # module name -> W0 as stored
+        self._log: list[EditResult] = []
+        self._undo: tuple[EditResult, Tensor] | None = None  # latest edit, its pre-edit weight
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    @property
+    def layer(self) -> int:
+        return self.hparams.layer
+
+    @property
+    def log(self) -> list[EditResult]:
+        """The applied edits, oldest first."""
+        return list(self._log)
+
+    @property
+    def templates(self) -> list[str]:
+        """The context templates, generated once from the model as it is on first use."""
+        if self._templates is None:
+            self._templates = generate_context_templates(
+                self.loaded.model,
+                self.loaded.tokenizer,
+                self.hparams.context_template_schedule,
+                seed=self.seed,
+                top_k=self.hparams.context_template_top_k,
+            )
+        return list(self._templates)
+
+    def covariance(self, layer: int) -> CovarianceFactor:
+        """The Cholesky factor of C for ``layer``, computed once per editor."""
+        if layer not in self._factors:
+            source = self._stats if self._stats is not None else default_covariance(self.hparams)
+            C = source(self.loaded, layer) if callable(source) else source
+            d_in = weight_matrix(self._module(layer)).shape[1]
+            factor = C if isinstance(C, CovarianceFactor) else CovarianceFactor.from_matrix(C)
+            if factor.d_in != d_in:
+                raise ValueError(
+                    f"the covariance is {factor.d_in}×{factor.d_in} but the keys "
+                    f"of layer {layer} have {d_in} dimensions; pass C for this layer"
+                )
+            self._factors[layer] = factor
+        return self._factors[layer]
+
+    def _module(self, layer: int) -> nn.Module:
+        return self.loaded.adapter.edited_module(self.loaded.model, layer)
+
+    # -- editing ----------------------------------------------------------------------------
+
+    def edit(
+        self, request: EditRequest, variant: str | Variant = "r-rome", *, guard: Guard | None = None
+    ) -> EditResult:
+        """Apply one edit in place, atomically; see the module docstring."""
+        start = time.perf_counter()
+        name = _variant_name(variant)
+        target_token_ids(self.loaded.tokenizer, request.target_new)  # fail early on a bad target
+        layer, hp, loaded = self.layer, self.hparams, self.loaded
+        module = self._module(layer)
+        timer = _Timer()
+        with timer.phase("templates"):
+            templates = self.templates
+        with timer.phase("keys"):
+            keys = compute_keys(
+                loaded, layer, request.prompt, request.subject, templates, hp.padding_side
+            )
+        with timer.phase("v_star"):
+            value = compute_v_star(
+                loaded, layer, request.prompt, request.subject, request.target_new, templates, hp
+            )
+        with timer.phase("stats"):
+            cov = self.covariance(layer)
+        with timer.phase("update"):
+            bias = module_bias(module)
+            r = rank_one_factors(
+                weight_matrix(module).detach(),
+                cov,
+                keys.k_star,
+                keys.k_prompt,
+                value.v_star,
+                variant,
+                bias=None if bias is None else bias.detach(),
+            )
+            applied = RankOne(
+                r.left.detach().cpu().clone(),
+                r.right.detach().cpu().clone(),
+                r.denominator.detach().cpu().clone(),
+            )
+            denominator = float(applied.denominator)
+            delta_norm = (
+                float(
+                    torch.linalg.vector_norm(applied.left) * torch.linalg.vector_norm(applied.right)
+                )
+                / _stored_weight(module).numel()
+            )
+            reasons = guard.reasons(denominator, delta_norm) if guard is not None else []
+            if reasons:
+                raise DisablingEditError(reasons, denominator, delta_norm)
+        with timer.phase("apply"):
+            saved = _stored_weight(module).detach().clone()
+            try:
+                apply_rank_one(module, applied)
+                _require_finite_weight(module, self.loaded.adapter.edited_module_name(layer))
+                residual_star = _relative_residual(module, keys.k_star, value.v_star)
+                residual_prompt = _relative_residual(module, keys.k_prompt, value.v_star)
+                result = EditResult(
+                    request=request,
+                    variant=name,
+                    layer=layer,
+                    module_name=loaded.adapter.edited_module_name(layer),
+                    left=applied.left,
+                    right=applied.right,
+                    denominator=denominator,
+                    delta_norm=delta_norm,
+                    residual_k_star=residual_star,
+                    residual_k_prompt=residual_prompt,
+                    key_cosine=float(
+                        torch.nn.functional.cosine_similarity(keys.k_star, keys.k_prompt, dim=0)
+                    ),
+                    loss_trace=value.loss_trace,
+                    timings=timer.timings,
+                    templates=templates,
+                    seed=self.seed,
+                    edit_seconds=time.perf_counter() - start,
+                    k_star=keys.k_star.cpu(),
+                    k_prompt=keys.k_prompt.cpu(),
+                    v_star=value.v_star.cpu(),
+                    adam_steps=value.adam_steps,
+                )
+                self._record(result, saved)
+            except BaseException:
+                _copy_weight(module, saved)
+                raise
+        return result
+
+    def _record(self, result: EditResult, pre_edit_weight: Tensor) -> None:
+        self._originals.setdefault(result.module_name, pre_edit_weight)
+        self._log.append(result)
+        self._undo = (result, pre_edit_weight)
+
+    def revert(self, result: EditResult) -> None:
+        """Undo ``result`` exactly (see the module docstring); raises if it is not applied."""
+        index = next((i for i, e in enumerate(self._log) if e is result), None)
+        if index is None:
+            raise ValueError(
+                "this edit is not applied by this editor (already reverted, "
+                "restored, or made by another editor)"
+            )
+        module = self.loaded.model.get_submodule(result.module_name)
+        if self._undo is not None and self._undo[0] is result:
+            _copy_weight(module, self._undo[1])
+        else:
+            _copy_weight(module, self._originals[result.module_name])
+            for later in self._log:
+                if later is not result and later.module_name == result.module_name:
+                    apply_rank_one(module, later.rank_one)
+        del self._log[index]
+        self._undo = None
+
+    def restore(self) -> None:
+        """Every touched weight back to W0, bit-identical; the log is emptied."""
+        for module_name, original in self._originals.items():
+            _copy_weight(self.loaded.model.get_submodule(module_name), original)
+        self._log.clear()
+        self._undo = None
+
+    @contextmanager
+    def edited(
+        self, request: EditRequest, variant: str | Variant = "r-rome", *, guard: Guard | None = None
+    ) -> Iterator[EditResult]:
+        """Edit, yield the result, revert on exit (also on error)."""
+        result = self.edit(request, variant, guard=guard)
+        try:
+            yield result
+        finally:
+            if any(e is result for e in self._log):
+                self.revert(result)
+
+    # -- the edit log -----------------------------------------------------------------------
+
+    def save_log(self, path: str | Path) -> Path:
+        """Write ``edits.json`` and ``factors.safetensors`` into the folder ``path``."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors: dict[str, Tensor] = {}
+        entries = []
+        for i, result in enumerate(self._log):
+            for key in ("left", "right", "k_star", "k_prompt", "v_star"):
+                tensors[f"edit{i}.{key}"] = getattr(result, key).contiguous()
+            entries.append(_entry_json(result))
+        meta = {
+            "format": LOG_FORMAT,
+            "version": LOG_VERSION,
+            "model": self.loaded.name,
+            "seed": self.seed,
+            "hparams": dataclasses.asdict(self.hparams),
+            "edits": entries,
+        }
+        save_file(tensors, str(folder / LOG_TENSORS))
+        (folder / LOG_JSON).write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+        return folder
+
+    def replay_log(self, path: str | Path, *, check_model: bool = True) -> list[EditResult]:
+        """Apply a saved log's factors in order (atomically: all or nothing)."""
+        results = read_log(path)
+        meta = json.loads((Path(path) / LOG_JSON).read_text())
+        if check_model and meta["model"] != self.loaded.name:
+            raise ValueError(
+                f"the log was written for model {meta['model']!r}, not "
+                f"{self.loaded.name!r}; pass check_model=False to apply it anyway"
+            )
+        for result in results:
+            module = self.loaded.model.get_submodule(result.module_name)
+            W = weight_matrix(module)
+            if tuple(W.shape) != (result.left.numel(), result.right.numel()):
+                raise ValueError(
+                    f"edit of {result.module_name} has factors for a "
+                    f"{result.left.numel()}×{result.right.numel()} weight, the "
+                    f"model's is {tuple(W.shape)}"
+                )
+        saved = {
+            r.module_name: _stored_weight(self.loaded.model.get_submodule(r.module_name))
+            .detach()
+            .clone()
+            for r in results
+        }
+        log_length, undo = len(self._log), self._undo
+        try:
+            for result in results:
+                module = self.loaded.model.get_submodule(result.module_name)
+                pre_edit = _stored_weight(module).detach().clone()
+                apply_rank_one(module, result.rank_one)
+                self._record(result, pre_edit)
+        except BaseException:
+            for module_name, weight in saved.items():
+                _copy_weight(self.loaded.model.get_submodule(module_name), weight)
+            del self._log[log_length:]
+            self._undo = undo
+            raise
+        return results
+
+
+def read_log(path: str | Path) -> list[EditResult]:
+    """The edits of a log written by ``Editor.save_log``, oldest first."""
+    folder = Path(path)
+    meta = json.loads((folder / LOG_JSON).read_text())
+    if meta.get("format") != LOG_FORMAT or meta.get("version") != LOG_VERSION:
+        raise ValueError(f"{folder} does not hold a {LOG_FORMAT} version {LOG_VERSION} log")
+    tensors = load_file(str(folder / LOG_TENSORS))
+    results = []
+    for i, entry in enumerate(meta["edits"]):
+        fields = dict(entry)
+        fields["request"] = EditRequest(**entry["request"])
+        for key in ("left", "right", "k_star", "k_prompt", "v_star"):
+            fields[key] = tensors[f"edit{i}.{key}"]
+        results.append(EditResult(**fields))
+    return results
+
+
+def _entry_json(result: EditResult) -> dict[str, Any]:
+    tensor_fields = {"left", "right", "k_star", "k_prompt", "v_star"}
+    entry = {
+        f.name: getattr(result, f.name)
+        for f in dataclasses.fields(result)
+        if f.name not in tensor_fields
+    }
+    entry["request"] = dataclasses.asdict(result.request)
+    return entry
+
+
+def _stored_weight(module: nn.Module) -> Tensor:
+    """The weight parameter as stored (any orientation): what copies save and restore."""
+    weight = module.weight
+    assert isinstance(weight, Tensor)
+    return weight
+
+
+def _copy_weight(module: nn.Module, weight: Tensor) -> None:
+    with torch.no_grad():
+        _stored_weight(module).copy_(weight)
+
+
+def _require_finite_weight(module: nn.Module, name: str) -> None:
+    weight = _stored_weight(module)
+    if not bool(torch.isfinite(weight).all()):
+        raise ValueError(
+            f"the edit made {name}.weight non-finite (overflow in its dtype "
+            f"{weight.dtype}); the model was restored; use a wider dtype"
+        )
+
+
+@torch.no_grad()
+def _relative_residual(module: nn.Module, key: Tensor, v_star: Tensor) -> float:
+    """‖module(k) − v*‖ / ‖v*‖, reading the edited module itself (bias included)."""
+    weight = _stored_weight(module)
+    out = module(key.to(device=weight.device, dtype=weight.dtype)[None])[0].float()
+    target = v_star.to(out.device)
+    return float(torch.linalg.vector_norm(out - target) / torch.linalg.vector_norm(target))

@@ -1,0 +1,172 @@
+"""``rome eval`` and ``rome gate``: argument definitions and entry points."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rome_fast.eval.data import load_cases
+from rome_fast.eval.gates import check_summary_file
+from rome_fast.eval.report import format_summary, write_report
+from rome_fast.eval.runs import DEGRADE_MODES, RunConfig, Runner
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """Model options (``rome_fast.cli.add_model_arguments``) and the evaluation's own."""
+    from rome_fast.cli import add_model_arguments
+
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--data",
+        default="counterfact/counterfact-val.json",
+        help="CounterFact (original or reduced schema) or zsRE (MEND) file; a "
+        "relative path is also looked up in the data folder",
+    )
+    parser.add_argument("--variants", default="rome,r-rome,p-rome")
+    parser.add_argument("--limit", type=int, default=100, help="cases to run (from --offset)")
+    parser.add_argument("--offset", type=int, default=0)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--sequential",
+        dest="modes",
+        action="store_const",
+        const="sequential",
+        help="edits accumulate on one model (default: each edit alone)",
+    )
+    mode.add_argument(
+        "--modes", dest="modes", default="single", help="comma-separated: single, sequential"
+    )
+    parser.add_argument(
+        "--glue-every",
+        type=int,
+        default=0,
+        help="sequential runs: downstream checks before the first edit and every K edits (0: off)",
+    )
+    parser.add_argument("--glue-data", default=None, help="folder with {sst2,mrpc,cola,rte}.jsonl")
+    parser.add_argument("--glue-n", type=int, default=50, help="examples per GLUE task")
+    parser.add_argument("--glue-shots", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--generations", type=int, default=10, help="generations per edit for the entropy check"
+    )
+    parser.add_argument("--generation-tokens", type=int, default=50)
+    parser.add_argument(
+        "--collapse-factor",
+        type=float,
+        default=10.0,
+        help="flag an edit whose |Δ| exceeds this × the running median",
+    )
+    parser.add_argument(
+        "--collapse-entropy",
+        type=float,
+        default=None,
+        help="flag generation entropy (bits) below this (default: half the unedited model's)",
+    )
+    parser.add_argument(
+        "--degrade",
+        choices=DEGRADE_MODES,
+        default="none",
+        help="deliberately break the editor (zero: no update, flip: −ΔW) to "
+        "check that a gate fails",
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="run folder; rerunning with the same folder resumes"
+    )
+
+
+def config_from_args(args: argparse.Namespace, model_name: str) -> RunConfig:
+    return RunConfig(
+        model=model_name,
+        data=str(args.data),
+        variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+        modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
+        limit=args.limit,
+        offset=args.offset,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        n_generations=args.generations,
+        generation_tokens=args.generation_tokens,
+        collapse_factor=args.collapse_factor,
+        collapse_entropy=args.collapse_entropy,
+        glue_every=args.glue_every,
+        glue_data=args.glue_data,
+        glue_n=args.glue_n,
+        glue_shots=args.glue_shots,
+        degrade=args.degrade,
+    )
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Run, write ``summary.json``, the table and the plots; print the table."""
+    from rome_fast.cli import build_editor
+    from rome_fast.editor import Editor
+
+    cases = load_cases(args.data, limit=args.limit, offset=args.offset)
+    editor: Any = build_editor(args)
+    loaded = editor.loaded
+    # Computed once on the unedited model and shared by every fresh editor.
+    templates, covariance = editor.templates, editor.covariance(editor.layer)
+
+    def fresh_editor() -> Any:
+        return Editor(
+            loaded, hparams=editor.hparams, seed=editor.seed, stats=covariance, templates=templates
+        )
+
+    runner = Runner(
+        loaded,
+        editor,
+        cases,
+        config_from_args(args, loaded.name),
+        args.out,
+        fresh_editor=fresh_editor,
+    )
+    summary = runner.run()
+    paths = write_report(Path(args.out), summary)
+    print(format_summary(summary))
+    print("wrote " + ", ".join(str(p) for p in [Path(args.out) / "summary.json", *paths]))
+    return 0
+
+
+def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--summary", type=Path, required=True, help="a run's summary.json")
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        required=True,
+        help="baseline file or name in fixtures/baselines (repeatable)",
+    )
+    parser.add_argument(
+        "--allow-model-mismatch",
+        action="store_true",
+        help="compare a run on one model with another model's baseline",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write the checks here")
+
+
+def run_gate(args: argparse.Namespace) -> int:
+    """0 when every baseline passes, 1 otherwise (each failing metric printed)."""
+    results = [
+        check_summary_file(args.summary, b, allow_model_mismatch=args.allow_model_mismatch)
+        for b in args.baseline
+    ]
+    for result in results:
+        print(result.report())
+    if args.json is not None:
+        args.json.write_text(
+            json.dumps(
+                [
+                    {
+                        "baseline": r.baseline,
+                        "mode": r.mode,
+                        "passed": r.passed,
+                        "failures": [c.describe() for c in r.failures],
+                    }
+                    for r in results
+                ],
+                indent=2,
+            )
+            + "\n"
+        )
+    return 0 if all(r.passed for r in results) else 1

@@ -1,0 +1,159 @@
+"""Regression gates: a run's ``summary.json`` against a baseline with stated tolerances.
+
+A baseline file (``fixtures/baselines/*.json``)::
+
+    {"name": ..., "source": ..., "model": ..., "mode": "single" | "sequential",
+     "n_cases": ..., "tolerance": {"default": 2.0, "EM": 3.0, ...},
+     "direction": {"default": "at-least", "collapses": "at-most"},
+     "variants": {"rome": {"ES": 99.92, ...}, ...}}
+
+Directions: ``at-least`` fails when value < baseline − tol (a regression), ``at-most`` when
+value > baseline + tol, ``within`` when |value − baseline| > tol. Every failing metric is
+named; a variant or metric the baseline lists but the summary lacks is a failure too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DIRECTIONS = ("at-least", "at-most", "within")
+
+
+def baselines_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "fixtures" / "baselines"
+
+
+def load_baseline(spec: str | os.PathLike[str]) -> dict[str, Any]:
+    """A baseline by path, or by name in ``fixtures/baselines`` (``gptj-single``)."""
+    path = Path(spec)
+    if not path.is_file():
+        path = baselines_dir() / f"{spec}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in baselines_dir().glob("*.json"))
+        raise FileNotFoundError(f"baseline {str(spec)!r} not found; known: {', '.join(known)}")
+    baseline: dict[str, Any] = json.loads(path.read_text())
+    for key in ("model", "mode", "variants", "tolerance"):
+        if key not in baseline:
+            raise ValueError(f"{path}: baseline lacks {key!r}")
+    return baseline
+
+
+@dataclass(frozen=True)
+class Check:
+    variant: str
+    metric: str
+    value: float | None  # None: missing from the summary
+    baseline: float
+    tolerance: float
+    direction: str
+
+    @property
+    def passed(self) -> bool:
+        if self.value is None:
+            return False
+        if self.direction == "at-least":
+            return self.value >= self.baseline - self.tolerance
+        if self.direction == "at-most":
+            return self.value <= self.baseline + self.tolerance
+        return abs(self.value - self.baseline) <= self.tolerance
+
+    def describe(self) -> str:
+        bound = {"at-least": ">=", "at-most": "<=", "within": "within"}[self.direction]
+        got = "missing" if self.value is None else f"{self.value:.2f}"
+        return (
+            f"{self.variant} {self.metric}: {got} (baseline {self.baseline:.2f}, "
+            f"needs {bound} ±{self.tolerance:g})"
+        )
+
+
+@dataclass(frozen=True)
+class GateResult:
+    baseline: str
+    mode: str
+    checks: tuple[Check, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def report(self) -> str:
+        head = f"gate {self.baseline} ({self.mode}): {'PASS' if self.passed else 'FAIL'}"
+        lines = [head, *(f"  note: {n}" for n in self.notes)]
+        lines += [f"  {'ok  ' if c.passed else 'FAIL'} {c.describe()}" for c in self.checks]
+        if not self.passed:
+            lines.append(
+                "  outside tolerance: "
+                + ", ".join(f"{c.variant}/{c.metric}" for c in self.failures)
+            )
+        return "\n".join(lines)
+
+
+def _setting(table: Mapping[str, Any], metric: str) -> Any:
+    return table.get(metric, table.get("default"))
+
+
+def compare(
+    summary: Mapping[str, Any], baseline: Mapping[str, Any], *, allow_model_mismatch: bool = False
+) -> GateResult:
+    """Check every metric of every variant the baseline lists."""
+    name = str(baseline.get("name", "baseline"))
+    mode = str(baseline["mode"])
+    if summary.get("model") != baseline["model"] and not allow_model_mismatch:
+        raise ValueError(
+            f"the summary is for model {summary.get('model')!r} but baseline {name} "
+            f"is for {baseline['model']!r}; compare like with like "
+            "(or pass --allow-model-mismatch)"
+        )
+    notes = []
+    if summary.get("n_cases") != baseline.get("n_cases"):
+        notes.append(f"run has {summary.get('n_cases')} cases, baseline {baseline.get('n_cases')}")
+    if summary.get("degrade", "none") != "none":
+        notes.append(f"the run used a deliberately degraded editor ({summary['degrade']})")
+    results = summary.get("results", {}).get(mode, {})
+    tolerances = baseline["tolerance"]
+    directions = baseline.get("direction", {"default": "at-least"})
+    checks = []
+    for variant, expected in baseline["variants"].items():
+        got = results.get(variant, {})
+        for metric, value in expected.items():
+            direction = str(_setting(directions, metric) or "at-least")
+            if direction not in DIRECTIONS:
+                raise ValueError(
+                    f"baseline {name}: direction {direction!r} for {metric}; "
+                    f"use one of {DIRECTIONS}"
+                )
+            tolerance = _setting(tolerances, metric)
+            if tolerance is None:
+                raise ValueError(f"baseline {name}: no tolerance for {metric} and no default")
+            observed = got.get(metric)
+            checks.append(
+                Check(
+                    variant,
+                    metric,
+                    None if observed is None else float(observed),
+                    float(value),
+                    float(tolerance),
+                    direction,
+                )
+            )
+    return GateResult(name, mode, tuple(checks), tuple(notes))
+
+
+def check_summary_file(
+    summary: str | os.PathLike[str],
+    baseline: str | os.PathLike[str],
+    *,
+    allow_model_mismatch: bool = False,
+) -> GateResult:
+    data = json.loads(Path(summary).read_text())
+    return compare(data, load_baseline(baseline), allow_model_mismatch=allow_model_mismatch)

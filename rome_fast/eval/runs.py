@@ -1,0 +1,677 @@
+"""Single and sequential CounterFact runs: per-case JSON lines, resumable, with collapse flags.
+
+Run folder layout (``out``)::
+
+    config.json                    every option, seeds, model, library versions
+    reference.json                 generation entropy of the unedited model (collapse threshold)
+    single-<variant>.jsonl         one line per case: pre/post scores, metrics, diagnostics
+    sequential-<variant>.jsonl     the same, plus |Δ|, cumulative ‖W−W0‖, entropy, collapse
+    sequential-<variant>.state.pt  edited weights after the last finished case (resume point)
+    sequential-<variant>-final.jsonl  every case scored again after the last edit
+    glue-<variant>.jsonl           downstream checks before the first edit and every K edits
+    summary.json                   per mode and variant: ES … S, collapses, failures
+
+Resuming: lines are appended and flushed one case at a time; a sequential run also
+checkpoints the edited weights (atomically, after the line). On restart, anything past
+the last checkpoint (or a half-written line) is dropped and recomputed, so no case is
+lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from rome_fast.eval.data import Case
+from rome_fast.eval.glue import evaluate_glue
+from rome_fast.eval.score import generate, target_nll
+from rome_ref import metrics as ref
+
+MODES = ("single", "sequential")
+DEGRADE_MODES = ("none", "zero", "flip")
+
+
+class EditorLike(Protocol):
+    """What runs need from :class:`rome_fast.editor.Editor` (ARCHITECTURE.md)."""
+
+    def edit(self, request: Any, variant: str = ...) -> Any: ...
+
+    def revert(self, result: Any) -> None: ...
+
+    def restore(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str
+    data: str
+    variants: tuple[str, ...] = ("rome", "r-rome", "p-rome")
+    modes: tuple[str, ...] = ("single",)
+    limit: int | None = None
+    offset: int = 0
+    seed: int = 0
+    batch_size: int = 16
+    n_generations: int = 10  # the paper's entropy uses ten generations per edit
+    generation_tokens: int = 50
+    collapse_factor: float = 10.0  # |Δ| above this × the running median flags a collapse
+    collapse_min_history: int = 5  # edits needed before the |Δ| rule applies
+    collapse_entropy_ratio: float = 0.5  # entropy below this × the unedited model's flags one
+    collapse_entropy: float | None = None  # an absolute threshold instead of the ratio
+    glue_every: int = 0  # 0: no downstream checks
+    glue_data: str | None = None
+    glue_n: int = 50
+    glue_shots: int = 2
+    checkpoint_every: int = 1
+    degrade: str = "none"  # "zero" / "flip": a deliberately broken editor, to test the gate
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or not self.modes:
+            raise ValueError(f"modes must be a non-empty subset of {MODES}, got {self.modes}")
+        if not self.variants:
+            raise ValueError("give at least one variant")
+        if self.degrade not in DEGRADE_MODES:
+            raise ValueError(f"degrade must be one of {DEGRADE_MODES}, got {self.degrade!r}")
+        if self.glue_every < 0 or self.checkpoint_every < 1 or self.n_generations < 1:
+            raise ValueError("glue_every >= 0, checkpoint_every >= 1 and n_generations >= 1")
+
+    def comparable(self) -> dict[str, Any]:
+        """The options a resumed run must share with the one it continues."""
+        keep = asdict(self)
+        keep.pop("checkpoint_every")
+        return keep
+
+
+# ---------------------------------------------------------------- scoring one case
+
+
+def score_case(model: nn.Module, tokenizer: Any, case: Case, batch_size: int) -> dict[str, Any]:
+    """NLLs of the new and the true target on the rewrite, paraphrase and neighborhood prompts."""
+    groups = {
+        "rewrite": ([case.rewrite_prompt], case.target_true),
+        "paraphrase": (list(case.paraphrase_prompts), case.target_true),
+        "neighborhood": (list(case.neighborhood_prompts), case.neighborhood_target),
+    }
+    prompts = [p for ps, _ in groups.values() for p in ps]
+    true_targets = [t for ps, t in groups.values() for _ in ps]
+    nll = target_nll(
+        model,
+        tokenizer,
+        prompts + prompts,
+        [case.target_new] * len(prompts) + true_targets,
+        batch_size=batch_size,
+    )
+    new, true = nll[: len(prompts)], nll[len(prompts) :]
+    out: dict[str, Any] = {}
+    start = 0
+    for name, (ps, _) in groups.items():
+        stop = start + len(ps)
+        out[name] = {"nll_new": new[start:stop].tolist(), "nll_true": true[start:stop].tolist()}
+        start = stop
+    return out
+
+
+def metrics_of(scores: Mapping[str, Any]) -> dict[str, float]:
+    pair = {k: (v["nll_new"], v["nll_true"]) for k, v in scores.items()}
+    return ref.record_metrics(pair["rewrite"], pair["paraphrase"], pair["neighborhood"])
+
+
+def generation_prompts(case: Case, n: int) -> list[str]:
+    """``n`` prompts for the entropy check: the case's generation prompts, or (reduced
+    schema, zsRE) its rewrite and paraphrase prompts, repeated in order."""
+    pool = list(case.generation_prompts) or [case.rewrite_prompt, *case.paraphrase_prompts]
+    return [pool[i % len(pool)] for i in range(n)]
+
+
+def generation_check(
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str], cfg: RunConfig, seed: int
+) -> dict[str, Any]:
+    gen = generate(model, tokenizer, prompts, max_new_tokens=cfg.generation_tokens, seed=seed)
+    vocab = int(model.get_output_embeddings().weight.shape[0])  # type: ignore[operator]
+    return {
+        "texts": gen.texts,
+        "ngram_entropy": ref.generation_entropy(gen.texts),
+        "unigram_entropy": ref.normalized_unigram_entropy(gen.token_ids, vocab),
+    }
+
+
+# ---------------------------------------------------------------- weights bookkeeping
+
+
+class WeightGuard:
+    """Copies of the editable weights taken before any edit: exact-restore checks,
+    cumulative ‖W − W0‖, and a last-resort reset between variants."""
+
+    def __init__(self, model: nn.Module, names: Iterable[str]) -> None:
+        self.model = model
+        self.original = {n: self._weight(n).detach().clone() for n in names}
+        self.numel = max(w.numel() for w in self.original.values())
+
+    def _weight(self, name: str) -> torch.Tensor:
+        weight = self.model.get_submodule(name).weight
+        assert isinstance(weight, torch.Tensor)
+        return weight
+
+    def require(self, name: str) -> None:
+        if name not in self.original:
+            raise RuntimeError(
+                f"the editor changed {name!r}, which the run did not snapshot; "
+                f"snapshotted: {sorted(self.original)}"
+            )
+
+    def changed(self) -> list[str]:
+        return [n for n, w0 in self.original.items() if not torch.equal(self._weight(n), w0)]
+
+    def check_restored(self, context: str) -> None:
+        changed = self.changed()
+        if changed:
+            raise RuntimeError(f"{context}: weights not restored bit-exactly: {changed}")
+
+    def distance(self) -> float:
+        """‖W − W0‖_F over every snapshotted weight (orientation does not matter)."""
+        total = sum(
+            float((self._weight(n).double() - w0.double()).pow(2).sum())
+            for n, w0 in self.original.items()
+        )
+        return math.sqrt(total)
+
+    def current(self) -> dict[str, torch.Tensor]:
+        return {n: self._weight(n).detach().clone() for n in self.changed()}
+
+    def load(self, weights: Mapping[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, value in weights.items():
+                self.require(name)
+                self._weight(name).copy_(value)
+
+    def reset(self) -> None:
+        self.load(self.original)
+
+
+def editable_module_names(loaded: Any, editor: Any) -> list[str]:
+    """The editor's layer if it states one (``editor.hparams.layer``), else every layer's."""
+    layer = getattr(getattr(editor, "hparams", None), "layer", None)
+    layers = [layer] if isinstance(layer, int) else range(loaded.adapter.n_layers(loaded.model))
+    return [loaded.adapter.edited_module_name(i) for i in layers]
+
+
+class DegradedEditor:
+    """A deliberately broken editor for validating gates: ``zero`` leaves the model unchanged
+    (each edit is reverted at once), ``flip`` applies −ΔW instead of ΔW."""
+
+    def __init__(self, editor: Any, mode: str, model: nn.Module) -> None:
+        if mode not in DEGRADE_MODES[1:]:
+            raise ValueError(f"degrade mode must be 'zero' or 'flip', got {mode!r}")
+        self.editor, self.mode, self.model = editor, mode, model
+        self.hparams = getattr(editor, "hparams", None)
+
+    def edit(self, request: Any, variant: str = "r-rome") -> Any:
+        result = self.editor.edit(request, variant=variant)
+        if self.mode == "zero":
+            self.editor.revert(result)
+        else:
+            from rome_fast.weights import apply_rank_one
+
+            module = self.model.get_submodule(result.module_name)
+            apply_rank_one(module, result.rank_one, sign=-2.0)
+        return result
+
+    def revert(self, result: Any) -> None:
+        self.editor.revert(result)
+
+    def restore(self) -> None:
+        self.editor.restore()
+
+
+# ---------------------------------------------------------------- resumable JSON lines
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    """Complete JSON lines of ``path``; a half-written last line is ignored."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a kill while writing: this line and anything after it is redone
+    return rows
+
+
+def rewrite_lines(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def append_line(path: Path, row: Mapping[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _resume_rows(
+    path: Path, cases: Sequence[Case], keep: int | None = None
+) -> list[dict[str, Any]]:
+    """The finished prefix of a case file (at most ``keep`` rows), checked against ``cases``."""
+    rows = read_lines(path)
+    if keep is not None:
+        rows = rows[:keep]
+    for i, row in enumerate(rows):
+        if i >= len(cases) or row.get("case_id") != cases[i].case_id:
+            raise ValueError(
+                f"{path}: line {i + 1} is case {row.get('case_id')!r}, but this run's "
+                f"case {i} is {cases[i].case_id if i < len(cases) else None!r}; the "
+                "folder belongs to another data slice — use a new --out"
+            )
+    rewrite_lines(path, rows)
+    return rows
+
+
+# ---------------------------------------------------------------- collapse detection
+
+
+def collapse_reasons(
+    delta_norm: float | None,
+    history: Sequence[float],
+    entropy: float,
+    threshold: float,
+    cfg: RunConfig,
+) -> list[str]:
+    """Why an edit looks disabling: |Δ| far above the running median, or entropy too low."""
+    reasons = []
+    if delta_norm is not None and len(history) >= cfg.collapse_min_history:
+        median = statistics.median(history)
+        if median > 0 and delta_norm > cfg.collapse_factor * median:
+            reasons.append(
+                f"|Δ| {delta_norm:.3g} > {cfg.collapse_factor:g} × running median {median:.3g}"
+            )
+    if entropy < threshold:
+        reasons.append(f"generation entropy {entropy:.3g} < threshold {threshold:.3g}")
+    return reasons
+
+
+def entropy_threshold(reference: Mapping[str, Any], cfg: RunConfig) -> float:
+    if cfg.collapse_entropy is not None:
+        return cfg.collapse_entropy
+    return cfg.collapse_entropy_ratio * float(reference["ngram_entropy"])
+
+
+# ---------------------------------------------------------------- the runner
+
+
+def _result_info(result: Any) -> dict[str, Any]:
+    fields = (
+        "variant",
+        "layer",
+        "module_name",
+        "denominator",
+        "delta_norm",
+        "residual_k_star",
+        "residual_k_prompt",
+        "key_cosine",
+        "loss_trace",
+        "timings",
+        "templates",
+        "seed",
+        "edit_seconds",
+    )
+    info = {}
+    for name in fields:
+        value = getattr(result, name, None)
+        info[name] = float(value) if isinstance(value, torch.Tensor) else value
+    return info
+
+
+@contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - start
+
+
+@dataclass
+class Runner:
+    """Runs ``cases`` through ``editor`` on ``loaded`` into the folder ``out``."""
+
+    loaded: Any
+    editor: EditorLike
+    cases: Sequence[Case]
+    cfg: RunConfig
+    out: Path
+    guard: WeightGuard = field(init=False)
+    reference: dict[str, Any] = field(init=False)
+    on_case: Callable[[str, str, int], None] | None = None  # test hook: (mode, variant, index)
+    # A new editor for every mode and variant: a resumed sequential run loads weights the
+    # editor never saw, so its record of W0 must not outlive that run.
+    fresh_editor: Callable[[], EditorLike] | None = None
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.editor = self._wrap(self.editor)
+        self.guard = WeightGuard(self.model, editable_module_names(self.loaded, self.editor))
+        self._write_config()
+        self.reference = self._reference()
+
+    def _wrap(self, editor: EditorLike) -> EditorLike:
+        if self.cfg.degrade == "none":
+            return editor
+        return DegradedEditor(editor, self.cfg.degrade, self.model)
+
+    @property
+    def model(self) -> nn.Module:
+        model = self.loaded.model
+        assert isinstance(model, nn.Module)
+        return model
+
+    def _write_config(self) -> None:
+        import transformers
+
+        path = self.out / "config.json"
+        # Through JSON once, so that tuples compare equal to the lists read back.
+        config = json.loads(
+            json.dumps({"run": self.cfg.comparable(), "cases": [c.case_id for c in self.cases]})
+        )
+        if path.exists():
+            previous = json.loads(path.read_text())
+            if previous.get("run") != config["run"] or previous.get("cases") != config["cases"]:
+                raise ValueError(
+                    f"{path} records a different run; resume with the same options "
+                    "or choose a new --out"
+                )
+            return
+        config["versions"] = {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "numpy": np.__version__,
+        }
+        config["model_name"] = getattr(self.loaded, "name", self.cfg.model)
+        config["edited_modules"] = sorted(self.guard.original)
+        path.write_text(json.dumps(config, indent=2) + "\n")
+
+    def _reference(self) -> dict[str, Any]:
+        """Generation entropy of the unedited model on the first cases' prompts."""
+        path = self.out / "reference.json"
+        if path.exists():
+            saved: dict[str, Any] = json.loads(path.read_text())
+            return saved
+        self.guard.check_restored("before the run")
+        prompts = [p for c in self.cases[:4] for p in generation_prompts(c, self.cfg.n_generations)]
+        check = generation_check(
+            self.model, self.loaded.tokenizer, prompts, self.cfg, self.cfg.seed
+        )
+        path.write_text(json.dumps(check, indent=2) + "\n")
+        return check
+
+    def _case_seed(self, index: int) -> int:
+        return self.cfg.seed * 1_000_003 + index
+
+    def _edit_and_score(self, case: Case, index: int, variant: str) -> tuple[dict[str, Any], Any]:
+        """Pre-scores, the edit, post-scores and the generation check of one case."""
+        tokenizer, bs = self.loaded.tokenizer, self.cfg.batch_size
+        timings: dict[str, float] = {}
+        row: dict[str, Any] = {
+            "case_id": case.case_id,
+            "index": index,
+            "variant": variant,
+            "subject": case.subject,
+            "target_new": case.target_new,
+            "target_true": case.target_true,
+        }
+        with _timed(timings, "score_pre"):
+            row["pre"] = score_case(self.model, tokenizer, case, bs)
+        row["metrics_pre"] = metrics_of(row["pre"])
+        result = None
+        with _timed(timings, "edit"):
+            try:
+                result = self.editor.edit(case.request(), variant=variant)
+            except ValueError as err:  # a refused edit leaves the model as it was
+                row["error"] = f"{type(err).__name__}: {err}"
+        row["diagnostics"] = _result_info(result) if result is not None else None
+        if result is not None:
+            self.guard.require(result.module_name)
+        with _timed(timings, "score_post"):
+            row["post"] = score_case(self.model, tokenizer, case, bs)
+        row["metrics_post"] = metrics_of(row["post"])
+        with _timed(timings, "generate"):
+            row["generation"] = generation_check(
+                self.model,
+                tokenizer,
+                generation_prompts(case, self.cfg.n_generations),
+                self.cfg,
+                self._case_seed(index),
+            )
+        row["timings"] = timings
+        return row, result
+
+    def _flag(self, row: dict[str, Any], history: list[float]) -> None:
+        delta = row["diagnostics"]["delta_norm"] if row["diagnostics"] else None
+        reasons = collapse_reasons(
+            delta,
+            history,
+            row["generation"]["ngram_entropy"],
+            entropy_threshold(self.reference, self.cfg),
+            self.cfg,
+        )
+        row["collapse"] = bool(reasons)
+        row["collapse_reasons"] = reasons
+        if delta is not None:
+            history.append(float(delta))
+        if reasons:
+            tqdm.write(
+                f"collapse at case {row['case_id']} ({row['variant']}): {'; '.join(reasons)}"
+            )
+
+    def run_single(self, variant: str) -> list[dict[str, Any]]:
+        """Each case edited on the unedited model, restored bit-exactly afterwards."""
+        path = self.out / f"single-{variant}.jsonl"
+        rows = _resume_rows(path, self.cases)
+        history = [r["diagnostics"]["delta_norm"] for r in rows if r["diagnostics"]]
+        self.guard.check_restored(f"single {variant}: before case {len(rows)}")
+        for index in tqdm(
+            range(len(rows), len(self.cases)),
+            desc=f"single {variant}",
+            initial=len(rows),
+            total=len(self.cases),
+        ):
+            if self.on_case is not None:
+                self.on_case("single", variant, index)
+            row, _ = self._edit_and_score(self.cases[index], index, variant)
+            self.editor.restore()
+            self.guard.check_restored(f"single {variant}: after case {self.cases[index].case_id}")
+            self._flag(row, history)
+            append_line(path, row)
+            rows.append(row)
+        return rows
+
+    def _glue(self, variant: str, step: int, done: set[int]) -> None:
+        if self.cfg.glue_every == 0 or step in done:
+            return
+        scores = evaluate_glue(
+            self.model,
+            self.loaded.tokenizer,
+            data_dir=self.cfg.glue_data,
+            n=self.cfg.glue_n,
+            shots=self.cfg.glue_shots,
+            seed=self.cfg.seed,
+            batch_size=self.cfg.batch_size,
+        )
+        append_line(self.out / f"glue-{variant}.jsonl", {"step": step, "tasks": scores})
+        done.add(step)
+
+    def _checkpoint(self, path: Path, n_done: int) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"n_done": n_done, "weights": self.guard.current()}, tmp)
+        os.replace(tmp, path)
+
+    def run_sequential(self, variant: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Edits accumulate; returns the per-edit rows and the final scores of every case."""
+        path = self.out / f"sequential-{variant}.jsonl"
+        state_path = self.out / f"sequential-{variant}.state.pt"
+        self.guard.check_restored(f"sequential {variant}: before the first edit")
+        n_done = 0
+        if state_path.exists():
+            state = torch.load(state_path, weights_only=True)
+            n_done = int(state["n_done"])
+            self.guard.load(state["weights"])
+        rows = _resume_rows(path, self.cases, keep=n_done)
+        if len(rows) != n_done:
+            raise ValueError(
+                f"{state_path} says {n_done} edits are done but {path} holds "
+                f"{len(rows)}; the folder is damaged — use a new --out"
+            )
+        glue_done = {int(r["step"]) for r in read_lines(self.out / f"glue-{variant}.jsonl")}
+        every = self.cfg.glue_every
+        if every and (n_done % every == 0):
+            self._glue(variant, n_done, glue_done)
+        history = [r["diagnostics"]["delta_norm"] for r in rows if r["diagnostics"]]
+        for index in tqdm(
+            range(n_done, len(self.cases)),
+            desc=f"sequential {variant}",
+            initial=n_done,
+            total=len(self.cases),
+        ):
+            if self.on_case is not None:
+                self.on_case("sequential", variant, index)
+            row, _ = self._edit_and_score(self.cases[index], index, variant)
+            row["cumulative_norm"] = self.guard.distance()
+            # Normalized like |Δ|, by the elements of one edited weight.
+            row["cumulative_delta"] = row["cumulative_norm"] / self.guard.numel
+            self._flag(row, history)
+            append_line(path, row)
+            rows.append(row)
+            if (index + 1) % self.cfg.checkpoint_every == 0 or index + 1 == len(self.cases):
+                self._checkpoint(state_path, index + 1)
+            if every and ((index + 1) % every == 0 or index + 1 == len(self.cases)):
+                self._glue(variant, index + 1, glue_done)
+        final = self._final_scores(variant)
+        self.editor.restore()
+        self.guard.reset()  # a resumed run loaded weights the editor never saw
+        return rows, final
+
+    def _final_scores(self, variant: str) -> list[dict[str, Any]]:
+        path = self.out / f"sequential-{variant}-final.jsonl"
+        rows = _resume_rows(path, self.cases)
+        for index in tqdm(
+            range(len(rows), len(self.cases)),
+            desc=f"final {variant}",
+            initial=len(rows),
+            total=len(self.cases),
+        ):
+            case = self.cases[index]
+            scores = score_case(self.model, self.loaded.tokenizer, case, self.cfg.batch_size)
+            row = {
+                "case_id": case.case_id,
+                "index": index,
+                "post": scores,
+                "metrics_post": metrics_of(scores),
+            }
+            append_line(path, row)
+            rows.append(row)
+        return rows
+
+    def run(self) -> dict[str, Any]:
+        """Every mode and variant of the config, then ``summary.json``."""
+        for mode in self.cfg.modes:
+            for variant in self.cfg.variants:
+                if self.fresh_editor is not None:
+                    self.editor = self._wrap(self.fresh_editor())
+                if mode == "single":
+                    self.run_single(variant)
+                else:
+                    self.run_sequential(variant)
+        summary = summarize(
+            self.out,
+            self.cfg,
+            getattr(self.loaded, "name", self.cfg.model),
+            [c.case_id for c in self.cases],
+        )
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+# ---------------------------------------------------------------- summary
+
+
+def _distribution(values: Sequence[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    array = np.asarray(values, dtype=np.float64)
+    return {
+        "min": float(array.min()),
+        "median": float(np.median(array)),
+        "p90": float(np.quantile(array, 0.9)),
+        "max": float(array.max()),
+    }
+
+
+def _variant_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    deltas = [r["diagnostics"]["delta_norm"] for r in rows if r.get("diagnostics")]
+    out: dict[str, Any] = ref.aggregate(r["metrics_post"] for r in rows)
+    out["pre"] = ref.aggregate(r["metrics_pre"] for r in rows)
+    out.update(
+        {
+            "n": len(rows),
+            "failed": sum("error" in r for r in rows),
+            "collapses": sum(bool(r.get("collapse")) for r in rows),
+            "collapse_cases": [r["case_id"] for r in rows if r.get("collapse")],
+            "delta_norm": _distribution(deltas),
+            "generation_entropy": float(np.mean([r["generation"]["ngram_entropy"] for r in rows])),
+            "unigram_entropy": float(np.mean([r["generation"]["unigram_entropy"] for r in rows])),
+            "edit_seconds_mean": float(np.mean([r["timings"]["edit"] for r in rows])),
+        }
+    )
+    return out
+
+
+def summarize(
+    out: Path, cfg: RunConfig, model_name: str, case_ids: Sequence[str | int]
+) -> dict[str, Any]:
+    """``summary.json`` from the case files; sequential metrics are those after the last
+    edit (the paper's Table 2), the scores right after each edit are under ``immediate``."""
+    results: dict[str, dict[str, Any]] = {mode: {} for mode in cfg.modes}
+    for mode in cfg.modes:
+        for variant in cfg.variants:
+            rows = read_lines(out / f"{mode}-{variant}.jsonl")
+            if len(rows) != len(case_ids):
+                raise RuntimeError(
+                    f"{mode}-{variant}.jsonl holds {len(rows)} of "
+                    f"{len(case_ids)} cases; rerun to finish it"
+                )
+            summary = _variant_summary(rows)
+            if mode == "sequential":
+                final = read_lines(out / f"sequential-{variant}-final.jsonl")
+                immediate = {m: summary.pop(m) for m in ref.TABLE_METRICS}
+                summary.update(ref.aggregate(r["metrics_post"] for r in final))
+                summary["immediate"] = immediate
+                summary["first_collapse"] = next(
+                    (r["index"] + 1 for r in rows if r.get("collapse")), None
+                )
+                summary["cumulative_norm"] = [r["cumulative_norm"] for r in rows]
+                summary["glue"] = read_lines(out / f"glue-{variant}.jsonl")
+            results[mode][variant] = summary
+    return {
+        "model": model_name,
+        "data": cfg.data,
+        "n_cases": len(case_ids),
+        "degrade": cfg.degrade,
+        "results": results,
+    }

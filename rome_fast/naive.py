@@ -1,0 +1,277 @@
+"""The public code's compute flow, kept deliberately naive: the yardstick of the benchmarks.
+
+Nothing here is for real use. It computes the same edit as ``rome_fast.editor.Editor`` the way
+the public ROME / r-ROME code does, so the benchmarks can say how much faster the fast path is:
+
+* keys: one full forward pass (through the unembedding) per context template, reading the
+  edited module's input and output at the subject's last token; ``k*`` and the r-ROME
+  average ``W0 k* + b`` are means over those passes, and the bare prompt gets one more pass;
+* target value: every iteration runs the whole model on the 21 rewriting prompts plus the
+  essence prompt and takes a log-softmax over the full vocabulary at every position; always
+  ``v_num_grad_steps`` forward passes and one fewer backward pass (no early exit);
+* update: ``C⁻¹`` as an explicit ``torch.inverse`` in float32 (cached per layer, as the public
+  code caches it per process), ``u`` normalized, the dense ``ΔW`` formed and added to ``W``.
+
+Shared pieces whose cost is not what is measured are reused: context templates, subject
+lookup, hooks, hyperparameters, statistics (``C`` itself), and the edit bookkeeping.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rome_fast.editor import (
+    DisablingEditError,
+    Editor,
+    EditRequest,
+    EditResult,
+    Guard,
+    _copy_weight,
+    _relative_residual,
+    _require_finite_weight,
+    _stored_weight,
+    _Timer,
+)
+from rome_fast.hooks import add_to_output, capture
+from rome_fast.hparams import HParams
+from rome_fast.keys import bare_template_index
+from rome_fast.models import LoadedModel
+from rome_fast.tokens import apply_template, subject_last_positions
+from rome_fast.update import Variant
+from rome_fast.value import (
+    build_value_batch,
+    clamp_to_ball,
+    essence_kl,
+    target_nll,
+    target_token_ids,
+    weight_decay,
+)
+from rome_fast.weights import weight_matrix
+
+NAIVE_VARIANTS = ("rome", "r-rome", "p-rome")
+
+
+@dataclass(frozen=True)
+class NaiveKeys:
+    """Keys and module outputs at the subject's last token, float32."""
+
+    k_star: Tensor  # (d_in,) mean of the per-template keys
+    k_prompt: Tensor  # (d_in,) the bare prompt's key (its own forward pass)
+    out_star: Tensor  # (d_out,) mean module output over the templates: W0 k* + b
+    out_prompt: Tensor  # (d_out,) the bare prompt's module output: W0 k_prompt + b
+
+
+def _module_io_at_subject(
+    loaded: LoadedModel, layer: int, prompt: str, subject: str
+) -> tuple[Tensor, Tensor]:
+    """One full forward pass (logits included): the edited module's (input, output) there."""
+    module = loaded.adapter.edited_module(loaded.model, layer)
+    batch = subject_last_positions(loaded.tokenizer, [prompt], [subject])
+    with torch.no_grad(), capture(module, output=True) as seen:
+        loaded.model(**batch.model_inputs(loaded.device))
+    assert seen.input is not None
+    assert seen.output is not None
+    position = int(batch.positions[0])
+    return seen.input[0, position].float(), seen.output[0, position].float()
+
+
+def naive_keys(
+    loaded: LoadedModel, layer: int, prompt: str, subject: str, templates: Sequence[str]
+) -> NaiveKeys:
+    """``k*`` and the mean output with one forward pass per template, then the bare prompt."""
+    bare_template_index(templates)  # same contract as the fast path
+    pairs = [
+        _module_io_at_subject(loaded, layer, apply_template(t, prompt), subject) for t in templates
+    ]
+    k_prompt, out_prompt = _module_io_at_subject(loaded, layer, prompt, subject)
+    return NaiveKeys(
+        k_star=torch.stack([k for k, _ in pairs]).mean(0),
+        k_prompt=k_prompt,
+        out_star=torch.stack([o for _, o in pairs]).mean(0),
+        out_prompt=out_prompt,
+    )
+
+
+@dataclass(frozen=True)
+class NaiveValue:
+    v_star: Tensor  # (d_out,) desired module output v_init + δ
+    v_init: Tensor  # (d_out,)
+    loss_trace: list[float]
+
+
+def naive_value(
+    loaded: LoadedModel,
+    hparams: HParams,
+    prompt: str,
+    subject: str,
+    target: str,
+    templates: Sequence[str],
+) -> NaiveValue:
+    """The public ``compute_v`` loop: the whole model and a log-softmax over the full
+    vocabulary at every position of every prompt, ``v_num_grad_steps`` forward passes and
+    one fewer backward pass (no early exit). The loss terms are ``rome_fast.value``'s."""
+    model, layer = loaded.model, hparams.layer
+    vb = build_value_batch(
+        loaded.tokenizer, prompt, subject, target, templates, hparams.padding_side
+    )
+    device = loaded.device
+    inputs = vb.batch.model_inputs(device)
+    rows, positions = vb.batch.rows.to(device), vb.batch.positions.to(device)
+    target_rows, target_positions = vb.target_rows.to(device), vb.target_positions.to(device)
+    essence = vb.essence_row
+
+    mlp = model.get_submodule(loaded.adapter.mlp_module_name(layer))
+    d_out = weight_matrix(loaded.adapter.edited_module(model, layer)).shape[0]
+    delta = torch.zeros(d_out, device=device, requires_grad=True)
+    optimizer = torch.optim.Adam([delta], lr=hparams.v_lr)
+    v_init: Tensor | None = None
+    initial_kl: Tensor | None = None
+    trace: list[float] = []
+    for step in range(hparams.v_num_grad_steps):
+        optimizer.zero_grad()
+        with capture(mlp, output=True) as seen, add_to_output(mlp, delta, rows, positions):
+            logits = model(**inputs).logits.float()  # (B, T, V)
+        log_probs = torch.log_softmax(logits, dim=2)  # (B, T, V): every position, every token
+        if v_init is None:
+            assert seen.output is not None
+            v_init = seen.output[vb.bare_row, positions[vb.bare_row]].detach().float()
+        essence_log_probs = log_probs[essence, positions[essence]][None]  # (1, V)
+        if initial_kl is None:
+            initial_kl = essence_log_probs.detach().clone()
+        loss = (
+            target_nll(log_probs[target_rows, target_positions], vb.target_ids, vb.n_prompts)
+            + hparams.kl_factor * essence_kl(essence_log_probs, initial_kl)
+            + hparams.v_weight_decay * weight_decay(delta, v_init)
+        )
+        trace.append(float(loss.detach()))
+        if step == hparams.v_num_grad_steps - 1:
+            break
+        loss.backward()
+        optimizer.step()
+        clamp_to_ball(delta, hparams.clamp_norm_factor * float(v_init.norm()))
+    assert v_init is not None
+    return NaiveValue(v_star=(v_init + delta).detach(), v_init=v_init, loss_trace=trace)
+
+
+def naive_inverse(C: Tensor) -> Tensor:
+    """The public code's ``C⁻¹``: an explicit inverse in float32."""
+    return torch.inverse(C.float())
+
+
+def check_naive_variant(variant: str | Variant) -> str:
+    """The variant's name if the naive flow implements it, else a ValueError."""
+    if not isinstance(variant, str) or variant not in NAIVE_VARIANTS:
+        raise ValueError(
+            f"the naive yardstick implements only {', '.join(NAIVE_VARIANTS)}, got "
+            f"{variant!r}; use the fast editor (--impl fast) for other variants"
+        )
+    return variant
+
+
+def naive_update(
+    C_inv: Tensor, keys: NaiveKeys, v_star: Tensor, variant: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(left (d_out,), right (d_in,), denominator)`` with ``ΔW = outer(left, right)``.
+
+    As in the public code: ``u = C⁻¹ k / ‖C⁻¹ k‖`` and the value side uses module outputs,
+    so the bias cancels (``v* − (W0 k + b)``).
+    """
+    check_naive_variant(variant)
+    direction = keys.k_prompt if variant == "p-rome" else keys.k_star
+    insert, out = (
+        (keys.k_star, keys.out_star) if variant == "r-rome" else (keys.k_prompt, keys.out_prompt)
+    )
+    u = C_inv @ direction.float()
+    u = u / u.norm()
+    denominator = u @ insert
+    return (v_star.float() - out) / denominator, u, denominator
+
+
+class NaiveEditor(Editor):
+    """``Editor`` with the naive compute flow; same constructor, results, revert and restore.
+
+    Only the built-in variants exist here. ``C⁻¹`` is an explicit float32 inverse of the C the
+    fast editor factors (rebuilt from its Cholesky factor), computed once per layer.
+    """
+
+    def __init__(self, loaded: LoadedModel, **kwargs: Any) -> None:
+        super().__init__(loaded, **kwargs)
+        self._inverses: dict[int, Tensor] = {}
+
+    def inverse_covariance(self, layer: int) -> Tensor:
+        """``C⁻¹`` (d_in, d_in) float32 for ``layer``, computed once per editor."""
+        if layer not in self._inverses:
+            L = self.covariance(layer).cholesky
+            self._inverses[layer] = naive_inverse(L @ L.T).to(self.loaded.device)
+        return self._inverses[layer]
+
+    def edit(
+        self, request: EditRequest, variant: str | Variant = "r-rome", *, guard: Guard | None = None
+    ) -> EditResult:
+        """One edit the public code's way, applied in place and atomically."""
+        start = time.perf_counter()
+        variant = check_naive_variant(variant)
+        target_token_ids(self.loaded.tokenizer, request.target_new)
+        layer, loaded = self.layer, self.loaded
+        module = self._module(layer)
+        timer = _Timer()
+        with timer.phase("templates"):
+            templates = self.templates
+        with timer.phase("keys"):
+            keys = naive_keys(loaded, layer, request.prompt, request.subject, templates)
+        with timer.phase("v_star"):
+            value = naive_value(
+                loaded, self.hparams, request.prompt, request.subject, request.target_new, templates
+            )
+        with timer.phase("stats"):
+            C_inv = self.inverse_covariance(layer)
+        with timer.phase("update"):
+            left, right, denominator = naive_update(C_inv, keys, value.v_star, variant)
+            # Reported like the fast path's: u(k)ᵀk with u = C⁻¹k unnormalized.
+            direction = keys.k_prompt if variant == "p-rome" else keys.k_star
+            denominator = denominator * (C_inv @ direction).norm()
+            W = weight_matrix(module)
+            delta_norm = float(left.norm() * right.norm()) / W.numel()
+            reasons = guard.reasons(float(denominator), delta_norm) if guard is not None else []
+            if reasons:
+                raise DisablingEditError(reasons, float(denominator), delta_norm)
+        with timer.phase("apply"):
+            saved = _stored_weight(module).detach().clone()
+            try:
+                with torch.no_grad():
+                    W += torch.outer(left, right).to(W.dtype)  # the dense ΔW, as published
+                _require_finite_weight(module, loaded.adapter.edited_module_name(layer))
+                result = EditResult(
+                    request=request,
+                    variant=variant,
+                    layer=layer,
+                    module_name=loaded.adapter.edited_module_name(layer),
+                    left=left.detach().cpu(),
+                    right=right.detach().cpu(),
+                    denominator=float(denominator),
+                    delta_norm=delta_norm,
+                    residual_k_star=_relative_residual(module, keys.k_star, value.v_star),
+                    residual_k_prompt=_relative_residual(module, keys.k_prompt, value.v_star),
+                    key_cosine=float(F.cosine_similarity(keys.k_star, keys.k_prompt, dim=0)),
+                    loss_trace=value.loss_trace,
+                    timings=timer.timings,
+                    templates=templates,
+                    seed=self.seed,
+                    edit_seconds=time.perf_counter() - start,
+                    k_star=keys.k_star.cpu(),
+                    k_prompt=keys.k_prompt.cpu(),
+                    v_star=value.v_star.cpu(),
+                    adam_steps=len(value.loss_trace) - 1,
+                )
+                self._record(result, saved)
+            except BaseException:
+                _copy_weight(module, saved)
+                raise
+        return result

@@ -1,0 +1,240 @@
+"""The target value ``v*``: the edited module's output that makes the model say the target.
+
+SPEC §3, reproducing the public code's ``compute_v`` by default. Its quirks, each kept on
+purpose and marked ``quirk:`` where it is implemented:
+
+1. a leading space is prepended to the target if it has none;
+2. the rewriting prompts are each template applied to the request prompt, followed by the
+   target's tokens except the last (appended as ids here, never re-tokenized with the text);
+3. δ is added to the MLP output of the layer (for every supported family that is exactly
+   the edited projection's output, dropout being off in eval) at the subject-last position
+   of *every* prompt, the essence prompt included;
+4. the NLL of each prompt is its summed target-token NLL divided by the target length, then
+   averaged over prompts;
+5. KL(p_current ‖ p_initial) of the next-token distribution at the subject-last position of
+   the essence prompt ``"{subject} is a"``, the initial distribution taken at δ = 0;
+6. the weight decay is ``‖δ‖ / ‖v_init‖²`` (the norm is not squared);
+7. the loop runs ``v_num_grad_steps`` iterations and the last one only evaluates (at most
+   ``v_num_grad_steps − 1`` Adam steps); it stops early once the loss is below 5e-2;
+8. after each step δ is projected into the ball of radius ``clamp_norm_factor · ‖v_init‖``;
+9. ``v_init`` is the module output at the subject-last token of the bare prompt, read in the
+   first forward pass (public code: row 0 of the batch, whose template is ``"{}"``).
+
+``v* = v_init + δ`` is the desired *module output* (bias included); the update subtracts the
+bias itself. Nothing here is random: given the templates, ``v*`` is deterministic.
+
+The loss is split into small functions so the speed work can replace the forward pass
+(nothing below the edited layer, and no position before a row's subject-last token,
+depends on δ) without touching the loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rome_fast.hooks import add_to_output, capture
+from rome_fast.hparams import HParams
+from rome_fast.keys import bare_template_index
+from rome_fast.models import LoadedModel
+from rome_fast.tokens import PromptBatch, apply_template, subject_last_positions
+from rome_fast.weights import weight_matrix
+
+ESSENCE_PROMPT = "{} is a"
+
+
+def target_token_ids(tokenizer: PreTrainedTokenizerBase, target: str) -> list[int]:
+    """Token ids of the target, with a leading space prepended if it has none (quirk 1)."""
+    if not target.strip():
+        raise ValueError(f"the target must be a non-empty string, got {target!r}")
+    text = target if target.startswith(" ") else " " + target
+    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"target {target!r} tokenizes to nothing with this tokenizer")
+    return ids
+
+
+@dataclass(frozen=True)
+class ValueBatch:
+    """The prompts of the v* optimization and the positions the loss reads."""
+
+    batch: PromptBatch  # n_prompts rewriting prompts, then the essence prompt
+    n_prompts: int
+    target_ids: Tensor  # (n_target,)
+    target_rows: Tensor  # (n_prompts * n_target,)
+    target_positions: Tensor  # (n_prompts * n_target,): logits there predict target_ids
+    bare_row: int  # the rewriting prompt built from the bare template
+
+    @property
+    def essence_row(self) -> int:
+        return self.n_prompts
+
+    @property
+    def n_target(self) -> int:
+        return int(self.target_ids.numel())
+
+
+def build_value_batch(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    subject: str,
+    target: str,
+    templates: Sequence[str],
+    padding_side: str = "right",
+) -> ValueBatch:
+    target_ids = target_token_ids(tokenizer, target)
+    rewriting = [apply_template(t, prompt) for t in templates]  # quirk 2
+    n = len(rewriting)
+    batch = subject_last_positions(
+        tokenizer,
+        [*rewriting, ESSENCE_PROMPT],
+        [subject] * (n + 1),
+        padding_side,
+        continuations=[target_ids[:-1]] * n + [[]],
+    )
+    n_target = len(target_ids)
+    # The logits at a prompt's last token predict the target's first token, and so on.
+    first = batch.offsets[:n] + batch.prompt_lengths[:n] - 1  # (n,)
+    target_positions = (first[:, None] + torch.arange(n_target)).reshape(-1)
+    target_rows = torch.arange(n).repeat_interleave(n_target)
+    return ValueBatch(
+        batch,
+        n,
+        torch.tensor(target_ids),
+        target_rows,
+        target_positions,
+        bare_template_index(templates),
+    )
+
+
+def readout_logits(
+    model: nn.Module, inputs: dict[str, Tensor], rows: Tensor, positions: Tensor
+) -> Tensor:
+    """Next-token logits at ``(rows[i], positions[i])`` only: (N, V) float32.
+
+    The unembedding is applied to the gathered final hidden states, not to every position.
+    """
+    lm = cast(PreTrainedModel, model)
+    hidden = lm.base_model(**inputs).last_hidden_state  # (B, T, d_model), final norm applied
+    picked = hidden[rows.to(hidden.device), positions.to(hidden.device)]  # (N, d_model)
+    unembed = lm.get_output_embeddings()
+    assert unembed is not None, "the model has no output embeddings"
+    return unembed(picked).float()
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    nll: Tensor
+    kl: Tensor
+    weight_decay: Tensor
+
+    @property
+    def total(self) -> Tensor:
+        return self.nll + self.kl + self.weight_decay
+
+
+def target_nll(log_probs: Tensor, target_ids: Tensor, n_prompts: int) -> Tensor:
+    """Mean over prompts of (summed target-token NLL / target length) (quirk 4).
+
+    ``log_probs`` (n_prompts * n_target, V) in the order of ``ValueBatch.target_rows``.
+    """
+    n_target = target_ids.numel()
+    picked = log_probs.gather(-1, target_ids.repeat(n_prompts)[:, None].to(log_probs.device))
+    per_prompt = -picked.view(n_prompts, n_target).sum(1) / n_target  # (n_prompts,)
+    return per_prompt.mean()
+
+
+def essence_kl(log_probs: Tensor, initial_log_probs: Tensor) -> Tensor:
+    """KL(p_current ‖ p_initial), batch-mean over the essence prompts (quirk 5)."""
+    return F.kl_div(initial_log_probs, log_probs, log_target=True, reduction="batchmean")
+
+
+def weight_decay(delta: Tensor, v_init: Tensor) -> Tensor:
+    """‖δ‖ / ‖v_init‖², unsquared as in the public code (quirk 6)."""
+    return torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(v_init) ** 2
+
+
+def clamp_to_ball(delta: Tensor, radius: float) -> None:
+    """Project δ into the ball of ``radius`` in place (quirk 8)."""
+    with torch.no_grad():
+        norm = float(torch.linalg.vector_norm(delta))
+        if norm > radius:
+            delta.mul_(radius / norm)
+
+
+@dataclass(frozen=True)
+class ValueResult:
+    v_star: Tensor  # (d_out,) float32: desired module output, bias included
+    v_init: Tensor  # (d_out,) float32: module output at the bare prompt
+    delta: Tensor  # (d_out,) float32
+    loss_trace: list[float]  # total loss at every iteration, the final evaluation included
+    adam_steps: int
+
+
+def compute_v_star(
+    loaded: LoadedModel,
+    layer: int,
+    prompt: str,
+    subject: str,
+    target: str,
+    templates: Sequence[str],
+    hparams: HParams,
+) -> ValueResult:
+    """Optimize δ at the edited module's output; see the module docstring."""
+    model = loaded.model
+    module = loaded.adapter.edited_module(model, layer)
+    vb = build_value_batch(
+        loaded.tokenizer, prompt, subject, target, templates, hparams.padding_side
+    )
+    device = loaded.device
+    inputs = vb.batch.model_inputs(device)
+    delta_rows, delta_positions = vb.batch.rows.to(device), vb.batch.positions.to(device)
+    read_rows = torch.cat([vb.target_rows, torch.tensor([vb.essence_row])])
+    read_positions = torch.cat([vb.target_positions, vb.batch.positions[vb.essence_row :]])
+    n_read = vb.target_rows.numel()
+
+    d_out = int(weight_matrix(module).shape[0])
+    delta = torch.zeros(d_out, device=device, requires_grad=True)
+    optimizer = torch.optim.Adam([delta], lr=hparams.v_lr)
+    v_init: Tensor | None = None
+    initial_kl: Tensor | None = None
+    trace: list[float] = []
+    steps = 0
+    for iteration in range(hparams.v_num_grad_steps):  # quirk 7
+        # The capture hook runs before the δ hook, so it reads the clean output.
+        with (
+            capture(module, output=v_init is None) as seen,
+            add_to_output(module, delta, delta_rows, delta_positions),
+        ):  # quirk 3
+            logits = readout_logits(model, inputs, read_rows, read_positions)
+        if v_init is None:  # quirk 9
+            assert seen.output is not None
+            v_init = seen.output[vb.bare_row, int(vb.batch.positions[vb.bare_row])].detach().float()
+        log_probs = torch.log_softmax(logits, dim=-1)
+        if initial_kl is None:
+            initial_kl = log_probs[n_read:].detach()
+        terms = LossTerms(
+            nll=target_nll(log_probs[:n_read], vb.target_ids, vb.n_prompts),
+            kl=hparams.kl_factor * essence_kl(log_probs[n_read:], initial_kl),
+            weight_decay=hparams.v_weight_decay * weight_decay(delta, v_init),
+        )
+        loss = terms.total
+        trace.append(float(loss.detach()))
+        if trace[-1] < hparams.v_early_stop_loss or iteration == hparams.v_num_grad_steps - 1:
+            break
+        optimizer.zero_grad()
+        (delta.grad,) = torch.autograd.grad(loss, [delta])  # grads of δ only, never the model's
+        optimizer.step()
+        steps += 1
+        clamp_to_ball(delta, hparams.clamp_norm_factor * float(torch.linalg.vector_norm(v_init)))
+    assert v_init is not None
+    final = delta.detach().clone()
+    return ValueResult(
+        v_star=v_init + final, v_init=v_init, delta=final, loss_trace=trace, adam_steps=steps
+    )

@@ -1,0 +1,34 @@
+"""Hypothesis profiles: "ci" (default, derandomized) and "dev" (more examples, random).
+
+Select with HYPOTHESIS_PROFILE=dev. The active profile and its seed policy are printed in the
+pytest header; failures print a reproduction blob (print_blob) and each test's note()s.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    max_examples=25,
+    deadline=None,
+    print_blob=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", max_examples=300, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_report_header() -> str:
+    current = settings.default
+    seeds = (
+        "derandomized (seed derived from each test)"
+        if current.derandomize
+        else "random (see blobs)"
+    )
+    profile = settings._current_profile
+    return f"hypothesis profile: {profile}, max_examples={current.max_examples}, seeds {seeds}"

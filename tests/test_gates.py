@@ -1,0 +1,93 @@
+"""Gate logic on synthetic summaries, and the shipped paper baselines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rome_fast.eval.gates import baselines_dir, compare, load_baseline
+from rome_ref.metrics import TABLE_METRICS
+
+BASELINE: dict[str, Any] = {
+    "name": "synthetic",
+    "model": "m",
+    "mode": "single",
+    "n_cases": 10,
+    "tolerance": {"default": 2.0, "EM": 5.0},
+    "direction": {"default": "at-least", "collapses": "at-most"},
+    "variants": {"r-rome": {"ES": 90.0, "EM": 50.0, "collapses": 0}, "rome": {"ES": 80.0}},
+}
+
+
+def summary(**values: Any) -> dict[str, Any]:
+    row = {"ES": 90.0, "EM": 50.0, "collapses": 0, **values}
+    return {
+        "model": "m",
+        "n_cases": 10,
+        "results": {"single": {"r-rome": row, "rome": {"ES": 80.0}}},
+    }
+
+
+def test_gate_passes_within_tolerance() -> None:
+    assert compare(summary(ES=88.5, EM=46.0), BASELINE).passed
+
+
+def test_gate_fails_naming_each_metric_outside() -> None:
+    result = compare(summary(ES=80.0, EM=40.0, collapses=3), BASELINE)
+    assert not result.passed
+    assert [(c.variant, c.metric) for c in result.failures] == [
+        ("r-rome", "ES"),
+        ("r-rome", "EM"),
+        ("r-rome", "collapses"),
+    ]
+    assert "r-rome/ES, r-rome/EM, r-rome/collapses" in result.report()
+
+
+def test_improvement_passes_an_at_least_gate() -> None:
+    assert compare(summary(ES=100.0), BASELINE).passed
+
+
+def test_within_gate_fails_both_ways() -> None:
+    baseline = {**BASELINE, "direction": {"default": "within"}}
+    assert not compare(summary(ES=95.0), baseline).passed
+
+
+def test_missing_variant_fails() -> None:
+    data = summary()
+    del data["results"]["single"]["rome"]
+    result = compare(data, BASELINE)
+    assert [(c.variant, c.metric, c.value) for c in result.failures] == [("rome", "ES", None)]
+
+
+def test_model_mismatch_is_an_error() -> None:
+    with pytest.raises(ValueError, match="compare like with like"):
+        compare({**summary(), "model": "other"}, BASELINE)
+
+
+@pytest.mark.parametrize("name", ["gptj-single", "gptj-sequential", "gpt2xl-single"])
+def test_paper_baselines_hold_the_spec_tables(name: str) -> None:
+    baseline = load_baseline(name)
+    assert "arXiv 2403.07175" in baseline["source"]
+    assert set(baseline["variants"]) == {"rome", "r-rome", "p-rome"}
+    for row in baseline["variants"].values():
+        assert tuple(row) == TABLE_METRICS
+
+
+def test_paper_row_passes_against_itself_and_fails_when_lowered(tmp_path: Path) -> None:
+    baseline = load_baseline("gptj-sequential")
+    results = {v: dict(row) for v, row in baseline["variants"].items()}
+    run = {"model": "gpt-j-6b", "n_cases": 5000, "results": {"sequential": results}}
+    assert compare(run, baseline).passed
+    results["r-rome"]["PS"] -= 10
+    failures = compare(run, baseline).failures
+    assert [(c.variant, c.metric) for c in failures] == [("r-rome", "PS")]
+
+
+def test_all_baseline_files_parse() -> None:
+    files = sorted(baselines_dir().glob("*.json"))
+    assert files
+    for path in files:
+        assert load_baseline(path)["variants"], json.loads(path.read_text())

@@ -1,0 +1,124 @@
+"""Subject-last token lookup: BPE-correct at the slot, with left or right padding."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rome_fast.tokens import (
+    apply_template,
+    split_prompt,
+    subject_last_index,
+    subject_last_positions,
+)
+from tests.models import tiny_model
+
+WORDS = ["Paris", "the", "Eiffel", "Tower", "is", "located", "Danielle", "Darrieux", "in",
+         "of", "Toyota", "Prius", "x", "2024", "ß", "naïve"]
+
+
+def gpt2_tokenizer():  # the real GPT-2 BPE, shared with the tiny models
+    return tiny_model("tiny-gpt2").tokenizer
+
+
+def assert_subject_ends_at(prompt: str, subject: str) -> None:
+    """Reference: the tokens up to the index decode to the text up to the subject's end."""
+    tok = gpt2_tokenizer()
+    ids, index = subject_last_index(tok, prompt, subject)
+    before, _ = split_prompt(prompt)
+    decoded = tok.decode(ids[: index + 1])
+    assert decoded == before + subject, (
+        f"prompt={prompt!r} subject={subject!r}: tokens through {index} decode to {decoded!r}\n"
+        f"reproduce: subject_last_index(tokenizer, {prompt!r}, {subject!r})"
+    )
+
+
+@pytest.mark.parametrize(
+    ("prompt", "subject"),
+    [
+        ("{} is located in the city of", "The Eiffel Tower"),  # subject starts the prompt
+        ("Where is {}? It is in", "the Eiffel Tower"),  # middle, after a space
+        ("{}", "Danielle Darrieux"),  # the whole prompt
+        ("The mother tongue of {} is", "Danielle Darrieux"),  # leading-space BPE merges
+        ("({}) is", "Toyota Prius"),  # no space before the subject
+    ],
+)
+def test_subject_last_token_cases(prompt: str, subject: str) -> None:
+    assert_subject_ends_at(prompt, subject)
+
+
+def test_subject_twice_uses_the_slot_not_the_first_occurrence() -> None:
+    tok = gpt2_tokenizer()
+    ids_late, late = subject_last_index(tok, "Paris is near {}", "Paris")
+    ids_early, early = subject_last_index(tok, "{} is near Paris", "Paris")
+    assert late == len(ids_late) - 1
+    assert early == 0 and tok.decode(ids_early[early]) == "Paris"
+
+
+@given(
+    before=st.lists(st.sampled_from(WORDS), max_size=4),
+    subject=st.lists(st.sampled_from(WORDS), min_size=1, max_size=3),
+    after=st.lists(st.sampled_from(WORDS), max_size=4),
+)
+def test_subject_last_token_property(before: list[str], subject: list[str], after: list[str]) -> None:
+    # Built so the slot is separated by spaces: a token always ends where the subject ends.
+    prompt = " ".join([*before, "{}"]) + "".join(" " + w for w in after)
+    assert_subject_ends_at(prompt, " ".join(subject))
+
+
+def test_left_and_right_padding_point_at_the_same_tokens() -> None:
+    tok = gpt2_tokenizer()
+    prompts = ["{} is in", "A much longer prompt about {} and more words", "{}"]
+    subjects = ["Paris", "the Eiffel Tower", "Danielle Darrieux"]
+    right = subject_last_positions(tok, prompts, subjects, "right")
+    left = subject_last_positions(tok, prompts, subjects, "left")
+    for row, (prompt, subject) in enumerate(zip(prompts, subjects, strict=True)):
+        ids, index = subject_last_index(tok, prompt, subject)
+        for batch in (right, left):
+            assert int(batch.input_ids[row, batch.positions[row]]) == ids[index]
+            start = int(batch.offsets[row])
+            assert batch.input_ids[row, start : start + len(ids)].tolist() == ids
+            # real tokens are numbered from 0 whatever the padding
+            assert int(batch.position_ids[row, batch.positions[row]]) == index
+    assert left.offsets.tolist() != right.offsets.tolist()
+
+
+def test_continuations_are_appended_as_ids() -> None:
+    tok = gpt2_tokenizer()
+    batch = subject_last_positions(tok, ["{} is in", "{}"], ["Paris", "Rome"], "left",
+                                   continuations=[[11, 12], []])
+    row0 = batch.input_ids[0][batch.attention_mask[0].bool()].tolist()
+    assert row0[-2:] == [11, 12]
+    expected = [len(tok("Paris is in")["input_ids"]), len(tok("Rome")["input_ids"])]
+    assert batch.prompt_lengths.tolist() == expected
+
+
+def test_escaped_braces_are_literal_and_templates_compose() -> None:
+    template = "He said {{hi}}. {}"
+    prompt = "{} likes {{braces}}"
+    composed = apply_template(template, prompt)
+    assert composed == "He said {{hi}}. {} likes {{braces}}"
+    assert split_prompt(composed) == ("He said {hi}. ", " likes {braces}")
+    assert_subject_ends_at(composed, "Paris")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "subject", "message"),
+    [
+        ("The Eiffel Tower is in", "The Eiffel Tower", "exactly one"),  # no slot
+        ("{} and {}", "Paris", "exactly one"),  # two slots
+        ("{0} is in", "Paris", "exactly one"),  # a numbered field is not the slot
+        ("{} is in {", "Paris", "not a valid format string"),
+        ("{} is in", "  ", "non-empty"),
+        ("{}s are", "Rome", "cannot locate"),  # "R|omes": no token ends at "Rome"
+    ],
+)
+def test_bad_prompts_and_subjects_raise(prompt: str, subject: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        subject_last_index(gpt2_tokenizer(), prompt, subject)
+
+
+def test_bad_padding_side_raises() -> None:
+    with pytest.raises(ValueError, match="padding_side"):
+        subject_last_positions(gpt2_tokenizer(), ["{}"], ["Paris"], "middle")

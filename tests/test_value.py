@@ -1,0 +1,125 @@
+"""v*: the public code's loss and loop, checked against a plain reference on full logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rome_fast.hooks import capture
+from rome_fast.tokens import subject_last_index
+from rome_fast.value import (
+    build_value_batch,
+    compute_v_star,
+    readout_logits,
+    target_token_ids,
+)
+from tests.models import REQUEST, TEMPLATES, tiny_hparams, tiny_model
+
+LAYER = 1
+
+
+def reference_initial_nll(family: str, padding_side: str) -> float:
+    """The public code's NLL at δ = 0: labels laid over full logits, masked, / target length."""
+    loaded = tiny_model(family)
+    prompt, subject, target = REQUEST
+    vb = build_value_batch(loaded.tokenizer, prompt, subject, target, TEMPLATES, padding_side)
+    batch = vb.batch
+    with torch.no_grad():
+        logits = loaded.model(**batch.model_inputs("cpu")).logits[: vb.n_prompts]  # (n, T, V)
+    labels = torch.full(logits.shape[:2], -100)
+    for row in range(vb.n_prompts):
+        end = int(batch.offsets[row] + batch.attention_mask[row].sum())  # after the last real token
+        # logits at t predict token t+1: the target sits one position after the labels' slots
+        labels[row, end - vb.n_target : end] = vb.target_ids
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    picked = log_probs.gather(2, labels.clamp(min=0)[..., None])[..., 0]
+    mask = (labels != -100).float()
+    return float((-(picked * mask).sum(1) / vb.n_target).mean())
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-neox"])
+def test_first_loss_is_the_public_nll(family: str, padding_side: str) -> None:
+    hp = tiny_hparams(family, padding_side=padding_side, v_num_grad_steps=1)
+    result = compute_v_star(tiny_model(family), LAYER, *REQUEST, TEMPLATES, hp)
+    # δ = 0 in the first pass: KL and weight decay vanish, the loss is the NLL alone.
+    assert result.loss_trace[0] == pytest.approx(reference_initial_nll(family, padding_side),
+                                                 rel=1e-5)
+
+
+def test_rewriting_prompts_end_with_the_target_but_its_last_token() -> None:
+    loaded = tiny_model("tiny-gpt2")
+    prompt, subject, target = REQUEST
+    vb = build_value_batch(loaded.tokenizer, prompt, subject, target, TEMPLATES, "left")
+    ids = vb.batch.input_ids
+    for i in range(vb.n_prompts):
+        positions = vb.target_positions[vb.target_rows == i]
+        # the token after each read position is the next target token (all but the last)
+        assert ids[i, positions[:-1] + 1].tolist() == vb.target_ids[:-1].tolist()
+        assert int(positions[-1]) == ids.shape[1] - 1  # left padding: rows end together
+    essence = vb.batch.input_ids[vb.essence_row][vb.batch.attention_mask[vb.essence_row].bool()]
+    assert loaded.tokenizer.decode(essence) == f"{subject} is a"
+
+
+def test_readout_logits_equal_the_full_forward() -> None:
+    loaded = tiny_model("tiny-llama")
+    vb = build_value_batch(loaded.tokenizer, *REQUEST, TEMPLATES, "left")
+    inputs = vb.batch.model_inputs("cpu")
+    with torch.no_grad():
+        full = loaded.model(**inputs).logits
+        picked = readout_logits(loaded.model, inputs, vb.target_rows, vb.target_positions)
+    torch.testing.assert_close(picked, full[vb.target_rows, vb.target_positions].float())
+
+
+def test_target_gets_one_leading_space() -> None:
+    tok = tiny_model("tiny-gpt2").tokenizer
+    assert target_token_ids(tok, "Rome") == target_token_ids(tok, " Rome")
+    assert target_token_ids(tok, "Rome") == tok(" Rome")["input_ids"]
+    with pytest.raises(ValueError, match="non-empty"):
+        target_token_ids(tok, " ")
+
+
+def test_v_init_is_the_module_output_at_the_bare_prompt() -> None:
+    loaded = tiny_model("tiny-gptj")
+    prompt, subject, _ = REQUEST
+    result = compute_v_star(loaded, LAYER, *REQUEST, TEMPLATES, tiny_hparams("tiny-gptj"))
+    ids, index = subject_last_index(loaded.tokenizer, prompt, subject)
+    module = loaded.adapter.edited_module(loaded.model, LAYER)
+    with torch.no_grad(), capture(module, output=True) as seen:
+        loaded.model(input_ids=torch.tensor([ids]))
+    assert seen.output is not None
+    torch.testing.assert_close(result.v_init, seen.output[0, index].float(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(result.v_star, result.v_init + result.delta)
+
+
+def test_the_last_iteration_only_evaluates() -> None:
+    hp = tiny_hparams("tiny-gpt2", v_num_grad_steps=4)
+    result = compute_v_star(tiny_model("tiny-gpt2"), LAYER, *REQUEST, TEMPLATES, hp)
+    assert len(result.loss_trace) == 4
+    assert result.adam_steps == 3
+
+
+def test_early_stop_below_threshold() -> None:
+    hp = tiny_hparams("tiny-gpt2", v_early_stop_loss=1e9)
+    result = compute_v_star(tiny_model("tiny-gpt2"), LAYER, *REQUEST, TEMPLATES, hp)
+    assert len(result.loss_trace) == 1 and result.adam_steps == 0
+    assert torch.equal(result.v_star, result.v_init)
+
+
+def test_delta_is_clamped_to_the_ball() -> None:
+    hp = tiny_hparams("tiny-gpt2", clamp_norm_factor=1e-3, v_weight_decay=0.0)
+    result = compute_v_star(tiny_model("tiny-gpt2"), LAYER, *REQUEST, TEMPLATES, hp)
+    radius = 1e-3 * float(result.v_init.norm())
+    assert float(result.delta.norm()) == pytest.approx(radius, rel=1e-4)
+
+
+def test_deterministic_and_leaves_no_hooks_or_grads() -> None:
+    loaded = tiny_model("tiny-neox")
+    hp = tiny_hparams("tiny-neox")
+    first = compute_v_star(loaded, LAYER, *REQUEST, TEMPLATES, hp)
+    second = compute_v_star(loaded, LAYER, *REQUEST, TEMPLATES, hp)
+    assert torch.equal(first.v_star, second.v_star)
+    assert first.loss_trace == second.loss_trace
+    module = loaded.adapter.edited_module(loaded.model, LAYER)
+    assert not module._forward_hooks and not module._forward_pre_hooks
+    assert all(p.grad is None for p in loaded.model.parameters())
