@@ -19,6 +19,8 @@ _EXPORTS = {
     "register_variant": "rome_fast.variants",
     "get_variant": "rome_fast.variants",
     "available_variants": "rome_fast.variants",
+    "check_variant": "rome_fast.testing",
+    "VariantReport": "rome_fast.testing",
     "weight_matrix": "rome_fast.weights",
     "apply_rank_one": "rome_fast.weights",
     "load_model": "rome_fast.models",
