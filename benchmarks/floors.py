@@ -12,11 +12,15 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from rome_fast.models import LoadedModel
 
 # Vendor peaks, dense (no sparsity): bytes/s of HBM and float32 (non-tensor-core) flop/s;
 # TF32/bf16 tensor-core peaks for the bf16/TF32 paths.
@@ -41,6 +45,7 @@ class Peaks:
     measured_flops_fp32: float  # flop/s of a large float32 matmul, measured here
     source: str
     threads: int
+    cache_bytes: int  # last-level cache: smaller working sets are not bandwidth-bound
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +98,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_cache_bytes() -> int:
+    """Size of the largest CPU cache (sysfs), 0 when unknown."""
+    sizes = []
+    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = path.read_text().strip()
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        sizes.append(int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text))
+    return max(sizes, default=0)
+
+
 def card_spec(name: str) -> tuple[str, dict[str, float]] | None:
     """The vendor spec whose key names this card (``NVIDIA H100 80GB HBM3`` → H100 SXM)."""
     upper = name.upper()
@@ -113,17 +128,47 @@ def machine_peaks(device: torch.device | str = "cpu", *, quick: bool = False) ->
     threads = torch.get_num_threads()
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
+        l2 = int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0))
         spec = card_spec(name)
         if spec is not None:
             key, numbers = spec
-            return Peaks("cuda", name, numbers["bandwidth"], numbers["fp32"], numbers["bf16"],
-                         bandwidth, flops, f"vendor spec ({key}); measured copy/matmul beside",
-                         threads)
-        return Peaks("cuda", name, bandwidth, flops, flops, bandwidth, flops,
-                     "measured here (card not in CARD_SPECS)", threads)
+            return Peaks(
+                "cuda",
+                name,
+                numbers["bandwidth"],
+                numbers["fp32"],
+                numbers["bf16"],
+                bandwidth,
+                flops,
+                f"vendor spec ({key}); measured copy/matmul beside",
+                threads,
+                l2,
+            )
+        return Peaks(
+            "cuda",
+            name,
+            bandwidth,
+            flops,
+            flops,
+            bandwidth,
+            flops,
+            "measured here (card not in CARD_SPECS)",
+            threads,
+            l2,
+        )
     name = f"{cpu_name()}, {os.cpu_count()} logical cores, {threads} torch threads"
-    return Peaks("cpu", name, bandwidth, flops, flops, bandwidth, flops,
-                 "measured here: 256 MiB copy, 2048² float32 matmul", threads)
+    return Peaks(
+        "cpu",
+        name,
+        bandwidth,
+        flops,
+        flops,
+        bandwidth,
+        flops,
+        "measured here: 256 MiB copy, 2048² float32 matmul",
+        threads,
+        cpu_cache_bytes(),
+    )
 
 
 # ----------------------------------------------------------------------------- floors
@@ -142,8 +187,12 @@ class Floor:
         return asdict(self)
 
 
-def floor(peaks: Peaks, *, bytes_moved: float, flops: float, dtype: torch.dtype,
-          basis: str) -> Floor:
+def floor(
+    peaks: Peaks, *, bytes_moved: float, flops: float, dtype: torch.dtype, basis: str
+) -> Floor:
+    if 0 < bytes_moved <= peaks.cache_bytes:
+        # A working set that fits in the last-level cache is not bound by memory bandwidth.
+        bytes_moved, basis = 0, f"{basis}; fits in cache: flops only"
     seconds = max(bytes_moved / peaks.bandwidth, flops / peaks.flops(dtype))
     return Floor(seconds, bytes_moved, flops, basis)
 
@@ -151,8 +200,13 @@ def floor(peaks: Peaks, *, bytes_moved: float, flops: float, dtype: torch.dtype,
 def rank_one_apply_floor(peaks: Peaks, d_out: int, d_in: int, dtype: torch.dtype) -> Floor:
     """``W += l rᵀ`` in place: W read once and written once."""
     size = torch.finfo(dtype).bits // 8
-    return floor(peaks, bytes_moved=2 * d_out * d_in * size, flops=2 * d_out * d_in,
-                 dtype=dtype, basis="W read + written once (2·d_out·d_in·itemsize bytes)")
+    return floor(
+        peaks,
+        bytes_moved=2 * d_out * d_in * size,
+        flops=2 * d_out * d_in,
+        dtype=dtype,
+        basis="W read + written once (2·d_out·d_in·itemsize bytes)",
+    )
 
 
 def update_factors_floor(peaks: Peaks, d_out: int, d_in: int, dtype: torch.dtype) -> Floor:
@@ -160,28 +214,106 @@ def update_factors_floor(peaks: Peaks, d_out: int, d_in: int, dtype: torch.dtype
     size = torch.finfo(dtype).bits // 8
     bytes_moved = (d_out * d_in + d_in * d_in) * size
     flops = 2 * d_out * d_in + 2 * d_in * d_in
-    return floor(peaks, bytes_moved=bytes_moved, flops=flops, dtype=dtype,
-                 basis="W0 k (W read once) + two triangular solves (L read once)")
+    return floor(
+        peaks,
+        bytes_moved=bytes_moved,
+        flops=flops,
+        dtype=dtype,
+        basis="W0 k (W read once) + two triangular solves (L read once)",
+    )
 
 
 def cholesky_floor(peaks: Peaks, d: int, dtype: torch.dtype) -> Floor:
     """Factor C once: d³/3 flops."""
     size = torch.finfo(dtype).bits // 8
-    return floor(peaks, bytes_moved=2 * d * d * size, flops=d**3 / 3, dtype=dtype,
-                 basis="Cholesky d³/3 flops")
+    return floor(
+        peaks,
+        bytes_moved=2 * d * d * size,
+        flops=d**3 / 3,
+        dtype=dtype,
+        basis="Cholesky d³/3 flops",
+    )
 
 
-def block_params(model: nn.Module, block: nn.Module) -> int:
-    del model
-    return sum(p.numel() for p in block.parameters() if p.ndim >= 2)
+def model_dtype(loaded: LoadedModel) -> torch.dtype:
+    return next(loaded.model.parameters()).dtype
 
 
-def forward_flops(blocks: list[nn.Module], tokens: int) -> float:
-    """2 · (matrix parameters of ``blocks``) · tokens: a lower bound (attention scores left out)."""
-    return 2.0 * tokens * sum(p.numel() for b in blocks for p in b.parameters() if p.ndim >= 2)
+def unembedding_numel(model: nn.Module) -> int:
+    head = getattr(model, "get_output_embeddings")()  # noqa: B009 (mypy: Module attributes)
+    assert isinstance(head, nn.Module)
+    weight = head.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight.numel()
 
 
-def unembedding_params(model: nn.Module) -> int:
-    head = model.get_output_embeddings()
-    assert head is not None
-    return int(head.weight.numel())
+def matrix_params(blocks: Sequence[nn.Module]) -> int:
+    """Parameters of the matrices in ``blocks`` (2 flops per parameter per token)."""
+    return sum(p.numel() for b in blocks for p in b.parameters() if p.ndim >= 2)
+
+
+def keys_floor(peaks: Peaks, loaded: LoadedModel, layer: int, tokens: int) -> Floor:
+    """The keys need blocks 0..layer−1 on every real token of the prompts."""
+    blocks = list(loaded.adapter.layers(loaded.model))[:layer]
+    return floor(
+        peaks,
+        bytes_moved=0,
+        flops=2.0 * tokens * matrix_params(blocks),
+        dtype=model_dtype(loaded),
+        basis=f"2·params(blocks<{layer})·{tokens} prompt tokens",
+    )
+
+
+def value_floor(
+    peaks: Peaks,
+    loaded: LoadedModel,
+    layer: int,
+    suffix_tokens: int,
+    read_positions: int,
+    forwards: int,
+    backwards: int,
+) -> Floor:
+    """v* needs, per iteration, blocks above ``layer`` on the tokens from each subject-last
+    position on (nothing before depends on δ) and the unembedding at the positions the loss
+    reads; a backward pass (activations only) costs as much again."""
+    model = loaded.model
+    blocks = list(loaded.adapter.layers(model))[layer + 1 :]
+    per_pass = 2.0 * suffix_tokens * matrix_params(
+        blocks
+    ) + 2.0 * read_positions * unembedding_numel(model)
+    return floor(
+        peaks,
+        bytes_moved=0,
+        flops=per_pass * (forwards + backwards),
+        dtype=model_dtype(loaded),
+        basis=f"({forwards} fwd + {backwards} bwd) × [2·params(blocks>{layer})·"
+        f"{suffix_tokens} suffix tokens + 2·V·d·{read_positions} read positions]",
+    )
+
+
+def stats_floor(peaks: Peaks, loaded: LoadedModel, layer: int, tokens: int, d_in: int) -> Floor:
+    """Collection needs blocks 0..layer−1 per token and one k kᵀ accumulation (2·d_in² flops)."""
+    blocks = list(loaded.adapter.layers(loaded.model))[:layer]
+    flops = 2.0 * tokens * (matrix_params(blocks) + d_in * d_in)
+    return floor(
+        peaks,
+        bytes_moved=0,
+        flops=flops,
+        dtype=torch.float32,
+        basis=f"{tokens} tokens × 2·(params(blocks<{layer}) + d_in²)",
+    )
+
+
+def full_forward_flops(loaded: LoadedModel, tokens: int) -> float:
+    model = loaded.model
+    blocks = list(loaded.adapter.layers(model))
+    return 2.0 * tokens * (matrix_params(blocks) + unembedding_numel(model))
+
+
+def combine(*floors: Floor, basis: str) -> Floor:
+    return Floor(
+        sum(f.seconds for f in floors),
+        sum(f.bytes for f in floors),
+        sum(f.flops for f in floors),
+        basis,
+    )

@@ -35,7 +35,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="documents used for the statistics (default: per model)")
 
 
-def stats_provider(args: argparse.Namespace, n_samples: int) -> Callable[[Any, int], Any]:
+def stats_provider(args: argparse.Namespace, hparams: Any) -> Callable[[Any, int], Any]:
     """C for a layer, from the user's .npz, the user's corpus, or the default corpus."""
 
     def provider(loaded: Any, layer: int) -> Any:
@@ -47,7 +47,8 @@ def stats_provider(args: argparse.Namespace, n_samples: int) -> Callable[[Any, i
             path = args.stats_corpus
             corpus = corpora.wikitext(path) if path.is_dir() else corpora.text_files([path])
         return layer_second_moment(loaded, layer, corpus=corpus, npz_path=args.stats_npz,
-                                   n_samples=args.stats_samples or n_samples)
+                                   n_samples=args.stats_samples or hparams.mom2_n_samples,
+                                   max_length=hparams.mom2_max_length)
 
     return provider
 
@@ -66,7 +67,7 @@ def build_editor(args: argparse.Namespace) -> Any:
 
         editor_class = NaiveEditor
     return editor_class(loaded, hparams=hparams, seed=args.seed,
-                        stats=stats_provider(args, hparams.mom2_n_samples))
+                        stats=stats_provider(args, hparams))
 
 
 def _edit_parser(sub: Any) -> None:
@@ -113,6 +114,43 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_parser(sub: Any) -> None:
+    p = sub.add_parser("sweep", help="choose the edited layer: r-ROME on known facts per layer")
+    add_model_arguments(p)
+    p.add_argument("--data", default="counterfact/counterfact-val.json")
+    p.add_argument("--layers", required=True, help="comma-separated layers, e.g. 2,4,6,8")
+    p.add_argument("--facts", type=int, default=30, help="known facts edited per layer")
+    p.add_argument("--candidates", type=int, default=400, help="cases searched for known facts")
+    p.add_argument("--variant", default="r-rome")
+    p.add_argument("--out", type=Path, default=Path("runs/sweep"))
+    p.set_defaults(func=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from rome_fast.editor import Editor
+    from rome_fast.eval.data import load_cases
+    from rome_fast.hparams import hparams_for
+    from rome_fast.models import load_model
+    from rome_fast.sweep import known_cases, run_sweep
+
+    loaded = load_model(args.model, dtype=DTYPES[args.dtype], device=args.device, seed=args.seed)
+    base = hparams_for(args.model, layer=args.layer)
+    cases = known_cases(loaded, load_cases(args.data, limit=args.candidates), args.facts)
+    stats = stats_provider(args, base)
+    templates: list[str] = []
+
+    def make_editor(hparams: Any) -> Editor:
+        # One set of context templates for every layer, so only the layer differs.
+        editor = Editor(loaded, hparams=hparams, seed=args.seed, stats=stats,
+                        templates=templates or None)
+        templates[:] = editor.templates
+        return editor
+
+    layers = [int(x) for x in args.layers.split(",")]
+    run_sweep(loaded, cases, layers, make_editor, base, variant=args.variant, out=args.out)
+    return 0
+
+
 def _eval_parser(sub: Any) -> None:
     from rome_fast.eval.cli import add_eval_arguments
 
@@ -141,7 +179,7 @@ def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rome", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_edit_parser, _demo_parser, _eval_parser, _gate_parser):
+    for add in (_edit_parser, _demo_parser, _sweep_parser, _eval_parser, _gate_parser):
         add(sub)
     return parser
 

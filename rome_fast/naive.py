@@ -186,7 +186,7 @@ def naive_update(
     check_naive_variant(variant)
     direction = keys.k_prompt if variant == "p-rome" else keys.k_star
     insert, out = (
-        (keys.k_star, keys.out_prompt) if variant == "r-rome" else (keys.k_prompt, keys.out_prompt)
+        (keys.k_star, keys.out_star) if variant == "r-rome" else (keys.k_prompt, keys.out_prompt)
     )
     u = C_inv @ direction.float()
     u = u / u.norm()

@@ -37,10 +37,14 @@ def test_edited_module_output_is_the_mlp_output(family: str) -> None:
     loaded = tiny_model(family)
     mlp = loaded.model.get_submodule(loaded.adapter.mlp_module_name(1))
     proj = loaded.adapter.edited_module(loaded.model, 1)
-    with torch.no_grad(), capture(mlp, output=True) as mlp_seen, \
-            capture(proj, output=True) as proj_seen:
+    with (
+        torch.no_grad(),
+        capture(mlp, output=True) as mlp_seen,
+        capture(proj, output=True) as proj_seen,
+    ):
         loaded.model(input_ids=torch.tensor([[464, 412, 733, 9096]]))
-    assert mlp_seen.output is not None and proj_seen.output is not None
+    assert mlp_seen.output is not None
+    assert proj_seen.output is not None
     assert torch.equal(mlp_seen.output, proj_seen.output)
 
 

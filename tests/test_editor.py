@@ -12,6 +12,7 @@ from rome_fast.editor import DisablingEditError, Editor, EditRequest, Guard
 from rome_fast.hparams import HParams
 from rome_fast.models import LoadedModel
 from rome_fast.update import RankOne
+from rome_fast.weights import apply_rank_one
 from tests.models import (
     FAMILIES,
     REQUEST,
@@ -32,8 +33,11 @@ RELATIVE_F32 = 1e-5
 
 def make_editor(family: str = "tiny-gpt2", **kwargs: object) -> tuple[LoadedModel, Editor]:
     loaded = fresh_model(family)
-    options: dict[str, object] = {"hparams": tiny_hparams(family), "templates": TEMPLATES,
-                                  "stats": random_spd(key_dim(loaded, LAYER))}
+    options: dict[str, object] = {
+        "hparams": tiny_hparams(family),
+        "templates": TEMPLATES,
+        "stats": random_spd(key_dim(loaded, LAYER)),
+    }
     options.update(kwargs)
     return loaded, Editor(loaded, **options)  # type: ignore[arg-type]
 
@@ -80,11 +84,14 @@ def test_diagnostics_describe_the_applied_update() -> None:
     cosine = float(torch.nn.functional.cosine_similarity(result.k_star, result.k_prompt, dim=0))
     assert result.key_cosine == pytest.approx(cosine)
     assert set(result.timings) >= {"templates", "keys", "v_star", "update", "apply"}
-    assert result.templates == TEMPLATES and result.seed == 0
+    assert result.templates == TEMPLATES
+    assert result.seed == 0
     assert len(result.loss_trace) == 3
 
 
-@pytest.mark.parametrize("target", ["compute_v_star", "_relative_residual", "_require_finite_weight"])
+@pytest.mark.parametrize(
+    "target", ["compute_v_star", "_relative_residual", "_require_finite_weight"]
+)
 def test_a_failed_edit_leaves_every_weight_bit_identical(
     monkeypatch: pytest.MonkeyPatch, target: str
 ) -> None:
@@ -142,13 +149,10 @@ def test_revert_latest_older_and_restore_are_exact() -> None:
     assert changed_parameters(loaded, after_first) == []
     second = editor.edit(OTHER, "p-rome")
     editor.revert(first)  # an older one: W0 then the remaining edits
-    _, only_second = make_editor("tiny-neox")
-    only_second.loaded.adapter.edited_module(only_second.loaded.model, LAYER)
-    from rome_fast.weights import apply_rank_one
-
-    apply_rank_one(only_second.loaded.adapter.edited_module(only_second.loaded.model, LAYER),
-                   second.rank_one)
-    assert changed_parameters(loaded, weights_of(only_second.loaded)) == []
+    # reference: the second edit's factors alone on a fresh W0
+    only_second = fresh_model("tiny-neox")
+    apply_rank_one(only_second.adapter.edited_module(only_second.model, LAYER), second.rank_one)
+    assert changed_parameters(loaded, weights_of(only_second)) == []
     editor.edit(EditRequest(*REQUEST))
     editor.restore()
     assert changed_parameters(loaded, w0) == []
@@ -199,10 +203,14 @@ def test_same_seed_gives_bit_identical_edits() -> None:
         _, editor = make_editor("tiny-gpt2", hparams=small, templates=None, seed=seed)
         results.append(editor.edit(EditRequest(*REQUEST)))
     same, again, other = results
-    assert same.templates == again.templates and len(same.templates) == 5
-    assert torch.equal(same.left, again.left) and torch.equal(same.right, again.right)
-    assert same.loss_trace == again.loss_trace and same.seed == 5
-    assert other.templates != same.templates and other.seed == 6
+    assert same.templates == again.templates
+    assert len(same.templates) == 5
+    assert torch.equal(same.left, again.left)
+    assert torch.equal(same.right, again.right)
+    assert same.loss_trace == again.loss_trace
+    assert same.seed == 5
+    assert other.templates != same.templates
+    assert other.seed == 6
 
 
 def test_covariance_is_factored_once_per_layer() -> None:
@@ -244,7 +252,7 @@ def test_bad_requests_raise(fields: tuple[str, str, str], message: str) -> None:
 
 def test_unknown_variant_and_bad_layer_raise_before_any_work() -> None:
     loaded, editor = make_editor("tiny-gpt2")
-    with pytest.raises(ValueError, match="unknown variant 'r-rom'.*r-rome"):
+    with pytest.raises(ValueError, match=r"unknown variant 'r-rom'.*r-rome"):
         editor.edit(EditRequest(*REQUEST), "r-rom")
     with pytest.raises(ValueError, match="out of range"):
         Editor(loaded, hparams=HParams(layer=4), stats=torch.eye(2))
@@ -267,9 +275,13 @@ def test_smollm2_counterfactual_edit_generalizes() -> None:
     from rome_fast.stats import layer_second_moment
 
     loaded = load_model("smollm2")
-    editor = Editor(loaded, seed=0, stats=lambda m, layer: layer_second_moment(m, layer))
+    editor = Editor(
+        loaded,
+        seed=0,
+        stats=lambda m, layer: layer_second_moment(m, layer, n_samples=200, max_length=256),
+    )
     prompt = "The Eiffel Tower is located in the city of"
-    paraphrase = "Where is the Eiffel Tower? It stands in the city of"
+    paraphrase = "Where is the Eiffel Tower? It is in the city of"
 
     def rome_beats_paris(text: str) -> bool:
         rome, paris = target_nll(loaded.model, loaded.tokenizer, [text, text], ["Rome", "Paris"])

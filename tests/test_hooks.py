@@ -21,7 +21,8 @@ def edited(family: str = "tiny-gpt2") -> torch.nn.Module:
 
 
 def assert_no_hooks(module: torch.nn.Module) -> None:
-    assert not module._forward_hooks and not module._forward_pre_hooks, "a hook was left behind"
+    assert not module._forward_hooks, "a forward hook was left behind"
+    assert not module._forward_pre_hooks, "a forward pre-hook was left behind"
 
 
 def test_capture_records_input_and_output() -> None:
@@ -29,7 +30,8 @@ def test_capture_records_input_and_output() -> None:
     module = edited()
     with torch.no_grad(), capture(module, output=True) as seen:
         loaded.model(**inputs())
-    assert seen.input is not None and seen.output is not None
+    assert seen.input is not None
+    assert seen.output is not None
     assert seen.calls == 1
     with torch.no_grad():
         torch.testing.assert_close(module(seen.input), seen.output)
@@ -56,7 +58,8 @@ def test_run_until_stops_after_the_module(output: bool) -> None:
     finally:
         handle.remove()
     assert reached == []
-    assert seen.input is not None and (seen.output is not None) == output
+    assert seen.input is not None
+    assert (seen.output is not None) == output
     assert_no_hooks(module)
 
 
@@ -73,11 +76,15 @@ def test_add_to_output_adds_at_the_positions_only_and_out_of_place() -> None:
     delta = torch.randn(64, generator=torch.Generator().manual_seed(0))
     rows, positions = torch.tensor([0, 1]), torch.tensor([3, 1])
     # the first capture sees the module's own output, the last one the shifted output
-    with torch.no_grad(), capture(module, output=True) as clean, \
-            add_to_output(module, delta, rows, positions), \
-            capture(module, output=True) as shifted:
+    with (
+        torch.no_grad(),
+        capture(module, output=True) as clean,
+        add_to_output(module, delta, rows, positions),
+        capture(module, output=True) as shifted,
+    ):
         loaded.model(**inputs())
-    assert clean.output is not None and shifted.output is not None
+    assert clean.output is not None
+    assert shifted.output is not None
     expected = clean.output.clone()
     expected[rows, positions] += delta
     torch.testing.assert_close(shifted.output, expected)

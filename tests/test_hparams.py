@@ -9,9 +9,16 @@ from rome_fast.hparams import HParams, hparams_for
 
 @pytest.mark.parametrize(
     ("name", "layer", "clamp"),
-    [("gpt2-xl", 17, 4.0), ("random:gpt2-xl", 17, 4.0), ("openai-community/gpt2-xl", 17, 4.0),
-     ("gpt-j-6b", 5, 4.0), ("EleutherAI/gpt-j-6b", 5, 4.0), ("gpt2-medium", 8, 3.0),
-     ("gpt2-large", 12, 4.0), ("random:tiny-llama", 1, 4.0)],
+    [
+        ("gpt2-xl", 17, 4.0),
+        ("random:gpt2-xl", 17, 4.0),
+        ("openai-community/gpt2-xl", 17, 4.0),
+        ("gpt-j-6b", 5, 4.0),
+        ("EleutherAI/gpt-j-6b", 5, 4.0),
+        ("gpt2-medium", 8, 3.0),
+        ("gpt2-large", 12, 4.0),
+        ("random:tiny-llama", 1, 4.0),
+    ],
 )
 def test_public_values(name: str, layer: int, clamp: float) -> None:
     hp = hparams_for(name)
@@ -29,8 +36,14 @@ def test_layer_override_and_unknown_models() -> None:
 
 
 @pytest.mark.parametrize(
-    "changes", [{"layer": -1}, {"v_num_grad_steps": 0}, {"v_lr": 0.0}, {"kl_factor": -1.0},
-                {"padding_side": "up"}],
+    "changes",
+    [
+        {"layer": -1},
+        {"v_num_grad_steps": 0},
+        {"v_lr": 0.0},
+        {"kl_factor": -1.0},
+        {"padding_side": "up"},
+    ],
 )
 def test_bad_values_raise(changes: dict[str, object]) -> None:
     with pytest.raises(ValueError, match=next(iter(changes))):

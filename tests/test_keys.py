@@ -29,12 +29,14 @@ def reference_key(family: str, prompt: str, subject: str) -> torch.Tensor:
 def test_keys_match_one_prompt_at_a_time(family: str, padding_side: str) -> None:
     prompt, subject, _ = REQUEST
     keys = compute_keys(tiny_model(family), LAYER, prompt, subject, TEMPLATES, padding_side)
-    expected = torch.stack([reference_key(family, apply_template(t, prompt), subject)
-                            for t in TEMPLATES])
+    expected = torch.stack(
+        [reference_key(family, apply_template(t, prompt), subject) for t in TEMPLATES]
+    )
     torch.testing.assert_close(keys.per_template, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(keys.k_star, expected.mean(0), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(keys.k_prompt, reference_key(family, prompt, subject),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        keys.k_prompt, reference_key(family, prompt, subject), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_the_forward_stops_at_the_edited_layer() -> None:

@@ -15,10 +15,12 @@ SMALL = ((3, 2), (4, 2))
 def test_public_schedule_gives_21_one_slot_templates() -> None:
     loaded = tiny_model("tiny-gpt2")
     templates = generate_context_templates(loaded.model, loaded.tokenizer, seed=0)
-    assert len(templates) == 21 and templates[0] == "{}"
+    assert len(templates) == 21
+    assert templates[0] == "{}"
     for template in templates[1:]:
         before, after = split_prompt(template)  # a valid format string with one slot
-        assert before.endswith(". ") and after == "", template
+        assert before.endswith(". "), template
+        assert after == "", template
 
 
 def test_same_seed_same_templates_other_seed_others() -> None:

@@ -14,8 +14,24 @@ from rome_fast.tokens import (
 )
 from tests.models import tiny_model
 
-WORDS = ["Paris", "the", "Eiffel", "Tower", "is", "located", "Danielle", "Darrieux", "in",
-         "of", "Toyota", "Prius", "x", "2024", "ß", "naïve"]
+WORDS = [
+    "Paris",
+    "the",
+    "Eiffel",
+    "Tower",
+    "is",
+    "located",
+    "Danielle",
+    "Darrieux",
+    "in",
+    "of",
+    "Toyota",
+    "Prius",
+    "x",
+    "2024",
+    "ß",
+    "naïve",
+]
 
 
 def gpt2_tokenizer():  # the real GPT-2 BPE, shared with the tiny models
@@ -53,7 +69,8 @@ def test_subject_twice_uses_the_slot_not_the_first_occurrence() -> None:
     ids_late, late = subject_last_index(tok, "Paris is near {}", "Paris")
     ids_early, early = subject_last_index(tok, "{} is near Paris", "Paris")
     assert late == len(ids_late) - 1
-    assert early == 0 and tok.decode(ids_early[early]) == "Paris"
+    assert early == 0
+    assert tok.decode(ids_early[early]) == "Paris"
 
 
 @given(
@@ -61,7 +78,9 @@ def test_subject_twice_uses_the_slot_not_the_first_occurrence() -> None:
     subject=st.lists(st.sampled_from(WORDS), min_size=1, max_size=3),
     after=st.lists(st.sampled_from(WORDS), max_size=4),
 )
-def test_subject_last_token_property(before: list[str], subject: list[str], after: list[str]) -> None:
+def test_subject_last_token_property(
+    before: list[str], subject: list[str], after: list[str]
+) -> None:
     # Built so the slot is separated by spaces: a token always ends where the subject ends.
     prompt = " ".join([*before, "{}"]) + "".join(" " + w for w in after)
     assert_subject_ends_at(prompt, " ".join(subject))
@@ -86,8 +105,9 @@ def test_left_and_right_padding_point_at_the_same_tokens() -> None:
 
 def test_continuations_are_appended_as_ids() -> None:
     tok = gpt2_tokenizer()
-    batch = subject_last_positions(tok, ["{} is in", "{}"], ["Paris", "Rome"], "left",
-                                   continuations=[[11, 12], []])
+    batch = subject_last_positions(
+        tok, ["{} is in", "{}"], ["Paris", "Rome"], "left", continuations=[[11, 12], []]
+    )
     row0 = batch.input_ids[0][batch.attention_mask[0].bool()].tolist()
     assert row0[-2:] == [11, 12]
     expected = [len(tok("Paris is in")["input_ids"]), len(tok("Rome")["input_ids"])]

@@ -43,8 +43,9 @@ def test_first_loss_is_the_public_nll(family: str, padding_side: str) -> None:
     hp = tiny_hparams(family, padding_side=padding_side, v_num_grad_steps=1)
     result = compute_v_star(tiny_model(family), LAYER, *REQUEST, TEMPLATES, hp)
     # δ = 0 in the first pass: KL and weight decay vanish, the loss is the NLL alone.
-    assert result.loss_trace[0] == pytest.approx(reference_initial_nll(family, padding_side),
-                                                 rel=1e-5)
+    assert result.loss_trace[0] == pytest.approx(
+        reference_initial_nll(family, padding_side), rel=1e-5
+    )
 
 
 def test_rewriting_prompts_end_with_the_target_but_its_last_token() -> None:
@@ -102,7 +103,8 @@ def test_the_last_iteration_only_evaluates() -> None:
 def test_early_stop_below_threshold() -> None:
     hp = tiny_hparams("tiny-gpt2", v_early_stop_loss=1e9)
     result = compute_v_star(tiny_model("tiny-gpt2"), LAYER, *REQUEST, TEMPLATES, hp)
-    assert len(result.loss_trace) == 1 and result.adam_steps == 0
+    assert len(result.loss_trace) == 1
+    assert result.adam_steps == 0
     assert torch.equal(result.v_star, result.v_init)
 
 
@@ -121,5 +123,6 @@ def test_deterministic_and_leaves_no_hooks_or_grads() -> None:
     assert torch.equal(first.v_star, second.v_star)
     assert first.loss_trace == second.loss_trace
     module = loaded.adapter.edited_module(loaded.model, LAYER)
-    assert not module._forward_hooks and not module._forward_pre_hooks
+    assert not module._forward_hooks
+    assert not module._forward_pre_hooks
     assert all(p.grad is None for p in loaded.model.parameters())

@@ -1,0 +1,61 @@
+"""The v* optimization: the public loop (whole model, full-vocabulary log-softmax at every
+position, backward through autograd's default path) vs rome_fast.value, same step count."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from benchmarks.conftest import REQUEST, EditSetup
+from benchmarks.floors import Peaks, value_floor
+from rome_fast.hparams import HParams
+from rome_fast.naive import naive_value
+from rome_fast.value import build_value_batch, compute_v_star
+
+# SmolLM2's naive loop takes minutes on 2 cores: the default run uses 5 iterations
+# (4 steps); bench_edit measures the full 20 under the `slow` marker.
+STEPS = 5
+
+
+def value_work(setup: EditSetup, hparams: HParams) -> tuple[int, int]:
+    """(tokens from each subject-last position on, positions the loss reads)."""
+    vb = build_value_batch(
+        setup.loaded.tokenizer,
+        REQUEST.prompt,
+        REQUEST.subject,
+        REQUEST.target_new,
+        setup.templates,
+        hparams.padding_side,
+    )
+    ends = vb.batch.offsets + vb.batch.attention_mask.sum(1)
+    suffix = int((ends - vb.batch.positions).sum())
+    return suffix, vb.target_rows.numel() + 1
+
+
+def value_setup_floor(peaks: Peaks, setup: EditSetup, hparams: HParams, forwards: int) -> Any:
+    suffix, read = value_work(setup, hparams)
+    return value_floor(peaks, setup.loaded, setup.layer, suffix, read, forwards, forwards - 1)
+
+
+@pytest.mark.parametrize("impl", ["naive", "fast"])
+def test_value(
+    run_bench: Callable[..., Any], peaks: Peaks, model_setup: EditSetup, impl: str
+) -> None:
+    s = model_setup
+    hp = s.hparams.replace(v_num_grad_steps=STEPS)
+    args = (REQUEST.prompt, REQUEST.subject, REQUEST.target_new, s.templates)
+    if impl == "naive":
+        fn: Callable[[], Any] = lambda: naive_value(s.loaded, hp, *args)  # noqa: E731
+    else:
+        fn = lambda: compute_v_star(s.loaded, s.layer, *args, hp)  # noqa: E731
+    run_bench(
+        fn,
+        group=f"v* {s.loaded.name} {STEPS} iterations",
+        impl=impl,
+        rounds=2,
+        warmup_rounds=0,
+        floor=value_setup_floor(peaks, s, hp, STEPS),
+        describe=lambda r: {"forwards": len(r.loss_trace), "final_loss": r.loss_trace[-1]},
+    )

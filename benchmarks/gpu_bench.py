@@ -1,0 +1,525 @@
+"""Every GPU check and benchmark in one run, for a lent H100/H200 (about 5 minutes there).
+
+    python -m benchmarks.gpu_bench --out runs/gpu            # on the GPU machine
+    python -m benchmarks.gpu_bench --out /tmp/gpu --tiny     # rehearsal on CPU, tiny shapes
+
+Sections, each written to ``results.json`` and ``summary.md`` in ``--out`` as soon as it ends
+(so a run cut short keeps what it finished):
+
+1. machine: card name, vendor peaks, measured copy bandwidth and matmul flop/s;
+2. accuracy: rome_fast's ΔW on the device against rome_ref (float64, CPU) on the same inputs,
+   float32 with TF32 off and on, and with a bfloat16 W0;
+3. C solve: explicit inverse vs Cholesky at the real key widths;
+4. in-place update ``W += l rᵀ`` on GPT-J's fc_out: dense ΔW, ``apply_rank_one``, ``addr_``,
+   as achieved bandwidth and fraction of the card's peak;
+5. edits on random-weight GPT-J-6B and GPT2-XL shapes (stats and templates cached): the naive
+   yardstick and the fast editor in the same run, their ratio and the floor;
+6. statistics collection at GPT-J's layer 5 vs a full forward pass, tokens/s.
+
+Every random choice is seeded (``--seed``). Nothing is downloaded: models are random
+(``rome_fast.models.random_model``) and C is a synthetic SPD matrix (timing does not depend
+on where C came from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.floors import (
+    Peaks,
+    combine,
+    floor,
+    keys_floor,
+    machine_peaks,
+    matrix_params,
+    model_dtype,
+    rank_one_apply_floor,
+    stats_floor,
+    update_factors_floor,
+    value_floor,
+)
+from rome_fast.corpus import from_texts
+from rome_fast.editor import Editor, EditRequest
+from rome_fast.hparams import hparams_for
+from rome_fast.models import LoadedModel, random_model
+from rome_fast.naive import NaiveEditor, naive_inverse
+from rome_fast.stats import collect_second_moment
+from rome_fast.templates import generate_context_templates
+from rome_fast.tokens import apply_template, subject_last_positions
+from rome_fast.update import CovarianceFactor, RankOne, rank_one_factors
+from rome_fast.value import build_value_batch
+from rome_fast.weights import apply_rank_one, weight_matrix
+from rome_ref.update import rank_one_update as ref_update
+
+REQUEST = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run measures. FULL: the paper's models; TINY: the same code paths, tiny."""
+
+    edit_models: tuple[str, ...]
+    stats_model: str
+    accuracy_shape: tuple[int, int]
+    solve_dims: tuple[int, ...]
+    apply_shape: tuple[int, int]
+    stats_docs: int
+    stats_length: int
+    fast_rounds: int
+
+
+FULL = Plan(
+    ("gpt-j-6b", "gpt2-xl"), "gpt-j-6b", (1600, 6400), (6400, 16384), (4096, 16384), 32, 1024, 3
+)
+TINY = Plan(("tiny-gptj", "tiny-gpt2"), "tiny-gptj", (64, 256), (256,), (256, 1024), 8, 64, 2)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(
+    fn: Callable[[], Any], device: torch.device, rounds: int, warmup: int = 1
+) -> dict[str, Any]:
+    """Seconds of each round (after ``warmup`` untimed calls) and the last result."""
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    sync(device)
+    seconds = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        result = fn()
+        sync(device)
+        seconds.append(time.perf_counter() - start)
+    # The median resists a stall caused by another process; every round is kept in the JSON.
+    return {
+        "seconds": seconds,
+        "median": float(np.median(seconds)),
+        "min": min(seconds),
+        "result": result,
+    }
+
+
+def spd(d: int, device: torch.device, seed: int) -> torch.Tensor:
+    """A seeded SPD (d, d) float32 matrix, built on ``device`` (d = 16384 is 17 TFLOP)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    scale = torch.linspace(0.1, 3.0, d, device=device)
+    keys = torch.randn(2 * d, d, generator=g, device=device) * scale
+    return keys.T @ keys / keys.shape[0]
+
+
+class Report:
+    """Accumulates sections; rewrites results.json and summary.md after each one."""
+
+    def __init__(self, out: Path, meta: dict[str, Any]) -> None:
+        self.out, self.meta = out, meta
+        self.sections: dict[str, Any] = {}
+        self.lines: list[str] = []
+        out.mkdir(parents=True, exist_ok=True)
+
+    def add(self, name: str, data: Any, lines: list[str]) -> None:
+        self.sections[name] = data
+        self.lines += [f"## {name}", "", *lines, ""]
+        print("\n".join([f"## {name}", *lines]), flush=True)
+        self.write()
+
+    def write(self) -> None:
+        payload = {"meta": self.meta, "sections": self.sections}
+        (self.out / "results.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
+        head = [
+            f"# GPU benchmark: {self.meta['device_name']}",
+            "",
+            f"torch {self.meta['torch']}, seed {self.meta['seed']}, "
+            f"mode {'tiny (rehearsal)' if self.meta['tiny'] else 'full'}",
+            "",
+        ]
+        (self.out / "summary.md").write_text("\n".join(head + self.lines) + "\n")
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def machine(peaks: Peaks) -> tuple[dict[str, Any], list[str]]:
+    p = peaks.as_dict()
+    return p, [
+        f"- {peaks.name}; peaks used for floors: {peaks.bandwidth / 1e9:.0f} GB/s, "
+        f"{peaks.flops_fp32 / 1e12:.1f} TFLOP/s fp32, {peaks.flops_bf16 / 1e12:.1f} "
+        f"TFLOP/s bf16 ({peaks.source})",
+        f"- measured: copy {peaks.measured_bandwidth / 1e9:.0f} GB/s, float32 matmul "
+        f"{peaks.measured_flops_fp32 / 1e12:.2f} TFLOP/s (TF32 as configured)",
+    ]
+
+
+def accuracy(device: torch.device, shape: tuple[int, int], seed: int) -> tuple[Any, list[str]]:
+    d_out, d_in = shape
+    g = torch.Generator().manual_seed(seed)
+    W0 = torch.randn(d_out, d_in, generator=g, dtype=torch.float64) / d_in**0.5
+    C = spd(d_in, device, seed).double().cpu()
+    k_star, k_prompt = (
+        torch.randn(d_in, generator=g).double(),
+        torch.randn(d_in, generator=g).double(),
+    )
+    v_star = torch.randn(d_out, generator=g).double()
+    rows, lines = (
+        [],
+        ["| variant | W0 dtype | TF32 | rel. error of ΔW vs rome_ref |", "|---|---|---|---|"],
+    )
+    for variant in ("rome", "r-rome", "p-rome"):
+        expected = ref_update(
+            W0.numpy(), C.numpy(), k_star.numpy(), k_prompt.numpy(), v_star.numpy(), variant
+        )
+        for w_dtype, tf32 in (
+            (torch.float32, False),
+            (torch.float32, True),
+            (torch.bfloat16, False),
+        ):
+            if tf32 and device.type != "cuda":
+                continue
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            W = W0.to(device=device, dtype=w_dtype)
+            cov = CovarianceFactor.from_matrix(C.to(device=device, dtype=torch.float32))
+            r = rank_one_factors(
+                W, cov, k_star.to(device), k_prompt.to(device), v_star.to(device), variant
+            )
+            got = r.delta().double().cpu().numpy()
+            if w_dtype == torch.bfloat16:  # the reference on the same rounded weights
+                expected_here = ref_update(
+                    W.double().cpu().numpy(),
+                    C.numpy(),
+                    k_star.numpy(),
+                    k_prompt.numpy(),
+                    v_star.numpy(),
+                    variant,
+                )
+            else:
+                expected_here = expected
+            error = float(np.linalg.norm(got - expected_here) / np.linalg.norm(expected_here))
+            rows.append(
+                {"variant": variant, "w_dtype": str(w_dtype), "tf32": tf32, "relative_error": error}
+            )
+            lines.append(f"| {variant} | {w_dtype} | {'on' if tf32 else 'off'} | {error:.2e} |")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return rows, lines
+
+
+def solve(
+    device: torch.device, dims: tuple[int, ...], peaks: Peaks, seed: int
+) -> tuple[Any, list[str]]:
+    rows, lines = (
+        [],
+        [
+            "| d | inverse s | Cholesky s | ratio | ‖Cu−k‖/‖k‖ inverse | Cholesky |",
+            "|---|---|---|---|---|---|",
+        ],
+    )
+    for d in dims:
+        C = spd(d, device, seed)
+        k = torch.randn(d, generator=torch.Generator().manual_seed(seed)).to(device)
+
+        def invert(C: torch.Tensor = C) -> torch.Tensor:
+            return naive_inverse(C)
+
+        def factor(C: torch.Tensor = C) -> CovarianceFactor:
+            return CovarianceFactor.from_matrix(C, dtype=torch.float32)
+
+        inv, chol = timed(invert, device, rounds=2), timed(factor, device, rounds=2)
+        u_inv = inv["result"] @ k
+        u_chol = chol["result"].solve(k)
+        res = [
+            float((C.double() @ u.double() - k.double()).norm() / k.double().norm())
+            for u in (u_inv, u_chol)
+        ]
+        rows.append(
+            {
+                "d": d,
+                "inverse": inv["seconds"],
+                "cholesky": chol["seconds"],
+                "residual_inverse": res[0],
+                "residual_cholesky": res[1],
+            }
+        )
+        lines.append(
+            f"| {d} | {inv['median']:.4f} | {chol['median']:.4f} | "
+            f"{inv['median'] / chol['median']:.2f} | {res[0]:.1e} | {res[1]:.1e} |"
+        )
+        del C
+    return rows, lines
+
+
+def apply_bandwidth(
+    device: torch.device, shape: tuple[int, int], peaks: Peaks
+) -> tuple[Any, list[str]]:
+    d_out, d_in = shape
+    rows, lines = (
+        [],
+        [
+            "| dtype | method | s | achieved GB/s (2·W bytes / s) | of peak |",
+            "|---|---|---|---|---|",
+        ],
+    )
+    for dtype in (torch.float32, torch.bfloat16):
+        module = torch.nn.Linear(d_in, d_out, bias=False, device=device, dtype=dtype)
+        module.requires_grad_(False)
+        W = module.weight
+        r = RankOne(
+            torch.randn(d_out, device=device) * 1e-6,
+            torch.randn(d_in, device=device),
+            torch.tensor(1.0),
+        )
+        lo, ro = r.left.to(dtype), r.right.to(dtype)
+
+        def dense(W: torch.Tensor = W, lo: torch.Tensor = lo, ro: torch.Tensor = ro) -> None:
+            W.add_(lo[:, None] @ ro[None, :])  # the public code: dense ΔW, then add
+
+        def factors(module: torch.nn.Module = module, r: RankOne = r) -> None:
+            apply_rank_one(module, r)
+
+        def ger(W: torch.Tensor = W, lo: torch.Tensor = lo, ro: torch.Tensor = ro) -> None:
+            W.addr_(lo, ro)  # BLAS ger: one pass over W
+
+        methods: dict[str, Callable[[], None]] = {
+            "dense ΔW (public code)": dense,
+            "apply_rank_one": factors,
+            "addr_": ger,
+        }
+        bound = rank_one_apply_floor(peaks, d_out, d_in, dtype)
+        w_bytes = 2 * W.numel() * W.element_size()  # read once, written once
+        for name, fn in methods.items():
+            t = timed(fn, device, rounds=20, warmup=3)
+            achieved = w_bytes / t["median"]
+            rows.append(
+                {
+                    "dtype": str(dtype),
+                    "method": name,
+                    "seconds": t["seconds"],
+                    "floor_seconds": bound.seconds,
+                    "achieved_bandwidth": achieved,
+                    "fraction_of_peak": achieved / peaks.bandwidth,
+                }
+            )
+            lines.append(
+                f"| {dtype} | {name} | {t['median']:.2e} | {achieved / 1e9:.1f} | "
+                f"{achieved / peaks.bandwidth:.0%} |"
+            )
+        del module, W
+    return rows, lines
+
+
+def edit_floor(
+    peaks: Peaks, loaded: LoadedModel, layer: int, templates: list[str], steps: int
+) -> Any:
+    prompts = [apply_template(t, REQUEST.prompt) for t in templates]
+    batch = subject_last_positions(loaded.tokenizer, prompts, [REQUEST.subject] * len(prompts))
+    vb = build_value_batch(
+        loaded.tokenizer, REQUEST.prompt, REQUEST.subject, REQUEST.target_new, templates
+    )
+    suffix = int((vb.batch.offsets + vb.batch.attention_mask.sum(1) - vb.batch.positions).sum())
+    W = weight_matrix(loaded.adapter.edited_module(loaded.model, layer))
+    return combine(
+        keys_floor(peaks, loaded, layer, int(batch.attention_mask.sum())),
+        value_floor(peaks, loaded, layer, suffix, vb.target_rows.numel() + 1, steps, steps - 1),
+        update_factors_floor(peaks, int(W.shape[0]), int(W.shape[1]), model_dtype(loaded)),
+        basis="keys + v* + update",
+    )
+
+
+def edits(
+    device: torch.device, models: tuple[str, ...], peaks: Peaks, seed: int, fast_rounds: int
+) -> tuple[Any, list[str]]:
+    rows, lines = (
+        [],
+        [
+            "| model | impl | edit s (median) | phases | speedup | floor s | of floor |",
+            "|---|---|---|---|---|---|---|",
+        ],
+    )
+    for name in models:
+        loaded = random_model(name, seed=seed, device=device)
+        hparams = hparams_for(f"random:{name}")
+        templates = generate_context_templates(loaded.model, loaded.tokenizer, seed=seed)
+        W = weight_matrix(loaded.adapter.edited_module(loaded.model, hparams.layer))
+        C = spd(int(W.shape[1]), device, seed)
+        bound = edit_floor(peaks, loaded, hparams.layer, templates, hparams.v_num_grad_steps)
+        means: dict[str, float] = {}
+        for impl, cls in (("fast", Editor), ("naive", NaiveEditor)):
+            editor = cls(loaded, hparams=hparams, seed=seed, stats=C, templates=templates)
+            editor.covariance(hparams.layer)
+            if isinstance(editor, NaiveEditor):
+                editor.inverse_covariance(hparams.layer)
+
+            def one_edit(editor: Editor = editor) -> Any:
+                result = editor.edit(REQUEST, "r-rome")
+                editor.restore()
+                return result
+
+            t = timed(one_edit, device, rounds=fast_rounds if impl == "fast" else 1)
+            result = t.pop("result")
+            means[impl] = t["median"]
+            phases = {k: round(v, 4) for k, v in result.timings.items()}
+            rows.append(
+                {
+                    "model": name,
+                    "impl": impl,
+                    **t,
+                    "phases": phases,
+                    "forwards": len(result.loss_trace),
+                    "floor": bound.as_dict(),
+                    "dtype": str(model_dtype(loaded)),
+                }
+            )
+            lines.append(
+                f"| {name} | {impl} | {t['median']:.3f} | {phases} | | "
+                f"{bound.seconds:.3f} | {bound.seconds / t['median']:.1%} |"
+            )
+        ratio = means["naive"] / means["fast"]
+        rows.append({"model": name, "speedup_fast_vs_naive": ratio})
+        lines.append(f"| {name} | naive/fast | | | {ratio:.1f}× | | |")
+        del loaded, C, W
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows, lines
+
+
+def stats(
+    device: torch.device, name: str, peaks: Peaks, seed: int, n_docs: int, length: int
+) -> tuple[Any, list[str]]:
+    loaded = random_model(name, seed=seed, device=device)
+    layer = hparams_for(f"random:{name}").layer
+    rng = np.random.default_rng(seed)
+    vocab = loaded.tokenizer.vocab_size
+    # Token ids decoded to text; truncation at ``length`` keeps every document full length.
+    texts = [
+        str(loaded.tokenizer.decode(rng.integers(0, vocab, 2 * length).tolist()))
+        for _ in range(n_docs)
+    ]
+    corpus = from_texts(texts, name="gpu-bench")
+    batch = 8
+    docs = [loaded.tokenizer(t, truncation=True, max_length=length)["input_ids"] for t in texts]
+    tokens = sum(len(d) for d in docs)
+
+    def full_forward() -> None:
+        with torch.inference_mode():
+            for first in range(0, n_docs, batch):
+                rows = docs[first : first + batch]
+                width = max(len(r) for r in rows)
+                ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], device=device)
+                loaded.model(input_ids=ids, use_cache=False)
+
+    def collect() -> Any:
+        return collect_second_moment(
+            loaded,
+            layer,
+            corpus,
+            n_samples=n_docs,
+            batch_size=batch,
+            max_length=length,
+            progress=False,
+        )
+
+    d_in = int(weight_matrix(loaded.adapter.edited_module(loaded.model, layer)).shape[1])
+    full = timed(full_forward, device, rounds=2)
+    fast = timed(collect, device, rounds=2)
+    bound = stats_floor(peaks, loaded, layer, tokens, d_in)
+    full_flops = 2.0 * tokens * matrix_params(list(loaded.adapter.layers(loaded.model)))
+    full_bound = floor(
+        peaks,
+        bytes_moved=0,
+        flops=full_flops,
+        dtype=model_dtype(loaded),
+        basis="full forward, blocks only",
+    )
+    rows = {
+        "model": name,
+        "layer": layer,
+        "tokens": tokens,
+        "full_forward_tokens_per_s": tokens / full["median"],
+        "collect_tokens_per_s": tokens / fast["median"],
+        "ratio": full["median"] / fast["median"],
+        "floor": bound.as_dict(),
+        "full_forward_floor": full_bound.as_dict(),
+    }
+    lines = [
+        f"- {name} layer {layer}, {tokens} tokens: full forward "
+        f"{tokens / full['median']:.0f} tok/s, collection {tokens / fast['median']:.0f} tok/s "
+        f"({rows['ratio']:.2f}× the full forward; target ≥ 3×); collection floor "
+        f"{tokens / bound.seconds:.0f} tok/s ({bound.seconds / fast['median']:.0%} of it reached)"
+    ]
+    return rows, lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--out", type=Path, required=True, help="folder for results.json, summary.md"
+    )
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes (a CPU rehearsal)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip")
+    args = parser.parse_args(argv)
+    plan = TINY if args.tiny else FULL
+    device = torch.device(args.device)
+    if device.type != "cuda" and not args.tiny:
+        parser.error("no CUDA device: the full shapes need a GPU; pass --tiny to rehearse on CPU")
+    torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 unless a row says TF32
+    torch.backends.cudnn.allow_tf32 = False
+    peaks = machine_peaks(device)
+    report = Report(
+        args.out,
+        {
+            "device_name": peaks.name,
+            "torch": torch.__version__,
+            "seed": args.seed,
+            "tiny": args.tiny,
+            "platform": platform.platform(),
+        },
+    )
+    skip = set(filter(None, args.skip.split(",")))
+    sections: list[tuple[str, Callable[[], tuple[Any, list[str]]]]] = [
+        ("machine", lambda: machine(peaks)),
+        ("accuracy", lambda: accuracy(device, plan.accuracy_shape, args.seed)),
+        ("C solve", lambda: solve(device, plan.solve_dims, peaks, args.seed)),
+        ("in-place update", lambda: apply_bandwidth(device, plan.apply_shape, peaks)),
+        ("edits", lambda: edits(device, plan.edit_models, peaks, args.seed, plan.fast_rounds)),
+        (
+            "stats",
+            lambda: stats(
+                device, plan.stats_model, peaks, args.seed, plan.stats_docs, plan.stats_length
+            ),
+        ),
+    ]
+    failed = 0
+    for name, run in sections:
+        if name in skip:
+            continue
+        start = time.perf_counter()
+        try:
+            data, lines = run()
+        except Exception:  # keep going: one failed section must not lose the others
+            failed += 1
+            data, lines = {"error": traceback.format_exc()}, ["```", traceback.format_exc(), "```"]
+        gc.collect()  # each section's models go before the next one loads its own
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        lines.append(f"\n({time.perf_counter() - start:.1f} s)")
+        report.add(name, data, lines)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
