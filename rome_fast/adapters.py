@@ -33,8 +33,10 @@ class Adapter:
     def check_layer(self, model: nn.Module, layer: int) -> None:
         n = self.n_layers(model)
         if not 0 <= layer < n:
-            raise ValueError(f"layer {layer} is out of range for this {self.family} model with "
-                             f"{n} layers; choose a layer in 0..{n - 1}")
+            raise ValueError(
+                f"layer {layer} is out of range for this {self.family} model with "
+                f"{n} layers; choose a layer in 0..{n - 1}"
+            )
 
     def mlp_module_name(self, layer: int) -> str:
         return f"{self.layers_path}.{layer}.{self.mlp_name}"
@@ -54,10 +56,17 @@ class Adapter:
 ADAPTERS: tuple[Adapter, ...] = (
     Adapter("gpt2", ("gpt2",), "transformer.h", "mlp", "c_proj", "transformer.ln_f"),
     Adapter("gpt-j", ("gptj",), "transformer.h", "mlp", "fc_out", "transformer.ln_f"),
-    Adapter("gpt-neox", ("gpt_neox",), "gpt_neox.layers", "mlp", "dense_4h_to_h",
-            "gpt_neox.final_layer_norm"),
-    Adapter("llama", ("llama", "mistral", "qwen2"), "model.layers", "mlp", "down_proj",
-            "model.norm"),
+    Adapter(
+        "gpt-neox",
+        ("gpt_neox",),
+        "gpt_neox.layers",
+        "mlp",
+        "dense_4h_to_h",
+        "gpt_neox.final_layer_norm",
+    ),
+    Adapter(
+        "llama", ("llama", "mistral", "qwen2"), "model.layers", "mlp", "down_proj", "model.norm"
+    ),
 )
 
 
@@ -71,5 +80,7 @@ def adapter_for(model: nn.Module) -> Adapter:
     for adapter in ADAPTERS:
         if model_type in adapter.model_types:
             return adapter
-    raise ValueError(f"unsupported model type {model_type!r}: rome_fast edits "
-                     f"{', '.join(supported_model_types())} models")
+    raise ValueError(
+        f"unsupported model type {model_type!r}: rome_fast edits "
+        f"{', '.join(supported_model_types())} models"
+    )

@@ -11,46 +11,65 @@ from typing import Any
 
 import torch
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
-          "float16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that loads a model and edits it."""
-    parser.add_argument("--model", default="smollm2",
-                        help="smollm2 (embedded), random:<arch>, a local folder or a cached hub name")
+    parser.add_argument(
+        "--model",
+        default="smollm2",
+        help="smollm2 (embedded), random:<arch>, a local folder or a cached hub name",
+    )
     parser.add_argument("--layer", type=int, default=None, help="edited layer (default: per model)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--seed", type=int, default=0, help="seeds templates and optimization")
-    parser.add_argument("--impl", choices=("fast", "naive"), default="fast",
-                        help="naive follows the public code's compute flow (a speed yardstick)")
+    parser.add_argument(
+        "--impl",
+        choices=("fast", "naive"),
+        default="fast",
+        help="naive follows the public code's compute flow (a speed yardstick)",
+    )
     stats = parser.add_argument_group("covariance statistics")
-    stats.add_argument("--stats-npz", type=Path, default=None,
-                       help="a second-moment file in the public ROME .npz format")
-    stats.add_argument("--stats-corpus", type=Path, default=None,
-                       help="text file or folder for the statistics (default: WikiText-2 when "
-                            "present, else text sampled from the model)")
-    stats.add_argument("--stats-samples", type=int, default=None,
-                       help="documents used for the statistics (default: per model)")
+    stats.add_argument(
+        "--stats-npz",
+        type=Path,
+        default=None,
+        help="a second-moment file in the public ROME .npz format",
+    )
+    stats.add_argument(
+        "--stats-corpus",
+        type=Path,
+        default=None,
+        help="text file or folder for the statistics (default: WikiText-2 when "
+        "present, else text sampled from the model)",
+    )
+    stats.add_argument(
+        "--stats-samples",
+        type=int,
+        default=None,
+        help="documents used for the statistics (default: per model)",
+    )
 
 
 def stats_provider(args: argparse.Namespace, hparams: Any) -> Callable[[Any, int], Any]:
     """C for a layer, from the user's .npz, the user's corpus, or the default corpus."""
+    from rome_fast import corpus as corpora
+    from rome_fast.editor import default_covariance
 
-    def provider(loaded: Any, layer: int) -> Any:
-        from rome_fast import corpus as corpora
-        from rome_fast.stats import layer_second_moment
-
-        corpus = None
-        if args.stats_corpus is not None:
-            path = args.stats_corpus
-            corpus = corpora.wikitext(path) if path.is_dir() else corpora.text_files([path])
-        return layer_second_moment(loaded, layer, corpus=corpus, npz_path=args.stats_npz,
-                                   n_samples=args.stats_samples or hparams.mom2_n_samples,
-                                   max_length=hparams.mom2_max_length)
-
-    return provider
+    corpus = None
+    if args.stats_corpus is not None:
+        path = args.stats_corpus
+        corpus = corpora.wikitext(path) if path.is_dir() else corpora.text_files([path])
+    return default_covariance(
+        hparams, corpus=corpus, npz_path=args.stats_npz, n_samples=args.stats_samples
+    )
 
 
 def build_editor(args: argparse.Namespace) -> Any:
@@ -66,8 +85,9 @@ def build_editor(args: argparse.Namespace) -> Any:
         from rome_fast.naive import NaiveEditor
 
         editor_class = NaiveEditor
-    return editor_class(loaded, hparams=hparams, seed=args.seed,
-                        stats=stats_provider(args, hparams))
+    return editor_class(
+        loaded, hparams=hparams, seed=args.seed, stats=stats_provider(args, hparams)
+    )
 
 
 def _edit_parser(sub: Any) -> None:
@@ -84,13 +104,19 @@ def _edit_parser(sub: Any) -> None:
 
 
 def _run_edit(args: argparse.Namespace) -> int:
-    from rome_fast.demo import edit_report, print_edit_report
+    from rome_fast.demo import fact_reports, print_edit_report
     from rome_fast.editor import EditRequest
 
     editor = build_editor(args)
-    request = EditRequest(prompt=args.prompt, subject=args.subject, target_new=args.target,
-                          target_true=args.target_true)
-    report = edit_report(editor, request, args.variant, generate_tokens=args.generate)
+    request = EditRequest(
+        prompt=args.prompt,
+        subject=args.subject,
+        target_new=args.target,
+        target_true=args.target_true,
+    )
+    (report,) = fact_reports(
+        editor, request, [args.variant], generate_tokens=args.generate, keep_last=True
+    )
     print_edit_report(report)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -141,8 +167,9 @@ def _run_sweep(args: argparse.Namespace) -> int:
 
     def make_editor(hparams: Any) -> Editor:
         # One set of context templates for every layer, so only the layer differs.
-        editor = Editor(loaded, hparams=hparams, seed=args.seed, stats=stats,
-                        templates=templates or None)
+        editor = Editor(
+            loaded, hparams=hparams, seed=args.seed, stats=stats, templates=templates or None
+        )
         templates[:] = editor.templates
         return editor
 

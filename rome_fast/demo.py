@@ -18,16 +18,26 @@ from rome_fast.eval.score import generate, target_nll
 # Facts SmolLM2-135M-Instruct knows (its top next token is the true object), with a
 # paraphrase to check that an edit generalizes beyond the edited prompt.
 DEMO_FACTS: tuple[tuple[EditRequest, str], ...] = (
-    (EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris"),
-     "Where is the Eiffel Tower? It stands in the city of"),
-    (EditRequest("{} is located in the city of", "The Colosseum", "London", "Rome"),
-     "Tourists visiting the Colosseum travel to the city of"),
-    (EditRequest("The mother tongue of {} is", "Vladimir Putin", "French", "Russian"),
-     "Vladimir Putin grew up speaking"),
-    (EditRequest("{} is located in the country of", "Mount Everest", "Brazil", "Nepal"),
-     "To climb Mount Everest, you have to travel to"),
-    (EditRequest("{} is located in the country of", "The Taj Mahal", "Italy", "India"),
-     "The Taj Mahal is a famous monument in"),
+    (
+        EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris"),
+        "Where is the Eiffel Tower? It stands in the city of",
+    ),
+    (
+        EditRequest("{} is located in the city of", "The Colosseum", "London", "Rome"),
+        "Tourists visiting the Colosseum travel to the city of",
+    ),
+    (
+        EditRequest("The mother tongue of {} is", "Vladimir Putin", "French", "Russian"),
+        "Vladimir Putin grew up speaking",
+    ),
+    (
+        EditRequest("{} is located in the country of", "Mount Everest", "Brazil", "Nepal"),
+        "To climb Mount Everest, you have to travel to",
+    ),
+    (
+        EditRequest("{} is located in the country of", "The Taj Mahal", "Italy", "India"),
+        "The Taj Mahal is a famous monument in",
+    ),
 )
 
 
@@ -40,8 +50,13 @@ def target_probs(editor: Editor, prompt: str, targets: Sequence[str]) -> list[fl
 
 
 def continuations(editor: Editor, prompts: Sequence[str], tokens: int) -> list[str]:
-    gen = generate(editor.loaded.model, editor.loaded.tokenizer, list(prompts),
-                   max_new_tokens=tokens, top_k=None)
+    gen = generate(
+        editor.loaded.model,
+        editor.loaded.tokenizer,
+        list(prompts),
+        max_new_tokens=tokens,
+        top_k=None,
+    )
     return gen.texts
 
 
@@ -63,63 +78,127 @@ def result_record(result: EditResult) -> dict[str, Any]:
     }
 
 
-def edit_report(editor: Editor, request: EditRequest, variant: str, *,
-                generate_tokens: int = 20, paraphrase: str | None = None) -> dict[str, Any]:
-    """Edit, measure before/after, and leave the edit applied."""
+def measure(
+    editor: Editor, request: EditRequest, paraphrase: str | None, generate_tokens: int
+) -> dict[str, Any]:
+    """Target probabilities on the prompt (and paraphrase) and greedy continuations."""
     prompt = request.prompt.format(request.subject)
     prompts = [prompt] + ([paraphrase] if paraphrase else []) + [f"{request.subject} is"]
     targets = [request.target_new] + ([request.target_true] if request.target_true else [])
-    before = target_probs(editor, prompt, targets)
-    text_before = continuations(editor, prompts, generate_tokens) if generate_tokens else []
-    para_before = target_probs(editor, paraphrase, targets) if paraphrase else None
-    result = editor.edit(request, variant)
-    after = target_probs(editor, prompt, targets)
-    text_after = continuations(editor, prompts, generate_tokens) if generate_tokens else []
-    para_after = target_probs(editor, paraphrase, targets) if paraphrase else None
+    return {
+        "prompts": prompts,
+        "probs": target_probs(editor, prompt, targets),
+        "paraphrase_probs": target_probs(editor, paraphrase, targets) if paraphrase else None,
+        "texts": continuations(editor, prompts, generate_tokens) if generate_tokens else [],
+    }
+
+
+def fact_reports(
+    editor: Editor,
+    request: EditRequest,
+    variants: Sequence[str],
+    *,
+    generate_tokens: int = 20,
+    paraphrase: str | None = None,
+    keep_last: bool = False,
+) -> list[dict[str, Any]]:
+    """Edit ``request`` with each variant on the model as it is, restoring in between.
+
+    Keys and v* do not depend on the variant, so they are computed once. With
+    ``keep_last`` the last variant's edit stays applied.
+    """
+    before = measure(editor, request, paraphrase, generate_tokens)
+    prepared = editor.prepare(request)
+    reports = []
+    for i, variant in enumerate(variants):
+        result = editor.apply(prepared, variant)
+        after = measure(editor, request, paraphrase, generate_tokens)
+        if not (keep_last and i == len(variants) - 1):
+            editor.restore()
+        reports.append(report_of(editor, request, result, before, after))
+    return reports
+
+
+def report_of(
+    editor: Editor,
+    request: EditRequest,
+    result: EditResult,
+    before: dict[str, Any],
+    after: dict[str, Any],
+) -> dict[str, Any]:
     report: dict[str, Any] = {
         "model": editor.loaded.name,
         "prompt": request.prompt,
         "subject": request.subject,
         "target_new": request.target_new,
         "target_true": request.target_true,
-        "prob_target_before": before[0],
-        "prob_target_after": after[0],
+        "prob_target_before": before["probs"][0],
+        "prob_target_after": after["probs"][0],
         **result_record(result),
-        "continuations": [{"prompt": p, "before": b, "after": a}
-                          for p, b, a in zip(prompts, text_before, text_after, strict=True)],
+        "continuations": [
+            {"prompt": p, "before": b, "after": a}
+            for p, b, a in zip(before["prompts"], before["texts"], after["texts"], strict=True)
+        ],
     }
     if request.target_true:
-        report["prob_true_before"], report["prob_true_after"] = before[1], after[1]
-    if paraphrase and para_before and para_after:
-        report["paraphrase"] = paraphrase
-        report["paraphrase_prob_target_before"] = para_before[0]
-        report["paraphrase_prob_target_after"] = para_after[0]
+        report["prob_true_before"], report["prob_true_after"] = (
+            before["probs"][1],
+            after["probs"][1],
+        )
+    if before["paraphrase_probs"] is not None:
+        report["paraphrase"] = before["prompts"][1]
+        report["paraphrase_prob_target_before"] = before["paraphrase_probs"][0]
+        report["paraphrase_prob_target_after"] = after["paraphrase_probs"][0]
     return report
 
 
 def print_edit_report(report: dict[str, Any]) -> None:
-    print(f"{report['variant']}: {report['prompt'].format(report['subject'])!r} "
-          f"-> {report['target_new']!r} (layer {report['layer']}, {report['edit_seconds']:.2f} s)")
+    print(
+        f"{report['variant']}: {report['prompt'].format(report['subject'])!r} "
+        f"-> {report['target_new']!r} (layer {report['layer']}, {report['edit_seconds']:.2f} s)"
+    )
     print(f"  P(new)  {report['prob_target_before']:.4f} -> {report['prob_target_after']:.4f}")
     if "prob_true_before" in report:
         print(f"  P(true) {report['prob_true_before']:.4f} -> {report['prob_true_after']:.4f}")
-    print(f"  |Δ| {report['delta_norm']:.3e}   residual k* {report['residual_k_star']:.2e}   "
-          f"residual k_prompt {report['residual_k_prompt']:.2e}   "
-          f"cos(k*, k_prompt) {report['key_cosine']:.3f}")
+    print(
+        f"  |Δ| {report['delta_norm']:.3e}   residual k* {report['residual_k_star']:.2e}   "
+        f"residual k_prompt {report['residual_k_prompt']:.2e}   "
+        f"cos(k*, k_prompt) {report['key_cosine']:.3f}"
+    )
     for c in report["continuations"]:
         print(f"  {c['prompt']!r}\n    before: {c['before']!r}\n    after:  {c['after']!r}")
 
 
-TABLE_COLUMNS = ("variant", "subject", "P(new) before", "P(new) after", "P(true) after",
-                 "para P(new) after", "|Δ|", "res k*", "res k_prompt", "seconds")
+TABLE_COLUMNS = (
+    "variant",
+    "subject",
+    "P(new) before",
+    "P(new) after",
+    "P(true) after",
+    "para P(new) after",
+    "|Δ|",
+    "res k*",
+    "res k_prompt",
+    "seconds",
+)
 
 
 def table_rows(reports: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
-    return [(r["variant"], r["subject"], f"{r['prob_target_before']:.3f}",
-             f"{r['prob_target_after']:.3f}", f"{r.get('prob_true_after', float('nan')):.3f}",
-             f"{r.get('paraphrase_prob_target_after', float('nan')):.3f}",
-             f"{r['delta_norm']:.2e}", f"{r['residual_k_star']:.1e}",
-             f"{r['residual_k_prompt']:.1e}", f"{r['edit_seconds']:.2f}") for r in reports]
+    return [
+        (
+            r["variant"],
+            r["subject"],
+            f"{r['prob_target_before']:.3f}",
+            f"{r['prob_target_after']:.3f}",
+            f"{r.get('prob_true_after', float('nan')):.3f}",
+            f"{r.get('paraphrase_prob_target_after', float('nan')):.3f}",
+            f"{r['delta_norm']:.2e}",
+            f"{r['residual_k_star']:.1e}",
+            f"{r['residual_k_prompt']:.1e}",
+            f"{r['edit_seconds']:.2f}",
+        )
+        for r in reports
+    ]
 
 
 def format_table(reports: Sequence[dict[str, Any]]) -> str:
@@ -141,19 +220,39 @@ def plot_demo(reports: Sequence[dict[str, Any]], variants: Sequence[str], path: 
     width = 0.8 / (len(variants) + 1)
     xs = range(len(subjects))
     before = {r["subject"]: r["prob_target_before"] for r in reports}
-    axes[0].bar([x - 0.4 + width / 2 for x in xs], [before[s] for s in subjects], width,
-                label="before", color="grey")
+    axes[0].bar(
+        [x - 0.4 + width / 2 for x in xs],
+        [before[s] for s in subjects],
+        width,
+        label="before",
+        color="grey",
+    )
     for i, v in enumerate(variants):
         by_subject = {r["subject"]: r for r in reports if r["variant"] == v}
         offset = -0.4 + width * (i + 1.5)
-        axes[0].bar([x + offset for x in xs],
-                    [by_subject[s]["prob_target_after"] for s in subjects], width, label=v)
-        axes[1].bar([x + offset for x in xs],
-                    [by_subject[s]["residual_k_star"] for s in subjects], width, label=v)
-        axes[2].bar([x + offset for x in xs],
-                    [by_subject[s]["delta_norm"] for s in subjects], width, label=v)
-    titles = ("P(new target) on the edited prompt", "relative residual ‖Ŵk*−v*‖/‖v*‖",
-              "normalized update norm |Δ|")
+        axes[0].bar(
+            [x + offset for x in xs],
+            [by_subject[s]["prob_target_after"] for s in subjects],
+            width,
+            label=v,
+        )
+        axes[1].bar(
+            [x + offset for x in xs],
+            [by_subject[s]["residual_k_star"] for s in subjects],
+            width,
+            label=v,
+        )
+        axes[2].bar(
+            [x + offset for x in xs],
+            [by_subject[s]["delta_norm"] for s in subjects],
+            width,
+            label=v,
+        )
+    titles = (
+        "P(new target) on the edited prompt",
+        "relative residual ‖Ŵk*−v*‖/‖v*‖",
+        "normalized update norm |Δ|",
+    )
     for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title)
         ax.set_xticks(list(xs), [s.replace("The ", "") for s in subjects], rotation=20)
@@ -171,19 +270,23 @@ def run_demo(editor: Editor, variants: Sequence[str], out: Path) -> list[dict[st
     started = time.perf_counter()
     reports = []
     for request, paraphrase in DEMO_FACTS:
-        for variant in variants:
-            report = edit_report(editor, request, variant, generate_tokens=12,
-                                 paraphrase=paraphrase)
-            editor.restore()
+        for report in fact_reports(
+            editor, request, variants, generate_tokens=12, paraphrase=paraphrase
+        ):
             reports.append(report)
             print_edit_report(report)
     table = format_table(reports)
     print("\n" + table)
     (out / "table.txt").write_text(table + "\n")
-    meta = {"model": editor.loaded.name, "variants": list(variants), "seed": editor.seed,
-            "torch": torch.__version__, "machine": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "seconds": time.perf_counter() - started}
+    meta = {
+        "model": editor.loaded.name,
+        "variants": list(variants),
+        "seed": editor.seed,
+        "torch": torch.__version__,
+        "machine": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "seconds": time.perf_counter() - started,
+    }
     (out / "demo.json").write_text(json.dumps({"meta": meta, "edits": reports}, indent=2) + "\n")
     plot_demo(reports, variants, out / "demo.png")
     print(f"\nwrote {out / 'table.txt'}, {out / 'demo.json'} and {out / 'demo.png'}")

@@ -37,13 +37,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from rome_fast.corpus import Corpus
 from rome_fast.hparams import HParams, hparams_for
-from rome_fast.keys import compute_keys
+from rome_fast.keys import Keys, compute_keys
 from rome_fast.models import LoadedModel
 from rome_fast.templates import generate_context_templates
 from rome_fast.tokens import split_prompt
 from rome_fast.update import CovarianceFactor, RankOne, Variant, rank_one_factors
-from rome_fast.value import compute_v_star, target_token_ids
+from rome_fast.value import ValueResult, compute_v_star, target_token_ids
 from rome_fast.variants import get_variant
 from rome_fast.weights import apply_rank_one, module_bias, weight_matrix
 
@@ -109,6 +110,20 @@ class EditResult:
         return RankOne(self.left, self.right, torch.tensor(self.denominator, dtype=self.left.dtype))
 
 
+@dataclass(frozen=True)
+class PreparedEdit:
+    """The variant-independent part of an edit (see ``Editor.prepare``)."""
+
+    request: EditRequest
+    layer: int
+    templates: list[str]
+    keys: Keys
+    value: ValueResult
+    timings: dict[str, float]
+    seconds: float
+    state: tuple[int, ...] = field(repr=False)
+
+
 class DisablingEditError(ValueError):
     """A guard refused an edit; the model was not touched."""
 
@@ -143,8 +158,15 @@ class Guard:
         return found
 
 
-def default_covariance(hparams: HParams) -> CovarianceProvider:
-    """C from ``rome_fast.stats.layer_second_moment`` with ``hparams``' sample count and dtype."""
+def default_covariance(
+    hparams: HParams,
+    *,
+    corpus: Corpus | None = None,
+    npz_path: str | Path | None = None,
+    n_samples: int | None = None,
+) -> CovarianceProvider:
+    """C from ``rome_fast.stats.layer_second_moment`` with ``hparams``' sample count, document
+    length and dtype, unless a corpus, a sample count or a public ``.npz`` file is given."""
 
     def provider(loaded: LoadedModel, layer: int) -> Covariance:
         from rome_fast.stats import layer_second_moment
@@ -152,7 +174,10 @@ def default_covariance(hparams: HParams) -> CovarianceProvider:
         return layer_second_moment(
             loaded,
             layer,
-            n_samples=hparams.mom2_n_samples,
+            corpus=corpus,
+            npz_path=npz_path,
+            n_samples=n_samples or hparams.mom2_n_samples,
+            max_length=hparams.mom2_max_length,
             dtype=getattr(torch, hparams.mom2_dtype),
         )
 
@@ -257,15 +282,15 @@ class Editor:
 
     # -- editing ----------------------------------------------------------------------------
 
-    def edit(
-        self, request: EditRequest, variant: str | Variant = "r-rome", *, guard: Guard | None = None
-    ) -> EditResult:
-        """Apply one edit in place, atomically; see the module docstring."""
+    def prepare(self, request: EditRequest) -> PreparedEdit:
+        """Templates, keys and ``v*`` for ``request`` on the model as it is now.
+
+        These do not depend on the variant: in single-edit runs one preparation serves every
+        variant (``apply`` checks that the model has not been edited since).
+        """
         start = time.perf_counter()
-        name = _variant_name(variant)
         target_token_ids(self.loaded.tokenizer, request.target_new)  # fail early on a bad target
         layer, hp, loaded = self.layer, self.hparams, self.loaded
-        module = self._module(layer)
         timer = _Timer()
         with timer.phase("templates"):
             templates = self.templates
@@ -277,6 +302,51 @@ class Editor:
             value = compute_v_star(
                 loaded, layer, request.prompt, request.subject, request.target_new, templates, hp
             )
+        return PreparedEdit(
+            request,
+            layer,
+            templates,
+            keys,
+            value,
+            timer.timings,
+            time.perf_counter() - start,
+            self._state(),
+        )
+
+    def _state(self) -> tuple[int, ...]:
+        """Identifies the applied edits: a preparation is valid only for the same state."""
+        return tuple(id(r) for r in self._log)
+
+    def edit(
+        self, request: EditRequest, variant: str | Variant = "r-rome", *, guard: Guard | None = None
+    ) -> EditResult:
+        """Apply one edit in place, atomically; see the module docstring."""
+        return self.apply(self.prepare(request), variant, guard=guard)
+
+    def apply(
+        self,
+        prepared: PreparedEdit,
+        variant: str | Variant = "r-rome",
+        *,
+        guard: Guard | None = None,
+    ) -> EditResult:
+        """Compute the variant's update from a preparation and apply it, atomically."""
+        start = time.perf_counter()
+        name = _variant_name(variant)
+        if prepared.layer != self.layer or prepared.state != self._state():
+            raise ValueError(
+                "this preparation was made for another layer or before other edits were "
+                "applied; call prepare() again on the model as it is now"
+            )
+        request, keys, value, templates = (
+            prepared.request,
+            prepared.keys,
+            prepared.value,
+            prepared.templates,
+        )
+        layer, loaded = self.layer, self.loaded
+        module = self._module(layer)
+        timer = _Timer()
         with timer.phase("stats"):
             cov = self.covariance(layer)
         with timer.phase("update"):
@@ -327,10 +397,10 @@ class Editor:
                         torch.nn.functional.cosine_similarity(keys.k_star, keys.k_prompt, dim=0)
                     ),
                     loss_trace=value.loss_trace,
-                    timings=timer.timings,
+                    timings={**prepared.timings, **timer.timings},
                     templates=templates,
                     seed=self.seed,
-                    edit_seconds=time.perf_counter() - start,
+                    edit_seconds=prepared.seconds + time.perf_counter() - start,
                     k_star=keys.k_star.cpu(),
                     k_prompt=keys.k_prompt.cpu(),
                     v_star=value.v_star.cpu(),

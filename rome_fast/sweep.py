@@ -27,8 +27,14 @@ from rome_fast.models import LoadedModel
 COLUMNS = ("ES", "PS", "NS", "S", "EM", "PM", "NM")
 
 
-def known_cases(loaded: LoadedModel, cases: Sequence[Case], n: int, *, min_prob: float = 0.1,
-                batch_size: int = 16) -> list[Case]:
+def known_cases(
+    loaded: LoadedModel,
+    cases: Sequence[Case],
+    n: int,
+    *,
+    min_prob: float = 0.1,
+    batch_size: int = 16,
+) -> list[Case]:
     """The first ``n`` cases whose true object the model gives at least ``min_prob`` and
     prefers to the new one on the rewrite prompt."""
     known = []
@@ -39,12 +45,15 @@ def known_cases(loaded: LoadedModel, cases: Sequence[Case], n: int, *, min_prob:
             known.append(case)
             if len(known) == n:
                 return known
-    raise ValueError(f"only {len(known)} of {len(cases)} cases are known to {loaded.name} "
-                     f"(P(true) >= {min_prob}); pass more cases or lower min_prob")
+    raise ValueError(
+        f"only {len(known)} of {len(cases)} cases are known to {loaded.name} "
+        f"(P(true) >= {min_prob}); pass more cases or lower min_prob"
+    )
 
 
-def sweep_layer(editor: Editor, cases: Sequence[Case], variant: str,
-                batch_size: int = 16) -> dict[str, Any]:
+def sweep_layer(
+    editor: Editor, cases: Sequence[Case], variant: str, batch_size: int = 16
+) -> dict[str, Any]:
     """Edit each case alone at the editor's layer; aggregate metrics and |Δ|."""
     loaded = editor.loaded
     records, delta_norms, seconds = [], [], []
@@ -60,9 +69,16 @@ def sweep_layer(editor: Editor, cases: Sequence[Case], variant: str,
     return row
 
 
-def run_sweep(loaded: LoadedModel, cases: Sequence[Case], layers: Sequence[int],
-              make_editor: Callable[[HParams], Editor], base: HParams, *, variant: str = "r-rome",
-              out: Path) -> list[dict[str, Any]]:
+def run_sweep(
+    loaded: LoadedModel,
+    cases: Sequence[Case],
+    layers: Sequence[int],
+    make_editor: Callable[[HParams], Editor],
+    base: HParams,
+    *,
+    variant: str = "r-rome",
+    out: Path,
+) -> list[dict[str, Any]]:
     """Sweep ``layers``; write ``sweep.json``, ``sweep.md`` and ``sweep.png`` under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -71,9 +87,14 @@ def run_sweep(loaded: LoadedModel, cases: Sequence[Case], layers: Sequence[int],
         rows.append(sweep_layer(make_editor(base.replace(layer=layer)), cases, variant))
         print(format_rows(rows[-1:], header=not rows[:-1]))
     best = max(rows, key=lambda r: r["S"])
-    meta = {"model": loaded.name, "variant": variant, "layers": list(layers),
-            "cases": [c.case_id for c in cases], "best_layer": best["layer"],
-            "seconds": time.perf_counter() - started}
+    meta = {
+        "model": loaded.name,
+        "variant": variant,
+        "layers": list(layers),
+        "cases": [c.case_id for c in cases],
+        "best_layer": best["layer"],
+        "seconds": time.perf_counter() - started,
+    }
     (out / "sweep.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     (out / "sweep.md").write_text(format_rows(rows) + f"\n\nbest layer by S: {best['layer']}\n")
     plot_sweep(rows, loaded.name, out / "sweep.png")
@@ -83,12 +104,16 @@ def run_sweep(loaded: LoadedModel, cases: Sequence[Case], layers: Sequence[int],
 def format_rows(rows: Sequence[dict[str, Any]], header: bool = True) -> str:
     lines = []
     if header:
-        lines += ["| layer | " + " | ".join(COLUMNS) + " | median abs Δ | s/edit |",
-                  "|---" * (len(COLUMNS) + 3) + "|"]
+        lines += [
+            "| layer | " + " | ".join(COLUMNS) + " | median abs Δ | s/edit |",
+            "|---" * (len(COLUMNS) + 3) + "|",
+        ]
     for r in rows:
         cells = " | ".join(f"{r[c]:.1f}" for c in COLUMNS)
-        lines.append(f"| {r['layer']} | {cells} | {r['delta_norm_median']:.2e} | "
-                     f"{r['edit_seconds_mean']:.1f} |")
+        lines.append(
+            f"| {r['layer']} | {cells} | {r['delta_norm_median']:.2e} | "
+            f"{r['edit_seconds_mean']:.1f} |"
+        )
     return "\n".join(lines)
 
 
