@@ -38,9 +38,11 @@ import numpy as np
 import torch
 
 from benchmarks.floors import (
+    CARD_SPECS,
     Peaks,
     combine,
     floor,
+    full_forward_flops,
     keys_floor,
     machine_peaks,
     matrix_params,
@@ -462,6 +464,80 @@ def stats(
     return rows, lines
 
 
+def spec_peaks(card: str) -> Peaks:
+    """A card's vendor peaks, for floors computed without the card."""
+    if card not in CARD_SPECS:
+        raise ValueError(f"unknown card {card!r}; known: {', '.join(CARD_SPECS)}")
+    n = CARD_SPECS[card]
+    return Peaks(
+        "cuda",
+        card,
+        n["bandwidth"],
+        n["fp32"],
+        n["bf16"],
+        float("nan"),
+        float("nan"),
+        f"vendor spec ({card}), nothing measured",
+        0,
+        50 << 20,
+    )
+
+
+def paper_floors(card: str, seed: int) -> tuple[Any, list[str]]:
+    """Floors of the full plan on ``card``, from parameter counts (meta-device models) and the
+    token counts of templates sampled from a tiny model with the same tokenizer and schedule."""
+    peaks = spec_peaks(card)
+    proxy = random_model("tiny-gptj", seed=seed)
+    templates = generate_context_templates(proxy.model, proxy.tokenizer, seed=seed)
+    rows, lines = (
+        [],
+        [
+            f"Vendor peaks of {card}: {peaks.bandwidth / 1e12:.2f} TB/s, "
+            f"{peaks.flops_fp32 / 1e12:.0f} TFLOP/s fp32, "
+            f"{peaks.flops_bf16 / 1e12:.0f} TFLOP/s bf16 (dense).",
+            "",
+        ],
+    )
+    for name in FULL.edit_models:
+        meta = random_model(name, seed=seed, device="meta")
+        meta.tokenizer = proxy.tokenizer
+        layer = hparams_for(f"random:{name}").layer
+        for dtype in (torch.float32, torch.bfloat16):
+            meta.model.to(dtype)
+            bound = edit_floor(peaks, meta, layer, templates, 20)
+            W = weight_matrix(meta.adapter.edited_module(meta.model, layer))
+            apply = rank_one_apply_floor(peaks, int(W.shape[0]), int(W.shape[1]), dtype)
+            rows.append(
+                {
+                    "model": name,
+                    "dtype": str(dtype),
+                    "edit_floor": bound.as_dict(),
+                    "apply_floor": apply.as_dict(),
+                }
+            )
+            lines.append(
+                f"- {name} {dtype}: edit floor {bound.seconds * 1e3:.1f} ms "
+                f"({bound.flops / 1e12:.2f} TFLOP: {bound.basis}); in-place update "
+                f"floor {apply.seconds * 1e6:.0f} µs ({apply.bytes / 1e6:.0f} MB)"
+            )
+        if name == FULL.stats_model:
+            meta.model.to(torch.float32)
+            tokens = FULL.stats_docs * FULL.stats_length
+            d_in = int(weight_matrix(meta.adapter.edited_module(meta.model, layer)).shape[1])
+            bound = stats_floor(peaks, meta, layer, tokens, d_in)
+            full = full_forward_flops(meta, tokens) / peaks.flops_fp32
+            rows.append(
+                {"model": name, "stats_floor": bound.as_dict(), "full_forward_floor_seconds": full}
+            )
+            lines.append(
+                f"- {name} layer {layer} statistics, float32: at most "
+                f"{tokens / bound.seconds:.0f} tok/s ({bound.basis}); a full forward "
+                f"pass at most {tokens / full:.0f} tok/s: ratio "
+                f"{full / bound.seconds:.1f}× at the floors"
+            )
+    return rows, lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -471,7 +547,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip", default="", help="comma-separated sections to skip")
+    parser.add_argument(
+        "--floors-only",
+        metavar="CARD",
+        choices=sorted(CARD_SPECS),
+        help="only compute the full plan's floors for this card (no GPU needed)",
+    )
     args = parser.parse_args(argv)
+    if args.floors_only:
+        report = Report(
+            args.out,
+            {
+                "device_name": f"{args.floors_only} (floors only)",
+                "torch": torch.__version__,
+                "seed": args.seed,
+                "tiny": False,
+            },
+        )
+        report.add("floors", *paper_floors(args.floors_only, args.seed))
+        return 0
     plan = TINY if args.tiny else FULL
     device = torch.device(args.device)
     if device.type != "cuda" and not args.tiny:

@@ -400,7 +400,11 @@ class Editor:
                     timings={**prepared.timings, **timer.timings},
                     templates=templates,
                     seed=self.seed,
-                    edit_seconds=prepared.seconds + time.perf_counter() - start,
+                    # The statistics are computed once per layer and cached: not part of an edit.
+                    edit_seconds=prepared.seconds
+                    + time.perf_counter()
+                    - start
+                    - timer.timings["stats"],
                     k_star=keys.k_star.cpu(),
                     k_prompt=keys.k_prompt.cpu(),
                     v_star=value.v_star.cpu(),

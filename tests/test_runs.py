@@ -65,12 +65,20 @@ class FakeEditor:
         self.hparams = FakeHparams()
         self.name = loaded.adapter.edited_module_name(LAYER)
         self.saved: torch.Tensor | None = None
+        self.prepared: list[Any] = []  # case ids, in the order prepare() saw them
 
     @property
     def weight(self) -> torch.Tensor:
         weight = self.loaded.model.get_submodule(self.name).weight
         assert isinstance(weight, torch.Tensor)
         return weight
+
+    def prepare(self, request: Any) -> Any:
+        self.prepared.append(request.case_id)
+        return request
+
+    def apply(self, prepared: Any, variant: str = "r-rome") -> FakeResult:
+        return self.edit(prepared, variant)
 
     def edit(self, request: Any, variant: str = "r-rome") -> FakeResult:
         if self.saved is None:
@@ -168,6 +176,24 @@ def test_single_run_writes_one_line_per_case_and_restores(
     assert summary["results"]["single"]["a"]["n"] == 3
     assert summary["results"]["single"]["a"]["ES"] > summary["results"]["single"]["a"]["pre"]["ES"]
     assert json.loads((tmp_path / "config.json").read_text())["run"]["seed"] == 0
+
+
+def test_single_run_prepares_each_case_once_for_all_variants(
+    loaded: LoadedModel, tmp_path: Path
+) -> None:
+    editor = FakeEditor(loaded)
+    Runner(loaded, editor, make_cases(3), config(variants=("a", "b")), tmp_path).run()
+    assert editor.prepared == [100, 101, 102]
+    assert len(read_lines(tmp_path / "single-b.jsonl")) == 3
+
+
+def test_sequential_run_prepares_every_edit_on_the_edited_model(
+    loaded: LoadedModel, tmp_path: Path
+) -> None:
+    editor = FakeEditor(loaded)
+    cfg = config(variants=("a", "b"), modes=("sequential",))
+    Runner(loaded, editor, make_cases(2), cfg, tmp_path).run()
+    assert editor.prepared == []  # edit() on the live model, never a shared preparation
 
 
 def test_single_run_detects_inexact_restore(loaded: LoadedModel, tmp_path: Path) -> None:

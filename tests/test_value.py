@@ -1,4 +1,8 @@
-"""v*: the public code's loss and loop, checked against a plain reference on full logits."""
+"""v*: the public code's loss and loop, checked against a plain reference on full logits.
+
+The fast loop (prefix cache, suffix-only passes, gathered read-out) must give the plain
+full-forward loop's loss trace, step count and v* up to float rounding.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ from rome_fast.value import (
     readout_logits,
     target_token_ids,
 )
-from tests.models import REQUEST, TEMPLATES, tiny_hparams, tiny_model
+from tests.models import FAMILIES, REQUEST, TEMPLATES, tiny_hparams, tiny_model
+from tests.reference_value import reference_v_star
 
 LAYER = 1
 
@@ -126,3 +131,52 @@ def test_deterministic_and_leaves_no_hooks_or_grads() -> None:
     assert not module._forward_hooks
     assert not module._forward_pre_hooks
     assert all(p.grad is None for p in loaded.model.parameters())
+
+
+# (prompt, subject, target, templates): multi-token targets; the subject first in the
+# prompt or after other words; templates of different lengths (so the subject-last tokens
+# sit in different columns before alignment).
+EQUALITY_CASES = {
+    "multi-token target": (*REQUEST[:2], "Rome, Italy", TEMPLATES),
+    "subject mid-prompt": (
+        "The tallest tower of {} stands in",
+        "Paris",
+        "Lyon and Nice",
+        ["{}", "A. {}", "Once upon a time there was a very long story about {{it}}. {}"],
+    ),
+    # every subject-last token is the first token: nothing to cache (split 0)
+    "one-token subject first": ("{} is in", "Paris", "Rome, Italy", ["{}"]),
+}
+
+
+def reproduce_call(family: str, padding_side: str, case: str) -> str:
+    prompt, subject, target, templates = EQUALITY_CASES[case]
+    return (
+        f"loaded = tiny_model({family!r}); hp = tiny_hparams({family!r}, "
+        f"padding_side={padding_side!r}, v_num_grad_steps=5)\n"
+        f"args = (loaded, {LAYER}, {prompt!r}, {subject!r}, {target!r}, {templates!r}, hp)\n"
+        "compute_v_star(*args); reference_v_star(*args)  # tests.reference_value"
+    )
+
+
+@pytest.mark.parametrize("case", list(EQUALITY_CASES))
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fast_v_star_equals_the_full_forward_loop(
+    family: str, padding_side: str, case: str
+) -> None:
+    loaded = tiny_model(family)
+    hp = tiny_hparams(family, padding_side=padding_side, v_num_grad_steps=5)
+    prompt, subject, target, templates = EQUALITY_CASES[case]
+    assert len(target_token_ids(loaded.tokenizer, target)) > 1 or case != "multi-token target"
+    fast = compute_v_star(loaded, LAYER, prompt, subject, target, templates, hp)
+    ref = reference_v_star(loaded, LAYER, prompt, subject, target, templates, hp)
+    where = f"\nreproduce with:\n{reproduce_call(family, padding_side, case)}"
+    assert fast.adam_steps == ref.adam_steps, f"steps {fast.adam_steps} != {ref.adam_steps}{where}"
+    assert fast.loss_trace == pytest.approx(ref.loss_trace, rel=1e-4), (
+        f"loss traces differ: {fast.loss_trace} vs {ref.loss_trace}{where}"
+    )
+    error = float((fast.v_star - ref.v_star).norm() / ref.v_star.norm())
+    assert error <= 1e-4, f"‖v*_fast − v*_ref‖ / ‖v*_ref‖ = {error:.3g}{where}"
+    # δ moved: the comparison covers the optimization, not only the first pass
+    assert float((ref.v_star - fast.v_init).norm()) > 0.0

@@ -50,6 +50,10 @@ class EditorLike(Protocol):
 
     def edit(self, request: Any, variant: str = ...) -> Any: ...
 
+    def prepare(self, request: Any) -> Any: ...
+
+    def apply(self, prepared: Any, variant: str = ...) -> Any: ...
+
     def revert(self, result: Any) -> None: ...
 
     def restore(self) -> None: ...
@@ -220,7 +224,13 @@ class DegradedEditor:
         self.hparams = getattr(editor, "hparams", None)
 
     def edit(self, request: Any, variant: str = "r-rome") -> Any:
-        result = self.editor.edit(request, variant=variant)
+        return self.apply(self.prepare(request), variant)
+
+    def prepare(self, request: Any) -> Any:
+        return self.editor.prepare(request)
+
+    def apply(self, prepared: Any, variant: str = "r-rome") -> Any:
+        result = self.editor.apply(prepared, variant)
         if self.mode == "zero":
             self.editor.revert(result)
         else:
@@ -361,6 +371,9 @@ class Runner:
     # A new editor for every mode and variant: a resumed sequential run loads weights the
     # editor never saw, so its record of W0 must not outlive that run.
     fresh_editor: Callable[[], EditorLike] | None = None
+    # Single-edit mode: per case index, what every variant shares (see _edit_and_score).
+    _pre_scores: dict[int, Any] = field(init=False, default_factory=dict)
+    _prepared: dict[int, Any] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -424,8 +437,15 @@ class Runner:
     def _case_seed(self, index: int) -> int:
         return self.cfg.seed * 1_000_003 + index
 
-    def _edit_and_score(self, case: Case, index: int, variant: str) -> tuple[dict[str, Any], Any]:
-        """Pre-scores, the edit, post-scores and the generation check of one case."""
+    def _edit_and_score(
+        self, case: Case, index: int, variant: str, single: bool = False
+    ) -> tuple[dict[str, Any], Any]:
+        """Pre-scores, the edit, post-scores and the generation check of one case.
+
+        In single-edit mode the model is the unedited one for every variant, so the pre-edit
+        scores and the variant-independent part of the edit (keys, v*) are computed once per
+        case and reused by the other variants.
+        """
         tokenizer, bs = self.loaded.tokenizer, self.cfg.batch_size
         timings: dict[str, float] = {}
         row: dict[str, Any] = {
@@ -437,12 +457,17 @@ class Runner:
             "target_true": case.target_true,
         }
         with _timed(timings, "score_pre"):
-            row["pre"] = score_case(self.model, tokenizer, case, bs)
+            if not single:
+                row["pre"] = score_case(self.model, tokenizer, case, bs)
+            elif index in self._pre_scores:
+                row["pre"] = self._pre_scores[index]
+            else:
+                row["pre"] = self._pre_scores[index] = score_case(self.model, tokenizer, case, bs)
         row["metrics_pre"] = metrics_of(row["pre"])
         result = None
         with _timed(timings, "edit"):
             try:
-                result = self.editor.edit(case.request(), variant=variant)
+                result = self._edit(case, index, variant, single)
             except ValueError as err:  # a refused edit leaves the model as it was
                 row["error"] = f"{type(err).__name__}: {err}"
         row["diagnostics"] = _result_info(result) if result is not None else None
@@ -461,6 +486,15 @@ class Runner:
             )
         row["timings"] = timings
         return row, result
+
+    def _edit(self, case: Case, index: int, variant: str, single: bool) -> Any:
+        if not single:
+            return self.editor.edit(case.request(), variant=variant)
+        prepared = self._prepared.get(index)
+        if prepared is None:
+            prepared = self.editor.prepare(case.request())
+            self._prepared[index] = prepared
+        return self.editor.apply(prepared, variant)
 
     def _flag(self, row: dict[str, Any], history: list[float]) -> None:
         delta = row["diagnostics"]["delta_norm"] if row["diagnostics"] else None
@@ -494,7 +528,7 @@ class Runner:
         ):
             if self.on_case is not None:
                 self.on_case("single", variant, index)
-            row, _ = self._edit_and_score(self.cases[index], index, variant)
+            row, _ = self._edit_and_score(self.cases[index], index, variant, single=True)
             self.editor.restore()
             self.guard.check_restored(f"single {variant}: after case {self.cases[index].case_id}")
             self._flag(row, history)
