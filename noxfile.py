@@ -26,7 +26,10 @@ def install(session: nox.Session, *groups: str) -> None:
 def tests(session: nox.Session) -> None:
     """The default suite: properties, mutation check, tiny models of every family."""
     install(session, "test")
-    session.run("pytest", "-m", "not smollm2 and not gpu", *session.posargs)
+    # Tiny models: one thread is faster than two fighting over small matmuls.
+    session.run(
+        "pytest", "-m", "not smollm2 and not gpu", *session.posargs, env={"OMP_NUM_THREADS": "1"}
+    )
 
 
 @nox.session
@@ -57,3 +60,110 @@ def gpu(session: nox.Session) -> None:
     """GPU comparisons and benchmarks; skipped test by test without CUDA."""
     install(session, "test")
     session.run("pytest", "-m", "gpu", *session.posargs)
+
+
+@nox.session(default=False)
+def mutation(session: nox.Session) -> None:
+    """Plant bugs in copies of the update; print which properties catch each one."""
+    install(session, "test")
+    session.run("pytest", "tests/test_mutation.py", "-s", "-q", *session.posargs)
+
+
+TINY_MODELS = ("tiny-gpt2", "tiny-gptj", "tiny-neox", "tiny-llama")
+SAMPLE = "counterfact/counterfact-rome-schema-sample.json"
+
+
+@nox.session(default=False)
+def smoke(session: nox.Session) -> None:
+    """A few real edits, evaluated end to end, on tiny random models and SmolLM2."""
+    install(session)
+    quick = ("--modes", "single,sequential", "--generations", "2", "--generation-tokens", "8")
+    for name in TINY_MODELS:
+        session.run(
+            "rome",
+            "eval",
+            "--model",
+            f"random:{name}",
+            "--data",
+            SAMPLE,
+            "--limit",
+            "3",
+            *quick,
+            "--out",
+            f"runs/smoke/{name}",
+        )
+    session.run(
+        "rome",
+        "eval",
+        "--model",
+        "smollm2",
+        "--data",
+        SAMPLE,
+        "--limit",
+        "2",
+        *quick,
+        "--out",
+        "runs/smoke/smollm2",
+    )
+
+
+# The SmolLM2 gate: this slice, these options, compared with the baseline they produced.
+REGRESSION_SLICE = (
+    "--data",
+    "counterfact/counterfact-val.json",
+    "--limit",
+    "12",
+    "--modes",
+    "single,sequential",
+    "--variants",
+    "rome,r-rome,p-rome",
+    "--generations",
+    "4",
+    "--generation-tokens",
+    "24",
+)
+PAPER_BASELINES = {
+    "gpt2-xl": ("single", "gpt2xl-single"),
+    "gpt-j-6b": ("single,sequential", "gptj-single", "gptj-sequential"),
+}
+
+
+@nox.session(default=False)
+def regression(session: nox.Session) -> None:
+    """Gate on real metrics: SmolLM2 on a fixed CounterFact slice against its measured baseline,
+    or `-- --model gpt2-xl|gpt-j-6b --data FILE` for the paper's setting and tables."""
+    install(session)
+    opts = dict(zip(session.posargs[::2], session.posargs[1::2], strict=False))
+    model = opts.get("--model", "smollm2")
+    out = f"runs/regression-{model}"
+    if model == "smollm2":
+        session.run("rome", "eval", "--model", "smollm2", *REGRESSION_SLICE, "--out", out)
+        baselines = ("smollm2-regression",)
+    elif model in PAPER_BASELINES:
+        data = opts.get("--data")
+        if data is None:
+            session.error(
+                f"the paper's setting needs the original CounterFact file: "
+                f"nox -s regression -- --model {model} --data path/to/counterfact.json "
+                f"(and {model}'s weights in a local folder or the local HF cache)"
+            )
+        modes, *baselines_list = PAPER_BASELINES[model]
+        baselines = tuple(baselines_list)
+        session.run(
+            "rome",
+            "eval",
+            "--model",
+            model,
+            "--data",
+            data,
+            "--limit",
+            "5000",
+            "--modes",
+            modes,
+            "--out",
+            out,
+        )
+    else:
+        session.error(f"unknown --model {model!r}: use smollm2, gpt2-xl or gpt-j-6b")
+    gate = [a for name in baselines for a in ("--baseline", name)]
+    session.run("rome", "gate", "--summary", f"{out}/summary.json", *gate)
