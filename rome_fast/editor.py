@@ -347,6 +347,7 @@ class Editor:
         layer, loaded = self.layer, self.loaded
         module = self._module(layer)
         timer = _Timer()
+        timer.timings.update(prepared.timings)
         with timer.phase("stats"):
             cov = self.covariance(layer)
         with timer.phase("update"):
@@ -397,7 +398,7 @@ class Editor:
                         torch.nn.functional.cosine_similarity(keys.k_star, keys.k_prompt, dim=0)
                     ),
                     loss_trace=value.loss_trace,
-                    timings={**prepared.timings, **timer.timings},
+                    timings=timer.timings,  # filled in as the phases end
                     templates=templates,
                     seed=self.seed,
                     # The statistics are computed once per layer and cached: not part of an edit.

@@ -214,9 +214,9 @@ def compute_v_star(
     # Every row's subject-last token is column 0 of the suffix the loop runs.
     delta_rows = vb.batch.rows.to(device)
     delta_positions = torch.zeros_like(delta_rows)
-    read_rows = torch.cat([vb.target_rows, torch.tensor([vb.essence_row])])
+    read_rows = torch.cat([vb.target_rows, torch.tensor([vb.essence_row])]).to(device)
     read_positions = torch.cat([vb.target_positions, vb.batch.positions[vb.essence_row :]])
-    read_positions = read_positions - prefix.split
+    read_positions = (read_positions - prefix.split).to(device)  # suffix columns
     n_read = vb.target_rows.numel()
 
     d_out = int(weight_matrix(module).shape[0])
