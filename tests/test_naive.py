@@ -60,7 +60,7 @@ def test_keys_match_the_batched_keys(name: str) -> None:
     torch.testing.assert_close(naive.out_star, expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+@pytest.mark.parametrize("name", ["tiny-gpt2"])  # the edit test covers Llama's v*
 def test_value_matches_the_fast_loop(name: str) -> None:
     loaded, hparams, templates = tiny(name)
     args = (REQUEST.prompt, REQUEST.subject, REQUEST.target_new, templates)
