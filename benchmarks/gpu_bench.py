@@ -1,7 +1,7 @@
 """Every GPU check and benchmark in one run, for a lent H100/H200 (about 5 minutes there).
 
     python -m benchmarks.gpu_bench --out runs/gpu            # on the GPU machine
-    python -m benchmarks.gpu_bench --out /tmp/gpu --tiny     # rehearsal on CPU, tiny shapes
+    python -m benchmarks.gpu_bench --out runs/gpu-tiny --tiny     # rehearsal on CPU, tiny shapes
 
 Sections, each written to ``results.json`` and ``summary.md`` in ``--out`` as soon as it ends
 (so a run cut short keeps what it finished):

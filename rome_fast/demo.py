@@ -49,6 +49,13 @@ def target_probs(editor: Editor, prompt: str, targets: Sequence[str]) -> list[fl
     return [math.exp(-float(x)) for x in nll]
 
 
+def top_next_token(editor: Editor, prompt: str) -> str:
+    gen = generate(
+        editor.loaded.model, editor.loaded.tokenizer, [prompt], max_new_tokens=1, top_k=None
+    )
+    return gen.texts[0]
+
+
 def continuations(editor: Editor, prompts: Sequence[str], tokens: int) -> list[str]:
     gen = generate(
         editor.loaded.model,
@@ -88,6 +95,7 @@ def measure(
     return {
         "prompts": prompts,
         "probs": target_probs(editor, prompt, targets),
+        "top_token": top_next_token(editor, prompt),
         "paraphrase_probs": target_probs(editor, paraphrase, targets) if paraphrase else None,
         "texts": continuations(editor, prompts, generate_tokens) if generate_tokens else [],
     }
@@ -134,6 +142,8 @@ def report_of(
         "target_true": request.target_true,
         "prob_target_before": before["probs"][0],
         "prob_target_after": after["probs"][0],
+        "top_token_before": before["top_token"],
+        "top_token_after": after["top_token"],
         **result_record(result),
         "continuations": [
             {"prompt": p, "before": b, "after": a}
@@ -157,7 +167,10 @@ def print_edit_report(report: dict[str, Any]) -> None:
         f"{report['variant']}: {report['prompt'].format(report['subject'])!r} "
         f"-> {report['target_new']!r} (layer {report['layer']}, {report['edit_seconds']:.2f} s)"
     )
-    print(f"  P(new)  {report['prob_target_before']:.4f} -> {report['prob_target_after']:.4f}")
+    print(
+        f"  P(new)  {report['prob_target_before']:.4f} -> {report['prob_target_after']:.4f}"
+        f"   top next token {report['top_token_before']!r} -> {report['top_token_after']!r}"
+    )
     if "prob_true_before" in report:
         print(f"  P(true) {report['prob_true_before']:.4f} -> {report['prob_true_after']:.4f}")
     print(

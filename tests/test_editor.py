@@ -272,14 +272,9 @@ def test_smollm2_counterfactual_edit_generalizes() -> None:
     require_smollm2()
     from rome_fast.eval.score import target_nll
     from rome_fast.models import load_model
-    from rome_fast.stats import layer_second_moment
 
     loaded = load_model("smollm2")
-    editor = Editor(
-        loaded,
-        seed=0,
-        stats=lambda m, layer: layer_second_moment(m, layer, n_samples=200, max_length=256),
-    )
+    editor = Editor(loaded, seed=0)  # the model's own statistics settings (cached once)
     prompt = "The Eiffel Tower is located in the city of"
     paraphrase = "Where is the Eiffel Tower? It is in the city of"
 
