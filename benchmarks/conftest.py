@@ -43,6 +43,11 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Mod
 # ----------------------------------------------------------------------------- machine
 
 
+# ROME_BENCH_THREADS=1 on a machine whose cores other processes also use: with 2+ threads
+# each parallel operator waits for a descheduled thread (measured: 72× on a tiny v* loop).
+if os.environ.get("ROME_BENCH_THREADS"):
+    torch.set_num_threads(int(os.environ["ROME_BENCH_THREADS"]))
+
 _PEAKS: list[Peaks] = []
 _LOAD_AT_START = os.getloadavg()
 
