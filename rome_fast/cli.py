@@ -108,6 +108,7 @@ def _run_edit(args: argparse.Namespace) -> int:
     from rome_fast.editor import EditRequest
 
     editor = build_editor(args)
+    editor.warm_up()
     request = EditRequest(
         prompt=args.prompt,
         subject=args.subject,
@@ -136,7 +137,9 @@ def _demo_parser(sub: Any) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from rome_fast.demo import run_demo
 
-    run_demo(build_editor(args), args.variants.split(","), args.out)
+    editor = build_editor(args)
+    editor.warm_up()
+    run_demo(editor, args.variants.split(","), args.out)
     return 0
 
 

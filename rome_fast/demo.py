@@ -145,9 +145,10 @@ def report_of(
         "top_token_before": before["top_token"],
         "top_token_after": after["top_token"],
         **result_record(result),
+        # zip without strict: no texts at all when continuations were not asked for
         "continuations": [
             {"prompt": p, "before": b, "after": a}
-            for p, b, a in zip(before["prompts"], before["texts"], after["texts"], strict=True)
+            for p, b, a in zip(before["prompts"], before["texts"], after["texts"], strict=False)
         ],
     }
     if request.target_true:

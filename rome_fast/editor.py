@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -39,12 +39,12 @@ from torch import Tensor, nn
 
 from rome_fast.corpus import Corpus
 from rome_fast.hparams import HParams, hparams_for
-from rome_fast.keys import Keys, compute_keys
+from rome_fast.keys import compute_keys
 from rome_fast.models import LoadedModel
 from rome_fast.templates import generate_context_templates
 from rome_fast.tokens import split_prompt
 from rome_fast.update import CovarianceFactor, RankOne, Variant, rank_one_factors
-from rome_fast.value import ValueResult, compute_v_star, target_token_ids
+from rome_fast.value import compute_v_star, target_token_ids
 from rome_fast.variants import get_variant
 from rome_fast.weights import apply_rank_one, module_bias, weight_matrix
 
@@ -110,6 +110,26 @@ class EditResult:
         return RankOne(self.left, self.right, torch.tensor(self.denominator, dtype=self.left.dtype))
 
 
+class KeysLike(Protocol):
+    """What an edit needs of the keys (fast ``keys.Keys`` or the naive ones)."""
+
+    @property
+    def k_star(self) -> Tensor: ...  # (d_in,)
+
+    @property
+    def k_prompt(self) -> Tensor: ...  # (d_in,)
+
+
+class ValueLike(Protocol):
+    """What an edit needs of the target value."""
+
+    @property
+    def v_star(self) -> Tensor: ...  # (d_out,) desired module output
+
+    @property
+    def loss_trace(self) -> list[float]: ...
+
+
 @dataclass(frozen=True)
 class PreparedEdit:
     """The variant-independent part of an edit (see ``Editor.prepare``)."""
@@ -117,8 +137,8 @@ class PreparedEdit:
     request: EditRequest
     layer: int
     templates: list[str]
-    keys: Keys
-    value: ValueResult
+    keys: KeysLike
+    value: ValueLike
     timings: dict[str, float]
     seconds: float
     state: tuple[int, ...] = field(repr=False)
@@ -290,18 +310,14 @@ class Editor:
         """
         start = time.perf_counter()
         target_token_ids(self.loaded.tokenizer, request.target_new)  # fail early on a bad target
-        layer, hp, loaded = self.layer, self.hparams, self.loaded
+        layer = self.layer
         timer = _Timer()
         with timer.phase("templates"):
             templates = self.templates
         with timer.phase("keys"):
-            keys = compute_keys(
-                loaded, layer, request.prompt, request.subject, templates, hp.padding_side
-            )
+            keys = self._keys(request, templates)
         with timer.phase("v_star"):
-            value = compute_v_star(
-                loaded, layer, request.prompt, request.subject, request.target_new, templates, hp
-            )
+            value = self._value(request, templates)
         return PreparedEdit(
             request,
             layer,
@@ -321,6 +337,7 @@ class Editor:
         self, request: EditRequest, variant: str | Variant = "r-rome", *, guard: Guard | None = None
     ) -> EditResult:
         """Apply one edit in place, atomically; see the module docstring."""
+        self._check_variant(variant)  # before the expensive part
         return self.apply(self.prepare(request), variant, guard=guard)
 
     def apply(
@@ -332,7 +349,7 @@ class Editor:
     ) -> EditResult:
         """Compute the variant's update from a preparation and apply it, atomically."""
         start = time.perf_counter()
-        name = _variant_name(variant)
+        name = self._check_variant(variant)
         if prepared.layer != self.layer or prepared.state != self._state():
             raise ValueError(
                 "this preparation was made for another layer or before other edits were "
@@ -349,18 +366,9 @@ class Editor:
         timer = _Timer()
         timer.timings.update(prepared.timings)
         with timer.phase("stats"):
-            cov = self.covariance(layer)
+            self._update_statistics(layer)
         with timer.phase("update"):
-            bias = module_bias(module)
-            r = rank_one_factors(
-                weight_matrix(module).detach(),
-                cov,
-                keys.k_star,
-                keys.k_prompt,
-                value.v_star,
-                variant,
-                bias=None if bias is None else bias.detach(),
-            )
+            r = self._update_factors(module, keys, value, variant)
             applied = RankOne(
                 r.left.detach().cpu().clone(),
                 r.right.detach().cpu().clone(),
@@ -379,7 +387,7 @@ class Editor:
         with timer.phase("apply"):
             saved = _stored_weight(module).detach().clone()
             try:
-                apply_rank_one(module, applied)
+                self._write(module, applied)
                 _require_finite_weight(module, self.loaded.adapter.edited_module_name(layer))
                 residual_star = _relative_residual(module, keys.k_star, value.v_star)
                 residual_prompt = _relative_residual(module, keys.k_prompt, value.v_star)
@@ -409,13 +417,66 @@ class Editor:
                     k_star=keys.k_star.cpu(),
                     k_prompt=keys.k_prompt.cpu(),
                     v_star=value.v_star.cpu(),
-                    adam_steps=value.adam_steps,
+                    adam_steps=len(value.loss_trace) - 1,  # the last iteration only evaluates
                 )
                 self._record(result, saved)
             except BaseException:
                 _copy_weight(module, saved)
                 raise
         return result
+
+    # -- the compute steps (``rome_fast.naive.NaiveEditor`` overrides them) -----------------
+
+    def warm_up(self) -> None:
+        """Generate the context templates and the layer's statistics now, so that an edit's
+        ``edit_seconds`` holds the edit alone (both are made once per editor)."""
+        _ = self.templates
+        self._update_statistics(self.layer)
+
+    def _check_variant(self, variant: str | Variant) -> str:
+        return _variant_name(variant)
+
+    def _keys(self, request: EditRequest, templates: list[str]) -> KeysLike:
+        return compute_keys(
+            self.loaded,
+            self.layer,
+            request.prompt,
+            request.subject,
+            templates,
+            self.hparams.padding_side,
+        )
+
+    def _value(self, request: EditRequest, templates: list[str]) -> ValueLike:
+        return compute_v_star(
+            self.loaded,
+            self.layer,
+            request.prompt,
+            request.subject,
+            request.target_new,
+            templates,
+            self.hparams,
+        )
+
+    def _update_statistics(self, layer: int) -> None:
+        """Make the statistics of ``layer`` ready (timed apart: computed once, then cached)."""
+        self.covariance(layer)
+
+    def _update_factors(
+        self, module: nn.Module, keys: Any, value: Any, variant: str | Variant
+    ) -> RankOne:
+        bias = module_bias(module)
+        return rank_one_factors(
+            weight_matrix(module).detach(),
+            self.covariance(self.layer),
+            keys.k_star,
+            keys.k_prompt,
+            value.v_star,
+            variant,
+            bias=None if bias is None else bias.detach(),
+        )
+
+    def _write(self, module: nn.Module, r: RankOne) -> None:
+        apply_rank_one(module, r)
 
     def _record(self, result: EditResult, pre_edit_weight: Tensor) -> None:
         self._originals.setdefault(result.module_name, pre_edit_weight)

@@ -18,39 +18,28 @@ lookup, hooks, hyperparameters, statistics (``C`` itself), and the edit bookkeep
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from rome_fast.editor import (
-    DisablingEditError,
     Editor,
     EditRequest,
-    EditResult,
-    Guard,
-    _copy_weight,
-    _relative_residual,
-    _require_finite_weight,
-    _stored_weight,
-    _Timer,
 )
 from rome_fast.hooks import add_to_output, capture
 from rome_fast.hparams import HParams
 from rome_fast.keys import bare_template_index
 from rome_fast.models import LoadedModel
 from rome_fast.tokens import apply_template, subject_last_positions
-from rome_fast.update import Variant
+from rome_fast.update import RankOne, Variant
 from rome_fast.value import (
     build_value_batch,
     clamp_to_ball,
     essence_kl,
     target_nll,
-    target_token_ids,
     weight_decay,
 )
 from rome_fast.weights import weight_matrix
@@ -212,66 +201,38 @@ class NaiveEditor(Editor):
             self._inverses[layer] = naive_inverse(L @ L.T).to(self.loaded.device)
         return self._inverses[layer]
 
-    def edit(
-        self, request: EditRequest, variant: str | Variant = "r-rome", *, guard: Guard | None = None
-    ) -> EditResult:
-        """One edit the public code's way, applied in place and atomically."""
-        start = time.perf_counter()
-        variant = check_naive_variant(variant)
-        target_token_ids(self.loaded.tokenizer, request.target_new)
-        layer, loaded = self.layer, self.loaded
-        module = self._module(layer)
-        timer = _Timer()
-        with timer.phase("templates"):
-            templates = self.templates
-        with timer.phase("keys"):
-            keys = naive_keys(loaded, layer, request.prompt, request.subject, templates)
-        with timer.phase("v_star"):
-            value = naive_value(
-                loaded, self.hparams, request.prompt, request.subject, request.target_new, templates
-            )
-        with timer.phase("stats"):
-            C_inv = self.inverse_covariance(layer)
-        with timer.phase("update"):
-            left, right, denominator = naive_update(C_inv, keys, value.v_star, variant)
-            # Reported like the fast path's: u(k)ᵀk with u = C⁻¹k unnormalized.
-            direction = keys.k_prompt if variant == "p-rome" else keys.k_star
-            denominator = denominator * (C_inv @ direction).norm()
-            W = weight_matrix(module)
-            delta_norm = float(left.norm() * right.norm()) / W.numel()
-            reasons = guard.reasons(float(denominator), delta_norm) if guard is not None else []
-            if reasons:
-                raise DisablingEditError(reasons, float(denominator), delta_norm)
-        with timer.phase("apply"):
-            saved = _stored_weight(module).detach().clone()
-            try:
-                with torch.no_grad():
-                    W += torch.outer(left, right).to(W.dtype)  # the dense ΔW, as published
-                _require_finite_weight(module, loaded.adapter.edited_module_name(layer))
-                result = EditResult(
-                    request=request,
-                    variant=variant,
-                    layer=layer,
-                    module_name=loaded.adapter.edited_module_name(layer),
-                    left=left.detach().cpu(),
-                    right=right.detach().cpu(),
-                    denominator=float(denominator),
-                    delta_norm=delta_norm,
-                    residual_k_star=_relative_residual(module, keys.k_star, value.v_star),
-                    residual_k_prompt=_relative_residual(module, keys.k_prompt, value.v_star),
-                    key_cosine=float(F.cosine_similarity(keys.k_star, keys.k_prompt, dim=0)),
-                    loss_trace=value.loss_trace,
-                    timings=timer.timings,
-                    templates=templates,
-                    seed=self.seed,
-                    edit_seconds=time.perf_counter() - start,
-                    k_star=keys.k_star.cpu(),
-                    k_prompt=keys.k_prompt.cpu(),
-                    v_star=value.v_star.cpu(),
-                    adam_steps=len(value.loss_trace) - 1,
-                )
-                self._record(result, saved)
-            except BaseException:
-                _copy_weight(module, saved)
-                raise
-        return result
+    def _check_variant(self, variant: str | Variant) -> str:
+        return check_naive_variant(variant)
+
+    def _keys(self, request: EditRequest, templates: list[str]) -> NaiveKeys:
+        return naive_keys(self.loaded, self.layer, request.prompt, request.subject, templates)
+
+    def _value(self, request: EditRequest, templates: list[str]) -> NaiveValue:
+        return naive_value(
+            self.loaded,
+            self.hparams,
+            request.prompt,
+            request.subject,
+            request.target_new,
+            templates,
+        )
+
+    def _update_statistics(self, layer: int) -> None:
+        self.inverse_covariance(layer)
+
+    def _update_factors(
+        self, module: nn.Module, keys: NaiveKeys, value: NaiveValue, variant: str | Variant
+    ) -> RankOne:
+        name = check_naive_variant(variant)
+        left, right, denominator = naive_update(
+            self.inverse_covariance(self.layer), keys, value.v_star, name
+        )
+        # Reported like the fast path's: u(k)ᵀk with u = C⁻¹k unnormalized.
+        direction = keys.k_prompt if name == "p-rome" else keys.k_star
+        denominator = denominator * (self.inverse_covariance(self.layer) @ direction).norm()
+        return RankOne(left, right, denominator)
+
+    def _write(self, module: nn.Module, r: RankOne) -> None:
+        W = weight_matrix(module)
+        with torch.no_grad():
+            W += torch.outer(r.left, r.right).to(W.dtype)  # the dense ΔW, as published

@@ -99,3 +99,31 @@ def test_original_rome_leaves_a_residual_at_k_star(tmp_path: Path) -> None:
     report = run_edit("rome", tmp_path / "rome.json")
     assert report["residual_k_prompt"] < 1e-5
     assert report["residual_k_star"] > 1e-3
+
+
+@pytest.mark.parametrize("generate", ["0", "3"])
+def test_edit_writes_the_json_fields_on_a_tiny_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, generate: str
+) -> None:
+    monkeypatch.setenv("ROME_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "edit.json"
+    code = main(
+        [
+            "edit",
+            "--model",
+            "random:tiny-gpt2",
+            *EIFFEL,
+            "--stats-samples",
+            "8",
+            "--generate",
+            generate,
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["variant"] == "r-rome"
+    assert report["seed"] == 0
+    assert report["residual_k_star"] < 1e-4
+    assert len(report["continuations"]) == (0 if generate == "0" else 2)
