@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.needs_version = ">=2024.4"
@@ -53,6 +55,25 @@ def demo(session: nox.Session) -> None:
     """The main job: real facts edited on SmolLM2 with rome, r-rome and p-rome."""
     install(session)
     session.run("rome", "demo", *session.posargs)
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """pytest-benchmark suites, naive vs fast side by side (BENCHMARKS.md); `-- -m "slow or not
+    slow"` adds the SmolLM2 edit, `-- --benchmark-compare --benchmark-compare-fail=mean:25%`
+    gates against the last saved run."""
+    install(session, "bench")
+    Path("runs/bench").mkdir(parents=True, exist_ok=True)  # --benchmark-json opens it early
+    session.run(
+        "pytest",
+        "benchmarks",
+        "--benchmark-only",
+        "-m",
+        "not slow",
+        "--benchmark-autosave",
+        "--benchmark-json=runs/bench/latest.json",
+        *session.posargs,
+    )
 
 
 @nox.session(default=False)
