@@ -197,6 +197,14 @@ def _gate_parser(sub: Any) -> None:
     p.set_defaults(func=_lazy("rome_fast.eval.cli", "run_gate"))
 
 
+def _baseline_parser(sub: Any) -> None:
+    from rome_fast.eval.cli import add_baseline_arguments
+
+    p = sub.add_parser("baseline", help="write a gate baseline from a measured run")
+    add_baseline_arguments(p)
+    p.set_defaults(func=_lazy("rome_fast.eval.cli", "run_baseline"))
+
+
 def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -209,7 +217,14 @@ def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rome", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_edit_parser, _demo_parser, _sweep_parser, _eval_parser, _gate_parser):
+    for add in (
+        _edit_parser,
+        _demo_parser,
+        _sweep_parser,
+        _eval_parser,
+        _gate_parser,
+        _baseline_parser,
+    ):
         add(sub)
     return parser
 

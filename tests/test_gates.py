@@ -91,3 +91,45 @@ def test_all_baseline_files_parse() -> None:
     assert files
     for path in files:
         assert load_baseline(path)["variants"], json.loads(path.read_text())
+
+
+def measured_summary(es: float = 90.0, degrade: str = "none") -> dict[str, Any]:
+    row = {"ES": es, "EM": 50.0, "PS": 70.0, "PM": 20.0, "NS": 80.0, "NM": 5.0, "S": 79.0}
+    return {
+        "model": "m",
+        "n_cases": 10,
+        "degrade": degrade,
+        "data": "d",
+        "results": {"single": {"r-rome": row}},
+    }
+
+
+def test_baseline_from_a_measured_run_gates_that_run() -> None:
+    from rome_fast.eval.gates import baseline_from_summary
+
+    baseline = baseline_from_summary(
+        measured_summary(),
+        "single",
+        name="b",
+        source="s",
+        tolerance={"default": 5.0},
+        tolerance_note="",
+    )
+    assert baseline["variants"]["r-rome"]["ES"] == 90.0
+    assert compare(measured_summary(), baseline).passed
+    failed = compare(measured_summary(es=80.0), baseline)
+    assert [c.metric for c in failed.failures] == ["ES"]
+
+
+def test_baseline_is_never_made_from_a_degraded_run() -> None:
+    from rome_fast.eval.gates import baseline_from_summary
+
+    with pytest.raises(ValueError, match="degraded"):
+        baseline_from_summary(
+            measured_summary(degrade="zero"),
+            "single",
+            name="b",
+            source="s",
+            tolerance={"default": 5.0},
+            tolerance_note="",
+        )

@@ -170,3 +170,39 @@ def run_gate(args: argparse.Namespace) -> int:
             + "\n"
         )
     return 0 if all(r.passed for r in results) else 1
+
+
+def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--summary", type=Path, required=True, help="a measured run's summary")
+    parser.add_argument("--mode", choices=("single", "sequential"), required=True)
+    parser.add_argument("--name", required=True, help="the baseline's name (and file stem)")
+    parser.add_argument("--source", required=True, help="how the run was made: command, machine")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        required=True,
+        help="allowed drop in points (×100 scale) for every metric",
+    )
+    parser.add_argument("--tolerance-note", default="", help="why this tolerance")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default: fixtures/baselines/NAME.json"
+    )
+
+
+def run_baseline(args: argparse.Namespace) -> int:
+    """Write a baseline from a measured run (the project's own numbers, never invented)."""
+    from rome_fast.eval.gates import baseline_from_summary, baselines_dir
+
+    summary = json.loads(args.summary.read_text())
+    baseline = baseline_from_summary(
+        summary,
+        args.mode,
+        name=args.name,
+        source=args.source,
+        tolerance={"default": args.tolerance},
+        tolerance_note=args.tolerance_note,
+    )
+    out = args.out or baselines_dir() / f"{args.name}.json"
+    out.write_text(json.dumps(baseline, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0

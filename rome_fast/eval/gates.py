@@ -157,3 +157,38 @@ def check_summary_file(
 ) -> GateResult:
     data = json.loads(Path(summary).read_text())
     return compare(data, load_baseline(baseline), allow_model_mismatch=allow_model_mismatch)
+
+
+GATED_METRICS = ("ES", "EM", "PS", "PM", "NS", "NM", "S")
+
+
+def baseline_from_summary(
+    summary: Mapping[str, Any],
+    mode: str,
+    *,
+    name: str,
+    source: str,
+    tolerance: Mapping[str, float],
+    tolerance_note: str,
+) -> dict[str, Any]:
+    """A baseline holding a measured run's metrics for ``mode`` (every variant it ran)."""
+    results = summary.get("results", {}).get(mode)
+    if not results:
+        raise ValueError(f"the summary has no {mode!r} results; run that mode first")
+    if summary.get("degrade", "none") != "none":
+        raise ValueError("refusing to make a baseline from a deliberately degraded run")
+    return {
+        "name": name,
+        "source": source,
+        "model": summary["model"],
+        "mode": mode,
+        "n_cases": summary["n_cases"],
+        "data": summary.get("data"),
+        "tolerance": dict(tolerance),
+        "tolerance_note": tolerance_note,
+        "direction": {"default": "at-least"},
+        "variants": {
+            variant: {m: round(float(table[m]), 2) for m in GATED_METRICS}
+            for variant, table in results.items()
+        },
+    }
