@@ -133,15 +133,19 @@ REGRESSION_SLICE = (
     "--data",
     "counterfact/counterfact-val.json",
     "--limit",
-    "12",
+    "20",
     "--modes",
     "single,sequential",
     "--variants",
     "rome,r-rome,p-rome",
     "--generations",
-    "4",
+    "2",
     "--generation-tokens",
     "24",
+    "--glue-every",
+    "10",
+    "--glue-n",
+    "16",
 )
 PAPER_BASELINES = {
     "gpt2-xl": ("single", "gpt2xl-single"),
@@ -159,7 +163,7 @@ def regression(session: nox.Session) -> None:
     out = f"runs/regression-{model}"
     if model == "smollm2":
         session.run("rome", "eval", "--model", "smollm2", *REGRESSION_SLICE, "--out", out)
-        baselines = ("smollm2-regression",)
+        baselines = ("smollm2-regression-single", "smollm2-regression-sequential")
     elif model in PAPER_BASELINES:
         data = opts.get("--data")
         if data is None:

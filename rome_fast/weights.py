@@ -34,7 +34,9 @@ def module_bias(module: nn.Module) -> Tensor | None:
 def apply_rank_one(module: nn.Module, r: RankOne, *, sign: float = 1.0) -> None:
     """``W += sign · outer(left, right)`` in place, in the weight's dtype.
 
-    The outer product is formed in the factors' dtype and rounded once to the weight's dtype.
+    When the factors are in the weight's dtype this is one BLAS rank-one update (``addr_``);
+    otherwise the outer product is formed in the factors' dtype and rounded once to the
+    weight's dtype.
     ``sign=-1`` undoes an edit up to that rounding; restore a saved copy for a bit-exact revert.
     """
     W = weight_matrix(module)
@@ -43,6 +45,9 @@ def apply_rank_one(module: nn.Module, r: RankOne, *, sign: float = 1.0) -> None:
             f"rank-one factors of shapes {tuple(r.left.shape)} and {tuple(r.right.shape)} do not "
             f"fit the (d_out, d_in) = {tuple(W.shape)} weight of this {type(module).__name__}"
         )
+    left, right = r.left.to(W.device), r.right.to(W.device)
     with torch.no_grad():
-        delta = sign * torch.outer(r.left.to(W.device), r.right.to(W.device))
-        W.add_(delta.to(W.dtype))
+        if left.dtype == W.dtype:
+            W.addr_(left, right, alpha=sign)  # BLAS ger: no dense ΔW in memory
+        else:
+            W.add_((sign * torch.outer(left, right)).to(W.dtype))
