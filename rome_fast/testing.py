@@ -201,12 +201,13 @@ class Battery:
     def tol(self, case: Case) -> float:
         p = case.params
         eps = torch.finfo(self.dtype).eps
-        growth = 10**p.log10_cond / math.cos(math.radians(p.angle_deg)) + _residual_condition(case)
+        growth = 10**p.log10_cond / math.cos(math.radians(p.angle_deg)) + residual_condition(case)
         return 16 * (p.d_in + p.d_out) * eps * growth
 
 
-def _residual_condition(case: Case) -> float:
-    """(‖v‖ + ‖W0‖‖k‖) / ‖v − W0 k‖ over both keys, v = v* − b: cancellation in the residual."""
+def residual_condition(case: Case) -> float:
+    """ρ = max over both keys of (‖v‖ + ‖W0‖‖k‖) / ‖v − W0 k‖, v = v* − b: the cancellation
+    in the numerator residual (large when v* happens to be close to W0 k + b)."""
     v = case.v_star if case.bias is None else case.v_star - case.bias
     w0_norm = float(np.linalg.norm(case.W0, 2))
     return max(

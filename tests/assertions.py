@@ -22,7 +22,7 @@ from hypothesis import note
 from hypothesis.control import currently_in_test_context
 
 import rome_ref
-from rome_fast.testing import Case, CaseParams, make_case
+from rome_fast.testing import CaseParams, make_case, residual_condition
 from rome_fast.update import rank_one_update
 
 
@@ -32,18 +32,6 @@ def tolerance(params: CaseParams, out: torch.dtype, acc: torch.dtype) -> float:
     eps_acc = torch.finfo(acc).eps
     growth = kappa / cos + residual_condition(make_case(params))
     return torch.finfo(out).eps / 2 + 4 * math.sqrt(params.d_in + params.d_out) * eps_acc * growth
-
-
-def residual_condition(case: Case) -> float:
-    """ρ = max over both keys of (‖v‖ + ‖W0‖‖k‖) / ‖v − W0 k‖, v = v* − b: the cancellation
-    in the numerator residual (large when v* happens to be close to W0 k + b)."""
-    v = case.v_star if case.bias is None else case.v_star - case.bias
-    w0_norm = float(np.linalg.norm(case.W0, 2))
-    return max(
-        (float(np.linalg.norm(v)) + w0_norm * float(np.linalg.norm(k)))
-        / float(np.linalg.norm(v - case.W0 @ k))
-        for k in (case.k_star, case.k_prompt)
-    )
 
 
 def _note(text: str) -> None:
