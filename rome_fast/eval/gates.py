@@ -63,12 +63,13 @@ class Check:
         return abs(self.value - self.baseline) <= self.tolerance
 
     def describe(self) -> str:
-        bound = {"at-least": ">=", "at-most": "<=", "within": "within"}[self.direction]
+        need = {
+            "at-least": f">= {self.baseline - self.tolerance:.2f}",
+            "at-most": f"<= {self.baseline + self.tolerance:.2f}",
+            "within": f"within ±{self.tolerance:g}",
+        }[self.direction]
         got = "missing" if self.value is None else f"{self.value:.2f}"
-        return (
-            f"{self.variant} {self.metric}: {got} (baseline {self.baseline:.2f}, "
-            f"needs {bound} ±{self.tolerance:g})"
-        )
+        return f"{self.variant} {self.metric}: {got} (baseline {self.baseline:.2f}, needs {need})"
 
 
 @dataclass(frozen=True)
