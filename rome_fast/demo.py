@@ -49,22 +49,18 @@ def target_probs(editor: Editor, prompt: str, targets: Sequence[str]) -> list[fl
     return [math.exp(-float(x)) for x in nll]
 
 
-def top_next_token(editor: Editor, prompt: str) -> str:
-    gen = generate(
-        editor.loaded.model, editor.loaded.tokenizer, [prompt], max_new_tokens=1, top_k=None
-    )
-    return gen.texts[0]
-
-
-def continuations(editor: Editor, prompts: Sequence[str], tokens: int) -> list[str]:
+def greedy(editor: Editor, prompts: Sequence[str], tokens: int) -> tuple[str, list[str]]:
+    """The top next token after ``prompts[0]`` and greedy continuations of ``tokens`` tokens
+    (none when ``tokens`` is 0), from one generation."""
     gen = generate(
         editor.loaded.model,
         editor.loaded.tokenizer,
         list(prompts),
-        max_new_tokens=tokens,
+        max_new_tokens=max(tokens, 1),
         top_k=None,
     )
-    return gen.texts
+    top = str(editor.loaded.tokenizer.decode(gen.token_ids[0][:1], skip_special_tokens=True))
+    return top, gen.texts if tokens else []
 
 
 def result_record(result: EditResult) -> dict[str, Any]:
@@ -92,12 +88,13 @@ def measure(
     prompt = request.prompt.format(request.subject)
     prompts = [prompt] + ([paraphrase] if paraphrase else []) + [f"{request.subject} is"]
     targets = [request.target_new] + ([request.target_true] if request.target_true else [])
+    top_token, texts = greedy(editor, prompts, generate_tokens)
     return {
         "prompts": prompts,
         "probs": target_probs(editor, prompt, targets),
-        "top_token": top_next_token(editor, prompt),
+        "top_token": top_token,
         "paraphrase_probs": target_probs(editor, paraphrase, targets) if paraphrase else None,
-        "texts": continuations(editor, prompts, generate_tokens) if generate_tokens else [],
+        "texts": texts,
     }
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,7 +170,9 @@ def _load_smollm2(dtype: torch.dtype, device: str | torch.device) -> LoadedModel
         tmp = converted.with_name(f"{converted.name}.tmp{os.getpid()}")
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if not converted.exists():  # another process may have won the race
+        if converted.exists():  # another process won the race
+            shutil.rmtree(tmp)
+        else:
             tmp.replace(converted)
     tokenizer = AutoTokenizer.from_pretrained(converted)
     model = AutoModelForCausalLM.from_pretrained(converted, dtype=dtype)

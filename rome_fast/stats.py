@@ -366,25 +366,25 @@ def layer_stats(
     module = loaded.adapter.edited_module(loaded.model, layer)
     module_name = loaded.adapter.edited_module_name(layer)
     d_in = weight_matrix(module).shape[1]
-    if npz_path is not None:
-        stats = load_npz_stats(npz_path)
+
+    def load_checked(path: str | os.PathLike[str]) -> SecondMomentStats:
+        stats = load_npz_stats(path)
         check_stats_shape(stats, d_in, module_name)
         return stats
+
+    if npz_path is not None:
+        return load_checked(npz_path)
     if stats_dir is not None and corpus is None:
         for path in _public_candidates(loaded, layer, stats_dir, dtype, n_samples):
             if path.is_file():
                 log.info("using the user's statistics file %s", path)
-                stats = load_npz_stats(path)
-                check_stats_shape(stats, d_in, module_name)
-                return stats
+                return load_checked(path)
     corpus = corpus if corpus is not None else corpora.default_corpus(loaded)
     length = max_length if max_length is not None else context_length(loaded)
     path = cache_path(loaded, layer, corpus, n_samples, dtype, length, stats_dir)
     if path.is_file():
-        stats = load_npz_stats(path)
-        check_stats_shape(stats, d_in, module_name)
-        log.info("loaded cached statistics %s (%s)", path, corpus.description)
-        return stats
+        log.info("loading cached statistics %s (%s)", path, corpus.description)
+        return load_checked(path)
     stats = collect_second_moment(
         loaded,
         layer,
