@@ -24,7 +24,14 @@ from rome_fast.editor import Editor, EditResult
 from rome_fast.naive import NaiveEditor
 from rome_fast.weights import weight_matrix
 
-EDITORS = {"naive": NaiveEditor, "fast": Editor}
+# impl -> (editor, matmul precision of the v* loop); tf32/bf16 are the fast path's opt-ins.
+IMPLS: dict[str, tuple[type[Editor], str]] = {
+    "naive": (NaiveEditor, "fp32"),
+    "fast": (Editor, "fp32"),
+    "fast-tf32": (Editor, "tf32"),
+    "fast-bf16": (Editor, "bf16"),
+}
+CPU_IMPLS = [impl for impl, (_, precision) in IMPLS.items() if precision != "tf32"]
 
 
 def edit_floor(peaks: Peaks, s: EditSetup) -> Any:
@@ -42,7 +49,9 @@ def edit_floor(peaks: Peaks, s: EditSetup) -> Any:
 def bench_edit(
     run_bench: Callable[..., Any], peaks: Peaks, s: EditSetup, impl: str, rounds: int
 ) -> None:
-    editor = EDITORS[impl](s.loaded, hparams=s.hparams, stats=s.C, templates=s.templates)
+    cls, precision = IMPLS[impl]
+    hparams = s.hparams.replace(v_precision=precision)
+    editor = cls(s.loaded, hparams=hparams, stats=s.C, templates=s.templates)
     editor.covariance(s.layer)  # stats cached, as after a first edit
     if isinstance(editor, NaiveEditor):
         editor.inverse_covariance(s.layer)
@@ -66,11 +75,12 @@ def bench_edit(
         floor=edit_floor(peaks, s),
         describe=describe,
         dtype=str(model_dtype(s.loaded)),
+        v_precision=precision,
         v_num_grad_steps=s.hparams.v_num_grad_steps,
     )
 
 
-@pytest.mark.parametrize("impl", ["naive", "fast"])
+@pytest.mark.parametrize("impl", CPU_IMPLS)
 def test_edit_tiny(
     run_bench: Callable[..., Any], peaks: Peaks, tiny_gpt2: EditSetup, impl: str
 ) -> None:
@@ -78,7 +88,7 @@ def test_edit_tiny(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("impl", ["naive", "fast"])
+@pytest.mark.parametrize("impl", CPU_IMPLS)
 def test_edit_smollm2(
     run_bench: Callable[..., Any], peaks: Peaks, smollm2: EditSetup, impl: str
 ) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.bench_edit import IMPLS
 from benchmarks.floors import (
     CARD_SPECS,
     Peaks,
@@ -52,6 +53,7 @@ from benchmarks.floors import (
     update_factors_floor,
     value_floor,
 )
+from benchmarks.precision import delta_w_error
 from rome_fast.corpus import from_texts
 from rome_fast.editor import Editor, EditRequest
 from rome_fast.hparams import hparams_for
@@ -345,8 +347,9 @@ def edits(
     rows, lines = (
         [],
         [
-            "| model | impl | edit s (median) | phases | speedup | floor s | of floor |",
-            "|---|---|---|---|---|---|---|",
+            "| model | impl | edit s (median) | phases | naive/this | floor s | of floor "
+            "| ΔW vs fast fp32 |",
+            "|---|---|---|---|---|---|---|---|",
         ],
     )
     for name in models:
@@ -356,9 +359,17 @@ def edits(
         W = weight_matrix(loaded.adapter.edited_module(loaded.model, hparams.layer))
         C = spd(int(W.shape[1]), device, seed)
         bound = edit_floor(peaks, loaded, hparams.layer, templates, hparams.v_num_grad_steps)
-        means: dict[str, float] = {}
-        for impl, cls in (("fast", Editor), ("naive", NaiveEditor)):
-            editor = cls(loaded, hparams=hparams, seed=seed, stats=C, templates=templates)
+        measured: dict[str, tuple[dict[str, Any], Any]] = {}  # impl -> (timing, result)
+        for impl, (cls, precision) in IMPLS.items():
+            if precision == "tf32" and device.type != "cuda":
+                continue
+            editor = cls(
+                loaded,
+                hparams=hparams.replace(v_precision=precision),
+                seed=seed,
+                stats=C,
+                templates=templates,
+            )
             editor.covariance(hparams.layer)
             if isinstance(editor, NaiveEditor):
                 editor.inverse_covariance(hparams.layer)
@@ -368,28 +379,34 @@ def edits(
                 editor.restore()
                 return result
 
-            t = timed(one_edit, device, rounds=fast_rounds if impl == "fast" else 1)
-            result = t.pop("result")
-            means[impl] = t["median"]
+            t = timed(one_edit, device, rounds=1 if impl == "naive" else fast_rounds)
+            measured[impl] = (t, t.pop("result"))
+        means = {impl: t["median"] for impl, (t, _) in measured.items()}
+        for impl, (t, result) in measured.items():
+            # What a lower precision costs: ΔW against this run's float32 fast edit.
+            error = delta_w_error(result, measured["fast"][1])
             phases = {k: round(v, 4) for k, v in result.timings.items()}
             rows.append(
                 {
                     "model": name,
                     "impl": impl,
+                    "v_precision": IMPLS[impl][1],
                     **t,
                     "phases": phases,
                     "forwards": len(result.loss_trace),
                     "floor": bound.as_dict(),
                     "dtype": str(model_dtype(loaded)),
+                    "delta_w_error_vs_fast_fp32": error,
                 }
             )
             lines.append(
-                f"| {name} | {impl} | {t['median']:.3f} | {phases} | | "
-                f"{bound.seconds:.3f} | {bound.seconds / t['median']:.1%} |"
+                f"| {name} | {impl} | {t['median']:.3f} | {phases} | "
+                f"{means['naive'] / t['median']:.1f}× | {bound.seconds:.3f} | "
+                f"{bound.seconds / t['median']:.1%} | {error:.1e} |"
             )
         ratio = means["naive"] / means["fast"]
         rows.append({"model": name, "speedup_fast_vs_naive": ratio})
-        lines.append(f"| {name} | naive/fast | | | {ratio:.1f}× | | |")
+        lines.append(f"| {name} | naive/fast (both fp32) | | | {ratio:.1f}× | | | |")
         del loaded, C, W
         gc.collect()
         if device.type == "cuda":

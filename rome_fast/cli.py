@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from rome_fast.precision import PRECISIONS
+
 DTYPES = {
     "float32": torch.float32,
     "float64": torch.float64,
@@ -35,6 +37,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("fast", "naive"),
         default="fast",
         help="naive follows the public code's compute flow (a speed yardstick)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="matmuls of the v* loop (tf32: CUDA only); keys and the update stay float32",
     )
     stats = parser.add_argument_group("covariance statistics")
     stats.add_argument(
@@ -72,20 +80,30 @@ def stats_provider(args: argparse.Namespace, hparams: Any) -> Callable[[Any, int
     )
 
 
-def build_editor(args: argparse.Namespace) -> Any:
-    """Load the model and an editor (fast or naive) with the statistics the options ask for."""
-    from rome_fast.editor import Editor
+def hparams_from_args(args: argparse.Namespace) -> Any:
     from rome_fast.hparams import hparams_for
-    from rome_fast.models import load_model
 
-    loaded = load_model(args.model, dtype=DTYPES[args.dtype], device=args.device, seed=args.seed)
-    hparams = hparams_for(args.model, layer=args.layer)
-    editor_class = Editor
+    return hparams_for(args.model, layer=args.layer).replace(v_precision=args.precision)
+
+
+def editor_class(args: argparse.Namespace) -> Any:
+    """``Editor``, or ``NaiveEditor`` for ``--impl naive``."""
     if args.impl == "naive":
         from rome_fast.naive import NaiveEditor
 
-        editor_class = NaiveEditor
-    return editor_class(
+        return NaiveEditor
+    from rome_fast.editor import Editor
+
+    return Editor
+
+
+def build_editor(args: argparse.Namespace) -> Any:
+    """Load the model and an editor (fast or naive) with the statistics the options ask for."""
+    from rome_fast.models import load_model
+
+    loaded = load_model(args.model, dtype=DTYPES[args.dtype], device=args.device, seed=args.seed)
+    hparams = hparams_from_args(args)
+    return editor_class(args)(
         loaded, hparams=hparams, seed=args.seed, stats=stats_provider(args, hparams)
     )
 
@@ -119,6 +137,7 @@ def _run_edit(args: argparse.Namespace) -> int:
         editor, request, [args.variant], generate_tokens=args.generate, keep_last=True
     )
     print_edit_report(report)
+    report.update(impl=args.impl, v_precision=args.precision)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
@@ -158,19 +177,18 @@ def _sweep_parser(sub: Any) -> None:
 def _run_sweep(args: argparse.Namespace) -> int:
     from rome_fast.editor import Editor
     from rome_fast.eval.data import load_cases
-    from rome_fast.hparams import hparams_for
     from rome_fast.models import load_model
     from rome_fast.sweep import known_cases, run_sweep
 
     loaded = load_model(args.model, dtype=DTYPES[args.dtype], device=args.device, seed=args.seed)
-    base = hparams_for(args.model, layer=args.layer)
+    base = hparams_from_args(args)
     cases = known_cases(loaded, load_cases(args.data, limit=args.candidates), args.facts)
     stats = stats_provider(args, base)
     templates: list[str] = []
 
     def make_editor(hparams: Any) -> Editor:
         # One set of context templates for every layer, so only the layer differs.
-        editor = Editor(
+        editor: Editor = editor_class(args)(
             loaded, hparams=hparams, seed=args.seed, stats=stats, templates=templates or None
         )
         templates[:] = editor.templates

@@ -41,6 +41,7 @@ from rome_fast.corpus import Corpus
 from rome_fast.hparams import HParams, hparams_for
 from rome_fast.keys import compute_keys
 from rome_fast.models import LoadedModel
+from rome_fast.precision import check_precision
 from rome_fast.templates import generate_context_templates
 from rome_fast.tokens import split_prompt
 from rome_fast.update import CovarianceFactor, RankOne, Variant, rank_one_factors
@@ -250,6 +251,7 @@ class Editor:
         self.loaded = loaded
         self.hparams = hparams if hparams is not None else hparams_for(loaded.name)
         loaded.adapter.check_layer(loaded.model, self.hparams.layer)
+        check_precision(self.hparams.v_precision, loaded.device)
         self.seed = seed
         self._stats = stats
         self._factors: dict[int, CovarianceFactor] = {}

@@ -24,6 +24,7 @@ class Captured:
 
     input: Tensor | None = None  # (batch, seq, d_in)
     output: Tensor | None = None  # (batch, seq, d_out)
+    output_is_tuple: bool = False  # the module returned (output, ...)
     calls: int = field(default=0)
 
 
@@ -48,6 +49,7 @@ def capture(module: nn.Module, *, stop: bool = False, output: bool = False) -> I
 
     def post_hook(_m: nn.Module, _args: tuple[Any, ...], out: Any) -> None:
         record.output = _first_tensor(out)
+        record.output_is_tuple = isinstance(out, tuple)
         if stop:
             raise StopForward
 
@@ -83,6 +85,39 @@ def add_to_output(
         yield
     finally:
         handle.remove()
+
+
+class _Replay(nn.Module):
+    """Stands in for a block: returns a given hidden state and computes nothing."""
+
+    def __init__(self, hidden: Tensor, as_tuple: bool) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.as_tuple = as_tuple
+
+    def forward(self, *_args: Any, **_kwargs: Any) -> Any:
+        return (self.hidden,) if self.as_tuple else self.hidden
+
+
+@contextmanager
+def replay_blocks(
+    blocks: nn.ModuleList, upto: int, hidden: Tensor, *, as_tuple: bool = False
+) -> Iterator[None]:
+    """Blocks ``0..upto`` replaced by stubs that return ``hidden``; the originals are put
+    back on exit, whatever happens.
+
+    Only the output of block ``upto`` is read by the blocks above, so the stubs below it
+    may return anything: they return the same tensor.
+    """
+    originals = [blocks[i] for i in range(upto + 1)]
+    stub = _Replay(hidden, as_tuple)
+    try:
+        for i in range(upto + 1):
+            blocks[i] = stub
+        yield
+    finally:
+        for i, block in enumerate(originals):
+            blocks[i] = block
 
 
 def run_until(model: Callable[..., Any], **inputs: Any) -> None:

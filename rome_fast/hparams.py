@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from rome_fast.models import HUB_NAMES
+from rome_fast.precision import check_precision
 from rome_fast.templates import PUBLIC_SCHEDULE
 
 
@@ -27,6 +28,7 @@ class HParams:
     mom2_dtype: str = "float32"
     mom2_max_length: int | None = None  # tokens per document; None: the context length
     stats_corpus: str = "wikipedia"
+    v_precision: str = "fp32"  # matmuls of the v* loop: fp32, tf32 (CUDA) or bf16
 
     def __post_init__(self) -> None:
         if self.layer < 0:
@@ -39,6 +41,7 @@ class HParams:
         for name in ("v_weight_decay", "kl_factor", "v_early_stop_loss"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_precision(self.v_precision)
         if self.padding_side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {self.padding_side!r}")
 

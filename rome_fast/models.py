@@ -186,12 +186,16 @@ def random_model(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> LoadedModel:
-    """A model of a known architecture with seeded random weights (no download)."""
+    """A model of a known architecture with seeded random weights (no download).
+
+    The weights are drawn in float32 and then cast, so one seed gives the same model (up to
+    rounding) in every dtype.
+    """
     if name not in RANDOM_CONFIGS:
         raise ValueError(f"unknown random model {name!r}; known: {', '.join(RANDOM_CONFIGS)}")
     torch.manual_seed(seed)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(RANDOM_CONFIGS[name], dtype=dtype)
+        model = AutoModelForCausalLM.from_config(RANDOM_CONFIGS[name], dtype=torch.float32)
     return _finish(model, gpt2_tokenizer(), f"random:{name}", dtype, device)
 
 

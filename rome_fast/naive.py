@@ -192,6 +192,11 @@ class NaiveEditor(Editor):
 
     def __init__(self, loaded: LoadedModel, **kwargs: Any) -> None:
         super().__init__(loaded, **kwargs)
+        if self.hparams.v_precision != "fp32":
+            raise ValueError(
+                f"the naive baseline runs float32 only (the public code's arithmetic), got "
+                f"v_precision={self.hparams.v_precision!r}; use the fast editor for it"
+            )
         self._inverses: dict[int, Tensor] = {}
 
     def inverse_covariance(self, layer: int) -> Tensor:

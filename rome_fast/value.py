@@ -28,10 +28,13 @@ subject-last token depends on δ (attention is causal), so the prompts are laid 
 every subject-last token in one column (``rome_fast.prefix``), the columns before it run
 once without gradients into a KV cache, and each iteration runs only the columns from the
 subject-last token on; logits are computed only where the loss reads them; the initial
-distribution of the KL is the first iteration's (δ = 0), never recomputed. The layout
-makes padding irrelevant here: ``hparams.padding_side`` changes nothing in ``v*``. Layers
-below the edited one still run on the suffix columns each iteration: skipping them needs
-per-family block calls and would save at most ~L/(N + 2(N − L)) of an iteration.
+distribution of the KL is the first iteration's (δ = 0), never recomputed. Nothing at or
+below the edited layer depends on δ either: one clean pass over the suffix columns, stopped
+after that layer's block, records the block's output, and every iteration replays it with δ
+added (``rome_fast.hooks.replay_blocks``) and runs only the blocks above. That is exact
+because every supported family adds the MLP output straight into the residual stream, so δ
+on the MLP output is δ on the block output. The layout makes padding irrelevant here:
+``hparams.padding_side`` changes nothing in ``v*``.
 """
 
 from __future__ import annotations
@@ -45,10 +48,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rome_fast.hooks import add_to_output, capture
+from rome_fast.hooks import capture, replay_blocks, run_until
 from rome_fast.hparams import HParams
 from rome_fast.keys import bare_template_index
 from rome_fast.models import LoadedModel
+from rome_fast.precision import loop_precision
 from rome_fast.prefix import PrefixCache, align_subject_last
 from rome_fast.tokens import PromptBatch, apply_template, pad_id, subject_last_positions
 from rome_fast.weights import weight_matrix
@@ -212,51 +216,63 @@ def compute_v_star(
     device = loaded.device
     prefix = PrefixCache(model, vb.batch, device)  # columns before the subject-last tokens
     # Every row's subject-last token is column 0 of the suffix the loop runs.
-    delta_rows = vb.batch.rows.to(device)
-    delta_positions = torch.zeros_like(delta_rows)
+    delta_index = (vb.batch.rows.to(device), torch.zeros_like(vb.batch.rows).to(device))
     read_rows = torch.cat([vb.target_rows, torch.tensor([vb.essence_row])]).to(device)
     read_positions = torch.cat([vb.target_positions, vb.batch.positions[vb.essence_row :]])
     read_positions = (read_positions - prefix.split).to(device)  # suffix columns
     n_read = vb.target_rows.numel()
 
+    # One clean pass over the suffix, stopped after block `layer`: v_init and that block's
+    # output, which every iteration then replays with δ added (blocks ≤ layer never rerun).
+    block = loaded.adapter.block(model, layer)
+    with (
+        torch.no_grad(),
+        capture(module, output=True) as seen,
+        capture(block, output=True, stop=True) as block_seen,
+    ):
+        run_until(cast(PreTrainedModel, model).base_model, **prefix.suffix_inputs())
+    assert seen.output is not None
+    assert block_seen.output is not None
+    v_init = seen.output[vb.bare_row, 0].float()  # quirk 9
+    clean_block = block_seen.output  # (B, W - split, d_model)
+    radius = hparams.clamp_norm_factor * float(torch.linalg.vector_norm(v_init))
+
     d_out = int(weight_matrix(module).shape[0])
     delta = torch.zeros(d_out, device=device, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=hparams.v_lr)
-    v_init: Tensor | None = None
-    radius = 0.0
     initial_kl: Tensor | None = None
     trace: list[float] = []
     steps = 0
-    for iteration in range(hparams.v_num_grad_steps):  # quirk 7
-        # The capture hook runs before the δ hook, so it reads the clean output.
-        with (
-            capture(module, output=v_init is None) as seen,
-            add_to_output(module, delta, delta_rows, delta_positions),
-        ):  # quirk 3
-            logits = readout_logits(model, prefix.suffix_inputs(), read_rows, read_positions)
-        if v_init is None:  # quirk 9
-            assert seen.output is not None
-            v_init = seen.output[vb.bare_row, 0].detach().float()
-            radius = hparams.clamp_norm_factor * float(torch.linalg.vector_norm(v_init))
-        log_probs = torch.log_softmax(logits, dim=-1)
-        if initial_kl is None:  # the first pass has δ = 0
-            initial_kl = log_probs[n_read:].detach()
-        terms = LossTerms(
-            nll=target_nll(log_probs[:n_read], vb.target_ids, vb.n_prompts),
-            kl=hparams.kl_factor * essence_kl(log_probs[n_read:], initial_kl),
-            weight_decay=hparams.v_weight_decay * weight_decay(delta, v_init),
-        )
-        loss = terms.total
-        # The one host synchronization per iteration: the trace and the early-stop decision.
-        trace.append(float(loss.detach()))
-        if trace[-1] < hparams.v_early_stop_loss or iteration == hparams.v_num_grad_steps - 1:
-            break
-        optimizer.zero_grad()
-        (delta.grad,) = torch.autograd.grad(loss, [delta])  # grads of δ only, never the model's
-        optimizer.step()
-        steps += 1
-        clamp_to_ball(delta, radius)
-    assert v_init is not None
+    blocks = loaded.adapter.layers(model)
+    with loop_precision(hparams.v_precision, device) as forward_precision:
+        for iteration in range(hparams.v_num_grad_steps):  # quirk 7
+            # δ on the MLP output is δ on the block output: every family adds the MLP output
+            # straight into the residual stream (quirk 3).
+            shifted = clean_block[delta_index] + delta.to(clean_block.dtype)
+            edited_block = clean_block.index_put(delta_index, shifted)
+            with (
+                replay_blocks(blocks, layer, edited_block, as_tuple=block_seen.output_is_tuple),
+                forward_precision(),
+            ):
+                logits = readout_logits(model, prefix.suffix_inputs(), read_rows, read_positions)
+            log_probs = torch.log_softmax(logits, dim=-1)
+            if initial_kl is None:  # the first pass has δ = 0
+                initial_kl = log_probs[n_read:].detach()
+            terms = LossTerms(
+                nll=target_nll(log_probs[:n_read], vb.target_ids, vb.n_prompts),
+                kl=hparams.kl_factor * essence_kl(log_probs[n_read:], initial_kl),
+                weight_decay=hparams.v_weight_decay * weight_decay(delta, v_init),
+            )
+            loss = terms.total
+            # The one host synchronization per iteration: the trace and the early-stop decision.
+            trace.append(float(loss.detach()))
+            if trace[-1] < hparams.v_early_stop_loss or iteration == hparams.v_num_grad_steps - 1:
+                break
+            optimizer.zero_grad()
+            (delta.grad,) = torch.autograd.grad(loss, [delta])  # grads of δ only, never the model's
+            optimizer.step()
+            steps += 1
+            clamp_to_ball(delta, radius)
     final = delta.detach().clone()
     return ValueResult(
         v_star=v_init + final, v_init=v_init, delta=final, loss_trace=trace, adam_steps=steps

@@ -101,9 +101,15 @@ def test_original_rome_leaves_a_residual_at_k_star(tmp_path: Path) -> None:
     assert report["residual_k_star"] > 1e-3
 
 
-@pytest.mark.parametrize("generate", ["0", "3"])
+def test_tf32_on_cpu_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["edit", "--model", "random:tiny-gpt2", "--precision", "tf32", *EIFFEL])
+    assert code == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("generate", "precision"), [("0", "fp32"), ("3", "bf16")])
 def test_edit_writes_the_json_fields_on_a_tiny_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, generate: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, generate: str, precision: str
 ) -> None:
     monkeypatch.setenv("ROME_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "edit.json"
@@ -117,12 +123,15 @@ def test_edit_writes_the_json_fields_on_a_tiny_model(
             "8",
             "--generate",
             generate,
+            "--precision",
+            precision,
             "--json",
             str(out),
         ]
     )
     assert code == 0
     report = json.loads(out.read_text())
+    assert (report["impl"], report["v_precision"]) == ("fast", precision)
     assert report["variant"] == "r-rome"
     assert report["seed"] == 0
     assert report["residual_k_star"] < 1e-4

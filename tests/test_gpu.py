@@ -6,8 +6,11 @@ import pytest
 import torch
 from hypothesis import given
 
+from rome_fast.editor import Editor, EditRequest
+from rome_fast.models import random_model
 from rome_fast.testing import CaseParams
 from tests.assertions import assert_matches_reference
+from tests.models import REQUEST, TEMPLATES, tiny_hparams
 from tests.strategies import low_precision_cases, variants
 
 pytestmark = [
@@ -30,3 +33,15 @@ def test_cuda_matches_reference(
     tf32: bool, dtype: torch.dtype, params: CaseParams, variant: str
 ) -> None:
     assert_matches_reference(params, variant, dtype, "cuda", tf32=tf32 and dtype == torch.float32)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_edit_on_cuda_in_each_loop_precision(precision: str) -> None:
+    """Any v* precision still inserts v* exactly at k* (the update stays float32)."""
+    loaded = random_model("tiny-gpt2", device="cuda")
+    hp = tiny_hparams("tiny-gpt2", v_precision=precision)
+    d_in = int(loaded.adapter.edited_module(loaded.model, hp.layer).weight.shape[0])
+    editor = Editor(loaded, hparams=hp, stats=torch.eye(d_in), templates=TEMPLATES)
+    result = editor.edit(EditRequest(*REQUEST), "r-rome")
+    assert result.residual_k_star < 1e-4
+    assert all(torch.isfinite(torch.tensor(result.loss_trace)))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rome_fast.hooks import StopForward, add_to_output, capture, run_until
-from tests.models import tiny_model
+from rome_fast.hooks import StopForward, add_to_output, capture, replay_blocks, run_until
+from tests.models import FAMILIES, tiny_model
 
 LAYER = 1
 
@@ -101,3 +101,33 @@ def test_add_to_output_carries_gradients_to_delta() -> None:
     (grad,) = torch.autograd.grad(logits[0, 4].sum(), [delta])
     assert float(grad.abs().sum()) > 0
     assert all(p.grad is None for p in loaded.model.parameters())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_replay_blocks_gives_the_full_forward(family: str) -> None:
+    """Replaying a block's recorded output reproduces the forward pass above it."""
+    loaded = tiny_model(family)
+    model = loaded.model
+    blocks = loaded.adapter.layers(model)
+    with torch.no_grad(), capture(blocks[LAYER], output=True) as seen:
+        full = model(**inputs()).logits
+    assert seen.output is not None
+    with torch.no_grad(), replay_blocks(blocks, LAYER, seen.output, as_tuple=seen.output_is_tuple):
+        replayed = model(**inputs()).logits
+    torch.testing.assert_close(replayed, full)
+
+
+def test_replay_blocks_puts_the_blocks_back_on_error() -> None:
+    loaded = tiny_model("tiny-gpt2")
+    blocks = loaded.adapter.layers(loaded.model)
+    originals = list(blocks)
+    replaced = []
+
+    def fail() -> None:
+        replaced.append(blocks[0] is not originals[0])
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"), replay_blocks(blocks, LAYER, torch.zeros(1)):
+        fail()
+    assert replaced == [True]
+    assert list(blocks) == originals

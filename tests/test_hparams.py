@@ -43,6 +43,7 @@ def test_layer_override_and_unknown_models() -> None:
         {"v_lr": 0.0},
         {"kl_factor": -1.0},
         {"padding_side": "up"},
+        {"v_precision": "fp16"},
     ],
 )
 def test_bad_values_raise(changes: dict[str, object]) -> None:

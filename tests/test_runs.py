@@ -11,11 +11,15 @@ from typing import Any
 import pytest
 import torch
 
+from rome_fast.editor import Editor
+from rome_fast.eval.cli import fresh_editors
 from rome_fast.eval.data import Case, default_data_dir, load_cases
 from rome_fast.eval.gates import compare
 from rome_fast.eval.report import write_report
 from rome_fast.eval.runs import RunConfig, Runner, read_lines
+from rome_fast.hparams import hparams_for
 from rome_fast.models import LoadedModel, random_model
+from rome_fast.naive import NaiveEditor
 
 LAYER = 1
 
@@ -311,9 +315,6 @@ def test_report_writes_table_and_plots(loaded: LoadedModel, tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_runs_with_the_real_editor_on_a_tiny_model(tmp_path: Path) -> None:
-    from rome_fast.editor import Editor
-    from rome_fast.hparams import hparams_for
-
     path = default_data_dir() / "counterfact" / "counterfact-rome-schema-sample.json"
     if not path.is_file():
         pytest.skip(f"CounterFact sample not found in {default_data_dir()}; set ROME_DATA_DIR")
@@ -336,3 +337,16 @@ def test_runs_with_the_real_editor_on_a_tiny_model(tmp_path: Path) -> None:
         for row in rows:  # the edit lowers the new target's NLL on its own prompt
             assert row["post"]["rewrite"]["nll_new"][0] < row["pre"]["rewrite"]["nll_new"][0]
     assert all(torch.equal(v, before[k]) for k, v in lm.model.state_dict().items())
+
+
+@pytest.mark.parametrize("impl", ["fast", "naive"])
+def test_fresh_editors_keep_the_class_settings_templates_and_c(impl: str) -> None:
+    lm = random_model("tiny-gpt2")
+    cls = NaiveEditor if impl == "naive" else Editor
+    d_in = lm.adapter.edited_module(lm.model, 1).weight.shape[0]
+    hp = hparams_for("random:tiny-gpt2").replace(context_template_schedule=((5, 2),))
+    editor = cls(lm, hparams=hp, seed=3, stats=torch.eye(d_in))
+    fresh = fresh_editors(editor)()
+    assert type(fresh) is cls
+    assert (fresh.hparams, fresh.seed, fresh.templates) == (hp, 3, editor.templates)
+    assert fresh.covariance(1) is editor.covariance(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +77,15 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_args(args: argparse.Namespace, model_name: str) -> RunConfig:
+def config_from_args(args: argparse.Namespace, model_name: str, layer: int) -> RunConfig:
     return RunConfig(
         model=model_name,
         data=str(args.data),
         variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+        layer=layer,
+        impl=args.impl,
+        v_precision=args.precision,
+        dtype=args.dtype,
         modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
         limit=args.limit,
         offset=args.offset,
@@ -98,29 +103,37 @@ def config_from_args(args: argparse.Namespace, model_name: str) -> RunConfig:
     )
 
 
+def fresh_editors(editor: Any) -> Callable[[], Any]:
+    """New editors of ``editor``'s class (``--impl naive`` stays naive) and settings, sharing
+    its context templates and C, computed once here on the unedited model."""
+    templates, covariance = editor.templates, editor.covariance(editor.layer)
+
+    def fresh() -> Any:
+        return type(editor)(
+            editor.loaded,
+            hparams=editor.hparams,
+            seed=editor.seed,
+            stats=covariance,
+            templates=templates,
+        )
+
+    return fresh
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Run, write ``summary.json``, the table and the plots; print the table."""
     from rome_fast.cli import build_editor
-    from rome_fast.editor import Editor
 
     cases = load_cases(args.data, limit=args.limit, offset=args.offset)
     editor: Any = build_editor(args)
     loaded = editor.loaded
-    # Computed once on the unedited model and shared by every fresh editor.
-    templates, covariance = editor.templates, editor.covariance(editor.layer)
-
-    def fresh_editor() -> Any:
-        return Editor(
-            loaded, hparams=editor.hparams, seed=editor.seed, stats=covariance, templates=templates
-        )
-
     runner = Runner(
         loaded,
         editor,
         cases,
-        config_from_args(args, loaded.name),
+        config_from_args(args, loaded.name, editor.layer),
         args.out,
-        fresh_editor=fresh_editor,
+        fresh_editor=fresh_editors(editor),
     )
     summary = runner.run()
     paths = write_report(Path(args.out), summary)

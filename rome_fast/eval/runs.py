@@ -64,6 +64,10 @@ class RunConfig:
     model: str
     data: str
     variants: tuple[str, ...] = ("rome", "r-rome", "p-rome")
+    layer: int | None = None  # the edited layer (None: the model's default)
+    impl: str = "fast"  # "naive": the public code's compute flow
+    v_precision: str = "fp32"
+    dtype: str = "float32"
     modes: tuple[str, ...] = ("single",)
     limit: int | None = None
     offset: int = 0

@@ -1,0 +1,59 @@
+"""The arithmetic of the v* loop: strict float32 by default, TF32 or bfloat16 on request.
+
+The v* loop is where an edit spends its time (SPEC §3: 20 forward and 19 backward passes),
+so it is the one place a lower matmul precision pays. Keys, ``v_init``, the statistics and
+the update itself always stay float32 or better (``rome_fast.update``): a rounding error
+there goes straight into ΔW, while the loop only steers δ, whose final value is re-read in
+float32. The cost in accuracy is measured against float64, not assumed (BENCHMARKS.md).
+
+* ``fp32``: float32 matmuls, TF32 switched off for the loop even if the process enabled it;
+* ``tf32``: TF32 tensor-core matmuls (CUDA only);
+* ``bf16``: ``torch.autocast`` to bfloat16 for the loop's forward and backward passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
+
+import torch
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def check_precision(precision: str, device: torch.device | str | None = None) -> None:
+    """A ValueError naming the fix when ``precision`` is unknown or not for ``device``."""
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"unknown v_precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
+        )
+    if precision == "tf32" and device is not None and torch.device(device).type != "cuda":
+        raise ValueError(
+            f"v* precision 'tf32' needs a CUDA device (TF32 is an NVIDIA tensor-core "
+            f"format), the model is on {torch.device(device).type}; use 'fp32' or 'bf16'"
+        )
+
+
+@contextmanager
+def loop_precision(
+    precision: str, device: torch.device
+) -> Iterator[Callable[[], AbstractContextManager[Any]]]:
+    """Around the whole v* loop, forward and backward passes: the TF32 switches on ``device``
+    (put back on exit). Yields the context each forward pass runs in (autocast for ``bf16``;
+    backward passes run outside it, as torch recommends).
+    """
+    check_precision(precision, device)
+    if precision == "bf16":
+        yield lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+        return
+    if device.type != "cuda":
+        yield nullcontext
+        return
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    try:
+        yield nullcontext
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
