@@ -13,7 +13,8 @@ Sections, each written to ``results.json`` and ``summary.md`` in ``--out`` as so
 4. in-place update ``W += l rᵀ`` on GPT-J's fc_out: dense ΔW, ``apply_rank_one``, ``addr_``,
    as achieved bandwidth and fraction of the card's peak;
 5. edits on random-weight GPT-J-6B and GPT2-XL shapes (stats and templates cached): the naive
-   yardstick and the fast editor in the same run, their ratio and the floor;
+   yardstick and the fast editor in the same run (float32, then the v* loop in TF32 and in
+   bf16), each one's ratio to naive, the floor, and ΔW against the float32 fast edit;
 6. statistics collection at GPT-J's layer 5 vs a full forward pass, tokens/s.
 
 Every random choice is seeded (``--seed``). Nothing is downloaded: models are random
