@@ -1,7 +1,7 @@
 """The editor: atomic rank-one edits of a loaded model, exact reverts, and an edit log.
 
 One edit runs five phases, each timed: context templates (generated once per editor, seeded),
-keys ``k*``/``k_prompt``, target value ``v*``, the rank-one update (covariance factor cached
+target value ``v*``, keys ``k*``/``k_prompt`` (read in the v* pass), the rank-one update (covariance factor cached
 per layer), and applying it. Nothing touches the model before the apply phase, and a failure
 during it (or non-finite weights after it) restores the saved pre-edit weight, so a failed
 edit leaves every weight bit-identical.
@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from rome_fast.corpus import Corpus
 from rome_fast.hparams import HParams, hparams_for
-from rome_fast.keys import compute_keys
+from rome_fast.keys import Keys
 from rome_fast.models import LoadedModel
 from rome_fast.precision import check_precision
 from rome_fast.templates import generate_context_templates
@@ -316,10 +316,10 @@ class Editor:
         timer = _Timer()
         with timer.phase("templates"):
             templates = self.templates
-        with timer.phase("keys"):
-            keys = self._keys(request, templates)
         with timer.phase("v_star"):
             value = self._value(request, templates)
+        with timer.phase("keys"):
+            keys = self._keys(request, templates, value)
         return PreparedEdit(
             request,
             layer,
@@ -438,15 +438,9 @@ class Editor:
     def _check_variant(self, variant: str | Variant) -> str:
         return _variant_name(variant)
 
-    def _keys(self, request: EditRequest, templates: list[str]) -> KeysLike:
-        return compute_keys(
-            self.loaded,
-            self.layer,
-            request.prompt,
-            request.subject,
-            templates,
-            self.hparams.padding_side,
-        )
+    def _keys(self, request: EditRequest, templates: list[str], value: Any) -> KeysLike:
+        """From the v* pass (``ValueResult.keys``): no forward pass of their own."""
+        return Keys.from_per_template(value.keys, templates)
 
     def _value(self, request: EditRequest, templates: list[str]) -> ValueLike:
         return compute_v_star(

@@ -26,6 +26,14 @@ class Keys:
     k_prompt: Tensor  # (d_in,) float32, the bare prompt's key
     per_template: Tensor  # (n_templates, d_in) float32
 
+    @classmethod
+    def from_per_template(cls, per_template: Tensor, templates: Sequence[str]) -> Keys:
+        """``per_template`` (n_templates, d_in): the key of each template, in order."""
+        bare = bare_template_index(templates)
+        return cls(
+            k_star=per_template.mean(0), k_prompt=per_template[bare], per_template=per_template
+        )
+
 
 def bare_template_index(templates: Sequence[str]) -> int:
     """Where the bare template ``"{}"`` is; every template list must hold it."""
@@ -68,7 +76,7 @@ def compute_keys(
     padding_side: str = "right",
 ) -> Keys:
     """``k*`` over ``templates`` (which must include ``"{}"``) and ``k_prompt``, one pass."""
-    bare = bare_template_index(templates)
+    bare_template_index(templates)  # fail before the forward pass
     prompts = [apply_template(t, prompt) for t in templates]
     per_template = keys_at_subject(loaded, layer, prompts, [subject] * len(prompts), padding_side)
-    return Keys(k_star=per_template.mean(0), k_prompt=per_template[bare], per_template=per_template)
+    return Keys.from_per_template(per_template, templates)

@@ -209,7 +209,7 @@ class NaiveEditor(Editor):
     def _check_variant(self, variant: str | Variant) -> str:
         return check_naive_variant(variant)
 
-    def _keys(self, request: EditRequest, templates: list[str]) -> NaiveKeys:
+    def _keys(self, request: EditRequest, templates: list[str], value: Any) -> NaiveKeys:
         return naive_keys(self.loaded, self.layer, request.prompt, request.subject, templates)
 
     def _value(self, request: EditRequest, templates: list[str]) -> NaiveValue:

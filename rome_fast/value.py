@@ -193,6 +193,7 @@ class ValueResult:
     delta: Tensor  # (d_out,) float32
     loss_trace: list[float]  # total loss at every iteration, the final evaluation included
     adam_steps: int
+    keys: Tensor  # (n_templates, d_in) float32: the edited module's input at each subject-last
 
 
 def compute_v_star(
@@ -231,9 +232,12 @@ def compute_v_star(
         capture(block, output=True, stop=True) as block_seen,
     ):
         run_until(cast(PreTrainedModel, model).base_model, **prefix.suffix_inputs())
+    assert seen.input is not None
     assert seen.output is not None
     assert block_seen.output is not None
     v_init = seen.output[vb.bare_row, 0].float()  # quirk 9
+    # The keys come free: a rewriting prompt up to its subject-last token is the key prompt.
+    keys = seen.input[: vb.n_prompts, 0].float()  # (n_prompts, d_in), in template order
     clean_block = block_seen.output  # (B, W - split, d_model)
     radius = hparams.clamp_norm_factor * float(torch.linalg.vector_norm(v_init))
 
@@ -275,5 +279,10 @@ def compute_v_star(
             clamp_to_ball(delta, radius)
     final = delta.detach().clone()
     return ValueResult(
-        v_star=v_init + final, v_init=v_init, delta=final, loss_trace=trace, adam_steps=steps
+        v_star=v_init + final,
+        v_init=v_init,
+        delta=final,
+        loss_trace=trace,
+        adam_steps=steps,
+        keys=keys,
     )
