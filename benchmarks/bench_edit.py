@@ -34,13 +34,13 @@ IMPLS: dict[str, tuple[type[Editor], str]] = {
 CPU_IMPLS = [impl for impl, (_, precision) in IMPLS.items() if precision != "tf32"]
 
 
-def edit_floor(peaks: Peaks, s: EditSetup) -> Any:
+def edit_floor(peaks: Peaks, s: EditSetup, precision: str = "fp32") -> Any:
     W = weight_matrix(s.loaded.adapter.edited_module(s.loaded.model, s.layer))
     suffix, read = value_work(s, s.hparams)
     steps = s.hparams.v_num_grad_steps
     return combine(
         keys_floor(peaks, s.loaded, s.layer, prompt_tokens(s)),
-        value_floor(peaks, s.loaded, s.layer, suffix, read, steps, steps - 1),
+        value_floor(peaks, s.loaded, s.layer, suffix, read, steps, steps - 1, precision),
         update_factors_floor(peaks, int(W.shape[0]), int(W.shape[1]), model_dtype(s.loaded)),
         basis=f"keys + v* ({steps} fwd, {steps - 1} bwd) + update",
     )
@@ -72,7 +72,7 @@ def bench_edit(
         impl=impl,
         rounds=rounds,
         warmup_rounds=0,
-        floor=edit_floor(peaks, s),
+        floor=edit_floor(peaks, s, precision),
         describe=describe,
         dtype=str(model_dtype(s.loaded)),
         v_precision=precision,

@@ -46,12 +46,19 @@ class Peaks:
     source: str
     threads: int
     cache_bytes: int  # last-level cache: smaller working sets are not bandwidth-bound
+    flops_tf32: float = 0.0  # flop/s of TF32 matmuls (CUDA); 0: none
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def flops(self, dtype: torch.dtype) -> float:
-        return self.flops_bf16 if dtype in (torch.bfloat16, torch.float16) else self.flops_fp32
+    def flops(self, dtype: torch.dtype, precision: str = "fp32") -> float:
+        """Peak flop/s for matmuls on ``dtype`` data run at ``precision`` (``fp32``, or the
+        v* loop's ``tf32``/``bf16``)."""
+        if precision == "bf16" or dtype in (torch.bfloat16, torch.float16):
+            return self.flops_bf16
+        if precision == "tf32" and self.flops_tf32 > 0:
+            return self.flops_tf32
+        return self.flops_fp32
 
 
 def _sync(device: torch.device) -> None:
@@ -79,10 +86,12 @@ def measure_bandwidth(device: torch.device, n_bytes: int = 1 << 28, repeats: int
     return 2 * n_bytes / seconds
 
 
-def measure_matmul_flops(device: torch.device, n: int = 2048, repeats: int = 3) -> float:
-    """Flop/s of an (n × n) @ (n × n) float32 matmul (TF32 as currently configured)."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+def measure_matmul_flops(
+    device: torch.device, n: int = 2048, repeats: int = 3, dtype: torch.dtype = torch.float32
+) -> float:
+    """Flop/s of an (n × n) @ (n × n) matmul (float32: TF32 as currently configured)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     seconds = _best_seconds(lambda: a @ b, device, repeats)
     return 2 * n**3 / seconds
 
@@ -143,6 +152,7 @@ def machine_peaks(device: torch.device | str = "cpu", *, quick: bool = False) ->
                 f"vendor spec ({key}); measured copy/matmul beside",
                 threads,
                 l2,
+                numbers["tf32"],
             )
         return Peaks(
             "cuda",
@@ -157,15 +167,16 @@ def machine_peaks(device: torch.device | str = "cpu", *, quick: bool = False) ->
             l2,
         )
     name = f"{cpu_name()}, {os.cpu_count()} logical cores, {threads} torch threads"
+    n = 512 if quick else 2048
     return Peaks(
         "cpu",
         name,
         bandwidth,
         flops,
-        flops,
+        measure_matmul_flops(device, n=n, dtype=torch.bfloat16),
         bandwidth,
         flops,
-        "measured here: 256 MiB copy, 2048² float32 matmul",
+        f"measured here: 256 MiB copy, {n}² float32 and bfloat16 matmuls",
         threads,
         cpu_cache_bytes(),
     )
@@ -188,12 +199,18 @@ class Floor:
 
 
 def floor(
-    peaks: Peaks, *, bytes_moved: float, flops: float, dtype: torch.dtype, basis: str
+    peaks: Peaks,
+    *,
+    bytes_moved: float,
+    flops: float,
+    dtype: torch.dtype,
+    basis: str,
+    precision: str = "fp32",
 ) -> Floor:
     if 0 < bytes_moved <= peaks.cache_bytes:
         # A working set that fits in the last-level cache is not bound by memory bandwidth.
         bytes_moved, basis = 0, f"{basis}; fits in cache: flops only"
-    seconds = max(bytes_moved / peaks.bandwidth, flops / peaks.flops(dtype))
+    seconds = max(bytes_moved / peaks.bandwidth, flops / peaks.flops(dtype, precision))
     return Floor(seconds, bytes_moved, flops, basis)
 
 
@@ -272,10 +289,12 @@ def value_floor(
     read_positions: int,
     forwards: int,
     backwards: int,
+    precision: str = "fp32",
 ) -> Floor:
     """v* needs, per iteration, blocks above ``layer`` on the tokens from each subject-last
     position on (nothing before depends on δ) and the unembedding at the positions the loss
-    reads; a backward pass (activations only) costs as much again."""
+    reads; a backward pass (activations only) costs as much again. ``precision``: the loop's
+    matmul precision (its peak flop/s)."""
     model = loaded.model
     blocks = list(loaded.adapter.layers(model))[layer + 1 :]
     per_pass = 2.0 * suffix_tokens * matrix_params(
@@ -286,7 +305,8 @@ def value_floor(
         bytes_moved=0,
         flops=per_pass * (forwards + backwards),
         dtype=model_dtype(loaded),
-        basis=f"({forwards} fwd + {backwards} bwd) × [2·params(blocks>{layer})·"
+        precision=precision,
+        basis=f"{precision}: ({forwards} fwd + {backwards} bwd) × [2·params(blocks>{layer})·"
         f"{suffix_tokens} suffix tokens + 2·V·d·{read_positions} read positions]",
     )
 

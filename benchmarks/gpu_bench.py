@@ -325,7 +325,12 @@ def apply_bandwidth(
 
 
 def edit_floor(
-    peaks: Peaks, loaded: LoadedModel, layer: int, templates: list[str], steps: int
+    peaks: Peaks,
+    loaded: LoadedModel,
+    layer: int,
+    templates: list[str],
+    steps: int,
+    precision: str = "fp32",
 ) -> Any:
     prompts = [apply_template(t, REQUEST.prompt) for t in templates]
     batch = subject_last_positions(loaded.tokenizer, prompts, [REQUEST.subject] * len(prompts))
@@ -336,7 +341,9 @@ def edit_floor(
     W = weight_matrix(loaded.adapter.edited_module(loaded.model, layer))
     return combine(
         keys_floor(peaks, loaded, layer, int(batch.attention_mask.sum())),
-        value_floor(peaks, loaded, layer, suffix, vb.target_rows.numel() + 1, steps, steps - 1),
+        value_floor(
+            peaks, loaded, layer, suffix, vb.target_rows.numel() + 1, steps, steps - 1, precision
+        ),
         update_factors_floor(peaks, int(W.shape[0]), int(W.shape[1]), model_dtype(loaded)),
         basis="keys + v* + update",
     )
@@ -359,7 +366,6 @@ def edits(
         templates = generate_context_templates(loaded.model, loaded.tokenizer, seed=seed)
         W = weight_matrix(loaded.adapter.edited_module(loaded.model, hparams.layer))
         C = spd(int(W.shape[1]), device, seed)
-        bound = edit_floor(peaks, loaded, hparams.layer, templates, hparams.v_num_grad_steps)
         measured: dict[str, tuple[dict[str, Any], Any]] = {}  # impl -> (timing, result)
         for impl, (cls, precision) in IMPLS.items():
             if precision == "tf32" and device.type != "cuda":
@@ -384,6 +390,10 @@ def edits(
             measured[impl] = (t, t.pop("result"))
         means = {impl: t["median"] for impl, (t, _) in measured.items()}
         for impl, (t, result) in measured.items():
+            precision = IMPLS[impl][1]
+            bound = edit_floor(
+                peaks, loaded, hparams.layer, templates, hparams.v_num_grad_steps, precision
+            )
             # What a lower precision costs: ΔW against this run's float32 fast edit.
             error = delta_w_error(result, measured["fast"][1])
             phases = {k: round(v, 4) for k, v in result.timings.items()}
@@ -391,7 +401,7 @@ def edits(
                 {
                     "model": name,
                     "impl": impl,
-                    "v_precision": IMPLS[impl][1],
+                    "v_precision": precision,
                     **t,
                     "phases": phases,
                     "forwards": len(result.loss_trace),
@@ -498,6 +508,7 @@ def spec_peaks(card: str) -> Peaks:
         f"vendor spec ({card}), nothing measured",
         0,
         50 << 20,
+        n["tf32"],
     )
 
 
