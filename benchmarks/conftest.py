@@ -94,16 +94,16 @@ def synthetic_second_moment(d_in: int, seed: int = SEED) -> torch.Tensor:
     return keys.T @ keys / keys.shape[0]
 
 
-def make_setup(loaded: LoadedModel, hparams: HParams) -> EditSetup:
+def make_setup(loaded: LoadedModel, hparams: HParams, seed: int = SEED) -> EditSetup:
     templates = generate_context_templates(
         loaded.model,
         loaded.tokenizer,
         hparams.context_template_schedule,
-        seed=SEED,
+        seed=seed,
         top_k=hparams.context_template_top_k,
     )
     W = weight_matrix(loaded.adapter.edited_module(loaded.model, hparams.layer))
-    return EditSetup(loaded, hparams, templates, synthetic_second_moment(int(W.shape[1])))
+    return EditSetup(loaded, hparams, templates, synthetic_second_moment(int(W.shape[1]), seed))
 
 
 @pytest.fixture(scope="session")

@@ -21,12 +21,10 @@ from typing import Any
 
 import torch
 
-from benchmarks.conftest import synthetic_second_moment
+from benchmarks.conftest import make_setup
 from rome_fast.editor import Editor, EditRequest, EditResult
 from rome_fast.hparams import hparams_for
 from rome_fast.models import load_model
-from rome_fast.templates import generate_context_templates
-from rome_fast.weights import weight_matrix
 
 REQUESTS = (
     EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris"),
@@ -59,16 +57,10 @@ def run(
 ) -> dict[str, Any]:
     loaded = load_model(model, dtype=torch.float32, device=device, seed=seed)
     hparams = hparams_for(model)
-    templates = generate_context_templates(
-        loaded.model,
-        loaded.tokenizer,
-        hparams.context_template_schedule,
-        seed=seed,
-        top_k=hparams.context_template_top_k,
-    )
-    W = weight_matrix(loaded.adapter.edited_module(loaded.model, hparams.layer))
+    setup = make_setup(loaded, hparams, seed)
+    templates = setup.templates
     if synthetic_c:
-        C = synthetic_second_moment(int(W.shape[1]), seed)
+        C = setup.C
     else:
         L = Editor(loaded, hparams=hparams, seed=seed).covariance(hparams.layer).cholesky
         C = (L.double() @ L.double().T).cpu()
