@@ -1,10 +1,10 @@
 """The editor: atomic rank-one edits of a loaded model, exact reverts, and an edit log.
 
-One edit runs five phases, each timed: context templates (generated once per editor, seeded),
-target value ``v*``, keys ``k*``/``k_prompt`` (read in the v* pass), the rank-one update (covariance factor cached
-per layer), and applying it. Nothing touches the model before the apply phase, and a failure
-during it (or non-finite weights after it) restores the saved pre-edit weight, so a failed
-edit leaves every weight bit-identical.
+One edit runs five phases, each timed: context templates (generated once per editor,
+seeded), target value ``v*``, keys ``k*``/``k_prompt`` (read in the v* pass), the rank-one
+update (covariance factor cached per layer), and applying it. Nothing touches the model
+before the apply phase, and a failure during it (or non-finite weights after it) restores
+the saved pre-edit weight, so a failed edit leaves every weight bit-identical.
 
 Exactness of undo:
 
