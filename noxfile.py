@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import nox
@@ -94,6 +95,13 @@ TINY_MODELS = ("tiny-gpt2", "tiny-gptj", "tiny-neox", "tiny-llama")
 SAMPLE = "counterfact/counterfact-rome-schema-sample.json"
 
 
+def fresh_folder(path: str) -> str:
+    """An empty run folder: `rome eval` resumes a folder it finds, and a gate must score the
+    code as it is now, not a previous run's results."""
+    shutil.rmtree(path, ignore_errors=True)
+    return path
+
+
 @nox.session(default=False)
 def smoke(session: nox.Session) -> None:
     """A few real edits, evaluated end to end, on tiny random models and SmolLM2."""
@@ -111,7 +119,7 @@ def smoke(session: nox.Session) -> None:
             "3",
             *quick,
             "--out",
-            f"runs/smoke/{name}",
+            fresh_folder(f"runs/smoke/{name}"),
         )
     session.run(
         "rome",
@@ -124,7 +132,7 @@ def smoke(session: nox.Session) -> None:
         "2",
         *quick,
         "--out",
-        "runs/smoke/smollm2",
+        fresh_folder("runs/smoke/smollm2"),
     )
 
 
@@ -156,11 +164,14 @@ PAPER_BASELINES = {
 @nox.session(default=False)
 def regression(session: nox.Session) -> None:
     """Gate on real metrics: SmolLM2 on a fixed CounterFact slice against its measured baseline,
-    or `-- --model gpt2-xl|gpt-j-6b --data FILE` for the paper's setting and tables."""
+    or `-- --model gpt2-xl|gpt-j-6b --data FILE` for the paper's setting and tables. Each run
+    starts from an empty folder; `-- --resume yes` continues an interrupted one instead."""
     install(session)
     opts = dict(zip(session.posargs[::2], session.posargs[1::2], strict=False))
     model = opts.get("--model", "smollm2")
     out = f"runs/regression-{model}"
+    if opts.get("--resume") != "yes":
+        fresh_folder(out)
     if model == "smollm2":
         session.run("rome", "eval", "--model", "smollm2", *REGRESSION_SLICE, "--out", out)
         baselines = ("smollm2-regression-single", "smollm2-regression-sequential")
