@@ -196,6 +196,34 @@ class ValueResult:
     keys: Tensor  # (n_templates, d_in) float32: the edited module's input at each subject-last
 
 
+@dataclass(frozen=True)
+class CleanPass:
+    """The suffix columns run once at δ = 0 through the edited layer's block."""
+
+    module_input: Tensor  # (B, W - split, d_in): the edited module's input
+    module_output: Tensor  # (B, W - split, d_out)
+    block_output: Tensor  # (B, W - split, d_model): what the blocks above read
+    block_is_tuple: bool  # the block returned (hidden, ...)
+
+
+@torch.no_grad()
+def clean_suffix_pass(loaded: LoadedModel, layer: int, prefix: PrefixCache) -> CleanPass:
+    """One pass over the suffix columns, stopped after block ``layer``: every iteration of
+    the loop replays that block's output with δ added, so blocks ≤ ``layer`` never rerun."""
+    model = loaded.model
+    module = loaded.adapter.edited_module(model, layer)
+    block = loaded.adapter.block(model, layer)
+    with (
+        capture(module, output=True) as seen,
+        capture(block, output=True, stop=True) as block_seen,
+    ):
+        run_until(cast(PreTrainedModel, model).base_model, **prefix.suffix_inputs())
+    assert seen.input is not None
+    assert seen.output is not None
+    assert block_seen.output is not None
+    return CleanPass(seen.input, seen.output, block_seen.output, block_seen.output_is_tuple)
+
+
 def compute_v_star(
     loaded: LoadedModel,
     layer: int,
@@ -223,22 +251,11 @@ def compute_v_star(
     read_positions = (read_positions - prefix.split).to(device)  # suffix columns
     n_read = vb.target_rows.numel()
 
-    # One clean pass over the suffix, stopped after block `layer`: v_init and that block's
-    # output, which every iteration then replays with δ added (blocks ≤ layer never rerun).
-    block = loaded.adapter.block(model, layer)
-    with (
-        torch.no_grad(),
-        capture(module, output=True) as seen,
-        capture(block, output=True, stop=True) as block_seen,
-    ):
-        run_until(cast(PreTrainedModel, model).base_model, **prefix.suffix_inputs())
-    assert seen.input is not None
-    assert seen.output is not None
-    assert block_seen.output is not None
-    v_init = seen.output[vb.bare_row, 0].float()  # quirk 9
+    clean = clean_suffix_pass(loaded, layer, prefix)
+    v_init = clean.module_output[vb.bare_row, 0].float()  # quirk 9
     # The keys come free: a rewriting prompt up to its subject-last token is the key prompt.
-    keys = seen.input[: vb.n_prompts, 0].float()  # (n_prompts, d_in), in template order
-    clean_block = block_seen.output  # (B, W - split, d_model)
+    keys = clean.module_input[: vb.n_prompts, 0].float()  # (n_prompts, d_in), template order
+    clean_block = clean.block_output  # (B, W - split, d_model)
     radius = hparams.clamp_norm_factor * float(torch.linalg.vector_norm(v_init))
 
     d_out = int(weight_matrix(module).shape[0])
@@ -255,7 +272,7 @@ def compute_v_star(
             shifted = clean_block[delta_index] + delta.to(clean_block.dtype)
             edited_block = clean_block.index_put(delta_index, shifted)
             with (
-                replay_blocks(blocks, layer, edited_block, as_tuple=block_seen.output_is_tuple),
+                replay_blocks(blocks, layer, edited_block, as_tuple=clean.block_is_tuple),
                 forward_precision(),
             ):
                 logits = readout_logits(model, prefix.suffix_inputs(), read_rows, read_positions)
