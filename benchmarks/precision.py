@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from benchmarks.conftest import make_setup
 from rome_fast.editor import Editor, EditRequest, EditResult
@@ -48,6 +49,10 @@ def delta_w_error(result: EditResult, reference: EditResult) -> float:
     return float(diff_sq.clamp(min=0).sqrt() / ref_sq.sqrt())
 
 
+def model_name(loaded: Any) -> str:
+    return f"{loaded.name} {next(loaded.model.parameters()).dtype}"
+
+
 def precisions_for(device: torch.device) -> list[str]:
     return ["fp32", "tf32", "bf16"] if device.type == "cuda" else ["fp32", "bf16"]
 
@@ -74,7 +79,7 @@ def run(
             templates=templates,
         )
         results = []
-        for request in REQUESTS:
+        for request in tqdm(REQUESTS, desc=f"{model_name(loaded_model)} {precision}"):
             results.append(editor.edit(request, variant))
             editor.restore()
         return results
