@@ -5,6 +5,7 @@ each as ``‖C u − k‖ / ‖k‖``."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -53,35 +54,18 @@ def test_solve_per_edit(run_bench: Callable[..., Any], peaks: Peaks, dim: str, i
     k = torch.randn(d, generator=torch.Generator().manual_seed(1))
     if impl == "naive":
         C_inv = naive_inverse(C)
-        u = run_bench(
-            lambda: C_inv @ k,
-            group=f"C⁻¹k per edit {dim} d={d}",
-            impl=impl,
-            rounds=50,
-            floor=floor(
-                peaks,
-                bytes_moved=4 * d * d,
-                flops=2 * d * d,
-                dtype=torch.float32,
-                basis="C⁻¹ read once",
-            ),
-            method="cached inverse @ k",
-        )
+        solve = partial(torch.matmul, C_inv, k)
+        read, method = "C⁻¹ read once", "cached inverse @ k"
     else:
-        factor = CovarianceFactor.from_matrix(C, dtype=torch.float32)
-        u = run_bench(
-            lambda: factor.solve(k),
-            group=f"C⁻¹k per edit {dim} d={d}",
-            impl=impl,
-            rounds=50,
-            floor=floor(
-                peaks,
-                bytes_moved=4 * d * d,
-                flops=2 * d * d,
-                dtype=torch.float32,
-                basis="L read once (2 solves)",
-            ),
-            method="cached Cholesky, two triangular solves",
-        )
+        solve = partial(CovarianceFactor.from_matrix(C, dtype=torch.float32).solve, k)
+        read, method = "L read once (2 solves)", "cached Cholesky, two triangular solves"
+    u = run_bench(
+        solve,
+        group=f"C⁻¹k per edit {dim} d={d}",
+        impl=impl,
+        rounds=50,
+        floor=floor(peaks, bytes_moved=4 * d * d, flops=2 * d * d, dtype=torch.float32, basis=read),
+        method=method,
+    )
     residual = relative_residual(C, u, k)
     assert residual < 1e-2, f"{impl}: ‖C u − k‖/‖k‖ = {residual:.2e}"
