@@ -55,7 +55,6 @@ from rome_fast.models import LoadedModel
 from rome_fast.precision import loop_precision
 from rome_fast.prefix import PrefixCache, align_subject_last
 from rome_fast.tokens import PromptBatch, apply_template, pad_id, subject_last_positions
-from rome_fast.weights import weight_matrix
 
 ESSENCE_PROMPT = "{} is a"
 
@@ -235,7 +234,6 @@ def compute_v_star(
 ) -> ValueResult:
     """Optimize δ at the edited module's output; see the module docstring."""
     model = loaded.model
-    module = loaded.adapter.edited_module(model, layer)
     vb = align_value_batch(
         build_value_batch(
             loaded.tokenizer, prompt, subject, target, templates, hparams.padding_side
@@ -258,8 +256,7 @@ def compute_v_star(
     clean_block = clean.block_output  # (B, W - split, d_model)
     radius = hparams.clamp_norm_factor * float(torch.linalg.vector_norm(v_init))
 
-    d_out = int(weight_matrix(module).shape[0])
-    delta = torch.zeros(d_out, device=device, requires_grad=True)
+    delta = torch.zeros_like(v_init, requires_grad=True)  # (d_out,) float32
     optimizer = torch.optim.Adam([delta], lr=hparams.v_lr)
     initial_kl: Tensor | None = None
     trace: list[float] = []
