@@ -228,13 +228,15 @@ class DegradedEditor:
         self.hparams = getattr(editor, "hparams", None)
 
     def edit(self, request: Any, variant: str = "r-rome") -> Any:
-        return self.apply(self.prepare(request), variant)
+        return self._degrade(self.editor.edit(request, variant=variant))
 
     def prepare(self, request: Any) -> Any:
         return self.editor.prepare(request)
 
     def apply(self, prepared: Any, variant: str = "r-rome") -> Any:
-        result = self.editor.apply(prepared, variant)
+        return self._degrade(self.editor.apply(prepared, variant))
+
+    def _degrade(self, result: Any) -> Any:
         if self.mode == "zero":
             self.editor.revert(result)
         else:
@@ -461,12 +463,15 @@ class Runner:
             "target_true": case.target_true,
         }
         with _timed(timings, "score_pre"):
-            if not single:
-                row["pre"] = score_case(self.model, tokenizer, case, bs)
-            elif index in self._pre_scores:
-                row["pre"] = self._pre_scores[index]
+            if single:
+                row["pre"] = self._once(
+                    self._pre_scores,
+                    index,
+                    variant,
+                    lambda: score_case(self.model, tokenizer, case, bs),
+                )
             else:
-                row["pre"] = self._pre_scores[index] = score_case(self.model, tokenizer, case, bs)
+                row["pre"] = score_case(self.model, tokenizer, case, bs)
         row["metrics_pre"] = metrics_of(row["pre"])
         result = None
         with _timed(timings, "edit"):
@@ -494,11 +499,22 @@ class Runner:
     def _edit(self, case: Case, index: int, variant: str, single: bool) -> Any:
         if not single:
             return self.editor.edit(case.request(), variant=variant)
-        prepared = self._prepared.get(index)
-        if prepared is None:
-            prepared = self.editor.prepare(case.request())
-            self._prepared[index] = prepared
+        prepared = self._once(
+            self._prepared, index, variant, lambda: self.editor.prepare(case.request())
+        )
         return self.editor.apply(prepared, variant)
+
+    def _once(
+        self, cache: dict[int, Any], index: int, variant: str, compute: Callable[[], Any]
+    ) -> Any:
+        """A single-mode cache entry: computed by the first variant, reused by the others,
+        dropped by the last so that a whole run's keys and v* are not kept."""
+        value = cache[index] if index in cache else compute()
+        if variant == self.cfg.variants[-1]:
+            cache.pop(index, None)
+        else:
+            cache[index] = value
+        return value
 
     def _flag(self, row: dict[str, Any], history: list[float]) -> None:
         delta = row["diagnostics"]["delta_norm"] if row["diagnostics"] else None
