@@ -86,11 +86,14 @@ class EditSetup:
         return self.hparams.layer
 
 
-def synthetic_second_moment(d_in: int, seed: int = SEED) -> torch.Tensor:
-    """A seeded SPD matrix with a realistic spread of eigenvalues (timing does not depend on
-    where C came from; its collection is benchmarked on its own)."""
-    generator = torch.Generator().manual_seed(seed)
-    keys = torch.randn(2 * d_in, d_in, generator=generator) * torch.linspace(0.1, 3.0, d_in)
+def synthetic_second_moment(
+    d_in: int, seed: int = SEED, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """A seeded SPD matrix with a realistic spread of eigenvalues, built on ``device`` (timing
+    does not depend on where C came from; its collection is benchmarked on its own)."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    scale = torch.linspace(0.1, 3.0, d_in, device=device)
+    keys = torch.randn(2 * d_in, d_in, generator=generator, device=device) * scale
     return keys.T @ keys / keys.shape[0]
 
 

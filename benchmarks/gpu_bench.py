@@ -39,6 +39,8 @@ import numpy as np
 import torch
 
 from benchmarks.bench_edit import IMPLS
+from benchmarks.bench_solve import relative_residual
+from benchmarks.conftest import REQUEST, synthetic_second_moment
 from benchmarks.floors import (
     CARD_SPECS,
     Peaks,
@@ -56,7 +58,7 @@ from benchmarks.floors import (
 )
 from benchmarks.precision import delta_w_error
 from rome_fast.corpus import from_texts
-from rome_fast.editor import Editor, EditRequest
+from rome_fast.editor import Editor
 from rome_fast.hparams import hparams_for
 from rome_fast.models import LoadedModel, random_model
 from rome_fast.naive import NaiveEditor, naive_inverse
@@ -67,8 +69,6 @@ from rome_fast.update import CovarianceFactor, RankOne, rank_one_factors
 from rome_fast.value import build_value_batch
 from rome_fast.weights import apply_rank_one, weight_matrix
 from rome_ref.update import rank_one_update as ref_update
-
-REQUEST = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
 
 
 @dataclass(frozen=True)
@@ -119,14 +119,6 @@ def timed(
     }
 
 
-def spd(d: int, device: torch.device, seed: int) -> torch.Tensor:
-    """A seeded SPD (d, d) float32 matrix, built on ``device`` (d = 16384 is 17 TFLOP)."""
-    g = torch.Generator(device=device).manual_seed(seed)
-    scale = torch.linspace(0.1, 3.0, d, device=device)
-    keys = torch.randn(2 * d, d, generator=g, device=device) * scale
-    return keys.T @ keys / keys.shape[0]
-
-
 class Report:
     """Accumulates sections; rewrites results.json and summary.md after each one."""
 
@@ -173,7 +165,7 @@ def accuracy(device: torch.device, shape: tuple[int, int], seed: int) -> tuple[A
     d_out, d_in = shape
     g = torch.Generator().manual_seed(seed)
     W0 = torch.randn(d_out, d_in, generator=g, dtype=torch.float64) / d_in**0.5
-    C = spd(d_in, device, seed).double().cpu()
+    C = synthetic_second_moment(d_in, seed, device).double().cpu()
     k_star, k_prompt = (
         torch.randn(d_in, generator=g).double(),
         torch.randn(d_in, generator=g).double(),
@@ -232,7 +224,7 @@ def solve(
         ],
     )
     for d in dims:
-        C = spd(d, device, seed)
+        C = synthetic_second_moment(d, seed, device)
         k = torch.randn(d, generator=torch.Generator().manual_seed(seed)).to(device)
 
         def invert(C: torch.Tensor = C) -> torch.Tensor:
@@ -244,10 +236,8 @@ def solve(
         inv, chol = timed(invert, device, rounds=2), timed(factor, device, rounds=2)
         u_inv = inv["result"] @ k
         u_chol = chol["result"].solve(k)
-        res = [
-            float((C.double() @ u.double() - k.double()).norm() / k.double().norm())
-            for u in (u_inv, u_chol)
-        ]
+        C64 = C.double()  # once: at d = 16384 it is 2 GiB
+        res = [relative_residual(C64, u, k) for u in (u_inv, u_chol)]
         rows.append(
             {
                 "d": d,
@@ -365,7 +355,7 @@ def edits(
         hparams = hparams_for(f"random:{name}")
         templates = generate_context_templates(loaded.model, loaded.tokenizer, seed=seed)
         W = weight_matrix(loaded.adapter.edited_module(loaded.model, hparams.layer))
-        C = spd(int(W.shape[1]), device, seed)
+        C = synthetic_second_moment(int(W.shape[1]), seed, device)
         measured: dict[str, tuple[dict[str, Any], Any]] = {}  # impl -> (timing, result)
         for impl, (cls, precision) in IMPLS.items():
             if precision == "tf32" and device.type != "cuda":
