@@ -97,11 +97,15 @@ def editor_class(args: argparse.Namespace) -> Any:
     return Editor
 
 
-def build_editor(args: argparse.Namespace) -> Any:
-    """Load the model and an editor (fast or naive) with the statistics the options ask for."""
+def load_from_args(args: argparse.Namespace) -> Any:
     from rome_fast.models import load_model
 
-    loaded = load_model(args.model, dtype=DTYPES[args.dtype], device=args.device, seed=args.seed)
+    return load_model(args.model, dtype=DTYPES[args.dtype], device=args.device, seed=args.seed)
+
+
+def build_editor(args: argparse.Namespace) -> Any:
+    """Load the model and an editor (fast or naive) with the statistics the options ask for."""
+    loaded = load_from_args(args)
     hparams = hparams_from_args(args)
     return editor_class(args)(
         loaded, hparams=hparams, seed=args.seed, stats=stats_provider(args, hparams)
@@ -133,9 +137,7 @@ def _run_edit(args: argparse.Namespace) -> int:
         target_new=args.target,
         target_true=args.target_true,
     )
-    (report,) = fact_reports(
-        editor, request, [args.variant], generate_tokens=args.generate, keep_last=True
-    )
+    (report,) = fact_reports(editor, request, [args.variant], generate_tokens=args.generate)
     print_edit_report(report)
     report.update(impl=args.impl, v_precision=args.precision)
     if args.json is not None:
@@ -177,21 +179,20 @@ def _sweep_parser(sub: Any) -> None:
 def _run_sweep(args: argparse.Namespace) -> int:
     from rome_fast.editor import Editor
     from rome_fast.eval.data import load_cases
-    from rome_fast.models import load_model
     from rome_fast.sweep import known_cases, run_sweep
 
-    loaded = load_model(args.model, dtype=DTYPES[args.dtype], device=args.device, seed=args.seed)
+    loaded = load_from_args(args)
     base = hparams_from_args(args)
     cases = known_cases(loaded, load_cases(args.data, limit=args.candidates), args.facts)
     stats = stats_provider(args, base)
-    templates: list[str] = []
+    cls = editor_class(args)
+    # One set of context templates, from the unedited model, for every layer.
+    templates = cls(loaded, hparams=base, seed=args.seed, stats=stats).templates
 
     def make_editor(hparams: Any) -> Editor:
-        # One set of context templates for every layer, so only the layer differs.
-        editor: Editor = editor_class(args)(
-            loaded, hparams=hparams, seed=args.seed, stats=stats, templates=templates or None
+        editor: Editor = cls(
+            loaded, hparams=hparams, seed=args.seed, stats=stats, templates=templates
         )
-        templates[:] = editor.templates
         return editor
 
     layers = [int(x) for x in args.layers.split(",")]

@@ -105,21 +105,18 @@ def fact_reports(
     *,
     generate_tokens: int = 20,
     paraphrase: str | None = None,
-    keep_last: bool = False,
 ) -> list[dict[str, Any]]:
-    """Edit ``request`` with each variant on the model as it is, restoring in between.
+    """Edit ``request`` with each variant on the model as it is, restoring after each.
 
-    Keys and v* do not depend on the variant, so they are computed once. With
-    ``keep_last`` the last variant's edit stays applied.
+    Keys and v* do not depend on the variant, so they are computed once.
     """
     before = measure(editor, request, paraphrase, generate_tokens)
     prepared = editor.prepare(request)
     reports = []
-    for i, variant in enumerate(variants):
+    for variant in variants:
         result = editor.apply(prepared, variant)
         after = measure(editor, request, paraphrase, generate_tokens)
-        if not (keep_last and i == len(variants) - 1):
-            editor.restore()
+        editor.restore()
         reports.append(report_of(editor, request, result, before, after))
     return reports
 
