@@ -201,8 +201,13 @@ class Battery:
     def tol(self, case: Case) -> float:
         p = case.params
         eps = torch.finfo(self.dtype).eps
-        growth = 10**p.log10_cond / math.cos(math.radians(p.angle_deg)) + residual_condition(case)
-        return 16 * (p.d_in + p.d_out) * eps * growth
+        return 16 * (p.d_in + p.d_out) * eps * error_growth(case)
+
+
+def error_growth(case: Case) -> float:
+    """How much a case amplifies rounding: κ(C) / cos(key angle) + the residual's cancellation."""
+    p = case.params
+    return 10**p.log10_cond / math.cos(math.radians(p.angle_deg)) + residual_condition(case)
 
 
 def residual_condition(case: Case) -> float:

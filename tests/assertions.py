@@ -22,15 +22,13 @@ from hypothesis import note
 from hypothesis.control import currently_in_test_context
 
 import rome_ref
-from rome_fast.testing import CaseParams, make_case, residual_condition
+from rome_fast.testing import CaseParams, error_growth, make_case
 from rome_fast.update import rank_one_update
 
 
 def tolerance(params: CaseParams, out: torch.dtype, acc: torch.dtype) -> float:
-    kappa = 10**params.log10_cond
-    cos = math.cos(math.radians(params.angle_deg))
     eps_acc = torch.finfo(acc).eps
-    growth = kappa / cos + residual_condition(make_case(params))
+    growth = error_growth(make_case(params))
     return torch.finfo(out).eps / 2 + 4 * math.sqrt(params.d_in + params.d_out) * eps_acc * growth
 
 
