@@ -21,6 +21,7 @@ from benchmarks.floors import (
     value_floor,
 )
 from rome_fast.editor import Editor, EditResult
+from rome_fast.models import LoadedModel
 from rome_fast.naive import NaiveEditor
 from rome_fast.weights import weight_matrix
 
@@ -34,14 +35,21 @@ IMPLS: dict[str, tuple[type[Editor], str]] = {
 CPU_IMPLS = [impl for impl, (_, precision) in IMPLS.items() if precision != "tf32"]
 
 
-def edit_floor(peaks: Peaks, s: EditSetup, precision: str = "fp32") -> Any:
-    W = weight_matrix(s.loaded.adapter.edited_module(s.loaded.model, s.layer))
-    suffix, read = value_work(s, s.hparams)
-    steps = s.hparams.v_num_grad_steps
+def edit_floor(
+    peaks: Peaks,
+    loaded: LoadedModel,
+    layer: int,
+    templates: list[str],
+    steps: int,
+    precision: str = "fp32",
+) -> Any:
+    """keys + v* (``steps`` forward, one fewer backward, at ``precision``) + update factors."""
+    W = weight_matrix(loaded.adapter.edited_module(loaded.model, layer))
+    suffix, read = value_work(loaded, templates)
     return combine(
-        keys_floor(peaks, s.loaded, s.layer, prompt_tokens(s)),
-        value_floor(peaks, s.loaded, s.layer, suffix, read, steps, steps - 1, precision),
-        update_factors_floor(peaks, int(W.shape[0]), int(W.shape[1]), model_dtype(s.loaded)),
+        keys_floor(peaks, loaded, layer, prompt_tokens(loaded, templates)),
+        value_floor(peaks, loaded, layer, suffix, read, steps, steps - 1, precision),
+        update_factors_floor(peaks, int(W.shape[0]), int(W.shape[1]), model_dtype(loaded)),
         basis=f"keys + v* ({steps} fwd, {steps - 1} bwd) + update",
     )
 
@@ -72,7 +80,9 @@ def bench_edit(
         impl=impl,
         rounds=rounds,
         warmup_rounds=0,
-        floor=edit_floor(peaks, s, precision),
+        floor=edit_floor(
+            peaks, s.loaded, s.layer, s.templates, s.hparams.v_num_grad_steps, precision
+        ),
         describe=describe,
         dtype=str(model_dtype(s.loaded)),
         v_precision=precision,

@@ -12,15 +12,15 @@ import torch
 from benchmarks.conftest import REQUEST, EditSetup
 from benchmarks.floors import Peaks, keys_floor
 from rome_fast.keys import compute_keys
+from rome_fast.models import LoadedModel
 from rome_fast.naive import naive_keys
 from rome_fast.tokens import apply_template, subject_last_positions
 
 
-def prompt_tokens(setup: EditSetup) -> int:
-    prompts = [apply_template(t, REQUEST.prompt) for t in setup.templates]
-    batch = subject_last_positions(
-        setup.loaded.tokenizer, prompts, [REQUEST.subject] * len(prompts)
-    )
+def prompt_tokens(loaded: LoadedModel, templates: list[str]) -> int:
+    """Real tokens of the key prompts (every template applied to the request's prompt)."""
+    prompts = [apply_template(t, REQUEST.prompt) for t in templates]
+    batch = subject_last_positions(loaded.tokenizer, prompts, [REQUEST.subject] * len(prompts))
     return int(batch.attention_mask.sum())
 
 
@@ -31,7 +31,7 @@ def test_keys(
     s = model_setup
     args = (s.loaded, s.layer, REQUEST.prompt, REQUEST.subject, s.templates)
     fn = (lambda: naive_keys(*args)) if impl == "naive" else (lambda: compute_keys(*args))
-    tokens = prompt_tokens(s)
+    tokens = prompt_tokens(s.loaded, s.templates)
     keys = run_bench(
         fn,
         group=f"keys {s.loaded.name} layer {s.layer}",

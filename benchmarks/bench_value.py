@@ -11,6 +11,7 @@ import pytest
 from benchmarks.conftest import REQUEST, EditSetup
 from benchmarks.floors import Peaks, value_floor
 from rome_fast.hparams import HParams
+from rome_fast.models import LoadedModel
 from rome_fast.naive import naive_value
 from rome_fast.value import build_value_batch, compute_v_star
 
@@ -19,15 +20,17 @@ from rome_fast.value import build_value_batch, compute_v_star
 STEPS = 5
 
 
-def value_work(setup: EditSetup, hparams: HParams) -> tuple[int, int]:
+def value_work(
+    loaded: LoadedModel, templates: list[str], padding_side: str = "right"
+) -> tuple[int, int]:
     """(tokens from each subject-last position on, positions the loss reads)."""
     vb = build_value_batch(
-        setup.loaded.tokenizer,
+        loaded.tokenizer,
         REQUEST.prompt,
         REQUEST.subject,
         REQUEST.target_new,
-        setup.templates,
-        hparams.padding_side,
+        templates,
+        padding_side,
     )
     ends = vb.batch.offsets + vb.batch.attention_mask.sum(1)
     suffix = int((ends - vb.batch.positions).sum())
@@ -35,7 +38,7 @@ def value_work(setup: EditSetup, hparams: HParams) -> tuple[int, int]:
 
 
 def value_setup_floor(peaks: Peaks, setup: EditSetup, hparams: HParams, forwards: int) -> Any:
-    suffix, read = value_work(setup, hparams)
+    suffix, read = value_work(setup.loaded, setup.templates, hparams.padding_side)
     return value_floor(peaks, setup.loaded, setup.layer, suffix, read, forwards, forwards - 1)
 
 

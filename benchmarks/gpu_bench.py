@@ -38,35 +38,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.bench_edit import IMPLS
+from benchmarks.bench_edit import IMPLS, edit_floor
 from benchmarks.bench_solve import relative_residual
 from benchmarks.conftest import REQUEST, synthetic_second_moment
 from benchmarks.floors import (
     CARD_SPECS,
     Peaks,
-    combine,
     floor,
     full_forward_flops,
-    keys_floor,
     machine_peaks,
     matrix_params,
     model_dtype,
     rank_one_apply_floor,
     stats_floor,
-    update_factors_floor,
-    value_floor,
 )
 from benchmarks.precision import delta_w_error
 from rome_fast.corpus import from_texts
 from rome_fast.editor import Editor
 from rome_fast.hparams import hparams_for
-from rome_fast.models import LoadedModel, random_model
+from rome_fast.models import random_model
 from rome_fast.naive import NaiveEditor, naive_inverse
 from rome_fast.stats import collect_second_moment
 from rome_fast.templates import generate_context_templates
-from rome_fast.tokens import apply_template, subject_last_positions
 from rome_fast.update import CovarianceFactor, RankOne, rank_one_factors
-from rome_fast.value import build_value_batch
 from rome_fast.weights import apply_rank_one, weight_matrix
 from rome_ref.update import rank_one_update as ref_update
 
@@ -312,31 +306,6 @@ def apply_bandwidth(
             )
         del module, W
     return rows, lines
-
-
-def edit_floor(
-    peaks: Peaks,
-    loaded: LoadedModel,
-    layer: int,
-    templates: list[str],
-    steps: int,
-    precision: str = "fp32",
-) -> Any:
-    prompts = [apply_template(t, REQUEST.prompt) for t in templates]
-    batch = subject_last_positions(loaded.tokenizer, prompts, [REQUEST.subject] * len(prompts))
-    vb = build_value_batch(
-        loaded.tokenizer, REQUEST.prompt, REQUEST.subject, REQUEST.target_new, templates
-    )
-    suffix = int((vb.batch.offsets + vb.batch.attention_mask.sum(1) - vb.batch.positions).sum())
-    W = weight_matrix(loaded.adapter.edited_module(loaded.model, layer))
-    return combine(
-        keys_floor(peaks, loaded, layer, int(batch.attention_mask.sum())),
-        value_floor(
-            peaks, loaded, layer, suffix, vb.target_rows.numel() + 1, steps, steps - 1, precision
-        ),
-        update_factors_floor(peaks, int(W.shape[0]), int(W.shape[1]), model_dtype(loaded)),
-        basis="keys + v* + update",
-    )
 
 
 def edits(
