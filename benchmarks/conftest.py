@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,16 +27,6 @@ from rome_fast.weights import weight_matrix
 BASELINES = ("naive", "ref")
 REQUEST = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
 SEED = 0
-
-
-def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Module | None:
-    """Collect ``bench_*.py`` here (the project's ``python_files`` is ``test_*.py``)."""
-    if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
-        if parent.session.isinitpath(file_path):
-            return None  # named on the command line: pytest collects it already
-        module: pytest.Module = pytest.Module.from_parent(parent, path=file_path)
-        return module
-    return None
 
 
 # ----------------------------------------------------------------------------- machine
