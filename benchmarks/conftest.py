@@ -18,13 +18,13 @@ import pytest
 import torch
 
 from benchmarks.floors import Floor, Peaks, cpu_name, machine_peaks
+from benchmarks.report import grouped, json_groups
 from rome_fast.editor import EditRequest
 from rome_fast.hparams import HParams, hparams_for
 from rome_fast.models import LoadedModel, load_model, random_model
 from rome_fast.templates import generate_context_templates
 from rome_fast.weights import weight_matrix
 
-BASELINES = ("naive", "ref")
 REQUEST = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
 SEED = 0
 
@@ -187,11 +187,7 @@ def pytest_benchmark_update_json(
         "load_average_at_end": os.getloadavg(),
         "peaks": _PEAKS[0].as_dict() if _PEAKS else None,
     }
-    by_group: dict[str, list[dict[str, Any]]] = {}
-    for entry in output_json["benchmarks"]:
-        by_group.setdefault(entry["group"] or "", []).append(entry)
-    for entries in by_group.values():
-        baseline = next((e for e in entries if e["extra_info"].get("impl") in BASELINES), None)
+    for _group, baseline, entries in json_groups(output_json["benchmarks"]):
         for entry in entries:
             info, mean = entry["extra_info"], entry["stats"]["mean"]
             if baseline is not None and entry is not baseline:
@@ -207,9 +203,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     write = terminalreporter.write_line
     terminalreporter.section("speedups against the baseline of each group, and floors")
     write(f"{'group':34} {'impl':14} {'mean s':>10} {'speedup':>8} {'floor s':>10} {'of floor':>8}")
-    for group in dict.fromkeys(m.group for m in _MEASURED):
-        members = [m for m in _MEASURED if m.group == group]
-        base = next((m for m in members if m.impl in BASELINES), None)
+    for group, base, members in grouped(_MEASURED, lambda m: m.group, lambda m: m.impl):
         for m in members:
             compared = base is not None and m is not base
             speedup = f"{base.mean / m.mean:8.2f}" if base is not None and compared else " " * 8

@@ -12,10 +12,31 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-BASELINES = ("naive", "ref")
+BASELINES = ("naive", "ref")  # the impls a group's speedups are measured against
+
+T = TypeVar("T")
+
+
+def grouped(
+    entries: Iterable[T], group_of: Callable[[T], str], impl_of: Callable[[T], str]
+) -> list[tuple[str, T | None, list[T]]]:
+    """``(group, its baseline or None, its entries)`` in the order groups first appear."""
+    groups: dict[str, list[T]] = {}
+    for entry in entries:
+        groups.setdefault(group_of(entry), []).append(entry)
+    return [
+        (group, next((e for e in members if impl_of(e) in BASELINES), None), members)
+        for group, members in groups.items()
+    ]
+
+
+def json_groups(entries: Iterable[dict[str, Any]]) -> list[tuple[str, Any, list[Any]]]:
+    """``grouped`` for the entries of a ``--benchmark-json`` file."""
+    return grouped(entries, lambda e: e["group"] or "", lambda e: e["extra_info"].get("impl"))
 
 
 def fmt(seconds: float) -> str:
@@ -27,15 +48,11 @@ def fmt(seconds: float) -> str:
 
 
 def tables(data: dict[str, Any]) -> str:
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for entry in data["benchmarks"]:
-        groups.setdefault(entry["group"] or "", []).append(entry)
     out = [
         "| group | impl | rounds | min | median | mean | speedup | floor | of floor |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for group, entries in groups.items():
-        base = next((e for e in entries if e["extra_info"].get("impl") in BASELINES), None)
+    for group, base, entries in json_groups(data["benchmarks"]):
         for e in sorted(entries, key=lambda e: e is not base):
             s, info = e["stats"], e["extra_info"]
             speedup = (
