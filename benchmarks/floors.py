@@ -131,9 +131,9 @@ def card_spec(name: str) -> tuple[str, dict[str, float]] | None:
 def machine_peaks(device: torch.device | str = "cpu", *, quick: bool = False) -> Peaks:
     """Measure (and for known cards, look up) this machine's peaks."""
     device = torch.device(device)
-    size = 1 << 24 if quick else 1 << 28
+    size, n = (1 << 24, 512) if quick else (1 << 28, 2048)
     bandwidth = measure_bandwidth(device, n_bytes=size)
-    flops = measure_matmul_flops(device, n=512 if quick else 2048)
+    flops = measure_matmul_flops(device, n=n)
     threads = torch.get_num_threads()
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -167,7 +167,6 @@ def machine_peaks(device: torch.device | str = "cpu", *, quick: bool = False) ->
             l2,
         )
     name = f"{cpu_name()}, {os.cpu_count()} logical cores, {threads} torch threads"
-    n = 512 if quick else 2048
     return Peaks(
         "cpu",
         name,

@@ -77,14 +77,15 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_args(args: argparse.Namespace, model_name: str, layer: int) -> RunConfig:
+def config_from_args(args: argparse.Namespace, model_name: str, hparams: Any) -> RunConfig:
+    """The run's options; layer and v* precision as the editor's ``hparams`` hold them."""
     return RunConfig(
         model=model_name,
         data=str(args.data),
         variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
-        layer=layer,
+        layer=hparams.layer,
         impl=args.impl,
-        v_precision=args.precision,
+        v_precision=hparams.v_precision,
         dtype=args.dtype,
         modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
         limit=args.limit,
@@ -131,7 +132,7 @@ def run_eval(args: argparse.Namespace) -> int:
         loaded,
         editor,
         cases,
-        config_from_args(args, loaded.name, editor.layer),
+        config_from_args(args, loaded.name, editor.hparams),
         args.out,
         fresh_editor=fresh_editors(editor),
     )
