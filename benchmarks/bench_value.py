@@ -23,7 +23,8 @@ STEPS = 5
 def value_work(
     loaded: LoadedModel, templates: list[str], padding_side: str = "right"
 ) -> tuple[int, int]:
-    """(tokens from each subject-last position on, positions the loss reads)."""
+    """(tokens δ reaches that the loss depends on, positions the loss reads): a rewriting
+    prompt's from its subject-last token to its last, the essence prompt's subject-last only."""
     vb = build_value_batch(
         loaded.tokenizer,
         REQUEST.prompt,
@@ -33,8 +34,8 @@ def value_work(
         padding_side,
     )
     ends = vb.batch.offsets + vb.batch.attention_mask.sum(1)
-    suffix = int((ends - vb.batch.positions).sum())
-    return suffix, vb.target_rows.numel() + 1
+    needed = int((ends - vb.batch.positions)[: vb.n_prompts].sum()) + 1
+    return needed, vb.target_rows.numel() + 1
 
 
 def value_setup_floor(peaks: Peaks, setup: EditSetup, hparams: HParams, forwards: int) -> Any:

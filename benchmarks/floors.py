@@ -290,23 +290,27 @@ def value_floor(
     backwards: int,
     precision: str = "fp32",
 ) -> Floor:
-    """v* needs, per iteration, blocks above ``layer`` on the tokens from each subject-last
-    position on (nothing before depends on δ) and the unembedding at the positions the loss
-    reads; a backward pass (activations only) costs as much again. ``precision``: the loop's
-    matmul precision (its peak flop/s)."""
+    """v* needs, per iteration, the blocks above ``layer`` on the ``suffix_tokens`` δ reaches
+    and the loss depends on (nothing before a subject-last token depends on δ, nothing after a
+    prompt's last read position is read), except the top block's MLP, which is needed only
+    at the positions the loss reads, as is the unembedding; a backward pass (activations
+    only) costs as much again. ``precision``: the loop's matmul precision (its peak flop/s)."""
     model = loaded.model
+    n_layers = loaded.adapter.n_layers(model)
     blocks = list(loaded.adapter.layers(model))[layer + 1 :]
-    per_pass = 2.0 * suffix_tokens * matrix_params(
-        blocks
-    ) + 2.0 * read_positions * unembedding_numel(model)
+    top_mlp = [loaded.adapter.mlp(model, n_layers - 1)] if blocks else []
+    per_pass = 2.0 * suffix_tokens * (
+        matrix_params(blocks) - matrix_params(top_mlp)
+    ) + 2.0 * read_positions * (matrix_params(top_mlp) + unembedding_numel(model))
     return floor(
         peaks,
         bytes_moved=0,
         flops=per_pass * (forwards + backwards),
         dtype=model_dtype(loaded),
         precision=precision,
-        basis=f"{precision}: ({forwards} fwd + {backwards} bwd) × [2·params(blocks>{layer})·"
-        f"{suffix_tokens} suffix tokens + 2·V·d·{read_positions} read positions]",
+        basis=f"{precision}: ({forwards} fwd + {backwards} bwd) × [2·params(blocks>{layer}, "
+        f"top MLP aside)·{suffix_tokens} tokens + 2·(params(top MLP) + V·d)·{read_positions} "
+        "read positions]",
     )
 
 

@@ -41,6 +41,10 @@ class Adapter:
     def mlp_module_name(self, layer: int) -> str:
         return f"{self.layers_path}.{layer}.{self.mlp_name}"
 
+    def mlp(self, model: nn.Module, layer: int) -> nn.Module:
+        self.check_layer(model, layer)
+        return model.get_submodule(self.mlp_module_name(layer))
+
     def edited_module_name(self, layer: int) -> str:
         return f"{self.mlp_module_name(layer)}.{self.proj_name}"
 

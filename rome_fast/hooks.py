@@ -6,11 +6,13 @@ autograd and any other hook see consistent values.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -118,6 +120,54 @@ def replay_blocks(
     finally:
         for i, block in enumerate(originals):
             blocks[i] = block
+
+
+@contextmanager
+def only_at(keep_by_module: Mapping[nn.Module, Tensor]) -> Iterator[None]:
+    """Run each position-wise module (an MLP: a token's output depends on that token's input
+    only) on the positions ``keep`` of its (batch, seq, d) input only; every other position's
+    output is 0.
+
+    ``keep`` holds sorted indices into the flattened (batch · seq) positions. Exact for
+    whatever reads the module's output at ``keep`` only: an MLP skips the tokens nobody reads.
+    A contiguous ``keep`` is taken as a slice (no copy).
+    """
+    handles = []
+    try:
+        for module, keep in keep_by_module.items():
+            handles.extend(_register_only_at(module, keep))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _register_only_at(module: nn.Module, keep: Tensor) -> list[Any]:
+    n_keep = keep.numel()
+    span = None  # (start, stop) when keep is one contiguous run
+    if n_keep == 0 or int(keep[-1]) - int(keep[0]) + 1 == n_keep:
+        start = int(keep[0]) if n_keep else 0
+        span = (start, start + n_keep)
+    leading: list[tuple[int, ...]] = []  # the input's (batch, seq) shape, set by the pre-hook
+
+    def pre_hook(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        hidden = args[0]  # (B, T, d)
+        leading[:] = [tuple(hidden.shape[:-1])]
+        flat = hidden.reshape(-1, hidden.shape[-1])  # (B·T, d)
+        picked = flat[span[0] : span[1]] if span else flat.index_select(0, keep)
+        return (picked[None], *args[1:])  # (1, n_keep, d)
+
+    def post_hook(_m: nn.Module, _args: tuple[Any, ...], out: Any) -> Any:
+        picked = _first_tensor(out)[0]  # (n_keep, d_out)
+        n = math.prod(leading[0])
+        if span:
+            full = F.pad(picked, (0, 0, span[0], n - span[1]))
+        else:
+            full = picked.new_zeros(n, picked.shape[-1]).index_copy(0, keep, picked)
+        full = full.view(*leading[0], -1)  # (B, T, d_out)
+        return (full, *out[1:]) if isinstance(out, tuple) else full
+
+    return [module.register_forward_pre_hook(pre_hook), module.register_forward_hook(post_hook)]
 
 
 def run_until(model: Callable[..., Any], **inputs: Any) -> None:

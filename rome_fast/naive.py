@@ -116,7 +116,7 @@ def naive_value(
     target_rows, target_positions = vb.target_rows.to(device), vb.target_positions.to(device)
     essence = vb.essence_row
 
-    mlp = model.get_submodule(loaded.adapter.mlp_module_name(layer))
+    mlp = loaded.adapter.mlp(model, layer)
     d_out = weight_matrix(loaded.adapter.edited_module(model, layer)).shape[0]
     delta = torch.zeros(d_out, device=device, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=hparams.v_lr)

@@ -6,7 +6,9 @@ are the same in every pass. :func:`align_subject_last` lays the batch out so tha
 subject-last token sits in one column ``split`` (each row left-padded by ``split`` minus its
 subject-last index, right-padded to the common width); :class:`PrefixCache` runs columns
 ``< split`` once, without gradients, and hands out the inputs of a forward pass over columns
-``≥ split`` only, with a fresh KV cache holding that prefix.
+``≥ split`` only, with a fresh KV cache holding that prefix. Given the blocks' MLPs, the
+prefix pass runs each MLP on the real tokens only, and the top block's on none: the cache
+holds keys and values, and no block reads a padding token's or the top block's MLP output.
 
 Padding never changes the maths: the attention mask hides it and the position ids count real
 tokens only, so every real token sees the same keys at the same positions as in any other
@@ -16,12 +18,14 @@ forward of every supported family, nothing family-specific.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 from transformers import DynamicCache, PreTrainedModel
 
+from rome_fast.hooks import only_at
 from rome_fast.tokens import PromptBatch
 
 
@@ -54,7 +58,13 @@ class PrefixCache:
     and it must never carry one pass's autograd graph into the next.
     """
 
-    def __init__(self, model: nn.Module, batch: PromptBatch, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        batch: PromptBatch,
+        device: torch.device,
+        mlps: Sequence[nn.Module] = (),
+    ) -> None:
         split = int(batch.positions[0])
         if not bool((batch.positions == split).all()):
             raise ValueError("the batch is not aligned: use align_subject_last first")
@@ -66,7 +76,9 @@ class PrefixCache:
         self._layers: list[tuple[Tensor, Tensor]] = []  # per layer (keys, values) of the prefix
         if split > 0:
             cache = DynamicCache()
-            with torch.no_grad():
+            real = self._attention_mask[:, :split].flatten().nonzero().squeeze(1)  # (n_real,)
+            keep = {mlp: real for mlp in mlps[:-1]} | {mlp: real[:0] for mlp in mlps[-1:]}
+            with torch.no_grad(), only_at(keep):
                 cast(PreTrainedModel, model).base_model(
                     input_ids=inputs["input_ids"][:, :split],
                     attention_mask=self._attention_mask[:, :split],

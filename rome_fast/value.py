@@ -33,7 +33,11 @@ below the edited layer depends on δ either: one clean pass over the suffix colu
 after that layer's block, records the block's output, and every iteration replays it with δ
 added (``rome_fast.hooks.replay_blocks``) and runs only the blocks above. That is exact
 because every supported family adds the MLP output straight into the residual stream, so δ
-on the MLP output is δ on the block output. The layout makes padding irrelevant here:
+on the MLP output is δ on the block output. The MLPs above run only where their output is
+read (``rome_fast.hooks.only_at``): in the top block at the positions the loss reads, below
+it up to each row's last read column (the essence prompt's first suffix column only).
+Grouped-query attention runs without copies of the key/value heads on the CPU
+(``rome_fast.attention``). The layout makes padding irrelevant here:
 ``hparams.padding_side`` changes nothing in ``v*``.
 """
 
@@ -48,7 +52,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rome_fast.hooks import capture, replay_blocks, run_until
+from rome_fast.attention import grouped_kv_attention
+from rome_fast.hooks import capture, only_at, replay_blocks, run_until
 from rome_fast.hparams import HParams
 from rome_fast.keys import bare_template_index
 from rome_fast.models import LoadedModel
@@ -205,6 +210,21 @@ class CleanPass:
     block_is_tuple: bool  # the block returned (hidden, ...)
 
 
+def read_mlp_positions(
+    read_rows: Tensor, read_positions: Tensor, n_rows: int, width: int
+) -> tuple[Tensor, Tensor]:
+    """Flattened (row · width + column) positions whose MLP output the loss depends on:
+    ``(below the top block, in the top block)``, sorted.
+
+    Attention is causal, so nothing after a row's last read column matters; in the top block
+    only the read positions themselves reach the unembedding.
+    """
+    last = torch.full((n_rows,), -1).scatter_reduce(0, read_rows, read_positions, "amax")
+    below = (torch.arange(width)[None, :] <= last[:, None]).flatten().nonzero().squeeze(1)
+    top = (read_rows * width + read_positions).sort().values
+    return below, top
+
+
 @torch.no_grad()
 def clean_suffix_pass(loaded: LoadedModel, layer: int, prefix: PrefixCache) -> CleanPass:
     """One pass over the suffix columns, stopped after block ``layer``: every iteration of
@@ -241,12 +261,20 @@ def compute_v_star(
         pad_id(loaded.tokenizer),
     )
     device = loaded.device
-    prefix = PrefixCache(model, vb.batch, device)  # columns before the subject-last tokens
+    n_layers = loaded.adapter.n_layers(model)
+    mlps = [loaded.adapter.mlp(model, i) for i in range(n_layers)]
+    # the columns before the subject-last tokens
+    prefix = PrefixCache(model, vb.batch, device, mlps)
     # Every row's subject-last token is column 0 of the suffix the loop runs.
     delta_index = (vb.batch.rows.to(device), torch.zeros_like(vb.batch.rows).to(device))
-    read_rows = torch.cat([vb.target_rows, torch.tensor([vb.essence_row])]).to(device)
+    read_rows = torch.cat([vb.target_rows, torch.tensor([vb.essence_row])])
     read_positions = torch.cat([vb.target_positions, vb.batch.positions[vb.essence_row :]])
-    read_positions = (read_positions - prefix.split).to(device)  # suffix columns
+    read_positions = read_positions - prefix.split  # suffix columns
+    n_rows, width = vb.batch.input_ids.shape
+    below, top = read_mlp_positions(read_rows, read_positions, n_rows, width - prefix.split)
+    keep = {mlp: below.to(device) for mlp in mlps[layer + 1 : -1]}
+    keep |= {mlp: top.to(device) for mlp in mlps[layer + 1 :][-1:]}
+    read_rows, read_positions = read_rows.to(device), read_positions.to(device)
     n_read = vb.target_rows.numel()
 
     clean = clean_suffix_pass(loaded, layer, prefix)
@@ -270,6 +298,8 @@ def compute_v_star(
             edited_block = clean_block.index_put(delta_index, shifted)
             with (
                 replay_blocks(blocks, layer, edited_block, as_tuple=clean.block_is_tuple),
+                only_at(keep),
+                grouped_kv_attention(model, device),
                 forward_precision(),
             ):
                 logits = readout_logits(model, prefix.suffix_inputs(), read_rows, read_positions)

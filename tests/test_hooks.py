@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rome_fast.hooks import StopForward, add_to_output, capture, replay_blocks, run_until
+from rome_fast.hooks import (
+    StopForward,
+    add_to_output,
+    capture,
+    only_at,
+    replay_blocks,
+    run_until,
+)
 from tests.models import FAMILIES, tiny_model
 
 LAYER = 1
@@ -131,3 +138,69 @@ def test_replay_blocks_puts_the_blocks_back_on_error() -> None:
         fail()
     assert replaced == [True]
     assert list(blocks) == originals
+
+
+# flattened (batch · seq) positions of inputs(): one contiguous run, and a scattered set
+KEEPS = {"contiguous": [2, 3, 4, 5, 6], "scattered": [0, 4, 7, 9]}
+
+
+def mlp_and_hidden(family: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The MLP of block LAYER and the input it gets on inputs(): (2, 5, d)."""
+    loaded = tiny_model(family)
+    mlp = loaded.adapter.mlp(loaded.model, LAYER)
+    with torch.no_grad(), capture(mlp) as seen:
+        loaded.model(**inputs())
+    assert seen.input is not None
+    return mlp, seen.input
+
+
+@pytest.mark.parametrize("kind", list(KEEPS))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_only_at_runs_the_module_on_the_kept_positions_only(family: str, kind: str) -> None:
+    mlp, hidden = mlp_and_hidden(family)
+    keep = torch.tensor(KEEPS[kind])
+    with torch.no_grad():
+        full = mlp(hidden).flatten(0, 1)  # (10, d)
+        with only_at({mlp: keep}), capture(mlp) as seen:
+            partial = mlp(hidden)
+    assert seen.input is not None
+    assert seen.input.shape[:-1] == (1, len(keep)), "the module ran on positions not kept"
+    assert partial.shape == hidden.shape[:-1] + full.shape[-1:]
+    flat = partial.flatten(0, 1)
+    torch.testing.assert_close(flat[keep], full[keep])
+    dropped = torch.ones(len(flat), dtype=torch.bool)
+    dropped[keep] = False
+    assert not flat[dropped].any(), "a position not kept has a non-zero output"
+    assert_no_hooks(mlp)
+
+
+@pytest.mark.parametrize("kind", list(KEEPS))
+def test_only_at_carries_gradients_of_the_kept_positions(kind: str) -> None:
+    mlp, clean = mlp_and_hidden("tiny-llama")
+    keep = torch.tensor(KEEPS[kind])
+    grads = []
+    for hooks in [{}, {mlp: keep}]:
+        hidden = clean.clone().requires_grad_(True)
+        with only_at(hooks):
+            out = mlp(hidden).flatten(0, 1)
+        (grad,) = torch.autograd.grad(out[keep].square().sum(), [hidden])
+        grads.append(grad.flatten(0, 1))
+    torch.testing.assert_close(grads[1], grads[0])
+    assert grads[1][keep].abs().sum() > 0
+
+
+def test_only_at_with_nothing_kept_gives_zeros() -> None:
+    mlp, hidden = mlp_and_hidden("tiny-gpt2")
+    with torch.no_grad(), only_at({mlp: torch.tensor([], dtype=torch.long)}):
+        out = mlp(hidden)
+    assert out.shape == hidden.shape
+    assert not out.any()
+
+
+def test_only_at_removes_its_hooks_on_error() -> None:
+    loaded = tiny_model("tiny-gpt2")
+    mlps = [loaded.adapter.mlp(loaded.model, i) for i in range(2)]
+    with pytest.raises(RuntimeError, match="boom"), only_at({m: torch.tensor([0]) for m in mlps}):
+        raise RuntimeError("boom")
+    for mlp in mlps:
+        assert_no_hooks(mlp)
