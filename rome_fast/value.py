@@ -37,7 +37,8 @@ on the MLP output is δ on the block output. The MLPs above run only where their
 read (``rome_fast.hooks.only_at``): in the top block at the positions the loss reads, below
 it up to each row's last read column (the essence prompt's first suffix column only).
 Grouped-query attention runs without copies of the key/value heads on the CPU
-(``rome_fast.attention``). The layout makes padding irrelevant here:
+(``rome_fast.attention``), and float32 linear layers through oneDNN where that is the faster
+CPU kernel (``rome_fast.linear``). The layout makes padding irrelevant here:
 ``hparams.padding_side`` changes nothing in ``v*``.
 """
 
@@ -56,6 +57,7 @@ from rome_fast.attention import grouped_kv_attention
 from rome_fast.hooks import capture, only_at, replay_blocks, run_until
 from rome_fast.hparams import HParams
 from rome_fast.keys import bare_template_index
+from rome_fast.linear import onednn_linears
 from rome_fast.models import LoadedModel
 from rome_fast.precision import loop_precision
 from rome_fast.prefix import PrefixCache, align_subject_last
@@ -253,6 +255,19 @@ def compute_v_star(
     hparams: HParams,
 ) -> ValueResult:
     """Optimize δ at the edited module's output; see the module docstring."""
+    with onednn_linears(loaded.model):
+        return _optimize(loaded, layer, prompt, subject, target, templates, hparams)
+
+
+def _optimize(
+    loaded: LoadedModel,
+    layer: int,
+    prompt: str,
+    subject: str,
+    target: str,
+    templates: Sequence[str],
+    hparams: HParams,
+) -> ValueResult:
     model = loaded.model
     vb = align_value_batch(
         build_value_batch(
@@ -290,7 +305,11 @@ def compute_v_star(
     trace: list[float] = []
     steps = 0
     blocks = loaded.adapter.layers(model)
-    with loop_precision(hparams.v_precision, device) as forward_precision:
+    with (
+        loop_precision(hparams.v_precision, device) as forward_precision,
+        only_at(keep),
+        grouped_kv_attention(model, device),
+    ):
         for iteration in range(hparams.v_num_grad_steps):  # quirk 7
             # δ on the MLP output is δ on the block output: every family adds the MLP output
             # straight into the residual stream (quirk 3).
@@ -298,8 +317,6 @@ def compute_v_star(
             edited_block = clean_block.index_put(delta_index, shifted)
             with (
                 replay_blocks(blocks, layer, edited_block, as_tuple=clean.block_is_tuple),
-                only_at(keep),
-                grouped_kv_attention(model, device),
                 forward_precision(),
             ):
                 logits = readout_logits(model, prefix.suffix_inputs(), read_rows, read_positions)

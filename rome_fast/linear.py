@@ -1,0 +1,117 @@
+"""Float32 linear layers through oneDNN on the CPU, where that is the faster kernel.
+
+torch computes a float32 ``nn.Linear`` on the CPU with MKL's ``sgemm``, which on AMD CPUs runs
+its AVX2 kernels; oneDNN, also inside torch, runs AVX-512 there. Measured on one Zen 5 core:
+a (148 × 576) · (576 × 1536) product at 108 GFLOP/s with MKL and 240–260 GFLOP/s with
+oneDNN, both IEEE float32 with the same error against float64. :func:`onednn_linears` routes
+the float32 linear layers of a CPU model through oneDNN inside a block (the forward pass and
+the backward pass's input gradient) when :func:`onednn_is_faster` measured it faster on this
+machine, and puts every module's own ``forward`` back on exit, whatever happens. Under
+autocast a layer runs its own forward, as autocast expects.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers.pytorch_utils import Conv1D
+
+from rome_fast.weights import module_bias, weight_matrix
+
+
+def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``x @ weight.T + bias`` by oneDNN: x (..., d_in), weight (d_out, d_in) of any strides."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        # the input is kept only when the weight's gradient needs it
+        ctx.save_for_backward(x if weight.requires_grad else None, weight)
+        return _onednn_linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        needs_x, needs_weight, needs_bias = ctx.needs_input_grad
+        grad_x = _onednn_linear(grad, weight.T, None) if needs_x else None
+        flat = grad.reshape(-1, grad.shape[-1])  # (N, d_out)
+        grad_weight = flat.T @ x.reshape(-1, x.shape[-1]) if needs_weight else None
+        grad_bias = flat.sum(0) if needs_bias else None
+        return grad_x, grad_weight, grad_bias
+
+
+def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)`` computed by oneDNN, differentiable."""
+    out: Tensor = _OneDNNLinear.apply(x, weight, bias)
+    return out
+
+
+def _best_seconds(fn: Callable[[], Any], repeats: int = 5) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@functools.cache
+def onednn_is_faster() -> bool:
+    """Whether oneDNN's float32 linear beats torch's default on this CPU, measured once per
+    process on a 256 × 1024 × 1024 product (it must win by 10%); False where torch has no
+    oneDNN linear."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    x, weight = torch.randn(256, 1024), torch.randn(1024, 1024)
+    try:
+        onednn = _best_seconds(lambda: _onednn_linear(x, weight, None))
+    except (AttributeError, RuntimeError):  # this torch build has no such operator
+        return False
+    default = _best_seconds(lambda: torch.nn.functional.linear(x, weight))
+    return onednn < 0.9 * default
+
+
+def _routable(module: nn.Module) -> bool:
+    if not isinstance(module, nn.Linear | Conv1D):
+        return False
+    weight = module.weight
+    return weight.device.type == "cpu" and weight.dtype == torch.float32
+
+
+def _forward_through_onednn(module: nn.Module) -> Callable[[Tensor], Tensor]:
+    own_forward = type(module).forward
+
+    def forward(x: Tensor) -> Tensor:
+        if torch.is_autocast_enabled("cpu") or x.dtype != torch.float32:
+            return own_forward(module, x)
+        return onednn_linear(x, weight_matrix(module), module_bias(module))
+
+    return forward
+
+
+@contextmanager
+def onednn_linears(model: nn.Module, *, force: bool | None = None) -> Iterator[bool]:
+    """Inside the block, the model's float32 CPU linear layers (``nn.Linear`` and GPT-2's
+    ``Conv1D``) compute through oneDNN; yields whether they do. ``force`` overrides the
+    measured choice (tests)."""
+    use = onednn_is_faster() if force is None else force
+    routed: list[nn.Module] = []
+    try:
+        if use:
+            for module in model.modules():
+                if _routable(module):
+                    module.forward = _forward_through_onednn(module)
+                    routed.append(module)
+        yield bool(routed)
+    finally:
+        for module in routed:
+            del module.forward

@@ -1,0 +1,109 @@
+"""oneDNN linear layers: float32 results and gradients of torch's own, routed only inside the
+block, and never under autocast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rome_fast import linear
+from rome_fast.linear import onednn_linear, onednn_linears
+from rome_fast.value import compute_v_star
+from tests.models import FAMILIES, REQUEST, TEMPLATES, tiny_hparams, tiny_model
+from tests.reference_value import reference_v_star
+
+IDS = torch.tensor([[464, 412, 733, 9096, 318], [1212, 318, 257, 1332, 13]])
+SHAPES = {"tokens": (37,), "batch x seq": (3, 5)}  # the input's leading dimensions
+
+
+def operands(lead: tuple[int, ...], transposed: bool, bias: bool, seed: int = 0):
+    """x (*lead, 48), weight (40, 48) (a transposed view when ``transposed``, as GPT-2's
+    Conv1D stores it), bias (40,) or None."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead, 48, generator=g)
+    weight = torch.randn(48, 40, generator=g).T if transposed else torch.randn(40, 48, generator=g)
+    return x, weight, torch.randn(40, generator=g) if bias else None
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("lead", list(SHAPES.values()), ids=list(SHAPES))
+def test_forward_equals_float64(lead: tuple[int, ...], transposed: bool, bias: bool) -> None:
+    x, weight, b = operands(lead, transposed, bias)
+    exact = F.linear(x.double(), weight.double(), None if b is None else b.double())
+    ours = onednn_linear(x, weight, b)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours.double(), exact, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_gradients_equal_torchs(transposed: bool) -> None:
+    grads = []
+    for fn in (onednn_linear, F.linear):
+        x, weight, b = (t.clone().requires_grad_(True) for t in operands((3, 5), transposed, True))
+        out = fn(x, weight, b)
+        grads.append(torch.autograd.grad(out.square().sum(), [x, weight, b]))
+    for ours, torchs in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, torchs, rtol=1e-5, atol=1e-5)
+
+
+def test_only_the_input_gradient_when_the_weight_is_frozen() -> None:
+    x, weight, b = operands((7,), False, True)
+    x.requires_grad_(True)
+    (grad,) = torch.autograd.grad(onednn_linear(x, weight, b).sum(), [x])
+    torch.testing.assert_close(grad, weight.sum(0).expand(7, -1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_routed_model_gives_its_own_logits(family: str) -> None:
+    model = tiny_model(family).model
+    with torch.no_grad():
+        plain = model(input_ids=IDS).logits
+        with onednn_linears(model, force=True) as routed:
+            assert routed
+            inside = [m for m in model.modules() if "forward" in m.__dict__]
+            assert inside, "no linear layer was routed"
+            ours = model(input_ids=IDS).logits
+    assert not [m for m in model.modules() if "forward" in m.__dict__], "a forward was left"
+    torch.testing.assert_close(ours, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_every_forward_is_put_back_on_error() -> None:
+    model = tiny_model("tiny-gpt2").model
+    with pytest.raises(RuntimeError, match="boom"), onednn_linears(model, force=True):
+        raise RuntimeError("boom")
+    assert not [m for m in model.modules() if "forward" in m.__dict__]
+
+
+def test_nothing_is_routed_when_not_chosen() -> None:
+    model = tiny_model("tiny-gpt2").model
+    with onednn_linears(model, force=False) as routed:
+        assert not routed
+        assert not [m for m in model.modules() if "forward" in m.__dict__]
+
+
+def test_under_autocast_a_layer_runs_its_own_forward() -> None:
+    model = tiny_model("tiny-llama").model
+    with (
+        torch.no_grad(),
+        onednn_linears(model, force=True),
+        torch.autocast("cpu", dtype=torch.bfloat16),
+    ):
+        out = model.model.layers[0].mlp.down_proj(torch.randn(2, 160))
+    assert out.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("routed", [True, False])
+@pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-llama"])
+def test_v_star_is_the_reference_loops_either_way(
+    family: str, routed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(linear, "onednn_is_faster", lambda: routed)
+    loaded = tiny_model(family)
+    hp = tiny_hparams(family, v_num_grad_steps=4)
+    args = (loaded, 1, *REQUEST, TEMPLATES, hp)
+    fast, ref = compute_v_star(*args), reference_v_star(*args)
+    assert fast.loss_trace == pytest.approx(ref.loss_trace, rel=1e-4)
+    error = float((fast.v_star - ref.v_star).norm() / ref.v_star.norm())
+    assert error <= 1e-4, f"‖v*_fast − v*_ref‖ / ‖v*_ref‖ = {error:.3g} (oneDNN: {routed})"
