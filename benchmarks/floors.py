@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rome_fast.linear import onednn_is_faster, onednn_linear
 from rome_fast.models import LoadedModel
 
 # Vendor peaks, dense (no sparsity): bytes/s of HBM and float32 (non-tensor-core) flop/s;
@@ -42,7 +43,7 @@ class Peaks:
     flops_fp32: float  # flop/s used for float32 floors
     flops_bf16: float  # flop/s used for bf16 floors
     measured_bandwidth: float  # bytes/s of a large device copy, measured here
-    measured_flops_fp32: float  # flop/s of a large float32 matmul, measured here
+    measured_flops_fp32: float  # flop/s of a large float32 torch matmul, measured here
     source: str
     threads: int
     cache_bytes: int  # last-level cache: smaller working sets are not bandwidth-bound
@@ -87,12 +88,19 @@ def measure_bandwidth(device: torch.device, n_bytes: int = 1 << 28, repeats: int
 
 
 def measure_matmul_flops(
-    device: torch.device, n: int = 2048, repeats: int = 3, dtype: torch.dtype = torch.float32
+    device: torch.device,
+    n: int = 2048,
+    repeats: int = 3,
+    dtype: torch.dtype = torch.float32,
+    *,
+    onednn: bool = False,
 ) -> float:
-    """Flop/s of an (n × n) @ (n × n) matmul (float32: TF32 as currently configured)."""
+    """Flop/s of an (n × n) @ (n × n) matmul (float32: TF32 as currently configured); with
+    ``onednn`` through oneDNN (``rome_fast.linear``, CPU)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    seconds = _best_seconds(lambda: a @ b, device, repeats)
+    product = (lambda: onednn_linear(a, b.T)) if onednn else (lambda: a @ b)
+    seconds = _best_seconds(product, device, repeats)
     return 2 * n**3 / seconds
 
 
@@ -167,15 +175,20 @@ def machine_peaks(device: torch.device | str = "cpu", *, quick: bool = False) ->
             l2,
         )
     name = f"{cpu_name()}, {os.cpu_count()} logical cores, {threads} torch threads"
+    # The floor uses torch's fastest float32 kernel here: the default (MKL) or oneDNN.
+    best = (
+        max(flops, measure_matmul_flops(device, n=n, onednn=True)) if onednn_is_faster() else flops
+    )
     return Peaks(
         "cpu",
         name,
         bandwidth,
-        flops,
+        best,
         measure_matmul_flops(device, n=n, dtype=torch.bfloat16),
         bandwidth,
         flops,
-        f"measured here: 256 MiB copy, {n}² float32 and bfloat16 matmuls",
+        f"measured here: 256 MiB copy, {n}² bfloat16 matmul, {n}² float32 matmul with torch's "
+        "default (measured_flops_fp32) and through oneDNN, the faster of the two for floors",
         threads,
         cpu_cache_bytes(),
     )

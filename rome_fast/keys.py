@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from rome_fast.hooks import capture, run_until
+from rome_fast.linear import onednn_linears
 from rome_fast.models import LoadedModel
 from rome_fast.tokens import apply_template, subject_last_positions
 
@@ -78,5 +79,8 @@ def compute_keys(
     """``k*`` over ``templates`` (which must include ``"{}"``) and ``k_prompt``, one pass."""
     bare_template_index(templates)  # fail before the forward pass
     prompts = [apply_template(t, prompt) for t in templates]
-    per_template = keys_at_subject(loaded, layer, prompts, [subject] * len(prompts), padding_side)
+    with onednn_linears(loaded.model):
+        per_template = keys_at_subject(
+            loaded, layer, prompts, [subject] * len(prompts), padding_side
+        )
     return Keys.from_per_template(per_template, templates)

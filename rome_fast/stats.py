@@ -6,7 +6,8 @@ editor uses the *mean* ``C = Σ k kᵀ / count`` (``SecondMoment.moment()``); th
 sum. The update is invariant to scaling C, but the mean keeps C comparable across corpora.
 
 Collection streams the corpus in length-sorted batches and stops every forward pass at the
-edited module, so no block above it is computed. Results are cached on disk (atomically) under
+edited module, so no block above it is computed; float32 linear layers go through oneDNN where
+that is the faster CPU kernel (``rome_fast.linear``). Results are cached on disk (atomically) under
 ``models.cache_dir()/stats`` and can be read from, and written to, the public ``.npz`` format::
 
     {stats_dir}/{model}/wikipedia_stats/{module}_{dtype}_mom2_{n}.npz
@@ -35,6 +36,7 @@ from tqdm.auto import tqdm
 from rome_fast import corpus as corpora
 from rome_fast.corpus import Corpus
 from rome_fast.hooks import capture, run_until
+from rome_fast.linear import onednn_linears
 from rome_fast.models import LoadedModel, cache_dir
 from rome_fast.weights import weight_matrix
 
@@ -234,7 +236,7 @@ def collect_second_moment(
         disable=not progress,
     )
     texts = islice(iter(corpus), n_samples)
-    with torch.inference_mode(), capture(module, stop=True) as seen, bar:
+    with torch.inference_mode(), onednn_linears(model), capture(module, stop=True) as seen, bar:
         for docs in _batches(loaded, texts, batch_size, length):
             bar.update(len(docs))
             nonempty = [d for d in docs if d]
