@@ -12,6 +12,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -123,38 +124,50 @@ def replay_blocks(
 
 
 @contextmanager
-def only_at(keep_by_module: Mapping[nn.Module, Tensor]) -> Iterator[None]:
+def only_at(
+    keep_by_module: Mapping[nn.Module, Tensor], device: torch.device | str = "cpu"
+) -> Iterator[None]:
     """Run each position-wise module (an MLP: a token's output depends on that token's input
     only) on the positions ``keep`` of its (batch, seq, d) input only; every other position's
     output is 0.
 
-    ``keep`` holds sorted indices into the flattened (batch · seq) positions. Exact for
-    whatever reads the module's output at ``keep`` only: an MLP skips the tokens nobody reads.
-    A contiguous ``keep`` is taken as a slice (no copy).
+    ``keep``: sorted, distinct indices into the flattened (batch · seq) positions, a CPU
+    tensor (checked once here, then moved to ``device``, where the module's inputs are).
+    Exact for whatever reads the module's output at ``keep`` only: an MLP skips the tokens
+    nobody reads. A contiguous ``keep`` is taken as a slice (no copy).
     """
     handles = []
     try:
         for module, keep in keep_by_module.items():
-            handles.extend(_register_only_at(module, keep))
+            handles.extend(_register_only_at(module, keep, torch.device(device)))
         yield
     finally:
         for handle in handles:
             handle.remove()
 
 
-def _register_only_at(module: nn.Module, keep: Tensor) -> list[Any]:
+def _register_only_at(module: nn.Module, keep: Tensor, device: torch.device) -> list[Any]:
+    distinct_sorted = keep.ndim == 1 and bool((keep[1:] > keep[:-1]).all())
+    if keep.device.type != "cpu" or not distinct_sorted:
+        raise ValueError(
+            "only_at needs a 1-D CPU tensor of sorted, distinct positions, got "
+            f"shape {tuple(keep.shape)} on {keep.device}: sort it with torch.unique"
+        )
     n_keep = keep.numel()
-    span = None  # (start, stop) when keep is one contiguous run
-    if n_keep == 0 or int(keep[-1]) - int(keep[0]) + 1 == n_keep:
-        start = int(keep[0]) if n_keep else 0
-        span = (start, start + n_keep)
+    first, last = (int(keep[0]), int(keep[-1])) if n_keep else (0, -1)
+    span = (first, first + n_keep) if last - first + 1 == n_keep else None  # one run
+    index = keep.to(device)
     leading: list[tuple[int, ...]] = []  # the input's (batch, seq) shape, set by the pre-hook
 
     def pre_hook(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         hidden = args[0]  # (B, T, d)
         leading[:] = [tuple(hidden.shape[:-1])]
+        if last >= math.prod(leading[0]):
+            raise ValueError(
+                f"only_at keeps position {last}, but the input has {math.prod(leading[0])}"
+            )
         flat = hidden.reshape(-1, hidden.shape[-1])  # (B·T, d)
-        picked = flat[span[0] : span[1]] if span else flat.index_select(0, keep)
+        picked = flat[span[0] : span[1]] if span else flat.index_select(0, index)
         return (picked[None], *args[1:])  # (1, n_keep, d)
 
     def post_hook(_m: nn.Module, _args: tuple[Any, ...], out: Any) -> Any:
@@ -163,7 +176,7 @@ def _register_only_at(module: nn.Module, keep: Tensor) -> list[Any]:
         if span:
             full = F.pad(picked, (0, 0, span[0], n - span[1]))
         else:
-            full = picked.new_zeros(n, picked.shape[-1]).index_copy(0, keep, picked)
+            full = picked.new_zeros(n, picked.shape[-1]).index_copy(0, index, picked)
         full = full.view(*leading[0], -1)  # (B, T, d_out)
         return (full, *out[1:]) if isinstance(out, tuple) else full
 

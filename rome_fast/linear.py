@@ -6,8 +6,10 @@ a (148 × 576) · (576 × 1536) product at 108 GFLOP/s with MKL and 240–260 GF
 oneDNN, both IEEE float32 with the same error against float64. :func:`onednn_linears` routes
 the float32 linear layers of a CPU model through oneDNN inside a block (the forward pass and
 the backward pass's input gradient) when :func:`onednn_is_faster` measured it faster on this
-machine, and puts every module's own ``forward`` back on exit, whatever happens. Under
-autocast a layer runs its own forward, as autocast expects.
+machine (once per process, on first use), and puts every module's own ``forward`` back on
+exit, whatever happens. Under autocast a layer runs its own forward, as autocast expects.
+Like the other loop switches, it changes the model for the duration of the block: do not
+run the same model from another thread meanwhile.
 """
 
 from __future__ import annotations
@@ -65,23 +67,37 @@ def _best_seconds(fn: Callable[[], Any], repeats: int = 5) -> float:
 
 
 @functools.cache
-def onednn_is_faster() -> bool:
-    """Whether oneDNN's float32 linear beats torch's default on this CPU, measured once per
-    process on a 256 × 1024 × 1024 product (it must win by 10%); False where torch has no
-    oneDNN linear."""
+def onednn_available() -> bool:
+    """Whether this torch build has oneDNN's linear operator (x86 builds from PyPI do)."""
     if not torch.backends.mkldnn.is_available():
         return False
-    x, weight = torch.randn(256, 1024), torch.randn(1024, 1024)
     try:
-        onednn = _best_seconds(lambda: _onednn_linear(x, weight, None))
-    except (AttributeError, RuntimeError):  # this torch build has no such operator
+        _onednn_linear(torch.ones(1, 1), torch.ones(1, 1), None)
+    except (AttributeError, RuntimeError):
         return False
+    return True
+
+
+@functools.cache
+def onednn_is_faster() -> bool:
+    """Whether oneDNN's float32 linear beats torch's default on this CPU, measured once per
+    process on a 256 × 1024 × 1024 product (it must win by 10%)."""
+    if not onednn_available():
+        return False
+    generator = torch.Generator().manual_seed(0)  # the global random state stays untouched
+    x = torch.randn(256, 1024, generator=generator)
+    weight = torch.randn(1024, 1024, generator=generator)
+    onednn = _best_seconds(lambda: _onednn_linear(x, weight, None))
     default = _best_seconds(lambda: torch.nn.functional.linear(x, weight))
     return onednn < 0.9 * default
 
 
 def _routable(module: nn.Module) -> bool:
-    if not isinstance(module, nn.Linear | Conv1D):
+    """A plain float32 CPU ``nn.Linear``/``Conv1D``: not a subclass with a forward of its own
+    (LoRA, quantized), and no instance ``forward`` already set (by an enclosing block or
+    another library)."""
+    own = type(module).forward
+    if own not in (nn.Linear.forward, Conv1D.forward) or "forward" in vars(module):
         return False
     weight = module.weight
     return weight.device.type == "cpu" and weight.dtype == torch.float32
@@ -104,9 +120,19 @@ def onednn_linears(model: nn.Module, *, force: bool | None = None) -> Iterator[b
     ``Conv1D``) compute through oneDNN; yields whether they do. ``force`` overrides the
     measured choice (tests)."""
     use = onednn_is_faster() if force is None else force
+    if use and not onednn_available():
+        raise RuntimeError(
+            "this torch build has no oneDNN linear operator (torch.ops.mkldnn._linear_pointwise);"
+            " leave force unset to use torch's default kernels"
+        )
     routed: list[nn.Module] = []
+    settings: Any = getattr(torch.backends.mkldnn, "matmul", None)  # torch ≥ 2.9, untyped
+    precision = getattr(settings, "fp32_precision", None)
     try:
         if use:
+            # IEEE float32 inside, even if the process allowed oneDNN bf16/TF32 arithmetic
+            if precision is not None:
+                settings.fp32_precision = "ieee"
             for module in model.modules():
                 if _routable(module):
                     module.forward = _forward_through_onednn(module)
@@ -115,3 +141,5 @@ def onednn_linears(model: nn.Module, *, force: bool | None = None) -> Iterator[b
     finally:
         for module in routed:
             del module.forward
+        if precision is not None:
+            settings.fp32_precision = precision

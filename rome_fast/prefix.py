@@ -76,9 +76,9 @@ class PrefixCache:
         self._layers: list[tuple[Tensor, Tensor]] = []  # per layer (keys, values) of the prefix
         if split > 0:
             cache = DynamicCache()
-            real = self._attention_mask[:, :split].flatten().nonzero().squeeze(1)  # (n_real,)
+            real = batch.attention_mask[:, :split].flatten().nonzero().squeeze(1)  # (n_real,)
             keep = {mlp: real for mlp in mlps[:-1]} | {mlp: real[:0] for mlp in mlps[-1:]}
-            with torch.no_grad(), only_at(keep):
+            with torch.no_grad(), only_at(keep, device):
                 cast(PreTrainedModel, model).base_model(
                     input_ids=inputs["input_ids"][:, :split],
                     attention_mask=self._attention_mask[:, :split],

@@ -223,7 +223,7 @@ def read_mlp_positions(
     """
     last = torch.full((n_rows,), -1).scatter_reduce(0, read_rows, read_positions, "amax")
     below = (torch.arange(width)[None, :] <= last[:, None]).flatten().nonzero().squeeze(1)
-    top = (read_rows * width + read_positions).sort().values
+    top = (read_rows * width + read_positions).unique()  # sorted, each position once
     return below, top
 
 
@@ -278,8 +278,7 @@ def _optimize(
     device = loaded.device
     n_layers = loaded.adapter.n_layers(model)
     mlps = [loaded.adapter.mlp(model, i) for i in range(n_layers)]
-    # the columns before the subject-last tokens
-    prefix = PrefixCache(model, vb.batch, device, mlps)
+    prefix = PrefixCache(model, vb.batch, device, mlps)  # columns before the subject-last tokens
     # Every row's subject-last token is column 0 of the suffix the loop runs.
     delta_index = (vb.batch.rows.to(device), torch.zeros_like(vb.batch.rows).to(device))
     read_rows = torch.cat([vb.target_rows, torch.tensor([vb.essence_row])])
@@ -287,8 +286,9 @@ def _optimize(
     read_positions = read_positions - prefix.split  # suffix columns
     n_rows, width = vb.batch.input_ids.shape
     below, top = read_mlp_positions(read_rows, read_positions, n_rows, width - prefix.split)
-    keep = {mlp: below.to(device) for mlp in mlps[layer + 1 : -1]}
-    keep |= {mlp: top.to(device) for mlp in mlps[layer + 1 :][-1:]}
+    # the MLPs above the edited layer run only where the loss depends on their output
+    keep = {mlp: below for mlp in mlps[layer + 1 : -1]}
+    keep |= {mlp: top for mlp in mlps[layer + 1 :][-1:]}
     read_rows, read_positions = read_rows.to(device), read_positions.to(device)
     n_read = vb.target_rows.numel()
 
@@ -307,7 +307,7 @@ def _optimize(
     blocks = loaded.adapter.layers(model)
     with (
         loop_precision(hparams.v_precision, device) as forward_precision,
-        only_at(keep),
+        only_at(keep, device),
         grouped_kv_attention(model, device),
     ):
         for iteration in range(hparams.v_num_grad_steps):  # quirk 7

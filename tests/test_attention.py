@@ -43,8 +43,8 @@ def padded_causal_mask(q_len: int, k_len: int) -> torch.Tensor:
     return mask
 
 
-@pytest.mark.parametrize(("q_len", "k_len"), [(5, 5), (3, 8)])
-@pytest.mark.parametrize("masked", [True, False])
+# Without a mask, a query shorter than its keys goes to transformers' own path: not compared.
+@pytest.mark.parametrize(("q_len", "k_len", "masked"), [(5, 5, True), (3, 8, True), (5, 5, False)])
 def test_grouped_equals_transformers_sdpa(q_len: int, k_len: int, masked: bool) -> None:
     module = attention_module()
     query, key, value = qkv(q_len, k_len)

@@ -204,3 +204,25 @@ def test_only_at_removes_its_hooks_on_error() -> None:
         raise RuntimeError("boom")
     for mlp in mlps:
         assert_no_hooks(mlp)
+
+
+@pytest.mark.parametrize(
+    "keep", [torch.tensor([3, 1]), torch.tensor([1, 1]), torch.tensor([[0, 1]])], ids=str
+)
+def test_only_at_refuses_positions_not_sorted_and_distinct(keep: torch.Tensor) -> None:
+    mlp, _ = mlp_and_hidden("tiny-gpt2")
+    with pytest.raises(ValueError, match="sorted, distinct"), only_at({mlp: keep}):
+        pass
+    assert_no_hooks(mlp)
+
+
+@pytest.mark.parametrize("kind", list(KEEPS))
+def test_only_at_refuses_positions_past_the_input(kind: str) -> None:
+    mlp, hidden = mlp_and_hidden("tiny-gpt2")
+    keep = torch.tensor(KEEPS[kind]) + 8  # past the 10 positions of inputs()
+    with (
+        torch.no_grad(),
+        pytest.raises(ValueError, match="input has 10"),
+        only_at({mlp: keep}),
+    ):
+        mlp(hidden)

@@ -8,11 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from rome_fast import linear
-from rome_fast.linear import onednn_linear, onednn_linears
+from rome_fast.linear import onednn_available, onednn_linear, onednn_linears
 from rome_fast.value import compute_v_star
 from tests.models import FAMILIES, REQUEST, TEMPLATES, tiny_hparams, tiny_model
 from tests.reference_value import reference_v_star
 
+pytestmark = pytest.mark.skipif(
+    not onednn_available(), reason="this torch build has no oneDNN linear operator"
+)
 IDS = torch.tensor([[464, 412, 733, 9096, 318], [1212, 318, 257, 1332, 13]])
 SHAPES = {"tokens": (37,), "batch x seq": (3, 5)}  # the input's leading dimensions
 
@@ -76,6 +79,48 @@ def test_every_forward_is_put_back_on_error() -> None:
     assert not [m for m in model.modules() if "forward" in m.__dict__]
 
 
+def test_nested_blocks_keep_the_outer_routing() -> None:
+    model = tiny_model("tiny-gpt2").model
+    with onednn_linears(model, force=True):
+        routed = [m for m in model.modules() if "forward" in m.__dict__]
+        with onednn_linears(model, force=True) as inner:
+            assert not inner  # every layer is already routed
+        assert [m for m in model.modules() if "forward" in m.__dict__] == routed
+    assert not [m for m in model.modules() if "forward" in m.__dict__]
+
+
+def test_a_linear_with_a_forward_of_its_own_is_left_alone() -> None:
+    class Scaled(torch.nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    model = torch.nn.Sequential(Scaled(4, 3), torch.nn.Linear(3, 2))
+    x = torch.randn(5, 4)
+    expected = model(x)
+    with torch.no_grad(), onednn_linears(model, force=True):
+        assert "forward" not in model[0].__dict__
+        assert "forward" in model[1].__dict__
+        torch.testing.assert_close(model(x), expected)
+
+
+def test_ieee_float32_inside_whatever_the_process_allows() -> None:
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    try:
+        with onednn_linears(tiny_model("tiny-gpt2").model, force=True):
+            assert torch.backends.mkldnn.matmul.fp32_precision == "ieee"
+        assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = before
+
+
+def test_choosing_leaves_the_global_random_state_alone() -> None:
+    linear.onednn_is_faster.cache_clear()
+    before = torch.random.get_rng_state()
+    linear.onednn_is_faster()
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
 def test_nothing_is_routed_when_not_chosen() -> None:
     model = tiny_model("tiny-gpt2").model
     with onednn_linears(model, force=False) as routed:
@@ -92,6 +137,15 @@ def test_under_autocast_a_layer_runs_its_own_forward() -> None:
     ):
         out = model.model.layers[0].mlp.down_proj(torch.randn(2, 160))
     assert out.dtype == torch.bfloat16
+
+
+def test_forcing_it_without_the_operator_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(linear, "onednn_available", lambda: False)
+    with (
+        pytest.raises(RuntimeError, match="no oneDNN linear operator"),
+        onednn_linears(tiny_model("tiny-gpt2").model, force=True),
+    ):
+        pass
 
 
 @pytest.mark.parametrize("routed", [True, False])

@@ -14,6 +14,7 @@ from rome_fast.tokens import subject_last_index
 from rome_fast.value import (
     build_value_batch,
     compute_v_star,
+    read_mlp_positions,
     readout_logits,
     target_token_ids,
 )
@@ -185,3 +186,27 @@ def test_fast_v_star_equals_the_full_forward_loop(
     )
     error = float((fast.v_star - ref.v_star).norm() / ref.v_star.norm())
     assert error <= 1e-4, f"‖v*_fast − v*_ref‖ / ‖v*_ref‖ = {error:.3g}{where}"
+
+
+@pytest.mark.parametrize("layer", [0, 2, 3], ids=["lowest", "below the top", "top"])
+@pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-llama"])
+def test_fast_v_star_equals_the_full_forward_loop_at_every_depth(family: str, layer: int) -> None:
+    """Below the top block the MLPs run up to each row's last read column, in it at the read
+    positions only; editing the top block leaves no block above to run. The prompt ends with
+    the subject, so that even at the top block δ reaches a read position (otherwise only
+    rounding noise steers Adam there, and the two loops need not agree)."""
+    loaded = tiny_model(family)
+    hp = tiny_hparams(family, v_num_grad_steps=4)
+    args = (loaded, layer, "People talk about {}", "The Eiffel Tower", "Rome, Italy", TEMPLATES, hp)
+    fast, ref = compute_v_star(*args), reference_v_star(*args)
+    assert fast.loss_trace == pytest.approx(ref.loss_trace, rel=1e-4)
+    error = float((fast.v_star - ref.v_star).norm() / ref.v_star.norm())
+    assert error <= 1e-4, f"‖v*_fast − v*_ref‖ / ‖v*_ref‖ = {error:.3g} at layer {layer}"
+
+
+def test_read_mlp_positions() -> None:
+    # rows 0 and 1 read columns 2 and 3 (a two-token target), row 2 (essence) column 0
+    rows, columns = torch.tensor([0, 0, 1, 1, 2]), torch.tensor([2, 3, 2, 3, 0])
+    below, top = read_mlp_positions(rows, columns, n_rows=3, width=4)
+    assert below.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8]  # row 2 stops at its column 0
+    assert top.tolist() == [2, 3, 6, 7, 8]
