@@ -142,7 +142,7 @@ class PreparedEdit:
     value: ValueLike
     timings: dict[str, float]
     seconds: float
-    state: tuple[int, ...] = field(repr=False)
+    state: tuple[EditResult, ...] = field(repr=False, compare=False)  # the edits applied then
 
 
 class DisablingEditError(ValueError):
@@ -331,9 +331,18 @@ class Editor:
             self._state(),
         )
 
-    def _state(self) -> tuple[int, ...]:
-        """Identifies the applied edits: a preparation is valid only for the same state."""
-        return tuple(id(r) for r in self._log)
+    def _state(self) -> tuple[EditResult, ...]:
+        """The applied edits: a preparation is valid only while exactly these are applied.
+
+        The preparation holds the objects themselves, compared by identity, so a reverted edit
+        can never be mistaken for a later one that reuses its address (as ``id`` could).
+        """
+        return tuple(self._log)
+
+    def _is_current(self, state: tuple[EditResult, ...]) -> bool:
+        return len(state) == len(self._log) and all(
+            then is now for then, now in zip(state, self._log, strict=True)
+        )
 
     def edit(
         self, request: EditRequest, variant: str | Variant = "r-rome", *, guard: Guard | None = None
@@ -352,7 +361,7 @@ class Editor:
         """Compute the variant's update from a preparation and apply it, atomically."""
         start = time.perf_counter()
         name = self._check_variant(variant)
-        if prepared.layer != self.layer or prepared.state != self._state():
+        if prepared.layer != self.layer or not self._is_current(prepared.state):
             raise ValueError(
                 "this preparation was made for another layer or before other edits were "
                 "applied; call prepare() again on the model as it is now"

@@ -303,3 +303,36 @@ def test_smollm2_counterfactual_edit_generalizes() -> None:
     assert loaded.tokenizer.decode([top]).strip() == "Rome"
     assert rome_beats_paris(paraphrase)
     editor.restore()
+
+
+def test_a_preparation_is_refused_once_another_edit_is_applied() -> None:
+    _, editor = make_editor()
+    prepared = editor.prepare(EditRequest(*REQUEST))
+    editor.edit(OTHER)
+    with pytest.raises(ValueError, match="call prepare"):
+        editor.apply(prepared, "r-rome")
+
+
+def test_a_preparation_serves_again_once_the_edits_since_are_reverted() -> None:
+    loaded, editor = make_editor()
+    prepared = editor.prepare(EditRequest(*REQUEST))
+    first = editor.apply(prepared, "rome")
+    editor.revert(first)
+    second = editor.apply(prepared, "r-rome")  # single-edit runs: one preparation per variant
+    assert changed_parameters(loaded, weights_of(fresh_model("tiny-gpt2")))
+    editor.revert(second)
+
+
+def test_a_preparation_is_refused_after_its_edits_are_replaced_by_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Made while edit A was applied; A is reverted and B applied in its place. B is not A even
+    where B's object takes A's old address (simulated: every object gets the same id)."""
+    monkeypatch.setattr(editor_module, "id", lambda _obj: 0, raising=False)
+    _, editor = make_editor()
+    applied = editor.edit(OTHER)
+    prepared = editor.prepare(EditRequest(*REQUEST))
+    editor.revert(applied)
+    editor.edit(OTHER)
+    with pytest.raises(ValueError, match="call prepare"):
+        editor.apply(prepared, "r-rome")
