@@ -255,26 +255,19 @@ def compute_v_star(
     hparams: HParams,
 ) -> ValueResult:
     """Optimize δ at the edited module's output; see the module docstring."""
-    with onednn_linears(loaded.model):
-        return _optimize(loaded, layer, prompt, subject, target, templates, hparams)
-
-
-def _optimize(
-    loaded: LoadedModel,
-    layer: int,
-    prompt: str,
-    subject: str,
-    target: str,
-    templates: Sequence[str],
-    hparams: HParams,
-) -> ValueResult:
-    model = loaded.model
     vb = align_value_batch(
         build_value_batch(
             loaded.tokenizer, prompt, subject, target, templates, hparams.padding_side
         ),
         pad_id(loaded.tokenizer),
     )
+    with onednn_linears(loaded.model):
+        return _optimize(loaded, layer, vb, hparams)
+
+
+def _optimize(loaded: LoadedModel, layer: int, vb: ValueBatch, hparams: HParams) -> ValueResult:
+    """The loop of :func:`compute_v_star` on its aligned batch."""
+    model = loaded.model
     device = loaded.device
     n_layers = loaded.adapter.n_layers(model)
     mlps = [loaded.adapter.mlp(model, i) for i in range(n_layers)]
