@@ -95,7 +95,8 @@ def make_setup(loaded: LoadedModel, hparams: HParams, seed: int = SEED) -> EditS
         top_k=hparams.context_template_top_k,
     )
     W = weight_matrix(loaded.adapter.edited_module(loaded.model, hparams.layer))
-    return EditSetup(loaded, hparams, templates, synthetic_second_moment(int(W.shape[1]), seed))
+    C = synthetic_second_moment(int(W.shape[1]), seed, loaded.device)
+    return EditSetup(loaded, hparams, templates, C)
 
 
 @pytest.fixture(scope="session")

@@ -40,7 +40,7 @@ import torch
 
 from benchmarks.bench_edit import IMPLS, edit_floor
 from benchmarks.bench_solve import relative_residual
-from benchmarks.conftest import REQUEST, synthetic_second_moment
+from benchmarks.conftest import REQUEST, make_setup, synthetic_second_moment
 from benchmarks.floors import (
     CARD_SPECS,
     Peaks,
@@ -322,9 +322,8 @@ def edits(
     for name in models:
         loaded = random_model(name, seed=seed, device=device)
         hparams = hparams_for(f"random:{name}")
-        templates = generate_context_templates(loaded.model, loaded.tokenizer, seed=seed)
-        W = weight_matrix(loaded.adapter.edited_module(loaded.model, hparams.layer))
-        C = synthetic_second_moment(int(W.shape[1]), seed, device)
+        setup = make_setup(loaded, hparams, seed)
+        templates, C = setup.templates, setup.C
         measured: dict[str, tuple[dict[str, Any], Any]] = {}  # impl -> (timing, result)
         for impl, (cls, precision) in IMPLS.items():
             if precision == "tf32" and device.type != "cuda":
@@ -377,7 +376,7 @@ def edits(
         ratio = means["naive"] / means["fast"]
         rows.append({"model": name, "speedup_fast_vs_naive": ratio})
         lines.append(f"| {name} | naive/fast (both fp32) | | | {ratio:.1f}× | | | |")
-        del loaded, C, W
+        del loaded, setup, C
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
