@@ -1,0 +1,171 @@
+"""Patches applied to third-party editing code from the outside, each a context manager that
+always undoes itself: where tensors go, which statistics and templates the code sees, and
+modules it imports but never uses. None of them touches the code's maths."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import io
+import os
+import sys
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import BatchEncoding
+
+_MISSING = object()
+
+
+@contextlib.contextmanager
+def patched(target: Any, **values: Any) -> Iterator[None]:
+    """Set attributes of ``target`` (a module, class or object); put the old ones back."""
+    old = {name: getattr(target, name, _MISSING) for name in values}
+    try:
+        for name, value in values.items():
+            setattr(target, name, value)
+        yield
+    finally:
+        for name, value in old.items():
+            if value is _MISSING:
+                delattr(target, name)
+            else:
+                setattr(target, name, value)
+
+
+def _is_cuda(device: Any) -> bool:
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    return isinstance(device, str) and device.split(":")[0] == "cuda"
+
+
+def _redirecting(fn: Callable[..., Any], target: torch.device, positional: bool) -> Any:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if _is_cuda(kwargs.get("device")):
+            kwargs["device"] = target
+        if positional and len(args) > 1 and _is_cuda(args[1]):
+            args = (args[0], target, *args[2:])
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def cuda_calls_to(device: torch.device) -> Iterator[None]:
+    """Send tensors the code puts on a hard-coded ``"cuda"`` to ``device`` instead.
+
+    Covers ``Tensor.to("cuda")``, ``Tensor.cuda()``, ``BatchEncoding.to("cuda")`` and
+    ``device="cuda"`` in ``torch.zeros``/``torch.tensor``; a no-op when ``device`` is CUDA.
+    """
+    if device.type == "cuda":
+        yield
+        return
+
+    def to_device(self: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return self.to(device)
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(
+            patched(
+                Tensor,
+                to=_redirecting(Tensor.to, device, positional=True),
+                cuda=to_device,
+            )
+        )
+        stack.enter_context(
+            patched(BatchEncoding, to=_redirecting(BatchEncoding.to, device, positional=True))
+        )
+        stack.enter_context(
+            patched(
+                torch,
+                zeros=_redirecting(torch.zeros, device, positional=False),
+                tensor=_redirecting(torch.tensor, device, positional=False),
+            )
+        )
+        yield
+
+
+@contextlib.contextmanager
+def stubbed_modules(*names: str) -> Iterator[list[str]]:
+    """Stand-ins for modules that cannot be imported, while a third-party module imports them.
+
+    For packages the code imports at module level but never calls on the path the harness
+    drives (EasyEdit's statistics code imports ``datasets``); any use raises. Yields the
+    names actually stubbed, to record.
+    """
+    stubbed = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            sys.modules[name] = _stub(name)
+            stubbed.append(name)
+    try:
+        yield stubbed
+    finally:
+        for name in stubbed:
+            sys.modules.pop(name, None)
+
+
+def _stub(name: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+
+    def missing(attribute: str) -> Any:
+        def fail(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError(
+                f"{name}.{attribute} was called, but {name} is not installed (rome-verify "
+                f"stubbed it for import only); install {name}"
+            )
+
+        return fail
+
+    module.__getattr__ = missing  # type: ignore[method-assign]
+    return module
+
+
+@contextlib.contextmanager
+def working_directory(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Run in ``path`` (the paper's code reads ``globals.yml`` from the working directory)."""
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+@contextlib.contextmanager
+def captured_stdout() -> Iterator[io.StringIO]:
+    """The code's progress prints, kept for the record instead of flooding the report."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        yield buffer
+
+
+class _Moment:
+    """What the public ``layer_stats`` returns, as far as ``get_inv_cov`` reads it."""
+
+    def __init__(self, C: Tensor) -> None:
+        self.mom2 = types.SimpleNamespace(moment=lambda: C)
+
+
+def injected_statistics(
+    compute_u: types.ModuleType, C: Tensor
+) -> contextlib.AbstractContextManager[None]:
+    """``compute_u.get_inv_cov`` sees ``C`` as the collected second moment (instead of a
+    download or a Wikipedia pass) and starts from an empty inverse cache, so the code still
+    inverts C itself, its own way."""
+    return patched(compute_u, layer_stats=lambda *args, **kwargs: _Moment(C), inv_mom2_cache={})
+
+
+def injected_templates(
+    main: types.ModuleType, templates: list[str]
+) -> contextlib.AbstractContextManager[None]:
+    """The code's module-global template cache holds the harness's templates."""
+    return patched(main, CONTEXT_TEMPLATES_CACHE=list(templates))

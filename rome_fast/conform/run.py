@@ -1,0 +1,226 @@
+"""The conformance run: the same inputs to the editor under test and to our reference, the
+weights compared before and after, every property measured per case, and a verdict."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rome_fast.conform.properties import DESCRIPTIONS, Identification, Measured, Observation, measure
+from rome_fast.conform.protocol import ConformInputs, EditorUnderTest
+from rome_fast.editor import Editor, EditRequest
+from rome_fast.hparams import HParams
+from rome_fast.models import LoadedModel
+from rome_fast.weights import module_bias, weight_matrix
+
+
+@dataclass(frozen=True)
+class CaseReport:
+    request: EditRequest
+    identification: Identification
+    properties: list[Measured]
+
+
+@dataclass(frozen=True)
+class ConformReport:
+    editor: str
+    model: str
+    layer: int
+    seed: int
+    expect: str | None
+    cases: list[CaseReport]
+    uncontrolled: list[str]
+    reproducer: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str:
+        verdicts = {c.identification.variant for c in self.cases}
+        return verdicts.pop() if len(verdicts) == 1 else "other"
+
+    @property
+    def description(self) -> str:
+        if self.verdict != "other":
+            return DESCRIPTIONS[self.verdict]
+        return "; ".join(
+            f"case {c.request.case_id}: {c.identification.describe()}" for c in self.cases
+        )
+
+    def properties(self) -> dict[str, dict[str, Any]]:
+        """Per property over all cases: passed (None if never required), worst value."""
+        merged: dict[str, dict[str, Any]] = {}
+        for case in self.cases:
+            for m in case.properties:
+                entry = merged.setdefault(m.name, {"passed": None, "value": None, "detail": ""})
+                if m.passed is not None:
+                    entry["passed"] = m.passed and entry["passed"] is not False
+                if not np.isnan(m.value) and (entry["value"] is None or m.value > entry["value"]):
+                    entry["value"], entry["detail"] = m.value, m.detail
+                elif not entry["detail"]:
+                    entry["detail"] = m.detail
+        return merged
+
+    @property
+    def ok(self) -> bool:
+        """Every required property passes and the verdict is the expected one."""
+        passed = all(p["passed"] is not False for p in self.properties().values())
+        wanted = self.expect if self.expect is not None else self.verdict
+        return passed and self.verdict == wanted != "other"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "editor": self.editor,
+            "model": self.model,
+            "layer": self.layer,
+            "seed": self.seed,
+            "expect": self.expect,
+            "verdict": self.verdict,
+            "description": self.description,
+            "ok": self.ok,
+            "properties": self.properties(),
+            "uncontrolled": self.uncontrolled,
+            "reproducer": self.reproducer,
+            "settings": self.settings,
+            "cases": [
+                {
+                    "request": asdict(c.request),
+                    "verdict": c.identification.variant,
+                    "description": c.identification.describe(),
+                    "properties": {m.name: asdict(m) for m in c.properties},
+                }
+                for c in self.cases
+            ],
+        }
+
+    def __str__(self) -> str:
+        head = [
+            f"editor {self.editor} on {self.model} (layer {self.layer}, seed {self.seed}, "
+            f"{len(self.cases)} cases)",
+            f"verdict: {self.verdict} — {self.description}"
+            + (f" (expected {self.expect})" if self.expect else ""),
+        ]
+        props = self.properties()
+        width = max(len(n) for n in props)
+        rows = []
+        for name, p in props.items():
+            status = {True: "passed", False: "FAILED", None: "info"}[p["passed"]]
+            rows.append(f"  {name:<{width}}  {status:<6}  {p['detail']}")
+        tail = [f"not controlled: {u}" for u in self.uncontrolled]
+        if not self.ok:
+            tail.append(f"reproduce: {self.reproducer}")
+        return "\n".join(head + rows + tail)
+
+
+def _f64(x: Tensor) -> np.ndarray:
+    return x.detach().to("cpu", torch.float64).numpy()
+
+
+@contextmanager
+def restored(model: torch.nn.Module) -> Iterator[dict[str, Tensor]]:
+    """Yield a copy of every parameter; on exit, write it back (the model leaves as it came)."""
+    saved = {n: p.detach().clone() for n, p in model.named_parameters()}
+    try:
+        yield saved
+    finally:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(saved[n])
+
+
+def _edit(editor: EditorUnderTest, inputs: ConformInputs, W: Tensor) -> None:
+    """Run the editor; a returned ΔW (d_out, d_in) is added to the edited weight."""
+    delta = editor.edit(inputs)
+    if delta is not None:
+        if tuple(delta.shape) != tuple(W.shape):
+            raise ValueError(
+                f"{editor.name} returned ΔW of shape {tuple(delta.shape)}; the edited weight is "
+                f"(d_out, d_in) = {tuple(W.shape)}"
+            )
+        with torch.no_grad():
+            W.add_(delta.to(W.device, W.dtype))
+
+
+def observe(
+    editor: EditorUnderTest, inputs: ConformInputs, *, repeat: bool
+) -> Observation:
+    """Edit once (and again if ``repeat``), measure, and leave the model as it was."""
+    loaded = inputs.loaded
+    reference = Editor(
+        loaded, hparams=inputs.hparams.replace(layer=inputs.layer), seed=inputs.seed,
+        stats=inputs.C, templates=inputs.templates,
+    ).prepare(inputs.request)  # fmt: skip
+    module = loaded.adapter.edited_module(loaded.model, inputs.layer)
+    W = weight_matrix(module)
+    edited_name = loaded.adapter.edited_module_name(inputs.layer) + ".weight"
+    with restored(loaded.model) as before:
+        W0 = W.detach().clone()
+        _edit(editor, inputs, W)
+        delta = W.detach().double() - W0.double()
+        changed = tuple(
+            n for n, p in loaded.model.named_parameters()
+            if n != edited_name and not torch.equal(p, before[n])
+        )  # fmt: skip
+        revert_diff = None
+        revert = getattr(editor, "revert", None)
+        if callable(revert):
+            revert()
+            revert_diff = max(
+                float((p.detach().double() - before[n].double()).abs().max())
+                for n, p in loaded.model.named_parameters()
+            )
+    repeat_diff = None
+    if repeat:
+        with restored(loaded.model):
+            _edit(editor, inputs, W)
+            again = W.detach().double() - W0.double()
+            repeat_diff = float((again - delta).abs().max())
+    bias = module_bias(module)
+    return Observation(
+        W0=_f64(W0),
+        delta=delta.cpu().numpy(),
+        bias=None if bias is None else _f64(bias),
+        C=_f64(inputs.C),
+        k_star=_f64(reference.keys.k_star),
+        k_prompt=_f64(reference.keys.k_prompt),
+        v_star=_f64(reference.value.v_star),
+        changed_others=changed,
+        revert_diff=revert_diff,
+        repeat_diff=repeat_diff,
+    )
+
+
+def run_conformance(
+    editor: EditorUnderTest,
+    loaded: LoadedModel,
+    requests: list[EditRequest],
+    *,
+    hparams: HParams,
+    C: Tensor,
+    templates: list[str],
+    seed: int = 0,
+    expect: str | None = None,
+    reproducer: str = "",
+) -> ConformReport:
+    """Every property of ``editor`` on each request (the first one also edited twice)."""
+    cases = []
+    for i, request in enumerate(requests):
+        inputs = ConformInputs(loaded, request, hparams.layer, templates, C, hparams, seed)
+        ident, props = measure(observe(editor, inputs, repeat=i == 0), expect)
+        cases.append(CaseReport(request, ident, props))
+    return ConformReport(
+        editor=editor.name,
+        model=loaded.name,
+        layer=hparams.layer,
+        seed=seed,
+        expect=expect,
+        cases=cases,
+        uncontrolled=list(editor.uncontrolled),
+        reproducer=reproducer,
+        settings={"templates": templates, "v_num_grad_steps": hparams.v_num_grad_steps},
+    )
