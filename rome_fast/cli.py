@@ -1,4 +1,4 @@
-"""The ``rome`` console script: ``edit``, ``demo``, ``eval``, ``gate``."""
+"""The ``rome`` console script: ``edit``, ``demo``, ``eval``, ``gate``, ``conform``."""
 
 from __future__ import annotations
 
@@ -44,6 +44,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default="fp32",
         help="matmuls of the v* loop (tf32: CUDA only); keys and the update stay float32",
     )
+    add_stats_arguments(parser)
+
+
+def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where C comes from: a public .npz file, a corpus, and how many documents."""
     stats = parser.add_argument_group("covariance statistics")
     stats.add_argument(
         "--stats-npz",
@@ -224,6 +229,14 @@ def _baseline_parser(sub: Any) -> None:
     p.set_defaults(func=_lazy("rome_fast.eval.cli", "run_baseline"))
 
 
+def _conform_parser(sub: Any) -> None:
+    from rome_fast.conform.cli import add_conform_arguments
+
+    p = sub.add_parser("conform", help="conformance properties of a ROME-style editor under test")
+    add_conform_arguments(p)
+    p.set_defaults(func=_lazy("rome_fast.conform.cli", "run_conform"))
+
+
 def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -243,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         _eval_parser,
         _gate_parser,
         _baseline_parser,
+        _conform_parser,
     ):
         add(sub)
     return parser

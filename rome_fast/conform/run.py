@@ -92,7 +92,14 @@ class ConformReport:
                     "request": asdict(c.request),
                     "verdict": c.identification.variant,
                     "description": c.identification.describe(),
-                    "properties": {m.name: asdict(m) for m in c.properties},
+                    "properties": {
+                        m.name: {
+                            "passed": m.passed,
+                            "value": None if np.isnan(m.value) else m.value,
+                            "detail": m.detail,
+                        }
+                        for m in c.properties
+                    },
                 }
                 for c in self.cases
             ],
