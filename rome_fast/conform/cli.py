@@ -7,9 +7,12 @@ import json
 import os
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rome_fast.conform.protocol import EditorUnderTest, load_callable
+
+if TYPE_CHECKING:
+    from rome_fast.conform.run import ConformReport
 
 PATH_VARIABLE = "ROME_EDITOR_PATH"
 BUILT_IN = ("rome-verify", "rebuilding-rome", "easyedit-rome", "easyedit-r-rome")
@@ -75,6 +78,17 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run_conform(args: argparse.Namespace) -> int:
+    report = conformance_report(args)
+    print(report)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report.to_json(), indent=2, allow_nan=False) + "\n")
+        print(f"wrote {args.json}")
+    return 0 if report.ok else 1
+
+
+def conformance_report(args: argparse.Namespace) -> ConformReport:
+    """Load what the options name and run every property (``rome conform`` without output)."""
     from rome_fast.cli import stats_provider
     from rome_fast.conform.cases import conformance_cases
     from rome_fast.conform.run import run_conformance
@@ -90,20 +104,19 @@ def run_conform(args: argparse.Namespace) -> int:
         hparams = hparams.replace(v_num_grad_steps=args.steps)
     loaded.adapter.check_layer(loaded.model, hparams.layer)
     C = stats_provider(args, hparams)(loaded, hparams.layer)
-    templates = generate_context_templates(
-        loaded.model,
-        loaded.tokenizer,
-        hparams.context_template_schedule,
-        seed=args.seed,
-        top_k=hparams.context_template_top_k,
-    )
-    report = run_conformance(
+    # Braces stripped from the sampled text (as EasyEdit does): the public code formats each
+    # template twice, so an escaped brace breaks it. Every editor gets the same templates.
+    templates = [
+        t.replace("{{", "").replace("}}", "")
+        for t in generate_context_templates(
+            loaded.model,
+            loaded.tokenizer,
+            hparams.context_template_schedule,
+            seed=args.seed,
+            top_k=hparams.context_template_top_k,
+        )
+    ]
+    return run_conformance(
         editor, loaded, requests, hparams=hparams, C=C, templates=templates, seed=args.seed,
         expect=args.expect, reproducer=command_line(args),
     )  # fmt: skip
-    print(report)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.to_json(), indent=2, allow_nan=False) + "\n")
-        print(f"wrote {args.json}")
-    return 0 if report.ok else 1

@@ -6,32 +6,40 @@ from dataclasses import dataclass, field
 
 from rome_fast.conform.protocol import ConformInputs
 from rome_fast.editor import Editor, EditResult
+from rome_fast.update import Variant
 from rome_fast.variants import get_variant
+
+
+def editor_for(inputs: ConformInputs) -> Editor:
+    """Our editor with exactly the harness's inputs (templates, C, hyperparameters, seed)."""
+    return Editor(
+        inputs.loaded,
+        hparams=inputs.hparams.replace(layer=inputs.layer),
+        seed=inputs.seed,
+        stats=inputs.C,
+        templates=inputs.templates,
+    )
 
 
 @dataclass
 class OurEditor:
     """``rome_fast.editor.Editor`` with the harness's templates, C, hyperparameters and seed."""
 
-    config: str = "r-rome"
+    config: str | Variant = "r-rome"  # a registered name or a fn(UpdateInputs) -> RankOne
     uncontrolled: list[str] = field(default_factory=list)
     _last: tuple[Editor, EditResult] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        get_variant(self.config)  # an unknown variant fails here, naming the known ones
+        if isinstance(self.config, str):
+            get_variant(self.config)  # an unknown variant fails here, naming the known ones
 
     @property
     def name(self) -> str:
-        return f"rome-verify[{self.config}]"
+        config = self.config if isinstance(self.config, str) else self.config.__name__
+        return f"rome-verify[{config}]"
 
     def edit(self, inputs: ConformInputs) -> None:
-        editor = Editor(
-            inputs.loaded,
-            hparams=inputs.hparams.replace(layer=inputs.layer),
-            seed=inputs.seed,
-            stats=inputs.C,
-            templates=inputs.templates,
-        )
+        editor = editor_for(inputs)
         self._last = (editor, editor.edit(inputs.request, self.config))
 
     def revert(self) -> None:

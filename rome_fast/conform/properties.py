@@ -36,6 +36,19 @@ MINIMALITY_TOL = 1e-2  # ‖ΔW − ΔW_min‖_F / ‖ΔW_min‖_F for the inser
 REFERENCE_TOL = 1e-2  # ‖ΔW − ΔW_ref‖_F / ‖ΔW_ref‖_F
 
 
+PROPERTY_NAMES = (
+    "only_edited_weight",
+    "rank_one",
+    "direction_key",
+    "insertion_key",
+    "c_norm_minimal",
+    "matches_reference",
+    "denominator",
+    "revert_exact",
+    "deterministic",
+)
+
+
 def keys_of(variant: str) -> tuple[str, str]:
     """``(insertion key, direction key)`` names of a variant, from the reference's table."""
     insert, direction = variant_keys(variant, cast(Any, "k_star"), cast(Any, "k_prompt"))

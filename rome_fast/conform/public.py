@@ -167,6 +167,13 @@ class PublicEditor:
                 "target_true": true}  # fmt: skip
 
     def edit(self, inputs: ConformInputs) -> None:
+        braced = [t for t in inputs.templates if "{{" in t or "}}" in t]
+        if braced:
+            raise ValueError(
+                f"templates {braced} hold escaped braces: the public code formats each template "
+                "twice (template, then subject), which fails on them; pass templates without "
+                "braces (rome conform strips them from generated templates)"
+            )
         loaded = inputs.loaded
         apply = getattr(self._modules["main"], self.layout.apply)
         C = inputs.C.to(device=loaded.device, dtype=torch.float32)

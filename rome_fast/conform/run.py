@@ -14,7 +14,8 @@ from torch import Tensor
 
 from rome_fast.conform.properties import DESCRIPTIONS, Identification, Measured, Observation, measure
 from rome_fast.conform.protocol import ConformInputs, EditorUnderTest
-from rome_fast.editor import Editor, EditRequest
+from rome_fast.conform.ours import editor_for
+from rome_fast.editor import EditRequest
 from rome_fast.hparams import HParams
 from rome_fast.models import LoadedModel
 from rome_fast.weights import module_bias, weight_matrix
@@ -158,10 +159,7 @@ def observe(
 ) -> Observation:
     """Edit once (and again if ``repeat``), measure, and leave the model as it was."""
     loaded = inputs.loaded
-    reference = Editor(
-        loaded, hparams=inputs.hparams.replace(layer=inputs.layer), seed=inputs.seed,
-        stats=inputs.C, templates=inputs.templates,
-    ).prepare(inputs.request)  # fmt: skip
+    reference = editor_for(inputs).prepare(inputs.request)
     module = loaded.adapter.edited_module(loaded.model, inputs.layer)
     W = weight_matrix(module)
     edited_name = loaded.adapter.edited_module_name(inputs.layer) + ".weight"
