@@ -1,0 +1,68 @@
+"""``rome conform`` and the pytest entry, end to end on a tiny model (exit codes, JSON)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rome_fast.cli import main
+
+FAST = ["--model", "random:tiny-gpt2", "--cases", "1", "--steps", "3", "--stats-samples", "16"]
+
+
+def test_conform_exit_0_and_json_when_the_verdict_is_expected(tmp_path: Path) -> None:
+    out = tmp_path / "conform.json"
+    code = main(["conform", "--editor", "rome-verify", "--config", "p-rome", "--expect", "p-rome",
+                 "--json", str(out), *FAST])  # fmt: skip
+    report = json.loads(out.read_text())
+    assert code == 0, report
+    assert report["verdict"] == "p-rome" and report["ok"] is True
+    assert report["properties"]["insertion_key"]["passed"] is True
+    assert isinstance(report["properties"]["rank_one"]["value"], float)
+    assert len(report["settings"]["templates"]) == 21
+
+
+def test_conform_exit_1_on_a_planted_bug(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["conform", "--editor", "tests.conform_editors:dropped_c_inverse",
+                 "--expect", "r-rome", *FAST])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "direction_key       FAILED" in out and "reproduce: rome conform" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--editor", "nonsense"], "unknown --editor"),
+        (["--editor", "rebuilding-rome"], "--editor-path"),
+        (["--editor", "rome-verify", "--editor-path", "."], "not used with"),
+        (["--editor", "no_such_module_xyz:edit"], "cannot import"),
+        (["--editor", "rome-verify", "--cases", "0"], "--cases"),
+        (["--editor", "rome-verify", "--config", "q-rome"], "q-rome"),
+    ],
+)
+def test_conform_bad_usage_exits_2_with_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ROME_EDITOR_PATH", raising=False)
+    code = main(["conform", *argv, "--model", "random:tiny-gpt2"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_pytest_entry_reports_each_property() -> None:
+    env = {**os.environ, "ROME_CONFORM_EDITOR": "tests.conform_editors:revert_by_rounding",
+           "ROME_CONFORM_EXPECT": "r-rome", "ROME_CONFORM_CASES": "1", "ROME_CONFORM_STEPS": "3"}  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--pyargs",
+         "rome_fast.conform.test_conformance"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "FAILED rome_fast/conform/test_conformance.py::test_property[revert_exact]" in run.stdout
+    assert "1 failed" in run.stdout, run.stdout
