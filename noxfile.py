@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -31,7 +32,11 @@ def tests(session: nox.Session) -> None:
     install(session, "test")
     # Tiny models: one thread is faster than two fighting over small matmuls.
     session.run(
-        "pytest", "-m", "not smollm2 and not gpu", *session.posargs, env={"OMP_NUM_THREADS": "1"}
+        "pytest",
+        "-m",
+        "not smollm2 and not gpu and not conform",
+        *session.posargs,
+        env={"OMP_NUM_THREADS": "1"},
     )
 
 
@@ -89,6 +94,42 @@ def mutation(session: nox.Session) -> None:
     """Plant bugs in copies of the update; print which properties catch each one."""
     install(session, "test")
     session.run("pytest", "tests/test_mutation.py", "-s", "-q", *session.posargs)
+
+
+@nox.session(default=False)
+def conform(session: nox.Session) -> None:
+    """The public ROME code (../shared/anchors or $ROME_ANCHORS_DIR) against ours: full
+    agreement runs, then `rome conform` on each public editor, expecting its variant."""
+    install(session, "test")
+    session.run("pytest", "-m", "conform", *session.posargs, env={"OMP_NUM_THREADS": "1"})
+    anchors = os.environ.get(
+        "ROME_ANCHORS_DIR", str(Path(__file__).parent.parent / "shared" / "anchors")
+    )
+    runs = [
+        ("rebuilding-rome", "rebuilding-rome", config, config)
+        for config in ("rome", "r-rome", "p-rome")
+    ] + [
+        ("easyedit-rome", "easyedit", None, "rome"),
+        ("easyedit-r-rome", "easyedit", None, "r-rome"),
+    ]
+    for spec, folder, config, expect in runs:
+        for model in ("random:tiny-gpt2", "random:tiny-gptj"):
+            options = ["--config", config] if config else []
+            session.run(
+                "rome",
+                "conform",
+                "--editor",
+                spec,
+                "--editor-path",
+                f"{anchors}/{folder}",
+                *options,
+                "--model",
+                model,
+                "--expect",
+                expect,
+                "--cases",
+                "2",
+            )
 
 
 TINY_MODELS = ("tiny-gpt2", "tiny-gptj", "tiny-neox", "tiny-llama")

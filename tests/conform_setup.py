@@ -39,9 +39,14 @@ def conform(
     hparams = tiny_hparams(family, v_num_grad_steps=steps)
     C = random_spd(key_dim(loaded, hparams.layer), seed=1)
     return run_conformance(
-        editor, loaded, conformance_cases(cases), hparams=hparams, C=C, templates=TEMPLATES,
+        editor,
+        loaded,
+        conformance_cases(cases),
+        hparams=hparams,
+        C=C,
+        templates=TEMPLATES,
         expect=expect,
-    )  # fmt: skip
+    )
 
 
 def failed(report: ConformReport) -> set[str]:

@@ -30,14 +30,18 @@ def test_our_variants_are_recognised_and_pass(variant: str) -> None:
 def test_paper_code_flags_give_each_variant(family: str, config: str) -> None:
     editor = PublicEditor(LAYOUTS["rebuilding-rome"], anchor("rebuilding-rome"), config)
     report = conform(editor, family, expect=config)
-    assert report.verdict == config and report.ok, str(report)
+    assert report.verdict == config, str(report)
+    assert report.ok, str(report)
 
 
-@pytest.mark.parametrize(("spec", "verdict"), [("easyedit-rome", "rome"), ("easyedit-r-rome", "r-rome")])
+@pytest.mark.parametrize(
+    ("spec", "verdict"), [("easyedit-rome", "rome"), ("easyedit-r-rome", "r-rome")]
+)
 @pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-gptj"])
 def test_easyedit_editors(spec: str, verdict: str, family: str) -> None:
     report = conform(PublicEditor(LAYOUTS[spec], anchor("easyedit")), family, expect=verdict)
-    assert report.verdict == verdict and report.ok, str(report)
+    assert report.verdict == verdict, str(report)
+    assert report.ok, str(report)
 
 
 def test_original_config_misses_k_star() -> None:
@@ -64,7 +68,8 @@ def test_public_editor_leaves_the_process_as_it_was() -> None:
 def test_planted_dropped_c_inverse_fails_direction() -> None:
     report = conform(conform_editors.dropped_c_inverse, expect="r-rome")
     assert {"direction_key", "c_norm_minimal"} <= failed(report), str(report)
-    assert report.verdict == "other" and not report.ok
+    assert report.verdict == "other"
+    assert not report.ok
 
 
 def test_planted_wrong_key_fails_key_properties() -> None:

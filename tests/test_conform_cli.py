@@ -17,22 +17,44 @@ FAST = ["--model", "random:tiny-gpt2", "--cases", "1", "--steps", "3", "--stats-
 
 def test_conform_exit_0_and_json_when_the_verdict_is_expected(tmp_path: Path) -> None:
     out = tmp_path / "conform.json"
-    code = main(["conform", "--editor", "rome-verify", "--config", "p-rome", "--expect", "p-rome",
-                 "--json", str(out), *FAST])  # fmt: skip
+    code = main(
+        [
+            "conform",
+            "--editor",
+            "rome-verify",
+            "--config",
+            "p-rome",
+            "--expect",
+            "p-rome",
+            "--json",
+            str(out),
+            *FAST,
+        ]
+    )
     report = json.loads(out.read_text())
     assert code == 0, report
-    assert report["verdict"] == "p-rome" and report["ok"] is True
+    assert report["verdict"] == "p-rome"
+    assert report["ok"] is True
     assert report["properties"]["insertion_key"]["passed"] is True
     assert isinstance(report["properties"]["rank_one"]["value"], float)
     assert len(report["settings"]["templates"]) == 21
 
 
 def test_conform_exit_1_on_a_planted_bug(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["conform", "--editor", "tests.conform_editors:dropped_c_inverse",
-                 "--expect", "r-rome", *FAST])  # fmt: skip
+    code = main(
+        [
+            "conform",
+            "--editor",
+            "tests.conform_editors:dropped_c_inverse",
+            "--expect",
+            "r-rome",
+            *FAST,
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 1, out
-    assert "direction_key       FAILED" in out and "reproduce: rome conform" in out
+    assert "direction_key       FAILED" in out
+    assert "reproduce: rome conform" in out
 
 
 @pytest.mark.parametrize(
@@ -47,22 +69,43 @@ def test_conform_exit_1_on_a_planted_bug(capsys: pytest.CaptureFixture[str]) -> 
     ],
 )
 def test_conform_bad_usage_exits_2_with_one_line(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("ROME_EDITOR_PATH", raising=False)
     code = main(["conform", *argv, "--model", "random:tiny-gpt2"])
     err = capsys.readouterr().err
-    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert code == 2, err
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 def test_pytest_entry_reports_each_property() -> None:
-    env = {**os.environ, "ROME_CONFORM_EDITOR": "tests.conform_editors:revert_by_rounding",
-           "ROME_CONFORM_EXPECT": "r-rome", "ROME_CONFORM_CASES": "1", "ROME_CONFORM_STEPS": "3"}  # fmt: skip
+    env = {
+        **os.environ,
+        "ROME_CONFORM_EDITOR": "tests.conform_editors:revert_by_rounding",
+        "ROME_CONFORM_EXPECT": "r-rome",
+        "ROME_CONFORM_CASES": "1",
+        "ROME_CONFORM_STEPS": "3",
+    }
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--pyargs",
-         "rome_fast.conform.test_conformance"],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--pyargs",
+            "rome_fast.conform.test_conformance",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 1, run.stdout + run.stderr
     assert "FAILED rome_fast/conform/test_conformance.py::test_property[revert_exact]" in run.stdout
     assert "1 failed" in run.stdout, run.stdout

@@ -53,14 +53,18 @@ def add_conform_arguments(p: argparse.ArgumentParser) -> None:
         default=os.environ.get(PATH_VARIABLE),
         help=f"checkout to import the editor from (default: ${PATH_VARIABLE})",
     )
-    p.add_argument("--config", default=None, help="the editor's configuration: rome, r-rome, p-rome")
+    p.add_argument(
+        "--config", default=None, help="the editor's configuration: rome, r-rome, p-rome"
+    )
     p.add_argument("--model", required=True, help="smollm2, random:<arch> or a local folder")
     p.add_argument("--cases", type=int, default=2, help="edit requests to check (1 to 8)")
     p.add_argument("--expect", choices=VERDICTS, default=None, help="the variant it must behave as")
     p.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     p.add_argument("--layer", type=int, default=None, help="edited layer (default: per model)")
     p.add_argument("--seed", type=int, default=0, help="seeds the templates and the editor")
-    p.add_argument("--steps", type=int, default=None, help="v* loop iterations (default: per model)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="v* loop iterations (default: per model)"
+    )
     p.add_argument("--device", default="cpu")
     add_stats_arguments(p)
 
@@ -68,8 +72,16 @@ def add_conform_arguments(p: argparse.ArgumentParser) -> None:
 def command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this run."""
     words = ["rome", "conform", "--editor", args.editor, "--model", args.model]
-    for flag in ("editor_path", "config", "expect", "layer", "steps", "stats_npz", "stats_corpus",
-                 "stats_samples"):  # fmt: skip
+    for flag in (
+        "editor_path",
+        "config",
+        "expect",
+        "layer",
+        "steps",
+        "stats_npz",
+        "stats_corpus",
+        "stats_samples",
+    ):
         value = getattr(args, flag)
         if value is not None:
             words += ["--" + flag.replace("_", "-"), str(value)]
@@ -117,6 +129,13 @@ def conformance_report(args: argparse.Namespace) -> ConformReport:
         )
     ]
     return run_conformance(
-        editor, loaded, requests, hparams=hparams, C=C, templates=templates, seed=args.seed,
-        expect=args.expect, reproducer=command_line(args),
-    )  # fmt: skip
+        editor,
+        loaded,
+        requests,
+        hparams=hparams,
+        C=C,
+        templates=templates,
+        seed=args.seed,
+        expect=args.expect,
+        reproducer=command_line(args),
+    )

@@ -124,7 +124,7 @@ def _unit(x: F64) -> F64:
 
 
 def identify(obs: Observation) -> Identification:
-    _, s, vt = np.linalg.svd(obs.delta, full_matrices=False)
+    _, _s, vt = np.linalg.svd(obs.delta, full_matrices=False)
     c_right = obs.C @ vt[0]
     direction = {
         k: float(np.sqrt(max(0.0, 1.0 - float(_unit(c_right) @ _unit(obs.key(k))) ** 2)))
@@ -133,9 +133,7 @@ def identify(obs: Observation) -> Identification:
     b = np.zeros_like(obs.v_star) if obs.bias is None else obs.bias
     W1 = obs.W0 + obs.delta
     scale = float(np.linalg.norm(obs.v_star)) or 1.0
-    insertion = {
-        k: float(np.linalg.norm(W1 @ obs.key(k) + b - obs.v_star)) / scale for k in KEYS
-    }
+    insertion = {k: float(np.linalg.norm(W1 @ obs.key(k) + b - obs.v_star)) / scale for k in KEYS}
     return Identification(
         _pick(direction, DIRECTION_TOL), _pick(insertion, INSERTION_TOL), direction, insertion
     )
@@ -185,8 +183,12 @@ def _direction_key(ident: Identification, want: str | None) -> Measured:
         f"direction C⁻¹{ident.direction or '?'}"
     )
     value = m[ident.direction] if ident.direction else min(m.values())
-    return Measured("direction_key", ident.direction is not None and ident.direction == want,
-                    value, detail + (f" (expected C⁻¹{want})" if want else ""))  # fmt: skip
+    return Measured(
+        "direction_key",
+        ident.direction is not None and ident.direction == want,
+        value,
+        detail + (f" (expected C⁻¹{want})" if want else ""),
+    )
 
 
 def _insertion_key(obs: Observation, ident: Identification, want: str | None) -> Measured:
@@ -201,8 +203,12 @@ def _insertion_key(obs: Observation, ident: Identification, want: str | None) ->
         miss = float(np.linalg.norm(W1 @ obs.key(other) + b - own) / np.linalg.norm(own))
         detail += f"; inserts at {ident.insertion}, misses {other} by {miss:.3g} (own value)"
     value = r[ident.insertion] if ident.insertion else min(r.values())
-    return Measured("insertion_key", ident.insertion is not None and ident.insertion == want,
-                    value, detail + (f" (expected {want})" if want else ""))  # fmt: skip
+    return Measured(
+        "insertion_key",
+        ident.insertion is not None and ident.insertion == want,
+        value,
+        detail + (f" (expected {want})" if want else ""),
+    )
 
 
 def _minimality(obs: Observation, ident: Identification, target: str) -> Measured:
@@ -230,9 +236,11 @@ def _reference(obs: Observation, target: str) -> Measured:
     )
     diff = float(np.linalg.norm(obs.delta - ref) / np.linalg.norm(ref))
     return Measured(
-        "matches_reference", diff < REFERENCE_TOL, diff,
+        "matches_reference",
+        diff < REFERENCE_TOL,
+        diff,
         f"‖ΔW − ΔW_ref({target})‖/‖ΔW_ref‖ = {diff:.3g} (our v*, float64)",
-    )  # fmt: skip
+    )
 
 
 def _denominator(obs: Observation, target: str) -> Measured:
@@ -244,25 +252,31 @@ def _denominator(obs: Observation, target: str) -> Measured:
     )
     ok = d.denominator > 0 and np.isfinite(measured_norm)
     return Measured(
-        "denominator", bool(ok), d.denominator,
+        "denominator",
+        bool(ok),
+        d.denominator,
         f"u(k)ᵀk = {d.denominator:.3g} (whitened key cosine {d.whitened_key_cosine:.3g}); "
         f"|Δ| = ‖ΔW‖/numel = {measured_norm:.3g} (reference {d.delta_norm:.3g})",
-    )  # fmt: skip
+    )
 
 
 def _revert(obs: Observation) -> Measured:
     if obs.revert_diff is None:
         return Measured("revert_exact", None, float("nan"), "the editor offers no revert")
     return Measured(
-        "revert_exact", obs.revert_diff == 0.0, obs.revert_diff,
+        "revert_exact",
+        obs.revert_diff == 0.0,
+        obs.revert_diff,
         f"max |W − W_before| after revert = {obs.revert_diff:.3g} (must be 0)",
-    )  # fmt: skip
+    )
 
 
 def _determinism(obs: Observation) -> Measured:
     if obs.repeat_diff is None:
         return Measured("deterministic", None, float("nan"), "not repeated on this case")
     return Measured(
-        "deterministic", obs.repeat_diff == 0.0, obs.repeat_diff,
+        "deterministic",
+        obs.repeat_diff == 0.0,
+        obs.repeat_diff,
         f"max |ΔW₁ − ΔW₂| of the same edit, same seed = {obs.repeat_diff:.3g} (must be 0)",
-    )  # fmt: skip
+    )

@@ -45,8 +45,11 @@ class ConformInputs:
 
 @runtime_checkable
 class EditorUnderTest(Protocol):
-    name: str
-    uncontrolled: list[str]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def uncontrolled(self) -> list[str]: ...
 
     def edit(self, inputs: ConformInputs) -> Tensor | None: ...
 

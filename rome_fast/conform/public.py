@@ -72,18 +72,36 @@ class Layout:
 
 LAYOUTS = {
     "rebuilding-rome": Layout(
-        "rebuilding-rome", "rome", "rome_main", "apply_rome_to_model",
-        "ROMEHyperParams", "rome_hparams", True, "rome",
+        "rebuilding-rome",
+        "rome",
+        "rome_main",
+        "apply_rome_to_model",
+        "ROMEHyperParams",
+        "rome_hparams",
+        True,
+        "rome",
     ),
     "easyedit-rome": Layout(
-        "easyedit-rome", "easyeditor.models.rome", "rome_main", "apply_rome_to_model",
-        "ROMEHyperParams", "rome_hparams", False, "rome",
+        "easyedit-rome",
+        "easyeditor.models.rome",
+        "rome_main",
+        "apply_rome_to_model",
+        "ROMEHyperParams",
+        "rome_hparams",
+        False,
+        "rome",
     ),
     "easyedit-r-rome": Layout(
-        "easyedit-r-rome", "easyeditor.models.r_rome", "r_rome_main", "apply_r_rome_to_model",
-        "R_ROMEHyperParams", "r_rome_hparams", False, "r-rome",
+        "easyedit-r-rome",
+        "easyeditor.models.r_rome",
+        "r_rome_main",
+        "apply_r_rome_to_model",
+        "R_ROMEHyperParams",
+        "r_rome_hparams",
+        False,
+        "r-rome",
     ),
-}  # fmt: skip
+}
 
 
 @dataclass
@@ -121,9 +139,14 @@ class PublicEditor:
     def name(self) -> str:
         return f"{self.layout.spec}[{self.config}]"
 
+    def module(self, name: str) -> types.ModuleType:
+        """One of the code's modules (``compute_u``, ``repr_tools``, ...), already imported."""
+        return importlib.import_module(f"{self.layout.package}.{name}")
+
     @property
     def _hparams_class(self) -> type:
-        return getattr(self._modules["hparams"], self.layout.hparams_class)  # type: ignore[no-any-return]
+        cls: type = getattr(self._modules["hparams"], self.layout.hparams_class)
+        return cls
 
     def hparams(self, inputs: ConformInputs) -> Any:
         """The code's own hyperparameter dataclass, filled from the harness's inputs."""
@@ -163,8 +186,13 @@ class PublicEditor:
         r = inputs.request
         new: Any = {"str": r.target_new} if self.layout.target_as_dict else r.target_new
         true: Any = {"str": r.target_true} if self.layout.target_as_dict else r.target_true
-        return {"prompt": r.prompt, "subject": r.subject, "target_new": new, "ground_truth": true,
-                "target_true": true}  # fmt: skip
+        return {
+            "prompt": r.prompt,
+            "subject": r.subject,
+            "target_new": new,
+            "ground_truth": true,
+            "target_true": true,
+        }
 
     def edit(self, inputs: ConformInputs) -> None:
         braced = [t for t in inputs.templates if "{{" in t or "}}" in t]

@@ -12,9 +12,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rome_fast.conform.properties import DESCRIPTIONS, Identification, Measured, Observation, measure
-from rome_fast.conform.protocol import ConformInputs, EditorUnderTest
 from rome_fast.conform.ours import editor_for
+from rome_fast.conform.properties import (
+    DESCRIPTIONS,
+    Identification,
+    Measured,
+    Observation,
+    measure,
+)
+from rome_fast.conform.protocol import ConformInputs, EditorUnderTest
 from rome_fast.editor import EditRequest
 from rome_fast.hparams import HParams
 from rome_fast.models import LoadedModel
@@ -154,9 +160,7 @@ def _edit(editor: EditorUnderTest, inputs: ConformInputs, W: Tensor) -> None:
             W.add_(delta.to(W.device, W.dtype))
 
 
-def observe(
-    editor: EditorUnderTest, inputs: ConformInputs, *, repeat: bool
-) -> Observation:
+def observe(editor: EditorUnderTest, inputs: ConformInputs, *, repeat: bool) -> Observation:
     """Edit once (and again if ``repeat``), measure, and leave the model as it was."""
     loaded = inputs.loaded
     reference = editor_for(inputs).prepare(inputs.request)
@@ -168,9 +172,10 @@ def observe(
         _edit(editor, inputs, W)
         delta = W.detach().double() - W0.double()
         changed = tuple(
-            n for n, p in loaded.model.named_parameters()
+            n
+            for n, p in loaded.model.named_parameters()
             if n != edited_name and not torch.equal(p, before[n])
-        )  # fmt: skip
+        )
         revert_diff = None
         revert = getattr(editor, "revert", None)
         if callable(revert):
