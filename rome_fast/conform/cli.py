@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import shlex
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,7 +91,13 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run_conform(args: argparse.Namespace) -> int:
-    report = conformance_report(args)
+    from rome_fast.conform.run import EditorFailed
+
+    try:
+        report = conformance_report(args)
+    except EditorFailed as failure:
+        print(f"rome conform: the editor under test failed: {failure}", file=sys.stderr)
+        return 1
     print(report)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@ weights compared before and after, every property measured per case, and a verdi
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -147,9 +148,27 @@ def restored(model: torch.nn.Module) -> Iterator[dict[str, Tensor]]:
                 p.copy_(saved[n])
 
 
+class EditorFailed(RuntimeError):
+    """The editor under test raised; the model was restored. Its verdict: nonconforming."""
+
+
+def _where(error: BaseException) -> str:
+    """The innermost line of the editor's own code (not of an installed library)."""
+    frames = [
+        f for f in traceback.extract_tb(error.__traceback__) if "site-packages" not in f.filename
+    ]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
 def _edit(editor: EditorUnderTest, inputs: ConformInputs, W: Tensor) -> None:
     """Run the editor; a returned ΔW (d_out, d_in) is added to the edited weight."""
-    delta = editor.edit(inputs)
+    try:
+        delta = editor.edit(inputs)
+    except Exception as error:
+        raise EditorFailed(
+            f"{editor.name} raised {type(error).__name__}: {error}{_where(error)} on "
+            f"{inputs.loaded.name} for {inputs.request.subject!r}"
+        ) from error
     if delta is not None:
         if tuple(delta.shape) != tuple(W.shape):
             raise ValueError(
