@@ -13,7 +13,11 @@ from typing import TYPE_CHECKING
 from rome_fast.conform.protocol import EditorUnderTest, load_callable
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from rome_fast.conform.run import ConformReport
+    from rome_fast.hparams import HParams
+    from rome_fast.models import LoadedModel
 
 PATH_VARIABLE = "ROME_EDITOR_PATH"
 BUILT_IN = ("rome-verify", "rebuilding-rome", "easyedit-rome", "easyedit-r-rome")
@@ -45,10 +49,16 @@ def editor_from_spec(spec: str, path: str | Path | None, config: str | None) -> 
     )
 
 
-def add_conform_arguments(p: argparse.ArgumentParser) -> None:
-    from rome_fast.cli import add_stats_arguments
-
-    p.add_argument("--editor", required=True, help=f"{', '.join(BUILT_IN)} or module:callable")
+def add_editor_arguments(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup, *, required: bool
+) -> None:
+    """``--editor SPEC [--editor-path PATH] [--config VARIANT]``: the editor under test."""
+    p.add_argument(
+        "--editor",
+        required=required,
+        default=None,
+        help=f"the editor under test: {', '.join(BUILT_IN)} or module:callable",
+    )
     p.add_argument(
         "--editor-path",
         default=os.environ.get(PATH_VARIABLE),
@@ -57,6 +67,12 @@ def add_conform_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", default=None, help="the editor's configuration: rome, r-rome, p-rome"
     )
+
+
+def add_conform_arguments(p: argparse.ArgumentParser) -> None:
+    from rome_fast.cli import add_stats_arguments
+
+    add_editor_arguments(p, required=True)
     p.add_argument("--model", required=True, help="smollm2, random:<arch> or a local folder")
     p.add_argument("--cases", type=int, default=2, help="edit requests to check (1 to 8)")
     p.add_argument("--expect", choices=VERDICTS, default=None, help="the variant it must behave as")
@@ -106,25 +122,19 @@ def run_conform(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def conformance_report(args: argparse.Namespace) -> ConformReport:
-    """Load what the options name and run every property (``rome conform`` without output)."""
+def harness_inputs(
+    args: argparse.Namespace, loaded: LoadedModel, hparams: HParams
+) -> tuple[Tensor, list[str]]:
+    """C (from the statistics options) and seeded context templates, the same for every editor.
+
+    Braces are stripped from the sampled text (as EasyEdit does): the public code formats each
+    template twice, so an escaped brace would break it.
+    """
     from rome_fast.cli import stats_provider
-    from rome_fast.conform.cases import conformance_cases
-    from rome_fast.conform.run import run_conformance
-    from rome_fast.hparams import hparams_for
-    from rome_fast.models import load_model
     from rome_fast.templates import generate_context_templates
 
-    requests = conformance_cases(args.cases)
-    editor = editor_from_spec(args.editor, args.editor_path, args.config)
-    loaded = load_model(args.model, device=args.device, seed=args.seed)
-    hparams = hparams_for(args.model, layer=args.layer)
-    if args.steps is not None:
-        hparams = hparams.replace(v_num_grad_steps=args.steps)
     loaded.adapter.check_layer(loaded.model, hparams.layer)
     C = stats_provider(args, hparams)(loaded, hparams.layer)
-    # Braces stripped from the sampled text (as EasyEdit does): the public code formats each
-    # template twice, so an escaped brace breaks it. Every editor gets the same templates.
     templates = [
         t.replace("{{", "").replace("}}", "")
         for t in generate_context_templates(
@@ -135,6 +145,23 @@ def conformance_report(args: argparse.Namespace) -> ConformReport:
             top_k=hparams.context_template_top_k,
         )
     ]
+    return C, templates
+
+
+def conformance_report(args: argparse.Namespace) -> ConformReport:
+    """Load what the options name and run every property (``rome conform`` without output)."""
+    from rome_fast.conform.cases import conformance_cases
+    from rome_fast.conform.run import run_conformance
+    from rome_fast.hparams import hparams_for
+    from rome_fast.models import load_model
+
+    requests = conformance_cases(args.cases)
+    editor = editor_from_spec(args.editor, args.editor_path, args.config)
+    loaded = load_model(args.model, device=args.device, seed=args.seed)
+    hparams = hparams_for(args.model, layer=args.layer)
+    if args.steps is not None:
+        hparams = hparams.replace(v_num_grad_steps=args.steps)
+    C, templates = harness_inputs(args, loaded, hparams)
     return run_conformance(
         editor,
         loaded,

@@ -160,7 +160,7 @@ def _where(error: BaseException) -> str:
     return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
-def _edit(editor: EditorUnderTest, inputs: ConformInputs, W: Tensor) -> None:
+def edit_in_place(editor: EditorUnderTest, inputs: ConformInputs, W: Tensor) -> None:
     """Run the editor; a returned ΔW (d_out, d_in) is added to the edited weight."""
     try:
         delta = editor.edit(inputs)
@@ -188,7 +188,7 @@ def observe(editor: EditorUnderTest, inputs: ConformInputs, *, repeat: bool) -> 
     edited_name = loaded.adapter.edited_module_name(inputs.layer) + ".weight"
     with restored(loaded.model) as before:
         W0 = W.detach().clone()
-        _edit(editor, inputs, W)
+        edit_in_place(editor, inputs, W)
         delta = W.detach().double() - W0.double()
         changed = tuple(
             n
@@ -206,7 +206,7 @@ def observe(editor: EditorUnderTest, inputs: ConformInputs, *, repeat: bool) -> 
     repeat_diff = None
     if repeat:
         with restored(loaded.model):
-            _edit(editor, inputs, W)
+            edit_in_place(editor, inputs, W)
             again = W.detach().double() - W0.double()
             repeat_diff = float((again - delta).abs().max())
     bias = module_bias(module)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,8 @@ from rome_fast.eval.data import load_cases
 from rome_fast.eval.gates import check_summary_file
 from rome_fast.eval.report import format_summary, write_report
 from rome_fast.eval.runs import DEGRADE_MODES, RunConfig, Runner
+
+DEFAULT_VARIANTS = "rome,r-rome,p-rome"
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +28,14 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="CounterFact (original or reduced schema) or zsRE (MEND) file; a "
         "relative path is also looked up in the data folder",
     )
-    parser.add_argument("--variants", default="rome,r-rome,p-rome")
+    parser.add_argument(
+        "--variants", default=None, help="our variants to run (default: rome,r-rome,p-rome)"
+    )
+    from rome_fast.conform.cli import add_editor_arguments
+
+    add_editor_arguments(
+        parser.add_argument_group("an editor under test instead of ours"), required=False
+    )
     parser.add_argument("--limit", type=int, default=100, help="cases to run (from --offset)")
     parser.add_argument("--offset", type=int, default=0)
     mode = parser.add_mutually_exclusive_group()
@@ -82,7 +92,9 @@ def config_from_args(args: argparse.Namespace, model_name: str, hparams: Any) ->
     return RunConfig(
         model=model_name,
         data=str(args.data),
-        variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+        variants=tuple(
+            v.strip() for v in (args.variants or DEFAULT_VARIANTS).split(",") if v.strip()
+        ),
         layer=hparams.layer,
         impl=args.impl,
         v_precision=hparams.v_precision,
@@ -126,21 +138,48 @@ def run_eval(args: argparse.Namespace) -> int:
     from rome_fast.cli import build_editor
 
     cases = load_cases(args.data, limit=args.limit, offset=args.offset)
-    editor: Any = build_editor(args)
-    loaded = editor.loaded
-    runner = Runner(
-        loaded,
-        editor,
-        cases,
-        config_from_args(args, loaded.name, editor.hparams),
-        args.out,
-        fresh_editor=fresh_editors(editor),
-    )
+    if args.editor is not None:
+        runner = _external_runner(args, cases)
+    else:
+        editor: Any = build_editor(args)
+        loaded = editor.loaded
+        runner = Runner(
+            loaded,
+            editor,
+            cases,
+            config_from_args(args, loaded.name, editor.hparams),
+            args.out,
+            fresh_editor=fresh_editors(editor),
+        )
     summary = runner.run()
     paths = write_report(Path(args.out), summary)
     print(format_summary(summary))
     print("wrote " + ", ".join(str(p) for p in [Path(args.out) / "summary.json", *paths]))
     return 0
+
+
+def _external_runner(args: argparse.Namespace, cases: Any) -> Runner:
+    """The run on an editor under test (``--editor``), with the harness's templates and C."""
+    from rome_fast.cli import hparams_from_args, load_from_args
+    from rome_fast.conform.cli import editor_from_spec, harness_inputs
+    from rome_fast.conform.external import ExternalEditor
+
+    ours_only = {
+        "--variants": args.variants,
+        "--impl naive": args.impl == "naive" or None,
+        "--precision": args.precision != "fp32" or None,
+    }
+    given = [flag for flag, value in ours_only.items() if value is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} set our editor's options; drop them with --editor")
+    under_test = editor_from_spec(args.editor, args.editor_path, args.config)
+    loaded = load_from_args(args)
+    hparams = hparams_from_args(args)
+    C, templates = harness_inputs(args, loaded, hparams)
+    editor = ExternalEditor(under_test, loaded, hparams, C, templates, args.seed)
+    config = config_from_args(args, loaded.name, hparams)
+    config = dataclasses.replace(config, variants=(editor.label,))
+    return Runner(loaded, editor, cases, config, args.out)
 
 
 def add_gate_arguments(parser: argparse.ArgumentParser) -> None:

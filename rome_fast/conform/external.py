@@ -1,0 +1,98 @@
+"""An editor under test behind the interface ``rome eval`` drives (``eval.runs.EditorLike``),
+so CounterFact metrics, sequential collapse detection and gates run on it as on ours."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from rome_fast.conform.protocol import ConformInputs, EditorUnderTest
+from rome_fast.conform.run import EditorFailed, edit_in_place
+from rome_fast.editor import EditRequest
+from rome_fast.hparams import HParams
+from rome_fast.models import LoadedModel
+from rome_fast.weights import weight_matrix
+
+
+def run_label(editor: EditorUnderTest) -> str:
+    """The editor's name as a run's variant label (it names files): no ':' or brackets."""
+    return editor.name.replace(":", ".").replace("[", "-").replace("]", "")
+
+
+@dataclass(frozen=True)
+class ExternalResult:
+    """What ``rome eval`` records of one external edit (measured from the weights)."""
+
+    variant: str
+    layer: int
+    module_name: str
+    delta_norm: float  # ‖ΔW‖_F / numel, as for our edits
+    before: Tensor = field(repr=False)  # the edited weight before this edit
+
+
+@dataclass
+class ExternalEditor:
+    """Edits through ``editor`` with the harness's templates, C, hyperparameters and seed."""
+
+    editor: EditorUnderTest
+    loaded: LoadedModel
+    hparams: HParams
+    C: Tensor
+    templates: list[str]
+    seed: int = 0
+    _originals: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def label(self) -> str:
+        return run_label(self.editor)
+
+    @property
+    def layer(self) -> int:
+        return self.hparams.layer
+
+    def _weight(self) -> Tensor:
+        return weight_matrix(self.loaded.adapter.edited_module(self.loaded.model, self.layer))
+
+    def edit(self, request: EditRequest, variant: str = "") -> ExternalResult:
+        """Edit in place; a failing editor leaves the weight as it was and raises ValueError.
+        ``variant`` may only name this editor (its ``label``); empty means the same."""
+        if variant not in ("", self.label):
+            raise ValueError(f"this run edits with {self.label}, not variant {variant!r}")
+        name = self.loaded.adapter.edited_module_name(self.layer)
+        W = self._weight()
+        before = W.detach().clone()
+        self._originals.setdefault(name, before)
+        inputs = ConformInputs(
+            self.loaded, request, self.layer, self.templates, self.C, self.hparams, self.seed
+        )
+        try:
+            edit_in_place(self.editor, inputs, W)
+            if not bool(torch.isfinite(W).all()):
+                raise EditorFailed(f"{self.editor.name} wrote non-finite weights into {name}")
+        except EditorFailed as failure:
+            with torch.no_grad():
+                W.copy_(before)
+            raise ValueError(f"the editor under test failed (model unchanged): {failure}") from None
+        delta = W.detach().double() - before.double()
+        return ExternalResult(
+            self.label, self.layer, name, float(torch.linalg.norm(delta)) / W.numel(), before
+        )
+
+    def prepare(self, request: EditRequest) -> EditRequest:
+        return request  # the editor under test does everything in edit()
+
+    def apply(self, prepared: EditRequest, variant: str = "") -> ExternalResult:
+        return self.edit(prepared, variant)
+
+    def revert(self, result: ExternalResult) -> None:
+        with torch.no_grad():
+            self._weight().copy_(result.before)
+
+    def restore(self) -> None:
+        """Every touched weight back to what it was before the first edit."""
+        original = self._originals.pop(self.loaded.adapter.edited_module_name(self.layer), None)
+        if original is not None:
+            with torch.no_grad():
+                self._weight().copy_(original)
