@@ -55,3 +55,11 @@ class RevertByRounding(OurEditor):
 
 
 revert_by_rounding = RevertByRounding("r-rome")
+
+
+def raises_midway(inputs: ConformInputs) -> None:
+    """Writes NaN into the edited weight, then fails: the harness must undo the write."""
+    module = inputs.loaded.adapter.edited_module(inputs.loaded.model, inputs.layer)
+    with torch.no_grad():
+        weight_matrix(module)[0, 0] = float("nan")
+    raise RuntimeError("planted failure after a partial write")

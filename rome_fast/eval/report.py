@@ -69,7 +69,8 @@ def _scatter_delta_entropy(ax: Any, rows: Sequence[Mapping[str, Any]], title: st
     ax.set_xlabel("|Δ| = ‖ΔW‖_F / numel")
     ax.set_ylabel("normalized unigram entropy")
     ax.set_title(title)
-    ax.legend(loc="best", fontsize="small")
+    if points:  # every edit failed: nothing to label
+        ax.legend(loc="best", fontsize="small")
 
 
 def plot_delta_entropy(out: Path, mode: str, variants: Sequence[str]) -> Path:
