@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 
@@ -86,3 +87,17 @@ def test_planted_revert_by_rounding_fails_revert_exact() -> None:
     report = conform(conform_editors.revert_by_rounding, expect="r-rome", steps=3)
     assert failed(report) == {"revert_exact"}, str(report)
     assert report.properties()["revert_exact"]["value"] > 0
+
+
+def test_easyedit_shipped_setting_without_c_is_not_rome(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EasyEdit's shipped yaml files set mom2_adjustment: false: the direction is k*, not C⁻¹k*."""
+    editor = PublicEditor(LAYOUTS["easyedit-r-rome"], anchor("easyedit"))
+    adapted = editor.hparams
+    monkeypatch.setattr(
+        editor,
+        "hparams",
+        lambda inputs: dataclasses.replace(adapted(inputs), mom2_adjustment=False),
+    )
+    report = conform(editor, expect="r-rome")
+    assert "direction_key" in failed(report), str(report)
+    assert report.verdict == "other"
