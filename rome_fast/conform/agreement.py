@@ -13,9 +13,7 @@ docs/results/conformance-agreement.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from torch import Tensor
 
 from rome_fast.conform.cases import conformance_cases
 from rome_fast.conform.ours import OurEditor, editor_for
-from rome_fast.conform.patches import cuda_calls_to, patched
+from rome_fast.conform.patches import cuda_calls_to, default_dtype, patched
 from rome_fast.conform.properties import keys_of
 from rome_fast.conform.protocol import ConformInputs
 from rome_fast.conform.public import LAYOUTS, PublicEditor
@@ -48,16 +46,6 @@ class Outcome:
 
 def relative(a: Tensor, b: Tensor) -> float:
     return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
-
-
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def _in_dtype(loaded: LoadedModel, dtype: torch.dtype) -> LoadedModel:
@@ -125,7 +113,7 @@ def public_float64(inputs: ConformInputs, variant: str, editor: PublicEditor) ->
     """The public code at float64 (floor measurement only; see the module docstring)."""
     inverse = torch.linalg.inv(inputs.C.double())
     with (
-        _default_dtype(torch.float64),
+        default_dtype(torch.float64),
         patched(editor.module("compute_u"), get_inv_cov=lambda *args, **kwargs: inverse),
     ):
         return public(inputs, variant, editor)

@@ -13,13 +13,14 @@ import sys
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 from transformers import BatchEncoding
 
 _MISSING = object()
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -130,14 +131,24 @@ def _stub(name: str) -> types.ModuleType:
 
 
 @contextlib.contextmanager
-def working_directory(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Run in ``path`` (the paper's code reads ``globals.yml`` from the working directory)."""
-    previous = Path.cwd()
-    os.chdir(path)
+def _swapped(get: Callable[[], T], put: Callable[[T], object], value: T) -> Iterator[None]:
+    """A process-wide setting (read by ``get``, written by ``put``) set to ``value``, then back."""
+    previous = get()
+    put(value)
     try:
         yield
     finally:
-        os.chdir(previous)
+        put(previous)
+
+
+def working_directory(path: str | os.PathLike[str]) -> contextlib.AbstractContextManager[None]:
+    """Run in ``path`` (the paper's code reads ``globals.yml`` from the working directory)."""
+    return _swapped(Path.cwd, os.chdir, Path(path))
+
+
+def default_dtype(dtype: torch.dtype) -> contextlib.AbstractContextManager[None]:
+    """``torch``'s default dtype set to ``dtype`` (tensors the code creates without one)."""
+    return _swapped(torch.get_default_dtype, torch.set_default_dtype, dtype)
 
 
 @contextlib.contextmanager

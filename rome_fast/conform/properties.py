@@ -152,8 +152,18 @@ def measure(obs: Observation, expect: str | None) -> tuple[Identification, list[
         _minimality(obs, ident, target),
         _reference(obs, target),
         _denominator(obs, target),
-        _revert(obs),
-        _determinism(obs),
+        _exact(
+            "revert_exact",
+            obs.revert_diff,
+            "the editor offers no revert",
+            "max |W − W_before| after revert",
+        ),
+        _exact(
+            "deterministic",
+            obs.repeat_diff,
+            "not repeated on this case",
+            "max |ΔW₁ − ΔW₂| of the same edit, same seed",
+        ),
     ]
 
 
@@ -182,13 +192,16 @@ def _direction_key(ident: Identification, want: str | None) -> Measured:
         f"C·right vs k*: sin {m['k_star']:.3g}, vs k_prompt: sin {m['k_prompt']:.3g}; "
         f"direction C⁻¹{ident.direction or '?'}"
     )
-    value = m[ident.direction] if ident.direction else min(m.values())
-    return Measured(
-        "direction_key",
-        ident.direction is not None and ident.direction == want,
-        value,
-        detail + (f" (expected C⁻¹{want})" if want else ""),
-    )
+    return _identified("direction_key", ident.direction, want, m, detail)
+
+
+def _identified(
+    name: str, found: str | None, want: str | None, misfit: dict[str, float], detail: str
+) -> Measured:
+    """Passes when a key was identified and it is the expected one; value: its misfit."""
+    value = misfit[found] if found else min(misfit.values())
+    expected = f" (expected {want})" if want else ""
+    return Measured(name, found is not None and found == want, value, detail + expected)
 
 
 def _insertion_key(obs: Observation, ident: Identification, want: str | None) -> Measured:
@@ -202,13 +215,7 @@ def _insertion_key(obs: Observation, ident: Identification, want: str | None) ->
         other = next(k for k in KEYS if k != ident.insertion)
         miss = float(np.linalg.norm(W1 @ obs.key(other) + b - own) / np.linalg.norm(own))
         detail += f"; inserts at {ident.insertion}, misses {other} by {miss:.3g} (own value)"
-    value = r[ident.insertion] if ident.insertion else min(r.values())
-    return Measured(
-        "insertion_key",
-        ident.insertion is not None and ident.insertion == want,
-        value,
-        detail + (f" (expected {want})" if want else ""),
-    )
+    return _identified("insertion_key", ident.insertion, want, r, detail)
 
 
 def _minimality(obs: Observation, ident: Identification, target: str) -> Measured:
@@ -260,23 +267,8 @@ def _denominator(obs: Observation, target: str) -> Measured:
     )
 
 
-def _revert(obs: Observation) -> Measured:
-    if obs.revert_diff is None:
-        return Measured("revert_exact", None, float("nan"), "the editor offers no revert")
-    return Measured(
-        "revert_exact",
-        obs.revert_diff == 0.0,
-        obs.revert_diff,
-        f"max |W − W_before| after revert = {obs.revert_diff:.3g} (must be 0)",
-    )
-
-
-def _determinism(obs: Observation) -> Measured:
-    if obs.repeat_diff is None:
-        return Measured("deterministic", None, float("nan"), "not repeated on this case")
-    return Measured(
-        "deterministic",
-        obs.repeat_diff == 0.0,
-        obs.repeat_diff,
-        f"max |ΔW₁ − ΔW₂| of the same edit, same seed = {obs.repeat_diff:.3g} (must be 0)",
-    )
+def _exact(name: str, diff: float | None, absent: str, what: str) -> Measured:
+    """A property that holds only bit for bit (``diff`` the max difference, None: not run)."""
+    if diff is None:
+        return Measured(name, None, float("nan"), absent)
+    return Measured(name, diff == 0.0, diff, f"{what} = {diff:.3g} (must be 0)")
