@@ -101,3 +101,10 @@ def test_easyedit_shipped_setting_without_c_is_not_rome(monkeypatch: pytest.Monk
     report = conform(editor, expect="r-rome")
     assert "direction_key" in failed(report), str(report)
     assert report.verdict == "other"
+
+
+def test_expect_other_accepts_a_research_variant_that_keeps_the_invariants() -> None:
+    report = conform(conform_editors.dropped_c_inverse, expect="other")
+    assert report.verdict == "other"
+    assert report.ok, str(report)  # one weight, rank one, exact revert, deterministic
+    assert report.properties()["direction_key"]["passed"] is None

@@ -198,10 +198,12 @@ def _direction_key(ident: Identification, want: str | None) -> Measured:
 def _identified(
     name: str, found: str | None, want: str | None, misfit: dict[str, float], detail: str
 ) -> Measured:
-    """Passes when a key was identified and it is the expected one; value: its misfit."""
+    """Passes when a key was identified and it is the expected one (no expected key: not
+    required, as for an editor expected to be ``other``); value: its misfit."""
     value = misfit[found] if found else min(misfit.values())
-    expected = f" (expected {want})" if want else ""
-    return Measured(name, found is not None and found == want, value, detail + expected)
+    if want is None:
+        return Measured(name, None, value, detail)
+    return Measured(name, found == want, value, detail + f" (expected {want})")
 
 
 def _insertion_key(obs: Observation, ident: Identification, want: str | None) -> Measured:
@@ -237,7 +239,7 @@ def _minimality(obs: Observation, ident: Identification, target: str) -> Measure
 
 def _reference(obs: Observation, target: str) -> Measured:
     if target not in VARIANTS:
-        return Measured("matches_reference", False, float("nan"), "no ROME variant to compare")
+        return Measured("matches_reference", None, float("nan"), "no ROME variant to compare")
     ref = rank_one_update(
         obs.W0, obs.C, obs.k_star, obs.k_prompt, obs.v_star, target, bias=obs.bias
     )
