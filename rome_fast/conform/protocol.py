@@ -54,6 +54,7 @@ class EditorUnderTest(Protocol):
     def edit(self, inputs: ConformInputs) -> Tensor | None: ...
 
 
+UNCHECKED_INPUTS = "whether the callable uses the templates, C and seed it is given"
 EditFn = Callable[[ConformInputs], "Tensor | None"]
 
 
@@ -108,4 +109,4 @@ def load_callable(spec: str, path: str | Path | None = None) -> EditorUnderTest:
         return target
     if not callable(target):
         raise ValueError(f"{spec} is neither callable nor an object with edit(inputs)")
-    return CallableEditor(target, spec)
+    return CallableEditor(target, spec, [UNCHECKED_INPUTS])
