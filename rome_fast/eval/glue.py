@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from rome_fast.context import check_fits
 from rome_fast.eval.data import default_data_dir
 from rome_fast.eval.score import generate
 from rome_ref.metrics import accuracy, f1_score, matthews_corrcoef
@@ -119,6 +120,33 @@ def build_prompts(
     return prompts, [int(records[i]["label"]) for i in rest[:n]]
 
 
+ANSWER_TOKENS = 3  # greedy tokens generated per answer
+
+
+def check_glue_inputs(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    tasks: Sequence[str] = tuple(TASKS),
+    data_dir: str | os.PathLike[str] | None = None,
+    n: int = 50,
+    shots: int = 2,
+    seed: int = 0,
+) -> None:
+    """Everything :func:`evaluate_glue` will read, checked before a run starts: the files,
+    enough examples, and every prompt within the model's context."""
+    for name in tasks:
+        prompts, _ = build_prompts(
+            TASKS[name], load_task(name, data_dir), n=n, shots=shots, seed=seed
+        )
+        for prompt in prompts:
+            check_fits(
+                model,
+                len(tokenizer(prompt)["input_ids"]) + ANSWER_TOKENS,
+                f"a {name} GLUE prompt ({shots} shots; lower --glue-shots)",
+            )
+
+
 def evaluate_task(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -129,7 +157,7 @@ def evaluate_task(
     shots: int = 2,
     seed: int = 0,
     batch_size: int = 8,
-    max_new_tokens: int = 3,
+    max_new_tokens: int = ANSWER_TOKENS,
 ) -> dict[str, float]:
     """Accuracy, F1 and MCC of greedy few-shot answers; ``unparsed`` counts non-answers."""
     task = TASKS[name]
