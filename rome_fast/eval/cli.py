@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from rome_fast.eval.data import load_cases
 from rome_fast.eval.files import read_json_object, write_json
 from rome_fast.eval.gates import check_summary_file
+from rome_fast.eval.lock import FolderLockedError, run_folder_lock
 from rome_fast.eval.report import format_summary, write_report
 from rome_fast.eval.runs import DEGRADE_MODES, RunConfig, Runner
 from rome_fast.validate import (
@@ -138,17 +140,10 @@ def fresh_editors(editor: Any) -> Callable[[], Any]:
     return fresh
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    """Run, write ``summary.json``, the table and the plots; print the table."""
+def _run_locked(args: argparse.Namespace, cases: Any) -> dict[str, Any]:
     from rome_fast.cli import build_editor
     from rome_fast.eval.glue import check_glue_inputs
 
-    # Every option is checked before the model loads and before anything is written.
-    check_variants(names(args.variants))
-    check_out_folder(args.out)
-    if args.stats_npz is not None and not args.stats_npz.is_file():
-        raise FileNotFoundError(f"--stats-npz {args.stats_npz} does not exist")
-    cases = load_cases(args.data, limit=args.limit, offset=args.offset)
     editor: Any = build_editor(args)
     loaded = editor.loaded
     cfg = config_from_args(args, loaded.name, editor.hparams)
@@ -162,7 +157,30 @@ def run_eval(args: argparse.Namespace) -> int:
             seed=cfg.seed,
         )
     runner = Runner(loaded, editor, cases, cfg, args.out, fresh_editor=fresh_editors(editor))
-    summary = runner.run()
+    return runner.run()
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Run, write ``summary.json``, the table and the plots; print the table."""
+    # Every option is checked before the model loads and before anything is written.
+    check_variants(names(args.variants))
+    check_out_folder(args.out)
+    if args.stats_npz is not None and not args.stats_npz.is_file():
+        raise FileNotFoundError(f"--stats-npz {args.stats_npz} does not exist")
+    cases = load_cases(args.data, limit=args.limit, offset=args.offset)
+    existed = args.out.exists()
+    try:
+        # Taken before the model loads: a second writer is refused at once.
+        with run_folder_lock(args.out):
+            summary = _run_locked(args, cases)
+    except FolderLockedError:
+        raise  # the folder is the other writer's
+    except (ValueError, OSError):
+        # A first run refused before its first case leaves no folder behind (a rerun
+        # with corrected options would be refused as a different run otherwise).
+        if not existed and not any(args.out.glob("*.jsonl")):
+            shutil.rmtree(args.out, ignore_errors=True)
+        raise
     paths = write_report(Path(args.out), summary)
     print(format_summary(summary))
     print("wrote " + ", ".join(str(p) for p in [Path(args.out) / "summary.json", *paths]))
