@@ -104,16 +104,19 @@ def load_npz_stats(path: str | os.PathLike[str]) -> SecondMomentStats:
     if not source.is_file():
         raise FileNotFoundError(f"statistics file {source} does not exist")
     try:
-        with np.load(source, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
+        # Our own handle: np.load leaks its handle when a damaged zip fails to open.
+        with source.open("rb") as handle:
+            loaded = np.load(handle, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy: one array
+                raise ValueError("it holds a single array")
+            with loaded as data:
+                arrays = {key: data[key] for key in data.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise ValueError(
             f"{source} is not a readable .npz statistics file ({type(err).__name__}: {err}); "
             "it is empty, truncated or not a .npz: pass a complete file, or omit it to "
             "compute the statistics"
         ) from None
-    if not isinstance(arrays, dict):  # np.load of a bare .npy gives one array
-        raise ValueError(f"{source} holds a single array, not a .npz statistics file")
     missing = [key for key in ("mom2.mom2", "mom2.count") if key not in arrays]
     if missing:
         raise ValueError(

@@ -28,7 +28,9 @@ GLUE_EVERY = 2  # steps 0, 2 and 3: the last edit is not a multiple of it
 
 
 def run_config(mode: str) -> runs.RunConfig:
-    return config(modes=(mode,), variants=("a", "b"), glue_every=GLUE_EVERY if mode == "sequential" else 0)
+    return config(
+        modes=(mode,), variants=("a", "b"), glue_every=GLUE_EVERY if mode == "sequential" else 0
+    )
 
 
 def glue_probe(model: torch.nn.Module, tokenizer: Any, **options: Any) -> dict[str, Any]:
