@@ -31,7 +31,11 @@ def tests(session: nox.Session) -> None:
     install(session, "test")
     # Tiny models: one thread is faster than two fighting over small matmuls.
     session.run(
-        "pytest", "-m", "not smollm2 and not gpu and not faults", *session.posargs, env={"OMP_NUM_THREADS": "1"}
+        "pytest",
+        "-m",
+        "not smollm2 and not gpu and not faults",
+        *session.posargs,
+        env={"OMP_NUM_THREADS": "1"},
     )
 
 

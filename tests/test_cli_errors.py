@@ -33,7 +33,7 @@ def refused(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) 
     lines = [line for line in err.splitlines() if line and not line.startswith(" ")]
     assert code == 2, f"rome {' '.join(argv)} exited {code}: {err}"
     assert "Traceback" not in err
-    assert lines and len([x for x in lines if not x.startswith("usage:")]) == 1, err
+    assert len([x for x in lines if not x.startswith("usage:")]) == 1, err
     for needle in needles:
         assert needle in err, f"{needle!r} not in {err!r}"
     return err
@@ -165,4 +165,5 @@ def test_interrupted_eval_says_that_rerunning_resumes(
     monkeypatch.setattr(eval_cli, "run_eval", interrupted)
     assert main(["eval", *TINY, "--out", str(tmp_path)]) == 130
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "rerunning the same command resumes" in err
+    assert err.count("\n") == 1, err
+    assert "rerunning the same command resumes" in err

@@ -109,7 +109,17 @@ def kill_points(everywhere: bool) -> list[tuple[str, str, int, bool]]:
     return points
 
 
-def check_kill_and_resume(
+def all_kill_points() -> list[Any]:
+    """The first and last write of each kind in the default suite, the rest under -m faults."""
+    quick = kill_points(everywhere=False)
+    return [
+        point if point in quick else pytest.param(*point, marks=pytest.mark.faults)
+        for point in kill_points(everywhere=True)
+    ]
+
+
+@pytest.mark.parametrize(("mode", "kind", "k", "torn"), all_kill_points(), ids=str)
+def test_run_killed_at_a_write_resumes_exactly(
     uninterrupted: dict[str, tuple[dict[str, Any], dict[str, int]]],
     tmp_path: Path,
     mode: str,
@@ -120,48 +130,18 @@ def check_kill_and_resume(
     expected, counts = uninterrupted[mode]
     assert counts.get(kind, 0) >= k, f"the run makes {counts.get(kind, 0)} {kind} writes"
     out = tmp_path / "run"
-    with pytest.MonkeyPatch.context() as patch, writes(patch, (kind, k), torn):
-        with pytest.raises(Killed):
-            new_process_runner(out, mode).run()
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        writes(patch, (kind, k), torn),
+        pytest.raises(Killed),
+    ):
+        new_process_runner(out, mode).run()
     new_process_runner(out, mode).run()
     difference = first_difference(expected, records(out))
     assert difference is None, (
         f"killed at {kind} write {k} ({'torn' if torn else 'clean'}, {mode}), then resumed: "
         f"{difference}; reproduce with pytest -m faults -k '{mode}-{kind}-{k}-'"
     )
-
-
-@pytest.mark.parametrize(
-    ("mode", "kind", "k", "torn"),
-    kill_points(everywhere=False),
-    ids=lambda v: str(v),
-)
-def test_run_killed_at_first_and_last_write_of_each_kind_resumes_exactly(
-    uninterrupted: dict[str, tuple[dict[str, Any], dict[str, int]]],
-    tmp_path: Path,
-    mode: str,
-    kind: str,
-    k: int,
-    torn: bool,
-) -> None:
-    check_kill_and_resume(uninterrupted, tmp_path, mode, kind, k, torn)
-
-
-@pytest.mark.faults
-@pytest.mark.parametrize(
-    ("mode", "kind", "k", "torn"),
-    kill_points(everywhere=True),
-    ids=lambda v: str(v),
-)
-def test_run_killed_at_every_write_resumes_exactly(
-    uninterrupted: dict[str, tuple[dict[str, Any], dict[str, int]]],
-    tmp_path: Path,
-    mode: str,
-    kind: str,
-    k: int,
-    torn: bool,
-) -> None:
-    check_kill_and_resume(uninterrupted, tmp_path, mode, kind, k, torn)
 
 
 def test_uninterrupted_counts_match_the_kill_points(

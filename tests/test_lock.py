@@ -55,8 +55,10 @@ def test_second_eval_is_refused_at_once_naming_the_holder(
     out = tmp_path / "run"
     before = sorted(p.name for p in out.iterdir())
     done = subprocess.run(
-        [sys.executable, "-m", "rome_fast.cli", "eval", "--model", "random:tiny-gpt2"]
-        + ["--modes", "single", "--out", str(out)],
+        [
+            *(sys.executable, "-m", "rome_fast.cli", "eval"),
+            *("--model", "random:tiny-gpt2", "--modes", "single", "--out", str(out)),
+        ],
         capture_output=True,
         text=True,
         env=environment(),
@@ -72,9 +74,8 @@ def test_lock_of_a_killed_process_does_not_block(
     holder: subprocess.Popen[str], tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    with pytest.raises(FolderLockedError, match=f"pid {holder.pid}"):
-        with run_folder_lock(out):
-            pass
+    with pytest.raises(FolderLockedError, match=f"pid {holder.pid}"), run_folder_lock(out):
+        pass
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     assert (out / ".lock").exists()  # left behind by the kill

@@ -98,9 +98,12 @@ def test_sequential_resume_keeps_every_glue_step(
     monkeypatch.setattr(runs, "evaluate_glue", glue_probe)
     cases, cfg = make_cases(5), config(modes=("sequential",), glue_every=2)
     kill = ("glue", 2) if torn else ("glue", 4)
-    with pytest.MonkeyPatch.context() as patch, writes(patch, kill, torn=torn):
-        with pytest.raises(Killed):
-            Runner(loaded, FakeEditor(loaded), cases, cfg, tmp_path).run()
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        writes(patch, kill, torn=torn),
+        pytest.raises(Killed),
+    ):
+        Runner(loaded, FakeEditor(loaded), cases, cfg, tmp_path).run()
     FakeEditor(loaded).restore()
     summary = Runner(loaded, FakeEditor(loaded), cases, cfg, tmp_path).run()
     steps = [g["step"] for g in summary["results"]["sequential"]["a"]["glue"]]
@@ -155,14 +158,14 @@ def test_failed_edits_count_against_the_variant_and_fail_the_gate(
 
 def test_empty_config_file_is_named_in_the_error(loaded: LoadedModel, tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("")
-    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+    with pytest.raises(ValueError, match=r"config\.json is not valid JSON"):
         Runner(loaded, FakeEditor(loaded), make_cases(2), config(), tmp_path).run()
 
 
 def test_empty_reference_file_is_named_in_the_error(loaded: LoadedModel, tmp_path: Path) -> None:
     Runner(loaded, FakeEditor(loaded), make_cases(1), config(), tmp_path).run()
     (tmp_path / "reference.json").write_text("")
-    with pytest.raises(ValueError, match="reference.json is not valid JSON"):
+    with pytest.raises(ValueError, match=r"reference\.json is not valid JSON"):
         Runner(loaded, FakeEditor(loaded), make_cases(1), config(), tmp_path).run()
 
 

@@ -142,19 +142,20 @@ def fresh_editors(editor: Any) -> Callable[[], Any]:
 
 def _run_locked(args: argparse.Namespace, cases: Any) -> dict[str, Any]:
     from rome_fast.cli import build_editor
-    from rome_fast.eval.glue import check_glue_inputs
+    from rome_fast.eval.glue import evaluate_glue
 
     editor: Any = build_editor(args)
     loaded = editor.loaded
     cfg = config_from_args(args, loaded.name, editor.hparams)
     if cfg.glue_every and "sequential" in cfg.modes:
-        check_glue_inputs(
+        evaluate_glue(
             loaded.model,
             loaded.tokenizer,
             data_dir=cfg.glue_data,
             n=cfg.glue_n,
             shots=cfg.glue_shots,
             seed=cfg.seed,
+            check_only=True,
         )
     runner = Runner(loaded, editor, cases, cfg, args.out, fresh_editor=fresh_editors(editor))
     return runner.run()

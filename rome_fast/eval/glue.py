@@ -123,28 +123,16 @@ def build_prompts(
 ANSWER_TOKENS = 3  # greedy tokens generated per answer
 
 
-def check_glue_inputs(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    *,
-    tasks: Sequence[str] = tuple(TASKS),
-    data_dir: str | os.PathLike[str] | None = None,
-    n: int = 50,
-    shots: int = 2,
-    seed: int = 0,
+def check_fits_context(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, task: str, prompts: Sequence[str]
 ) -> None:
-    """Everything :func:`evaluate_glue` will read, checked before a run starts: the files,
-    enough examples, and every prompt within the model's context."""
-    for name in tasks:
-        prompts, _ = build_prompts(
-            TASKS[name], load_task(name, data_dir), n=n, shots=shots, seed=seed
+    """Every prompt plus its answer within the model's context."""
+    for prompt in prompts:
+        check_fits(
+            model,
+            len(tokenizer(prompt)["input_ids"]) + ANSWER_TOKENS,
+            f"a {task} GLUE prompt (lower --glue-shots)",
         )
-        for prompt in prompts:
-            check_fits(
-                model,
-                len(tokenizer(prompt)["input_ids"]) + ANSWER_TOKENS,
-                f"a {name} GLUE prompt ({shots} shots; lower --glue-shots)",
-            )
 
 
 def evaluate_task(
@@ -186,8 +174,18 @@ def evaluate_glue(
     shots: int = 2,
     seed: int = 0,
     batch_size: int = 8,
+    check_only: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """:func:`evaluate_task` for every task, keyed by task name."""
+    """:func:`evaluate_task` for every task, keyed by task name. ``check_only``: evaluate
+    nothing, only check what the evaluation will read (the files, enough examples, every
+    prompt within the model's context), so that a run can refuse before it starts."""
+    if check_only:
+        for name in tasks:
+            prompts, _ = build_prompts(
+                TASKS[name], load_task(name, data_dir), n=n, shots=shots, seed=seed
+            )
+            check_fits_context(model, tokenizer, name, prompts)
+        return {}
     return {
         name: evaluate_task(
             model,

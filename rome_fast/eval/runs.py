@@ -171,6 +171,13 @@ def generation_check(
 # ---------------------------------------------------------------- weights bookkeeping
 
 
+def module_weight(model: nn.Module, name: str) -> torch.Tensor:
+    """The weight parameter of the submodule ``name``, as stored."""
+    weight = model.get_submodule(name).weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
 class WeightGuard:
     """Copies of the editable weights taken before any edit: exact-restore checks,
     cumulative ‖W − W0‖, and a last-resort reset between variants."""
@@ -181,9 +188,7 @@ class WeightGuard:
         self.numel = max(w.numel() for w in self.original.values())
 
     def _weight(self, name: str) -> torch.Tensor:
-        weight = self.model.get_submodule(name).weight
-        assert isinstance(weight, torch.Tensor)
-        return weight
+        return module_weight(self.model, name)
 
     def require(self, name: str) -> None:
         if name not in self.original:
@@ -257,14 +262,15 @@ class DegradedEditor:
             from rome_fast.weights import apply_rank_one
 
             module = self.model.get_submodule(result.module_name)
-            self._unflipped[result.module_name] = module.weight.detach().clone()
+            weight = module_weight(self.model, result.module_name)
+            self._unflipped[result.module_name] = weight.detach().clone()
             apply_rank_one(module, result.rank_one, sign=-2.0)
         return result
 
     def _unflip(self) -> None:
         with torch.no_grad():
             for name, weight in self._unflipped.items():
-                self.model.get_submodule(name).weight.copy_(weight)
+                module_weight(self.model, name).copy_(weight)
         self._unflipped.clear()
 
     def revert(self, result: Any) -> None:
