@@ -3,6 +3,8 @@ say, and prompts longer than the model's context."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -83,7 +85,8 @@ def test_new_target_equal_to_the_true_one_warns() -> None:
 def short_context(family: str, limit: int) -> LoadedModel:
     """The tiny model with a configured context of ``limit`` tokens."""
     loaded = random_model(family)
-    config = loaded.model.config
+    # A copy: the model shares its config object with every model of the family.
+    config = loaded.model.config = copy.deepcopy(loaded.model.config)
     field = "n_positions" if hasattr(config, "n_positions") else "max_position_embeddings"
     setattr(config, field, limit)
     assert context_limit(loaded.model) == limit

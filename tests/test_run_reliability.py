@@ -48,8 +48,8 @@ def test_statistics_options_are_part_of_the_run_identity(
     hparams = hparams_for("random:tiny-gpt2")
     plain = config_from_args(eval_args(), "m", hparams).comparable()
     given = config_from_args(eval_args(option, value), "m", hparams).comparable()
-    assert given[field] == value if field != "stats_samples" else given[field] == int(value)
-    assert plain != given, f"{option} does not change the run's identity"
+    assert plain[field] is None
+    assert str(given[field]).endswith(value), f"{option} {value} is not in the run's identity"
 
 
 def test_editor_hyperparameters_are_part_of_the_run_identity() -> None:

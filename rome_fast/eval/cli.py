@@ -116,8 +116,9 @@ def config_from_args(args: argparse.Namespace, model_name: str, hparams: Any) ->
         glue_n=args.glue_n,
         glue_shots=args.glue_shots,
         degrade=args.degrade,
-        stats_npz=None if args.stats_npz is None else str(args.stats_npz),
-        stats_corpus=None if args.stats_corpus is None else str(args.stats_corpus),
+        # Resolved: a resume from another working directory names the same files.
+        stats_npz=None if args.stats_npz is None else str(args.stats_npz.resolve()),
+        stats_corpus=None if args.stats_corpus is None else str(args.stats_corpus.resolve()),
         stats_samples=args.stats_samples,
         hparams=dataclasses.asdict(hparams),
     )

@@ -10,11 +10,14 @@ Run folder layout (``out``)::
     sequential-<variant>-final.jsonl  every case scored again after the last edit
     glue-<variant>.jsonl           downstream checks before the first edit and every K edits
     summary.json                   per mode and variant: ES … S, collapses, failures
+    .lock                          the writing process (``rome_fast.eval.lock``)
 
 Resuming: lines are appended and flushed one case at a time; a sequential run also
 checkpoints the edited weights (atomically, after the line). On restart, anything past
 the last checkpoint (or a half-written line) is dropped and recomputed, so no case is
-lost or duplicated.
+lost or duplicated; a GLUE check missing at the checkpoint's step is redone. JSON files
+are replaced atomically. A folder that cannot be resumed is refused before any file is
+changed. ``tests/test_faults.py`` kills a run at every write and checks all of this.
 """
 
 from __future__ import annotations
