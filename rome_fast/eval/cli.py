@@ -141,10 +141,11 @@ def fresh_editors(editor: Any) -> Callable[[], Any]:
     return fresh
 
 
-def _run_locked(args: argparse.Namespace, cases: Any) -> dict[str, Any]:
+def _run_locked(args: argparse.Namespace) -> dict[str, Any]:
     from rome_fast.cli import build_editor
     from rome_fast.eval.glue import evaluate_glue
 
+    cases = load_cases(args.data, limit=args.limit, offset=args.offset)
     editor: Any = build_editor(args)
     loaded = editor.loaded
     cfg = config_from_args(args, loaded.name, editor.hparams)
@@ -169,12 +170,11 @@ def run_eval(args: argparse.Namespace) -> int:
     check_out_folder(args.out)
     if args.stats_npz is not None and not args.stats_npz.is_file():
         raise FileNotFoundError(f"--stats-npz {args.stats_npz} does not exist")
-    cases = load_cases(args.data, limit=args.limit, offset=args.offset)
     existed = args.out.exists()
     try:
-        # Taken before the model loads: a second writer is refused at once.
+        # Taken before the data and the model load: a second writer is refused at once.
         with run_folder_lock(args.out):
-            summary = _run_locked(args, cases)
+            summary = _run_locked(args)
     except FolderLockedError:
         raise  # the folder is the other writer's
     except (ValueError, OSError):
