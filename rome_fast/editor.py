@@ -187,7 +187,15 @@ def default_covariance(
     n_samples: int | None = None,
 ) -> CovarianceProvider:
     """C from ``rome_fast.stats.layer_second_moment`` with ``hparams``' sample count, document
-    length and dtype, unless a corpus, a sample count or a public ``.npz`` file is given."""
+    length and dtype, unless a corpus, a sample count or a public ``.npz`` file is given.
+    With ``hparams.mom2_adjustment`` off, C is the identity (the public code then skips C⁻¹)."""
+    if not hparams.mom2_adjustment:
+        if corpus is not None or npz_path is not None or n_samples is not None:
+            raise ValueError(
+                "mom2_adjustment is off (C = I), so statistics options (a corpus, a file, a "
+                "sample count) would be ignored: drop them or set mom2_adjustment to true"
+            )
+        return _identity_covariance
 
     def provider(loaded: LoadedModel, layer: int) -> Covariance:
         from rome_fast.stats import layer_second_moment
@@ -203,6 +211,11 @@ def default_covariance(
         )
 
     return provider
+
+
+def _identity_covariance(loaded: LoadedModel, layer: int) -> Covariance:
+    d_in = weight_matrix(loaded.adapter.edited_module(loaded.model, layer)).shape[1]
+    return torch.eye(d_in, dtype=torch.float32)
 
 
 def _variant_name(variant: str | Variant) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from rome_fast.eval.runs import DEGRADE_MODES, RunConfig, Runner
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Model options (``rome_fast.cli.add_model_arguments``) and the evaluation's own."""
-    from rome_fast.cli import add_model_arguments
+    from rome_fast.cli import VARIANTS_HELP, add_model_arguments
 
     add_model_arguments(parser)
     parser.add_argument(
@@ -25,7 +26,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="CounterFact (original or reduced schema) or zsRE (MEND) file; a "
         "relative path is also looked up in the data folder",
     )
-    parser.add_argument("--variants", default="rome,r-rome,p-rome")
+    parser.add_argument("--variants", default=None, help=VARIANTS_HELP)
     parser.add_argument("--limit", type=int, default=100, help="cases to run (from --offset)")
     parser.add_argument("--offset", type=int, default=0)
     mode = parser.add_mutually_exclusive_group()
@@ -101,6 +102,8 @@ def config_from_args(args: argparse.Namespace, model_name: str, hparams: Any) ->
         glue_n=args.glue_n,
         glue_shots=args.glue_shots,
         degrade=args.degrade,
+        hparams=dataclasses.asdict(hparams),
+        templates=None if args.fixed_templates is None else tuple(args.fixed_templates),
     )
 
 

@@ -85,6 +85,10 @@ class RunConfig:
     glue_shots: int = 2
     checkpoint_every: int = 1
     degrade: str = "none"  # "zero" / "flip": a deliberately broken editor, to test the gate
+    # Every hyperparameter of the edits (HParams fields: --hparams FILE lands here), and the
+    # fixed context templates (--templates FILE; None: sampled from the model with the seed).
+    hparams: dict[str, Any] | None = None
+    templates: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in MODES]
