@@ -105,6 +105,9 @@ class EditResult:
     k_prompt: Tensor = field(repr=False)  # (d_in,) float32
     v_star: Tensor = field(repr=False)  # (d_out,) float32, desired module output
     adam_steps: int = 0
+    # Per v* iteration (rome_fast.value.LOSS_PARTS): nll, kl, weight_decay (each as it enters
+    # the total), total, and ‖δ‖ where the loss was evaluated.
+    loss_steps: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def rank_one(self) -> RankOne:
@@ -129,6 +132,9 @@ class ValueLike(Protocol):
 
     @property
     def loss_trace(self) -> list[float]: ...
+
+    @property
+    def loss_steps(self) -> list[dict[str, float]]: ...
 
 
 @dataclass(frozen=True)
@@ -442,6 +448,7 @@ class Editor:
                     k_prompt=keys.k_prompt.cpu(),
                     v_star=value.v_star.cpu(),
                     adam_steps=len(value.loss_trace) - 1,  # the last iteration only evaluates
+                    loss_steps=value.loss_steps,
                 )
                 self._record(result, saved)
             except BaseException:

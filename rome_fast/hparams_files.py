@@ -162,7 +162,7 @@ OWNED_ELSEWHERE = {
     "device": "--device",
     "stats_dir": "--stats-npz / --stats-corpus",
     "fp16": "--dtype",
-    "model_parallel": "--device (one device per run)",
+    "model_parallel": "--device: one device per run",
     "max_length": "nothing (EasyEdit's field for its own evaluation prompts)",
 }
 # Read for their effect on the variant or checked; documented in the module docstring.
@@ -262,11 +262,9 @@ def read_hparams_file(path: str | Path) -> HParamsFile:
     if "v_loss_layer" in data:
         _number(int)("v_loss_layer", data["v_loss_layer"])  # the public loss reads the logits
     modules = {name: _string(name, data[name]) for name in MODULE_FIELDS if name in data}
-    notes = tuple(
-        f"{path}: {name}: {data[name]!r} is not applied; {owner} sets it"
-        for name, owner in OWNED_ELSEWHERE.items()
-        if name in data
-    )
+    elsewhere = [f"{name} ({owner})" for name, owner in OWNED_ELSEWHERE.items() if name in data]
+    notes = (f"{path}: not applied, other options set them: {', '.join(elsewhere)}",)
+    notes = notes if elsewhere else ()
     return HParamsFile(str(path), changes, _variant(data), modules, notes)
 
 
