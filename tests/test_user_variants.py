@@ -100,3 +100,7 @@ def test_bad_user_variants_are_refused_by_name(
 def test_unloadable_specs_name_the_problem(spec: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         resolve_variant(spec)
+
+
+def test_the_suffix_wins_over_the_functions_attribute() -> None:
+    assert load_variant(f"{SPEC}@k_prompt").inserts_at == "k_prompt"
