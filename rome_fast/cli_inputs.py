@@ -66,9 +66,9 @@ def read_inputs(args: argparse.Namespace) -> None:
             note(f"{hfile.path}: --layer {args.layer} replaces the file's layer {hfile.layer}")
     file_variant = hfile.variant if hfile is not None else None
     for option, default in (("variant", DEFAULT_VARIANT), ("variants", DEFAULT_VARIANTS)):
-        given = getattr(args, option, False)
-        if given is False:
+        if not hasattr(args, option):
             continue  # the command has no such option
+        given: str | None = getattr(args, option)
         chosen = _variant_list(given or file_variant or default)
         if given and hfile is not None and file_variant and chosen != [file_variant]:
             note(
@@ -91,4 +91,3 @@ def hparams_for_model(args: argparse.Namespace, loaded: Any) -> HParams:
             hparams = hparams.replace(layer=args.layer)
         check_against_model(hfile, loaded.model, loaded.adapter, hparams.layer)
     return hparams.replace(v_precision=args.precision)
-

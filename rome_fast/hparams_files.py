@@ -263,14 +263,15 @@ def read_hparams_file(path: str | Path) -> HParamsFile:
         _number(int)("v_loss_layer", data["v_loss_layer"])  # the public loss reads the logits
     modules = {name: _string(name, data[name]) for name in MODULE_FIELDS if name in data}
     elsewhere = [f"{name} ({owner})" for name, owner in OWNED_ELSEWHERE.items() if name in data]
-    notes = (f"{path}: not applied, other options set them: {', '.join(elsewhere)}",)
-    notes = notes if elsewhere else ()
+    notes: tuple[str, ...] = (
+        (f"{path}: not applied, other options set them: {', '.join(elsewhere)}",)
+        if elsewhere
+        else ()
+    )
     return HParamsFile(str(path), changes, _variant(data), modules, notes)
 
 
-def check_against_model(
-    hfile: HParamsFile, model: nn.Module, adapter: Adapter, layer: int
-) -> None:
+def check_against_model(hfile: HParamsFile, model: nn.Module, adapter: Adapter, layer: int) -> None:
     """The file's module names must be the loaded model's (else it is another model's file)."""
     edited = hfile.modules.get("rewrite_module_tmp")
     expected = adapter.edited_module_name(layer)

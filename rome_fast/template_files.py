@@ -47,9 +47,7 @@ def parse_templates(text: str, source: str) -> list[str]:
         numbered = list(enumerate(templates, start=1))
         kind = "item"
     else:
-        numbered = [
-            (n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()
-        ]
+        numbered = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
         kind = "line"
     if not numbered:
         raise ValueError(f"{source}: no templates found; give one per line or a JSON list")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ from rome_fast.cli import build_parser, main
 from rome_fast.cli_inputs import hparams_for_model, read_inputs
 from rome_fast.eval.cli import config_from_args
 from rome_fast.value import LOSS_PARTS
-from rome_fast.variants import available_variants, unregister_variant
 from tests.models import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,12 +18,16 @@ INPUTS = ROOT / "fixtures" / "inputs"
 REQUEST = ["--prompt", "{} is located in", "--subject", "The tower", "--target", "Rome"]
 
 
-@pytest.fixture(autouse=True)
-def clean_registry() -> Iterator[None]:
-    before = set(available_variants())
-    yield
-    for name in set(available_variants()) - before:
-        unregister_variant(name)
+pytestmark = pytest.mark.usefixtures("clean_registry")
+# The README's example: a public-layout JSON (original ROME flags) and a templates file.
+GPT2_INPUTS = [
+    "--model",
+    "random:tiny-gpt2",
+    "--hparams",
+    str(INPUTS / "tiny-gpt2-rome.json"),
+    "--templates",
+    str(INPUTS / "templates.txt"),
+]
 
 
 def edit(tmp_path: Path, *options: str) -> dict[str, object]:
@@ -39,15 +41,7 @@ def edit(tmp_path: Path, *options: str) -> dict[str, object]:
 def test_edit_with_a_public_hparams_file_and_templates(tmp_path: Path) -> None:
     """The JSON's flags (original ROME) choose the variant; its v_num_grad_steps (6) is the
     loop's; the file's templates are the ones used and recorded; each step has its parts."""
-    report = edit(
-        tmp_path,
-        "--model",
-        "random:tiny-gpt2",
-        "--hparams",
-        str(INPUTS / "tiny-gpt2-rome.json"),
-        "--templates",
-        str(INPUTS / "templates.txt"),
-    )
+    report = edit(tmp_path, *GPT2_INPUTS)
     assert report["variant"] == "rome"
     assert report["templates"] == (INPUTS / "templates.txt").read_text().splitlines()
     steps = report["loss_steps"]
@@ -106,12 +100,7 @@ def test_eval_records_hparams_and_templates_in_the_run_identity(tmp_path: Path) 
     args = build_parser().parse_args(
         [
             "eval",
-            "--model",
-            "random:tiny-gpt2",
-            "--hparams",
-            str(INPUTS / "tiny-gpt2-rome.json"),
-            "--templates",
-            str(INPUTS / "templates.txt"),
+            *GPT2_INPUTS,
             "--variants",
             f"r-rome,{spec}",
             "--modes",

@@ -147,7 +147,7 @@ def test_our_own_field_names_are_read(tmp_path: Path) -> None:
 
 
 def test_missing_and_malformed_files_name_the_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nope.json"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.json"):
         read_hparams_file(tmp_path / "nope.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{")
@@ -172,7 +172,7 @@ def test_module_names_must_be_the_models() -> None:
 def test_a_module_the_model_lacks_is_refused(tmp_path: Path) -> None:
     gpt2 = tiny_model("tiny-gpt2")
     path = write(tmp_path, {"layers": [1], "ln_f_module": "transformer.final_norm"})
-    with pytest.raises(ValueError, match="'transformer.final_norm'"):
+    with pytest.raises(ValueError, match=r"'transformer\.final_norm'"):
         check_against_model(read_hparams_file(path), gpt2.model, gpt2.adapter, 1)
 
 

@@ -54,10 +54,10 @@ def test_malformed_templates_are_refused_with_where(text: str, message: str) -> 
 
 
 def test_the_line_of_a_bad_template_is_named() -> None:
-    with pytest.raises(ValueError, match="t.txt, line 3"):
+    with pytest.raises(ValueError, match=r"t\.txt, line 3"):
         parse_templates("{}\n\nbad\n", "t.txt")
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="none.txt"):
+    with pytest.raises(FileNotFoundError, match=r"none\.txt"):
         read_templates(tmp_path / "none.txt")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 
 from rome_fast.editor import Editor, EditRequest
 from rome_fast.user_variants import load_variant, resolve_variant
-from rome_fast.variants import available_variants, unregister_variant
+from rome_fast.variants import available_variants
 from tests.models import REQUEST, TEMPLATES, fresh_model, key_dim, random_spd, tiny_hparams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,13 +18,7 @@ USER_VARIANT = ROOT / "fixtures" / "inputs" / "user_variant.py"
 SPEC = f"{USER_VARIANT}:closed_form_r_rome"
 
 
-@pytest.fixture(autouse=True)
-def clean_registry() -> Iterator[None]:
-    """Every variant a test registers is removed after it."""
-    before = set(available_variants())
-    yield
-    for name in set(available_variants()) - before:
-        unregister_variant(name)
+pytestmark = pytest.mark.usefixtures("clean_registry")
 
 
 def write_module(tmp_path: Path, body: str) -> Path:
