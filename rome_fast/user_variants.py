@@ -8,7 +8,9 @@ attribute is read; with neither, the spec is refused (there is no safe guess).
 
 The function, ``fn(UpdateInputs) -> RankOne``, is called once on a small well-posed input
 before it is registered, so a wrong signature or return type fails here with its name and
-not in the middle of a run. It is registered under the spec without the suffix.
+not in the middle of a run. It is registered as ``module:function`` (for a file, its stem:
+``path/to/mine.py:f`` becomes ``mine:f``), a name that is also safe in run-folder file names;
+the same name from another source is refused.
 """
 
 from __future__ import annotations
@@ -99,15 +101,34 @@ def _probe(fn: Variant, spec: str) -> None:
         )
 
 
+# Registered user variants: name -> where it was loaded from (a module name or a file).
+_SOURCES: dict[str, str] = {}
+
+
+def _source(module: str) -> str:
+    return str(Path(module).resolve()) if module.endswith(".py") else module
+
+
 def load_variant(spec: str) -> RegisteredVariant:
     """Import, check and register the function ``spec`` names (see the module docstring);
-    a spec already registered is returned as it is."""
+    a spec already registered from the same source is returned as it is."""
     target, _, key = spec.partition("@")
     module, _, attr = target.rpartition(":")
-    if target in available_variants():
-        return get_variant(target)
     if not module or not attr:
         raise ValueError(f"variant {spec!r}: expected {SPEC_HELP}")
+    name = f"{Path(module).stem if module.endswith('.py') else module}:{attr}"
+    if name in available_variants():
+        if _SOURCES.get(name) != _source(module):
+            raise ValueError(
+                f"variant {spec!r}: the name {name!r} is already registered from "
+                f"{_SOURCES.get(name, 'Python code')}; rename the file or the function"
+            )
+        existing = get_variant(name)
+        if key and key != existing.inserts_at:
+            raise ValueError(
+                f"variant {spec!r}: {name!r} is already registered with @{existing.inserts_at}"
+            )
+        return existing
     if key and key not in KEY_NAMES:
         raise ValueError(f"variant {spec!r}: the suffix must be @k_star or @k_prompt, got @{key}")
     fn = getattr(_import(module, spec), attr, None)
@@ -122,7 +143,9 @@ def load_variant(spec: str) -> RegisteredVariant:
             f"@k_prompt, or set {attr}.inserts_at = 'k_star' in its module"
         )
     _probe(fn, spec)
-    return register_variant(target, fn, inserts_at=cast(KeyName, inserts_at))
+    registered = register_variant(name, fn, inserts_at=cast(KeyName, inserts_at))
+    _SOURCES[name] = _source(module)
+    return registered
 
 
 def resolve_variant(name: str) -> str:

@@ -64,7 +64,7 @@ def test_an_explicit_variant_wins_with_a_note(
         "--variant",
         spec,
     )
-    assert report["variant"] == spec
+    assert report["variant"] == "user_variant:closed_form_r_rome"
     assert float(str(report["residual_k_star"])) < 1e-4
     err = capsys.readouterr().err
     assert "the file's code runs 'r-rome'" in err
@@ -112,7 +112,7 @@ def test_eval_records_hparams_and_templates_in_the_run_identity(tmp_path: Path) 
     read_inputs(args)
     hparams = hparams_for_model(args, tiny_model("tiny-gpt2"))
     config = config_from_args(args, "random:tiny-gpt2", hparams)
-    assert config.variants == ("r-rome", spec)
+    assert config.variants == ("r-rome", "user_variant:closed_form_r_rome")
     assert config.hparams is not None
     assert config.hparams["v_num_grad_steps"] == 6
     assert config.templates == tuple((INPUTS / "templates.txt").read_text().splitlines())

@@ -16,6 +16,7 @@ from tests.models import REQUEST, TEMPLATES, fresh_model, key_dim, random_spd, t
 ROOT = Path(__file__).resolve().parents[1]
 USER_VARIANT = ROOT / "fixtures" / "inputs" / "user_variant.py"
 SPEC = f"{USER_VARIANT}:closed_form_r_rome"
+NAME = "user_variant:closed_form_r_rome"  # registered as <file stem>:<function>
 
 
 pytestmark = pytest.mark.usefixtures("clean_registry")
@@ -29,15 +30,15 @@ def write_module(tmp_path: Path, body: str) -> Path:
 
 def test_a_file_spec_edits_like_the_builtin_it_reimplements() -> None:
     registered = load_variant(SPEC)
-    assert (registered.name, registered.inserts_at) == (SPEC, "k_star")
+    assert (registered.name, registered.inserts_at) == (NAME, "k_star")
     hp = tiny_hparams("tiny-gpt2")
     C = random_spd(key_dim(fresh_model("tiny-gpt2"), hp.layer))
     results = []
-    for variant in (SPEC, "r-rome"):
+    for variant in (NAME, "r-rome"):
         editor = Editor(fresh_model("tiny-gpt2"), hparams=hp, stats=C, templates=TEMPLATES)
         results.append(editor.edit(EditRequest(*REQUEST), variant=variant))
     mine, builtin = results
-    assert mine.variant == SPEC
+    assert mine.variant == NAME
     torch.testing.assert_close(
         torch.outer(mine.left, mine.right), torch.outer(builtin.left, builtin.right)
     )
@@ -78,7 +79,7 @@ def test_bad_user_variants_are_refused_by_name(
     path = write_module(tmp_path, body)
     with pytest.raises(ValueError, match=message):
         load_variant(f"{path}{spec_tail}")
-    assert not any(name.startswith(str(path)) for name in available_variants())
+    assert not any(name.startswith("mine:") for name in available_variants())
 
 
 @pytest.mark.parametrize(
@@ -97,3 +98,14 @@ def test_unloadable_specs_name_the_problem(spec: str, message: str) -> None:
 
 def test_the_suffix_wins_over_the_functions_attribute() -> None:
     assert load_variant(f"{SPEC}@k_prompt").inserts_at == "k_prompt"
+
+
+def test_the_same_name_from_another_file_is_refused(tmp_path: Path) -> None:
+    load_variant(SPEC)
+    other = tmp_path / "user_variant.py"
+    other.write_text(USER_VARIANT.read_text())
+    with pytest.raises(ValueError, match="already registered from"):
+        load_variant(f"{other}:closed_form_r_rome")
+    assert load_variant(SPEC).name == NAME  # the same file again: the registered one
+    with pytest.raises(ValueError, match="already registered with @k_star"):
+        load_variant(f"{SPEC}@k_prompt")
