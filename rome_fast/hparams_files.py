@@ -14,7 +14,8 @@ Every field is handled one of four ways, and the choice is listed in ``FIELDS``:
 - mapped to an ``HParams`` field (``v_lr``, ``layers`` → ``layer``, ...);
 - mapped to the variant the public code runs with the file (the flags, ``alg_name``);
 - checked and otherwise without effect (module names, which must name the loaded model's
-  modules, ``v_loss_layer``, which the public loss never reads);
+  modules; ``v_loss_layer``, whose output the public ``compute_v.py`` traces but never
+  reads: its loss uses the final logits);
 - refused with an error naming the field when we cannot honour its value
   (``fact_token`` other than ``subject_last``, more than one layer), or noted when it
   names a setting another option owns (``device``, ``model_name``, ``fp16``: printed as a
@@ -163,7 +164,7 @@ OWNED_ELSEWHERE = {
     "stats_dir": "--stats-npz / --stats-corpus",
     "fp16": "--dtype",
     "model_parallel": "--device: one device per run",
-    "max_length": "nothing (EasyEdit's field for its own evaluation prompts)",
+    "max_length": "nobody: EasyEdit's ROME and R-ROME code never reads it",
 }
 # Read for their effect on the variant or checked; documented in the module docstring.
 OTHER_FIELDS = ("alg_name", "fact_token", "v_loss_layer", *FLAGS)
@@ -260,7 +261,8 @@ def read_hparams_file(path: str | Path) -> HParamsFile:
     if "fact_token" in data:
         _fact_token("fact_token", data["fact_token"])
     if "v_loss_layer" in data:
-        _number(int)("v_loss_layer", data["v_loss_layer"])  # the public loss reads the logits
+        # compute_v.py traces this layer's output but never reads it: the loss uses the logits.
+        _number(int)("v_loss_layer", data["v_loss_layer"])
     modules = {name: _string(name, data[name]) for name in MODULE_FIELDS if name in data}
     elsewhere = [f"{name} ({owner})" for name, owner in OWNED_ELSEWHERE.items() if name in data]
     notes: tuple[str, ...] = (
