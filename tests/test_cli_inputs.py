@@ -129,3 +129,10 @@ def test_the_files_variant_is_the_default_of_variants() -> None:
     args = build_parser().parse_args(["demo", "--model", "random:tiny-gpt2"])
     read_inputs(args)
     assert args.variants == "rome,r-rome,p-rome"
+
+
+def test_eval_modes_default_to_single() -> None:
+    """``--sequential`` and ``--modes`` share a destination; neither given means single."""
+    args = build_parser().parse_args(["eval", "--out", "runs/x"])
+    assert args.modes == "single"
+    assert build_parser().parse_args(["eval", "--sequential", "--out", "x"]).modes == "sequential"
