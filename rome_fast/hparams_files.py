@@ -234,9 +234,8 @@ def _variant(data: Mapping[str, Any]) -> str | None:
                 "always runs the original update): remove them or use alg_name: R-ROME"
             )
         return "rome"
-    is_public = alg is None and any(f in data for f in (*MAPPED, *MODULE_FIELDS, *FLAGS))
-    if alg is None and not is_public:
-        return None
+    if alg is None and all(f in OUR_FIELDS for f in data):
+        return None  # our own format: it names no editor
     defaults = EASYEDIT_R_ROME_FLAG_DEFAULTS if alg == "R-ROME" else PUBLIC_FLAG_DEFAULTS
     flags = {f: _bool(f, data.get(f, default)) for f, default in defaults.items()}
     return variant_from_flags(flags)
@@ -252,12 +251,22 @@ def read_hparams_file(path: str | Path) -> HParamsFile:
             f"code's {sorted(FIELDS)} and ours {sorted(OUR_FIELDS)}"
         )
     changes: dict[str, Any] = {}
+    set_by: dict[str, str] = {}
     for name, value in data.items():
         if name in MAPPED:
             target, parse = MAPPED[name]
-            changes[target] = parse(name, value)
+            value = parse(name, value)
         elif name in OUR_FIELDS:
-            changes[name] = tuple(map(tuple, value)) if isinstance(value, list) else value
+            target = name
+            value = tuple(map(tuple, value)) if isinstance(value, list) else value
+        else:
+            continue
+        if target in set_by:
+            raise ValueError(
+                f"hparams file {str(path)!r}: fields {set_by[target]!r} and {name!r} both set "
+                f"{target}; keep one"
+            )
+        changes[target], set_by[target] = value, name
     if "fact_token" in data:
         _fact_token("fact_token", data["fact_token"])
     if "v_loss_layer" in data:

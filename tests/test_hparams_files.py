@@ -128,6 +128,7 @@ def test_easyedit_r_rome_flags_are_read(tmp_path: Path) -> None:
         ({"layers": [1], "mom2_adjustment": "no"}, "true or false"),
         ({"layers": [1], "context_template_length_params": [5, 10]}, "pairs"),
         ({"layers": [1], "v_lr": -1}, "v_lr must be > 0"),
+        ({"layers": [1], "layer": 2}, "'layers' and 'layer' both set layer"),
     ],
 )
 def test_fields_we_cannot_honour_are_refused_by_name(
@@ -141,6 +142,7 @@ def test_our_own_field_names_are_read(tmp_path: Path) -> None:
     path = write(tmp_path, {"layer": 2, "v_early_stop_loss": 0.0, "mom2_max_length": 64})
     hfile = read_hparams_file(path)
     assert hfile.variant is None  # no editor stated: the command's default applies
+    assert read_hparams_file(write(tmp_path, {"layer": 2, "v_lr": 0.1})).variant is None
     assert hfile.apply(HParams(layer=0)) == HParams(
         layer=2, v_early_stop_loss=0.0, mom2_max_length=64
     )
