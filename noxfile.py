@@ -31,7 +31,11 @@ def tests(session: nox.Session) -> None:
     install(session, "test")
     # Tiny models: one thread is faster than two fighting over small matmuls.
     session.run(
-        "pytest", "-m", "not smollm2 and not gpu", *session.posargs, env={"OMP_NUM_THREADS": "1"}
+        "pytest",
+        "-m",
+        "not smollm2 and not gpu and not faults",
+        *session.posargs,
+        env={"OMP_NUM_THREADS": "1"},
     )
 
 
@@ -49,6 +53,13 @@ def smollm2(session: nox.Session) -> None:
     """End-to-end edits on the embedded SmolLM2 model (CI runs it too)."""
     install(session, "test")
     session.run("pytest", "-m", "smollm2", *session.posargs)
+
+
+@nox.session(default=False)
+def faults(session: nox.Session) -> None:
+    """A run killed at every write of every kind, torn and clean, resumed (tests/test_faults.py)."""
+    install(session, "test")
+    session.run("pytest", "-m", "faults", *session.posargs, env={"OMP_NUM_THREADS": "1"})
 
 
 @nox.session(default=False)

@@ -20,6 +20,15 @@ from rome_fast.cli_inputs import (
 )
 from rome_fast.precision import PRECISIONS
 from rome_fast.user_variants import SPEC_HELP
+from rome_fast.validate import (
+    check_device,
+    check_layers,
+    check_out_file,
+    check_out_folder,
+    check_variants,
+    int_at_least,
+    names,
+)
 
 DTYPES = {
     "float32": torch.float32,
@@ -75,7 +84,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     stats.add_argument(
         "--stats-samples",
-        type=int,
+        type=int_at_least(1),
         default=None,
         help="documents used for the statistics (default: per model)",
     )
@@ -139,7 +148,9 @@ def _edit_parser(sub: Any) -> None:
         f"file's, else {DEFAULT_VARIANT}",
     )
     p.add_argument("--json", type=Path, default=None, help="write the result as JSON here")
-    p.add_argument("--generate", type=int, default=20, help="tokens per greedy continuation")
+    p.add_argument(
+        "--generate", type=int_at_least(0), default=20, help="tokens per greedy continuation"
+    )
     p.set_defaults(func=_run_edit)
 
 
@@ -147,6 +158,9 @@ def _run_edit(args: argparse.Namespace) -> int:
     from rome_fast.demo import fact_reports, print_edit_report
     from rome_fast.editor import EditRequest
 
+    check_variants([args.variant])
+    if args.json is not None:
+        check_out_file(args.json)
     editor = build_editor(args)
     editor.warm_up()
     request = EditRequest(
@@ -176,9 +190,11 @@ def _demo_parser(sub: Any) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from rome_fast.demo import run_demo
 
+    variants = check_variants(names(args.variants))
+    check_out_folder(args.out)
     editor = build_editor(args)
     editor.warm_up()
-    run_demo(editor, args.variants.split(","), args.out)
+    run_demo(editor, variants, args.out)
     return 0
 
 
@@ -187,8 +203,10 @@ def _sweep_parser(sub: Any) -> None:
     add_model_arguments(p)
     p.add_argument("--data", default="counterfact/counterfact-val.json")
     p.add_argument("--layers", required=True, help="comma-separated layers, e.g. 2,4,6,8")
-    p.add_argument("--facts", type=int, default=30, help="known facts edited per layer")
-    p.add_argument("--candidates", type=int, default=400, help="cases searched for known facts")
+    p.add_argument("--facts", type=int_at_least(1), default=30, help="known facts edited per layer")
+    p.add_argument(
+        "--candidates", type=int_at_least(1), default=400, help="cases searched for known facts"
+    )
     p.add_argument(
         "--variant",
         default=None,
@@ -203,7 +221,14 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from rome_fast.eval.data import load_cases
     from rome_fast.sweep import known_cases, run_sweep
 
+    try:
+        layers = [int(x) for x in names(args.layers)]
+    except ValueError:
+        raise ValueError(f"--layers {args.layers!r}: give comma-separated integers") from None
+    check_variants([args.variant])
+    check_out_folder(args.out)
     loaded = load_from_args(args)
+    check_layers(layers, loaded.adapter.n_layers(loaded.model))
     base = hparams_for_model(args, loaded)
     cases = known_cases(loaded, load_cases(args.data, limit=args.candidates), args.facts)
     stats = stats_provider(args, base)
@@ -219,7 +244,6 @@ def _run_sweep(args: argparse.Namespace) -> int:
         )
         return editor
 
-    layers = [int(x) for x in args.layers.split(",")]
     run_sweep(loaded, cases, layers, make_editor, base, variant=args.variant, out=args.out)
     return 0
 
@@ -272,15 +296,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a user's input can cause; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "device", None) is not None:
+            check_device(args.device)
         if hasattr(args, "hparams"):
             read_inputs(args)
         return int(args.func(args))
-    except (ValueError, FileNotFoundError) as err:
+    except USER_ERRORS as err:
         print(f"rome {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        again = (
+            "; rerunning the same command resumes from the last finished case"
+            if args.command == "eval"
+            else ""
+        )
+        print(f"rome {args.command}: interrupted{again}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -51,7 +51,11 @@ def _variant_list(text: str) -> list[str]:
 
 def read_inputs(args: argparse.Namespace) -> None:
     """Read ``--hparams`` and ``--templates`` into ``args.hparams_file`` and
-    ``args.fixed_templates``; resolve ``args.variant`` / ``args.variants``."""
+    ``args.fixed_templates``; resolve ``args.variant`` / ``args.variants``. Once per ``args``:
+    ``main`` calls it, and so does every entry point that may be handed parsed options."""
+    if getattr(args, "inputs_read", False):
+        return
+    args.inputs_read = True
     hfile = read_hparams_file(args.hparams) if args.hparams is not None else None
     args.hparams_file = hfile
     args.fixed_templates = None

@@ -14,6 +14,13 @@ Exactness of undo:
   (the later edits keep the factors they were computed with);
 * ``restore`` copies back W0 of every touched weight.
 
+Another writer: the editor notes each weight it writes (the tensor's version counter and a
+checksum of its bytes). ``revert`` and ``restore`` refuse with ``ForeignWriteError`` when a
+weight has changed since the editor's last write to it (a second editor on the same model,
+or code writing the weight), because copying back would silently discard that change:
+undo the other writer's edits first (the last edit first), then this editor's. A new edit
+stacks on whatever the weight holds and counts as this editor's write.
+
 Memory: one copy of each touched weight (W0) plus one pre-edit copy of the latest edit's
 weight; never a copy of the whole model.
 
@@ -25,8 +32,11 @@ dtype and code path, giving bit-identical weights.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
+import unicodedata
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +47,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from rome_fast.context import check_fits
 from rome_fast.corpus import Corpus
 from rome_fast.hparams import HParams, hparams_for
 from rome_fast.keys import Keys
@@ -70,10 +81,25 @@ class EditRequest:
 
     def __post_init__(self) -> None:
         split_prompt(self.prompt)  # exactly one "{}" slot
-        if not self.subject.strip():
-            raise ValueError(f"the subject must be a non-empty string, got {self.subject!r}")
-        if not self.target_new.strip():
-            raise ValueError(f"target_new must be a non-empty string, got {self.target_new!r}")
+        if not _visible(self.subject):
+            raise ValueError(
+                f"the subject must hold a visible character, got {self.subject!r}; "
+                "pass the subject as it appears in the prompt"
+            )
+        if not _visible(self.target_new):
+            raise ValueError(f"target_new must hold a visible character, got {self.target_new!r}")
+        if self.target_true is not None and self.target_new.strip() == self.target_true.strip():
+            warnings.warn(
+                f"the new target {self.target_new!r} equals the true one: the edit only "
+                "reinforces what the model should already say",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+def _visible(text: str) -> bool:
+    """Holds a character that is not whitespace, a control or a format (zero-width) one."""
+    return any(not c.isspace() and unicodedata.category(c) not in ("Cc", "Cf") for c in text)
 
 
 @dataclass(frozen=True)
@@ -202,6 +228,9 @@ def default_covariance(
                 "sample count) would be ignored: drop them or set mom2_adjustment to true"
             )
         return _identity_covariance
+    if n_samples is not None and n_samples < 1:
+        raise ValueError(f"the statistics need at least one document, got n_samples={n_samples}")
+    samples = hparams.mom2_n_samples if n_samples is None else n_samples
 
     def provider(loaded: LoadedModel, layer: int) -> Covariance:
         from rome_fast.stats import layer_second_moment
@@ -211,7 +240,7 @@ def default_covariance(
             layer,
             corpus=corpus,
             npz_path=npz_path,
-            n_samples=n_samples or hparams.mom2_n_samples,
+            n_samples=samples,
             max_length=hparams.mom2_max_length,
             dtype=getattr(torch, hparams.mom2_dtype),
         )
@@ -229,6 +258,16 @@ def _variant_name(variant: str | Variant) -> str:
         get_variant(variant)  # unknown names fail here, before any work
         return variant
     return str(getattr(variant, "name", getattr(variant, "__name__", repr(variant))))
+
+
+class ForeignWriteError(RuntimeError):
+    """A weight the editor manages was changed by someone else since its last write."""
+
+
+def _fingerprint(weight: Tensor) -> tuple[int, str]:
+    """The tensor's in-place version counter and a digest of its bytes."""
+    data = weight.detach().contiguous().view(torch.uint8).cpu().numpy()
+    return weight._version, hashlib.blake2b(data.tobytes(), digest_size=16).hexdigest()
 
 
 class _Timer:
@@ -278,6 +317,7 @@ class Editor:
         self._originals: dict[str, Tensor] = {}  # module name -> W0 as stored
         self._log: list[EditResult] = []
         self._undo: tuple[EditResult, Tensor] | None = None  # latest edit, its pre-edit weight
+        self._written: dict[str, tuple[int, str]] = {}  # module name -> after our last write
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -330,11 +370,12 @@ class Editor:
         variant (``apply`` checks that the model has not been edited since).
         """
         start = time.perf_counter()
-        target_token_ids(self.loaded.tokenizer, request.target_new)  # fail early on a bad target
+        target = target_token_ids(self.loaded.tokenizer, request.target_new)  # fails early
         layer = self.layer
         timer = _Timer()
         with timer.phase("templates"):
             templates = self.templates
+        self._check_context(request, templates, len(target))
         with timer.phase("v_star"):
             value = self._value(request, templates)
         with timer.phase("keys"):
@@ -349,6 +390,14 @@ class Editor:
             time.perf_counter() - start,
             self._state(),
         )
+
+    def _check_context(self, request: EditRequest, templates: list[str], n_target: int) -> None:
+        """Each v* prompt (template, filled prompt, target) must fit the model's context."""
+        filled = request.prompt.replace("{}", request.subject)
+        longest = max(
+            len(self.loaded.tokenizer(t.replace("{}", filled))["input_ids"]) for t in templates
+        )
+        check_fits(self.loaded.model, longest + n_target, "the edit prompt with its target")
 
     def _state(self) -> tuple[EditResult, ...]:
         """The applied edits: a preparation is valid only while exactly these are applied.
@@ -507,6 +556,23 @@ class Editor:
         self._originals.setdefault(result.module_name, pre_edit_weight)
         self._log.append(result)
         self._undo = (result, pre_edit_weight)
+        self._note_write(result.module_name)
+
+    def _note_write(self, module_name: str) -> None:
+        weight = _stored_weight(self.loaded.model.get_submodule(module_name))
+        self._written[module_name] = _fingerprint(weight)
+
+    def _require_own(self, module_name: str, action: str) -> None:
+        """Refuse ``action`` over a weight someone else has written since our last write."""
+        weight = _stored_weight(self.loaded.model.get_submodule(module_name))
+        version, digest = self._written[module_name]
+        if weight._version != version and _fingerprint(weight)[1] != digest:
+            raise ForeignWriteError(
+                f"cannot {action}: {module_name}.weight was changed by someone else (another "
+                "Editor on this model, or code writing the weight) since this editor's last "
+                "edit, and copying back would discard that change; undo the other writer's "
+                "edits first (the last edit first), then this editor's"
+            )
 
     def revert(self, result: EditResult) -> None:
         """Undo ``result`` exactly (see the module docstring); raises if it is not applied."""
@@ -516,6 +582,7 @@ class Editor:
                 "this edit is not applied by this editor (already reverted, "
                 "restored, or made by another editor)"
             )
+        self._require_own(result.module_name, "revert this edit")
         module = self.loaded.model.get_submodule(result.module_name)
         if self._undo is not None and self._undo[0] is result:
             _copy_weight(module, self._undo[1])
@@ -526,11 +593,15 @@ class Editor:
                     apply_rank_one(module, later.rank_one)
         del self._log[index]
         self._undo = None
+        self._note_write(result.module_name)
 
     def restore(self) -> None:
         """Every touched weight back to W0, bit-identical; the log is emptied."""
+        for module_name in self._originals:
+            self._require_own(module_name, "restore")
         for module_name, original in self._originals.items():
             _copy_weight(self.loaded.model.get_submodule(module_name), original)
+            self._note_write(module_name)
         self._log.clear()
         self._undo = None
 
@@ -594,7 +665,7 @@ class Editor:
             .clone()
             for r in results
         }
-        log_length, undo = len(self._log), self._undo
+        log_length, undo, written = len(self._log), self._undo, dict(self._written)
         try:
             for result in results:
                 module = self.loaded.model.get_submodule(result.module_name)
@@ -605,7 +676,7 @@ class Editor:
             for module_name, weight in saved.items():
                 _copy_weight(self.loaded.model.get_submodule(module_name), weight)
             del self._log[log_length:]
-            self._undo = undo
+            self._undo, self._written = undo, written
             raise
         return results
 

@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +155,37 @@ def _finish(
     return LoadedModel(model, tokenizer, adapter_for(model), name)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def write_folder_once(target: Path, write: Callable[[Path], None]) -> None:
+    """Fill ``target`` through ``write`` into ``<target>.tmp<pid>`` and a rename, so that a
+    half-written folder is never ``target``; an interrupted write removes its temporary
+    folder, and one left by a killed process (its pid gone) is removed here."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f"{target.name}.tmp*"):
+        pid = stale.name[len(target.name) + 4 :]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        if target.exists():  # another process won the race
+            shutil.rmtree(tmp)
+        else:
+            tmp.replace(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _load_smollm2(dtype: torch.dtype, device: str | torch.device) -> LoadedModel:
     converted = cache_dir() / "models" / "smollm2-135m-instruct"
     if not (converted / "model.safetensors").is_file():
@@ -167,13 +199,12 @@ def _load_smollm2(dtype: torch.dtype, device: str | torch.device) -> LoadedModel
         config.quantization_config = None
         plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         plain.load_state_dict(model.state_dict())
-        tmp = converted.with_name(f"{converted.name}.tmp{os.getpid()}")
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if converted.exists():  # another process won the race
-            shutil.rmtree(tmp)
-        else:
-            tmp.replace(converted)
+
+        def write(folder: Path) -> None:
+            plain.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+
+        write_folder_once(converted, write)
     tokenizer = AutoTokenizer.from_pretrained(converted)
     model = AutoModelForCausalLM.from_pretrained(converted, dtype=dtype)
     return _finish(model, tokenizer, "smollm2", dtype, device)

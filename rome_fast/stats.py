@@ -22,6 +22,8 @@ import logging
 import os
 import re
 import time
+import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -102,10 +104,19 @@ def load_npz_stats(path: str | os.PathLike[str]) -> SecondMomentStats:
     if not source.is_file():
         raise FileNotFoundError(f"statistics file {source} does not exist")
     try:
-        with np.load(source, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (ValueError, OSError) as err:
-        raise ValueError(f"{source} is not a readable .npz statistics file: {err}") from err
+        # Our own handle: np.load leaks its handle when a damaged zip fails to open.
+        with source.open("rb") as handle:
+            loaded = np.load(handle, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy: one array
+                raise ValueError("it holds a single array")
+            with loaded as data:
+                arrays = {key: data[key] for key in data.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise ValueError(
+            f"{source} is not a readable .npz statistics file ({type(err).__name__}: {err}); "
+            "it is empty, truncated or not a .npz: pass a complete file, or omit it to "
+            "compute the statistics"
+        ) from None
     missing = [key for key in ("mom2.mom2", "mom2.count") if key not in arrays]
     if missing:
         raise ValueError(
@@ -118,7 +129,12 @@ def load_npz_stats(path: str | os.PathLike[str]) -> SecondMomentStats:
         raise ValueError(
             f"{source}: mom2.mom2 must be a square (d, d) matrix, got shape {mom2.shape}"
         )
-    count = int(arrays["mom2.count"])
+    if arrays["mom2.count"].size != 1:
+        raise ValueError(
+            f"{source}: mom2.count must be one number (the token count), got an array of "
+            f"shape {arrays['mom2.count'].shape}"
+        )
+    count = int(arrays["mom2.count"].reshape(()))
     if count <= 0:
         raise ValueError(f"{source}: mom2.count is {count}; the statistics hold no tokens")
     sample_size = int(arrays["sample_size"]) if "sample_size" in arrays else -1
@@ -126,6 +142,19 @@ def load_npz_stats(path: str | os.PathLike[str]) -> SecondMomentStats:
     if PROVENANCE_KEY in arrays:
         provenance = {**json.loads(str(arrays[PROVENANCE_KEY])), "file": str(source)}
     return SecondMomentStats(torch.from_numpy(mom2.copy()), count, sample_size, provenance)
+
+
+def check_stats_provenance(stats: SecondMomentStats, module_name: str) -> None:
+    """A file that names the module it was computed at must name ``module_name``; a file
+    without provenance (the public code's) has only its shape checked."""
+    recorded = stats.provenance.get("module")
+    if recorded is not None and recorded != module_name:
+        source = stats.provenance.get("file", "these statistics")
+        raise ValueError(
+            f"{source} was computed at {recorded} (layer {stats.provenance.get('layer')}), "
+            f"but the edit is at {module_name}; pass the file for that module, or omit it "
+            "to compute one"
+        )
 
 
 def check_stats_shape(stats: SecondMomentStats, d_in: int, what: str) -> None:
@@ -372,6 +401,7 @@ def layer_stats(
     def load_checked(path: str | os.PathLike[str]) -> SecondMomentStats:
         stats = load_npz_stats(path)
         check_stats_shape(stats, d_in, module_name)
+        check_stats_provenance(stats, module_name)
         return stats
 
     if npz_path is not None:
@@ -386,7 +416,12 @@ def layer_stats(
     path = cache_path(loaded, layer, corpus, n_samples, dtype, length, stats_dir)
     if path.is_file():
         log.info("loading cached statistics %s (%s)", path, corpus.description)
-        return load_checked(path)
+        try:
+            return load_checked(path)
+        except ValueError as err:
+            # A cache file is ours to replace: keep the bad one aside for inspection.
+            aside = set_aside(path)
+            log.warning("cached statistics unreadable (%s); moved to %s, recomputing", err, aside)
     stats = collect_second_moment(
         loaded,
         layer,
@@ -401,6 +436,13 @@ def layer_stats(
     stats.provenance["file"] = str(path)
     log.info("wrote statistics %s: %d tokens from %s", path, stats.count, corpus.description)
     return stats
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged file to ``<name>.corrupt-<unix time>`` next to it."""
+    aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+    os.replace(path, aside)
+    return aside
 
 
 def layer_second_moment(

@@ -273,7 +273,7 @@ def test_half_written_line_is_redone(loaded: LoadedModel, tmp_path: Path) -> Non
 def test_resume_refuses_a_different_configuration(loaded: LoadedModel, tmp_path: Path) -> None:
     Runner(loaded, FakeEditor(loaded), make_cases(2), config(), tmp_path).run()
     with pytest.raises(ValueError, match="different run"):
-        Runner(loaded, FakeEditor(loaded), make_cases(2), config(seed=1), tmp_path)
+        Runner(loaded, FakeEditor(loaded), make_cases(2), config(seed=1), tmp_path).run()
 
 
 def test_degraded_editor_fails_the_gate_that_the_real_one_passes(

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rome_fast.cli_inputs import read_inputs
 from rome_fast.eval.data import load_cases
+from rome_fast.eval.files import read_json_object, write_json
 from rome_fast.eval.gates import check_summary_file
+from rome_fast.eval.lock import FolderLockedError, run_folder_lock
 from rome_fast.eval.report import format_summary, write_report
 from rome_fast.eval.runs import DEGRADE_MODES, RunConfig, Runner
+from rome_fast.validate import (
+    check_out_file,
+    check_out_folder,
+    check_variants,
+    int_at_least,
+    names,
+)
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +37,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "relative path is also looked up in the data folder",
     )
     parser.add_argument("--variants", default=None, help=VARIANTS_HELP)
-    parser.add_argument("--limit", type=int, default=100, help="cases to run (from --offset)")
-    parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument(
+        "--limit", type=int_at_least(1), default=100, help="cases to run (from --offset)"
+    )
+    parser.add_argument("--offset", type=int_at_least(0), default=0)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--sequential",
@@ -44,18 +56,21 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(modes="single")
     parser.add_argument(
         "--glue-every",
-        type=int,
+        type=int_at_least(0),
         default=0,
         help="sequential runs: downstream checks before the first edit and every K edits (0: off)",
     )
     parser.add_argument("--glue-data", default=None, help="folder with {sst2,mrpc,cola,rte}.jsonl")
-    parser.add_argument("--glue-n", type=int, default=50, help="examples per GLUE task")
-    parser.add_argument("--glue-shots", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--glue-n", type=int_at_least(1), default=50, help="examples per GLUE task")
+    parser.add_argument("--glue-shots", type=int_at_least(0), default=2)
+    parser.add_argument("--batch-size", type=int_at_least(1), default=16)
     parser.add_argument(
-        "--generations", type=int, default=10, help="generations per edit for the entropy check"
+        "--generations",
+        type=int_at_least(1),
+        default=10,
+        help="generations per edit for the entropy check",
     )
-    parser.add_argument("--generation-tokens", type=int, default=50)
+    parser.add_argument("--generation-tokens", type=int_at_least(1), default=50)
     parser.add_argument(
         "--collapse-factor",
         type=float,
@@ -82,10 +97,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace, model_name: str, hparams: Any) -> RunConfig:
     """The run's options; layer and v* precision as the editor's ``hparams`` hold them."""
+    read_inputs(args)
     return RunConfig(
         model=model_name,
         data=str(args.data),
-        variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+        variants=tuple(names(args.variants)),
         layer=hparams.layer,
         impl=args.impl,
         v_precision=hparams.v_precision,
@@ -104,6 +120,10 @@ def config_from_args(args: argparse.Namespace, model_name: str, hparams: Any) ->
         glue_n=args.glue_n,
         glue_shots=args.glue_shots,
         degrade=args.degrade,
+        # Resolved: a resume from another working directory names the same files.
+        stats_npz=None if args.stats_npz is None else str(args.stats_npz.resolve()),
+        stats_corpus=None if args.stats_corpus is None else str(args.stats_corpus.resolve()),
+        stats_samples=args.stats_samples,
         hparams=dataclasses.asdict(hparams),
         templates=None if args.fixed_templates is None else tuple(args.fixed_templates),
     )
@@ -126,22 +146,49 @@ def fresh_editors(editor: Any) -> Callable[[], Any]:
     return fresh
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    """Run, write ``summary.json``, the table and the plots; print the table."""
+def _run_locked(args: argparse.Namespace) -> dict[str, Any]:
     from rome_fast.cli import build_editor
+    from rome_fast.eval.glue import evaluate_glue
 
     cases = load_cases(args.data, limit=args.limit, offset=args.offset)
     editor: Any = build_editor(args)
     loaded = editor.loaded
-    runner = Runner(
-        loaded,
-        editor,
-        cases,
-        config_from_args(args, loaded.name, editor.hparams),
-        args.out,
-        fresh_editor=fresh_editors(editor),
-    )
-    summary = runner.run()
+    cfg = config_from_args(args, loaded.name, editor.hparams)
+    if cfg.glue_every and "sequential" in cfg.modes:
+        evaluate_glue(
+            loaded.model,
+            loaded.tokenizer,
+            data_dir=cfg.glue_data,
+            n=cfg.glue_n,
+            shots=cfg.glue_shots,
+            seed=cfg.seed,
+            check_only=True,
+        )
+    runner = Runner(loaded, editor, cases, cfg, args.out, fresh_editor=fresh_editors(editor))
+    return runner.run()
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Run, write ``summary.json``, the table and the plots; print the table."""
+    # Every option is checked before the model loads and before anything is written.
+    read_inputs(args)
+    check_variants(names(args.variants))
+    check_out_folder(args.out)
+    if args.stats_npz is not None and not args.stats_npz.is_file():
+        raise FileNotFoundError(f"--stats-npz {args.stats_npz} does not exist")
+    existed = args.out.exists()
+    try:
+        # Taken before the data and the model load: a second writer is refused at once.
+        with run_folder_lock(args.out):
+            summary = _run_locked(args)
+    except FolderLockedError:
+        raise  # the folder is the other writer's
+    except (ValueError, OSError):
+        # A first run refused before its first case leaves no folder behind (a rerun
+        # with corrected options would be refused as a different run otherwise).
+        if not existed and not any(args.out.glob("*.jsonl")):
+            shutil.rmtree(args.out, ignore_errors=True)
+        raise
     paths = write_report(Path(args.out), summary)
     print(format_summary(summary))
     print("wrote " + ", ".join(str(p) for p in [Path(args.out) / "summary.json", *paths]))
@@ -162,31 +209,40 @@ def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
         help="compare a run on one model with another model's baseline",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the checks here")
+    parser.add_argument(
+        "--allow-small-run",
+        action="store_true",
+        help="compare a run with fewer cases than the baseline (its tolerance does not hold)",
+    )
 
 
 def run_gate(args: argparse.Namespace) -> int:
     """0 when every baseline passes, 1 otherwise (each failing metric printed)."""
+    if args.json is not None:
+        check_out_file(args.json)
     results = [
-        check_summary_file(args.summary, b, allow_model_mismatch=args.allow_model_mismatch)
+        check_summary_file(
+            args.summary,
+            b,
+            allow_model_mismatch=args.allow_model_mismatch,
+            allow_small_run=args.allow_small_run,
+        )
         for b in args.baseline
     ]
     for result in results:
         print(result.report())
     if args.json is not None:
-        args.json.write_text(
-            json.dumps(
-                [
-                    {
-                        "baseline": r.baseline,
-                        "mode": r.mode,
-                        "passed": r.passed,
-                        "failures": [c.describe() for c in r.failures],
-                    }
-                    for r in results
-                ],
-                indent=2,
-            )
-            + "\n"
+        write_json(
+            args.json,
+            [
+                {
+                    "baseline": r.baseline,
+                    "mode": r.mode,
+                    "passed": r.passed,
+                    "failures": [c.describe() for c in r.failures],
+                }
+                for r in results
+            ],
         )
     return 0 if all(r.passed for r in results) else 1
 
@@ -206,13 +262,22 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="default: fixtures/baselines/NAME.json"
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing baseline file"
+    )
 
 
 def run_baseline(args: argparse.Namespace) -> int:
     """Write a baseline from a measured run (the project's own numbers, never invented)."""
     from rome_fast.eval.gates import baseline_from_summary, baselines_dir
 
-    summary = json.loads(args.summary.read_text())
+    out = args.out or baselines_dir() / f"{args.name}.json"
+    if out.exists() and not args.overwrite:
+        raise ValueError(
+            f"baseline {out} exists; pass --overwrite to replace it, or choose another --name"
+        )
+    check_out_file(out, "--out")
+    summary = read_json_object(args.summary, "run summary (summary.json)")
     baseline = baseline_from_summary(
         summary,
         args.mode,
@@ -221,7 +286,6 @@ def run_baseline(args: argparse.Namespace) -> int:
         tolerance={"default": args.tolerance},
         tolerance_note=args.tolerance_note,
     )
-    out = args.out or baselines_dir() / f"{args.name}.json"
-    out.write_text(json.dumps(baseline, indent=2) + "\n")
+    write_json(out, baseline)
     print(f"wrote {out}")
     return 0

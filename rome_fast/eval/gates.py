@@ -14,13 +14,13 @@ named; a variant or metric the baseline lists but the summary lacks is a failure
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rome_fast.eval.files import read_json_object
 from rome_ref import metrics as ref
 
 DIRECTIONS = ("at-least", "at-most", "within")
@@ -38,7 +38,7 @@ def load_baseline(spec: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         known = sorted(p.stem for p in baselines_dir().glob("*.json"))
         raise FileNotFoundError(f"baseline {str(spec)!r} not found; known: {', '.join(known)}")
-    baseline: dict[str, Any] = json.loads(path.read_text())
+    baseline = read_json_object(path, "gate baseline")
     for key in ("model", "mode", "variants", "tolerance"):
         if key not in baseline:
             raise ValueError(f"{path}: baseline lacks {key!r}")
@@ -112,7 +112,11 @@ def _setting(table: Mapping[str, Any], metric: str) -> Any:
 
 
 def compare(
-    summary: Mapping[str, Any], baseline: Mapping[str, Any], *, allow_model_mismatch: bool = False
+    summary: Mapping[str, Any],
+    baseline: Mapping[str, Any],
+    *,
+    allow_model_mismatch: bool = False,
+    allow_small_run: bool = False,
 ) -> GateResult:
     """Check every metric of every variant the baseline lists."""
     name = str(baseline.get("name", "baseline"))
@@ -124,14 +128,20 @@ def compare(
             "(or pass --allow-model-mismatch)"
         )
     notes = []
-    if summary.get("n_cases") != baseline.get("n_cases"):
-        notes.append(f"run has {summary.get('n_cases')} cases, baseline {baseline.get('n_cases')}")
+    n_run, n_base = summary.get("n_cases"), baseline.get("n_cases")
+    if n_run != n_base:
+        notes.append(f"run has {n_run} cases, baseline {n_base}")
     if summary.get("degrade", "none") != "none":
         notes.append(f"the run used a deliberately degraded editor ({summary['degrade']})")
     results = summary.get("results", {}).get(mode, {})
     tolerances = baseline["tolerance"]
     directions = baseline.get("direction", {"default": "at-least"})
     checks = []
+    if isinstance(n_base, int) and not allow_small_run:
+        # The tolerance was set for the baseline's sample: a smaller run's metrics move by
+        # more than that through sampling alone, so it cannot pass (nor fail) honestly.
+        observed_n = float(n_run) if isinstance(n_run, int) else None
+        checks.append(Check("run", "cases", observed_n, float(n_base), 0.0, "at-least"))
     for variant, expected in baseline["variants"].items():
         got = results.get(variant, {})
         for metric, value in expected.items():
@@ -155,6 +165,10 @@ def compare(
                     direction,
                 )
             )
+    # A failed edit is never a success: any failure fails the gate, whatever the metrics.
+    for variant in baseline["variants"]:
+        failed = results.get(variant, {}).get("failed", 0)
+        checks.append(Check(variant, "failed edits", float(failed), 0.0, 0.0, "at-most"))
     return GateResult(name, mode, tuple(checks), tuple(notes))
 
 
@@ -163,9 +177,15 @@ def check_summary_file(
     baseline: str | os.PathLike[str],
     *,
     allow_model_mismatch: bool = False,
+    allow_small_run: bool = False,
 ) -> GateResult:
-    data = json.loads(Path(summary).read_text())
-    return compare(data, load_baseline(baseline), allow_model_mismatch=allow_model_mismatch)
+    data = read_json_object(Path(summary), "run summary (summary.json)")
+    return compare(
+        data,
+        load_baseline(baseline),
+        allow_model_mismatch=allow_model_mismatch,
+        allow_small_run=allow_small_run,
+    )
 
 
 def baseline_from_summary(
@@ -178,11 +198,21 @@ def baseline_from_summary(
     tolerance_note: str,
 ) -> dict[str, Any]:
     """A baseline holding a measured run's metrics for ``mode`` (every variant it ran)."""
+    lacking = [key for key in ("model", "n_cases", "results") if key not in summary]
+    if lacking:
+        raise ValueError(f"the summary lacks {', '.join(lacking)}; pass a run's summary.json")
     results = summary.get("results", {}).get(mode)
     if not results:
         raise ValueError(f"the summary has no {mode!r} results; run that mode first")
     if summary.get("degrade", "none") != "none":
         raise ValueError("refusing to make a baseline from a deliberately degraded run")
+    for variant, table in results.items():
+        missing = [m for m in ref.TABLE_METRICS if m not in table]
+        if missing:
+            raise ValueError(
+                f"the summary's {mode} results for {variant} lack {', '.join(missing)}; "
+                "make the baseline from a complete run's summary.json"
+            )
     return {
         "name": name,
         "source": source,

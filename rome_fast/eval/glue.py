@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from rome_fast.context import check_fits
 from rome_fast.eval.data import default_data_dir
 from rome_fast.eval.score import generate
 from rome_ref.metrics import accuracy, f1_score, matthews_corrcoef
@@ -119,6 +120,21 @@ def build_prompts(
     return prompts, [int(records[i]["label"]) for i in rest[:n]]
 
 
+ANSWER_TOKENS = 3  # greedy tokens generated per answer
+
+
+def check_fits_context(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, task: str, prompts: Sequence[str]
+) -> None:
+    """Every prompt plus its answer within the model's context."""
+    for prompt in prompts:
+        check_fits(
+            model,
+            len(tokenizer(prompt)["input_ids"]) + ANSWER_TOKENS,
+            f"a {task} GLUE prompt (lower --glue-shots)",
+        )
+
+
 def evaluate_task(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -129,7 +145,7 @@ def evaluate_task(
     shots: int = 2,
     seed: int = 0,
     batch_size: int = 8,
-    max_new_tokens: int = 3,
+    max_new_tokens: int = ANSWER_TOKENS,
 ) -> dict[str, float]:
     """Accuracy, F1 and MCC of greedy few-shot answers; ``unparsed`` counts non-answers."""
     task = TASKS[name]
@@ -158,8 +174,18 @@ def evaluate_glue(
     shots: int = 2,
     seed: int = 0,
     batch_size: int = 8,
+    check_only: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """:func:`evaluate_task` for every task, keyed by task name."""
+    """:func:`evaluate_task` for every task, keyed by task name. ``check_only``: evaluate
+    nothing, only check what the evaluation will read (the files, enough examples, every
+    prompt within the model's context), so that a run can refuse before it starts."""
+    if check_only:
+        for name in tasks:
+            prompts, _ = build_prompts(
+                TASKS[name], load_task(name, data_dir), n=n, shots=shots, seed=seed
+            )
+            check_fits_context(model, tokenizer, name, prompts)
+        return {}
     return {
         name: evaluate_task(
             model,

@@ -10,11 +10,14 @@ Run folder layout (``out``)::
     sequential-<variant>-final.jsonl  every case scored again after the last edit
     glue-<variant>.jsonl           downstream checks before the first edit and every K edits
     summary.json                   per mode and variant: ES … S, collapses, failures
+    .lock                          the writing process (``rome_fast.eval.lock``)
 
 Resuming: lines are appended and flushed one case at a time; a sequential run also
 checkpoints the edited weights (atomically, after the line). On restart, anything past
 the last checkpoint (or a half-written line) is dropped and recomputed, so no case is
-lost or duplicated.
+lost or duplicated; a GLUE check missing at the checkpoint's step is redone. JSON files
+are replaced atomically. A folder that cannot be resumed is refused before any file is
+changed. ``tests/test_faults.py`` kills a run at every write and checks all of this.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from torch import nn
 from tqdm import tqdm
 
 from rome_fast.eval.data import Case
+from rome_fast.eval.files import read_json_object, write_json
 from rome_fast.eval.glue import evaluate_glue
+from rome_fast.eval.lock import run_folder_lock
 from rome_fast.eval.score import generate, target_nll
 from rome_ref import metrics as ref
 
@@ -85,9 +90,12 @@ class RunConfig:
     glue_shots: int = 2
     checkpoint_every: int = 1
     degrade: str = "none"  # "zero" / "flip": a deliberately broken editor, to test the gate
-    # Every hyperparameter of the edits (HParams fields: --hparams FILE lands here), and the
-    # fixed context templates (--templates FILE; None: sampled from the model with the seed).
-    hparams: dict[str, Any] | None = None
+    # Where C comes from: each changes every edit, so each is part of the run's identity.
+    stats_npz: str | None = None
+    stats_corpus: str | None = None
+    stats_samples: int | None = None  # None: the model's default
+    hparams: dict[str, Any] | None = None  # the editor's full hyperparameters, when known
+    # The fixed context templates (--templates FILE; None: sampled from the model, seeded).
     templates: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -100,6 +108,10 @@ class RunConfig:
             raise ValueError(f"degrade must be one of {DEGRADE_MODES}, got {self.degrade!r}")
         if self.glue_every < 0 or self.checkpoint_every < 1 or self.n_generations < 1:
             raise ValueError("glue_every >= 0, checkpoint_every >= 1 and n_generations >= 1")
+        if self.offset < 0 or (self.limit is not None and self.limit < 1):
+            raise ValueError(f"offset >= 0 and limit >= 1, got {self.offset} and {self.limit}")
+        if self.batch_size < 1 or self.generation_tokens < 1 or self.glue_n < 1:
+            raise ValueError("batch_size, generation_tokens and glue_n must be at least 1")
 
     def comparable(self) -> dict[str, Any]:
         """The options a resumed run must share with the one it continues."""
@@ -164,6 +176,13 @@ def generation_check(
 # ---------------------------------------------------------------- weights bookkeeping
 
 
+def module_weight(model: nn.Module, name: str) -> torch.Tensor:
+    """The weight parameter of the submodule ``name``, as stored."""
+    weight = model.get_submodule(name).weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
 class WeightGuard:
     """Copies of the editable weights taken before any edit: exact-restore checks,
     cumulative ‖W − W0‖, and a last-resort reset between variants."""
@@ -174,9 +193,7 @@ class WeightGuard:
         self.numel = max(w.numel() for w in self.original.values())
 
     def _weight(self, name: str) -> torch.Tensor:
-        weight = self.model.get_submodule(name).weight
-        assert isinstance(weight, torch.Tensor)
-        return weight
+        return module_weight(self.model, name)
 
     def require(self, name: str) -> None:
         if name not in self.original:
@@ -230,6 +247,9 @@ class DegradedEditor:
             raise ValueError(f"degrade mode must be 'zero' or 'flip', got {mode!r}")
         self.editor, self.mode, self.model = editor, mode, model
         self.hparams = getattr(editor, "hparams", None)
+        # The weight as the editor last wrote it, before the latest flip: put back before
+        # the editor undoes anything, which it would otherwise refuse as a foreign write.
+        self._unflipped: dict[str, torch.Tensor] = {}
 
     def edit(self, request: Any, variant: str = "r-rome") -> Any:
         return self._degrade(self.editor.edit(request, variant=variant))
@@ -247,13 +267,23 @@ class DegradedEditor:
             from rome_fast.weights import apply_rank_one
 
             module = self.model.get_submodule(result.module_name)
+            weight = module_weight(self.model, result.module_name)
+            self._unflipped[result.module_name] = weight.detach().clone()
             apply_rank_one(module, result.rank_one, sign=-2.0)
         return result
 
+    def _unflip(self) -> None:
+        with torch.no_grad():
+            for name, weight in self._unflipped.items():
+                module_weight(self.model, name).copy_(weight)
+        self._unflipped.clear()
+
     def revert(self, result: Any) -> None:
+        self._unflip()
         self.editor.revert(result)
 
     def restore(self) -> None:
+        self._unflip()
         self.editor.restore()
 
 
@@ -289,10 +319,16 @@ def append_line(path: Path, row: Mapping[str, Any]) -> None:
 def _resume_rows(
     path: Path, cases: Sequence[Case], keep: int | None = None
 ) -> list[dict[str, Any]]:
-    """The finished prefix of a case file (at most ``keep`` rows), checked against ``cases``."""
+    """The finished prefix of a case file (at most ``keep`` rows, and then exactly ``keep``),
+    checked against ``cases`` before the file is cut to it: a refusal changes no file."""
     rows = read_lines(path)
     if keep is not None:
         rows = rows[:keep]
+        if len(rows) != keep:
+            raise ValueError(
+                f"the checkpoint says {keep} edits are done but {path} holds {len(rows)} "
+                "complete lines; the folder is damaged (no file was changed) — use a new --out"
+            )
     for i, row in enumerate(rows):
         if i >= len(cases) or row.get("case_id") != cases[i].case_id:
             raise ValueError(
@@ -387,11 +423,8 @@ class Runner:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
         self.editor = self._wrap(self.editor)
         self.guard = WeightGuard(self.model, editable_module_names(self.loaded, self.editor))
-        self._write_config()
-        self.reference = self._reference()
 
     def _wrap(self, editor: EditorLike) -> EditorLike:
         if self.cfg.degrade == "none":
@@ -413,11 +446,24 @@ class Runner:
             json.dumps({"run": self.cfg.comparable(), "cases": [c.case_id for c in self.cases]})
         )
         if path.exists():
-            previous = json.loads(path.read_text())
-            if previous.get("run") != config["run"] or previous.get("cases") != config["cases"]:
+            previous = read_json_object(path, "run configuration")
+            if previous.get("cases") != config["cases"]:
                 raise ValueError(
-                    f"{path} records a different run; resume with the same options "
-                    "or choose a new --out"
+                    f"{path} records a different slice of cases; resume with the same "
+                    "--data/--offset/--limit or choose a new --out"
+                )
+            before = previous.get("run", {})
+            differ = sorted(
+                k for k in set(before) | set(config["run"]) if before.get(k) != config["run"].get(k)
+            )
+            if differ:
+                raise ValueError(
+                    f"{path} records a different run (differs in "
+                    + ", ".join(
+                        f"{k}: {before.get(k)!r} there, {config['run'].get(k)!r} now"
+                        for k in differ
+                    )
+                    + "); resume with the same options or choose a new --out"
                 )
             return
         config["versions"] = {
@@ -428,20 +474,19 @@ class Runner:
         }
         config["model_name"] = getattr(self.loaded, "name", self.cfg.model)
         config["edited_modules"] = sorted(self.guard.original)
-        path.write_text(json.dumps(config, indent=2) + "\n")
+        write_json(path, config)
 
     def _reference(self) -> dict[str, Any]:
         """Generation entropy of the unedited model on the first cases' prompts."""
         path = self.out / "reference.json"
         if path.exists():
-            saved: dict[str, Any] = json.loads(path.read_text())
-            return saved
+            return read_json_object(path, "reference generation check")
         self.guard.check_restored("before the run")
         prompts = [p for c in self.cases[:4] for p in generation_prompts(c, self.cfg.n_generations)]
         check = generation_check(
             self.model, self.loaded.tokenizer, prompts, self.cfg, self.cfg.seed
         )
-        path.write_text(json.dumps(check, indent=2) + "\n")
+        write_json(path, check)
         return check
 
     def _case_seed(self, index: int) -> int:
@@ -575,6 +620,16 @@ class Runner:
         append_line(self.out / f"glue-{variant}.jsonl", {"step": step, "tasks": scores})
         done.add(step)
 
+    def _glue_done(self, variant: str, n_done: int) -> set[int]:
+        """The steps whose GLUE checks are on file, the file cut to its complete lines so
+        that the next check is not appended to a torn one. A check after the checkpoint
+        (written, then killed before the next checkpoint) is dropped: it is redone."""
+        path = self.out / f"glue-{variant}.jsonl"
+        rows = [r for r in read_lines(path) if int(r["step"]) <= n_done]
+        if path.exists():
+            rewrite_lines(path, rows)
+        return {int(r["step"]) for r in rows}
+
     def _checkpoint(self, path: Path, n_done: int) -> None:
         tmp = path.with_name(path.name + ".tmp")
         torch.save({"n_done": n_done, "weights": self.guard.current()}, tmp)
@@ -591,14 +646,9 @@ class Runner:
             n_done = int(state["n_done"])
             self.guard.load(state["weights"])
         rows = _resume_rows(path, self.cases, keep=n_done)
-        if len(rows) != n_done:
-            raise ValueError(
-                f"{state_path} says {n_done} edits are done but {path} holds "
-                f"{len(rows)}; the folder is damaged — use a new --out"
-            )
-        glue_done = {int(r["step"]) for r in read_lines(self.out / f"glue-{variant}.jsonl")}
+        glue_done = self._glue_done(variant, n_done)
         every = self.cfg.glue_every
-        if every and (n_done % every == 0):
+        if every and (n_done % every == 0 or n_done == len(self.cases)):
             self._glue(variant, n_done, glue_done)
         history = [r["diagnostics"]["delta_norm"] for r in rows if r["diagnostics"]]
         for index in tqdm(
@@ -647,7 +697,14 @@ class Runner:
         return rows
 
     def run(self) -> dict[str, Any]:
-        """Every mode and variant of the config, then ``summary.json``."""
+        """Every mode and variant of the config, then ``summary.json``; the folder is
+        locked against a second writer throughout."""
+        with run_folder_lock(self.out):
+            self._write_config()
+            self.reference = self._reference()
+            return self._run_locked()
+
+    def _run_locked(self) -> dict[str, Any]:
         for mode in self.cfg.modes:
             for variant in self.cfg.variants:
                 if self.fresh_editor is not None:
@@ -662,7 +719,7 @@ class Runner:
             getattr(self.loaded, "name", self.cfg.model),
             [c.case_id for c in self.cases],
         )
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(self.out / "summary.json", summary)
         return summary
 
 
@@ -681,14 +738,34 @@ def _distribution(values: Sequence[float]) -> dict[str, float] | None:
     }
 
 
+# What an edit must achieve; a case whose edit failed scores 0 on these, whatever the
+# unedited model happened to score (it must never count as a success).
+EDIT_METRICS = ("ES", "EM", "PS", "PM")
+
+
+def _post_metrics(
+    rows: Sequence[Mapping[str, Any]], failed: set[Any]
+) -> Iterator[Mapping[str, float]]:
+    for row in rows:
+        metrics = dict(row["metrics_post"])
+        if row["case_id"] in failed:
+            metrics.update(dict.fromkeys(EDIT_METRICS, 0.0))
+        yield metrics
+
+
+def _failed_cases(rows: Sequence[Mapping[str, Any]]) -> set[Any]:
+    return {r["case_id"] for r in rows if "error" in r}
+
+
 def _variant_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     deltas = [r["diagnostics"]["delta_norm"] for r in rows if r.get("diagnostics")]
-    out: dict[str, Any] = ref.aggregate(r["metrics_post"] for r in rows)
+    failed = _failed_cases(rows)
+    out: dict[str, Any] = ref.aggregate(_post_metrics(rows, failed))
     out["pre"] = ref.aggregate(r["metrics_pre"] for r in rows)
     out.update(
         {
             "n": len(rows),
-            "failed": sum("error" in r for r in rows),
+            "failed": len(failed),
             "collapses": sum(bool(r.get("collapse")) for r in rows),
             "collapse_cases": [r["case_id"] for r in rows if r.get("collapse")],
             "delta_norm": _distribution(deltas),
@@ -718,7 +795,7 @@ def summarize(
             if mode == "sequential":
                 final = read_lines(out / f"sequential-{variant}-final.jsonl")
                 immediate = {m: summary.pop(m) for m in ref.TABLE_METRICS}
-                summary.update(ref.aggregate(r["metrics_post"] for r in final))
+                summary.update(ref.aggregate(_post_metrics(final, _failed_cases(rows))))
                 summary["immediate"] = immediate
                 summary["first_collapse"] = next(
                     (r["index"] + 1 for r in rows if r.get("collapse")), None

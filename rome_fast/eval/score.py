@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from rome_fast.context import check_fits
+
 PADDING_SIDES = ("right", "left")
 
 
@@ -79,6 +81,8 @@ def target_nll(
         chunk = range(start, min(start + batch_size, len(prompts)))
         heads = [_prompt_ids(tokenizer, prompts[i]) for i in chunk]
         tails = [target_ids(tokenizer, targets[i]) for i in chunk]
+        for i, head, tail in zip(chunk, heads, tails, strict=True):
+            check_fits(model, len(head) + len(tail), f"prompt {prompts[i][:60]!r} + target")
         ids, mask, positions, offsets = pad_batch(
             [h + t for h, t in zip(heads, tails, strict=True)], _pad_id(tokenizer), padding_side
         )
@@ -121,9 +125,12 @@ def generate(
     if not prompts:
         raise ValueError("generate needs at least one prompt")
     device = next(model.parameters()).device
-    ids, mask, positions, _ = pad_batch(
-        [_prompt_ids(tokenizer, p) for p in prompts], _pad_id(tokenizer), "left"
-    )
+    heads = [_prompt_ids(tokenizer, p) for p in prompts]
+    for prompt, head in zip(prompts, heads, strict=True):
+        check_fits(
+            model, len(head) + max_new_tokens, f"prompt {prompt[:60]!r} + {max_new_tokens} new"
+        )
+    ids, mask, positions, _ = pad_batch(heads, _pad_id(tokenizer), "left")
     ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
     new_tokens = []
