@@ -11,7 +11,15 @@ from typing import Any
 
 import torch
 
+from rome_fast.cli_inputs import (
+    DEFAULT_VARIANT,
+    DEFAULT_VARIANTS,
+    add_input_arguments,
+    hparams_for_model,
+    read_inputs,
+)
 from rome_fast.precision import PRECISIONS
+from rome_fast.user_variants import SPEC_HELP
 from rome_fast.validate import (
     check_device,
     check_layers,
@@ -28,6 +36,12 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
+
+
+VARIANTS_HELP = (
+    f"comma-separated, registered or {SPEC_HELP}; default: the hparams file's variant, "
+    f"else {DEFAULT_VARIANTS}"
+)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +67,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default="fp32",
         help="matmuls of the v* loop (tf32: CUDA only); keys and the update stay float32",
     )
+    add_input_arguments(parser)
     add_stats_arguments(parser)
 
 
@@ -94,12 +109,6 @@ def stats_provider(args: argparse.Namespace, hparams: Any) -> Callable[[Any, int
     )
 
 
-def hparams_from_args(args: argparse.Namespace) -> Any:
-    from rome_fast.hparams import hparams_for
-
-    return hparams_for(args.model, layer=args.layer).replace(v_precision=args.precision)
-
-
 def editor_class(args: argparse.Namespace) -> Any:
     """``Editor``, or ``NaiveEditor`` for ``--impl naive``."""
     if args.impl == "naive":
@@ -120,9 +129,13 @@ def load_from_args(args: argparse.Namespace) -> Any:
 def build_editor(args: argparse.Namespace) -> Any:
     """Load the model and an editor (fast or naive) with the statistics the options ask for."""
     loaded = load_from_args(args)
-    hparams = hparams_from_args(args)
+    hparams = hparams_for_model(args, loaded)
     return editor_class(args)(
-        loaded, hparams=hparams, seed=args.seed, stats=stats_provider(args, hparams)
+        loaded,
+        hparams=hparams,
+        seed=args.seed,
+        stats=stats_provider(args, hparams),
+        templates=args.fixed_templates,
     )
 
 
@@ -133,7 +146,12 @@ def _edit_parser(sub: Any) -> None:
     p.add_argument("--subject", required=True)
     p.add_argument("--target", required=True, help="the new object")
     p.add_argument("--true", dest="target_true", default=None, help="the current object")
-    p.add_argument("--variant", default="r-rome")
+    p.add_argument(
+        "--variant",
+        default=None,
+        help=f"a registered variant or a user's ({SPEC_HELP}); default: the hparams "
+        f"file's, else {DEFAULT_VARIANT}",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the result as JSON here")
     p.add_argument(
         "--generate", type=int_at_least(0), default=20, help="tokens per greedy continuation"
@@ -169,7 +187,7 @@ def _run_edit(args: argparse.Namespace) -> int:
 def _demo_parser(sub: Any) -> None:
     p = sub.add_parser("demo", help="the main job: real facts edited on SmolLM2 by each variant")
     add_model_arguments(p)
-    p.add_argument("--variants", default="rome,r-rome,p-rome")
+    p.add_argument("--variants", default=None, help=VARIANTS_HELP)
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.set_defaults(func=_run_demo)
 
@@ -194,7 +212,11 @@ def _sweep_parser(sub: Any) -> None:
     p.add_argument(
         "--candidates", type=int_at_least(1), default=400, help="cases searched for known facts"
     )
-    p.add_argument("--variant", default="r-rome")
+    p.add_argument(
+        "--variant",
+        default=None,
+        help=f"registered or {SPEC_HELP}; default: the hparams file's, else {DEFAULT_VARIANT}",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/sweep"))
     p.set_defaults(func=_run_sweep)
 
@@ -212,12 +234,14 @@ def _run_sweep(args: argparse.Namespace) -> int:
     check_out_folder(args.out)
     loaded = load_from_args(args)
     check_layers(layers, loaded.adapter.n_layers(loaded.model))
-    base = hparams_from_args(args)
+    base = hparams_for_model(args, loaded)
     cases = known_cases(loaded, load_cases(args.data, limit=args.candidates), args.facts)
     stats = stats_provider(args, base)
     cls = editor_class(args)
     # One set of context templates, from the unedited model, for every layer.
-    templates = cls(loaded, hparams=base, seed=args.seed, stats=stats).templates
+    templates = cls(
+        loaded, hparams=base, seed=args.seed, stats=stats, templates=args.fixed_templates
+    ).templates
 
     def make_editor(hparams: Any) -> Editor:
         editor: Editor = cls(
@@ -295,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "device", None) is not None:
             check_device(args.device)
+        if hasattr(args, "hparams"):
+            read_inputs(args)
         return int(args.func(args))
     except USER_ERRORS as err:
         print(f"rome {args.command}: error: {err}", file=sys.stderr)

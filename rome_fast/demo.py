@@ -76,6 +76,7 @@ def result_record(result: EditResult) -> dict[str, Any]:
         "edit_seconds": result.edit_seconds,
         "timings": result.timings,
         "loss_trace": result.loss_trace,
+        "loss_steps": result.loss_steps,
         "seed": result.seed,
         "templates": result.templates,
     }

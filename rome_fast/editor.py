@@ -131,6 +131,9 @@ class EditResult:
     k_prompt: Tensor = field(repr=False)  # (d_in,) float32
     v_star: Tensor = field(repr=False)  # (d_out,) float32, desired module output
     adam_steps: int = 0
+    # Per v* iteration (rome_fast.value.LOSS_PARTS): nll, kl, weight_decay (each as it enters
+    # the total), total, and ‖δ‖ where the loss was evaluated.
+    loss_steps: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def rank_one(self) -> RankOne:
@@ -155,6 +158,9 @@ class ValueLike(Protocol):
 
     @property
     def loss_trace(self) -> list[float]: ...
+
+    @property
+    def loss_steps(self) -> list[dict[str, float]]: ...
 
 
 @dataclass(frozen=True)
@@ -213,7 +219,15 @@ def default_covariance(
     n_samples: int | None = None,
 ) -> CovarianceProvider:
     """C from ``rome_fast.stats.layer_second_moment`` with ``hparams``' sample count, document
-    length and dtype, unless a corpus, a sample count or a public ``.npz`` file is given."""
+    length and dtype, unless a corpus, a sample count or a public ``.npz`` file is given.
+    With ``hparams.mom2_adjustment`` off, C is the identity (the public code then skips C⁻¹)."""
+    if not hparams.mom2_adjustment:
+        if corpus is not None or npz_path is not None or n_samples is not None:
+            raise ValueError(
+                "mom2_adjustment is off (C = I), so statistics options (a corpus, a file, a "
+                "sample count) would be ignored: drop them or set mom2_adjustment to true"
+            )
+        return _identity_covariance
     if n_samples is not None and n_samples < 1:
         raise ValueError(f"the statistics need at least one document, got n_samples={n_samples}")
     samples = hparams.mom2_n_samples if n_samples is None else n_samples
@@ -232,6 +246,11 @@ def default_covariance(
         )
 
     return provider
+
+
+def _identity_covariance(loaded: LoadedModel, layer: int) -> Covariance:
+    d_in = weight_matrix(loaded.adapter.edited_module(loaded.model, layer)).shape[1]
+    return torch.eye(d_in, dtype=torch.float32)
 
 
 def _variant_name(variant: str | Variant) -> str:
@@ -478,6 +497,7 @@ class Editor:
                     k_prompt=keys.k_prompt.cpu(),
                     v_star=value.v_star.cpu(),
                     adam_steps=len(value.loss_trace) - 1,  # the last iteration only evaluates
+                    loss_steps=value.loss_steps,
                 )
                 self._record(result, saved)
             except BaseException:

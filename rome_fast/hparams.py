@@ -24,6 +24,7 @@ class HParams:
     context_template_schedule: tuple[tuple[int, int], ...] = PUBLIC_SCHEDULE
     context_template_top_k: int = 5
     padding_side: str = "right"
+    mom2_adjustment: bool = True  # False: C = I, the update direction is the key itself
     mom2_n_samples: int = 100_000
     mom2_dtype: str = "float32"
     mom2_max_length: int | None = None  # tokens per document; None: the context length

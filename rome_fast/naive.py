@@ -36,9 +36,11 @@ from rome_fast.models import LoadedModel
 from rome_fast.tokens import apply_template, subject_last_positions
 from rome_fast.update import RankOne, Variant
 from rome_fast.value import (
+    LossTerms,
     build_value_batch,
     clamp_to_ball,
     essence_kl,
+    loss_step,
     target_nll,
     weight_decay,
 )
@@ -93,6 +95,7 @@ class NaiveValue:
     v_star: Tensor  # (d_out,) desired module output v_init + δ
     v_init: Tensor  # (d_out,)
     loss_trace: list[float]
+    loss_steps: list[dict[str, float]]  # per iteration: rome_fast.value.LOSS_PARTS
 
 
 def naive_value(
@@ -122,7 +125,7 @@ def naive_value(
     optimizer = torch.optim.Adam([delta], lr=hparams.v_lr)
     v_init: Tensor | None = None
     initial_kl: Tensor | None = None
-    trace: list[float] = []
+    steps: list[dict[str, float]] = []
     for step in range(hparams.v_num_grad_steps):
         optimizer.zero_grad()
         with capture(mlp, output=True) as seen, add_to_output(mlp, delta, rows, positions):
@@ -134,19 +137,25 @@ def naive_value(
         essence_log_probs = log_probs[essence, positions[essence]][None]  # (1, V)
         if initial_kl is None:
             initial_kl = essence_log_probs.detach().clone()
-        loss = (
-            target_nll(log_probs[target_rows, target_positions], vb.target_ids, vb.n_prompts)
-            + hparams.kl_factor * essence_kl(essence_log_probs, initial_kl)
-            + hparams.v_weight_decay * weight_decay(delta, v_init)
+        terms = LossTerms(
+            nll=target_nll(log_probs[target_rows, target_positions], vb.target_ids, vb.n_prompts),
+            kl=hparams.kl_factor * essence_kl(essence_log_probs, initial_kl),
+            weight_decay=hparams.v_weight_decay * weight_decay(delta, v_init),
         )
-        trace.append(float(loss.detach()))
+        loss = terms.total
+        steps.append(loss_step(terms, loss, delta))
         if step == hparams.v_num_grad_steps - 1:
             break
         loss.backward()
         optimizer.step()
         clamp_to_ball(delta, hparams.clamp_norm_factor * float(v_init.norm()))
     assert v_init is not None
-    return NaiveValue(v_star=(v_init + delta).detach(), v_init=v_init, loss_trace=trace)
+    return NaiveValue(
+        v_star=(v_init + delta).detach(),
+        v_init=v_init,
+        loss_trace=[s["total"] for s in steps],
+        loss_steps=steps,
+    )
 
 
 def naive_inverse(C: Tensor) -> Tensor:

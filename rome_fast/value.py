@@ -161,6 +161,20 @@ class LossTerms:
         return self.nll + self.kl + self.weight_decay
 
 
+# The parts of one iteration's loss, as recorded per step: each term as it enters the total
+# (the KL and the weight decay already multiplied by kl_factor and v_weight_decay), and ‖δ‖
+# at which the loss was evaluated (before that iteration's Adam step).
+LOSS_PARTS = ("nll", "kl", "weight_decay", "total", "delta_norm")
+
+
+def loss_step(terms: LossTerms, loss: Tensor, delta: Tensor) -> dict[str, float]:
+    """One iteration's parts (``LOSS_PARTS``), read with one host synchronization."""
+    parts = torch.stack(
+        [terms.nll, terms.kl, terms.weight_decay, loss, torch.linalg.vector_norm(delta)]
+    )
+    return dict(zip(LOSS_PARTS, parts.detach().float().tolist(), strict=True))
+
+
 def target_nll(log_probs: Tensor, target_ids: Tensor, n_prompts: int) -> Tensor:
     """Mean over prompts of (summed target-token NLL / target length) (quirk 4).
 
@@ -200,6 +214,7 @@ class ValueResult:
     loss_trace: list[float]  # total loss at every iteration, the final evaluation included
     adam_steps: int
     keys: Tensor  # (n_templates, d_in) float32: the edited module's input at each subject-last
+    loss_steps: list[dict[str, float]]  # per iteration: LOSS_PARTS
 
 
 @dataclass(frozen=True)
@@ -296,6 +311,7 @@ def _optimize(loaded: LoadedModel, layer: int, vb: ValueBatch, hparams: HParams)
     optimizer = torch.optim.Adam([delta], lr=hparams.v_lr)
     initial_kl: Tensor | None = None
     trace: list[float] = []
+    steps_record: list[dict[str, float]] = []
     steps = 0
     blocks = loaded.adapter.layers(model)
     with (
@@ -323,7 +339,8 @@ def _optimize(loaded: LoadedModel, layer: int, vb: ValueBatch, hparams: HParams)
             )
             loss = terms.total
             # The one host synchronization per iteration: the trace and the early-stop decision.
-            trace.append(float(loss.detach()))
+            steps_record.append(loss_step(terms, loss, delta))
+            trace.append(steps_record[-1]["total"])
             if trace[-1] < hparams.v_early_stop_loss or iteration == hparams.v_num_grad_steps - 1:
                 break
             optimizer.zero_grad()
@@ -339,4 +356,5 @@ def _optimize(loaded: LoadedModel, layer: int, vb: ValueBatch, hparams: HParams)
         loss_trace=trace,
         adam_steps=steps,
         keys=keys,
+        loss_steps=steps_record,
     )

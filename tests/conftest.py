@@ -7,8 +7,12 @@ pytest header; failures print a reproduction blob (print_blob) and each test's n
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+from rome_fast.variants import available_variants, unregister_variant
 
 settings.register_profile(
     "ci",
@@ -32,3 +36,12 @@ def pytest_report_header() -> str:
     )
     profile = settings._current_profile
     return f"hypothesis profile: {profile}, max_examples={current.max_examples}, seeds {seeds}"
+
+
+@pytest.fixture
+def clean_registry() -> Iterator[None]:
+    """Every variant a test registers (a user's, loaded from a spec) is removed after it."""
+    before = set(available_variants())
+    yield
+    for name in set(available_variants()) - before:
+        unregister_variant(name)

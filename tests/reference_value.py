@@ -24,6 +24,7 @@ class ReferenceValue:
     v_star: Tensor  # (d_out,)
     loss_trace: list[float]
     adam_steps: int
+    loss_steps: list[dict[str, float]]  # per iteration: nll, kl, weight_decay, total, delta_norm
 
 
 def reference_v_star(
@@ -45,6 +46,7 @@ def reference_v_star(
     v_init: Tensor | None = None
     initial: Tensor | None = None
     trace: list[float] = []
+    steps_record: list[dict[str, float]] = []
     steps = 0
     for iteration in range(hp.v_num_grad_steps):
         with (
@@ -66,8 +68,17 @@ def reference_v_star(
             initial = essence.detach()
         kl = (essence.exp() * (essence - initial)).sum()
         decay = delta.norm() / v_init.norm() ** 2
-        loss = torch.stack(nlls).mean() + hp.kl_factor * kl + hp.v_weight_decay * decay
+        parts = {
+            "nll": torch.stack(nlls).mean(),
+            "kl": hp.kl_factor * kl,
+            "weight_decay": hp.v_weight_decay * decay,
+        }
+        loss = parts["nll"] + parts["kl"] + parts["weight_decay"]
         trace.append(loss.item())
+        steps_record.append(
+            {name: x.item() for name, x in parts.items()}
+            | {"total": trace[-1], "delta_norm": delta.norm().item()}
+        )
         if trace[-1] < hp.v_early_stop_loss or iteration == hp.v_num_grad_steps - 1:
             break
         optimizer.zero_grad()
@@ -79,4 +90,4 @@ def reference_v_star(
             if delta.norm() > radius:
                 delta.mul_(radius / delta.norm())
     assert v_init is not None
-    return ReferenceValue((v_init + delta).detach(), trace, steps)
+    return ReferenceValue((v_init + delta).detach(), trace, steps, steps_record)

@@ -14,7 +14,7 @@ from rome_fast.keys import compute_keys
 from rome_fast.models import LoadedModel, random_model
 from rome_fast.naive import NaiveEditor, naive_keys, naive_value
 from rome_fast.templates import generate_context_templates
-from rome_fast.value import compute_v_star
+from rome_fast.value import LOSS_PARTS, compute_v_star
 from rome_fast.weights import module_bias, weight_matrix
 
 REQUEST = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
@@ -70,6 +70,14 @@ def test_value_matches_the_fast_loop(name: str) -> None:
     torch.testing.assert_close(
         torch.tensor(naive.loss_trace), torch.tensor(fast.loss_trace), rtol=1e-4, atol=1e-5
     )
+    for part in LOSS_PARTS:
+        torch.testing.assert_close(
+            torch.tensor([s[part] for s in naive.loss_steps]),
+            torch.tensor([s[part] for s in fast.loss_steps]),
+            rtol=1e-4,
+            atol=1e-6,
+            msg=lambda m, part=part: f"loss part {part}: {m}\n{reproduce(name)}",
+        )
     torch.testing.assert_close(naive.v_init, fast.v_init, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(
         naive.v_star, fast.v_star, rtol=1e-4, atol=1e-5, msg=lambda m: f"v*: {m}\n{reproduce(name)}"

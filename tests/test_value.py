@@ -12,6 +12,7 @@ import torch
 from rome_fast.hooks import capture
 from rome_fast.tokens import subject_last_index
 from rome_fast.value import (
+    LOSS_PARTS,
     build_value_batch,
     compute_v_star,
     read_mlp_positions,
@@ -186,6 +187,36 @@ def test_fast_v_star_equals_the_full_forward_loop(
     )
     error = float((fast.v_star - ref.v_star).norm() / ref.v_star.norm())
     assert error <= 1e-4, f"‖v*_fast − v*_ref‖ / ‖v*_ref‖ = {error:.3g}{where}"
+
+
+@pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-llama"])
+def test_loss_steps_match_the_plain_loop_part_by_part(family: str) -> None:
+    """Each recorded part (NLL, KL and weight decay as they enter the total, the total, ‖δ‖)
+    equals the plain loop's at every iteration, so two runs can be compared step by step."""
+    loaded = tiny_model(family)
+    hp = tiny_hparams(family, v_num_grad_steps=4)
+    args = (loaded, LAYER, *REQUEST, TEMPLATES, hp)
+    fast, ref = compute_v_star(*args), reference_v_star(*args)
+    assert len(fast.loss_steps) == len(ref.loss_steps) == 4
+    for i, (got, want) in enumerate(zip(fast.loss_steps, ref.loss_steps, strict=True)):
+        assert set(got) == set(LOSS_PARTS)
+        for part in LOSS_PARTS:
+            assert got[part] == pytest.approx(want[part], rel=1e-4, abs=1e-7), (
+                f"step {i} {part}: fast {got[part]} vs plain {want[part]}\n"
+                f"reproduce: compute_v_star / reference_v_star on tiny_model({family!r}), "
+                f"layer {LAYER}, {REQUEST}, {TEMPLATES}, v_num_grad_steps=4"
+            )
+    assert fast.loss_trace == [step["total"] for step in fast.loss_steps]
+
+
+def test_loss_parts_sum_to_the_total() -> None:
+    hp = tiny_hparams("tiny-gptj", v_num_grad_steps=4)
+    result = compute_v_star(tiny_model("tiny-gptj"), LAYER, *REQUEST, TEMPLATES, hp)
+    for i, step in enumerate(result.loss_steps):
+        parts = step["nll"] + step["kl"] + step["weight_decay"]
+        assert parts == pytest.approx(step["total"], rel=1e-6), f"step {i}: {step}"
+    assert result.loss_steps[0]["delta_norm"] == 0.0  # the first iteration evaluates δ = 0
+    assert result.loss_steps[-1]["delta_norm"] == pytest.approx(float(result.delta.norm()))
 
 
 @pytest.mark.parametrize("layer", [0, 2, 3], ids=["lowest", "below the top", "top"])

@@ -135,6 +135,9 @@ def harness_inputs(
 
     loaded.adapter.check_layer(loaded.model, hparams.layer)
     C = stats_provider(args, hparams)(loaded, hparams.layer)
+    fixed = getattr(args, "fixed_templates", None)  # --templates FILE, where the command has it
+    if fixed is not None:
+        return C, list(fixed)
     templates = [
         t.replace("{{", "").replace("}}", "")
         for t in generate_context_templates(

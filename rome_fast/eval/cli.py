@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rome_fast.cli_inputs import DEFAULT_VARIANTS, hparams_for_model, read_inputs
 from rome_fast.eval.data import load_cases
 from rome_fast.eval.files import read_json_object, write_json
 from rome_fast.eval.gates import check_summary_file
@@ -23,12 +24,10 @@ from rome_fast.validate import (
     names,
 )
 
-DEFAULT_VARIANTS = "rome,r-rome,p-rome"
-
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Model options (``rome_fast.cli.add_model_arguments``) and the evaluation's own."""
-    from rome_fast.cli import add_model_arguments
+    from rome_fast.cli import VARIANTS_HELP, add_model_arguments
 
     add_model_arguments(parser)
     parser.add_argument(
@@ -37,9 +36,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="CounterFact (original or reduced schema) or zsRE (MEND) file; a "
         "relative path is also looked up in the data folder",
     )
-    parser.add_argument(
-        "--variants", default=None, help=f"our variants to run (default: {DEFAULT_VARIANTS})"
-    )
+    parser.add_argument("--variants", default=None, help=VARIANTS_HELP)
     from rome_fast.conform.cli import add_editor_arguments
 
     add_editor_arguments(
@@ -60,6 +57,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument(
         "--modes", dest="modes", default="single", help="comma-separated: single, sequential"
     )
+    # Both options share the destination; the first one's default (None) would win otherwise.
+    parser.set_defaults(modes="single")
     parser.add_argument(
         "--glue-every",
         type=int_at_least(0),
@@ -103,6 +102,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace, model_name: str, hparams: Any) -> RunConfig:
     """The run's options; layer and v* precision as the editor's ``hparams`` hold them."""
+    read_inputs(args)
     return RunConfig(
         model=model_name,
         data=str(args.data),
@@ -130,6 +130,7 @@ def config_from_args(args: argparse.Namespace, model_name: str, hparams: Any) ->
         stats_corpus=None if args.stats_corpus is None else str(args.stats_corpus.resolve()),
         stats_samples=args.stats_samples,
         hparams=dataclasses.asdict(hparams),
+        templates=None if args.fixed_templates is None else tuple(args.fixed_templates),
     )
 
 
@@ -177,8 +178,9 @@ def _run_locked(args: argparse.Namespace) -> dict[str, Any]:
 def run_eval(args: argparse.Namespace) -> int:
     """Run, write ``summary.json``, the table and the plots; print the table."""
     # Every option is checked before the model loads and before anything is written.
+    read_inputs(args)
     if args.editor is None:
-        check_variants(names(args.variants or DEFAULT_VARIANTS))
+        check_variants(names(args.variants))
     check_out_folder(args.out)
     if args.stats_npz is not None and not args.stats_npz.is_file():
         raise FileNotFoundError(f"--stats-npz {args.stats_npz} does not exist")
@@ -203,7 +205,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _external_runner(args: argparse.Namespace, cases: Any) -> Runner:
     """The run on an editor under test (``--editor``), with the harness's templates and C."""
-    from rome_fast.cli import hparams_from_args, load_from_args
+    from rome_fast.cli import load_from_args
     from rome_fast.conform.cli import editor_from_spec, harness_inputs
     from rome_fast.conform.external import ExternalEditor
 
@@ -217,7 +219,7 @@ def _external_runner(args: argparse.Namespace, cases: Any) -> Runner:
         raise ValueError(f"{', '.join(given)} set our editor's options; drop them with --editor")
     under_test = editor_from_spec(args.editor, args.editor_path, args.config)
     loaded = load_from_args(args)
-    hparams = hparams_from_args(args)
+    hparams = hparams_for_model(args, loaded)
     C, templates = harness_inputs(args, loaded, hparams)
     editor = ExternalEditor(under_test, loaded, hparams, C, templates, args.seed)
     config = config_from_args(args, loaded.name, hparams)

@@ -95,6 +95,8 @@ class RunConfig:
     stats_corpus: str | None = None
     stats_samples: int | None = None  # None: the model's default
     hparams: dict[str, Any] | None = None  # the editor's full hyperparameters, when known
+    # The fixed context templates (--templates FILE; None: sampled from the model, seeded).
+    templates: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in MODES]
