@@ -42,9 +42,14 @@ from rome_fast.value import (
     target_nll,
     weight_decay,
 )
+from rome_fast.variants import (
+    BUILTIN_KEYS,
+    Insertion,
+    KeyName,
+    RegisteredVariant,
+    resolve_variant,
+)
 from rome_fast.weights import weight_matrix
-
-NAIVE_VARIANTS = ("rome", "r-rome", "p-rome")
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,13 @@ class NaiveKeys:
     k_prompt: Tensor  # (d_in,) the bare prompt's key (its own forward pass)
     out_star: Tensor  # (d_out,) mean module output over the templates: W0 k* + b
     out_prompt: Tensor  # (d_out,) the bare prompt's module output: W0 k_prompt + b
+
+    def key(self, name: KeyName) -> Tensor:
+        return self.k_star if name == "k_star" else self.k_prompt
+
+    def output(self, name: KeyName) -> Tensor:
+        """The module output at key ``name``: ``W0 key + b``."""
+        return self.out_star if name == "k_star" else self.out_prompt
 
 
 def _module_io_at_subject(
@@ -154,33 +166,31 @@ def naive_inverse(C: Tensor) -> Tensor:
     return torch.inverse(C.float())
 
 
-def check_naive_variant(variant: str | Variant) -> str:
-    """The variant's name if the naive flow implements it, else a ValueError."""
-    if not isinstance(variant, str) or variant not in NAIVE_VARIANTS:
+def check_naive_variant(variant: str | Variant) -> RegisteredVariant:
+    """The registered entry if the naive flow implements it (an ``Insertion`` at the keys it
+    is registered with, as the built-ins are), else a ValueError."""
+    entry = resolve_variant(variant)
+    if entry.fn != Insertion(entry.inserts_at, entry.direction_at):
         raise ValueError(
-            f"the naive yardstick implements only {', '.join(NAIVE_VARIANTS)}, got "
-            f"{variant!r}; use the fast editor (--impl fast) for other variants"
+            f"the naive yardstick implements only insertion variants such as the built-ins "
+            f"{', '.join(BUILTIN_KEYS)}, got {entry.name!r}; use the fast editor (--impl fast) "
+            "for other variants"
         )
-    return variant
+    return entry
 
 
 def naive_update(
-    C_inv: Tensor, keys: NaiveKeys, v_star: Tensor, variant: str
+    C_inv: Tensor, keys: NaiveKeys, v_star: Tensor, variant: RegisteredVariant
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(left (d_out,), right (d_in,), denominator)`` with ``ΔW = outer(left, right)``.
 
     As in the public code: ``u = C⁻¹ k / ‖C⁻¹ k‖`` and the value side uses module outputs,
     so the bias cancels (``v* − (W0 k + b)``).
     """
-    check_naive_variant(variant)
-    direction = keys.k_prompt if variant == "p-rome" else keys.k_star
-    insert, out = (
-        (keys.k_star, keys.out_star) if variant == "r-rome" else (keys.k_prompt, keys.out_prompt)
-    )
-    u = C_inv @ direction.float()
+    u = C_inv @ keys.key(variant.direction_at).float()
     u = u / u.norm()
-    denominator = u @ insert
-    return (v_star.float() - out) / denominator, u, denominator
+    denominator = u @ keys.key(variant.inserts_at)
+    return (v_star.float() - keys.output(variant.inserts_at)) / denominator, u, denominator
 
 
 class NaiveEditor(Editor):
@@ -206,7 +216,7 @@ class NaiveEditor(Editor):
             self._inverses[layer] = naive_inverse(L @ L.T).to(self.loaded.device)
         return self._inverses[layer]
 
-    def _check_variant(self, variant: str | Variant) -> str:
+    def _check_variant(self, variant: str | Variant) -> RegisteredVariant:
         return check_naive_variant(variant)
 
     def _keys(self, request: EditRequest, templates: list[str], value: Any) -> NaiveKeys:
@@ -226,15 +236,12 @@ class NaiveEditor(Editor):
         self.inverse_covariance(layer)
 
     def _update_factors(
-        self, module: nn.Module, keys: NaiveKeys, value: NaiveValue, variant: str | Variant
+        self, module: nn.Module, keys: NaiveKeys, value: NaiveValue, variant: RegisteredVariant
     ) -> RankOne:
-        name = check_naive_variant(variant)
-        left, right, denominator = naive_update(
-            self.inverse_covariance(self.layer), keys, value.v_star, name
-        )
+        C_inv = self.inverse_covariance(self.layer)
+        left, right, denominator = naive_update(C_inv, keys, value.v_star, variant)
         # Reported like the fast path's: u(k)ᵀk with u = C⁻¹k unnormalized.
-        direction = keys.k_prompt if name == "p-rome" else keys.k_star
-        denominator = denominator * (self.inverse_covariance(self.layer) @ direction).norm()
+        denominator = denominator * (C_inv @ keys.key(variant.direction_at)).norm()
         return RankOne(left, right, denominator)
 
     def _write(self, module: nn.Module, r: RankOne) -> None:

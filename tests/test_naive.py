@@ -14,6 +14,7 @@ from rome_fast.keys import compute_keys
 from rome_fast.models import LoadedModel, random_model
 from rome_fast.naive import NaiveEditor, naive_keys, naive_value
 from rome_fast.templates import generate_context_templates
+from rome_fast.update import RankOne, UpdateInputs, insertion_update
 from rome_fast.value import compute_v_star
 from rome_fast.weights import module_bias, weight_matrix
 
@@ -113,6 +114,9 @@ def test_naive_refuses_variants_it_does_not_implement() -> None:
     editor = NaiveEditor(
         loaded, hparams=hparams, stats=second_moment(before.shape[1]), templates=templates
     )
+    def unit_u(inp: UpdateInputs) -> RankOne:  # an insertion, but not the naive flow's rule
+        return insertion_update(inp, inp.k_star, inp.k_star)
+
     with pytest.raises(ValueError, match="naive yardstick implements only"):
-        editor.edit(REQUEST, "emmet")
+        editor.edit(REQUEST, unit_u)
     assert torch.equal(weight_matrix(module), before)
