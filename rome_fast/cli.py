@@ -204,8 +204,15 @@ def _eval_parser(sub: Any) -> None:
     from rome_fast.eval.cli import add_eval_arguments
 
     p = sub.add_parser("eval", help="CounterFact / zsRE evaluation, single or sequential")
+    add_model_arguments(p)
     add_eval_arguments(p)
-    p.set_defaults(func=_lazy("rome_fast.eval.cli", "run_eval"))
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from rome_fast.eval.cli import run_eval
+
+    return run_eval(args, build_editor)
 
 
 def _gate_parser(sub: Any) -> None:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from rome_fast.eval.data import default_data_dir
+from rome_fast.datadir import default_data_dir
 
 if TYPE_CHECKING:
     from rome_fast.models import LoadedModel

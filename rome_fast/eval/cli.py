@@ -15,10 +15,7 @@ from rome_fast.eval.runs import DEGRADE_MODES, RunConfig, Runner
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    """Model options (``rome_fast.cli.add_model_arguments``) and the evaluation's own."""
-    from rome_fast.cli import add_model_arguments
-
-    add_model_arguments(parser)
+    """The evaluation's own options (``rome_fast.cli`` adds the model options)."""
     parser.add_argument(
         "--data",
         default="counterfact/counterfact-val.json",
@@ -121,10 +118,11 @@ def fresh_editors(editor: Any) -> Callable[[], Any]:
     return fresh
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    """Run, write ``summary.json``, the table and the plots; print the table."""
-    from rome_fast.cli import build_editor
+def run_eval(args: argparse.Namespace, build_editor: Callable[[argparse.Namespace], Any]) -> int:
+    """Run, write ``summary.json``, the table and the plots; print the table.
 
+    ``build_editor`` makes the editor from the model options (``rome_fast.cli`` passes its own).
+    """
     cases = load_cases(args.data, limit=args.limit, offset=args.offset)
     editor: Any = build_editor(args)
     loaded = editor.loaded

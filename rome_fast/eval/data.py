@@ -23,18 +23,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rome_fast.datadir import DATA_ENV, default_data_dir
+
 if TYPE_CHECKING:
     from rome_fast.editor import EditRequest
 
-DATA_ENV = "ROME_DATA_DIR"
 SCHEMAS = ("counterfact", "counterfact-reduced", "zsre")
-
-
-def default_data_dir() -> Path:
-    """``$ROME_DATA_DIR``, else ``<repo root>/../shared/data``."""
-    if DATA_ENV in os.environ:
-        return Path(os.environ[DATA_ENV])
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from rome_fast.eval.data import default_data_dir
+from rome_fast.datadir import default_data_dir
 from rome_fast.eval.score import generate
 from rome_ref.metrics import accuracy, f1_score, matthews_corrcoef
 
