@@ -93,8 +93,8 @@ class EditResult:
     right: Tensor  # (d_in,)
     denominator: float
     delta_norm: float  # ‖ΔW‖_F / numel(W)
-    residual_k_star: float
-    residual_k_prompt: float
+    relative_residual_k_star: float
+    relative_residual_k_prompt: float
     key_cosine: float
     loss_trace: list[float]
     timings: dict[str, float]
@@ -404,8 +404,8 @@ class Editor:
                     right=applied.right,
                     denominator=denominator,
                     delta_norm=delta_norm,
-                    residual_k_star=residual_star,
-                    residual_k_prompt=residual_prompt,
+                    relative_residual_k_star=residual_star,
+                    relative_residual_k_prompt=residual_prompt,
                     key_cosine=float(
                         torch.nn.functional.cosine_similarity(keys.k_star, keys.k_prompt, dim=0)
                     ),

@@ -67,7 +67,7 @@ _REGISTRY: dict[str, RegisteredVariant] = {}
 def _check_key(argument: str, value: object) -> KeyName:
     if value not in KEY_NAMES:
         raise ValueError(f"{argument} must be one of {KEY_NAMES}, got {value!r}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def register_variant(

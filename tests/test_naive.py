@@ -114,6 +114,7 @@ def test_naive_refuses_variants_it_does_not_implement() -> None:
     editor = NaiveEditor(
         loaded, hparams=hparams, stats=second_moment(before.shape[1]), templates=templates
     )
+
     def unit_u(inp: UpdateInputs) -> RankOne:  # an insertion, but not the naive flow's rule
         return insertion_update(inp, inp.k_star, inp.k_star)
 
