@@ -7,8 +7,9 @@ the public ROME / r-ROME code does, so the benchmarks can say how much faster th
   edited module's input and output at the subject's last token; ``k*`` and the r-ROME
   average ``W0 k* + b`` are means over those passes, and the bare prompt gets one more pass;
 * target value: every iteration runs the whole model on the 21 rewriting prompts plus the
-  essence prompt and takes a log-softmax over the full vocabulary at every position; always
-  ``v_num_grad_steps`` forward passes and one fewer backward pass (no early exit);
+  essence prompt and takes a log-softmax over the full vocabulary at every position; it stops
+  where the public code stops (loss below 0.05, else ``v_num_grad_steps`` forward passes);
+  this written-out loop is also the reference the fast v* loop is tested against;
 * update: ``C⁻¹`` as an explicit ``torch.inverse`` in float32 (cached per layer, as the public
   code caches it per process), ``u`` normalized, the dense ``ΔW`` formed and added to ``W``.
 
@@ -35,13 +36,7 @@ from rome_fast.keys import bare_template_index
 from rome_fast.models import LoadedModel
 from rome_fast.tokens import apply_template, subject_last_positions
 from rome_fast.update import RankOne, Variant
-from rome_fast.value import (
-    build_value_batch,
-    clamp_to_ball,
-    essence_kl,
-    target_nll,
-    weight_decay,
-)
+from rome_fast.value import build_value_batch
 from rome_fast.variants import (
     BUILTIN_KEYS,
     Insertion,
@@ -105,60 +100,72 @@ class NaiveValue:
     v_star: Tensor  # (d_out,) desired module output v_init + δ
     v_init: Tensor  # (d_out,)
     loss_trace: list[float]
+    adam_steps: int
 
 
 def naive_value(
     loaded: LoadedModel,
-    hparams: HParams,
+    layer: int,
     prompt: str,
     subject: str,
     target: str,
     templates: Sequence[str],
+    hparams: HParams,
 ) -> NaiveValue:
-    """The public ``compute_v`` loop: the whole model and a log-softmax over the full
-    vocabulary at every position of every prompt, ``v_num_grad_steps`` forward passes and
-    one fewer backward pass (no early exit). The loss terms are ``rome_fast.value``'s."""
-    model, layer = loaded.model, hparams.layer
+    """The public ``compute_v`` loop, written out (``compute_v_star``'s signature).
+
+    Every iteration runs the whole model on the rewriting prompts plus the essence prompt and
+    takes a log-softmax over the full vocabulary at every position; the NLL is summed one
+    prompt at a time, the KL and the weight decay are written out here (not shared with the
+    fast loop, which is checked against this one). The loop stops as the public code does:
+    before the backward pass once the loss is below ``v_early_stop_loss`` (0.05), or after
+    ``v_num_grad_steps`` forward passes.
+    """
+    model, mlp = loaded.model, loaded.adapter.mlp(loaded.model, layer)
     vb = build_value_batch(
         loaded.tokenizer, prompt, subject, target, templates, hparams.padding_side
     )
-    device = loaded.device
-    inputs = vb.batch.model_inputs(device)
-    rows, positions = vb.batch.rows.to(device), vb.batch.positions.to(device)
-    target_rows, target_positions = vb.target_rows.to(device), vb.target_positions.to(device)
-    essence = vb.essence_row
-
-    mlp = loaded.adapter.mlp(model, layer)
+    batch, n_target = vb.batch, vb.n_target
+    inputs = batch.model_inputs(loaded.device)
+    rows, positions = batch.rows.to(loaded.device), batch.positions.to(loaded.device)
+    target_ids = vb.target_ids.to(loaded.device)
+    ends = batch.offsets + batch.attention_mask.sum(1)  # (B,) one past each row's last token
     d_out = weight_matrix(loaded.adapter.edited_module(model, layer)).shape[0]
-    delta = torch.zeros(d_out, device=device, requires_grad=True)
+    delta = torch.zeros(d_out, device=loaded.device, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=hparams.v_lr)
     v_init: Tensor | None = None
-    initial_kl: Tensor | None = None
+    initial: Tensor | None = None
     trace: list[float] = []
-    for step in range(hparams.v_num_grad_steps):
-        optimizer.zero_grad()
+    for iteration in range(hparams.v_num_grad_steps):
         with capture(mlp, output=True) as seen, add_to_output(mlp, delta, rows, positions):
-            logits = model(**inputs).logits.float()  # (B, T, V)
-        log_probs = torch.log_softmax(logits, dim=2)  # (B, T, V): every position, every token
+            log_probs = torch.log_softmax(model(**inputs).logits.float(), dim=-1)  # (B, T, V)
         if v_init is None:
             assert seen.output is not None
-            v_init = seen.output[vb.bare_row, positions[vb.bare_row]].detach().float()
-        essence_log_probs = log_probs[essence, positions[essence]][None]  # (1, V)
-        if initial_kl is None:
-            initial_kl = essence_log_probs.detach().clone()
-        loss = (
-            target_nll(log_probs[target_rows, target_positions], vb.target_ids, vb.n_prompts)
-            + hparams.kl_factor * essence_kl(essence_log_probs, initial_kl)
-            + hparams.v_weight_decay * weight_decay(delta, v_init)
-        )
-        trace.append(float(loss.detach()))
-        if step == hparams.v_num_grad_steps - 1:
+            v_init = seen.output[vb.bare_row, int(batch.positions[vb.bare_row])].detach().float()
+        nlls = []
+        for row in range(vb.n_prompts):
+            end = int(ends[row])
+            # logits at t predict token t + 1; the row ends with all target tokens but the last
+            picked = log_probs[row, end - n_target : end].gather(1, target_ids[:, None])
+            nlls.append(-picked.sum() / n_target)
+        essence = log_probs[vb.essence_row, int(batch.positions[vb.essence_row])]  # (V,)
+        if initial is None:
+            initial = essence.detach()
+        kl = (essence.exp() * (essence - initial)).sum()  # KL(now ‖ initial)
+        decay = delta.norm() / v_init.norm() ** 2
+        loss = torch.stack(nlls).mean() + hparams.kl_factor * kl + hparams.v_weight_decay * decay
+        trace.append(loss.item())
+        if trace[-1] < hparams.v_early_stop_loss or iteration == hparams.v_num_grad_steps - 1:
             break
+        optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        clamp_to_ball(delta, hparams.clamp_norm_factor * float(v_init.norm()))
+        with torch.no_grad():
+            radius = hparams.clamp_norm_factor * v_init.norm()
+            if delta.norm() > radius:
+                delta.mul_(radius / delta.norm())
     assert v_init is not None
-    return NaiveValue(v_star=(v_init + delta).detach(), v_init=v_init, loss_trace=trace)
+    return NaiveValue((v_init + delta).detach(), v_init, trace, len(trace) - 1)
 
 
 def naive_inverse(C: Tensor) -> Tensor:
@@ -225,11 +232,12 @@ class NaiveEditor(Editor):
     def _value(self, request: EditRequest, templates: list[str]) -> NaiveValue:
         return naive_value(
             self.loaded,
-            self.hparams,
+            self.layer,
             request.prompt,
             request.subject,
             request.target_new,
             templates,
+            self.hparams,
         )
 
     def _update_statistics(self, layer: int) -> None:
