@@ -147,7 +147,7 @@ def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
         "--baseline",
         action="append",
         required=True,
-        help="baseline file or name in fixtures/baselines (repeatable)",
+        help="baseline file, or the name of a shipped baseline (repeatable)",
     )
     parser.add_argument(
         "--allow-model-mismatch",
@@ -197,7 +197,10 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tolerance-note", default="", help="why this tolerance")
     parser.add_argument(
-        "--out", type=Path, default=None, help="default: fixtures/baselines/NAME.json"
+        "--out",
+        type=Path,
+        default=None,
+        help="default: NAME.json among the shipped baselines (rome_fast/eval/baselines)",
     )
 
 
