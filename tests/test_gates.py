@@ -107,7 +107,7 @@ def test_baselines_are_package_data_found_by_name() -> None:
 
 
 def test_unknown_baseline_names_the_shipped_ones() -> None:
-    with pytest.raises(FileNotFoundError, match="nor a shipped baseline .*gptj-single"):
+    with pytest.raises(FileNotFoundError, match=r"nor a shipped baseline .*gptj-single"):
         load_baseline("no-such-baseline")
 
 
