@@ -1,4 +1,5 @@
-"""The ``rome`` console script: ``edit``, ``demo``, ``eval``, ``gate``."""
+"""The ``rome`` console script: ``edit``, ``demo``, ``sweep``, ``eval``, ``gate``,
+``baseline``, ``data fetch``."""
 
 from __future__ import annotations
 
@@ -231,6 +232,18 @@ def _baseline_parser(sub: Any) -> None:
     p.set_defaults(func=_lazy("rome_fast.eval.cli", "run_baseline"))
 
 
+def _data_parser(sub: Any) -> None:
+    from rome_fast.fetch import add_fetch_arguments
+
+    p = sub.add_parser("data", help="download the public data files into the data folder")
+    actions = p.add_subparsers(dest="action", required=True)
+    fetch = actions.add_parser(
+        "fetch", help="CounterFact, zsRE or a model's public statistics, checksums recorded"
+    )
+    add_fetch_arguments(fetch)
+    fetch.set_defaults(func=_lazy("rome_fast.fetch", "run_fetch"))
+
+
 def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -250,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         _eval_parser,
         _gate_parser,
         _baseline_parser,
+        _data_parser,
     ):
         add(sub)
     return parser
