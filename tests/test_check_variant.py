@@ -100,3 +100,14 @@ def test_registry_rejects_duplicates_and_bad_metadata() -> None:
     with pytest.raises(ValueError, match="direction_at must be one of"):
         register_variant("x", get_variant("r-rome").fn, inserts_at="k_star", direction_at="u")  # type: ignore[arg-type]
     assert "x" not in available_variants()
+
+
+def test_a_variant_that_raises_is_reported_not_crashed() -> None:
+    def broken(inp: UpdateInputs) -> RankOne:
+        raise RuntimeError("not implemented")
+
+    report = check_variant(broken, max_examples=3, shrink=False)
+    assert not report.ok
+    row = next(r for r in report.results if r.name == "misses_k_prompt")
+    assert row.status == "noted"
+    assert row.message == "not measured: not implemented"
