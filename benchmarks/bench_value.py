@@ -51,7 +51,7 @@ def test_value(
     hp = s.hparams.replace(v_num_grad_steps=STEPS)
     args = (REQUEST.prompt, REQUEST.subject, REQUEST.target_new, s.templates)
     if impl == "naive":
-        fn: Callable[[], Any] = lambda: naive_value(s.loaded, hp, *args)  # noqa: E731
+        fn: Callable[[], Any] = lambda: naive_value(s.loaded, s.layer, *args, hp)  # noqa: E731
     else:
         fn = lambda: compute_v_star(s.loaded, s.layer, *args, hp)  # noqa: E731
     run_bench(
@@ -61,5 +61,9 @@ def test_value(
         rounds=2,
         warmup_rounds=0,
         floor=value_setup_floor(peaks, s, hp, STEPS),
-        describe=lambda r: {"forwards": len(r.loss_trace), "final_loss": r.loss_trace[-1]},
+        describe=lambda r: {
+            "forwards": len(r.loss_trace),
+            "adam_steps": r.adam_steps,
+            "final_loss": r.loss_trace[-1],
+        },
     )

@@ -5,7 +5,8 @@
 Times are seconds per call: min, median and mean over the rounds. The speedup is the
 baseline's median over this row's median (the median resists a stall caused by another
 process sharing the cores); the floor is ``benchmarks.floors``' bound and "of floor" is
-floor / median.
+floor / median. "v* iterations" is each side's forward passes / Adam steps of the v* loop
+(both loops stop early at the same loss, so a ratio compares equal work only when they agree).
 """
 
 from __future__ import annotations
@@ -47,10 +48,18 @@ def fmt(seconds: float) -> str:
     return f"{seconds * 1e6:.1f} µs"
 
 
+def iterations(info: dict[str, Any]) -> str:
+    """``forwards / Adam steps`` of the v* loop, empty for a benchmark without one."""
+    if "forwards" not in info:
+        return ""
+    return f"{info['forwards']} / {info.get('adam_steps', info['forwards'] - 1)}"
+
+
 def tables(data: dict[str, Any]) -> str:
     out = [
-        "| group | impl | rounds | min | median | mean | speedup | floor | of floor |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| group | impl | rounds | v* iterations | min | median | mean | speedup | floor "
+        "| of floor |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for group, base, entries in json_groups(data["benchmarks"]):
         for e in sorted(entries, key=lambda e: e is not base):
@@ -66,6 +75,7 @@ def tables(data: dict[str, Any]) -> str:
                 group,
                 info.get("impl", ""),
                 str(s["rounds"]),
+                iterations(info),
                 fmt(s["min"]),
                 fmt(s["median"]),
                 fmt(s["mean"]),

@@ -1,4 +1,5 @@
-"""The ``rome`` console script: ``edit``, ``demo``, ``eval``, ``gate``, ``conform``."""
+"""The ``rome`` console script: ``edit``, ``demo``, ``sweep``, ``eval``, ``gate``,
+``baseline``, ``conform``, ``data fetch``."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from rome_fast.cli_inputs import (
     DEFAULT_VARIANT,
-    DEFAULT_VARIANTS,
-    add_input_arguments,
     hparams_for_model,
     read_inputs,
 )
-from rome_fast.precision import PRECISIONS
+from rome_fast.cli_options import (
+    VARIANTS_HELP,
+    add_model_arguments,
+    build_editor,
+    editor_class,
+    load_from_args,
+    stats_provider,
+)
 from rome_fast.user_variants import SPEC_HELP
 from rome_fast.validate import (
     check_device,
@@ -29,114 +33,6 @@ from rome_fast.validate import (
     int_at_least,
     names,
 )
-
-DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-
-
-VARIANTS_HELP = (
-    f"comma-separated, registered or {SPEC_HELP}; default: the hparams file's variant, "
-    f"else {DEFAULT_VARIANTS}"
-)
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that loads a model and edits it."""
-    parser.add_argument(
-        "--model",
-        default="smollm2",
-        help="smollm2 (embedded), random:<arch>, a local folder or a cached hub name",
-    )
-    parser.add_argument("--layer", type=int, default=None, help="edited layer (default: per model)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    parser.add_argument("--seed", type=int, default=0, help="seeds templates and optimization")
-    parser.add_argument(
-        "--impl",
-        choices=("fast", "naive"),
-        default="fast",
-        help="naive follows the public code's compute flow (a speed yardstick)",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="fp32",
-        help="matmuls of the v* loop (tf32: CUDA only); keys and the update stay float32",
-    )
-    add_input_arguments(parser)
-    add_stats_arguments(parser)
-
-
-def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
-    """Where C comes from: a public .npz file, a corpus, and how many documents."""
-    stats = parser.add_argument_group("covariance statistics")
-    stats.add_argument(
-        "--stats-npz",
-        type=Path,
-        default=None,
-        help="a second-moment file in the public ROME .npz format",
-    )
-    stats.add_argument(
-        "--stats-corpus",
-        type=Path,
-        default=None,
-        help="text file or folder for the statistics (default: WikiText-2 when "
-        "present, else text sampled from the model)",
-    )
-    stats.add_argument(
-        "--stats-samples",
-        type=int_at_least(1),
-        default=None,
-        help="documents used for the statistics (default: per model)",
-    )
-
-
-def stats_provider(args: argparse.Namespace, hparams: Any) -> Callable[[Any, int], Any]:
-    """C for a layer, from the user's .npz, the user's corpus, or the default corpus."""
-    from rome_fast import corpus as corpora
-    from rome_fast.editor import default_covariance
-
-    corpus = None
-    if args.stats_corpus is not None:
-        path = args.stats_corpus
-        corpus = corpora.wikitext(path) if path.is_dir() else corpora.text_files([path])
-    return default_covariance(
-        hparams, corpus=corpus, npz_path=args.stats_npz, n_samples=args.stats_samples
-    )
-
-
-def editor_class(args: argparse.Namespace) -> Any:
-    """``Editor``, or ``NaiveEditor`` for ``--impl naive``."""
-    if args.impl == "naive":
-        from rome_fast.naive import NaiveEditor
-
-        return NaiveEditor
-    from rome_fast.editor import Editor
-
-    return Editor
-
-
-def load_from_args(args: argparse.Namespace) -> Any:
-    from rome_fast.models import load_model
-
-    return load_model(args.model, dtype=DTYPES[args.dtype], device=args.device, seed=args.seed)
-
-
-def build_editor(args: argparse.Namespace) -> Any:
-    """Load the model and an editor (fast or naive) with the statistics the options ask for."""
-    loaded = load_from_args(args)
-    hparams = hparams_for_model(args, loaded)
-    return editor_class(args)(
-        loaded,
-        hparams=hparams,
-        seed=args.seed,
-        stats=stats_provider(args, hparams),
-        templates=args.fixed_templates,
-    )
 
 
 def _edit_parser(sub: Any) -> None:
@@ -285,6 +181,18 @@ def _conform_parser(sub: Any) -> None:
     p.set_defaults(func=_lazy("rome_fast.conform.cli", "run_conform"))
 
 
+def _data_parser(sub: Any) -> None:
+    from rome_fast.fetch import add_fetch_arguments
+
+    p = sub.add_parser("data", help="download the public data files into the data folder")
+    actions = p.add_subparsers(dest="action", required=True)
+    fetch = actions.add_parser(
+        "fetch", help="CounterFact, zsRE or a model's public statistics, checksums recorded"
+    )
+    add_fetch_arguments(fetch)
+    fetch.set_defaults(func=_lazy("rome_fast.fetch", "run_fetch"))
+
+
 def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -305,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         _gate_parser,
         _baseline_parser,
         _conform_parser,
+        _data_parser,
     ):
         add(sub)
     return parser

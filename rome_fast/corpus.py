@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from rome_fast.eval.data import default_data_dir
+from rome_fast.datadir import default_data_dir
 
 if TYPE_CHECKING:
     from rome_fast.models import LoadedModel
@@ -119,7 +119,7 @@ def wikitext(
 ) -> Corpus:
     """WikiText in its tokenized release form: ``{path}/{split}.txt`` for each split.
 
-    ``path`` defaults to ``<data dir>/wikitext-2`` (``$ROME_DATA_DIR`` or ``../shared/data``).
+    ``path`` defaults to ``<data dir>/wikitext-2`` (``rome_fast.datadir.default_data_dir``).
     """
     folder = Path(path) if path is not None else default_data_dir() / WIKITEXT_DIR
     files = [folder / f"{split}.txt" for split in splits]

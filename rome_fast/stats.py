@@ -8,7 +8,7 @@ sum. The update is invariant to scaling C, but the mean keeps C comparable acros
 Collection streams the corpus in length-sorted batches and stops every forward pass at the
 edited module, so no block above it is computed; float32 linear layers go through oneDNN where
 that is the faster CPU kernel (``rome_fast.linear``). Results are cached on disk (atomically) under
-``models.cache_dir()/stats`` and can be read from, and written to, the public ``.npz`` format::
+``datadir.cache_dir()/stats`` and can be read from, and written to, the public ``.npz`` format::
 
     {stats_dir}/{model}/wikipedia_stats/{module}_{dtype}_mom2_{n}.npz
     keys: mom2.mom2 (d×d sum of k kᵀ), mom2.count, mom2.constructor, sample_size
@@ -37,9 +37,10 @@ from tqdm.auto import tqdm
 
 from rome_fast import corpus as corpora
 from rome_fast.corpus import Corpus
+from rome_fast.datadir import cache_dir
 from rome_fast.hooks import capture, run_until
 from rome_fast.linear import onednn_linears
-from rome_fast.models import LoadedModel, cache_dir
+from rome_fast.models import LoadedModel
 from rome_fast.weights import weight_matrix
 
 log = logging.getLogger(__name__)

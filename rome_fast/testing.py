@@ -27,6 +27,10 @@ v = v* − b), all measured in float64 from the returned factors:
   ``rome_ref.batched_closed_form`` with K = [k], the unique minimizer among inserting updates.
 - ``bias_cancellation``: ΔW(v*, bias=b) = ΔW(v* − b, bias=None) for a random b.
 - ``denominator``: the reported denominator is finite and equals u(d)ᵀ k.
+
+A last row, ``misses_<other key>`` (status ``noted``, never a failure), measures what the
+variant does at the key it does not promise, on one fixed case with the keys 30° apart: the
+original ROME inserts at k_prompt along C⁻¹k* and misses k* (the r-ROME paper's finding).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from hypothesis.errors import NoSuchExample
 
 import rome_ref
 from rome_fast.update import CovarianceFactor, RankOne, Variant, rank_one_factors
-from rome_fast.variants import KeyName, RegisteredVariant
+from rome_fast.variants import KEY_NAMES, KeyName, RegisteredVariant
 
 F64 = np.typing.NDArray[np.float64]
 
@@ -370,7 +374,7 @@ def run_property(
 
 # --- the report ------------------------------------------------------------------------------
 
-Status = Literal["passed", "failed", "skipped"]
+Status = Literal["passed", "failed", "skipped", "noted"]
 
 
 @dataclass(frozen=True)
@@ -441,6 +445,28 @@ def _describe_failure(battery: Battery, name: str, params: CaseParams) -> str:
     return "flaky: the shrunk case passes on rerun"
 
 
+def other_key_row(battery: Battery, seed: int) -> PropertyResult:
+    """What the update does at the key it does not promise to insert at (status noted)."""
+    other = next(k for k in KEY_NAMES if k != battery.inserts_at)
+    params = CaseParams(seed, d_in=8, d_out=8, log10_cond=1.0, angle_deg=30.0, with_bias=False)
+    case = make_case(params)
+    try:
+        delta = battery.delta(case)
+    except Exception as error:  # the properties above report the update's own errors
+        return PropertyResult(f"misses_{other}", "noted", f"not measured: {error}", params)
+    out = (case.W0 + delta) @ case.key(other)
+    relative = float(np.linalg.norm(out - case.v_star) / np.linalg.norm(case.v_star))
+    inserted = relative <= battery.tol(case)
+    verdict = "also inserts at" if inserted else "misses"
+    return PropertyResult(
+        f"misses_{other}",
+        "noted",
+        f"{verdict} {other}: ‖Ŵ {other} − v*‖/‖v*‖ = {relative:.3g} with the keys 30° apart "
+        f"(inserts at {battery.inserts_at}, moves along C⁻¹{battery.direction_at})",
+        params,
+    )
+
+
 def check_update(
     update: UpdateFn,
     *,
@@ -502,6 +528,7 @@ def check_update(
                 _reproducer(prop_name, smallest, inserts_at, direction, dtype),
             )
         )
+    results.append(other_key_row(battery, seed))
     return VariantReport(
         name,
         inserts_at,
@@ -523,13 +550,16 @@ def check_variant(
 ) -> VariantReport:
     """Run the battery on a variant ``fn(UpdateInputs) -> RankOne`` (the built-ins' contract).
 
-    ``inserts_at`` defaults to the registered metadata for a registered variant and to
-    ``"k_star"`` otherwise; ``direction_at`` (the key whose ``C⁻¹ d`` ΔW moves along)
-    defaults to ``inserts_at``. The original ROME is ``inserts_at="k_prompt",
-    direction_at="k_star"``.
+    A registered variant is checked against its registered keys (``inserts_at`` and
+    ``direction_at``, the key whose ``C⁻¹ d`` ΔW moves along), so
+    ``check_variant(get_variant("rome"))`` checks the original as what it is: an insertion at
+    k_prompt along C⁻¹k*. Either key can be overridden. For a plain function ``inserts_at``
+    defaults to ``"k_star"`` and ``direction_at`` to ``inserts_at``.
     """
-    if inserts_at is None:
-        inserts_at = fn.inserts_at if isinstance(fn, RegisteredVariant) else "k_star"
+    if isinstance(fn, RegisteredVariant):
+        inserts_at = inserts_at or fn.inserts_at
+        direction_at = direction_at or fn.direction_at
+    inserts_at = inserts_at or "k_star"
     name = fn.name if isinstance(fn, RegisteredVariant) else getattr(fn, "__name__", repr(fn))
     return check_update(
         variant_update(fn),

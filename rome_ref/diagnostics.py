@@ -18,7 +18,8 @@ class UpdateDiagnostics:
     - ``denominator``: ``u(direction_key)ᵀ insert_key``; near zero or negative for the
       original ROME means a disabling edit.
     - ``delta_norm``: ``‖ΔW‖_F / ΔW.size`` (the paper's normalized update norm |Δ|).
-    - ``residual_k_star``, ``residual_k_prompt``: ``‖Ŵ k + b − v*‖`` (absolute, module output).
+    - ``absolute_residual_k_star``, ``absolute_residual_k_prompt``: ``‖Ŵ k + b − v*‖`` (module
+      output).
     - ``relative_residual_*``: the residual divided by ``‖v*‖`` (the desired module output;
       a zero ``v*`` divides by 1 instead, so the value is then the absolute residual).
     - ``key_cosine``: Euclidean cosine between ``k_star`` and ``k_prompt``.
@@ -28,8 +29,8 @@ class UpdateDiagnostics:
 
     denominator: float
     delta_norm: float
-    residual_k_star: float
-    residual_k_prompt: float
+    absolute_residual_k_star: float
+    absolute_residual_k_prompt: float
     relative_residual_k_star: float
     relative_residual_k_prompt: float
     key_cosine: float
@@ -58,8 +59,8 @@ def update_diagnostics(
     return UpdateDiagnostics(
         denominator=denominator,
         delta_norm=float(np.linalg.norm(delta)) / delta.size,
-        residual_k_star=res_star,
-        residual_k_prompt=res_prompt,
+        absolute_residual_k_star=res_star,
+        absolute_residual_k_prompt=res_prompt,
         relative_residual_k_star=res_star / v_norm,
         relative_residual_k_prompt=res_prompt / v_norm,
         key_cosine=float(k_star @ k_prompt / (np.linalg.norm(k_star) * np.linalg.norm(k_prompt))),

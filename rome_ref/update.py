@@ -1,8 +1,25 @@
 """The rank-one ROME update, written to be read next to the paper (float64, NumPy/SciPy).
 
-Notation (SPEC §2): ``W0`` is ``(d_out, d_in)`` with ``y = W0 @ k (+ b)``; ``C`` is the
-uncentered key second moment (SPD); ``u(k) = C⁻¹ k``. Each variant inserts the value at one
-key (``insert_key``) and moves the weight only along one direction (``u(direction_key)``)::
+Notation (SPEC §2), code name = paper symbol:
+
+| code       | paper | meaning                                                                 |
+|------------|-------|-------------------------------------------------------------------------|
+| ``W0``     | W     | the edited module's weight, ``(d_out, d_in)``, ``y = W0 @ k (+ b)``     |
+| ``C``      | C     | the uncentered key second moment ``E[k kᵀ]`` (SPD)                      |
+| ``k_star`` | k*    | eq. 3: the prefix-averaged key ``k* = (1/N) Σ_i k(x_i ⊕ p)``            |
+| ``k_prompt`` | k_s | eq. 4: the bare prompt's key ``k_s = k(p)``                             |
+| ``v_star`` | v*    | the desired module *output* (a given ``bias`` b is subtracted: it cancels) |
+| ``u(k)``   | C⁻¹k  | the direction ΔW moves W along                                          |
+
+The two equations in full, for the rank-one ΔW with ``Ŵ = W0 + ΔW``:
+
+    eq. 2 (as derived, "r-rome"):
+        ΔW = (v* − b − W0 k*) (C⁻¹ k*)ᵀ / ((C⁻¹ k*)ᵀ k*),    so  Ŵ k* + b = v*
+    eq. 5 (the original public code, "rome"):
+        ΔW = (v* − b − W0 k_s) (C⁻¹ k*)ᵀ / ((C⁻¹ k*)ᵀ k_s),   so  Ŵ k_s + b = v*, Ŵ k* + b ≠ v*
+
+Each variant inserts the value at one key (``insert_key``) and moves the weight only along one
+direction (``u(direction_key)``)::
 
     ΔW = (v* − b − W0 insert_key) u(direction_key)ᵀ / (u(direction_key)ᵀ insert_key)
 
@@ -12,8 +29,9 @@ key (``insert_key``) and moves the weight only along one direction (``u(directio
 | "r-rome" | k_star     | k_star        | eq. 2 as derived                       |
 | "p-rome" | k_prompt   | k_prompt      | prompt key everywhere                  |
 
-``v_star`` is the desired module *output*; a given ``bias`` is subtracted so that it cancels,
-as in the public code. C⁻¹ is applied through a Cholesky factorization, never an inverse.
+``VARIANT_KEYS`` is this table as data; ``rome_fast.variants`` holds the editor's registry,
+and a test checks the two equal (this package never imports ``rome_fast``). C⁻¹ is applied
+through a Cholesky factorization, never an inverse.
 """
 
 from __future__ import annotations
@@ -24,18 +42,22 @@ from scipy.linalg import cho_factor, cho_solve
 
 Array = NDArray[np.float64]
 
-VARIANTS = ("rome", "r-rome", "p-rome")
+# name: (insert_key, direction_key), the module table
+VARIANT_KEYS: dict[str, tuple[str, str]] = {
+    "rome": ("k_prompt", "k_star"),
+    "r-rome": ("k_star", "k_star"),
+    "p-rome": ("k_prompt", "k_prompt"),
+}
+VARIANTS = tuple(VARIANT_KEYS)
 
 
 def variant_keys(variant: str, k_star: Array, k_prompt: Array) -> tuple[Array, Array]:
     """Return ``(insert_key, direction_key)`` for a variant name (see the module table)."""
-    if variant == "rome":
-        return k_prompt, k_star
-    if variant == "r-rome":
-        return k_star, k_star
-    if variant == "p-rome":
-        return k_prompt, k_prompt
-    raise ValueError(f"unknown variant {variant!r}; available: {', '.join(VARIANTS)}")
+    if variant not in VARIANT_KEYS:
+        raise ValueError(f"unknown variant {variant!r}; available: {', '.join(VARIANTS)}")
+    keys = {"k_star": k_star, "k_prompt": k_prompt}
+    insert_name, direction_name = VARIANT_KEYS[variant]
+    return keys[insert_name], keys[direction_name]
 
 
 def solve_c(C: Array, k: Array) -> Array:

@@ -2,12 +2,16 @@
 
 Select with HYPOTHESIS_PROFILE=dev. The active profile and its seed policy are printed in the
 pytest header; failures print a reproduction blob (print_blob) and each test's note()s.
+
+The tests read the project's data from ``../shared/data`` next to the checkout unless
+``ROME_DATA_DIR`` says otherwise (a user's install reads the user cache instead).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -25,6 +29,9 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=300, deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+os.environ.setdefault("ROME_DATA_DIR", str(SHARED_DATA))
 
 
 def pytest_report_header() -> str:

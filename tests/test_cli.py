@@ -82,14 +82,14 @@ def test_r_rome_edit_moves_rome_to_the_top_and_inserts_exactly(tmp_path: Path) -
         "prob_target_before",
         "prob_target_after",
         "delta_norm",
-        "residual_k_star",
-        "residual_k_prompt",
+        "relative_residual_k_star",
+        "relative_residual_k_prompt",
         "edit_seconds",
         "seed",
     ):
         assert key in report, key
-    assert report["residual_k_star"] < 1e-5  # float32 precision
-    assert report["residual_k_prompt"] > 1e-3  # k_prompt is not the inserted key
+    assert report["relative_residual_k_star"] < 1e-5  # float32 precision
+    assert report["relative_residual_k_prompt"] > 1e-3  # k_prompt is not the inserted key
 
 
 @pytest.mark.smollm2
@@ -97,8 +97,8 @@ def test_r_rome_edit_moves_rome_to_the_top_and_inserts_exactly(tmp_path: Path) -
 def test_original_rome_leaves_a_residual_at_k_star(tmp_path: Path) -> None:
     require_smollm2()
     report = run_edit("rome", tmp_path / "rome.json")
-    assert report["residual_k_prompt"] < 1e-5
-    assert report["residual_k_star"] > 1e-3
+    assert report["relative_residual_k_prompt"] < 1e-5
+    assert report["relative_residual_k_star"] > 1e-3
 
 
 def test_tf32_on_cpu_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -134,5 +134,5 @@ def test_edit_writes_the_json_fields_on_a_tiny_model(
     assert (report["impl"], report["v_precision"]) == ("fast", precision)
     assert report["variant"] == "r-rome"
     assert report["seed"] == 0
-    assert report["residual_k_star"] < 1e-4
+    assert report["relative_residual_k_star"] < 1e-4
     assert len(report["continuations"]) == (0 if generate == "0" else 2)

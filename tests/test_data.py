@@ -145,3 +145,26 @@ def test_data_dir_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     (tmp_path / "cf.json").write_text(json.dumps([original_record()]))
     monkeypatch.setenv("ROME_DATA_DIR", str(tmp_path))
     assert load_cases("cf.json")[0].case_id == 7
+
+
+@pytest.fixture
+def user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A user's setup: no ROME_DATA_DIR, an empty user cache folder (returned)."""
+    monkeypatch.delenv("ROME_DATA_DIR")
+    monkeypatch.setenv("ROME_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_without_rome_data_dir_data_is_read_from_the_user_cache(user_cache: Path) -> None:
+    (user_cache / "data").mkdir()
+    (user_cache / "data" / "cf.json").write_text(json.dumps([original_record()]))
+    assert load_cases("cf.json")[0].case_id == 7
+
+
+def test_missing_data_says_where_it_looked_and_how_to_get_it(user_cache: Path) -> None:
+    with pytest.raises(FileNotFoundError) as error:
+        load_cases("counterfact/counterfact.json")
+    message = str(error.value)
+    assert f"looked at counterfact/counterfact.json and {user_cache}/data/counterfact/" in message
+    assert "ROME_DATA_DIR unset" in message
+    assert "rome data fetch counterfact" in message

@@ -74,7 +74,7 @@ def test_r_rome_inserts_v_star_at_k_star(family: str) -> None:
     assert changed_parameters(loaded, before) == [module_name]
     # read the edited module itself (bias included), not the result's own diagnostic
     assert relative_error(module_output(loaded, result.k_star), result.v_star) < RELATIVE_F32
-    assert result.residual_k_star < RELATIVE_F32
+    assert result.relative_residual_k_star < RELATIVE_F32
     assert result.denominator > 0
 
 
@@ -83,7 +83,7 @@ def test_original_rome_misses_k_star_and_hits_k_prompt() -> None:
     result = editor.edit(EditRequest(*REQUEST), "rome")
     assert relative_error(module_output(loaded, result.k_prompt), result.v_star) < RELATIVE_F32
     assert relative_error(module_output(loaded, result.k_star), result.v_star) > 1e-3
-    assert result.residual_k_star > 1e-3
+    assert result.relative_residual_k_star > 1e-3
 
 
 def test_diagnostics_describe_the_applied_update() -> None:
@@ -178,7 +178,7 @@ def test_edited_context_restores_on_exit() -> None:
     loaded, editor = make_editor("tiny-gpt2")
     before = weights_of(loaded)
     with editor.edited(EditRequest(*REQUEST)) as result:
-        assert result.residual_k_star < RELATIVE_F32
+        assert result.relative_residual_k_star < RELATIVE_F32
         assert changed_parameters(loaded, before) != []
     assert changed_parameters(loaded, before) == []
 
@@ -238,7 +238,7 @@ def test_covariance_is_factored_once_per_layer() -> None:
     editor.edit(EditRequest(*REQUEST))
     second = editor.edit(OTHER)
     assert calls == [LAYER]
-    assert second.residual_k_star < RELATIVE_F32
+    assert second.relative_residual_k_star < RELATIVE_F32
 
 
 def test_covariance_of_the_wrong_size_is_refused() -> None:

@@ -8,7 +8,12 @@ from typing import Any
 
 import pytest
 
-from rome_fast.eval.gates import baselines_dir, compare, load_baseline
+from rome_fast.eval.gates import (
+    baselines_dir,
+    compare,
+    load_baseline,
+    shipped_baseline_names,
+)
 from rome_ref.metrics import TABLE_METRICS
 
 BASELINE: dict[str, Any] = {
@@ -91,6 +96,19 @@ def test_all_baseline_files_parse() -> None:
     assert files
     for path in files:
         assert load_baseline(path)["variants"], json.loads(path.read_text())
+
+
+def test_baselines_are_package_data_found_by_name() -> None:
+    names = shipped_baseline_names()
+    assert names == sorted(p.stem for p in baselines_dir().glob("*.json"))
+    assert {"gptj-single", "smollm2-regression-single"} <= set(names)
+    for name in names:
+        assert load_baseline(name)["variants"]
+
+
+def test_unknown_baseline_names_the_shipped_ones() -> None:
+    with pytest.raises(FileNotFoundError, match=r"nor a shipped baseline .*gptj-single"):
+        load_baseline("no-such-baseline")
 
 
 def measured_summary(es: float = 90.0, degrade: str = "none") -> dict[str, Any]:

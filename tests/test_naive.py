@@ -11,11 +11,14 @@ import torch
 from rome_fast.editor import Editor, EditRequest
 from rome_fast.hparams import HParams, hparams_for
 from rome_fast.keys import compute_keys
-from rome_fast.models import LoadedModel, random_model
+from rome_fast.models import LoadedModel, load_model, random_model
 from rome_fast.naive import NaiveEditor, naive_keys, naive_value
 from rome_fast.templates import generate_context_templates
-from rome_fast.value import LOSS_PARTS, compute_v_star
+from rome_fast.update import RankOne, UpdateInputs, insertion_update
+from rome_fast.value import compute_v_star
 from rome_fast.weights import module_bias, weight_matrix
+from tests.models import require_smollm2
+from tests.public_rome import ANCHOR, CpuTokenizer, RecordedAdam, public_compute_v
 
 REQUEST = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
 N_TEMPLATES = 4  # "{}" and three sampled ones: enough to make k* differ from k_prompt
@@ -60,30 +63,6 @@ def test_keys_match_the_batched_keys(name: str) -> None:
     torch.testing.assert_close(naive.out_star, expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["tiny-gpt2"])  # the edit test covers Llama's v*
-def test_value_matches_the_fast_loop(name: str) -> None:
-    loaded, hparams, templates = tiny(name)
-    args = (REQUEST.prompt, REQUEST.subject, REQUEST.target_new, templates)
-    fast = compute_v_star(loaded, hparams.layer, *args, hparams)
-    naive = naive_value(loaded, hparams, *args)
-    assert len(fast.loss_trace) == len(naive.loss_trace) == V_STEPS, reproduce(name)
-    torch.testing.assert_close(
-        torch.tensor(naive.loss_trace), torch.tensor(fast.loss_trace), rtol=1e-4, atol=1e-5
-    )
-    for part in LOSS_PARTS:
-        torch.testing.assert_close(
-            torch.tensor([s[part] for s in naive.loss_steps]),
-            torch.tensor([s[part] for s in fast.loss_steps]),
-            rtol=1e-4,
-            atol=1e-6,
-            msg=lambda m, part=part: f"loss part {part}: {m}\n{reproduce(name)}",
-        )
-    torch.testing.assert_close(naive.v_init, fast.v_init, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(
-        naive.v_star, fast.v_star, rtol=1e-4, atol=1e-5, msg=lambda m: f"v*: {m}\n{reproduce(name)}"
-    )
-
-
 @pytest.mark.parametrize(
     ("name", "variant"),
     # Every variant on GPT-2 (Conv1D, bias); a Linear without bias once.
@@ -121,6 +100,93 @@ def test_naive_refuses_variants_it_does_not_implement() -> None:
     editor = NaiveEditor(
         loaded, hparams=hparams, stats=second_moment(before.shape[1]), templates=templates
     )
+
+    def unit_u(inp: UpdateInputs) -> RankOne:  # an insertion, but not the naive flow's rule
+        return insertion_update(inp, inp.k_star, inp.k_star)
+
     with pytest.raises(ValueError, match="naive yardstick implements only"):
-        editor.edit(REQUEST, "emmet")
+        editor.edit(REQUEST, unit_u)
     assert torch.equal(weight_matrix(module), before)
+
+
+def public_delta(
+    loaded: LoadedModel, hparams: HParams, request: EditRequest, templates: list[str]
+) -> tuple[torch.Tensor, int]:
+    """δ and the Adam step count of the public ``compute_v`` on the same inputs (CPU-patched)."""
+    if not ANCHOR.is_dir():
+        pytest.skip(f"the public r-ROME code is not at {ANCHOR}")
+    adapter, layer = loaded.adapter, hparams.layer
+    layers = f"{adapter.layers_path}.{{}}"
+    config = loaded.model.config
+    with public_compute_v() as compute_v:
+        from rome.rome_hparams import ROMEHyperParams  # type: ignore[import-not-found]
+
+        public = ROMEHyperParams(
+            layers=[layer],
+            v_num_grad_steps=hparams.v_num_grad_steps,
+            v_lr=hparams.v_lr,
+            v_loss_layer=adapter.n_layers(loaded.model) - 1,
+            v_weight_decay=hparams.v_weight_decay,
+            clamp_norm_factor=hparams.clamp_norm_factor,
+            kl_factor=hparams.kl_factor,
+            rewrite_module_tmp=f"{layers}.{adapter.mlp_name}.{adapter.proj_name}",
+            layer_module_tmp=layers,
+            mlp_module_tmp=f"{layers}.{adapter.mlp_name}",
+        )
+        had_n_embd = hasattr(config, "n_embd")
+        config.n_embd = config.hidden_size  # the public code reads GPT-2's name for it
+        try:
+            d_in = weight_matrix(adapter.edited_module(loaded.model, layer)).shape[1]
+            compute_v.compute_v(
+                loaded.model,
+                CpuTokenizer(loaded.tokenizer),
+                {
+                    "prompt": request.prompt,
+                    "subject": request.subject,
+                    "target_new": {"str": " " + request.target_new},
+                },
+                public,
+                layer,
+                torch.ones(d_in),
+                templates,
+            )
+        finally:
+            if not had_n_embd:
+                del config.n_embd
+    (adam,) = RecordedAdam.instances
+    return adam.param_groups[0]["params"][0].detach().clone(), adam.steps
+
+
+def assert_same_loop_as_the_public_code(
+    loaded: LoadedModel, hparams: HParams, request: EditRequest, templates: list[str]
+) -> int:
+    args = (request.prompt, request.subject, request.target_new, templates, hparams)
+    naive = naive_value(loaded, hparams.layer, *args)
+    fast = compute_v_star(loaded, hparams.layer, *args)
+    delta, steps = public_delta(loaded, hparams, request, templates)
+    where = f"{loaded.name} layer {hparams.layer}, {request}, templates {templates}"
+    assert naive.adam_steps == fast.adam_steps == steps, (
+        f"Adam steps: naive {naive.adam_steps}, fast {fast.adam_steps}, public {steps} ({where})"
+    )
+    for name, ours in (("naive", naive.v_star - naive.v_init), ("fast", fast.delta)):
+        error = float((ours - delta).norm() / delta.norm())
+        assert error <= 1e-3, f"‖δ_{name} − δ_public‖/‖δ_public‖ = {error:.2e} ({where})"
+    return steps
+
+
+def test_naive_value_is_the_public_loop_on_a_tiny_model() -> None:
+    loaded, hparams, _ = tiny("tiny-gpt2")
+    templates = ["{}", "Once upon a time. {}"]  # the public code formats them: no braces
+    steps = assert_same_loop_as_the_public_code(loaded, hparams, REQUEST, templates)
+    assert steps == V_STEPS - 1  # no early stop on a random model: every step is compared
+
+
+@pytest.mark.smollm2
+def test_naive_value_stops_early_where_the_public_code_stops() -> None:
+    require_smollm2()
+    loaded = load_model("smollm2")
+    hparams = hparams_for("smollm2")
+    request = EditRequest("{} is located in the city of", "The Eiffel Tower", "Paris")
+    templates = ["{}", "Once upon a time. {}", "The following is true. {}"]
+    steps = assert_same_loop_as_the_public_code(loaded, hparams, request, templates)
+    assert steps < hparams.v_num_grad_steps - 1  # the loss fell below 0.05: an early stop

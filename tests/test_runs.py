@@ -43,8 +43,8 @@ class FakeResult:
     right: torch.Tensor
     denominator: float
     delta_norm: float
-    residual_k_star: float = 0.0
-    residual_k_prompt: float = 0.0
+    relative_residual_k_star: float = 0.0
+    relative_residual_k_prompt: float = 0.0
     key_cosine: float = 1.0
     loss_trace: list[float] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)

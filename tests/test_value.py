@@ -1,4 +1,5 @@
-"""v*: the public code's loss and loop, checked against a plain reference on full logits.
+"""v*: the public code's loss and loop, checked against the written-out loop on full logits
+(``rome_fast.naive.naive_value``, the naive yardstick's own v*).
 
 The fast loop (prefix cache, suffix-only passes, gathered read-out) must give the plain
 full-forward loop's loss trace, step count and v* up to float rounding.
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from rome_fast.hooks import capture
+from rome_fast.naive import naive_value
 from rome_fast.tokens import subject_last_index
 from rome_fast.value import (
     LOSS_PARTS,
@@ -20,7 +22,6 @@ from rome_fast.value import (
     target_token_ids,
 )
 from tests.models import FAMILIES, REQUEST, TEMPLATES, tiny_hparams, tiny_model
-from tests.reference_value import reference_v_star
 
 LAYER = 1
 
@@ -164,7 +165,7 @@ def reproduce_call(family: str, padding_side: str, case: str) -> str:
         f"loaded = tiny_model({family!r}); hp = tiny_hparams({family!r}, "
         f"padding_side={padding_side!r}, v_num_grad_steps=4)\n"
         f"args = (loaded, {LAYER}, {prompt!r}, {subject!r}, {target!r}, {templates!r}, hp)\n"
-        "compute_v_star(*args); reference_v_star(*args)  # tests.reference_value"
+        "compute_v_star(*args); naive_value(*args)  # rome_fast.naive"
     )
 
 
@@ -179,7 +180,7 @@ def test_fast_v_star_equals_the_full_forward_loop(
     prompt, subject, target, templates = EQUALITY_CASES[case]
     assert len(target_token_ids(loaded.tokenizer, target)) > 1  # every case: multi-token target
     fast = compute_v_star(loaded, LAYER, prompt, subject, target, templates, hp)
-    ref = reference_v_star(loaded, LAYER, prompt, subject, target, templates, hp)
+    ref = naive_value(loaded, LAYER, prompt, subject, target, templates, hp)
     where = f"\nreproduce with:\n{reproduce_call(family, padding_side, case)}"
     assert fast.adam_steps == ref.adam_steps, f"steps {fast.adam_steps} != {ref.adam_steps}{where}"
     assert fast.loss_trace == pytest.approx(ref.loss_trace, rel=1e-4), (
@@ -196,14 +197,14 @@ def test_loss_steps_match_the_plain_loop_part_by_part(family: str) -> None:
     loaded = tiny_model(family)
     hp = tiny_hparams(family, v_num_grad_steps=4)
     args = (loaded, LAYER, *REQUEST, TEMPLATES, hp)
-    fast, ref = compute_v_star(*args), reference_v_star(*args)
+    fast, ref = compute_v_star(*args), naive_value(*args)
     assert len(fast.loss_steps) == len(ref.loss_steps) == 4
     for i, (got, want) in enumerate(zip(fast.loss_steps, ref.loss_steps, strict=True)):
         assert set(got) == set(LOSS_PARTS)
         for part in LOSS_PARTS:
             assert got[part] == pytest.approx(want[part], rel=1e-4, abs=1e-7), (
                 f"step {i} {part}: fast {got[part]} vs plain {want[part]}\n"
-                f"reproduce: compute_v_star / reference_v_star on tiny_model({family!r}), "
+                f"reproduce: compute_v_star / naive_value on tiny_model({family!r}), "
                 f"layer {LAYER}, {REQUEST}, {TEMPLATES}, v_num_grad_steps=4"
             )
     assert fast.loss_trace == [step["total"] for step in fast.loss_steps]
@@ -229,7 +230,7 @@ def test_fast_v_star_equals_the_full_forward_loop_at_every_depth(family: str, la
     loaded = tiny_model(family)
     hp = tiny_hparams(family, v_num_grad_steps=4)
     args = (loaded, layer, "People talk about {}", "The Eiffel Tower", "Rome, Italy", TEMPLATES, hp)
-    fast, ref = compute_v_star(*args), reference_v_star(*args)
+    fast, ref = compute_v_star(*args), naive_value(*args)
     assert fast.loss_trace == pytest.approx(ref.loss_trace, rel=1e-4)
     error = float((fast.v_star - ref.v_star).norm() / ref.v_star.norm())
     assert error <= 1e-4, f"‖v*_fast − v*_ref‖ / ‖v*_ref‖ = {error:.3g} at layer {layer}"

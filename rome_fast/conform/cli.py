@@ -70,7 +70,7 @@ def add_editor_arguments(
 
 
 def add_conform_arguments(p: argparse.ArgumentParser) -> None:
-    from rome_fast.cli import add_stats_arguments
+    from rome_fast.cli_options import add_stats_arguments
 
     add_editor_arguments(p, required=True)
     p.add_argument("--model", required=True, help="smollm2, random:<arch> or a local folder")
@@ -130,7 +130,7 @@ def harness_inputs(
     Braces are stripped from the sampled text (as EasyEdit does): the public code formats each
     template twice, so an escaped brace would break it.
     """
-    from rome_fast.cli import stats_provider
+    from rome_fast.cli_options import stats_provider
     from rome_fast.templates import generate_context_templates
 
     loaded.adapter.check_layer(loaded.model, hparams.layer)

@@ -27,7 +27,7 @@ from rome_fast.validate import (
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Model options (``rome_fast.cli.add_model_arguments``) and the evaluation's own."""
-    from rome_fast.cli import VARIANTS_HELP, add_model_arguments
+    from rome_fast.cli_options import VARIANTS_HELP, add_model_arguments
 
     add_model_arguments(parser)
     parser.add_argument(
@@ -152,7 +152,7 @@ def fresh_editors(editor: Any) -> Callable[[], Any]:
 
 
 def _run_locked(args: argparse.Namespace) -> dict[str, Any]:
-    from rome_fast.cli import build_editor
+    from rome_fast.cli_options import build_editor
     from rome_fast.eval.glue import evaluate_glue
 
     cases = load_cases(args.data, limit=args.limit, offset=args.offset)
@@ -205,7 +205,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _external_runner(args: argparse.Namespace, cases: Any) -> Runner:
     """The run on an editor under test (``--editor``), with the harness's templates and C."""
-    from rome_fast.cli import load_from_args
+    from rome_fast.cli_options import load_from_args
     from rome_fast.conform.cli import editor_from_spec, harness_inputs
     from rome_fast.conform.external import ExternalEditor
 
@@ -233,7 +233,7 @@ def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
         "--baseline",
         action="append",
         required=True,
-        help="baseline file or name in fixtures/baselines (repeatable)",
+        help="baseline file, or the name of a shipped baseline (repeatable)",
     )
     parser.add_argument(
         "--allow-model-mismatch",
@@ -292,7 +292,10 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tolerance-note", default="", help="why this tolerance")
     parser.add_argument(
-        "--out", type=Path, default=None, help="default: fixtures/baselines/NAME.json"
+        "--out",
+        type=Path,
+        default=None,
+        help="default: NAME.json among the shipped baselines (rome_fast/eval/baselines)",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing baseline file"

@@ -23,18 +23,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rome_fast.datadir import HOW_TO_GET, default_data_dir, describe_data_dir
+
 if TYPE_CHECKING:
     from rome_fast.editor import EditRequest
 
-DATA_ENV = "ROME_DATA_DIR"
 SCHEMAS = ("counterfact", "counterfact-reduced", "zsre")
-
-
-def default_data_dir() -> Path:
-    """``$ROME_DATA_DIR``, else ``<repo root>/../shared/data``."""
-    if DATA_ENV in os.environ:
-        return Path(os.environ[DATA_ENV])
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 @dataclass(frozen=True)
@@ -239,9 +233,10 @@ def resolve_data_path(spec: str | os.PathLike[str]) -> Path:
     candidate = default_data_dir() / path
     if not path.is_absolute() and candidate.is_file():
         return candidate
+    looked = str(path) if path.is_absolute() else f"{path} and {candidate}"
     raise FileNotFoundError(
-        f"data file {str(spec)!r} not found (also looked in {candidate.parent}; set "
-        f"{DATA_ENV} or pass an existing path)"
+        f"data file {str(spec)!r} not found: looked at {looked} (data folder "
+        f"{describe_data_dir()}); pass an existing path, or {HOW_TO_GET}"
     )
 
 

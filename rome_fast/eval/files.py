@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ def write_json(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: Path, what: str = "JSON object") -> Any:
+def read_json(path: Path | Traversable, what: str = "JSON object") -> Any:
     """The JSON in ``path``; an unreadable file is a ``ValueError`` naming it and the fix."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -30,7 +31,7 @@ def read_json(path: Path, what: str = "JSON object") -> Any:
         ) from None
 
 
-def read_json_object(path: Path, what: str = "JSON object") -> dict[str, Any]:
+def read_json_object(path: Path | Traversable, what: str = "JSON object") -> dict[str, Any]:
     """Like :func:`read_json`, but the top level must be an object."""
     value = read_json(path, what)
     if not isinstance(value, dict):

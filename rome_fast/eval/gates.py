@@ -1,6 +1,6 @@
 """Regression gates: a run's ``summary.json`` against a baseline with stated tolerances.
 
-A baseline file (``fixtures/baselines/*.json``)::
+A baseline file (shipped ones: ``rome_fast/eval/baselines/*.json``, package data)::
 
     {"name": ..., "source": ..., "model": ..., "mode": "single" | "sequential",
      "n_cases": ..., "tolerance": {"default": 2.0, "EM": 3.0, ...},
@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +28,39 @@ from rome_ref import metrics as ref
 DIRECTIONS = ("at-least", "at-most", "within")
 
 
+def shipped_baselines() -> Traversable:
+    """The baselines shipped with the package (package data, found where it is installed)."""
+    return resources.files("rome_fast.eval").joinpath("baselines")
+
+
 def baselines_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "fixtures" / "baselines"
+    """The shipped baselines as a folder on disk (where ``rome baseline`` writes by default)."""
+    return Path(str(shipped_baselines()))
+
+
+def shipped_baseline_names() -> list[str]:
+    return sorted(
+        entry.name.removesuffix(".json")
+        for entry in shipped_baselines().iterdir()
+        if entry.name.endswith(".json")
+    )
 
 
 def load_baseline(spec: str | os.PathLike[str]) -> dict[str, Any]:
-    """A baseline by path, or by name in ``fixtures/baselines`` (``gptj-single``)."""
+    """A baseline by path, or by name among the shipped ones (``gptj-single``)."""
     path = Path(spec)
+    source: Path | Traversable = path
     if not path.is_file():
-        path = baselines_dir() / f"{spec}.json"
-    if not path.is_file():
-        known = sorted(p.stem for p in baselines_dir().glob("*.json"))
-        raise FileNotFoundError(f"baseline {str(spec)!r} not found; known: {', '.join(known)}")
-    baseline = read_json_object(path, "gate baseline")
+        source = shipped_baselines().joinpath(f"{spec}.json")
+    if not source.is_file():
+        raise FileNotFoundError(
+            f"baseline {str(spec)!r} not found: not a file, nor a shipped baseline "
+            f"({', '.join(shipped_baseline_names())})"
+        )
+    baseline = read_json_object(source, "gate baseline")
     for key in ("model", "mode", "variants", "tolerance"):
         if key not in baseline:
-            raise ValueError(f"{path}: baseline lacks {key!r}")
+            raise ValueError(f"{source}: baseline lacks {key!r}")
     return baseline
 
 
