@@ -45,6 +45,25 @@ MODES = ("single", "sequential")
 DEGRADE_MODES = ("none", "zero", "flip")
 
 
+class CaseWork(Protocol):
+    """The model-side work of a run, done in this process (:class:`Runner` itself) or by a
+    worker (``rome_fast.eval.distributed``); the runner's loops only order and write rows."""
+
+    def single_row(self, variant: str, index: int) -> dict[str, Any]: ...
+
+    def begin_stream(self, variant: str, weights: Mapping[str, torch.Tensor]) -> None: ...
+
+    def stream_row(self, variant: str, index: int) -> dict[str, Any]: ...
+
+    def edited_weights(self) -> dict[str, torch.Tensor]: ...
+
+    def glue_scores(self) -> dict[str, Any]: ...
+
+    def final_row(self, index: int) -> dict[str, Any]: ...
+
+    def end_stream(self) -> None: ...
+
+
 class EditorLike(Protocol):
     """What runs need from :class:`rome_fast.editor.Editor` (ARCHITECTURE.md)."""
 
@@ -377,6 +396,7 @@ class Runner:
     # A new editor for every mode and variant: a resumed sequential run loads weights the
     # editor never saw, so its record of W0 must not outlive that run.
     fresh_editor: Callable[[], EditorLike] | None = None
+    progress: bool = True  # per-variant bars; a distributed driver shows one bar instead
     # Single-edit mode: per case index, what every variant shares (see _edit_and_score).
     _pre_scores: dict[int, Any] = field(init=False, default_factory=dict)
     _prepared: dict[int, Any] = field(init=False, default_factory=dict)
@@ -534,32 +554,40 @@ class Runner:
                 f"collapse at case {row['case_id']} ({row['variant']}): {'; '.join(reasons)}"
             )
 
-    def run_single(self, variant: str) -> list[dict[str, Any]]:
-        """Each case edited on the unedited model, restored bit-exactly afterwards."""
+    def _bar(self, start: int, desc: str) -> Iterable[int]:
+        return tqdm(
+            range(start, len(self.cases)),
+            desc=desc,
+            initial=start,
+            total=len(self.cases),
+            disable=not self.progress,
+        )
+
+    def single_row(self, variant: str, index: int) -> dict[str, Any]:
+        """One case edited on the unedited model, restored bit-exactly afterwards (unflagged)."""
+        row, _ = self._edit_and_score(self.cases[index], index, variant, single=True)
+        self.editor.restore()
+        self.guard.check_restored(f"single {variant}: after case {self.cases[index].case_id}")
+        return row
+
+    def run_single(self, variant: str, work: CaseWork | None = None) -> list[dict[str, Any]]:
+        """Each case edited on the unedited model; ``work`` computes the rows (default: here)."""
+        work = work if work is not None else self
         path = self.out / f"single-{variant}.jsonl"
         rows = _resume_rows(path, self.cases)
         history = [r["diagnostics"]["delta_norm"] for r in rows if r["diagnostics"]]
         self.guard.check_restored(f"single {variant}: before case {len(rows)}")
-        for index in tqdm(
-            range(len(rows), len(self.cases)),
-            desc=f"single {variant}",
-            initial=len(rows),
-            total=len(self.cases),
-        ):
+        for index in self._bar(len(rows), f"single {variant}"):
             if self.on_case is not None:
                 self.on_case("single", variant, index)
-            row, _ = self._edit_and_score(self.cases[index], index, variant, single=True)
-            self.editor.restore()
-            self.guard.check_restored(f"single {variant}: after case {self.cases[index].case_id}")
+            row = work.single_row(variant, index)
             self._flag(row, history)
             append_line(path, row)
             rows.append(row)
         return rows
 
-    def _glue(self, variant: str, step: int, done: set[int]) -> None:
-        if self.cfg.glue_every == 0 or step in done:
-            return
-        scores = evaluate_glue(
+    def glue_scores(self) -> dict[str, Any]:
+        return evaluate_glue(
             self.model,
             self.loaded.tokenizer,
             data_dir=self.cfg.glue_data,
@@ -568,24 +596,52 @@ class Runner:
             seed=self.cfg.seed,
             batch_size=self.cfg.batch_size,
         )
-        append_line(self.out / f"glue-{variant}.jsonl", {"step": step, "tasks": scores})
+
+    def _glue(self, work: CaseWork, variant: str, step: int, done: set[int]) -> None:
+        if self.cfg.glue_every == 0 or step in done:
+            return
+        append_line(
+            self.out / f"glue-{variant}.jsonl", {"step": step, "tasks": work.glue_scores()}
+        )
         done.add(step)
 
-    def _checkpoint(self, path: Path, n_done: int) -> None:
+    def _checkpoint(self, path: Path, n_done: int, weights: Mapping[str, torch.Tensor]) -> None:
         tmp = path.with_name(path.name + ".tmp")
-        torch.save({"n_done": n_done, "weights": self.guard.current()}, tmp)
+        torch.save({"n_done": n_done, "weights": dict(weights)}, tmp)
         os.replace(tmp, path)
 
-    def run_sequential(self, variant: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def begin_stream(self, variant: str, weights: Mapping[str, torch.Tensor]) -> None:
+        """Start a sequential stream from the unedited model plus ``weights`` (a checkpoint)."""
+        self.guard.check_restored(f"sequential {variant}: before the first edit")
+        self.guard.load(weights)
+
+    def stream_row(self, variant: str, index: int) -> dict[str, Any]:
+        """The next edit of a sequential stream, on the model as the previous ones left it."""
+        row, _ = self._edit_and_score(self.cases[index], index, variant)
+        row["cumulative_norm"] = self.guard.distance()
+        # Normalized like |Δ|, by the elements of one edited weight.
+        row["cumulative_delta"] = row["cumulative_norm"] / self.guard.numel
+        return row
+
+    def edited_weights(self) -> dict[str, torch.Tensor]:
+        return self.guard.current()
+
+    def end_stream(self) -> None:
+        self.editor.restore()
+        self.guard.reset()  # a resumed run loaded weights the editor never saw
+
+    def run_sequential(
+        self, variant: str, work: CaseWork | None = None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Edits accumulate; returns the per-edit rows and the final scores of every case."""
+        work = work if work is not None else self
         path = self.out / f"sequential-{variant}.jsonl"
         state_path = self.out / f"sequential-{variant}.state.pt"
-        self.guard.check_restored(f"sequential {variant}: before the first edit")
-        n_done = 0
+        n_done, weights = 0, {}
         if state_path.exists():
             state = torch.load(state_path, weights_only=True)
-            n_done = int(state["n_done"])
-            self.guard.load(state["weights"])
+            n_done, weights = int(state["n_done"]), state["weights"]
+        work.begin_stream(variant, weights)
         rows = _resume_rows(path, self.cases, keep=n_done)
         if len(rows) != n_done:
             raise ValueError(
@@ -595,69 +651,73 @@ class Runner:
         glue_done = {int(r["step"]) for r in read_lines(self.out / f"glue-{variant}.jsonl")}
         every = self.cfg.glue_every
         if every and (n_done % every == 0):
-            self._glue(variant, n_done, glue_done)
+            self._glue(work, variant, n_done, glue_done)
         history = [r["diagnostics"]["delta_norm"] for r in rows if r["diagnostics"]]
-        for index in tqdm(
-            range(n_done, len(self.cases)),
-            desc=f"sequential {variant}",
-            initial=n_done,
-            total=len(self.cases),
-        ):
+        for index in self._bar(n_done, f"sequential {variant}"):
             if self.on_case is not None:
                 self.on_case("sequential", variant, index)
-            row, _ = self._edit_and_score(self.cases[index], index, variant)
-            row["cumulative_norm"] = self.guard.distance()
-            # Normalized like |Δ|, by the elements of one edited weight.
-            row["cumulative_delta"] = row["cumulative_norm"] / self.guard.numel
+            row = work.stream_row(variant, index)
             self._flag(row, history)
             append_line(path, row)
             rows.append(row)
             if (index + 1) % self.cfg.checkpoint_every == 0 or index + 1 == len(self.cases):
-                self._checkpoint(state_path, index + 1)
+                self._checkpoint(state_path, index + 1, work.edited_weights())
             if every and ((index + 1) % every == 0 or index + 1 == len(self.cases)):
-                self._glue(variant, index + 1, glue_done)
-        final = self._final_scores(variant)
-        self.editor.restore()
-        self.guard.reset()  # a resumed run loaded weights the editor never saw
+                self._glue(work, variant, index + 1, glue_done)
+        final = self._final_scores(variant, work)
+        work.end_stream()
         return rows, final
 
-    def _final_scores(self, variant: str) -> list[dict[str, Any]]:
+    def final_row(self, index: int) -> dict[str, Any]:
+        """Case ``index`` scored on the model as the whole stream left it."""
+        case = self.cases[index]
+        scores = score_case(self.model, self.loaded.tokenizer, case, self.cfg.batch_size)
+        return {
+            "case_id": case.case_id,
+            "index": index,
+            "post": scores,
+            "metrics_post": metrics_of(scores),
+        }
+
+    def _final_scores(self, variant: str, work: CaseWork) -> list[dict[str, Any]]:
         path = self.out / f"sequential-{variant}-final.jsonl"
         rows = _resume_rows(path, self.cases)
-        for index in tqdm(
-            range(len(rows), len(self.cases)),
-            desc=f"final {variant}",
-            initial=len(rows),
-            total=len(self.cases),
-        ):
-            case = self.cases[index]
-            scores = score_case(self.model, self.loaded.tokenizer, case, self.cfg.batch_size)
-            row = {
-                "case_id": case.case_id,
-                "index": index,
-                "post": scores,
-                "metrics_post": metrics_of(scores),
-            }
+        for index in self._bar(len(rows), f"final {variant}"):
+            row = work.final_row(index)
             append_line(path, row)
             rows.append(row)
         return rows
 
+    def renew_editor(self) -> None:
+        """A new editor for the next mode and variant (see ``fresh_editor``)."""
+        if self.fresh_editor is not None:
+            self.editor = self._wrap(self.fresh_editor())
+
     def run(self) -> dict[str, Any]:
         """Every mode and variant of the config, then ``summary.json``."""
+        start = time.perf_counter()
         for mode in self.cfg.modes:
             for variant in self.cfg.variants:
-                if self.fresh_editor is not None:
-                    self.editor = self._wrap(self.fresh_editor())
+                self.renew_editor()
                 if mode == "single":
                     self.run_single(variant)
                 else:
                     self.run_sequential(variant)
+        device = str(getattr(self.loaded, "device", "cpu"))
+        return self.write_summary(
+            {"workers": 1, "devices": [device], "wall_seconds": time.perf_counter() - start}
+        )
+
+    def write_summary(self, execution: Mapping[str, Any]) -> dict[str, Any]:
+        """``summary.json`` from the case files, with how this invocation ran (workers,
+        devices, wall time, retries), so that scaling can be read off runs."""
         summary = summarize(
             self.out,
             self.cfg,
             getattr(self.loaded, "name", self.cfg.model),
             [c.case_id for c in self.cases],
         )
+        summary["execution"] = dict(execution)
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
