@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from rome_fast.extras import MissingExtraError
 from rome_fast.precision import PRECISIONS
 
 DTYPES = {
@@ -252,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, MissingExtraError) as err:
         print(f"rome {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -78,10 +78,27 @@ def onednn_available() -> bool:
     return True
 
 
-@functools.cache
+_pinned: bool | None = None  # a choice made by another process (pin_onednn)
+
+
 def onednn_is_faster() -> bool:
     """Whether oneDNN's float32 linear beats torch's default on this CPU, measured once per
-    process on a 256 × 1024 × 1024 product (it must win by 10%)."""
+    process on a 256 × 1024 × 1024 product (it must win by 10%), unless pinned."""
+    return _measured_onednn_is_faster() if _pinned is None else _pinned
+
+
+def pin_onednn(choice: bool) -> None:
+    """Use ``choice`` instead of measuring: a worker follows its driver's measured choice,
+    so that the two kernels' different roundings never make a distributed run differ from
+    the same run in one process."""
+    global _pinned
+    if choice and not onednn_available():
+        raise RuntimeError("this worker's torch build has no oneDNN linear operator")
+    _pinned = choice
+
+
+@functools.cache
+def _measured_onednn_is_faster() -> bool:
     if not onednn_available():
         return False
     generator = torch.Generator().manual_seed(0)  # the global random state stays untouched

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rome_fast.eval.data import load_cases
+from rome_fast.eval.distributed import add_cluster_arguments, cluster_from_args
 from rome_fast.eval.gates import check_summary_file
 from rome_fast.eval.report import format_summary, write_report
 from rome_fast.eval.runs import DEGRADE_MODES, RunConfig, Runner
@@ -75,6 +77,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, required=True, help="run folder; rerunning with the same folder resumes"
     )
+    add_cluster_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace, model_name: str, hparams: Any) -> RunConfig:
@@ -104,27 +107,44 @@ def config_from_args(args: argparse.Namespace, model_name: str, hparams: Any) ->
     )
 
 
-def fresh_editors(editor: Any) -> Callable[[], Any]:
-    """New editors of ``editor``'s class (``--impl naive`` stays naive) and settings, sharing
-    its context templates and C, computed once here on the unedited model."""
-    templates, covariance = editor.templates, editor.covariance(editor.layer)
+@dataclass(frozen=True)
+class EditorRecipe:
+    """Editors of one class (``--impl naive`` stays naive) and settings, sharing context
+    templates and C computed once on the unedited model: called with a loaded model (this
+    process's or a worker's), it returns a new editor of that model."""
 
-    def fresh() -> Any:
-        return type(editor)(
-            editor.loaded,
-            hparams=editor.hparams,
-            seed=editor.seed,
-            stats=covariance,
-            templates=templates,
+    cls: type
+    hparams: Any
+    seed: int
+    templates: list[str]
+    covariance: Any
+
+    @classmethod
+    def of(cls, editor: Any) -> EditorRecipe:
+        covariance = editor.covariance(editor.layer)
+        return cls(type(editor), editor.hparams, editor.seed, editor.templates, covariance)
+
+    def __call__(self, loaded: Any) -> Any:
+        return self.cls(
+            loaded,
+            hparams=self.hparams,
+            seed=self.seed,
+            stats=self.covariance,
+            templates=self.templates,
         )
 
-    return fresh
+
+def fresh_editors(editor: Any) -> Callable[[], Any]:
+    """New editors like ``editor`` (see :class:`EditorRecipe`) of its model."""
+    recipe = EditorRecipe.of(editor)
+    return lambda: recipe(editor.loaded)
 
 
 def run_eval(args: argparse.Namespace) -> int:
     """Run, write ``summary.json``, the table and the plots; print the table."""
-    from rome_fast.cli import build_editor
+    from rome_fast.cli import DTYPES, build_editor
 
+    cluster = cluster_from_args(args)
     cases = load_cases(args.data, limit=args.limit, offset=args.offset)
     editor: Any = build_editor(args)
     loaded = editor.loaded
@@ -135,8 +155,14 @@ def run_eval(args: argparse.Namespace) -> int:
         config_from_args(args, loaded.name, editor.hparams),
         args.out,
         fresh_editor=fresh_editors(editor),
+        progress=cluster is None,
     )
-    summary = runner.run()
+    if cluster is None:
+        summary = runner.run()
+    else:
+        from rome_fast.eval.distributed import run_on_cluster
+
+        summary = run_on_cluster(runner, EditorRecipe.of(editor), DTYPES[args.dtype], cluster)
     paths = write_report(Path(args.out), summary)
     print(format_summary(summary))
     print("wrote " + ", ".join(str(p) for p in [Path(args.out) / "summary.json", *paths]))

@@ -45,11 +45,15 @@ MODES = ("single", "sequential")
 DEGRADE_MODES = ("none", "zero", "flip")
 
 
-class CaseWork(Protocol):
-    """The model-side work of a run, done in this process (:class:`Runner` itself) or by a
-    worker (``rome_fast.eval.distributed``); the runner's loops only order and write rows."""
+class SingleWork(Protocol):
+    """The model-side work of a single-edit run, done in this process (:class:`Runner`
+    itself) or by workers (``rome_fast.eval.distributed``); the loop orders and writes rows."""
 
     def single_row(self, variant: str, index: int) -> dict[str, Any]: ...
+
+
+class StreamWork(Protocol):
+    """The model-side work of a sequential stream, here or on one worker (as ``SingleWork``)."""
 
     def begin_stream(self, variant: str, weights: Mapping[str, torch.Tensor]) -> None: ...
 
@@ -570,7 +574,12 @@ class Runner:
         self.guard.check_restored(f"single {variant}: after case {self.cases[index].case_id}")
         return row
 
-    def run_single(self, variant: str, work: CaseWork | None = None) -> list[dict[str, Any]]:
+    def forget_case(self, index: int) -> None:
+        """Drop what the variants of case ``index`` shared (a worker ran only some of them)."""
+        self._pre_scores.pop(index, None)
+        self._prepared.pop(index, None)
+
+    def run_single(self, variant: str, work: SingleWork | None = None) -> list[dict[str, Any]]:
         """Each case edited on the unedited model; ``work`` computes the rows (default: here)."""
         work = work if work is not None else self
         path = self.out / f"single-{variant}.jsonl"
@@ -597,12 +606,10 @@ class Runner:
             batch_size=self.cfg.batch_size,
         )
 
-    def _glue(self, work: CaseWork, variant: str, step: int, done: set[int]) -> None:
+    def _glue(self, work: StreamWork, variant: str, step: int, done: set[int]) -> None:
         if self.cfg.glue_every == 0 or step in done:
             return
-        append_line(
-            self.out / f"glue-{variant}.jsonl", {"step": step, "tasks": work.glue_scores()}
-        )
+        append_line(self.out / f"glue-{variant}.jsonl", {"step": step, "tasks": work.glue_scores()})
         done.add(step)
 
     def _checkpoint(self, path: Path, n_done: int, weights: Mapping[str, torch.Tensor]) -> None:
@@ -631,7 +638,7 @@ class Runner:
         self.guard.reset()  # a resumed run loaded weights the editor never saw
 
     def run_sequential(
-        self, variant: str, work: CaseWork | None = None
+        self, variant: str, work: StreamWork | None = None
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Edits accumulate; returns the per-edit rows and the final scores of every case."""
         work = work if work is not None else self
@@ -679,7 +686,7 @@ class Runner:
             "metrics_post": metrics_of(scores),
         }
 
-    def _final_scores(self, variant: str, work: CaseWork) -> list[dict[str, Any]]:
+    def _final_scores(self, variant: str, work: StreamWork) -> list[dict[str, Any]]:
         path = self.out / f"sequential-{variant}-final.jsonl"
         rows = _resume_rows(path, self.cases)
         for index in self._bar(len(rows), f"final {variant}"):
