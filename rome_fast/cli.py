@@ -1,4 +1,4 @@
-"""The ``rome`` console script: ``edit``, ``demo``, ``eval``, ``gate``."""
+"""The ``rome`` console script: ``edit``, ``demo``, ``sweep``, ``stats``, ``eval``, ``gate``."""
 
 from __future__ import annotations
 
@@ -67,17 +67,25 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def corpus_from_args(args: argparse.Namespace) -> Any:
+    """The user's ``--stats-corpus`` (a WikiText folder or a text file), or None (default)."""
+    from rome_fast import corpus as corpora
+
+    path = args.stats_corpus
+    if path is None:
+        return None
+    return corpora.wikitext(path) if path.is_dir() else corpora.text_files([path])
+
+
 def stats_provider(args: argparse.Namespace, hparams: Any) -> Callable[[Any, int], Any]:
     """C for a layer, from the user's .npz, the user's corpus, or the default corpus."""
-    from rome_fast import corpus as corpora
     from rome_fast.editor import default_covariance
 
-    corpus = None
-    if args.stats_corpus is not None:
-        path = args.stats_corpus
-        corpus = corpora.wikitext(path) if path.is_dir() else corpora.text_files([path])
     return default_covariance(
-        hparams, corpus=corpus, npz_path=args.stats_npz, n_samples=args.stats_samples
+        hparams,
+        corpus=corpus_from_args(args),
+        npz_path=args.stats_npz,
+        n_samples=args.stats_samples,
     )
 
 
@@ -201,6 +209,42 @@ def _run_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stats_parser(sub: Any) -> None:
+    from rome_fast.cluster import add_cluster_arguments
+
+    p = sub.add_parser("stats", help="compute and cache the key statistics C of the edited layer")
+    add_model_arguments(p)
+    add_cluster_arguments(p)
+    p.set_defaults(func=_run_stats)
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    """C's sums for the edited layer, from the cache or computed (sharded with --workers)."""
+    from rome_fast.cluster import cluster_from_args
+    from rome_fast.stats import layer_stats
+
+    cluster = cluster_from_args(args)
+    loaded = load_from_args(args)
+    hparams = hparams_from_args(args)
+    collect = None
+    if cluster is not None:
+        from rome_fast.stats_parallel import sharded_collector
+
+        collect = sharded_collector(cluster, args.model, DTYPES[args.dtype], args.seed)
+    stats = layer_stats(
+        loaded,
+        hparams.layer,
+        corpus=corpus_from_args(args),
+        n_samples=args.stats_samples or hparams.mom2_n_samples,
+        max_length=hparams.mom2_max_length,
+        dtype=getattr(torch, hparams.mom2_dtype),
+        npz_path=args.stats_npz,
+        collect=collect,
+    )
+    print(json.dumps(stats.provenance, indent=2, sort_keys=True))
+    return 0
+
+
 def _eval_parser(sub: Any) -> None:
     from rome_fast.eval.cli import add_eval_arguments
 
@@ -241,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         _edit_parser,
         _demo_parser,
         _sweep_parser,
+        _stats_parser,
         _eval_parser,
         _gate_parser,
         _baseline_parser,

@@ -22,7 +22,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -358,8 +358,11 @@ def layer_stats(
     stats_dir: str | os.PathLike[str] | None = None,
     npz_path: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    collect: Callable[..., SecondMomentStats] | None = None,
 ) -> SecondMomentStats:
-    """The statistics for ``layer``: from ``npz_path``, a public file, the cache, or computed.
+    """The statistics for ``layer``: from ``npz_path``, a public file, the cache, or computed
+    (by ``collect``, a drop-in for :func:`collect_second_moment` such as the sharded one of
+    ``rome_fast.stats_parallel``).
 
     Order: an explicit ``npz_path``; with ``stats_dir`` and no ``corpus``, a public-layout file
     ``{stats_dir}/{model}/wikipedia_stats/...`` the user already has; the cache (under
@@ -387,7 +390,7 @@ def layer_stats(
     if path.is_file():
         log.info("loading cached statistics %s (%s)", path, corpus.description)
         return load_checked(path)
-    stats = collect_second_moment(
+    stats = (collect or collect_second_moment)(
         loaded,
         layer,
         corpus,

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rome_fast.cluster import add_cluster_arguments, cluster_from_args
 from rome_fast.eval.data import load_cases
-from rome_fast.eval.distributed import add_cluster_arguments, cluster_from_args
 from rome_fast.eval.gates import check_summary_file
 from rome_fast.eval.report import format_summary, write_report
 from rome_fast.eval.runs import DEGRADE_MODES, RunConfig, Runner

@@ -16,15 +16,13 @@ Ray is imported only here, and only when asked for (``rome_fast.extras.import_ra
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Queue
@@ -34,74 +32,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from rome_fast.cluster import Cluster, WorkerLost, actor_factory, connected, default_workers, fetch
 from rome_fast.eval.data import Case
 from rome_fast.eval.runs import RunConfig, Runner, read_lines
-from rome_fast.extras import import_ray
 from rome_fast.linear import onednn_is_faster, pin_onednn
 
 MAX_ATTEMPTS = 3  # a case (or stream) whose worker died this often fails the run
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """Where to run: ``workers`` actors (None: one per device of the cluster) on the cluster
-    at ``address`` (None: a local one started for the run)."""
-
-    workers: int | None = None
-    address: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.workers is not None and self.workers < 1:
-            raise ValueError(f"--workers must be at least 1, got {self.workers}")
-
-
-def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("Ray cluster (pip install 'rome-verify[ray]')")
-    group.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="run on N Ray actors, each with one model on one device (default: one process)",
-    )
-    group.add_argument(
-        "--ray-address",
-        default=None,
-        help="an existing Ray cluster (e.g. auto or ray://HEAD:10001); default: a local one",
-    )
-
-
-def cluster_from_args(args: argparse.Namespace) -> Cluster | None:
-    """None when neither option is given: the run stays in this process, without Ray."""
-    if args.workers is None and args.ray_address is None:
-        return None
-    cluster = Cluster(args.workers, args.ray_address)
-    import_ray()  # a missing Ray is reported before the model is loaded
-    return cluster
-
-
-@contextmanager
-def connected(cluster: Cluster) -> Iterator[ModuleType]:
-    """Ray connected to ``cluster``: an already connected session is used as it is; one
-    started here is shut down on exit. Usage reporting is off (no network needed)."""
-    ray = import_ray()
-    if ray.is_initialized():
-        yield ray
-        return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
-def cluster_gpus(ray: ModuleType) -> int:
-    return int(ray.cluster_resources().get("GPU", 0))
-
-
-def default_workers(ray: ModuleType) -> int:
-    """One worker per GPU of the cluster, else one per CPU."""
-    return cluster_gpus(ray) or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 # ---------------------------------------------------------------- the worker
@@ -183,33 +119,15 @@ class EvalWorker:
 # ---------------------------------------------------------------- the driver
 
 
-class WorkerLost(Exception):
-    """The actor died (killed, out of memory, its node lost) while computing."""
-
-
-def _get(ray: ModuleType, ref: Any) -> Any:
-    """``ray.get``; an error raised inside the worker is re-raised as itself (a one-line
-    ``ValueError`` stays one), a dead actor as :class:`WorkerLost`."""
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayActorError as err:
-        raise WorkerLost(str(err)) from err
-    except ray.exceptions.RayTaskError as err:
-        raise err.cause from None
-
-
 class Pool:
     """``size`` actor slots; a dead actor's slot gets a new actor."""
 
     def __init__(self, ray: ModuleType, spec: WorkerSpec, size: int) -> None:
         self.ray = ray
-        gpus = 1 if cluster_gpus(ray) else 0
-        self._factory = ray.remote(EvalWorker).options(
-            num_cpus=0 if gpus else 1, num_gpus=gpus, max_restarts=0
-        )
+        self._start = actor_factory(ray, EvalWorker, "rome-eval")
         self._spec = ray.put(spec)
         self._lock = threading.Lock()
-        self.actors = [self._factory.remote(self._spec) for _ in range(size)]
+        self.actors = [self._start(self._spec) for _ in range(size)]
         self.retried = 0
 
     def replace(self, slot: int, actor: Any, lost_cases: int) -> Any:
@@ -217,11 +135,11 @@ class Pool:
         with self._lock:
             self.retried += lost_cases
             if self.actors[slot] is actor:
-                self.actors[slot] = self._factory.remote(self._spec)
+                self.actors[slot] = self._start(self._spec)
             return self.actors[slot]
 
     def devices(self) -> list[str]:
-        return [_get(self.ray, a.describe.remote())["device"] for a in self.actors]
+        return [fetch(self.ray, a.describe.remote())["device"] for a in self.actors]
 
     def shutdown(self) -> None:
         for actor in self.actors:
@@ -273,7 +191,7 @@ class ShardedSingle:
         (ref,), _ = self.pool.ray.wait(list(self.in_flight), num_returns=1)
         slot, actor, unit = self.in_flight.pop(ref)
         try:
-            rows = _get(self.pool.ray, ref)
+            rows = fetch(self.pool.ray, ref)
         except WorkerLost:
             self._lost(slot, actor, unit)
             return
@@ -307,7 +225,7 @@ class RemoteStream:
         self.pool, self.actor, self.bar = pool, actor, bar
 
     def _call(self, name: str, *args: Any) -> Any:
-        return _get(self.pool.ray, getattr(self.actor, name).remote(*args))
+        return fetch(self.pool.ray, getattr(self.actor, name).remote(*args))
 
     def begin_stream(self, variant: str, weights: Mapping[str, torch.Tensor]) -> None:
         self._call("begin_stream", variant, weights)
