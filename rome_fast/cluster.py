@@ -78,6 +78,20 @@ def default_workers(ray: ModuleType) -> int:
     return cluster_gpus(ray) or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+def worker_count(ray: ModuleType, cluster: Cluster) -> int:
+    """``cluster.workers``, or the default; refused when the cluster cannot hold them all at
+    once (an actor waiting for a device that never frees would stall the run)."""
+    workers = cluster.workers or default_workers(ray)
+    kind = "GPU" if cluster_gpus(ray) else "CPU"
+    have = int(ray.cluster_resources().get(kind, 0))
+    if workers > have:
+        raise ValueError(
+            f"--workers {workers} needs {workers} {kind}s but the Ray cluster has {have}; "
+            f"use --workers {have} or a bigger cluster"
+        )
+    return workers
+
+
 def actor_factory(ray: ModuleType, cls: type, prefix: str) -> Callable[..., Any]:
     """A function starting ``cls`` actors that hold one device each: a GPU where the cluster
     has them, else one CPU; never restarted by Ray (the driver decides what a lost worker's

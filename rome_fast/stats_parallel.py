@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from rome_fast import stats
-from rome_fast.cluster import Cluster, actor_factory, connected, default_workers, fetch
+from rome_fast.cluster import Cluster, actor_factory, connected, fetch, worker_count
 from rome_fast.corpus import Corpus, from_texts
 from rome_fast.linear import onednn_is_faster, pin_onednn
 from rome_fast.models import LoadedModel, load_model
@@ -57,9 +57,12 @@ class StatsWorker:
         )
 
 
-def sharded_collector(cluster: Cluster, model: str, model_dtype: torch.dtype, seed: int) -> Any:
-    """A drop-in for ``stats.collect_second_moment`` that runs the shards on ``cluster``, each
-    actor loading ``model`` (a ``load_model`` spec) as this process did."""
+def sharded_collector(
+    cluster: Cluster, model: str, model_dtype: torch.dtype, seed: int, shards: int | None = None
+) -> Any:
+    """A drop-in for ``stats.collect_second_moment`` that cuts the corpus into ``shards``
+    (default: one per worker) and runs them on ``cluster``'s workers, each actor loading
+    ``model`` (a ``load_model`` spec) as this process did."""
 
     def collect(
         loaded: LoadedModel,
@@ -76,14 +79,16 @@ def sharded_collector(cluster: Cluster, model: str, model_dtype: torch.dtype, se
         docs = list(islice(iter(corpus), n_samples))
         start = time.perf_counter()
         with connected(cluster) as ray:
-            size = cluster.workers or default_workers(ray)
-            bounds = shard_bounds(len(docs), batch_size * stats.SORT_CHUNK_BATCHES, size)
+            size = worker_count(ray, cluster)
+            chunk = batch_size * stats.SORT_CHUNK_BATCHES
+            bounds = shard_bounds(len(docs), chunk, shards or size)
             start_actor = actor_factory(ray, StatsWorker, "rome-stats")
-            actors = [start_actor(model, model_dtype, seed, onednn_is_faster()) for _ in bounds]
+            onednn = onednn_is_faster()
+            actors = [start_actor(model, model_dtype, seed, onednn) for _ in bounds[:size]]
             try:
-                refs = [
-                    actor.partial.remote(layer, docs[a:b], batch_size, length)
-                    for actor, (a, b) in zip(actors, bounds, strict=True)
+                refs = [  # an actor runs its shards one after another
+                    actors[i % len(actors)].partial.remote(layer, docs[a:b], batch_size, length)
+                    for i, (a, b) in enumerate(bounds)
                 ]
                 parts = [fetch(ray, ref) for ref in tqdm(refs, desc="shards", disable=not progress)]
             finally:
@@ -116,7 +121,7 @@ def merge(
         "dtype": stats.DTYPE_NAMES[dtype],
         "seconds": round(seconds, 3),
         "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None,
-        "workers": len(parts),
+        "shards": len(parts),
         "accumulation": "float64 per shard, summed",
     }
     return stats.SecondMomentStats(total.to(dtype), tokens, n_samples, provenance)

@@ -162,7 +162,14 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         from rome_fast.eval.distributed import run_on_cluster
 
-        summary = run_on_cluster(runner, EditorRecipe.of(editor), DTYPES[args.dtype], cluster)
+        summary = run_on_cluster(
+            runner,
+            EditorRecipe.of(editor),
+            cluster,
+            model=args.model,
+            dtype=DTYPES[args.dtype],
+            seed=args.seed,
+        )
     paths = write_report(Path(args.out), summary)
     print(format_summary(summary))
     print("wrote " + ", ".join(str(p) for p in [Path(args.out) / "summary.json", *paths]))

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from rome_fast.cluster import Cluster, WorkerLost, actor_factory, connected, default_workers, fetch
+from rome_fast.cluster import Cluster, WorkerLost, actor_factory, connected, fetch, worker_count
 from rome_fast.eval.data import Case
 from rome_fast.eval.runs import RunConfig, Runner, read_lines
 from rome_fast.linear import onednn_is_faster, pin_onednn
@@ -127,19 +127,34 @@ class Pool:
         self._start = actor_factory(ray, EvalWorker, "rome-eval")
         self._spec = ray.put(spec)
         self._lock = threading.Lock()
-        self.actors = [self._start(self._spec) for _ in range(size)]
+        self.actors: list[Any] = []
+        self._described: list[Any] = []  # every actor's device, asked for at its start
+        for _ in range(size):
+            self.actors.append(self._new_actor())
         self.retried = 0
+
+    def _new_actor(self) -> Any:
+        actor = self._start(self._spec)
+        self._described.append(actor.describe.remote())
+        return actor
 
     def replace(self, slot: int, actor: Any, lost_cases: int) -> Any:
         """A new actor in ``slot`` unless another thread replaced ``actor`` already."""
         with self._lock:
             self.retried += lost_cases
             if self.actors[slot] is actor:
-                self.actors[slot] = self._start(self._spec)
+                self.actors[slot] = self._new_actor()
             return self.actors[slot]
 
     def devices(self) -> list[str]:
-        return [fetch(self.ray, a.describe.remote())["device"] for a in self.actors]
+        """The device of every actor that loaded its model (replacements included)."""
+        devices = []
+        for ref in self._described:
+            try:
+                devices.append(fetch(self.ray, ref)["device"])
+            except WorkerLost:
+                continue  # killed before it had loaded the model
+        return devices
 
     def shutdown(self) -> None:
         for actor in self.actors:
@@ -298,17 +313,23 @@ def _edits_done(runner: Runner) -> int:
 
 
 def run_on_cluster(
-    runner: Runner, make_editor: Callable[[Any], Any], model_dtype: torch.dtype, cluster: Cluster
+    runner: Runner,
+    make_editor: Callable[[Any], Any],
+    cluster: Cluster,
+    *,
+    model: str,
+    dtype: torch.dtype,
+    seed: int,
 ) -> dict[str, Any]:
-    """Run every mode and variant of ``runner``'s config on Ray actors; ``summary.json`` as
-    :meth:`Runner.run` writes it, its ``execution`` saying how the run was spread."""
+    """Run every mode and variant of ``runner``'s config on Ray actors, each loading
+    ``load_model(model, dtype=dtype, seed=seed)`` as this process did and editing it with
+    ``make_editor(loaded)``; ``summary.json`` as :meth:`Runner.run` writes it, its
+    ``execution`` saying how the run was spread."""
     cfg = runner.cfg
-    spec = WorkerSpec(
-        cfg.model, model_dtype, cfg.seed, make_editor, runner.cases, cfg, onednn_is_faster()
-    )
+    spec = WorkerSpec(model, dtype, seed, make_editor, runner.cases, cfg, onednn_is_faster())
     start = time.perf_counter()
     with connected(cluster) as ray:
-        size = cluster.workers or default_workers(ray)
+        size = worker_count(ray, cluster)
         pool = Pool(ray, spec, size)
         total = len(runner.cases) * len(cfg.variants) * len(cfg.modes)
         bar = tqdm(total=total, initial=_edits_done(runner), desc="edits", unit="edit")
