@@ -36,6 +36,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         dest="modes",
         action="store_const",
         const="sequential",
+        default="single",  # argparse takes the shared dest's default from the first action
         help="edits accumulate on one model (default: each edit alone)",
     )
     mode.add_argument(
