@@ -77,6 +77,19 @@ def corpus_from_args(args: argparse.Namespace) -> Any:
     return corpora.wikitext(path) if path.is_dir() else corpora.text_files([path])
 
 
+def stats_collector(args: argparse.Namespace) -> Callable[..., Any] | None:
+    """With ``--workers``/``--ray-address`` (where the command has them), statistics that are
+    not cached yet are computed sharded over Ray actors; None: in this process."""
+    from rome_fast.cluster import cluster_from_args
+
+    cluster = cluster_from_args(args) if hasattr(args, "workers") else None
+    if cluster is None:
+        return None
+    from rome_fast.stats_parallel import sharded_collector
+
+    return sharded_collector(cluster, args.model, DTYPES[args.dtype], args.seed)
+
+
 def stats_provider(args: argparse.Namespace, hparams: Any) -> Callable[[Any, int], Any]:
     """C for a layer, from the user's .npz, the user's corpus, or the default corpus."""
     from rome_fast.editor import default_covariance
@@ -86,6 +99,7 @@ def stats_provider(args: argparse.Namespace, hparams: Any) -> Callable[[Any, int
         corpus=corpus_from_args(args),
         npz_path=args.stats_npz,
         n_samples=args.stats_samples,
+        collect=stats_collector(args),
     )
 
 
@@ -220,17 +234,11 @@ def _stats_parser(sub: Any) -> None:
 
 def _run_stats(args: argparse.Namespace) -> int:
     """C's sums for the edited layer, from the cache or computed (sharded with --workers)."""
-    from rome_fast.cluster import cluster_from_args
     from rome_fast.stats import layer_stats
 
-    cluster = cluster_from_args(args)
+    collect = stats_collector(args)
     loaded = load_from_args(args)
     hparams = hparams_from_args(args)
-    collect = None
-    if cluster is not None:
-        from rome_fast.stats_parallel import sharded_collector
-
-        collect = sharded_collector(cluster, args.model, DTYPES[args.dtype], args.seed)
     stats = layer_stats(
         loaded,
         hparams.layer,

@@ -185,9 +185,11 @@ def default_covariance(
     corpus: Corpus | None = None,
     npz_path: str | Path | None = None,
     n_samples: int | None = None,
+    collect: Callable[..., Any] | None = None,
 ) -> CovarianceProvider:
     """C from ``rome_fast.stats.layer_second_moment`` with ``hparams``' sample count, document
-    length and dtype, unless a corpus, a sample count or a public ``.npz`` file is given."""
+    length and dtype, unless a corpus, a sample count or a public ``.npz`` file is given;
+    ``collect`` computes it when it is not cached (e.g. sharded over Ray actors)."""
 
     def provider(loaded: LoadedModel, layer: int) -> Covariance:
         from rome_fast.stats import layer_second_moment
@@ -200,6 +202,7 @@ def default_covariance(
             n_samples=n_samples or hparams.mom2_n_samples,
             max_length=hparams.mom2_max_length,
             dtype=getattr(torch, hparams.mom2_dtype),
+            collect=collect,
         )
 
     return provider

@@ -418,6 +418,7 @@ def layer_second_moment(
     stats_dir: str | os.PathLike[str] | None = None,
     npz_path: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    collect: Callable[..., SecondMomentStats] | None = None,
 ) -> Tensor:
     """C = E[k kᵀ] (d_in, d_in) at the edited module of ``layer``: the mean, in ``dtype``.
 
@@ -435,5 +436,6 @@ def layer_second_moment(
         stats_dir=stats_dir,
         npz_path=npz_path,
         progress=progress,
+        collect=collect,
     )
     return stats.mean().to(dtype)
