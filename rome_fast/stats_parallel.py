@@ -37,8 +37,11 @@ def shard_bounds(n_docs: int, chunk: int, shards: int) -> list[tuple[int, int]]:
 class StatsWorker:
     """One model on one device (a Ray actor) returning partial sums for document shards."""
 
-    def __init__(self, model: str, dtype: torch.dtype, seed: int, onednn: bool) -> None:
+    def __init__(
+        self, model: str, dtype: torch.dtype, seed: int, onednn: bool, threads: int
+    ) -> None:
         pin_onednn(onednn)
+        torch.set_num_threads(threads)  # as the driver: the same kernels, the same keys
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.loaded = load_model(model, dtype=dtype, device=device, seed=seed)
 
@@ -83,8 +86,8 @@ def sharded_collector(
             chunk = batch_size * stats.SORT_CHUNK_BATCHES
             bounds = shard_bounds(len(docs), chunk, shards or size)
             start_actor = actor_factory(ray, StatsWorker, "rome-stats")
-            onednn = onednn_is_faster()
-            actors = [start_actor(model, model_dtype, seed, onednn) for _ in bounds[:size]]
+            same = (model, model_dtype, seed, onednn_is_faster(), torch.get_num_threads())
+            actors = [start_actor(*same) for _ in bounds[:size]]
             try:
                 refs = [  # an actor runs its shards one after another
                     actors[i % len(actors)].partial.remote(layer, docs[a:b], batch_size, length)

@@ -46,7 +46,8 @@ MAX_ATTEMPTS = 3  # a case (or stream) whose worker died this often fails the ru
 @dataclass(frozen=True)
 class WorkerSpec:
     """What an actor needs to compute the rows this process would: the model, an editor
-    recipe (templates and C computed once by the driver) and the kernel choice."""
+    recipe (templates and C computed once by the driver), the kernel choice and the intra-op
+    thread count (CPU reductions, e.g. in the v* loop's backward pass, round by it)."""
 
     model: str
     dtype: torch.dtype
@@ -55,6 +56,7 @@ class WorkerSpec:
     cases: Sequence[Case]
     cfg: RunConfig
     onednn: bool
+    threads: int
 
 
 class _RowRunner(Runner):
@@ -74,6 +76,7 @@ class EvalWorker:
         from rome_fast.models import load_model
 
         pin_onednn(spec.onednn)
+        torch.set_num_threads(spec.threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         loaded = load_model(spec.model, dtype=spec.dtype, device=device, seed=spec.seed)
         self.runner = _RowRunner(
@@ -326,7 +329,16 @@ def run_on_cluster(
     ``make_editor(loaded)``; ``summary.json`` as :meth:`Runner.run` writes it, its
     ``execution`` saying how the run was spread."""
     cfg = runner.cfg
-    spec = WorkerSpec(model, dtype, seed, make_editor, runner.cases, cfg, onednn_is_faster())
+    spec = WorkerSpec(
+        model,
+        dtype,
+        seed,
+        make_editor,
+        runner.cases,
+        cfg,
+        onednn_is_faster(),
+        torch.get_num_threads(),
+    )
     start = time.perf_counter()
     with connected(cluster) as ray:
         size = worker_count(ray, cluster)
