@@ -26,7 +26,6 @@ from typing import Any
 
 DATA = "counterfact/counterfact-val.json"
 SETTINGS = ("none", "1", "2")  # workers: "none" runs in one process, without Ray
-TIMING_KEYS = {"timings", "edit_seconds"}  # wall-clock times differ between any two runs
 
 
 def run_once(model: str, workers: str, limit: int, out: Path) -> dict[str, Any]:
@@ -65,21 +64,13 @@ def run_once(model: str, workers: str, limit: int, out: Path) -> dict[str, Any]:
     }
 
 
-def _without_timings(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_timings(v) for k, v in value.items() if k not in TIMING_KEYS}
-    if isinstance(value, list):
-        return [_without_timings(v) for v in value]
-    return value
-
-
 def records_equal(folders: list[Path]) -> bool:
     """Whether the runs' per-case records are equal, wall-clock timings aside."""
-    from rome_fast.eval.runs import read_lines
+    from rome_fast.eval.runs import read_lines, without_timings
 
     names = sorted(p.name for p in folders[0].glob("*.jsonl"))
     return all(
-        _without_timings(read_lines(f / n)) == _without_timings(read_lines(folders[0] / n))
+        without_timings(read_lines(f / n)) == without_timings(read_lines(folders[0] / n))
         for f in folders[1:]
         for n in names
     )

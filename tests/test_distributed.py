@@ -25,7 +25,7 @@ from rome_fast.editor import Editor
 from rome_fast.eval.cli import EditorRecipe
 from rome_fast.eval.data import Case
 from rome_fast.eval.distributed import run_on_cluster
-from rome_fast.eval.runs import RunConfig, Runner, read_lines
+from rome_fast.eval.runs import RunConfig, Runner, read_lines, without_timings
 from rome_fast.hparams import hparams_for
 from rome_fast.models import LoadedModel, random_model
 from rome_fast.stats_parallel import sharded_collector
@@ -35,7 +35,6 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
 MODEL = "random:tiny-gpt2"
-TIMING_KEYS = {"timings", "edit_seconds"}  # wall-clock times differ between any two runs
 N_CASES = 4
 
 
@@ -111,14 +110,6 @@ def runner(out: Path, modes: tuple[str, ...], **options: Any) -> tuple[Runner, E
 def on_cluster(out: Path, modes: tuple[str, ...], **options: Any) -> dict[str, Any]:
     run, make = runner(out, modes, progress=False, **options)
     return run_on_cluster(run, make, Cluster(workers=2), model=MODEL, dtype=torch.float32, seed=0)
-
-
-def without_timings(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if k not in TIMING_KEYS}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
 
 
 def records(folder: Path, pattern: str) -> dict[str, list[Any]]:

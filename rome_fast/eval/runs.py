@@ -292,6 +292,19 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+TIMING_KEYS = frozenset({"timings", "edit_seconds"})  # wall-clock: differ between any two runs
+
+
+def without_timings(value: Any) -> Any:
+    """A record (or any JSON value) without its wall-clock times: what two runs of the same
+    command, in one process or sharded over workers, must have in common."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k not in TIMING_KEYS}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
 def rewrite_lines(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
