@@ -11,7 +11,7 @@ A worker that dies loses nothing: its unfinished cases go to a replacement actor
 restarts from its last checkpoint (the rows after it are redone, as on a resumed run). The
 summary's ``execution`` says how many cases were retried.
 
-Ray is imported only here, and only when asked for (``rome_fast.extras.import_ray``).
+Ray itself is reached through ``rome_fast.cluster``, imported only when asked for.
 """
 
 from __future__ import annotations
