@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from rome_fast.cluster import Cluster, WorkerLost, actor_factory, connected, fetch, worker_count
 from rome_fast.eval.data import Case
-from rome_fast.eval.runs import RunConfig, Runner, read_lines
+from rome_fast.eval.runs import RunConfig, Runner, kernel_settings, read_lines
 from rome_fast.linear import onednn_is_faster, pin_onednn
 
 MAX_ATTEMPTS = 3  # a case (or stream) whose worker died this often fails the run
@@ -371,5 +371,6 @@ def run_on_cluster(
             "ray_address": cluster.address or "local",
             "retried_cases": pool.retried,
             "wall_seconds": time.perf_counter() - start,
+            **kernel_settings(),  # the driver's, which the workers follow
         }
     return runner.write_summary(execution)

@@ -295,6 +295,14 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
 TIMING_KEYS = frozenset({"timings", "edit_seconds"})  # wall-clock: differ between any two runs
 
 
+def kernel_settings() -> dict[str, Any]:
+    """What float32 CPU results round by, besides the inputs: intra-op threads and the
+    measured oneDNN-or-MKL choice (``rome_fast.linear``), recorded with every run."""
+    from rome_fast.linear import onednn_is_faster
+
+    return {"threads": torch.get_num_threads(), "onednn": onednn_is_faster()}
+
+
 def without_timings(value: Any) -> Any:
     """A record (or any JSON value) without its wall-clock times: what two runs of the same
     command, in one process or sharded over workers, must have in common."""
@@ -725,7 +733,12 @@ class Runner:
                     self.run_sequential(variant)
         device = str(getattr(self.loaded, "device", "cpu"))
         return self.write_summary(
-            {"workers": 1, "devices": [device], "wall_seconds": time.perf_counter() - start}
+            {
+                "workers": 1,
+                "devices": [device],
+                "wall_seconds": time.perf_counter() - start,
+                **kernel_settings(),
+            }
         )
 
     def write_summary(self, execution: Mapping[str, Any]) -> dict[str, Any]:
