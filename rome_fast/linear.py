@@ -15,6 +15,7 @@ run the same model from another thread meanwhile.
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -78,10 +79,40 @@ def onednn_available() -> bool:
     return True
 
 
-@functools.cache
+_pinned: bool | None = None  # a choice made by another process (pin_onednn)
+
+
+ONEDNN_ENV = "ROME_ONEDNN"  # "1" or "0": the choice without a measurement
+_ENV_CHOICES = {"1": True, "0": False}
+
+
 def onednn_is_faster() -> bool:
     """Whether oneDNN's float32 linear beats torch's default on this CPU, measured once per
-    process on a 256 × 1024 × 1024 product (it must win by 10%)."""
+    process on a 256 × 1024 × 1024 product (it must win by 10%), unless pinned: by
+    :func:`pin_onednn`, or by ``ROME_ONEDNN=1``/``0`` (the two kernels round differently,
+    so runs meant to agree bit for bit across processes must not leave it to a timing)."""
+    if _pinned is not None:
+        return _pinned
+    env = os.environ.get(ONEDNN_ENV)
+    if env is None:
+        return _measured_onednn_is_faster()
+    if env not in _ENV_CHOICES:
+        raise ValueError(f"{ONEDNN_ENV} must be 1 (oneDNN) or 0 (torch's default), got {env!r}")
+    return _ENV_CHOICES[env]
+
+
+def pin_onednn(choice: bool) -> None:
+    """Use ``choice`` instead of measuring: a worker follows its driver's measured choice,
+    so that the two kernels' different roundings never make a distributed run differ from
+    the same run in one process."""
+    global _pinned
+    if choice and not onednn_available():
+        raise RuntimeError("this worker's torch build has no oneDNN linear operator")
+    _pinned = choice
+
+
+@functools.cache
+def _measured_onednn_is_faster() -> bool:
     if not onednn_available():
         return False
     generator = torch.Generator().manual_seed(0)  # the global random state stays untouched

@@ -24,7 +24,7 @@ import re
 import time
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -388,8 +388,11 @@ def layer_stats(
     stats_dir: str | os.PathLike[str] | None = None,
     npz_path: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    collect: Callable[..., SecondMomentStats] | None = None,
 ) -> SecondMomentStats:
-    """The statistics for ``layer``: from ``npz_path``, a public file, the cache, or computed.
+    """The statistics for ``layer``: from ``npz_path``, a public file, the cache, or computed
+    (by ``collect``, a drop-in for :func:`collect_second_moment` such as the sharded one of
+    ``rome_fast.stats_parallel``).
 
     Order: an explicit ``npz_path``; with ``stats_dir`` and no ``corpus``, a public-layout file
     ``{stats_dir}/{model}/wikipedia_stats/...`` the user already has; the cache (under
@@ -423,7 +426,7 @@ def layer_stats(
             # A cache file is ours to replace: keep the bad one aside for inspection.
             aside = set_aside(path)
             log.warning("cached statistics unreadable (%s); moved to %s, recomputing", err, aside)
-    stats = collect_second_moment(
+    stats = (collect or collect_second_moment)(
         loaded,
         layer,
         corpus,
@@ -458,6 +461,7 @@ def layer_second_moment(
     stats_dir: str | os.PathLike[str] | None = None,
     npz_path: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    collect: Callable[..., SecondMomentStats] | None = None,
 ) -> Tensor:
     """C = E[k kᵀ] (d_in, d_in) at the edited module of ``layer``: the mean, in ``dtype``.
 
@@ -475,5 +479,6 @@ def layer_second_moment(
         stats_dir=stats_dir,
         npz_path=npz_path,
         progress=progress,
+        collect=collect,
     )
     return stats.mean().to(dtype)

@@ -115,7 +115,7 @@ def test_ieee_float32_inside_whatever_the_process_allows() -> None:
 
 
 def test_choosing_leaves_the_global_random_state_alone() -> None:
-    linear.onednn_is_faster.cache_clear()
+    linear._measured_onednn_is_faster.cache_clear()
     before = torch.random.get_rng_state()
     linear.onednn_is_faster()
     assert torch.equal(torch.random.get_rng_state(), before)
@@ -161,3 +161,18 @@ def test_v_star_is_the_reference_loops_either_way(
     assert fast.loss_trace == pytest.approx(ref.loss_trace, rel=1e-4)
     error = float((fast.v_star - ref.v_star).norm() / ref.v_star.norm())
     assert error <= 1e-4, f"‖v*_fast − v*_ref‖ / ‖v*_ref‖ = {error:.3g} (oneDNN: {routed})"
+
+
+@pytest.mark.parametrize(("value", "choice"), [("1", True), ("0", False)])
+def test_the_environment_pins_the_choice_without_measuring(
+    value: str, choice: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(linear.ONEDNN_ENV, value)
+    monkeypatch.setattr(linear, "_measured_onednn_is_faster", lambda: not choice)
+    assert linear.onednn_is_faster() is choice
+
+
+def test_a_bad_environment_choice_names_the_allowed_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(linear.ONEDNN_ENV, "yes")
+    with pytest.raises(ValueError, match=r"must be 1 .* or 0"):
+        linear.onednn_is_faster()

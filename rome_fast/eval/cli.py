@@ -6,10 +6,12 @@ import argparse
 import dataclasses
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rome_fast.cli_inputs import DEFAULT_VARIANTS, hparams_for_model, read_inputs
+from rome_fast.cluster import Cluster, add_cluster_arguments, cluster_from_args
 from rome_fast.eval.data import load_cases
 from rome_fast.eval.files import read_json_object, write_json
 from rome_fast.eval.gates import check_summary_file
@@ -52,6 +54,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         dest="modes",
         action="store_const",
         const="sequential",
+        default="single",  # argparse takes the shared dest's default from the first action
         help="edits accumulate on one model (default: each edit alone)",
     )
     mode.add_argument(
@@ -98,6 +101,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, required=True, help="run folder; rerunning with the same folder resumes"
     )
+    add_cluster_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace, model_name: str, hparams: Any) -> RunConfig:
@@ -134,25 +138,41 @@ def config_from_args(args: argparse.Namespace, model_name: str, hparams: Any) ->
     )
 
 
-def fresh_editors(editor: Any) -> Callable[[], Any]:
-    """New editors of ``editor``'s class (``--impl naive`` stays naive) and settings, sharing
-    its context templates and C, computed once here on the unedited model."""
-    templates, covariance = editor.templates, editor.covariance(editor.layer)
+@dataclass(frozen=True)
+class EditorRecipe:
+    """Editors of one class (``--impl naive`` stays naive) and settings, sharing context
+    templates and C computed once on the unedited model: called with a loaded model (this
+    process's or a worker's), it returns a new editor of that model."""
 
-    def fresh() -> Any:
-        return type(editor)(
-            editor.loaded,
-            hparams=editor.hparams,
-            seed=editor.seed,
-            stats=covariance,
-            templates=templates,
+    cls: type
+    hparams: Any
+    seed: int
+    templates: list[str]
+    covariance: Any
+
+    @classmethod
+    def of(cls, editor: Any) -> EditorRecipe:
+        covariance = editor.covariance(editor.layer)
+        return cls(type(editor), editor.hparams, editor.seed, editor.templates, covariance)
+
+    def __call__(self, loaded: Any) -> Any:
+        return self.cls(
+            loaded,
+            hparams=self.hparams,
+            seed=self.seed,
+            stats=self.covariance,
+            templates=self.templates,
         )
 
-    return fresh
+
+def fresh_editors(editor: Any) -> Callable[[], Any]:
+    """New editors like ``editor`` (see :class:`EditorRecipe`) of its model."""
+    recipe = EditorRecipe.of(editor)
+    return lambda: recipe(editor.loaded)
 
 
-def _run_locked(args: argparse.Namespace) -> dict[str, Any]:
-    from rome_fast.cli_options import build_editor
+def _run_locked(args: argparse.Namespace, cluster: Cluster | None) -> dict[str, Any]:
+    from rome_fast.cli_options import DTYPES, build_editor
     from rome_fast.eval.glue import evaluate_glue
 
     cases = load_cases(args.data, limit=args.limit, offset=args.offset)
@@ -171,8 +191,27 @@ def _run_locked(args: argparse.Namespace) -> dict[str, Any]:
             seed=cfg.seed,
             check_only=True,
         )
-    runner = Runner(loaded, editor, cases, cfg, args.out, fresh_editor=fresh_editors(editor))
-    return runner.run()
+    runner = Runner(
+        loaded,
+        editor,
+        cases,
+        cfg,
+        args.out,
+        fresh_editor=fresh_editors(editor),
+        progress=cluster is None,
+    )
+    if cluster is None:
+        return runner.run()
+    from rome_fast.eval.distributed import run_on_cluster
+
+    return run_on_cluster(
+        runner,
+        EditorRecipe.of(editor),
+        cluster,
+        model=args.model,
+        dtype=DTYPES[args.dtype],
+        seed=args.seed,
+    )
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -181,6 +220,9 @@ def run_eval(args: argparse.Namespace) -> int:
     read_inputs(args)
     if args.editor is None:
         check_variants(names(args.variants))
+    cluster = cluster_from_args(args)  # a missing Ray is reported here
+    if cluster is not None and args.editor is not None:
+        raise ValueError("--workers/--ray-address shard our editor's runs; drop them with --editor")
     check_out_folder(args.out)
     if args.stats_npz is not None and not args.stats_npz.is_file():
         raise FileNotFoundError(f"--stats-npz {args.stats_npz} does not exist")
@@ -188,7 +230,7 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         # Taken before the data and the model load: a second writer is refused at once.
         with run_folder_lock(args.out):
-            summary = _run_locked(args)
+            summary = _run_locked(args, cluster)
     except FolderLockedError:
         raise  # the folder is the other writer's
     except (ValueError, OSError):

@@ -50,6 +50,29 @@ MODES = ("single", "sequential")
 DEGRADE_MODES = ("none", "zero", "flip")
 
 
+class SingleWork(Protocol):
+    """The model-side work of a single-edit run, done in this process (:class:`Runner`
+    itself) or by workers (``rome_fast.eval.distributed``); the loop orders and writes rows."""
+
+    def single_row(self, variant: str, index: int) -> dict[str, Any]: ...
+
+
+class StreamWork(Protocol):
+    """The model-side work of a sequential stream, here or on one worker (as ``SingleWork``)."""
+
+    def begin_stream(self, variant: str, weights: Mapping[str, torch.Tensor]) -> None: ...
+
+    def stream_row(self, variant: str, index: int) -> dict[str, Any]: ...
+
+    def edited_weights(self) -> dict[str, torch.Tensor]: ...
+
+    def glue_scores(self) -> dict[str, Any]: ...
+
+    def final_row(self, index: int) -> dict[str, Any]: ...
+
+    def end_stream(self) -> None: ...
+
+
 class EditorLike(Protocol):
     """What runs need from :class:`rome_fast.editor.Editor` (ARCHITECTURE.md)."""
 
@@ -303,6 +326,27 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+TIMING_KEYS = frozenset({"timings", "edit_seconds"})  # wall-clock: differ between any two runs
+
+
+def kernel_settings() -> dict[str, Any]:
+    """What float32 CPU results round by, besides the inputs: intra-op threads and the
+    measured oneDNN-or-MKL choice (``rome_fast.linear``), recorded with every run."""
+    from rome_fast.linear import onednn_is_faster
+
+    return {"threads": torch.get_num_threads(), "onednn": onednn_is_faster()}
+
+
+def without_timings(value: Any) -> Any:
+    """A record (or any JSON value) without its wall-clock times: what two runs of the same
+    command, in one process or sharded over workers, must have in common."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k not in TIMING_KEYS}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
 def rewrite_lines(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -417,6 +461,7 @@ class Runner:
     # A new editor for every mode and variant: a resumed sequential run loads weights the
     # editor never saw, so its record of W0 must not outlive that run.
     fresh_editor: Callable[[], EditorLike] | None = None
+    progress: bool = True  # per-variant bars; a distributed driver shows one bar instead
     # Single-edit mode: per case index, what every variant shares (see _edit_and_score).
     _pre_scores: dict[int, Any] = field(init=False, default_factory=dict)
     _prepared: dict[int, Any] = field(init=False, default_factory=dict)
@@ -583,32 +628,45 @@ class Runner:
                 f"collapse at case {row['case_id']} ({row['variant']}): {'; '.join(reasons)}"
             )
 
-    def run_single(self, variant: str) -> list[dict[str, Any]]:
-        """Each case edited on the unedited model, restored bit-exactly afterwards."""
+    def _bar(self, start: int, desc: str) -> Iterable[int]:
+        return tqdm(
+            range(start, len(self.cases)),
+            desc=desc,
+            initial=start,
+            total=len(self.cases),
+            disable=not self.progress,
+        )
+
+    def single_row(self, variant: str, index: int) -> dict[str, Any]:
+        """One case edited on the unedited model, restored bit-exactly afterwards (unflagged)."""
+        row, _ = self._edit_and_score(self.cases[index], index, variant, single=True)
+        self.editor.restore()
+        self.guard.check_restored(f"single {variant}: after case {self.cases[index].case_id}")
+        return row
+
+    def forget_case(self, index: int) -> None:
+        """Drop what the variants of case ``index`` shared (a worker ran only some of them)."""
+        self._pre_scores.pop(index, None)
+        self._prepared.pop(index, None)
+
+    def run_single(self, variant: str, work: SingleWork | None = None) -> list[dict[str, Any]]:
+        """Each case edited on the unedited model; ``work`` computes the rows (default: here)."""
+        work = work if work is not None else self
         path = self.out / f"single-{variant}.jsonl"
         rows = _resume_rows(path, self.cases)
         history = [r["diagnostics"]["delta_norm"] for r in rows if r["diagnostics"]]
         self.guard.check_restored(f"single {variant}: before case {len(rows)}")
-        for index in tqdm(
-            range(len(rows), len(self.cases)),
-            desc=f"single {variant}",
-            initial=len(rows),
-            total=len(self.cases),
-        ):
+        for index in self._bar(len(rows), f"single {variant}"):
             if self.on_case is not None:
                 self.on_case("single", variant, index)
-            row, _ = self._edit_and_score(self.cases[index], index, variant, single=True)
-            self.editor.restore()
-            self.guard.check_restored(f"single {variant}: after case {self.cases[index].case_id}")
+            row = work.single_row(variant, index)
             self._flag(row, history)
             append_line(path, row)
             rows.append(row)
         return rows
 
-    def _glue(self, variant: str, step: int, done: set[int]) -> None:
-        if self.cfg.glue_every == 0 or step in done:
-            return
-        scores = evaluate_glue(
+    def glue_scores(self) -> dict[str, Any]:
+        return evaluate_glue(
             self.model,
             self.loaded.tokenizer,
             data_dir=self.cfg.glue_data,
@@ -617,7 +675,11 @@ class Runner:
             seed=self.cfg.seed,
             batch_size=self.cfg.batch_size,
         )
-        append_line(self.out / f"glue-{variant}.jsonl", {"step": step, "tasks": scores})
+
+    def _glue(self, work: StreamWork, variant: str, step: int, done: set[int]) -> None:
+        if self.cfg.glue_every == 0 or step in done:
+            return
+        append_line(self.out / f"glue-{variant}.jsonl", {"step": step, "tasks": work.glue_scores()})
         done.add(step)
 
     def _glue_done(self, variant: str, n_done: int) -> set[int]:
@@ -630,95 +692,133 @@ class Runner:
             rewrite_lines(path, rows)
         return {int(r["step"]) for r in rows}
 
-    def _checkpoint(self, path: Path, n_done: int) -> None:
+    def _checkpoint(self, path: Path, n_done: int, weights: Mapping[str, torch.Tensor]) -> None:
         tmp = path.with_name(path.name + ".tmp")
-        torch.save({"n_done": n_done, "weights": self.guard.current()}, tmp)
+        torch.save({"n_done": n_done, "weights": dict(weights)}, tmp)
         os.replace(tmp, path)
 
-    def run_sequential(self, variant: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def begin_stream(self, variant: str, weights: Mapping[str, torch.Tensor]) -> None:
+        """Start a sequential stream from the unedited model plus ``weights`` (a checkpoint)."""
+        self.guard.check_restored(f"sequential {variant}: before the first edit")
+        self.guard.load(weights)
+
+    def stream_row(self, variant: str, index: int) -> dict[str, Any]:
+        """The next edit of a sequential stream, on the model as the previous ones left it."""
+        row, _ = self._edit_and_score(self.cases[index], index, variant)
+        row["cumulative_norm"] = self.guard.distance()
+        # Normalized like |Δ|, by the elements of one edited weight.
+        row["cumulative_delta"] = row["cumulative_norm"] / self.guard.numel
+        return row
+
+    def edited_weights(self) -> dict[str, torch.Tensor]:
+        return self.guard.current()
+
+    def end_stream(self) -> None:
+        self.editor.restore()
+        self.guard.reset()  # a resumed run loaded weights the editor never saw
+
+    def run_sequential(
+        self, variant: str, work: StreamWork | None = None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Edits accumulate; returns the per-edit rows and the final scores of every case."""
+        work = work if work is not None else self
         path = self.out / f"sequential-{variant}.jsonl"
         state_path = self.out / f"sequential-{variant}.state.pt"
-        self.guard.check_restored(f"sequential {variant}: before the first edit")
-        n_done = 0
+        n_done, weights = 0, {}
         if state_path.exists():
             state = torch.load(state_path, weights_only=True)
-            n_done = int(state["n_done"])
-            self.guard.load(state["weights"])
+            n_done, weights = int(state["n_done"]), state["weights"]
+        work.begin_stream(variant, weights)
         rows = _resume_rows(path, self.cases, keep=n_done)
         glue_done = self._glue_done(variant, n_done)
         every = self.cfg.glue_every
         if every and (n_done % every == 0 or n_done == len(self.cases)):
-            self._glue(variant, n_done, glue_done)
+            self._glue(work, variant, n_done, glue_done)
         history = [r["diagnostics"]["delta_norm"] for r in rows if r["diagnostics"]]
-        for index in tqdm(
-            range(n_done, len(self.cases)),
-            desc=f"sequential {variant}",
-            initial=n_done,
-            total=len(self.cases),
-        ):
+        for index in self._bar(n_done, f"sequential {variant}"):
             if self.on_case is not None:
                 self.on_case("sequential", variant, index)
-            row, _ = self._edit_and_score(self.cases[index], index, variant)
-            row["cumulative_norm"] = self.guard.distance()
-            # Normalized like |Δ|, by the elements of one edited weight.
-            row["cumulative_delta"] = row["cumulative_norm"] / self.guard.numel
+            row = work.stream_row(variant, index)
             self._flag(row, history)
             append_line(path, row)
             rows.append(row)
             if (index + 1) % self.cfg.checkpoint_every == 0 or index + 1 == len(self.cases):
-                self._checkpoint(state_path, index + 1)
+                self._checkpoint(state_path, index + 1, work.edited_weights())
             if every and ((index + 1) % every == 0 or index + 1 == len(self.cases)):
-                self._glue(variant, index + 1, glue_done)
-        final = self._final_scores(variant)
-        self.editor.restore()
-        self.guard.reset()  # a resumed run loaded weights the editor never saw
+                self._glue(work, variant, index + 1, glue_done)
+        final = self._final_scores(variant, work)
+        work.end_stream()
         return rows, final
 
-    def _final_scores(self, variant: str) -> list[dict[str, Any]]:
+    def final_row(self, index: int) -> dict[str, Any]:
+        """Case ``index`` scored on the model as the whole stream left it."""
+        case = self.cases[index]
+        scores = score_case(self.model, self.loaded.tokenizer, case, self.cfg.batch_size)
+        return {
+            "case_id": case.case_id,
+            "index": index,
+            "post": scores,
+            "metrics_post": metrics_of(scores),
+        }
+
+    def _final_scores(self, variant: str, work: StreamWork) -> list[dict[str, Any]]:
         path = self.out / f"sequential-{variant}-final.jsonl"
         rows = _resume_rows(path, self.cases)
-        for index in tqdm(
-            range(len(rows), len(self.cases)),
-            desc=f"final {variant}",
-            initial=len(rows),
-            total=len(self.cases),
-        ):
-            case = self.cases[index]
-            scores = score_case(self.model, self.loaded.tokenizer, case, self.cfg.batch_size)
-            row = {
-                "case_id": case.case_id,
-                "index": index,
-                "post": scores,
-                "metrics_post": metrics_of(scores),
-            }
+        for index in self._bar(len(rows), f"final {variant}"):
+            row = work.final_row(index)
             append_line(path, row)
             rows.append(row)
         return rows
 
-    def run(self) -> dict[str, Any]:
-        """Every mode and variant of the config, then ``summary.json``; the folder is
-        locked against a second writer throughout."""
+    def renew_editor(self) -> None:
+        """A new editor for the next mode and variant (see ``fresh_editor``)."""
+        if self.fresh_editor is not None:
+            self.editor = self._wrap(self.fresh_editor())
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """What every way of running the cases needs first: the folder locked against a
+        second writer throughout, the config written (a resume checked against it) and the
+        unedited model's reference scores."""
         with run_folder_lock(self.out):
             self._write_config()
             self.reference = self._reference()
+            yield
+
+    def run(self) -> dict[str, Any]:
+        """Every mode and variant of the config, then ``summary.json``."""
+        with self.session():
             return self._run_locked()
 
     def _run_locked(self) -> dict[str, Any]:
+        start = time.perf_counter()
         for mode in self.cfg.modes:
             for variant in self.cfg.variants:
-                if self.fresh_editor is not None:
-                    self.editor = self._wrap(self.fresh_editor())
+                self.renew_editor()
                 if mode == "single":
                     self.run_single(variant)
                 else:
                     self.run_sequential(variant)
+        device = str(getattr(self.loaded, "device", "cpu"))
+        return self.write_summary(
+            {
+                "workers": 1,
+                "devices": [device],
+                "wall_seconds": time.perf_counter() - start,
+                **kernel_settings(),
+            }
+        )
+
+    def write_summary(self, execution: Mapping[str, Any]) -> dict[str, Any]:
+        """``summary.json`` from the case files, with how this invocation ran (workers,
+        devices, wall time, retries), so that scaling can be read off runs."""
         summary = summarize(
             self.out,
             self.cfg,
             getattr(self.loaded, "name", self.cfg.model),
             [c.case_id for c in self.cases],
         )
+        summary["execution"] = dict(execution)
         write_json(self.out / "summary.json", summary)
         return summary
 

@@ -1,0 +1,376 @@
+"""``rome eval --workers N`` / ``--ray-address ADDRESS``: a run's cases on Ray actors.
+
+Each actor (:class:`EvalWorker`) loads the model once, holds one device (a GPU where the
+cluster has them, else a CPU) and computes rows; the driver alone writes the run folder,
+through the same :class:`~rome_fast.eval.runs.Runner` loops as a run in one process, so the
+files, their order, the collapse flags and resuming are those of that run. Single-edit cases
+are sharded over the actors (prefetched, any completion order, written in case order); a
+sequential stream (one per variant) goes to one actor, since its edits depend on each other.
+
+A worker that dies loses nothing: its unfinished cases go to a replacement actor; a stream
+restarts from its last checkpoint (the rows after it are redone, as on a resumed run). The
+summary's ``execution`` says how many cases were retried.
+
+Ray itself is reached through ``rome_fast.cluster``, imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Queue
+from types import ModuleType
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from rome_fast.cluster import Cluster, WorkerLost, actor_factory, connected, fetch, worker_count
+from rome_fast.eval.data import Case
+from rome_fast.eval.runs import RunConfig, Runner, kernel_settings, read_lines
+from rome_fast.linear import onednn_is_faster, pin_onednn
+
+MAX_ATTEMPTS = 3  # a case (or stream) whose worker died this often fails the run
+
+
+# ---------------------------------------------------------------- the worker
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What an actor needs to compute the rows this process would: the model, an editor
+    recipe (templates and C computed once by the driver), the kernel choice and the intra-op
+    thread count (CPU reductions, e.g. in the v* loop's backward pass, round by it)."""
+
+    model: str
+    dtype: torch.dtype
+    seed: int
+    make_editor: Callable[[Any], Any]  # loaded model -> editor
+    cases: Sequence[Case]
+    cfg: RunConfig
+    onednn: bool
+    threads: int
+
+
+class _RowRunner(Runner):
+    """A runner that writes nothing: the driver writes the run folder and flags the rows."""
+
+    def _write_config(self) -> None:
+        pass
+
+    def _reference(self) -> dict[str, Any]:
+        return {}
+
+
+class EvalWorker:
+    """One model and one editor on one device (a Ray actor); the driver asks it for rows."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        from rome_fast.models import load_model
+
+        pin_onednn(spec.onednn)
+        torch.set_num_threads(spec.threads)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        loaded = load_model(spec.model, dtype=spec.dtype, device=device, seed=spec.seed)
+        self.runner = _RowRunner(
+            loaded,
+            spec.make_editor(loaded),
+            spec.cases,
+            spec.cfg,
+            Path(tempfile.gettempdir()),
+            fresh_editor=lambda: spec.make_editor(loaded),
+            progress=False,
+        )
+        self.device = str(loaded.device)
+
+    def describe(self) -> dict[str, Any]:
+        return {"device": self.device, "pid": os.getpid()}
+
+    def single_rows(self, index: int, variants: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Case ``index`` for each of ``variants`` (one preparation serves them all)."""
+        rows = {v: self.runner.single_row(v, index) for v in variants}
+        self.runner.forget_case(index)
+        return rows
+
+    def begin_stream(self, variant: str, weights: Mapping[str, torch.Tensor]) -> None:
+        self.runner.renew_editor()
+        self.runner.begin_stream(variant, weights)
+
+    def stream_row(self, variant: str, index: int) -> dict[str, Any]:
+        return self.runner.stream_row(variant, index)
+
+    def edited_weights(self) -> dict[str, torch.Tensor]:
+        return self.runner.edited_weights()
+
+    def glue_scores(self) -> dict[str, Any]:
+        return self.runner.glue_scores()
+
+    def final_row(self, index: int) -> dict[str, Any]:
+        return self.runner.final_row(index)
+
+    def end_stream(self) -> None:
+        self.runner.end_stream()
+
+
+# ---------------------------------------------------------------- the driver
+
+
+class Pool:
+    """``size`` actor slots; a dead actor's slot gets a new actor."""
+
+    def __init__(self, ray: ModuleType, spec: WorkerSpec, size: int) -> None:
+        self.ray = ray
+        self._start = actor_factory(ray, EvalWorker, "rome-eval")
+        self._spec = ray.put(spec)
+        self._lock = threading.Lock()
+        self.actors: list[Any] = []
+        self._described: list[Any] = []  # every actor's device, asked for at its start
+        for _ in range(size):
+            self.actors.append(self._new_actor())
+        self.retried = 0
+
+    def _new_actor(self) -> Any:
+        actor = self._start(self._spec)
+        self._described.append(actor.describe.remote())
+        return actor
+
+    def replace(self, slot: int, actor: Any, lost_cases: int) -> Any:
+        """A new actor in ``slot`` unless another thread replaced ``actor`` already."""
+        with self._lock:
+            self.retried += lost_cases
+            if self.actors[slot] is actor:
+                self.actors[slot] = self._new_actor()
+            return self.actors[slot]
+
+    def devices(self) -> list[str]:
+        """The device of every actor that loaded its model (replacements included)."""
+        devices = []
+        for ref in self._described:
+            try:
+                devices.append(fetch(self.ray, ref)["device"])
+            except WorkerLost:
+                continue  # killed before it had loaded the model
+        return devices
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+
+
+@dataclass
+class _Unit:
+    index: int
+    variants: list[str]
+    attempts: int = 0
+
+
+class ShardedSingle:
+    """Single-edit rows computed by the pool, two cases in flight per actor, handed to the
+    runner's loop in whatever order it asks for them (case order)."""
+
+    IN_FLIGHT = 2  # per actor: the next case is queued while the driver writes
+
+    def __init__(self, pool: Pool, todo: Mapping[int, Sequence[str]], bar: tqdm) -> None:
+        self.pool, self.bar = pool, bar
+        self.queue = deque(_Unit(i, list(v)) for i, v in sorted(todo.items()) if v)
+        self.rows: dict[tuple[str, int], dict[str, Any]] = {}
+        self.in_flight: dict[Any, tuple[int, Any, _Unit]] = {}  # ref -> slot, actor, unit
+
+    def single_row(self, variant: str, index: int) -> dict[str, Any]:
+        while (variant, index) not in self.rows:
+            if not self._pending(variant, index):
+                self.queue.appendleft(_Unit(index, [variant]))
+            self._submit()
+            self._collect()
+        return self.rows.pop((variant, index))
+
+    def _pending(self, variant: str, index: int) -> bool:
+        units = [*self.queue, *(u for _, _, u in self.in_flight.values())]
+        return any(u.index == index and variant in u.variants for u in units)
+
+    def _submit(self) -> None:
+        for slot, actor in enumerate(self.pool.actors):
+            busy = sum(a is actor for _, a, _ in self.in_flight.values())
+            for _ in range(self.IN_FLIGHT - busy):
+                if not self.queue:
+                    return
+                unit = self.queue.popleft()
+                ref = actor.single_rows.remote(unit.index, unit.variants)
+                self.in_flight[ref] = (slot, actor, unit)
+
+    def _collect(self) -> None:
+        (ref,), _ = self.pool.ray.wait(list(self.in_flight), num_returns=1)
+        slot, actor, unit = self.in_flight.pop(ref)
+        try:
+            rows = fetch(self.pool.ray, ref)
+        except WorkerLost:
+            self._lost(slot, actor, unit)
+            return
+        for variant, row in rows.items():
+            self.rows[(variant, unit.index)] = row
+        self.bar.update(len(rows))
+
+    def _lost(self, slot: int, actor: Any, unit: _Unit) -> None:
+        """Every unfinished case of the dead actor goes back to the front of the queue."""
+        lost = [unit]
+        for ref, (_, other, other_unit) in list(self.in_flight.items()):
+            if other is actor:
+                lost.append(other_unit)
+                del self.in_flight[ref]
+        for u in sorted(lost, key=lambda u: u.index, reverse=True):
+            u.attempts += 1
+            if u.attempts >= MAX_ATTEMPTS:
+                raise RuntimeError(
+                    f"case index {u.index}: its worker died {u.attempts} times; "
+                    "see the Ray logs (out of memory?)"
+                )
+            self.queue.appendleft(u)
+        self.pool.replace(slot, actor, len(lost))
+        self.bar.set_postfix(retried=self.pool.retried)
+
+
+class RemoteStream:
+    """One sequential stream's work, done by one actor."""
+
+    def __init__(self, pool: Pool, actor: Any, bar: tqdm) -> None:
+        self.pool, self.actor, self.bar = pool, actor, bar
+
+    def _call(self, name: str, *args: Any) -> Any:
+        return fetch(self.pool.ray, getattr(self.actor, name).remote(*args))
+
+    def begin_stream(self, variant: str, weights: Mapping[str, torch.Tensor]) -> None:
+        self._call("begin_stream", variant, weights)
+
+    def stream_row(self, variant: str, index: int) -> dict[str, Any]:
+        row: dict[str, Any] = self._call("stream_row", variant, index)
+        self.bar.update(1)
+        return row
+
+    def edited_weights(self) -> dict[str, torch.Tensor]:
+        weights: dict[str, torch.Tensor] = self._call("edited_weights")
+        return weights
+
+    def glue_scores(self) -> dict[str, Any]:
+        scores: dict[str, Any] = self._call("glue_scores")
+        return scores
+
+    def final_row(self, index: int) -> dict[str, Any]:
+        row: dict[str, Any] = self._call("final_row", index)
+        return row
+
+    def end_stream(self) -> None:
+        self._call("end_stream")
+
+
+def _run_stream(runner: Runner, pool: Pool, slots: Queue[int], variant: str, bar: tqdm) -> None:
+    """The sequential stream of ``variant`` on a free actor; after its death, again on a new
+    actor from the last checkpoint (the rows written after it are redone)."""
+    path = runner.out / f"sequential-{variant}.jsonl"
+    slot = slots.get()
+    try:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            actor = pool.actors[slot]
+            try:
+                runner.run_sequential(variant, RemoteStream(pool, actor, bar))
+                return
+            except WorkerLost:
+                if attempt == MAX_ATTEMPTS:
+                    raise RuntimeError(
+                        f"sequential {variant}: its worker died {attempt} times; "
+                        "see the Ray logs (out of memory?)"
+                    ) from None
+                dropped = len(read_lines(path)) - _checkpointed(runner, variant)
+                bar.update(-dropped)  # counted once more when redone
+                pool.replace(slot, actor, dropped + 1)  # and the case in flight
+                bar.set_postfix(retried=pool.retried)
+    finally:
+        slots.put(slot)
+
+
+def _checkpointed(runner: Runner, variant: str) -> int:
+    state = runner.out / f"sequential-{variant}.state.pt"
+    if not state.exists():
+        return 0
+    return int(torch.load(state, weights_only=True)["n_done"])
+
+
+def _single_todo(runner: Runner) -> dict[int, list[str]]:
+    """Per case index, the variants whose single-edit file does not hold it yet."""
+    done = {v: len(read_lines(runner.out / f"single-{v}.jsonl")) for v in runner.cfg.variants}
+    return {i: [v for v in runner.cfg.variants if i >= done[v]] for i in range(len(runner.cases))}
+
+
+def _edits_done(runner: Runner) -> int:
+    return sum(
+        len(read_lines(runner.out / f"{mode}-{v}.jsonl"))
+        for mode in runner.cfg.modes
+        for v in runner.cfg.variants
+    )
+
+
+def run_on_cluster(
+    runner: Runner,
+    make_editor: Callable[[Any], Any],
+    cluster: Cluster,
+    *,
+    model: str,
+    dtype: torch.dtype,
+    seed: int,
+) -> dict[str, Any]:
+    """Run every mode and variant of ``runner``'s config on Ray actors, each loading
+    ``load_model(model, dtype=dtype, seed=seed)`` as this process did and editing it with
+    ``make_editor(loaded)``; ``summary.json`` as :meth:`Runner.run` writes it, its
+    ``execution`` saying how the run was spread."""
+    cfg = runner.cfg
+    spec = WorkerSpec(
+        model,
+        dtype,
+        seed,
+        make_editor,
+        runner.cases,
+        cfg,
+        onednn_is_faster(),
+        torch.get_num_threads(),
+    )
+    start = time.perf_counter()
+    with runner.session(), connected(cluster) as ray:
+        size = worker_count(ray, cluster)
+        pool = Pool(ray, spec, size)
+        total = len(runner.cases) * len(cfg.variants) * len(cfg.modes)
+        bar = tqdm(total=total, initial=_edits_done(runner), desc="edits", unit="edit")
+        try:
+            if "single" in cfg.modes:
+                work = ShardedSingle(pool, _single_todo(runner), bar)
+                for variant in cfg.variants:
+                    runner.run_single(variant, work)
+            if "sequential" in cfg.modes:
+                slots: Queue[int] = Queue()
+                for slot in range(size):
+                    slots.put(slot)
+                with ThreadPoolExecutor(max_workers=size) as threads:
+                    streams = [
+                        threads.submit(_run_stream, runner, pool, slots, v, bar)
+                        for v in cfg.variants
+                    ]
+                    for stream in streams:
+                        stream.result()
+            devices = pool.devices()
+        finally:
+            bar.close()
+            pool.shutdown()
+        execution = {
+            "workers": size,
+            "devices": devices,
+            "ray_address": cluster.address or "local",
+            "retried_cases": pool.retried,
+            "wall_seconds": time.perf_counter() - start,
+            **kernel_settings(),  # the driver's, which the workers follow
+        }
+    return runner.write_summary(execution)

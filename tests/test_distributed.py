@@ -1,0 +1,222 @@
+"""Runs and statistics on a local Ray cluster started here (2 CPUs, tiny random models):
+the sharded run equals the same run in one process record for record, a killed worker
+loses nothing, statistics sharded three ways equal unsharded ones.
+
+Marked ``ray`` (``nox -s ray``); skipped where Ray is not installed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+
+from rome_fast import stats
+from rome_fast.cluster import Cluster
+from rome_fast.corpus import from_texts
+from rome_fast.editor import Editor
+from rome_fast.eval.cli import EditorRecipe
+from rome_fast.eval.data import Case
+from rome_fast.eval.distributed import run_on_cluster
+from rome_fast.eval.runs import RunConfig, Runner, read_lines, without_timings
+from rome_fast.hparams import hparams_for
+from rome_fast.models import LoadedModel, random_model
+from rome_fast.stats_parallel import sharded_collector
+from tests.test_stats import varied_texts
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
+
+MODEL = "random:tiny-gpt2"
+N_CASES = 4
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[ModuleType]:
+    temp = tempfile.mkdtemp(prefix="ray")  # short: Ray's socket paths must stay < 108 bytes
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    # As in each worker (one CPU each): tiny models only lose from intra-op threads.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_cases(n: int) -> list[Case]:
+    subjects = ["Danielle Darrieux", "Toyota", "Miles Davis", "the Nile", "Mozart"]
+    return [
+        Case(
+            case_id=200 + i,
+            prompt="The home of {} is",
+            subject=subjects[i % len(subjects)],
+            target_new=("London", "Paris", "Berlin")[i % 3],
+            target_true="Rome",
+            paraphrase_prompts=(f"Everyone knows that {subjects[i % len(subjects)]} is in",),
+            neighborhood_prompts=("The home of Zeus is",),
+            neighborhood_target="Rome",
+        )
+        for i in range(n)
+    ]
+
+
+def config(modes: tuple[str, ...]) -> RunConfig:
+    return RunConfig(
+        model=MODEL,
+        data="<memory>",
+        variants=("rome", "r-rome"),
+        modes=modes,
+        n_generations=2,
+        generation_tokens=4,
+        collapse_min_history=2,
+    )
+
+
+def recipe(loaded: LoadedModel) -> EditorRecipe:
+    hp = hparams_for(MODEL).replace(context_template_schedule=((5, 2),), v_num_grad_steps=5)
+    d_in = loaded.adapter.edited_module(loaded.model, hp.layer).weight.shape[0]
+    return EditorRecipe.of(Editor(loaded, hparams=hp, stats=torch.eye(d_in)))
+
+
+def runner(out: Path, modes: tuple[str, ...], **options: Any) -> tuple[Runner, EditorRecipe]:
+    loaded = random_model(MODEL.removeprefix("random:"))
+    make = recipe(loaded)
+    run = Runner(
+        loaded,
+        make(loaded),
+        make_cases(N_CASES),
+        config(modes),
+        out,
+        fresh_editor=lambda: make(loaded),
+        **options,
+    )
+    return run, make
+
+
+def on_cluster(out: Path, modes: tuple[str, ...], **options: Any) -> dict[str, Any]:
+    run, make = runner(out, modes, progress=False, **options)
+    return run_on_cluster(run, make, Cluster(workers=2), model=MODEL, dtype=torch.float32, seed=0)
+
+
+def records(folder: Path, pattern: str) -> dict[str, list[Any]]:
+    files = sorted(folder.glob(pattern))
+    assert files, f"no {pattern} in {folder}"
+    return {f.name: without_timings(read_lines(f)) for f in files}
+
+
+def assert_same_records(one: Path, sharded: Path, pattern: str) -> None:
+    expected, got = records(one, pattern), records(sharded, pattern)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        for i, (a, b) in enumerate(zip(expected[name], got[name], strict=True)):
+            assert a == b, f"{name} line {i + 1}: one process {a}\n!= sharded {b}"
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference: the same run in this process, single and sequential."""
+    out = tmp_path_factory.mktemp("one-process")
+    run, _ = runner(out, ("single", "sequential"))
+    torch.set_num_threads(1)
+    run.run()
+    return out
+
+
+@pytest.mark.parametrize("mode", ["single", "sequential"])
+def test_sharded_run_equals_the_one_process_run(
+    cluster: ModuleType, one_process: Path, tmp_path: Path, mode: str
+) -> None:
+    summary = on_cluster(tmp_path, (mode,))
+    assert_same_records(one_process, tmp_path, f"{mode}-*.jsonl")
+    assert json.loads((tmp_path / "reference.json").read_text()) == json.loads(
+        (one_process / "reference.json").read_text()
+    )
+    assert summary["execution"]["workers"] == 2
+    assert summary["execution"]["devices"] == ["cpu", "cpu"]
+    assert summary["execution"]["retried_cases"] == 0
+
+
+def kill_a_worker_at(mode: str, index: int) -> Callable[[str, str, int], None]:
+    """A test hook for the driver's loop: kills one of the run's actors (as ``ray.kill``
+    or the out-of-memory killer would) when the loop reaches case ``index`` of ``mode``."""
+    killed: list[str] = []
+
+    def hook(m: str, variant: str, i: int) -> None:
+        if (m, i) != (mode, index) or killed:
+            return
+        named = ray.util.list_named_actors(all_namespaces=True)
+        (first, *_) = sorted(
+            (a["name"], a["namespace"]) for a in named if a["name"].startswith("rome-eval")
+        )
+        ray.kill(ray.get_actor(first[0], namespace=first[1]), no_restart=True)
+        killed.append(first[0])
+
+    return hook
+
+
+# Single: killed as the driver waits for the first case (every case is queued, two on each
+# actor); sequential: killed between the first and the second edit of a stream.
+@pytest.mark.parametrize(("mode", "index"), [("single", 0), ("sequential", 1)])
+def test_a_killed_worker_loses_no_case_and_counts_none_twice(
+    cluster: ModuleType, one_process: Path, tmp_path: Path, mode: str, index: int
+) -> None:
+    summary = on_cluster(tmp_path, (mode,), on_case=kill_a_worker_at(mode, index))
+    ids = [c.case_id for c in make_cases(N_CASES)]
+    for variant in ("rome", "r-rome"):
+        rows = read_lines(tmp_path / f"{mode}-{variant}.jsonl")
+        assert [r["case_id"] for r in rows] == ids
+    assert_same_records(one_process, tmp_path, f"{mode}-*.jsonl")
+    assert summary["execution"]["retried_cases"] >= 1
+    assert summary["results"][mode]["rome"]["n"] == N_CASES
+
+
+def test_an_interrupted_driver_resumes_from_the_written_records(
+    cluster: ModuleType, one_process: Path, tmp_path: Path
+) -> None:
+    def interrupt(mode: str, variant: str, index: int) -> None:
+        if (variant, index) == ("r-rome", 2):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        on_cluster(tmp_path, ("single",), on_case=interrupt)
+    assert len(read_lines(tmp_path / "single-r-rome.jsonl")) == 2
+    summary = on_cluster(tmp_path, ("single",))
+    assert_same_records(one_process, tmp_path, "single-*.jsonl")
+    assert summary["results"]["single"]["r-rome"]["n"] == N_CASES
+
+
+def test_statistics_sharded_three_ways_equal_unsharded(cluster: ModuleType) -> None:
+    # 3 sorting chunks of 2 × SORT_CHUNK_BATCHES documents: one per shard.
+    batch_size = 2
+    corpus = from_texts(varied_texts(3 * batch_size * stats.SORT_CHUNK_BATCHES - 5))
+    loaded = random_model(MODEL.removeprefix("random:"))
+    options: dict[str, Any] = {
+        "n_samples": 10_000,
+        "dtype": torch.float64,
+        "batch_size": batch_size,
+        "max_length": 16,
+        "progress": False,
+    }
+    whole = stats.collect_second_moment(loaded, 1, corpus, **options)
+    collect = sharded_collector(Cluster(workers=2), MODEL, torch.float32, 0, shards=3)
+    sharded = collect(loaded, 1, corpus, **options)
+    assert sharded.provenance["shards"] == 3
+    assert sharded.count == whole.count
+    assert sharded.provenance["documents"] == whole.provenance["documents"]
+    assert sharded.sum.dtype == torch.float64
+    scale = float(whole.sum.abs().max())
+    torch.testing.assert_close(sharded.sum, whole.sum, rtol=0, atol=1e-12 * scale)
