@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from torch import Tensor
 
 from rome_fast.eval import runs
 
@@ -75,9 +76,11 @@ def writes(
         hit(path, lambda: half_file(path))
         write_json(path, value)
 
-    def counted_checkpoint(self: runs.Runner, path: Path, n_done: int) -> None:
+    def counted_checkpoint(
+        self: runs.Runner, path: Path, n_done: int, weights: Mapping[str, Tensor]
+    ) -> None:
         hit(path, lambda: half_file(path))
-        checkpoint(self, path, n_done)
+        checkpoint(self, path, n_done, weights)
 
     with monkeypatch.context() as patch:
         patch.setattr(runs, "append_line", counted_append)
