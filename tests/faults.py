@@ -32,7 +32,7 @@ KINDS: dict[str, str] = {
     "summary": r"summary\.json",
 }
 # Fields that measure time: they differ between any two runs.
-VOLATILE = {"timings", "edit_seconds", "edit_seconds_mean"}
+VOLATILE = {"timings", "edit_seconds", "edit_seconds_mean", "wall_seconds"}
 
 
 class Killed(BaseException):
