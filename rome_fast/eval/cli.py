@@ -34,6 +34,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         dest="modes",
         action="store_const",
         const="sequential",
+        # argparse takes a shared dest's default from the first option that declares it.
+        default="single",
         help="edits accumulate on one model (default: each edit alone)",
     )
     mode.add_argument(
