@@ -336,3 +336,21 @@ def test_a_preparation_is_refused_after_its_edits_are_replaced_by_others(
     editor.edit(OTHER)
     with pytest.raises(ValueError, match="call prepare"):
         editor.apply(prepared, "r-rome")
+
+
+@pytest.mark.parametrize("entry", ["apply", "edited"])
+def test_guard_holds_on_every_entry_point_that_edits(entry: str) -> None:
+    """``edit`` is tested above; ``apply`` (of a preparation) and the ``edited`` context
+    manager take the same guard and refuse before touching the model."""
+    loaded, editor = make_editor("tiny-gpt2")
+    before = weights_of(loaded)
+    guard = Guard(max_delta_norm=0.0)
+    request = EditRequest(*REQUEST)
+    with pytest.raises(DisablingEditError, match="max_delta_norm"):
+        if entry == "apply":
+            editor.apply(editor.prepare(request), "r-rome", guard=guard)
+        else:
+            with editor.edited(request, "r-rome", guard=guard):
+                pass
+    assert changed_parameters(loaded, before) == []
+    assert editor.log == []
