@@ -76,7 +76,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "metrics",
         "rome_ref/metrics.py",
         "if np.any(array == 0):\n        return 0.0",
-        "if np.any(array == 0):\n        array = array[array > 0] if np.any(array > 0) else array + 1",
+        "if np.any(array == 0):\n        array = array[array > 0]",
         "S averages only the non-zero parts instead of being 0",
         (PROPERTIES, "-k", "zero"),
     ),

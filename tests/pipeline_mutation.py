@@ -107,7 +107,8 @@ def table(outcomes: list[Outcome]) -> str:
 @pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name)
 def test_pipeline_mutant_is_caught(mutant: Mutant) -> None:
     outcome = run_mutant(mutant)
-    print(f"\n{mutant.name}: {'caught by ' + ', '.join(outcome.failed) if outcome.caught else 'NOT CAUGHT'}")
+    verdict = "caught by " + ", ".join(outcome.failed) if outcome.caught else "NOT CAUGHT"
+    print(f"\n{mutant.name}: {verdict}")
     assert outcome.caught, (
         f"mutant {mutant.name} ({mutant.description}) survived {mutant.selection} "
         f"(exit {outcome.returncode}): add the missing test\n{outcome.output}"

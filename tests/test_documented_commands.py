@@ -96,8 +96,7 @@ def readers(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, bool], 
     for c in filter(runnable, COMMANDS):
         groups.setdefault((c.source, needs_smollm2(c)), []).append(c)
     return {
-        key: Reader(tmp_path_factory.mktemp("reader"), commands)
-        for key, commands in groups.items()
+        key: Reader(tmp_path_factory.mktemp("reader"), commands) for key, commands in groups.items()
     }
 
 

@@ -346,11 +346,15 @@ def test_guard_holds_on_every_entry_point_that_edits(entry: str) -> None:
     before = weights_of(loaded)
     guard = Guard(max_delta_norm=0.0)
     request = EditRequest(*REQUEST)
-    with pytest.raises(DisablingEditError, match="max_delta_norm"):
-        if entry == "apply":
-            editor.apply(editor.prepare(request), "r-rome", guard=guard)
-        else:
-            with editor.edited(request, "r-rome", guard=guard):
-                pass
+    if entry == "apply":
+        prepared = editor.prepare(request)
+        with pytest.raises(DisablingEditError, match="max_delta_norm"):
+            editor.apply(prepared, "r-rome", guard=guard)
+    else:
+        with (
+            pytest.raises(DisablingEditError, match="max_delta_norm"),
+            editor.edited(request, "r-rome", guard=guard),
+        ):
+            pass
     assert changed_parameters(loaded, before) == []
     assert editor.log == []

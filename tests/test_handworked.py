@@ -21,7 +21,9 @@ from rome_fast.eval.score import target_ids, target_nll
 from rome_ref import metrics as ref
 from tests.models import tiny_model
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "handworked" / "counterfact-metrics.json"
+FIXTURE = (
+    Path(__file__).resolve().parents[1] / "fixtures" / "handworked" / "counterfact-metrics.json"
+)
 
 
 @cache

@@ -120,7 +120,8 @@ def test_score_is_zero_when_a_part_is_zero(recs: list[Any]) -> None:
     """Every rewrite pushed to a loss (new target less likely than the true one): ES = 0."""
     lost = [{**r, "rewrite": ([r["rewrite"][1][0] + 1], r["rewrite"][1])} for r in recs]
     table = ref.aggregate(metrics(r) for r in lost)
-    assert table["ES"] == 0 and table["S"] == 0
+    assert table["ES"] == 0
+    assert table["S"] == 0
 
 
 def within_gate(value: float, baseline: float, tolerance: float) -> bool:

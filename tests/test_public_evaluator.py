@@ -172,7 +172,9 @@ def test_smollm2_records_and_table_agree(tmp_path: Path) -> None:
 def padded_nlls(loaded: LoadedModel, case: Case, side: str) -> tuple[np.ndarray, np.ndarray]:
     """(public, ours) NLLs of the new target on the case's prompts, padded on ``side``."""
     device = next(loaded.model.parameters()).device
-    scores = public_scores(evaluator(), loaded.model, OnDevice(loaded.tokenizer, device, side), case)
+    scores = public_scores(
+        evaluator(), loaded.model, OnDevice(loaded.tokenizer, device, side), case
+    )
     prompts = [case.rewrite_prompt, *case.paraphrase_prompts, *case.neighborhood_prompts]
     ours = target_nll(
         loaded.model, loaded.tokenizer, prompts, [case.target_new] * len(prompts), padding_side=side

@@ -39,9 +39,15 @@ def test_sequential_table_holds_the_final_scores(loaded: LoadedModel, tmp_path: 
     editor = FakeEditor(loaded, huge=frozenset({102}))
     summary = Runner(loaded, editor, make_cases(4), cfg, tmp_path).run()
     table = summary["results"]["sequential"]["a"]
-    final = ref.aggregate(r["metrics_post"] for r in read_lines(tmp_path / "sequential-a-final.jsonl"))
-    immediate = ref.aggregate(r["metrics_post"] for r in read_lines(tmp_path / "sequential-a.jsonl"))
-    assert any(final[m] != immediate[m] for m in ref.TABLE_METRICS), "the test cannot tell them apart"
+    final = ref.aggregate(
+        r["metrics_post"] for r in read_lines(tmp_path / "sequential-a-final.jsonl")
+    )
+    immediate = ref.aggregate(
+        r["metrics_post"] for r in read_lines(tmp_path / "sequential-a.jsonl")
+    )
+    assert any(final[m] != immediate[m] for m in ref.TABLE_METRICS), (
+        "the test cannot tell them apart"
+    )
     for metric in ref.TABLE_METRICS:
         assert table[metric] == pytest.approx(final[metric], abs=1e-12), metric
         assert table["immediate"][metric] == pytest.approx(immediate[metric], abs=1e-12), metric
