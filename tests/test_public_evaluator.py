@@ -33,6 +33,7 @@ from tests.public_evaluator import (
     public_scores,
     public_summary,
 )
+from tests.test_handworked import fixture
 
 SAMPLE = "counterfact/counterfact-rome-schema-sample.json"
 NLL_TOLERANCE = 1e-5  # float32 logits; the public code sums per-token NLLs in float32
@@ -197,13 +198,17 @@ def test_public_evaluator_misreads_left_padding() -> None:
     assert shift.max() > 0.1, f"left padding moved no public NLL by more than 0.1: {shift}"
 
 
-def test_summarize_rounds_before_the_harmonic_mean() -> None:
+def test_summarize_rounds_before_the_harmonic_mean(tmp_path: Path) -> None:
     """Quirk: summarize.py rounds ES, PS, NS (×100) to 2 decimals, then takes S of the
-    rounded numbers. Ours takes S of the unrounded means (the default); the two differ in the
-    third decimal at most on these records."""
-    records = [metrics_of(s.theirs) for s in tiny_scored("tiny-gpt2")]
+    rounded numbers. On the hand-worked records that gives 41.1746 against the exact
+    4200/102 = 41.1765; ours reports the exact one."""
+    scores = [r["scores"] for r in fixture()["records"]]
+    _, theirs = public_summary(evaluator(), tmp_path, scores)
+    records = [metrics_of(s) for s in scores]
     exact = ref.aggregate(records)["S"]
-    assert abs(rounded_table(records)["S"] - exact) < 0.01
+    assert exact == pytest.approx(fixture()["table"]["expected"]["S"], abs=1e-9)
+    assert theirs["S"] == pytest.approx(rounded_table(records)["S"], abs=1e-9)
+    assert 0 < abs(theirs["S"] - exact) < 0.01
 
 
 def test_public_evaluator_scores_what_the_tokenizer_adds_to_a_target() -> None:
