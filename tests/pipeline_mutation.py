@@ -86,7 +86,7 @@ def run_mutant(mutant: Mutant) -> Outcome:
         start = time.perf_counter()
         result = run_selection(root, mutant.selection)
         seconds = time.perf_counter() - start
-    failed = tuple(re.findall(r"^FAILED (\S+)", result.stdout, flags=re.MULTILINE))
+    failed = tuple(re.findall(r"^FAILED (.+?)(?: - .*)?$", result.stdout, flags=re.MULTILINE))
     return Outcome(mutant, result.returncode, failed, seconds, result.stdout[-3000:])
 
 
