@@ -349,6 +349,15 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     # ---------------------------------------------------------------- editor
     Mutant(
+        "covariance_memo_ignores_layer",
+        "editor",
+        "rome_fast/editor.py",
+        "if layer not in self._factors:",
+        "if not self._factors:",
+        "the editor's C memo computed once for whichever layer came first",
+        ("tests/test_editor.py", "-k", "memo"),
+    ),
+    Mutant(
         "guard_skipped",
         "editor",
         "rome_fast/editor.py",

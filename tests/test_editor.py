@@ -358,3 +358,19 @@ def test_guard_holds_on_every_entry_point_that_edits(entry: str) -> None:
             pass
     assert changed_parameters(loaded, before) == []
     assert editor.log == []
+
+
+def test_covariance_memo_is_keyed_by_layer() -> None:
+    """The editor computes C once per layer, and a second layer gets its own C."""
+    calls: list[int] = []
+
+    def provider(loaded: LoadedModel, layer: int) -> torch.Tensor:
+        calls.append(layer)
+        return random_spd(key_dim(loaded, layer), seed=layer)
+
+    loaded, editor = make_editor("tiny-gpt2", stats=provider)
+    first = editor.covariance(0).solve(torch.ones(key_dim(loaded, 0)))
+    editor.covariance(0)
+    second = editor.covariance(1).solve(torch.ones(key_dim(loaded, 1)))
+    assert calls == [0, 1]
+    assert not torch.equal(first, second)
