@@ -67,7 +67,8 @@ class PublicEvaluator:
 @contextlib.contextmanager
 def _import_context(root: Path) -> Iterator[None]:
     """The anchor on sys.path, stubs for its unused imports, its folder as the working
-    directory; all undone on exit."""
+    directory; all undone on exit, the modules it imported included."""
+    before = set(sys.modules)
     stubs = [name for name in STUBBED if importlib.util.find_spec(name.split(".")[0]) is None]
     for name in stubs:
         module = types.ModuleType(name)
@@ -81,8 +82,12 @@ def _import_context(root: Path) -> Iterator[None]:
     finally:
         os.chdir(cwd)
         sys.path.remove(str(root))
-        for name in stubs:
-            sys.modules.pop(name, None)
+        # Its own modules (`util`, ...) and the stubs leave; what they imported from the
+        # environment stays, and the loaded modules keep their references.
+        for name in set(sys.modules) - before:
+            file = getattr(sys.modules[name], "__file__", None)
+            if name in stubs or (file is not None and Path(file).is_relative_to(root)):
+                del sys.modules[name]
 
 
 def _load(path: Path, name: str) -> types.ModuleType:
