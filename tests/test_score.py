@@ -46,7 +46,10 @@ def test_batch_size_does_not_change_scores(lm: LoadedModel) -> None:
 
 
 def test_target_gets_exactly_one_leading_space(lm: LoadedModel) -> None:
-    assert target_ids(lm.tokenizer, "French") == target_ids(lm.tokenizer, " French")
+    spaced = lm.tokenizer(" French", add_special_tokens=False)["input_ids"]
+    assert spaced != lm.tokenizer("French", add_special_tokens=False)["input_ids"]
+    assert target_ids(lm.tokenizer, "French") == spaced
+    assert target_ids(lm.tokenizer, " French") == spaced
 
 
 def test_mismatched_lengths_are_rejected(lm: LoadedModel) -> None:
