@@ -169,7 +169,7 @@ MUTANTS: tuple[Mutant, ...] = (
         'ids: list[int] = tokenizer(" " + target.lstrip(), add_special_tokens=False)["input_ids"]',
         'ids: list[int] = tokenizer(" " + target.lstrip())["input_ids"]',
         "target tokenized with special tokens (a BOS-adding tokenizer scores its BOS)",
-        ("tests/test_public_evaluator.py", "-k", "adds_to_a_target"),
+        ("tests/test_score.py", "-k", "special_tokens"),
     ),
     # ---------------------------------------------------------------- gates
     Mutant(

@@ -115,7 +115,7 @@ class OnDevice:
     hard-codes "cuda"). A missing pad token is the EOS token, as the public experiments set."""
 
     def __init__(self, tokenizer: Any, device: torch.device, padding_side: str = "right") -> None:
-        self.tokenizer = copy.copy(tokenizer)
+        self.tokenizer = copy.deepcopy(tokenizer)  # a shallow copy shares the backend's settings
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = padding_side

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import numpy as np
@@ -50,6 +51,15 @@ def test_target_gets_exactly_one_leading_space(lm: LoadedModel) -> None:
     assert spaced != lm.tokenizer("French", add_special_tokens=False)["input_ids"]
     assert target_ids(lm.tokenizer, "French") == spaced
     assert target_ids(lm.tokenizer, " French") == spaced
+
+
+def test_target_ids_carry_no_special_tokens(lm: LoadedModel) -> None:
+    """A BOS-adding tokenizer (Llama family) must not put its BOS into the scored target."""
+    tokenizer = copy.deepcopy(lm.tokenizer)  # a shallow copy would change the shared one
+    tokenizer.add_bos_token = True
+    assert tokenizer(" French")["input_ids"][0] == tokenizer.bos_token_id
+    spaced = lm.tokenizer(" French", add_special_tokens=False)["input_ids"]
+    assert target_ids(tokenizer, "French") == spaced
 
 
 def test_mismatched_lengths_are_rejected(lm: LoadedModel) -> None:
