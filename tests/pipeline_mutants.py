@@ -234,7 +234,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "rows = rows[:keep]",
         "rows = rows[: keep + 1]",
         "a resumed sequential run keeps a row past its checkpoint (a case counted twice)",
-        (RUNS, "-k", "resumes"),
+        ("tests/test_runs_accounting.py", "-k", "after_the_last_checkpoint"),
     ),
     Mutant(
         "checkpoint_one_behind",

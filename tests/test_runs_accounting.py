@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from rome_fast.eval.runs import Runner, entropy_threshold, read_lines
-from rome_fast.models import LoadedModel
+from rome_fast.models import LoadedModel, random_model
 from rome_ref import metrics as ref
-from tests.test_runs import FakeEditor, config, loaded, make_cases, one_thread
+from tests.test_runs import FakeEditor, _kill_at, config, loaded, make_cases, one_thread
 
 __all__ = ["loaded", "one_thread"]  # fixtures shared with tests/test_runs.py
 
@@ -51,3 +51,22 @@ def test_sequential_table_holds_the_final_scores(loaded: LoadedModel, tmp_path: 
     for metric in ref.TABLE_METRICS:
         assert table[metric] == pytest.approx(final[metric], abs=1e-12), metric
         assert table["immediate"][metric] == pytest.approx(immediate[metric], abs=1e-12), metric
+
+
+def test_resume_drops_rows_written_after_the_last_checkpoint(
+    loaded: LoadedModel, tmp_path: Path
+) -> None:
+    """Killed between a row and its checkpoint (every 2 edits here): the resumed run redoes
+    the unsaved edit instead of keeping its row, so no case is counted twice."""
+    cases, cfg = make_cases(4), config(modes=("sequential",), checkpoint_every=2)
+    killed = Runner(
+        loaded, FakeEditor(loaded), cases, cfg, tmp_path, on_case=_kill_at("sequential", 3)
+    )
+    with pytest.raises(KeyboardInterrupt):
+        killed.run()
+    assert len(read_lines(tmp_path / "sequential-a.jsonl")) == 3  # one past the checkpoint
+    FakeEditor(loaded).restore()
+    fresh = random_model("tiny-gpt2")
+    Runner(fresh, FakeEditor(fresh), cases, cfg, tmp_path).run()
+    ids = [r["case_id"] for r in read_lines(tmp_path / "sequential-a.jsonl")]
+    assert ids == [c.case_id for c in cases]
