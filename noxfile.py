@@ -110,9 +110,12 @@ def gpu(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def mutation(session: nox.Session) -> None:
-    """Plant bugs in copies of the update; print which properties catch each one."""
+    """Plant bugs in copies of the update (which properties catch each), then in copies of the
+    whole tree: keys, templates, v*, statistics, editor, metrics, gates, resume (every one must
+    fail its narrow test selection; tests/pipeline_mutants.py)."""
     install(session, "test")
     session.run("pytest", "tests/test_mutation.py", "-s", "-q", *session.posargs)
+    session.run("pytest", "tests/pipeline_mutation.py", "-s", "-q", *session.posargs)
 
 
 @nox.session(default=False)

@@ -336,3 +336,41 @@ def test_a_preparation_is_refused_after_its_edits_are_replaced_by_others(
     editor.edit(OTHER)
     with pytest.raises(ValueError, match="call prepare"):
         editor.apply(prepared, "r-rome")
+
+
+@pytest.mark.parametrize("entry", ["apply", "edited"])
+def test_guard_holds_on_every_entry_point_that_edits(entry: str) -> None:
+    """``edit`` is tested above; ``apply`` (of a preparation) and the ``edited`` context
+    manager take the same guard and refuse before touching the model."""
+    loaded, editor = make_editor("tiny-gpt2")
+    before = weights_of(loaded)
+    guard = Guard(max_delta_norm=0.0)
+    request = EditRequest(*REQUEST)
+    if entry == "apply":
+        prepared = editor.prepare(request)
+        with pytest.raises(DisablingEditError, match="max_delta_norm"):
+            editor.apply(prepared, "r-rome", guard=guard)
+    else:
+        with (
+            pytest.raises(DisablingEditError, match="max_delta_norm"),
+            editor.edited(request, "r-rome", guard=guard),
+        ):
+            pass
+    assert changed_parameters(loaded, before) == []
+    assert editor.log == []
+
+
+def test_covariance_memo_is_keyed_by_layer() -> None:
+    """The editor computes C once per layer, and a second layer gets its own C."""
+    calls: list[int] = []
+
+    def provider(loaded: LoadedModel, layer: int) -> torch.Tensor:
+        calls.append(layer)
+        return random_spd(key_dim(loaded, layer), seed=layer)
+
+    loaded, editor = make_editor("tiny-gpt2", stats=provider)
+    first = editor.covariance(0).solve(torch.ones(key_dim(loaded, 0)))
+    editor.covariance(0)
+    second = editor.covariance(1).solve(torch.ones(key_dim(loaded, 1)))
+    assert calls == [0, 1]
+    assert not torch.equal(first, second)

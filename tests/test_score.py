@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import numpy as np
@@ -46,7 +47,19 @@ def test_batch_size_does_not_change_scores(lm: LoadedModel) -> None:
 
 
 def test_target_gets_exactly_one_leading_space(lm: LoadedModel) -> None:
-    assert target_ids(lm.tokenizer, "French") == target_ids(lm.tokenizer, " French")
+    spaced = lm.tokenizer(" French", add_special_tokens=False)["input_ids"]
+    assert spaced != lm.tokenizer("French", add_special_tokens=False)["input_ids"]
+    assert target_ids(lm.tokenizer, "French") == spaced
+    assert target_ids(lm.tokenizer, " French") == spaced
+
+
+def test_target_ids_carry_no_special_tokens(lm: LoadedModel) -> None:
+    """A BOS-adding tokenizer (Llama family) must not put its BOS into the scored target."""
+    tokenizer = copy.deepcopy(lm.tokenizer)  # a shallow copy would change the shared one
+    tokenizer.add_bos_token = True
+    assert tokenizer(" French")["input_ids"][0] == tokenizer.bos_token_id
+    spaced = lm.tokenizer(" French", add_special_tokens=False)["input_ids"]
+    assert target_ids(tokenizer, "French") == spaced
 
 
 def test_mismatched_lengths_are_rejected(lm: LoadedModel) -> None:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
+import unicodedata
+
 import pytest
 import torch
 
-from rome_fast.templates import generate_context_templates, sample_top_k, start_token_id
-from rome_fast.tokens import split_prompt
+from rome_fast.hparams import hparams_for
+from rome_fast.templates import (
+    PUBLIC_SCHEDULE,
+    generate_context_templates,
+    sample_top_k,
+    start_token_id,
+)
+from rome_fast.tokens import escape_braces, split_prompt
 from tests.models import require_smollm2, tiny_model
 
 SMALL = ((3, 2), (4, 2))
@@ -87,3 +96,25 @@ def test_smollm2_starts_from_its_document_separator() -> None:
     tok = load_model("smollm2").tokenizer
     assert start_token_id(tok) == 0 != tok.bos_token_id
     assert tok.convert_ids_to_tokens([0]) == ["<|endoftext|>"]
+
+
+def test_template_parameters_are_the_public_codes() -> None:
+    """SPEC: schedule [[5, 10], [10, 10]], top-k 5, each text as "<generated>. {}" (asserted
+    directly, not only through their effect)."""
+    hparams = hparams_for("tiny-gpt2")
+    assert PUBLIC_SCHEDULE == ((5, 10), (10, 10))
+    assert hparams.context_template_schedule == PUBLIC_SCHEDULE
+    assert hparams.context_template_top_k == 5
+    defaults = inspect.signature(generate_context_templates).parameters
+    assert defaults["schedule"].default == PUBLIC_SCHEDULE
+    assert defaults["top_k"].default == 5
+
+
+def test_each_template_is_the_generated_text_then_a_period() -> None:
+    """The length counts the start token: (5, n) decodes 4 sampled tokens into "<text>. {}"."""
+    loaded = tiny_model("tiny-gpt2")
+    (_, template) = generate_context_templates(loaded.model, loaded.tokenizer, ((5, 1),), seed=0)
+    start = torch.full((1, 1), start_token_id(loaded.tokenizer))
+    ids = sample_top_k(loaded.model, start, 4, 5, torch.Generator().manual_seed(0))
+    text = unicodedata.normalize("NFKD", loaded.tokenizer.decode(ids[0, 1:].tolist()))
+    assert template == escape_braces(text.replace("\n\n", " ")) + ". {}"

@@ -60,8 +60,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument(
         "--modes", dest="modes", default="single", help="comma-separated: single, sequential"
     )
-    # Both options share the destination; the first one's default (None) would win otherwise.
-    parser.set_defaults(modes="single")
     parser.add_argument(
         "--glue-every",
         type=int_at_least(0),

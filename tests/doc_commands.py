@@ -1,0 +1,127 @@
+"""The `rome` command lines the documentation shows, parsed from its text.
+
+Sources: the README's fenced shell blocks and the description/epilog of ``rome --help`` and of
+every ``rome SUB --help``. A command is a line starting with ``rome `` (a leading ``$ `` is
+dropped); a trailing backslash continues it, ``#`` starts a comment. Two placeholders have a
+defined expansion, the one the README states:
+
+- ``rome SUB ... OPTIONS`` is the last full ``rome SUB`` command of the same source with
+  ``OPTIONS`` added;
+- ``[--option value]`` is optional: the line expands to the command without any bracketed part
+  and to the command with all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from rome_fast.cli import build_parser
+
+REPO = Path(__file__).resolve().parents[1]
+FENCE = re.compile(r"^```(\w*)\s*$")
+SHELL_FENCES = {"", "sh", "bash", "shell", "console"}
+OPTIONAL = re.compile(r"\[([^\[\]]+)\]")
+
+
+@dataclass(frozen=True)
+class DocCommand:
+    source: str  # "README.md" or "rome eval --help"
+    written: str  # the line as documented (continuations joined, comment dropped)
+    argv: tuple[str, ...]  # after expanding placeholders, without the leading "rome"
+
+    @property
+    def text(self) -> str:
+        return shlex.join(["rome", *self.argv])
+
+
+def command_lines(text: str, *, fenced: bool) -> list[str]:
+    """``rome …`` lines of ``text`` (only inside shell code fences when ``fenced``)."""
+    lines, pending = [], ""
+    language: str | None = None if fenced else ""  # of the open code fence; None: prose
+    for raw in text.splitlines():
+        fence = FENCE.match(raw.strip()) if fenced else None
+        if fence:
+            language = fence.group(1) if language is None else None
+            continue
+        if language not in SHELL_FENCES:
+            continue
+        line = raw.strip().removeprefix("$ ")
+        if pending:
+            line = pending + " " + line
+        elif not line.startswith("rome "):
+            continue
+        if line.endswith("\\"):
+            pending = line[:-1].strip()
+            continue
+        pending = ""
+        lines.append(without_comment(line))
+    return lines
+
+
+def without_comment(line: str) -> str:
+    """``line`` up to its first `` #`` outside quotes."""
+    for at in (m.start() for m in re.finditer(r"\s#", line)):
+        try:
+            shlex.split(line[:at])
+        except ValueError:  # the '#' is inside an open quote
+            continue
+        return line[:at].rstrip()
+    return line
+
+
+def expand(source: str, lines: list[str]) -> list[DocCommand]:
+    commands: list[DocCommand] = []
+    last_full: dict[str, list[str]] = {}
+    for written in lines:
+        variants = [OPTIONAL.sub("", written)]
+        if OPTIONAL.search(written):
+            variants.append(OPTIONAL.sub(r"\1", written))
+        for variant in variants:
+            words = shlex.split(variant)[1:]
+            sub, rest = words[0], words[1:]
+            if rest[:1] == ["..."]:
+                if sub not in last_full:
+                    raise ValueError(f"{source}: {written!r} uses '...' before a full `rome {sub}`")
+                rest = last_full[sub] + rest[1:]
+            else:
+                last_full[sub] = rest
+            commands.append(DocCommand(source, written, (sub, *rest)))
+    return commands
+
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def help_texts() -> dict[str, str]:
+    """Description and epilog of ``rome --help`` and each ``rome SUB --help``."""
+    parser = build_parser()
+    parsers = {"rome --help": parser}
+    parsers.update({f"rome {name} --help": p for name, p in subparsers(parser).items()})
+    return {
+        source: "\n".join(t for t in (p.description, p.epilog) if t)
+        for source, p in parsers.items()
+    }
+
+
+def documented_commands() -> list[DocCommand]:
+    readme = (REPO / "README.md").read_text()
+    commands = expand("README.md", command_lines(readme, fenced=True))
+    for source, text in help_texts().items():
+        commands += expand(source, command_lines(text, fenced=False))
+    return commands
+
+
+def loads_a_model(argv: tuple[str, ...]) -> str | None:
+    """The model a command loads (its ``--model`` or the default), or None if it loads none."""
+    sub = subparsers(build_parser())[argv[0]]
+    if not any("--model" in a.option_strings for a in sub._actions):
+        return None
+    return str(sub.parse_known_args(list(argv[1:]))[0].model)
