@@ -1,8 +1,9 @@
 """The `rome` command lines the documentation shows, parsed from its text.
 
 Sources: the README's fenced shell blocks and the description/epilog of ``rome --help`` and of
-every ``rome SUB --help``. A command is a line starting with ``rome `` (a leading ``$ `` is
-dropped); a trailing backslash continues it, ``#`` starts a comment. Two placeholders have a
+every ``rome SUB --help``. A command is a line starting with ``rome ``, or with environment
+assignments (``OMP_NUM_THREADS=1 rome …``) and then ``rome `` (a leading ``$ `` is dropped); a
+trailing backslash continues it, ``#`` starts a comment. Two placeholders have a
 defined expansion, the one the README states:
 
 - ``rome SUB ... OPTIONS`` is the last full ``rome SUB`` command of the same source with
@@ -25,6 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 FENCE = re.compile(r"^```(\w*)\s*$")
 SHELL_FENCES = {"", "sh", "bash", "shell", "console"}
 OPTIONAL = re.compile(r"\[([^\[\]]+)\]")
+COMMAND = re.compile(r"^(?:[A-Z_][A-Z0-9_]*=\S+\s+)*rome ")  # optional VAR=value prefixes
+ASSIGNMENT = re.compile(r"^([A-Z_][A-Z0-9_]*)=(.*)$")
 
 
 @dataclass(frozen=True)
@@ -32,10 +35,12 @@ class DocCommand:
     source: str  # "README.md" or "rome eval --help"
     written: str  # the line as documented (continuations joined, comment dropped)
     argv: tuple[str, ...]  # after expanding placeholders, without the leading "rome"
+    env: tuple[tuple[str, str], ...] = ()  # the line's VAR=value prefixes
 
     @property
     def text(self) -> str:
-        return shlex.join(["rome", *self.argv])
+        prefix = "".join(f"{name}={shlex.quote(value)} " for name, value in self.env)
+        return prefix + shlex.join(["rome", *self.argv])
 
 
 def command_lines(text: str, *, fenced: bool) -> list[str]:
@@ -52,7 +57,7 @@ def command_lines(text: str, *, fenced: bool) -> list[str]:
         line = raw.strip().removeprefix("$ ")
         if pending:
             line = pending + " " + line
-        elif not line.startswith("rome "):
+        elif not COMMAND.match(line):
             continue
         if line.endswith("\\"):
             pending = line[:-1].strip()
@@ -81,15 +86,19 @@ def expand(source: str, lines: list[str]) -> list[DocCommand]:
         if OPTIONAL.search(written):
             variants.append(OPTIONAL.sub(r"\1", written))
         for variant in variants:
-            words = shlex.split(variant)[1:]
-            sub, rest = words[0], words[1:]
+            words = shlex.split(variant)
+            env = []
+            while (assignment := ASSIGNMENT.match(words[0])) is not None:
+                env.append((assignment.group(1), assignment.group(2)))
+                words = words[1:]
+            sub, rest = words[1], words[2:]
             if rest[:1] == ["..."]:
                 if sub not in last_full:
                     raise ValueError(f"{source}: {written!r} uses '...' before a full `rome {sub}`")
                 rest = last_full[sub] + rest[1:]
             else:
                 last_full[sub] = rest
-            commands.append(DocCommand(source, written, (sub, *rest)))
+            commands.append(DocCommand(source, written, (sub, *rest), tuple(env)))
     return commands
 
 

@@ -1,9 +1,12 @@
 """Every `rome` command the README and the `--help` texts show runs, exactly as written.
 
-Each command runs in a subprocess (the ``rome`` console script), in a fresh working folder
-shared with the earlier commands of the same source (a reader follows a README in order), with
-the data folder as ``$ROME_DATA_DIR``. Commands that load SmolLM2 (by name or as the default
-model) run in the ``smollm2`` session, the rest in the default suite. A command that cannot
+Each command runs in a subprocess (the ``rome`` console script), with its documented
+``VAR=value`` prefixes, in a fresh working folder shared with the earlier commands of the same
+source (a reader follows a README in order) that stands in for the checkout's root (its
+``fixtures/`` and a ``../shared`` beside it are links to the real ones), with the data folder as
+``$ROME_DATA_DIR``. Commands that load SmolLM2 (by name or as the default model) run in the
+``smollm2`` session, those on Ray (``--workers``, ``--ray-address``) in the ``ray`` session, the
+rest in the default suite. A command that cannot
 run here is listed in ``NOT_RUN`` with the reason; it is still parsed by the real argument
 parser. A new command that is not listed and fails fails its test.
 """
@@ -52,6 +55,11 @@ class Reader:
     """Runs one source's commands in order in one folder, each once, as a reader would."""
 
     def __init__(self, folder: Path, commands: list[DocCommand]) -> None:
+        # The README's relative paths are written from the checkout's root.
+        (folder / "fixtures").symlink_to(REPO / "fixtures")
+        shared = folder.parent / "shared"
+        if not shared.exists():
+            shared.symlink_to(REPO.parent / "shared")
         self.folder = folder
         self.commands = commands
         self.results: dict[int, subprocess.CompletedProcess[str]] = {}
@@ -63,7 +71,7 @@ class Reader:
                 self.results[i] = subprocess.run(
                     [*rome_script(), *earlier.argv],
                     cwd=self.folder,
-                    env=env,
+                    env={**env, **dict(earlier.env)},
                     capture_output=True,
                     text=True,
                     check=False,
@@ -82,19 +90,28 @@ def needs_smollm2(command: DocCommand) -> bool:
     return model is not None and not model.startswith("random:")
 
 
+def on_ray(command: DocCommand) -> bool:
+    return any(a.split("=")[0] in ("--workers", "--ray-address") for a in command.argv)
+
+
+def session(command: DocCommand) -> str:
+    """The session that runs ``command``: ``smollm2``, ``ray`` or the default (``tests``)."""
+    return "smollm2" if needs_smollm2(command) else "ray" if on_ray(command) else "tests"
+
+
 def params() -> Iterator[object]:
     for c in COMMANDS:
         if runnable(c):
-            marks = [pytest.mark.smollm2] if needs_smollm2(c) else []
-            yield pytest.param(c, marks=marks, id=f"{c.source}: {c.text}"[:120])
+            marks = {"smollm2": [pytest.mark.smollm2], "ray": [pytest.mark.ray], "tests": []}
+            yield pytest.param(c, marks=marks[session(c)], id=f"{c.source}: {c.text}"[:120])
 
 
 @pytest.fixture(scope="module")
-def readers(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, bool], Reader]:
-    """One reader per source and session (tiny models, SmolLM2)."""
-    groups: dict[tuple[str, bool], list[DocCommand]] = {}
+def readers(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Reader]:
+    """One reader per source and session."""
+    groups: dict[tuple[str, str], list[DocCommand]] = {}
     for c in filter(runnable, COMMANDS):
-        groups.setdefault((c.source, needs_smollm2(c)), []).append(c)
+        groups.setdefault((c.source, session(c)), []).append(c)
     return {
         key: Reader(tmp_path_factory.mktemp("reader"), commands) for key, commands in groups.items()
     }
@@ -102,9 +119,9 @@ def readers(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, bool], 
 
 @pytest.mark.parametrize("command", list(params()))
 def test_documented_command_runs(
-    command: DocCommand, readers: dict[tuple[str, bool], Reader]
+    command: DocCommand, readers: dict[tuple[str, str], Reader]
 ) -> None:
-    result = readers[(command.source, needs_smollm2(command))].run_through(command)
+    result = readers[(command.source, session(command))].run_through(command)
     assert result.returncode == 0, (
         f"{command.source} shows `{command.written}`; `{command.text}` exited "
         f"{result.returncode}\nstdout tail:\n{result.stdout[-2000:]}\n"
