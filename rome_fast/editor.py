@@ -638,8 +638,11 @@ class Editor:
         (folder / LOG_JSON).write_text(json.dumps(meta, indent=1, ensure_ascii=False))
         return folder
 
-    def replay_log(self, path: str | Path, *, check_model: bool = True) -> list[EditResult]:
-        """Apply a saved log's factors in order (atomically: all or nothing)."""
+    def replay_log(
+        self, path: str | Path, *, check_model: bool = True, guard: Guard | None = None
+    ) -> list[EditResult]:
+        """Apply a saved log's factors in order (atomically: all or nothing); ``guard``
+        refuses the whole log, before any weight is touched, if any of its edits fails it."""
         results = read_log(path)
         meta = json.loads((Path(path) / LOG_JSON).read_text())
         if check_model and meta["model"] != self.loaded.name:
@@ -655,6 +658,13 @@ class Editor:
                     f"edit of {result.module_name} has factors for a "
                     f"{result.left.numel()}×{result.right.numel()} weight, the "
                     f"model's is {tuple(W.shape)}"
+                )
+            reasons = guard.reasons(result.denominator, result.delta_norm) if guard else []
+            if reasons:
+                raise DisablingEditError(
+                    [f"{result.module_name}: {r}" for r in reasons],
+                    result.denominator,
+                    result.delta_norm,
                 )
         saved = {
             r.module_name: _stored_weight(self.loaded.model.get_submodule(r.module_name))

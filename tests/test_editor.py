@@ -12,6 +12,7 @@ from rome_fast.editor import DisablingEditError, Editor, EditRequest, Guard
 from rome_fast.hparams import HParams
 from rome_fast.keys import compute_keys
 from rome_fast.models import LoadedModel
+from rome_fast.naive import NaiveEditor
 from rome_fast.update import RankOne
 from rome_fast.weights import apply_rank_one
 from tests.models import (
@@ -338,18 +339,44 @@ def test_a_preparation_is_refused_after_its_edits_are_replaced_by_others(
         editor.apply(prepared, "r-rome")
 
 
-@pytest.mark.parametrize("entry", ["apply", "edited"])
-def test_guard_holds_on_every_entry_point_that_edits(entry: str) -> None:
-    """``edit`` is tested above; ``apply`` (of a preparation) and the ``edited`` context
-    manager take the same guard and refuse before touching the model."""
+@pytest.mark.parametrize("entry", ["apply", "edited", "naive edit", "replay_log"])
+def test_guard_holds_on_every_entry_point_that_edits(entry: str, tmp_path: Path) -> None:
+    """``edit`` is tested above; ``apply`` (of a preparation), the ``edited`` context manager,
+    the naive editor's ``edit`` and ``replay_log`` (of a log saved without a guard) take the
+    same guard and refuse before touching the model. The evaluation runner applies none on
+    purpose: it measures disabling edits."""
     loaded, editor = make_editor("tiny-gpt2")
-    before = weights_of(loaded)
     guard = Guard(max_delta_norm=0.0)
     request = EditRequest(*REQUEST)
+    if entry == "replay_log":
+        editor.edit(request)
+        editor.save_log(tmp_path)
+        editor.restore()
+    before = weights_of(loaded)
     if entry == "apply":
         prepared = editor.prepare(request)
         with pytest.raises(DisablingEditError, match="max_delta_norm"):
             editor.apply(prepared, "r-rome", guard=guard)
+    elif entry == "naive edit":
+        naive = NaiveEditor(
+            loaded,
+            hparams=editor.hparams,
+            templates=TEMPLATES,
+            stats=random_spd(key_dim(loaded, LAYER)),
+        )
+        with pytest.raises(DisablingEditError, match="max_delta_norm"):
+            naive.edit(request, "r-rome", guard=guard)
+        assert naive.log == []
+    elif entry == "replay_log":
+        replayer = Editor(
+            loaded,
+            hparams=editor.hparams,
+            templates=TEMPLATES,
+            stats=random_spd(key_dim(loaded, LAYER)),
+        )
+        with pytest.raises(DisablingEditError, match="max_delta_norm"):
+            replayer.replay_log(tmp_path, guard=guard)
+        assert replayer.log == []
     else:
         with (
             pytest.raises(DisablingEditError, match="max_delta_norm"),
