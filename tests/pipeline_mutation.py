@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from rome_fast.eval.data import default_data_dir
+from tests.conftest import SHARED_DATA
 from tests.pipeline_mutants import MUTANTS, Mutant
 from tests.public_evaluator import anchor_dir
 
@@ -63,7 +63,7 @@ def run_selection(root: Path, selection: tuple[str, ...]) -> subprocess.Complete
         **os.environ,
         "PYTHONPATH": str(root),
         "OMP_NUM_THREADS": "1",
-        "ROME_DATA_DIR": str(default_data_dir()),
+        "ROME_DATA_DIR": os.environ.get("ROME_DATA_DIR", str(SHARED_DATA)),
         "ROME_ANCHORS_DIR": str(anchor_dir().parent),
     }
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-rf", "-p", "no:cacheprovider"]
