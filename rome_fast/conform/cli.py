@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rome_fast.cli_options import add_stats_arguments, stats_provider
 from rome_fast.conform.protocol import EditorUnderTest, load_callable
 
 if TYPE_CHECKING:
@@ -70,8 +71,6 @@ def add_editor_arguments(
 
 
 def add_conform_arguments(p: argparse.ArgumentParser) -> None:
-    from rome_fast.cli_options import add_stats_arguments
-
     add_editor_arguments(p, required=True)
     p.add_argument("--model", required=True, help="smollm2, random:<arch> or a local folder")
     p.add_argument("--cases", type=int, default=2, help="edit requests to check (1 to 8)")
@@ -130,7 +129,6 @@ def harness_inputs(
     Braces are stripped from the sampled text (as EasyEdit does): the public code formats each
     template twice, so an escaped brace would break it.
     """
-    from rome_fast.cli_options import stats_provider
     from rome_fast.templates import generate_context_templates
 
     loaded.adapter.check_layer(loaded.model, hparams.layer)

@@ -11,6 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from rome_fast.cli_inputs import DEFAULT_VARIANTS, hparams_for_model, read_inputs
+from rome_fast.cli_options import (
+    DTYPES,
+    VARIANTS_HELP,
+    add_model_arguments,
+    build_editor,
+    load_from_args,
+)
 from rome_fast.cluster import Cluster, add_cluster_arguments, cluster_from_args
 from rome_fast.eval.data import load_cases
 from rome_fast.eval.files import read_json_object, write_json
@@ -29,8 +36,6 @@ from rome_fast.validate import (
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Model options (``rome_fast.cli.add_model_arguments``) and the evaluation's own."""
-    from rome_fast.cli_options import VARIANTS_HELP, add_model_arguments
-
     add_model_arguments(parser)
     parser.add_argument(
         "--data",
@@ -170,7 +175,6 @@ def fresh_editors(editor: Any) -> Callable[[], Any]:
 
 
 def _run_locked(args: argparse.Namespace, cluster: Cluster | None) -> dict[str, Any]:
-    from rome_fast.cli_options import DTYPES, build_editor
     from rome_fast.eval.glue import evaluate_glue
 
     cases = load_cases(args.data, limit=args.limit, offset=args.offset)
@@ -245,7 +249,6 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _external_runner(args: argparse.Namespace, cases: Any) -> Runner:
     """The run on an editor under test (``--editor``), with the harness's templates and C."""
-    from rome_fast.cli_options import load_from_args
     from rome_fast.conform.cli import editor_from_spec, harness_inputs
     from rome_fast.conform.external import ExternalEditor
 
