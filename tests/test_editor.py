@@ -357,26 +357,22 @@ def test_guard_holds_on_every_entry_point_that_edits(entry: str, tmp_path: Path)
         prepared = editor.prepare(request)
         with pytest.raises(DisablingEditError, match="max_delta_norm"):
             editor.apply(prepared, "r-rome", guard=guard)
-    elif entry == "naive edit":
-        naive = NaiveEditor(
+    elif entry in ("naive edit", "replay_log"):
+        # A second editor of the same model, with make_editor's settings.
+        other = (NaiveEditor if entry == "naive edit" else Editor)(
             loaded,
             hparams=editor.hparams,
             templates=TEMPLATES,
             stats=random_spd(key_dim(loaded, LAYER)),
         )
-        with pytest.raises(DisablingEditError, match="max_delta_norm"):
-            naive.edit(request, "r-rome", guard=guard)
-        assert naive.log == []
-    elif entry == "replay_log":
-        replayer = Editor(
-            loaded,
-            hparams=editor.hparams,
-            templates=TEMPLATES,
-            stats=random_spd(key_dim(loaded, LAYER)),
+        refused = (
+            (lambda: other.edit(request, "r-rome", guard=guard))
+            if entry == "naive edit"
+            else (lambda: other.replay_log(tmp_path, guard=guard))
         )
         with pytest.raises(DisablingEditError, match="max_delta_norm"):
-            replayer.replay_log(tmp_path, guard=guard)
-        assert replayer.log == []
+            refused()
+        assert other.log == []
     else:
         with (
             pytest.raises(DisablingEditError, match="max_delta_norm"),
