@@ -19,12 +19,13 @@ from rome_fast.cli_options import (
     load_from_args,
 )
 from rome_fast.cluster import Cluster, add_cluster_arguments, cluster_from_args
+from rome_fast.eval.config import DEGRADE_MODES, RunConfig
 from rome_fast.eval.data import load_cases
 from rome_fast.eval.files import read_json_object, write_json
 from rome_fast.eval.gates import check_summary_file
 from rome_fast.eval.lock import FolderLockedError, run_folder_lock
 from rome_fast.eval.report import format_summary, write_report
-from rome_fast.eval.runs import DEGRADE_MODES, RunConfig, Runner
+from rome_fast.eval.runner import Runner
 from rome_fast.validate import (
     check_out_file,
     check_out_folder,

@@ -33,8 +33,11 @@ import torch
 from tqdm import tqdm
 
 from rome_fast.cluster import Cluster, WorkerLost, actor_factory, connected, fetch, worker_count
+from rome_fast.eval.config import RunConfig
 from rome_fast.eval.data import Case
-from rome_fast.eval.runs import RunConfig, Runner, kernel_settings, read_lines
+from rome_fast.eval.files import read_lines
+from rome_fast.eval.reproducibility import kernel_settings
+from rome_fast.eval.runner import Runner
 from rome_fast.linear import onednn_is_faster, pin_onednn
 
 MAX_ATTEMPTS = 3  # a case (or stream) whose worker died this often fails the run
