@@ -2,7 +2,7 @@
 
 Each actor (:class:`EvalWorker`) loads the model once, holds one device (a GPU where the
 cluster has them, else a CPU) and computes rows; the driver alone writes the run folder,
-through the same :class:`~rome_fast.eval.runs.Runner` loops as a run in one process, so the
+through the same :class:`~rome_fast.eval.runner.Runner` loops as a run in one process, so the
 files, their order, the collapse flags and resuming are those of that run. Single-edit cases
 are sharded over the actors (prefetched, any completion order, written in case order); a
 sequential stream (one per variant) goes to one actor, since its edits depend on each other.

@@ -12,8 +12,9 @@ from rome_fast.editor import EditRequest, EditResult, PreparedEdit
 
 
 class SingleWork(Protocol):
-    """The model-side work of a single-edit run, done in this process (:class:`Runner`
-    itself) or by workers (``rome_fast.eval.distributed``); the loop orders and writes rows."""
+    """The model-side work of a single-edit run, done in this process (the
+    :class:`~rome_fast.eval.runner.Runner` itself) or by workers
+    (``rome_fast.eval.distributed``); the loop orders and writes rows."""
 
     def single_row(self, variant: str, index: int) -> dict[str, Any]: ...
 

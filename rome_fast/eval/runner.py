@@ -280,6 +280,14 @@ class Runner:
             disable=not self.progress,
         )
 
+    def _todo(self, mode: str, variant: str, start: int) -> Iterator[int]:
+        """The indices of the cases left from ``start``, under the progress bar; the test hook
+        ``on_case`` sees each before its row is computed."""
+        for index in self._bar(start, f"{mode} {variant}"):
+            if self.on_case is not None:
+                self.on_case(mode, variant, index)
+            yield index
+
     def single_row(self, variant: str, index: int) -> dict[str, Any]:
         """One case edited on the unedited model, restored bit-exactly afterwards (unflagged)."""
         row, _ = self._edit_and_score(self.cases[index], index, variant, single=True)
@@ -299,9 +307,7 @@ class Runner:
         rows = resume_rows(path, self.cases)
         history = [r["diagnostics"]["delta_norm"] for r in rows if r["diagnostics"]]
         self.guard.check_restored(f"single {variant}: before case {len(rows)}")
-        for index in self._bar(len(rows), f"single {variant}"):
-            if self.on_case is not None:
-                self.on_case("single", variant, index)
+        for index in self._todo("single", variant, len(rows)):
             row = work.single_row(variant, index)
             self._flag(row, history)
             append_line(path, row)
@@ -378,9 +384,7 @@ class Runner:
         if every and (n_done % every == 0 or n_done == len(self.cases)):
             self._glue(work, variant, n_done, glue_done)
         history = [r["diagnostics"]["delta_norm"] for r in rows if r["diagnostics"]]
-        for index in self._bar(n_done, f"sequential {variant}"):
-            if self.on_case is not None:
-                self.on_case("sequential", variant, index)
+        for index in self._todo("sequential", variant, n_done):
             row = work.stream_row(variant, index)
             self._flag(row, history)
             append_line(path, row)
