@@ -257,6 +257,8 @@ def _external_runner(args: argparse.Namespace, cases: Any) -> Runner:
         "--variants": args.variants,
         "--impl naive": args.impl == "naive" or None,
         "--precision": args.precision != "fp32" or None,
+        # flip negates our result's rank-one update, which an editor under test does not return
+        "--degrade flip": args.degrade == "flip" or None,
     }
     given = [flag for flag, value in ours_only.items() if value is not None]
     if given:
