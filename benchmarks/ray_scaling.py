@@ -66,7 +66,8 @@ def run_once(model: str, workers: str, limit: int, out: Path) -> dict[str, Any]:
 
 def records_equal(folders: list[Path]) -> bool:
     """Whether the runs' per-case records are equal, wall-clock timings aside."""
-    from rome_fast.eval.runs import read_lines, without_timings
+    from rome_fast.eval.files import read_lines
+    from rome_fast.eval.reproducibility import without_timings
 
     names = sorted(p.name for p in folders[0].glob("*.jsonl"))
     return all(

@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 import rome_ref.metrics as ref
 from rome_fast.editor import Editor
+from rome_fast.eval.case_scoring import metrics_of, score_case
 from rome_fast.eval.data import Case
-from rome_fast.eval.runs import metrics_of, score_case
 from rome_fast.hparams import HParams
 from rome_fast.models import LoadedModel
 

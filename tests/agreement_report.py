@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rome_fast.eval.runs import metrics_of
+from rome_fast.eval.case_scoring import metrics_of
 from rome_ref import metrics as ref
 from tests.models import fresh_model
 from tests.public_evaluator import public_summary

@@ -9,6 +9,7 @@ atomic rename never reaches, as a SIGKILL in the middle of the write would leave
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -19,7 +20,8 @@ from typing import Any
 import pytest
 from torch import Tensor
 
-from rome_fast.eval import runs
+from rome_fast.eval import runner
+from rome_fast.eval.files import read_lines
 
 # Every kind of write a run makes, by the name of the file written.
 KINDS: dict[str, str] = {
@@ -49,8 +51,8 @@ def writes(
 ) -> Iterator[Counter[str]]:
     """Count the run's writes by kind; with ``kill=(kind, k)``, kill it at the k-th one."""
     counts: Counter[str] = Counter()
-    append_line, write_json = runs.append_line, runs.write_json
-    checkpoint = runs.Runner._checkpoint
+    append_line, write_json = runner.append_line, runner.write_json
+    checkpoint = runner.Runner._checkpoint
 
     def hit(path: Path, half: Callable[[], None]) -> None:
         kind = kind_of(path)
@@ -61,7 +63,7 @@ def writes(
             raise Killed(f"killed at write {counts[kind]} of kind {kind} ({path.name})")
 
     def half_line(path: Path, row: Mapping[str, Any]) -> None:
-        text = runs.json.dumps(row)
+        text = json.dumps(row)
         with path.open("a", encoding="utf-8") as handle:
             handle.write(text[: len(text) // 2])
 
@@ -77,15 +79,15 @@ def writes(
         write_json(path, value)
 
     def counted_checkpoint(
-        self: runs.Runner, path: Path, n_done: int, weights: Mapping[str, Tensor]
+        self: runner.Runner, path: Path, n_done: int, weights: Mapping[str, Tensor]
     ) -> None:
         hit(path, lambda: half_file(path))
         checkpoint(self, path, n_done, weights)
 
     with monkeypatch.context() as patch:
-        patch.setattr(runs, "append_line", counted_append)
-        patch.setattr(runs, "write_json", counted_json)
-        patch.setattr(runs.Runner, "_checkpoint", counted_checkpoint)
+        patch.setattr(runner, "append_line", counted_append)
+        patch.setattr(runner, "write_json", counted_json)
+        patch.setattr(runner.Runner, "_checkpoint", counted_checkpoint)
         yield counts
 
 
@@ -101,10 +103,10 @@ def records(out: Path) -> dict[str, Any]:
     """Every record a run folder holds (each JSON-lines file, the summary, the reference),
     without the fields that measure time."""
     found: dict[str, Any] = {
-        path.name: _stable(runs.read_lines(path)) for path in sorted(out.glob("*.jsonl"))
+        path.name: _stable(read_lines(path)) for path in sorted(out.glob("*.jsonl"))
     }
     for name in ("summary.json", "reference.json"):
-        found[name] = _stable(runs.json.loads((out / name).read_text()))
+        found[name] = _stable(json.loads((out / name).read_text()))
     return found
 
 

@@ -120,7 +120,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "paraphrase_scored_on_neighborhood_prompts",
         "scoring",
-        "rome_fast/eval/runs.py",
+        "rome_fast/eval/case_scoring.py",
         '"paraphrase": (list(case.paraphrase_prompts), case.target_true),',
         '"paraphrase": (list(case.neighborhood_prompts), case.target_true),',
         "the paraphrase metrics fed the neighborhood prompts",
@@ -129,7 +129,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "new_and_true_swapped",
         "scoring",
-        "rome_fast/eval/runs.py",
+        "rome_fast/eval/case_scoring.py",
         "new, true = nll[: len(prompts)], nll[len(prompts) :]",
         "true, new = nll[: len(prompts)], nll[len(prompts) :]",
         "the new target's NLLs stored as the true target's",
@@ -212,7 +212,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "collapse_rule_without_history",
         "runs",
-        "rome_fast/eval/runs.py",
+        "rome_fast/eval/collapse.py",
         "if delta_norm is not None and len(history) >= cfg.collapse_min_history:",
         "if delta_norm is not None and len(history) >= 1:",
         "the |Δ| collapse rule applied before its minimum history",
@@ -221,7 +221,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "entropy_threshold_without_ratio",
         "runs",
-        "rome_fast/eval/runs.py",
+        "rome_fast/eval/collapse.py",
         'return cfg.collapse_entropy_ratio * float(reference["ngram_entropy"])',
         'return float(reference["ngram_entropy"])',
         "the entropy collapse threshold is the unedited entropy itself, not half of it",
@@ -230,7 +230,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "resume_keeps_an_extra_row",
         "resume",
-        "rome_fast/eval/runs.py",
+        "rome_fast/eval/resume.py",
         "rows = rows[:keep]",
         "rows = rows[: keep + 1]",
         "a resumed sequential run keeps a row past its checkpoint (a case counted twice)",
@@ -239,7 +239,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "checkpoint_one_behind",
         "resume",
-        "rome_fast/eval/runs.py",
+        "rome_fast/eval/runner.py",
         "self._checkpoint(state_path, index + 1, work.edited_weights())",
         "self._checkpoint(state_path, index, work.edited_weights())",
         "the checkpoint records one edit fewer than it holds",
@@ -248,7 +248,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "resume_ignores_case_ids",
         "resume",
-        "rome_fast/eval/runs.py",
+        "rome_fast/eval/resume.py",
         'if i >= len(cases) or row.get("case_id") != cases[i].case_id:',
         "if i >= len(cases):",
         "resume accepts a folder from another data slice",
@@ -257,7 +257,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "sequential_table_from_immediate_scores",
         "runs",
-        "rome_fast/eval/runs.py",
+        "rome_fast/eval/summary.py",
         "summary.update(ref.aggregate(_post_metrics(final, _failed_cases(rows))))",
         "summary.update(ref.aggregate(_post_metrics(rows, _failed_cases(rows))))",
         "the sequential table from the scores right after each edit, not after the last",
@@ -397,7 +397,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "glue_skipped_after_the_last_edit",
         "resume",
-        "rome_fast/eval/runs.py",
+        "rome_fast/eval/runner.py",
         "if every and (n_done % every == 0 or n_done == len(self.cases)):",
         "if every and n_done % every == 0:",
         "a resumed stream skips the GLUE check after its last edit",
@@ -406,7 +406,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "failed_edit_keeps_its_scores",
         "runs",
-        "rome_fast/eval/runs.py",
+        "rome_fast/eval/summary.py",
         "metrics.update(dict.fromkeys(EDIT_METRICS, 0.0))",
         "metrics.update({})",
         "a failed edit scored with the unedited model's numbers",

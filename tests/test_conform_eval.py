@@ -57,11 +57,13 @@ def test_eval_records_a_failing_editor_and_keeps_the_model(tmp_path: Path) -> No
     assert "planted failure after a partial write" in json.loads(line)["error"]
 
 
-def test_eval_editor_refuses_our_variant_options(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [(["--variants", "rome"], "--variants"), (["--degrade", "flip"], "--degrade")],
+)
+def test_eval_editor_refuses_our_editors_options(
+    option: list[str], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(
-        ["eval", "--editor", "rome-verify", "--variants", "rome", *QUICK, "--out", str(tmp_path)]
-    )
+    code = main(["eval", "--editor", "rome-verify", *option, *QUICK, "--out", str(tmp_path)])
     assert code == 2
-    assert "--variants" in capsys.readouterr().err
+    assert named in capsys.readouterr().err

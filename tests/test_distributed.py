@@ -23,9 +23,12 @@ from rome_fast.cluster import Cluster
 from rome_fast.corpus import from_texts
 from rome_fast.editor import Editor
 from rome_fast.eval.cli import EditorRecipe
+from rome_fast.eval.config import RunConfig
 from rome_fast.eval.data import Case
 from rome_fast.eval.distributed import run_on_cluster
-from rome_fast.eval.runs import RunConfig, Runner, read_lines, without_timings
+from rome_fast.eval.files import read_lines
+from rome_fast.eval.reproducibility import without_timings
+from rome_fast.eval.runner import Runner
 from rome_fast.hparams import hparams_for
 from rome_fast.models import LoadedModel, random_model
 from rome_fast.stats_parallel import sharded_collector

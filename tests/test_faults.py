@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 import torch
 
-from rome_fast.eval import runs
+from rome_fast.eval import runner
+from rome_fast.eval.config import RunConfig
 from rome_fast.eval.data import Case
-from rome_fast.eval.runs import Runner
+from rome_fast.eval.runner import Runner
 from rome_fast.models import LoadedModel, random_model
 from tests.faults import Killed, first_difference, records, writes
 from tests.test_runs import LAYER, FakeEditor, FakeRequest, config, make_cases
@@ -27,7 +28,7 @@ CASES = make_cases(3)
 GLUE_EVERY = 2  # steps 0, 2 and 3: the last edit is not a multiple of it
 
 
-def run_config(mode: str) -> runs.RunConfig:
+def run_config(mode: str) -> RunConfig:
     return config(
         modes=(mode,), variants=("a", "b"), glue_every=GLUE_EVERY if mode == "sequential" else 0
     )
@@ -51,7 +52,7 @@ def patched() -> Iterator[None]:
                 self.prompt, self.subject, self.target_new, self.target_true, self.case_id
             ),
         )
-        patch.setattr(runs, "evaluate_glue", glue_probe)
+        patch.setattr(runner, "evaluate_glue", glue_probe)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         yield

@@ -15,8 +15,9 @@ import pytest
 import torch
 from torch import nn
 
+from rome_fast.eval.collapse import collapse_reasons
+from rome_fast.eval.config import RunConfig
 from rome_fast.eval.gates import compare
-from rome_fast.eval.runs import RunConfig, collapse_reasons
 from rome_fast.eval.score import target_ids, target_nll
 from rome_ref import metrics as ref
 from tests.models import tiny_model

@@ -1,6 +1,6 @@
 """Our CounterFact scoring agrees with the paper's own evaluator on the same edited weights.
 
-Ours: ``rome_fast.eval.runs.score_case`` (which prompts, which targets, tokenization,
+Ours: ``rome_fast.eval.case_scoring.score_case`` (which prompts, which targets, tokenization,
 padding), ``metrics_of`` and ``rome_ref.metrics.aggregate``. Theirs:
 ``compute_rewrite_quality_counterfact`` and ``summarize.py`` of rebuilding-rome
 (tests/public_evaluator.py). Each case of the original-schema sample is edited with r-ROME,
@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from rome_fast.editor import Editor
+from rome_fast.eval.case_scoring import metrics_of, score_case
 from rome_fast.eval.data import Case, default_data_dir, load_cases
-from rome_fast.eval.runs import metrics_of, score_case
 from rome_fast.eval.score import target_nll
 from rome_fast.models import LoadedModel, load_model
 from rome_ref import metrics as ref

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from rome_fast.cli import build_parser
-from rome_fast.eval import files, runs
+from rome_fast.eval import files, runner
 from rome_fast.eval.cli import config_from_args
-from rome_fast.eval.files import write_json
+from rome_fast.eval.files import read_lines, write_json
 from rome_fast.eval.gates import compare
-from rome_fast.eval.runs import Runner, read_lines
+from rome_fast.eval.runner import Runner
 from rome_fast.hparams import hparams_for
 from rome_fast.models import LoadedModel
 from tests.faults import Killed, writes
@@ -95,7 +95,7 @@ def test_sequential_resume_keeps_every_glue_step(
 ) -> None:
     """Killed at the GLUE check after the last edit (steps 0, 2, 4, 5 of 5 edits), or torn
     in the middle of the check at step 2, the resumed run holds every step once."""
-    monkeypatch.setattr(runs, "evaluate_glue", glue_probe)
+    monkeypatch.setattr(runner, "evaluate_glue", glue_probe)
     cases, cfg = make_cases(5), config(modes=("sequential",), glue_every=2)
     kill = ("glue", 2) if torn else ("glue", 4)
     with (

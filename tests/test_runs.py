@@ -13,10 +13,12 @@ import torch
 
 from rome_fast.editor import Editor
 from rome_fast.eval.cli import fresh_editors
+from rome_fast.eval.config import RunConfig
 from rome_fast.eval.data import Case, default_data_dir, load_cases
+from rome_fast.eval.files import read_lines
 from rome_fast.eval.gates import compare
 from rome_fast.eval.report import write_report
-from rome_fast.eval.runs import RunConfig, Runner, read_lines
+from rome_fast.eval.runner import Runner
 from rome_fast.hparams import hparams_for
 from rome_fast.models import LoadedModel, random_model
 from rome_fast.naive import NaiveEditor

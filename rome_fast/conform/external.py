@@ -1,5 +1,6 @@
-"""An editor under test behind the interface ``rome eval`` drives (``eval.runs.EditorLike``),
-so CounterFact metrics, sequential collapse detection and gates run on it as on ours."""
+"""An editor under test behind the interface ``rome eval`` drives
+(``eval.protocols.EditorLike``), so CounterFact metrics, sequential collapse detection and
+gates run on it as on ours."""
 
 from __future__ import annotations
 

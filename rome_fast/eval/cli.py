@@ -19,12 +19,13 @@ from rome_fast.cli_options import (
     load_from_args,
 )
 from rome_fast.cluster import Cluster, add_cluster_arguments, cluster_from_args
+from rome_fast.eval.config import DEGRADE_MODES, RunConfig
 from rome_fast.eval.data import load_cases
 from rome_fast.eval.files import read_json_object, write_json
 from rome_fast.eval.gates import check_summary_file
 from rome_fast.eval.lock import FolderLockedError, run_folder_lock
 from rome_fast.eval.report import format_summary, write_report
-from rome_fast.eval.runs import DEGRADE_MODES, RunConfig, Runner
+from rome_fast.eval.runner import Runner
 from rome_fast.validate import (
     check_out_file,
     check_out_folder,
@@ -256,6 +257,8 @@ def _external_runner(args: argparse.Namespace, cases: Any) -> Runner:
         "--variants": args.variants,
         "--impl naive": args.impl == "naive" or None,
         "--precision": args.precision != "fp32" or None,
+        # flip negates our result's rank-one update, which an editor under test does not return
+        "--degrade flip": args.degrade == "flip" or None,
     }
     given = [flag for flag, value in ours_only.items() if value is not None]
     if given:

@@ -2,7 +2,7 @@
 
 Each actor (:class:`EvalWorker`) loads the model once, holds one device (a GPU where the
 cluster has them, else a CPU) and computes rows; the driver alone writes the run folder,
-through the same :class:`~rome_fast.eval.runs.Runner` loops as a run in one process, so the
+through the same :class:`~rome_fast.eval.runner.Runner` loops as a run in one process, so the
 files, their order, the collapse flags and resuming are those of that run. Single-edit cases
 are sharded over the actors (prefetched, any completion order, written in case order); a
 sequential stream (one per variant) goes to one actor, since its edits depend on each other.
@@ -33,8 +33,11 @@ import torch
 from tqdm import tqdm
 
 from rome_fast.cluster import Cluster, WorkerLost, actor_factory, connected, fetch, worker_count
+from rome_fast.eval.config import RunConfig
 from rome_fast.eval.data import Case
-from rome_fast.eval.runs import RunConfig, Runner, kernel_settings, read_lines
+from rome_fast.eval.files import read_lines
+from rome_fast.eval.reproducibility import kernel_settings
+from rome_fast.eval.runner import Runner
 from rome_fast.linear import onednn_is_faster, pin_onednn
 
 MAX_ATTEMPTS = 3  # a case (or stream) whose worker died this often fails the run

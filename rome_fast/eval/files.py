@@ -1,9 +1,11 @@
-"""Run-folder files: JSON written atomically, read back with errors that name the file."""
+"""Run-folder files: JSON written atomically, JSON lines appended one flushed line at a time,
+read back with errors that name the file (a half-written last line is dropped)."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
@@ -40,3 +42,29 @@ def read_json_object(path: Path | Traversable, what: str = "JSON object") -> dic
             "pass the right file"
         )
     return value
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    """Complete JSON lines of ``path``; a half-written last line is ignored."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a kill while writing: this line and anything after it is redone
+    return rows
+
+
+def rewrite_lines(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def append_line(path: Path, row: Mapping[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())

@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt
 
-from rome_fast.eval.runs import read_lines
+from rome_fast.eval.files import read_lines
 from rome_ref.metrics import TABLE_METRICS
 
 GROUPS = (

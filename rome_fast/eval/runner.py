@@ -1,0 +1,470 @@
+"""Single and sequential CounterFact runs: per-case JSON lines, resumable, with collapse flags.
+
+Run folder layout (``out``)::
+
+    config.json                    every option, seeds, model, library versions
+    reference.json                 generation entropy of the unedited model (collapse threshold)
+    single-<variant>.jsonl         one line per case: pre/post scores, metrics, diagnostics
+    sequential-<variant>.jsonl     the same, plus |Δ|, cumulative ‖W−W0‖, entropy, collapse
+    sequential-<variant>.state.pt  edited weights after the last finished case (resume point)
+    sequential-<variant>-final.jsonl  every case scored again after the last edit
+    glue-<variant>.jsonl           downstream checks before the first edit and every K edits
+    summary.json                   per mode and variant: ES … S, collapses, failures
+    .lock                          the writing process (``rome_fast.eval.lock``)
+
+Resuming: lines are appended and flushed one case at a time; a sequential run also
+checkpoints the edited weights (atomically, after the line). On restart, anything past
+the last checkpoint (or a half-written line) is dropped and recomputed, so no case is
+lost or duplicated; a GLUE check missing at the checkpoint's step is redone. JSON files
+are replaced atomically. A folder that cannot be resumed is refused before any file is
+changed. ``tests/test_faults.py`` kills a run at every write and checks all of this.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from rome_fast.eval.case_scoring import generation_check, generation_prompts, metrics_of, score_case
+from rome_fast.eval.collapse import collapse_reasons, entropy_threshold
+from rome_fast.eval.config import RunConfig
+from rome_fast.eval.data import Case
+from rome_fast.eval.degraded import DegradedEditor
+from rome_fast.eval.files import (
+    append_line,
+    read_json_object,
+    read_lines,
+    rewrite_lines,
+    write_json,
+)
+from rome_fast.eval.glue import evaluate_glue
+from rome_fast.eval.lock import run_folder_lock
+from rome_fast.eval.protocols import AnyEditor, EditOutcome, SingleWork, StreamWork
+from rome_fast.eval.reproducibility import kernel_settings
+from rome_fast.eval.resume import resume_rows
+from rome_fast.eval.snapshots import WeightGuard, editable_module_names
+from rome_fast.eval.summary import summarize
+from rome_fast.models import LoadedModel
+
+T = TypeVar("T")
+
+
+def _result_info(result: Any) -> dict[str, Any]:
+    fields = (
+        "variant",
+        "layer",
+        "module_name",
+        "denominator",
+        "delta_norm",
+        "relative_residual_k_star",
+        "relative_residual_k_prompt",
+        "key_cosine",
+        "loss_trace",
+        "timings",
+        "templates",
+        "seed",
+        "edit_seconds",
+    )
+    info = {}
+    for name in fields:
+        value = getattr(result, name, None)
+        info[name] = float(value) if isinstance(value, torch.Tensor) else value
+    return info
+
+
+@contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - start
+
+
+@dataclass
+class Runner:
+    """Runs ``cases`` through ``editor`` on ``loaded`` into the folder ``out``."""
+
+    loaded: LoadedModel
+    editor: AnyEditor
+    cases: Sequence[Case]
+    cfg: RunConfig
+    out: Path
+    guard: WeightGuard = field(init=False)
+    reference: dict[str, Any] = field(init=False)
+    on_case: Callable[[str, str, int], None] | None = None  # test hook: (mode, variant, index)
+    # A new editor for every mode and variant: a resumed sequential run loads weights the
+    # editor never saw, so its record of W0 must not outlive that run.
+    fresh_editor: Callable[[], AnyEditor] | None = None
+    progress: bool = True  # per-variant bars; a distributed driver shows one bar instead
+    # Single-edit mode: per case index, what every variant shares (see _edit_and_score).
+    _pre_scores: dict[int, dict[str, Any]] = field(init=False, default_factory=dict)
+    _prepared: dict[int, Any] = field(init=False, default_factory=dict)  # the editor's own type
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.editor = self._wrap(self.editor)
+        self.guard = WeightGuard(self.model, editable_module_names(self.loaded, self.editor))
+
+    def _wrap(self, editor: AnyEditor) -> AnyEditor:
+        if self.cfg.degrade == "none":
+            return editor
+        return DegradedEditor(editor, self.cfg.degrade, self.model)
+
+    @property
+    def model(self) -> nn.Module:
+        model = self.loaded.model
+        assert isinstance(model, nn.Module)
+        return model
+
+    def _write_config(self) -> None:
+        import transformers
+
+        path = self.out / "config.json"
+        # Through JSON once, so that tuples compare equal to the lists read back.
+        config = json.loads(
+            json.dumps({"run": self.cfg.comparable(), "cases": [c.case_id for c in self.cases]})
+        )
+        if path.exists():
+            previous = read_json_object(path, "run configuration")
+            if previous.get("cases") != config["cases"]:
+                raise ValueError(
+                    f"{path} records a different slice of cases; resume with the same "
+                    "--data/--offset/--limit or choose a new --out"
+                )
+            before = previous.get("run", {})
+            differ = sorted(
+                k for k in set(before) | set(config["run"]) if before.get(k) != config["run"].get(k)
+            )
+            if differ:
+                raise ValueError(
+                    f"{path} records a different run (differs in "
+                    + ", ".join(
+                        f"{k}: {before.get(k)!r} there, {config['run'].get(k)!r} now"
+                        for k in differ
+                    )
+                    + "); resume with the same options or choose a new --out"
+                )
+            return
+        config["versions"] = {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "numpy": np.__version__,
+        }
+        config["model_name"] = getattr(self.loaded, "name", self.cfg.model)
+        config["edited_modules"] = sorted(self.guard.original)
+        write_json(path, config)
+
+    def _reference(self) -> dict[str, Any]:
+        """Generation entropy of the unedited model on the first cases' prompts."""
+        path = self.out / "reference.json"
+        if path.exists():
+            return read_json_object(path, "reference generation check")
+        self.guard.check_restored("before the run")
+        prompts = [p for c in self.cases[:4] for p in generation_prompts(c, self.cfg.n_generations)]
+        check = generation_check(
+            self.model, self.loaded.tokenizer, prompts, self.cfg, self.cfg.seed
+        )
+        write_json(path, check)
+        return check
+
+    def _case_seed(self, index: int) -> int:
+        return self.cfg.seed * 1_000_003 + index
+
+    def _edit_and_score(
+        self, case: Case, index: int, variant: str, single: bool = False
+    ) -> tuple[dict[str, Any], EditOutcome | None]:
+        """Pre-scores, the edit, post-scores and the generation check of one case.
+
+        In single-edit mode the model is the unedited one for every variant, so the pre-edit
+        scores and the variant-independent part of the edit (keys, v*) are computed once per
+        case and reused by the other variants.
+        """
+        tokenizer, bs = self.loaded.tokenizer, self.cfg.batch_size
+        timings: dict[str, float] = {}
+        row: dict[str, Any] = {
+            "case_id": case.case_id,
+            "index": index,
+            "variant": variant,
+            "subject": case.subject,
+            "target_new": case.target_new,
+            "target_true": case.target_true,
+        }
+        with _timed(timings, "score_pre"):
+            if single:
+                row["pre"] = self._once(
+                    self._pre_scores,
+                    index,
+                    variant,
+                    lambda: score_case(self.model, tokenizer, case, bs),
+                )
+            else:
+                row["pre"] = score_case(self.model, tokenizer, case, bs)
+        row["metrics_pre"] = metrics_of(row["pre"])
+        result = None
+        with _timed(timings, "edit"):
+            try:
+                result = self._edit(case, index, variant, single)
+            except ValueError as err:  # a refused edit leaves the model as it was
+                row["error"] = f"{type(err).__name__}: {err}"
+        row["diagnostics"] = _result_info(result) if result is not None else None
+        if result is not None:
+            self.guard.require(result.module_name)
+        with _timed(timings, "score_post"):
+            row["post"] = score_case(self.model, tokenizer, case, bs)
+        row["metrics_post"] = metrics_of(row["post"])
+        with _timed(timings, "generate"):
+            row["generation"] = generation_check(
+                self.model,
+                tokenizer,
+                generation_prompts(case, self.cfg.n_generations),
+                self.cfg,
+                self._case_seed(index),
+            )
+        row["timings"] = timings
+        return row, result
+
+    def _edit(self, case: Case, index: int, variant: str, single: bool) -> EditOutcome:
+        if not single:
+            return self.editor.edit(case.request(), variant=variant)
+        prepared = self._once(
+            self._prepared, index, variant, lambda: self.editor.prepare(case.request())
+        )
+        return self.editor.apply(prepared, variant)
+
+    def _once(self, cache: dict[int, T], index: int, variant: str, compute: Callable[[], T]) -> T:
+        """A single-mode cache entry: computed by the first variant, reused by the others,
+        dropped by the last so that a whole run's keys and v* are not kept."""
+        value = cache[index] if index in cache else compute()
+        if variant == self.cfg.variants[-1]:
+            cache.pop(index, None)
+        else:
+            cache[index] = value
+        return value
+
+    def _flag(self, row: dict[str, Any], history: list[float]) -> None:
+        delta = row["diagnostics"]["delta_norm"] if row["diagnostics"] else None
+        reasons = collapse_reasons(
+            delta,
+            history,
+            row["generation"]["ngram_entropy"],
+            entropy_threshold(self.reference, self.cfg),
+            self.cfg,
+        )
+        row["collapse"] = bool(reasons)
+        row["collapse_reasons"] = reasons
+        if delta is not None:
+            history.append(float(delta))
+        if reasons:
+            tqdm.write(
+                f"collapse at case {row['case_id']} ({row['variant']}): {'; '.join(reasons)}"
+            )
+
+    def _bar(self, start: int, desc: str) -> Iterable[int]:
+        return tqdm(
+            range(start, len(self.cases)),
+            desc=desc,
+            initial=start,
+            total=len(self.cases),
+            disable=not self.progress,
+        )
+
+    def _todo(self, mode: str, variant: str, start: int) -> Iterator[int]:
+        """The indices of the cases left from ``start``, under the progress bar; the test hook
+        ``on_case`` sees each before its row is computed."""
+        for index in self._bar(start, f"{mode} {variant}"):
+            if self.on_case is not None:
+                self.on_case(mode, variant, index)
+            yield index
+
+    def single_row(self, variant: str, index: int) -> dict[str, Any]:
+        """One case edited on the unedited model, restored bit-exactly afterwards (unflagged)."""
+        row, _ = self._edit_and_score(self.cases[index], index, variant, single=True)
+        self.editor.restore()
+        self.guard.check_restored(f"single {variant}: after case {self.cases[index].case_id}")
+        return row
+
+    def forget_case(self, index: int) -> None:
+        """Drop what the variants of case ``index`` shared (a worker ran only some of them)."""
+        self._pre_scores.pop(index, None)
+        self._prepared.pop(index, None)
+
+    def run_single(self, variant: str, work: SingleWork | None = None) -> list[dict[str, Any]]:
+        """Each case edited on the unedited model; ``work`` computes the rows (default: here)."""
+        work = work if work is not None else self
+        path = self.out / f"single-{variant}.jsonl"
+        rows = resume_rows(path, self.cases)
+        history = [r["diagnostics"]["delta_norm"] for r in rows if r["diagnostics"]]
+        self.guard.check_restored(f"single {variant}: before case {len(rows)}")
+        for index in self._todo("single", variant, len(rows)):
+            row = work.single_row(variant, index)
+            self._flag(row, history)
+            append_line(path, row)
+            rows.append(row)
+        return rows
+
+    def glue_scores(self) -> dict[str, Any]:
+        return evaluate_glue(
+            self.model,
+            self.loaded.tokenizer,
+            data_dir=self.cfg.glue_data,
+            n=self.cfg.glue_n,
+            shots=self.cfg.glue_shots,
+            seed=self.cfg.seed,
+            batch_size=self.cfg.batch_size,
+        )
+
+    def _glue(self, work: StreamWork, variant: str, step: int, done: set[int]) -> None:
+        if self.cfg.glue_every == 0 or step in done:
+            return
+        append_line(self.out / f"glue-{variant}.jsonl", {"step": step, "tasks": work.glue_scores()})
+        done.add(step)
+
+    def _glue_done(self, variant: str, n_done: int) -> set[int]:
+        """The steps whose GLUE checks are on file, the file cut to its complete lines so
+        that the next check is not appended to a torn one. A check after the checkpoint
+        (written, then killed before the next checkpoint) is dropped: it is redone."""
+        path = self.out / f"glue-{variant}.jsonl"
+        rows = [r for r in read_lines(path) if int(r["step"]) <= n_done]
+        if path.exists():
+            rewrite_lines(path, rows)
+        return {int(r["step"]) for r in rows}
+
+    def _checkpoint(self, path: Path, n_done: int, weights: Mapping[str, torch.Tensor]) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"n_done": n_done, "weights": dict(weights)}, tmp)
+        os.replace(tmp, path)
+
+    def begin_stream(self, variant: str, weights: Mapping[str, torch.Tensor]) -> None:
+        """Start a sequential stream from the unedited model plus ``weights`` (a checkpoint)."""
+        self.guard.check_restored(f"sequential {variant}: before the first edit")
+        self.guard.load(weights)
+
+    def stream_row(self, variant: str, index: int) -> dict[str, Any]:
+        """The next edit of a sequential stream, on the model as the previous ones left it."""
+        row, _ = self._edit_and_score(self.cases[index], index, variant)
+        row["cumulative_norm"] = self.guard.distance()
+        # Normalized like |Δ|, by the elements of one edited weight.
+        row["cumulative_delta"] = row["cumulative_norm"] / self.guard.numel
+        return row
+
+    def edited_weights(self) -> dict[str, torch.Tensor]:
+        return self.guard.current()
+
+    def end_stream(self) -> None:
+        self.editor.restore()
+        self.guard.reset()  # a resumed run loaded weights the editor never saw
+
+    def run_sequential(
+        self, variant: str, work: StreamWork | None = None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Edits accumulate; returns the per-edit rows and the final scores of every case."""
+        work = work if work is not None else self
+        path = self.out / f"sequential-{variant}.jsonl"
+        state_path = self.out / f"sequential-{variant}.state.pt"
+        n_done, weights = 0, {}
+        if state_path.exists():
+            state = torch.load(state_path, weights_only=True)
+            n_done, weights = int(state["n_done"]), state["weights"]
+        work.begin_stream(variant, weights)
+        rows = resume_rows(path, self.cases, keep=n_done)
+        glue_done = self._glue_done(variant, n_done)
+        every = self.cfg.glue_every
+        if every and (n_done % every == 0 or n_done == len(self.cases)):
+            self._glue(work, variant, n_done, glue_done)
+        history = [r["diagnostics"]["delta_norm"] for r in rows if r["diagnostics"]]
+        for index in self._todo("sequential", variant, n_done):
+            row = work.stream_row(variant, index)
+            self._flag(row, history)
+            append_line(path, row)
+            rows.append(row)
+            if (index + 1) % self.cfg.checkpoint_every == 0 or index + 1 == len(self.cases):
+                self._checkpoint(state_path, index + 1, work.edited_weights())
+            if every and ((index + 1) % every == 0 or index + 1 == len(self.cases)):
+                self._glue(work, variant, index + 1, glue_done)
+        final = self._final_scores(variant, work)
+        work.end_stream()
+        return rows, final
+
+    def final_row(self, index: int) -> dict[str, Any]:
+        """Case ``index`` scored on the model as the whole stream left it."""
+        case = self.cases[index]
+        scores = score_case(self.model, self.loaded.tokenizer, case, self.cfg.batch_size)
+        return {
+            "case_id": case.case_id,
+            "index": index,
+            "post": scores,
+            "metrics_post": metrics_of(scores),
+        }
+
+    def _final_scores(self, variant: str, work: StreamWork) -> list[dict[str, Any]]:
+        path = self.out / f"sequential-{variant}-final.jsonl"
+        rows = resume_rows(path, self.cases)
+        for index in self._bar(len(rows), f"final {variant}"):
+            row = work.final_row(index)
+            append_line(path, row)
+            rows.append(row)
+        return rows
+
+    def renew_editor(self) -> None:
+        """A new editor for the next mode and variant (see ``fresh_editor``)."""
+        if self.fresh_editor is not None:
+            self.editor = self._wrap(self.fresh_editor())
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """What every way of running the cases needs first: the folder locked against a
+        second writer throughout, the config written (a resume checked against it) and the
+        unedited model's reference scores."""
+        with run_folder_lock(self.out):
+            self._write_config()
+            self.reference = self._reference()
+            yield
+
+    def run(self) -> dict[str, Any]:
+        """Every mode and variant of the config, then ``summary.json``."""
+        with self.session():
+            return self._run_locked()
+
+    def _run_locked(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        for mode in self.cfg.modes:
+            for variant in self.cfg.variants:
+                self.renew_editor()
+                if mode == "single":
+                    self.run_single(variant)
+                else:
+                    self.run_sequential(variant)
+        device = str(getattr(self.loaded, "device", "cpu"))
+        return self.write_summary(
+            {
+                "workers": 1,
+                "devices": [device],
+                "wall_seconds": time.perf_counter() - start,
+                **kernel_settings(),
+            }
+        )
+
+    def write_summary(self, execution: Mapping[str, Any]) -> dict[str, Any]:
+        """``summary.json`` from the case files, with how this invocation ran (workers,
+        devices, wall time, retries), so that scaling can be read off runs."""
+        summary = summarize(
+            self.out,
+            self.cfg,
+            getattr(self.loaded, "name", self.cfg.model),
+            [c.case_id for c in self.cases],
+        )
+        summary["execution"] = dict(execution)
+        write_json(self.out / "summary.json", summary)
+        return summary
