@@ -416,29 +416,6 @@ def entropy_threshold(reference: Mapping[str, Any], cfg: RunConfig) -> float:
 # ---------------------------------------------------------------- the runner
 
 
-def _result_info(result: Any) -> dict[str, Any]:
-    fields = (
-        "variant",
-        "layer",
-        "module_name",
-        "denominator",
-        "delta_norm",
-        "relative_residual_k_star",
-        "relative_residual_k_prompt",
-        "key_cosine",
-        "loss_trace",
-        "timings",
-        "templates",
-        "seed",
-        "edit_seconds",
-    )
-    info = {}
-    for name in fields:
-        value = getattr(result, name, None)
-        info[name] = float(value) if isinstance(value, torch.Tensor) else value
-    return info
-
-
 @contextmanager
 def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
     start = time.perf_counter()
@@ -573,7 +550,7 @@ class Runner:
                 result = self._edit(case, index, variant, single)
             except ValueError as err:  # a refused edit leaves the model as it was
                 row["error"] = f"{type(err).__name__}: {err}"
-        row["diagnostics"] = _result_info(result) if result is not None else None
+        row["diagnostics"] = result.as_record() if result is not None else None
         if result is not None:
             self.guard.require(result.module_name)
         with _timed(timings, "score_post"):
