@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -18,6 +18,9 @@ from rome_fast.corpus import Corpus
 from rome_fast.hparams import HParams
 from rome_fast.models import LoadedModel
 from rome_fast.update import CovarianceFactor
+
+if TYPE_CHECKING:
+    from rome_fast.stats import SecondMomentStats
 
 Covariance = Tensor | CovarianceFactor
 CovarianceProvider = Callable[[LoadedModel, int], Covariance]
@@ -29,7 +32,7 @@ def default_covariance(
     corpus: Corpus | None = None,
     npz_path: str | Path | None = None,
     n_samples: int | None = None,
-    collect: Callable[..., Any] | None = None,
+    collect: Callable[..., SecondMomentStats] | None = None,
 ) -> CovarianceProvider:
     """C from ``rome_fast.stats.layer_second_moment`` with ``hparams``' sample count, document
     length and dtype, unless a corpus, a sample count or a public ``.npz`` file is given.

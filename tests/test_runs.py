@@ -26,15 +26,6 @@ LAYER = 1
 
 
 @dataclass(frozen=True)
-class FakeRequest:
-    prompt: str
-    subject: str
-    target_new: str
-    target_true: str | None = None
-    case_id: str | int | None = None
-
-
-@dataclass(frozen=True)
 class FakeHparams:
     layer: int = LAYER
 
@@ -146,15 +137,7 @@ def one_thread() -> Any:
 
 
 @pytest.fixture
-def loaded(monkeypatch: pytest.MonkeyPatch) -> LoadedModel:
-    # The fake editor takes FakeRequest; Case.request builds one without rome_fast.editor.
-    monkeypatch.setattr(
-        Case,
-        "request",
-        lambda self: FakeRequest(
-            self.prompt, self.subject, self.target_new, self.target_true, self.case_id
-        ),
-    )
+def loaded() -> LoadedModel:
     return random_model("tiny-gpt2")
 
 

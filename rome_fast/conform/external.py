@@ -4,6 +4,7 @@ so CounterFact metrics, sequential collapse detection and gates run on it as on 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,6 +31,16 @@ class ExternalResult:
     module_name: str
     delta_norm: float  # ‖ΔW‖_F / numel, as for our edits
     before: Tensor = field(repr=False)  # the edited weight before this edit
+
+    def as_record(self) -> dict[str, Any]:
+        """The fields ``EditResult.as_record`` shares with it, under the same names: an
+        external editor reports nothing else."""
+        return {
+            "variant": self.variant,
+            "layer": self.layer,
+            "module_name": self.module_name,
+            "delta_norm": self.delta_norm,
+        }
 
 
 @dataclass
