@@ -20,9 +20,10 @@ from benchmarks.floors import (
     update_factors_floor,
     value_floor,
 )
-from rome_fast.editor import Editor, EditResult
+from rome_fast.editor import Editor
 from rome_fast.models import LoadedModel
 from rome_fast.naive import NaiveEditor
+from rome_fast.request import EditResult
 from rome_fast.weights import weight_matrix
 
 # impl -> (editor, matmul precision of the v* loop); tf32/bf16 are the fast path's opt-ins.

@@ -29,7 +29,7 @@ def test_keys(
     run_bench: Callable[..., Any], peaks: Peaks, model_setup: EditSetup, impl: str
 ) -> None:
     s = model_setup
-    args = (s.loaded, s.layer, REQUEST.prompt, REQUEST.subject, s.templates)
+    args = (s.loaded, s.site, REQUEST, s.templates)
     fn = (lambda: naive_keys(*args)) if impl == "naive" else (lambda: compute_keys(*args))
     tokens = prompt_tokens(s.loaded, s.templates)
     keys = run_bench(

@@ -25,14 +25,7 @@ def value_work(
 ) -> tuple[int, int]:
     """(tokens δ reaches that the loss depends on, positions the loss reads): a rewriting
     prompt's from its subject-last token to its last, the essence prompt's subject-last only."""
-    vb = build_value_batch(
-        loaded.tokenizer,
-        REQUEST.prompt,
-        REQUEST.subject,
-        REQUEST.target_new,
-        templates,
-        padding_side,
-    )
+    vb = build_value_batch(loaded.tokenizer, REQUEST, templates, padding_side)
     ends = vb.batch.offsets + vb.batch.attention_mask.sum(1)
     needed = int((ends - vb.batch.positions)[: vb.n_prompts].sum()) + 1
     return needed, vb.target_rows.numel() + 1
@@ -49,11 +42,11 @@ def test_value(
 ) -> None:
     s = model_setup
     hp = s.hparams.replace(v_num_grad_steps=STEPS)
-    args = (REQUEST.prompt, REQUEST.subject, REQUEST.target_new, s.templates)
+    args = (s.loaded, s.site, REQUEST, s.templates, hp)
     if impl == "naive":
-        fn: Callable[[], Any] = lambda: naive_value(s.loaded, s.layer, *args, hp)  # noqa: E731
+        fn: Callable[[], Any] = lambda: naive_value(*args)  # noqa: E731
     else:
-        fn = lambda: compute_v_star(s.loaded, s.layer, *args, hp)  # noqa: E731
+        fn = lambda: compute_v_star(*args)  # noqa: E731
     run_bench(
         fn,
         group=f"v* {s.loaded.name} {STEPS} iterations",

@@ -19,11 +19,11 @@ import torch
 
 from benchmarks.floors import Floor, Peaks, cpu_name, machine_peaks
 from benchmarks.report import grouped, json_groups
-from rome_fast.editor import EditRequest
 from rome_fast.hparams import HParams, hparams_for
 from rome_fast.models import LoadedModel, load_model, random_model
+from rome_fast.request import EditRequest
+from rome_fast.site import EditedSite
 from rome_fast.templates import generate_context_templates
-from rome_fast.weights import weight_matrix
 
 REQUEST = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
 SEED = 0
@@ -74,6 +74,10 @@ class EditSetup:
     def layer(self) -> int:
         return self.hparams.layer
 
+    @property
+    def site(self) -> EditedSite:
+        return self.loaded.adapter.edited_site(self.loaded.model, self.layer)
+
 
 def synthetic_second_moment(
     d_in: int, seed: int = SEED, device: torch.device | str = "cpu"
@@ -94,8 +98,8 @@ def make_setup(loaded: LoadedModel, hparams: HParams, seed: int = SEED) -> EditS
         seed=seed,
         top_k=hparams.context_template_top_k,
     )
-    W = weight_matrix(loaded.adapter.edited_module(loaded.model, hparams.layer))
-    C = synthetic_second_moment(int(W.shape[1]), seed, loaded.device)
+    d_in = loaded.adapter.edited_site(loaded.model, hparams.layer).d_in
+    C = synthetic_second_moment(d_in, seed, loaded.device)
     return EditSetup(loaded, hparams, templates, C)
 
 

@@ -23,9 +23,10 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.conftest import make_setup
-from rome_fast.editor import Editor, EditRequest, EditResult
+from rome_fast.editor import Editor
 from rome_fast.hparams import hparams_for
 from rome_fast.models import load_model
+from rome_fast.request import EditRequest, EditResult
 
 REQUESTS = (
     EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris"),

@@ -26,8 +26,8 @@ _EXPORTS = {
     "load_model": "rome_fast.models",
     "LoadedModel": "rome_fast.models",
     "Editor": "rome_fast.editor",
-    "EditRequest": "rome_fast.editor",
-    "EditResult": "rome_fast.editor",
+    "EditRequest": "rome_fast.request",
+    "EditResult": "rome_fast.request",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from rome_fast.site import EditedSite
+
 
 @dataclass(frozen=True)
 class Adapter:
@@ -51,6 +53,11 @@ class Adapter:
     def edited_module(self, model: nn.Module, layer: int) -> nn.Module:
         self.check_layer(model, layer)
         return model.get_submodule(self.edited_module_name(layer))
+
+    def edited_site(self, model: nn.Module, layer: int) -> EditedSite:
+        """The edited module of ``layer`` resolved once (see ``rome_fast.site``)."""
+        self.check_layer(model, layer)
+        return EditedSite.of(model, layer, self.edited_module_name(layer))
 
     def block(self, model: nn.Module, layer: int) -> nn.Module:
         self.check_layer(model, layer)

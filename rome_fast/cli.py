@@ -60,7 +60,7 @@ def _edit_parser(sub: Any) -> None:
 
 def _run_edit(args: argparse.Namespace) -> int:
     from rome_fast.demo import fact_reports, print_edit_report
-    from rome_fast.editor import EditRequest
+    from rome_fast.request import EditRequest
 
     check_variants([args.variant])
     if args.json is not None:

@@ -106,7 +106,7 @@ def stats_collector(args: argparse.Namespace) -> Callable[..., Any] | None:
 
 def stats_provider(args: argparse.Namespace, hparams: Any) -> Callable[[Any, int], Any]:
     """C for a layer, from the user's .npz, the user's corpus, or the default corpus."""
-    from rome_fast.editor import default_covariance
+    from rome_fast.covariance import default_covariance
 
     return default_covariance(
         hparams,

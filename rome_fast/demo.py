@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from rome_fast.editor import Editor, EditRequest, EditResult
+from rome_fast.editor import Editor
 from rome_fast.eval.score import generate, target_nll
+from rome_fast.request import EditRequest, EditResult
 
 # Facts SmolLM2-135M-Instruct knows (its top next token is the true object), with a
 # paraphrase to check that an edit generalizes beyond the edited prompt.
@@ -61,25 +62,6 @@ def greedy(editor: Editor, prompts: Sequence[str], tokens: int) -> tuple[str, li
     )
     top = str(editor.loaded.tokenizer.decode(gen.token_ids[0][:1], skip_special_tokens=True))
     return top, gen.texts if tokens else []
-
-
-def result_record(result: EditResult) -> dict[str, Any]:
-    return {
-        "variant": result.variant,
-        "layer": result.layer,
-        "module": result.module_name,
-        "delta_norm": result.delta_norm,
-        "denominator": result.denominator,
-        "relative_residual_k_star": result.relative_residual_k_star,
-        "relative_residual_k_prompt": result.relative_residual_k_prompt,
-        "key_cosine": result.key_cosine,
-        "edit_seconds": result.edit_seconds,
-        "timings": result.timings,
-        "loss_trace": result.loss_trace,
-        "loss_steps": result.loss_steps,
-        "seed": result.seed,
-        "templates": result.templates,
-    }
 
 
 def measure(
@@ -131,15 +113,11 @@ def report_of(
 ) -> dict[str, Any]:
     report: dict[str, Any] = {
         "model": editor.loaded.name,
-        "prompt": request.prompt,
-        "subject": request.subject,
-        "target_new": request.target_new,
-        "target_true": request.target_true,
+        **result.as_record(),  # the request among its fields
         "prob_target_before": before["probs"][0],
         "prob_target_after": after["probs"][0],
         "top_token_before": before["top_token"],
         "top_token_after": after["top_token"],
-        **result_record(result),
         # zip without strict: no texts at all when continuations were not asked for
         "continuations": [
             {"prompt": p, "before": b, "after": a}
@@ -159,9 +137,10 @@ def report_of(
 
 
 def print_edit_report(report: dict[str, Any]) -> None:
+    request = report["request"]
     print(
-        f"{report['variant']}: {report['prompt'].format(report['subject'])!r} "
-        f"-> {report['target_new']!r} (layer {report['layer']}, {report['edit_seconds']:.2f} s)"
+        f"{report['variant']}: {request['prompt'].format(request['subject'])!r} "
+        f"-> {request['target_new']!r} (layer {report['layer']}, {report['edit_seconds']:.2f} s)"
     )
     print(
         f"  P(new)  {report['prob_target_before']:.4f} -> {report['prob_target_after']:.4f}"
@@ -197,7 +176,7 @@ def table_rows(reports: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
     return [
         (
             r["variant"],
-            r["subject"],
+            r["request"]["subject"],
             f"{r['prob_target_before']:.3f}",
             f"{r['prob_target_after']:.3f}",
             f"{r.get('prob_true_after', float('nan')):.3f}",
@@ -225,11 +204,11 @@ def plot_demo(reports: Sequence[dict[str, Any]], variants: Sequence[str], path: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    subjects = list(dict.fromkeys(r["subject"] for r in reports))
+    subjects = list(dict.fromkeys(r["request"]["subject"] for r in reports))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     width = 0.8 / (len(variants) + 1)
     xs = range(len(subjects))
-    before = {r["subject"]: r["prob_target_before"] for r in reports}
+    before = {r["request"]["subject"]: r["prob_target_before"] for r in reports}
     axes[0].bar(
         [x - 0.4 + width / 2 for x in xs],
         [before[s] for s in subjects],
@@ -238,7 +217,7 @@ def plot_demo(reports: Sequence[dict[str, Any]], variants: Sequence[str], path: 
         color="grey",
     )
     for i, v in enumerate(variants):
-        by_subject = {r["subject"]: r for r in reports if r["variant"] == v}
+        by_subject = {r["request"]["subject"]: r for r in reports if r["variant"] == v}
         offset = -0.4 + width * (i + 1.5)
         axes[0].bar(
             [x + offset for x in xs],

@@ -16,6 +16,8 @@ from torch import Tensor
 from rome_fast.hooks import capture, run_until
 from rome_fast.linear import onednn_linears
 from rome_fast.models import LoadedModel
+from rome_fast.request import EditRequest
+from rome_fast.site import EditedSite
 from rome_fast.tokens import apply_template, subject_last_positions
 
 BARE_TEMPLATE = "{}"
@@ -51,36 +53,33 @@ def bare_template_index(templates: Sequence[str]) -> int:
 @torch.no_grad()
 def keys_at_subject(
     loaded: LoadedModel,
-    layer: int,
+    site: EditedSite,
     prompts: Sequence[str],
     subjects: Sequence[str],
     padding_side: str = "right",
 ) -> Tensor:
     """The edited module's input at each prompt's subject-last token: (n_prompts, d_in) float32."""
-    module = loaded.adapter.edited_module(loaded.model, layer)
     batch = subject_last_positions(loaded.tokenizer, prompts, subjects, padding_side)
-    with capture(module, stop=True) as seen:
+    with capture(site.module, stop=True) as seen:
         run_until(loaded.model, **batch.model_inputs(loaded.device))
     if seen.input is None:
-        name = loaded.adapter.edited_module_name(layer)
-        raise RuntimeError(f"the forward pass never reached {name}")
+        raise RuntimeError(f"the forward pass never reached {site.module_name}")
     rows = batch.rows.to(seen.input.device)
     return seen.input[rows, batch.positions.to(seen.input.device)].float()
 
 
 def compute_keys(
     loaded: LoadedModel,
-    layer: int,
-    prompt: str,
-    subject: str,
+    site: EditedSite,
+    request: EditRequest,
     templates: Sequence[str],
     padding_side: str = "right",
 ) -> Keys:
     """``k*`` over ``templates`` (which must include ``"{}"``) and ``k_prompt``, one pass."""
     bare_template_index(templates)  # fail before the forward pass
-    prompts = [apply_template(t, prompt) for t in templates]
+    prompts = [apply_template(t, request.prompt) for t in templates]
     with onednn_linears(loaded.model):
         per_template = keys_at_subject(
-            loaded, layer, prompts, [subject] * len(prompts), padding_side
+            loaded, site, prompts, [request.subject] * len(prompts), padding_side
         )
     return Keys.from_per_template(per_template, templates)

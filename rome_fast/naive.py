@@ -24,16 +24,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from rome_fast.editor import (
-    Editor,
-    EditRequest,
-)
+from rome_fast.editor import Editor
 from rome_fast.hooks import add_to_output, capture
 from rome_fast.hparams import HParams
 from rome_fast.keys import bare_template_index
 from rome_fast.models import LoadedModel
+from rome_fast.prepared import KeysLike, ValueLike
+from rome_fast.request import EditRequest
+from rome_fast.site import EditedSite
 from rome_fast.tokens import apply_template, subject_last_positions
 from rome_fast.update import RankOne, Variant
 from rome_fast.value import LOSS_PARTS, build_value_batch
@@ -44,7 +44,6 @@ from rome_fast.variants import (
     RegisteredVariant,
     resolve_variant,
 )
-from rome_fast.weights import weight_matrix
 
 
 @dataclass(frozen=True)
@@ -65,12 +64,11 @@ class NaiveKeys:
 
 
 def _module_io_at_subject(
-    loaded: LoadedModel, layer: int, prompt: str, subject: str
+    loaded: LoadedModel, site: EditedSite, prompt: str, subject: str
 ) -> tuple[Tensor, Tensor]:
     """One full forward pass (logits included): the edited module's (input, output) there."""
-    module = loaded.adapter.edited_module(loaded.model, layer)
     batch = subject_last_positions(loaded.tokenizer, [prompt], [subject])
-    with torch.no_grad(), capture(module, output=True) as seen:
+    with torch.no_grad(), capture(site.module, output=True) as seen:
         loaded.model(**batch.model_inputs(loaded.device))
     assert seen.input is not None
     assert seen.output is not None
@@ -79,14 +77,15 @@ def _module_io_at_subject(
 
 
 def naive_keys(
-    loaded: LoadedModel, layer: int, prompt: str, subject: str, templates: Sequence[str]
+    loaded: LoadedModel, site: EditedSite, request: EditRequest, templates: Sequence[str]
 ) -> NaiveKeys:
     """``k*`` and the mean output with one forward pass per template, then the bare prompt."""
     bare_template_index(templates)  # same contract as the fast path
+    prompt, subject = request.prompt, request.subject
     pairs = [
-        _module_io_at_subject(loaded, layer, apply_template(t, prompt), subject) for t in templates
+        _module_io_at_subject(loaded, site, apply_template(t, prompt), subject) for t in templates
     ]
-    k_prompt, out_prompt = _module_io_at_subject(loaded, layer, prompt, subject)
+    k_prompt, out_prompt = _module_io_at_subject(loaded, site, prompt, subject)
     return NaiveKeys(
         k_star=torch.stack([k for k, _ in pairs]).mean(0),
         k_prompt=k_prompt,
@@ -106,10 +105,8 @@ class NaiveValue:
 
 def naive_value(
     loaded: LoadedModel,
-    layer: int,
-    prompt: str,
-    subject: str,
-    target: str,
+    site: EditedSite,
+    request: EditRequest,
     templates: Sequence[str],
     hparams: HParams,
 ) -> NaiveValue:
@@ -122,17 +119,14 @@ def naive_value(
     before the backward pass once the loss is below ``v_early_stop_loss`` (0.05), or after
     ``v_num_grad_steps`` forward passes.
     """
-    model, mlp = loaded.model, loaded.adapter.mlp(loaded.model, layer)
-    vb = build_value_batch(
-        loaded.tokenizer, prompt, subject, target, templates, hparams.padding_side
-    )
+    model, mlp = loaded.model, loaded.adapter.mlp(loaded.model, site.layer)
+    vb = build_value_batch(loaded.tokenizer, request, templates, hparams.padding_side)
     batch, n_target = vb.batch, vb.n_target
     inputs = batch.model_inputs(loaded.device)
     rows, positions = batch.rows.to(loaded.device), batch.positions.to(loaded.device)
     target_ids = vb.target_ids.to(loaded.device)
     ends = batch.offsets + batch.attention_mask.sum(1)  # (B,) one past each row's last token
-    d_out = weight_matrix(loaded.adapter.edited_module(model, layer)).shape[0]
-    delta = torch.zeros(d_out, device=loaded.device, requires_grad=True)
+    delta = torch.zeros(site.d_out, device=loaded.device, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=hparams.v_lr)
     v_init: Tensor | None = None
     initial: Tensor | None = None
@@ -237,33 +231,26 @@ class NaiveEditor(Editor):
     def _check_variant(self, variant: str | Variant) -> RegisteredVariant:
         return check_naive_variant(variant)
 
-    def _keys(self, request: EditRequest, templates: list[str], value: Any) -> NaiveKeys:
-        return naive_keys(self.loaded, self.layer, request.prompt, request.subject, templates)
+    def _keys(self, request: EditRequest, templates: list[str], value: ValueLike) -> NaiveKeys:
+        return naive_keys(self.loaded, self.site, request, templates)
 
     def _value(self, request: EditRequest, templates: list[str]) -> NaiveValue:
-        return naive_value(
-            self.loaded,
-            self.layer,
-            request.prompt,
-            request.subject,
-            request.target_new,
-            templates,
-            self.hparams,
-        )
+        return naive_value(self.loaded, self.site, request, templates, self.hparams)
 
     def _update_statistics(self, layer: int) -> None:
         self.inverse_covariance(layer)
 
     def _update_factors(
-        self, module: nn.Module, keys: NaiveKeys, value: NaiveValue, variant: RegisteredVariant
+        self, site: EditedSite, keys: KeysLike, value: ValueLike, variant: RegisteredVariant
     ) -> RankOne:
-        C_inv = self.inverse_covariance(self.layer)
+        assert isinstance(keys, NaiveKeys)  # made by this class's ``_keys``
+        C_inv = self.inverse_covariance(site.layer)
         left, right, denominator = naive_update(C_inv, keys, value.v_star, variant)
         # Reported like the fast path's: u(k)ᵀk with u = C⁻¹k unnormalized.
         denominator = denominator * (C_inv @ keys.key(variant.direction_at)).norm()
         return RankOne(left, right, denominator)
 
-    def _write(self, module: nn.Module, r: RankOne) -> None:
-        W = weight_matrix(module)
+    def _write(self, site: EditedSite, r: RankOne) -> None:
+        W = site.weight
         with torch.no_grad():
             W += torch.outer(r.left, r.right).to(W.dtype)  # the dense ΔW, as published

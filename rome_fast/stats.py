@@ -41,7 +41,6 @@ from rome_fast.datadir import cache_dir
 from rome_fast.hooks import capture, run_until
 from rome_fast.linear import onednn_linears
 from rome_fast.models import LoadedModel
-from rome_fast.weights import weight_matrix
 
 log = logging.getLogger(__name__)
 
@@ -251,9 +250,8 @@ def collect_second_moment(
         raise ValueError(
             f"n_samples and batch_size must be positive, got {n_samples}, {batch_size}"
         )
-    model, adapter = loaded.model, loaded.adapter
-    module = adapter.edited_module(model, layer)
-    d_in = weight_matrix(module).shape[1]
+    model, site = loaded.model, loaded.adapter.edited_site(loaded.model, layer)
+    d_in = site.d_in
     length = max_length if max_length is not None else context_length(loaded)
     total = min(n_samples, corpus.size) if corpus.size is not None else n_samples
     running = torch.zeros(d_in, d_in, dtype=dtype, device=loaded.device)
@@ -261,12 +259,17 @@ def collect_second_moment(
     start = time.perf_counter()
     bar = tqdm(
         total=total,
-        desc=f"C at {adapter.edited_module_name(layer)}",
+        desc=f"C at {site.module_name}",
         unit="doc",
         disable=not progress,
     )
     texts = islice(iter(corpus), n_samples)
-    with torch.inference_mode(), onednn_linears(model), capture(module, stop=True) as seen, bar:
+    with (
+        torch.inference_mode(),
+        onednn_linears(model),
+        capture(site.module, stop=True) as seen,
+        bar,
+    ):
         for docs in _batches(loaded, texts, batch_size, length):
             bar.update(len(docs))
             nonempty = [d for d in docs if d]
@@ -300,7 +303,7 @@ def collect_second_moment(
         )
     provenance = {
         "model": loaded.name,
-        "module": adapter.edited_module_name(layer),
+        "module": site.module_name,
         "layer": layer,
         "corpus": corpus.identifier,
         "corpus_description": corpus.description,
@@ -398,14 +401,12 @@ def layer_stats(
     ``{stats_dir}/{model}/wikipedia_stats/...`` the user already has; the cache (under
     ``stats_dir`` if given, else ``cache_dir()/stats``); else collect and write the cache.
     """
-    module = loaded.adapter.edited_module(loaded.model, layer)
-    module_name = loaded.adapter.edited_module_name(layer)
-    d_in = weight_matrix(module).shape[1]
+    site = loaded.adapter.edited_site(loaded.model, layer)
 
     def load_checked(path: str | os.PathLike[str]) -> SecondMomentStats:
         stats = load_npz_stats(path)
-        check_stats_shape(stats, d_in, module_name)
-        check_stats_provenance(stats, module_name)
+        check_stats_shape(stats, site.d_in, site.module_name)
+        check_stats_provenance(stats, site.module_name)
         return stats
 
     if npz_path is not None:

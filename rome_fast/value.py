@@ -61,6 +61,8 @@ from rome_fast.linear import onednn_linears
 from rome_fast.models import LoadedModel
 from rome_fast.precision import loop_precision
 from rome_fast.prefix import PrefixCache, align_subject_last
+from rome_fast.request import EditRequest
+from rome_fast.site import EditedSite
 from rome_fast.tokens import PromptBatch, apply_template, pad_id, subject_last_positions
 
 ESSENCE_PROMPT = "{} is a"
@@ -99,19 +101,17 @@ class ValueBatch:
 
 def build_value_batch(
     tokenizer: PreTrainedTokenizerBase,
-    prompt: str,
-    subject: str,
-    target: str,
+    request: EditRequest,
     templates: Sequence[str],
     padding_side: str = "right",
 ) -> ValueBatch:
-    target_ids = target_token_ids(tokenizer, target)
-    rewriting = [apply_template(t, prompt) for t in templates]  # quirk 2
+    target_ids = target_token_ids(tokenizer, request.target_new)
+    rewriting = [apply_template(t, request.prompt) for t in templates]  # quirk 2
     n = len(rewriting)
     batch = subject_last_positions(
         tokenizer,
         [*rewriting, ESSENCE_PROMPT],
-        [subject] * (n + 1),
+        [request.subject] * (n + 1),
         padding_side,
         continuations=[target_ids[:-1]] * n + [[]],
     )
@@ -243,14 +243,13 @@ def read_mlp_positions(
 
 
 @torch.no_grad()
-def clean_suffix_pass(loaded: LoadedModel, layer: int, prefix: PrefixCache) -> CleanPass:
-    """One pass over the suffix columns, stopped after block ``layer``: every iteration of
-    the loop replays that block's output with δ added, so blocks ≤ ``layer`` never rerun."""
+def clean_suffix_pass(loaded: LoadedModel, site: EditedSite, prefix: PrefixCache) -> CleanPass:
+    """One pass over the suffix columns, stopped after the edited block: every iteration of
+    the loop replays that block's output with δ added, so the blocks up to it never rerun."""
     model = loaded.model
-    module = loaded.adapter.edited_module(model, layer)
-    block = loaded.adapter.block(model, layer)
+    block = loaded.adapter.block(model, site.layer)
     with (
-        capture(module, output=True) as seen,
+        capture(site.module, output=True) as seen,
         capture(block, output=True, stop=True) as block_seen,
     ):
         run_until(cast(PreTrainedModel, model).base_model, **prefix.suffix_inputs())
@@ -262,25 +261,23 @@ def clean_suffix_pass(loaded: LoadedModel, layer: int, prefix: PrefixCache) -> C
 
 def compute_v_star(
     loaded: LoadedModel,
-    layer: int,
-    prompt: str,
-    subject: str,
-    target: str,
+    site: EditedSite,
+    request: EditRequest,
     templates: Sequence[str],
     hparams: HParams,
 ) -> ValueResult:
     """Optimize δ at the edited module's output; see the module docstring."""
     vb = align_value_batch(
-        build_value_batch(
-            loaded.tokenizer, prompt, subject, target, templates, hparams.padding_side
-        ),
+        build_value_batch(loaded.tokenizer, request, templates, hparams.padding_side),
         pad_id(loaded.tokenizer),
     )
     with onednn_linears(loaded.model):
-        return _optimize(loaded, layer, vb, hparams)
+        return _optimize(loaded, site, vb, hparams)
 
 
-def _optimize(loaded: LoadedModel, layer: int, vb: ValueBatch, hparams: HParams) -> ValueResult:
+def _optimize(
+    loaded: LoadedModel, site: EditedSite, vb: ValueBatch, hparams: HParams
+) -> ValueResult:
     """The loop of :func:`compute_v_star` on its aligned batch."""
     model = loaded.model
     device = loaded.device
@@ -295,12 +292,12 @@ def _optimize(loaded: LoadedModel, layer: int, vb: ValueBatch, hparams: HParams)
     n_rows, width = vb.batch.input_ids.shape
     below, top = read_mlp_positions(read_rows, read_positions, n_rows, width - prefix.split)
     # the MLPs above the edited layer run only where the loss depends on their output
-    keep = {mlp: below for mlp in mlps[layer + 1 : -1]}
-    keep |= {mlp: top for mlp in mlps[layer + 1 :][-1:]}
+    keep = {mlp: below for mlp in mlps[site.layer + 1 : -1]}
+    keep |= {mlp: top for mlp in mlps[site.layer + 1 :][-1:]}
     read_rows, read_positions = read_rows.to(device), read_positions.to(device)
     n_read = vb.target_rows.numel()
 
-    clean = clean_suffix_pass(loaded, layer, prefix)
+    clean = clean_suffix_pass(loaded, site, prefix)
     v_init = clean.module_output[vb.bare_row, 0].float()  # quirk 9
     # The keys come free: a rewriting prompt up to its subject-last token is the key prompt.
     keys = clean.module_input[: vb.n_prompts, 0].float()  # (n_prompts, d_in), template order
@@ -325,7 +322,7 @@ def _optimize(loaded: LoadedModel, layer: int, vb: ValueBatch, hparams: HParams)
             shifted = clean_block[delta_index] + delta.to(clean_block.dtype)
             edited_block = clean_block.index_put(delta_index, shifted)
             with (
-                replay_blocks(blocks, layer, edited_block, as_tuple=clean.block_is_tuple),
+                replay_blocks(blocks, site.layer, edited_block, as_tuple=clean.block_is_tuple),
                 forward_precision(),
             ):
                 logits = readout_logits(model, prefix.suffix_inputs(), read_rows, read_positions)

@@ -15,13 +15,20 @@ from rome_fast.update import RankOne
 SUPPORTED = "torch.nn.Linear and transformers.pytorch_utils.Conv1D"
 
 
+def stores_transposed(module: nn.Module) -> bool:
+    """Whether the module stores its weight as (d_in, d_out); refuses unsupported modules."""
+    if isinstance(module, Conv1D):
+        return True
+    if isinstance(module, nn.Linear):
+        return False
+    raise TypeError(f"cannot edit a {type(module).__name__}: supported modules are {SUPPORTED}")
+
+
 def weight_matrix(module: nn.Module) -> Tensor:
     """A (d_out, d_in) view of the module's weight (writes through to the parameter)."""
-    if isinstance(module, Conv1D):
-        return module.weight.T
-    if isinstance(module, nn.Linear):
-        return module.weight
-    raise TypeError(f"cannot edit a {type(module).__name__}: supported modules are {SUPPORTED}")
+    weight = module.weight
+    assert isinstance(weight, Tensor)
+    return weight.T if stores_transposed(module) else weight
 
 
 def module_bias(module: nn.Module) -> Tensor | None:

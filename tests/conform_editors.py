@@ -50,7 +50,7 @@ class RevertByRounding(OurEditor):
     def revert(self) -> None:
         assert self._last is not None
         editor, result = self._last
-        apply_rank_one(editor._module(result.layer), result.rank_one, sign=-1.0)
+        apply_rank_one(editor.site.module, result.rank_one, sign=-1.0)
         self._last = None
 
 
@@ -59,7 +59,6 @@ revert_by_rounding = RevertByRounding("r-rome")
 
 def raises_midway(inputs: ConformInputs) -> None:
     """Writes NaN into the edited weight, then fails: the harness must undo the write."""
-    module = inputs.loaded.adapter.edited_module(inputs.loaded.model, inputs.layer)
     with torch.no_grad():
-        weight_matrix(module)[0, 0] = float("nan")
+        inputs.site.weight[0, 0] = float("nan")
     raise RuntimeError("planted failure after a partial write")

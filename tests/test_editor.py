@@ -8,17 +8,21 @@ import pytest
 import torch
 
 import rome_fast.editor as editor_module
-from rome_fast.editor import DisablingEditError, Editor, EditRequest, Guard
+from rome_fast.editor import Editor
+from rome_fast.guard import DisablingEditError, Guard
 from rome_fast.hparams import HParams
 from rome_fast.keys import compute_keys
 from rome_fast.models import LoadedModel
 from rome_fast.naive import NaiveEditor
+from rome_fast.request import EditRequest
 from rome_fast.update import RankOne
 from rome_fast.weights import apply_rank_one
 from tests.models import (
+    EDIT,
     FAMILIES,
     REQUEST,
     TEMPLATES,
+    at,
     changed_parameters,
     fresh_model,
     key_dim,
@@ -60,7 +64,7 @@ def test_keys_read_in_the_v_star_pass_are_the_key_pass_ones(family: str, padding
     """The editor reads k* and k_prompt in the v* pass; a forward of their own agrees."""
     loaded, editor = make_editor(family, hparams=tiny_hparams(family, padding_side=padding_side))
     prepared = editor.prepare(EditRequest(*REQUEST))
-    expected = compute_keys(loaded, LAYER, REQUEST[0], REQUEST[1], TEMPLATES, padding_side)
+    expected = compute_keys(*at(loaded, LAYER), EDIT, TEMPLATES, padding_side)
     torch.testing.assert_close(prepared.keys.per_template, expected.per_template)
     torch.testing.assert_close(prepared.keys.k_star, expected.k_star)
     torch.testing.assert_close(prepared.keys.k_prompt, expected.k_prompt)

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from rome_fast.context import context_limit
-from rome_fast.editor import Editor, EditRequest, ForeignWriteError
+from rome_fast.editor import Editor
 from rome_fast.eval.score import generate, target_nll
 from rome_fast.models import LoadedModel, random_model
+from rome_fast.ownership import ForeignWriteError
+from rome_fast.request import EditRequest
 from tests.models import (
     REQUEST,
     TEMPLATES,

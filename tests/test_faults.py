@@ -17,11 +17,10 @@ import torch
 
 from rome_fast.eval import runner
 from rome_fast.eval.config import RunConfig
-from rome_fast.eval.data import Case
 from rome_fast.eval.runner import Runner
 from rome_fast.models import LoadedModel, random_model
 from tests.faults import Killed, first_difference, records, writes
-from tests.test_runs import LAYER, FakeEditor, FakeRequest, config, make_cases
+from tests.test_runs import LAYER, FakeEditor, config, make_cases
 
 MODES = ("single", "sequential")
 CASES = make_cases(3)
@@ -44,14 +43,6 @@ def glue_probe(model: torch.nn.Module, tokenizer: Any, **options: Any) -> dict[s
 @pytest.fixture(scope="module")
 def patched() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
-        # The fake editor takes FakeRequest; Case.request builds one without the editor.
-        patch.setattr(
-            Case,
-            "request",
-            lambda self: FakeRequest(
-                self.prompt, self.subject, self.target_new, self.target_true, self.case_id
-            ),
-        )
         patch.setattr(runner, "evaluate_glue", glue_probe)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rome_fast.editor import Editor, EditRequest, default_covariance
+from rome_fast.covariance import default_covariance
+from rome_fast.editor import Editor
 from rome_fast.hparams import HParams, hparams_for
 from rome_fast.hparams_files import (
     FIELDS,
@@ -16,6 +17,7 @@ from rome_fast.hparams_files import (
     read_hparams_file,
     variant_from_flags,
 )
+from rome_fast.request import EditRequest
 from tests.models import REQUEST, TEMPLATES, fresh_model, tiny_hparams, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import torch
 from rome_fast.hooks import capture
 from rome_fast.keys import compute_keys
 from rome_fast.tokens import apply_template, subject_last_index
-from tests.models import FAMILIES, REQUEST, TEMPLATES, tiny_model
+from tests.models import EDIT, FAMILIES, REQUEST, TEMPLATES, at, tiny_model
 
 LAYER = 1
 
@@ -28,7 +28,7 @@ def reference_key(family: str, prompt: str, subject: str) -> torch.Tensor:
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_keys_match_one_prompt_at_a_time(family: str, padding_side: str) -> None:
     prompt, subject, _ = REQUEST
-    keys = compute_keys(tiny_model(family), LAYER, prompt, subject, TEMPLATES, padding_side)
+    keys = compute_keys(*at(tiny_model(family), LAYER), EDIT, TEMPLATES, padding_side)
     expected = torch.stack(
         [reference_key(family, apply_template(t, prompt), subject) for t in TEMPLATES]
     )
@@ -45,7 +45,7 @@ def test_the_forward_stops_at_the_edited_layer() -> None:
     above = loaded.adapter.block(loaded.model, LAYER + 1)
     handle = above.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
-        compute_keys(loaded, LAYER, REQUEST[0], REQUEST[1], TEMPLATES)
+        compute_keys(*at(loaded, LAYER), EDIT, TEMPLATES)
     finally:
         handle.remove()
     assert calls == []
@@ -53,4 +53,4 @@ def test_the_forward_stops_at_the_edited_layer() -> None:
 
 def test_templates_without_the_bare_prompt_are_refused() -> None:
     with pytest.raises(ValueError, match="bare template"):
-        compute_keys(tiny_model("tiny-gpt2"), LAYER, REQUEST[0], REQUEST[1], ["A. {}"])
+        compute_keys(*at(tiny_model("tiny-gpt2"), LAYER), EDIT, ["A. {}"])

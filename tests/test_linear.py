@@ -11,7 +11,7 @@ from rome_fast import linear
 from rome_fast.linear import onednn_available, onednn_linear, onednn_linears
 from rome_fast.naive import naive_value
 from rome_fast.value import compute_v_star
-from tests.models import FAMILIES, REQUEST, TEMPLATES, tiny_hparams, tiny_model
+from tests.models import EDIT, FAMILIES, TEMPLATES, at, tiny_hparams, tiny_model
 
 pytestmark = pytest.mark.skipif(
     not onednn_available(), reason="this torch build has no oneDNN linear operator"
@@ -156,7 +156,7 @@ def test_v_star_is_the_reference_loops_either_way(
     monkeypatch.setattr(linear, "onednn_is_faster", lambda: routed)
     loaded = tiny_model(family)
     hp = tiny_hparams(family, v_num_grad_steps=4)
-    args = (loaded, 1, *REQUEST, TEMPLATES, hp)
+    args = (*at(loaded, 1), EDIT, TEMPLATES, hp)
     fast, ref = compute_v_star(*args), naive_value(*args)
     assert fast.loss_trace == pytest.approx(ref.loss_trace, rel=1e-4)
     error = float((fast.v_star - ref.v_star).norm() / ref.v_star.norm())

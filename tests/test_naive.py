@@ -8,16 +8,17 @@ from functools import cache
 import pytest
 import torch
 
-from rome_fast.editor import Editor, EditRequest
+from rome_fast.editor import Editor
 from rome_fast.hparams import HParams, hparams_for
 from rome_fast.keys import compute_keys
 from rome_fast.models import LoadedModel, load_model, random_model
 from rome_fast.naive import NaiveEditor, naive_keys, naive_value
+from rome_fast.request import EditRequest
 from rome_fast.templates import generate_context_templates
 from rome_fast.update import RankOne, UpdateInputs, insertion_update
 from rome_fast.value import compute_v_star
 from rome_fast.weights import module_bias, weight_matrix
-from tests.models import require_smollm2
+from tests.models import at, require_smollm2
 from tests.public_rome import ANCHOR, CpuTokenizer, RecordedAdam, public_compute_v
 
 REQUEST = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
@@ -49,8 +50,8 @@ def reproduce(name: str) -> str:
 @pytest.mark.parametrize("name", FAMILIES)
 def test_keys_match_the_batched_keys(name: str) -> None:
     loaded, hparams, templates = tiny(name)
-    fast = compute_keys(loaded, hparams.layer, REQUEST.prompt, REQUEST.subject, templates)
-    naive = naive_keys(loaded, hparams.layer, REQUEST.prompt, REQUEST.subject, templates)
+    fast = compute_keys(*at(loaded, hparams.layer), REQUEST, templates)
+    naive = naive_keys(*at(loaded, hparams.layer), REQUEST, templates)
     for key in ("k_star", "k_prompt"):
         got, want = getattr(naive, key), getattr(fast, key)
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), (
@@ -160,9 +161,8 @@ def public_delta(
 def assert_same_loop_as_the_public_code(
     loaded: LoadedModel, hparams: HParams, request: EditRequest, templates: list[str]
 ) -> int:
-    args = (request.prompt, request.subject, request.target_new, templates, hparams)
-    naive = naive_value(loaded, hparams.layer, *args)
-    fast = compute_v_star(loaded, hparams.layer, *args)
+    args = (*at(loaded, hparams.layer), request, templates, hparams)
+    naive, fast = naive_value(*args), compute_v_star(*args)
     delta, steps = public_delta(loaded, hparams, request, templates)
     where = f"{loaded.name} layer {hparams.layer}, {request}, templates {templates}"
     assert naive.adam_steps == fast.adam_steps == steps, (

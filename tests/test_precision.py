@@ -11,7 +11,7 @@ from rome_fast.editor import Editor
 from rome_fast.naive import NaiveEditor
 from rome_fast.precision import loop_precision
 from rome_fast.value import compute_v_star
-from tests.models import FAMILIES, REQUEST, TEMPLATES, tiny_hparams, tiny_model
+from tests.models import EDIT, FAMILIES, TEMPLATES, at, tiny_hparams, tiny_model
 
 LAYER = 1
 CUDA = torch.device("cuda")  # only the TF32 switches are touched: no GPU needed
@@ -72,9 +72,8 @@ def test_bf16_loss_is_near_the_float32_one_but_not_it(family: str) -> None:
     loaded = tiny_model(family)
     fp32, bf16 = (
         compute_v_star(
-            loaded,
-            LAYER,
-            *REQUEST,
+            *at(loaded, LAYER),
+            EDIT,
             TEMPLATES,
             tiny_hparams(family, v_num_grad_steps=1, v_precision=precision),
         )

@@ -4,7 +4,7 @@ Editor contract (edit / revert / restore, EditResult fields)."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,37 +22,9 @@ from rome_fast.eval.runner import Runner
 from rome_fast.hparams import hparams_for
 from rome_fast.models import LoadedModel, random_model
 from rome_fast.naive import NaiveEditor
+from rome_fast.request import EditResult
 
 LAYER = 1
-
-
-@dataclass(frozen=True)
-class FakeRequest:
-    prompt: str
-    subject: str
-    target_new: str
-    target_true: str | None = None
-    case_id: str | int | None = None
-
-
-@dataclass
-class FakeResult:
-    request: Any
-    variant: str
-    layer: int
-    module_name: str
-    left: torch.Tensor
-    right: torch.Tensor
-    denominator: float
-    delta_norm: float
-    relative_residual_k_star: float = 0.0
-    relative_residual_k_prompt: float = 0.0
-    key_cosine: float = 1.0
-    loss_trace: list[float] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    templates: list[str] = field(default_factory=list)
-    seed: int = 0
-    edit_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -83,10 +55,10 @@ class FakeEditor:
         self.prepared.append(request.case_id)
         return request
 
-    def apply(self, prepared: Any, variant: str = "r-rome") -> FakeResult:
+    def apply(self, prepared: Any, variant: str = "r-rome") -> EditResult:
         return self.edit(prepared, variant)
 
-    def edit(self, request: Any, variant: str = "r-rome") -> FakeResult:
+    def edit(self, request: Any, variant: str = "r-rome") -> EditResult:
         if self.saved is None:
             self.saved = self.weight.detach().clone()
         token = self.loaded.tokenizer(" " + request.target_new)["input_ids"][0]
@@ -96,9 +68,29 @@ class FakeEditor:
         with torch.no_grad():  # Conv1D stores (d_in, d_out)
             self.weight.add_(torch.outer(right, left))
         norm = float(left.norm() * right.norm()) / self.weight.numel()
-        return FakeResult(request, variant, LAYER, self.name, left, right, 1.0, norm)
+        return EditResult(
+            request=request,
+            variant=variant,
+            layer=LAYER,
+            module_name=self.name,
+            left=left,
+            right=right,
+            denominator=1.0,
+            delta_norm=norm,
+            relative_residual_k_star=0.0,
+            relative_residual_k_prompt=0.0,
+            key_cosine=1.0,
+            loss_trace=[],
+            timings={},
+            templates=[],
+            seed=0,
+            edit_seconds=0.0,
+            k_star=right,
+            k_prompt=right,
+            v_star=left,
+        )
 
-    def revert(self, result: FakeResult) -> None:
+    def revert(self, result: EditResult) -> None:
         with torch.no_grad():
             self.weight.sub_(torch.outer(result.right, result.left))
 
@@ -147,15 +139,7 @@ def one_thread() -> Any:
 
 
 @pytest.fixture
-def loaded(monkeypatch: pytest.MonkeyPatch) -> LoadedModel:
-    # The fake editor takes FakeRequest; Case.request builds one without rome_fast.editor.
-    monkeypatch.setattr(
-        Case,
-        "request",
-        lambda self: FakeRequest(
-            self.prompt, self.subject, self.target_new, self.target_true, self.case_id
-        ),
-    )
+def loaded() -> LoadedModel:
     return random_model("tiny-gpt2")
 
 

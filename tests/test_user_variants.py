@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rome_fast.editor import Editor, EditRequest
+from rome_fast.editor import Editor
+from rome_fast.request import EditRequest
 from rome_fast.user_variants import load_variant, resolve_variant
 from rome_fast.variants import available_variants
 from tests.models import REQUEST, TEMPLATES, fresh_model, key_dim, random_spd, tiny_hparams

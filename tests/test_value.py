@@ -12,6 +12,7 @@ import torch
 
 from rome_fast.hooks import capture
 from rome_fast.naive import naive_value
+from rome_fast.request import EditRequest
 from rome_fast.tokens import subject_last_index
 from rome_fast.value import (
     LOSS_PARTS,
@@ -21,7 +22,7 @@ from rome_fast.value import (
     readout_logits,
     target_token_ids,
 )
-from tests.models import FAMILIES, REQUEST, TEMPLATES, tiny_hparams, tiny_model
+from tests.models import EDIT, FAMILIES, REQUEST, TEMPLATES, at, tiny_hparams, tiny_model
 
 LAYER = 1
 
@@ -29,8 +30,7 @@ LAYER = 1
 def reference_initial_nll(family: str, padding_side: str) -> float:
     """The public code's NLL at δ = 0: labels laid over full logits, masked, / target length."""
     loaded = tiny_model(family)
-    prompt, subject, target = REQUEST
-    vb = build_value_batch(loaded.tokenizer, prompt, subject, target, TEMPLATES, padding_side)
+    vb = build_value_batch(loaded.tokenizer, EDIT, TEMPLATES, padding_side)
     batch = vb.batch
     with torch.no_grad():
         logits = loaded.model(**batch.model_inputs("cpu")).logits[: vb.n_prompts]  # (n, T, V)
@@ -49,7 +49,7 @@ def reference_initial_nll(family: str, padding_side: str) -> float:
 @pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-neox"])
 def test_first_loss_is_the_public_nll(family: str, padding_side: str) -> None:
     hp = tiny_hparams(family, padding_side=padding_side, v_num_grad_steps=1)
-    result = compute_v_star(tiny_model(family), LAYER, *REQUEST, TEMPLATES, hp)
+    result = compute_v_star(*at(tiny_model(family), LAYER), EDIT, TEMPLATES, hp)
     # δ = 0 in the first pass: KL and weight decay vanish, the loss is the NLL alone.
     assert result.loss_trace[0] == pytest.approx(
         reference_initial_nll(family, padding_side), rel=1e-5
@@ -58,8 +58,7 @@ def test_first_loss_is_the_public_nll(family: str, padding_side: str) -> None:
 
 def test_rewriting_prompts_end_with_the_target_but_its_last_token() -> None:
     loaded = tiny_model("tiny-gpt2")
-    prompt, subject, target = REQUEST
-    vb = build_value_batch(loaded.tokenizer, prompt, subject, target, TEMPLATES, "left")
+    vb = build_value_batch(loaded.tokenizer, EDIT, TEMPLATES, "left")
     ids = vb.batch.input_ids
     for i in range(vb.n_prompts):
         positions = vb.target_positions[vb.target_rows == i]
@@ -67,12 +66,12 @@ def test_rewriting_prompts_end_with_the_target_but_its_last_token() -> None:
         assert ids[i, positions[:-1] + 1].tolist() == vb.target_ids[:-1].tolist()
         assert int(positions[-1]) == ids.shape[1] - 1  # left padding: rows end together
     essence = vb.batch.input_ids[vb.essence_row][vb.batch.attention_mask[vb.essence_row].bool()]
-    assert loaded.tokenizer.decode(essence) == f"{subject} is a"
+    assert loaded.tokenizer.decode(essence) == f"{EDIT.subject} is a"
 
 
 def test_readout_logits_equal_the_full_forward() -> None:
     loaded = tiny_model("tiny-llama")
-    vb = build_value_batch(loaded.tokenizer, *REQUEST, TEMPLATES, "left")
+    vb = build_value_batch(loaded.tokenizer, EDIT, TEMPLATES, "left")
     inputs = vb.batch.model_inputs("cpu")
     with torch.no_grad():
         full = loaded.model(**inputs).logits
@@ -91,7 +90,7 @@ def test_target_gets_one_leading_space() -> None:
 def test_v_init_is_the_module_output_at_the_bare_prompt() -> None:
     loaded = tiny_model("tiny-gptj")
     prompt, subject, _ = REQUEST
-    result = compute_v_star(loaded, LAYER, *REQUEST, TEMPLATES, tiny_hparams("tiny-gptj"))
+    result = compute_v_star(*at(loaded, LAYER), EDIT, TEMPLATES, tiny_hparams("tiny-gptj"))
     ids, index = subject_last_index(loaded.tokenizer, prompt, subject)
     module = loaded.adapter.edited_module(loaded.model, LAYER)
     with torch.no_grad(), capture(module, output=True) as seen:
@@ -103,14 +102,14 @@ def test_v_init_is_the_module_output_at_the_bare_prompt() -> None:
 
 def test_the_last_iteration_only_evaluates() -> None:
     hp = tiny_hparams("tiny-gpt2", v_num_grad_steps=4)
-    result = compute_v_star(tiny_model("tiny-gpt2"), LAYER, *REQUEST, TEMPLATES, hp)
+    result = compute_v_star(*at(tiny_model("tiny-gpt2"), LAYER), EDIT, TEMPLATES, hp)
     assert len(result.loss_trace) == 4
     assert result.adam_steps == 3
 
 
 def test_early_stop_below_threshold() -> None:
     hp = tiny_hparams("tiny-gpt2", v_early_stop_loss=1e9)
-    result = compute_v_star(tiny_model("tiny-gpt2"), LAYER, *REQUEST, TEMPLATES, hp)
+    result = compute_v_star(*at(tiny_model("tiny-gpt2"), LAYER), EDIT, TEMPLATES, hp)
     assert len(result.loss_trace) == 1
     assert result.adam_steps == 0
     assert torch.equal(result.v_star, result.v_init)
@@ -118,7 +117,7 @@ def test_early_stop_below_threshold() -> None:
 
 def test_delta_is_clamped_to_the_ball() -> None:
     hp = tiny_hparams("tiny-gpt2", clamp_norm_factor=1e-3, v_weight_decay=0.0)
-    result = compute_v_star(tiny_model("tiny-gpt2"), LAYER, *REQUEST, TEMPLATES, hp)
+    result = compute_v_star(*at(tiny_model("tiny-gpt2"), LAYER), EDIT, TEMPLATES, hp)
     radius = 1e-3 * float(result.v_init.norm())
     assert float(result.delta.norm()) == pytest.approx(radius, rel=1e-4)
 
@@ -126,8 +125,8 @@ def test_delta_is_clamped_to_the_ball() -> None:
 def test_deterministic_and_leaves_no_hooks_or_grads() -> None:
     loaded = tiny_model("tiny-neox")
     hp = tiny_hparams("tiny-neox")
-    first = compute_v_star(loaded, LAYER, *REQUEST, TEMPLATES, hp)
-    second = compute_v_star(loaded, LAYER, *REQUEST, TEMPLATES, hp)
+    first = compute_v_star(*at(loaded, LAYER), EDIT, TEMPLATES, hp)
+    second = compute_v_star(*at(loaded, LAYER), EDIT, TEMPLATES, hp)
     assert torch.equal(first.v_star, second.v_star)
     assert first.loss_trace == second.loss_trace
     module = loaded.adapter.edited_module(loaded.model, LAYER)
@@ -136,35 +135,31 @@ def test_deterministic_and_leaves_no_hooks_or_grads() -> None:
     assert all(p.grad is None for p in loaded.model.parameters())
 
 
-# (prompt, subject, target, templates): multi-token targets; the subject first in the
-# prompt or after other words; templates of different lengths (so the subject-last tokens
-# sit in different columns before alignment).
+# (request, templates): multi-token targets; the subject first in the prompt or after
+# other words; templates of different lengths (so the subject-last tokens sit in different
+# columns before alignment).
 EQUALITY_CASES = {
-    "multi-token target": (*REQUEST[:2], "Rome, Italy", TEMPLATES),
+    "multi-token target": (EditRequest(*REQUEST[:2], "Rome, Italy"), TEMPLATES),
     "subject mid-prompt": (
-        "The tallest tower of {} stands in",
-        "Paris",
-        "Lyon and Nice",
+        EditRequest("The tallest tower of {} stands in", "Paris", "Lyon and Nice"),
         ["{}", "A. {}", "Once upon a time there was a very long story about {{it}}. {}"],
     ),
     # every subject-last token is the first token: nothing to cache (split 0)
-    "one-token subject first": ("{} is in", "Paris", "Rome, Italy", ["{}"]),
+    "one-token subject first": (EditRequest("{} is in", "Paris", "Rome, Italy"), ["{}"]),
     # some rows are all padding before their subject-last token (split > 0)
     "one-token subject, long template": (
-        "{} is in",
-        "Paris",
-        "Rome, Italy",
+        EditRequest("{} is in", "Paris", "Rome, Italy"),
         ["{}", "Once upon a time. {}"],
     ),
 }
 
 
 def reproduce_call(family: str, padding_side: str, case: str) -> str:
-    prompt, subject, target, templates = EQUALITY_CASES[case]
+    request, templates = EQUALITY_CASES[case]
     return (
         f"loaded = tiny_model({family!r}); hp = tiny_hparams({family!r}, "
         f"padding_side={padding_side!r}, v_num_grad_steps=4)\n"
-        f"args = (loaded, {LAYER}, {prompt!r}, {subject!r}, {target!r}, {templates!r}, hp)\n"
+        f"args = (*at(loaded, {LAYER}), {request!r}, {templates!r}, hp)\n"
         "compute_v_star(*args); naive_value(*args)  # rome_fast.naive"
     )
 
@@ -177,10 +172,11 @@ def test_fast_v_star_equals_the_full_forward_loop(
 ) -> None:
     loaded = tiny_model(family)
     hp = tiny_hparams(family, padding_side=padding_side, v_num_grad_steps=4)
-    prompt, subject, target, templates = EQUALITY_CASES[case]
-    assert len(target_token_ids(loaded.tokenizer, target)) > 1  # every case: multi-token target
-    fast = compute_v_star(loaded, LAYER, prompt, subject, target, templates, hp)
-    ref = naive_value(loaded, LAYER, prompt, subject, target, templates, hp)
+    request, templates = EQUALITY_CASES[case]
+    # every case: a multi-token target
+    assert len(target_token_ids(loaded.tokenizer, request.target_new)) > 1
+    fast = compute_v_star(*at(loaded, LAYER), request, templates, hp)
+    ref = naive_value(*at(loaded, LAYER), request, templates, hp)
     where = f"\nreproduce with:\n{reproduce_call(family, padding_side, case)}"
     assert fast.adam_steps == ref.adam_steps, f"steps {fast.adam_steps} != {ref.adam_steps}{where}"
     assert fast.loss_trace == pytest.approx(ref.loss_trace, rel=1e-4), (
@@ -196,7 +192,7 @@ def test_loss_steps_match_the_plain_loop_part_by_part(family: str) -> None:
     equals the plain loop's at every iteration, so two runs can be compared step by step."""
     loaded = tiny_model(family)
     hp = tiny_hparams(family, v_num_grad_steps=4)
-    args = (loaded, LAYER, *REQUEST, TEMPLATES, hp)
+    args = (*at(loaded, LAYER), EDIT, TEMPLATES, hp)
     fast, ref = compute_v_star(*args), naive_value(*args)
     assert len(fast.loss_steps) == len(ref.loss_steps) == 4
     for i, (got, want) in enumerate(zip(fast.loss_steps, ref.loss_steps, strict=True)):
@@ -212,7 +208,7 @@ def test_loss_steps_match_the_plain_loop_part_by_part(family: str) -> None:
 
 def test_loss_parts_sum_to_the_total() -> None:
     hp = tiny_hparams("tiny-gptj", v_num_grad_steps=4)
-    result = compute_v_star(tiny_model("tiny-gptj"), LAYER, *REQUEST, TEMPLATES, hp)
+    result = compute_v_star(*at(tiny_model("tiny-gptj"), LAYER), EDIT, TEMPLATES, hp)
     for i, step in enumerate(result.loss_steps):
         parts = step["nll"] + step["kl"] + step["weight_decay"]
         assert parts == pytest.approx(step["total"], rel=1e-6), f"step {i}: {step}"
@@ -229,7 +225,8 @@ def test_fast_v_star_equals_the_full_forward_loop_at_every_depth(family: str, la
     rounding noise steers Adam there, and the two loops need not agree)."""
     loaded = tiny_model(family)
     hp = tiny_hparams(family, v_num_grad_steps=4)
-    args = (loaded, layer, "People talk about {}", "The Eiffel Tower", "Rome, Italy", TEMPLATES, hp)
+    request = EditRequest("People talk about {}", "The Eiffel Tower", "Rome, Italy")
+    args = (*at(loaded, layer), request, TEMPLATES, hp)
     fast, ref = compute_v_star(*args), naive_value(*args)
     assert fast.loss_trace == pytest.approx(ref.loss_trace, rel=1e-4)
     error = float((fast.v_star - ref.v_star).norm() / ref.v_star.norm())

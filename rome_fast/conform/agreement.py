@@ -26,10 +26,9 @@ from rome_fast.conform.patches import cuda_calls_to, default_dtype, patched
 from rome_fast.conform.properties import keys_of
 from rome_fast.conform.protocol import ConformInputs
 from rome_fast.conform.public import LAYOUTS, PublicEditor
-from rome_fast.editor import EditRequest
 from rome_fast.hparams import HParams, hparams_for
 from rome_fast.models import LoadedModel, random_model
-from rome_fast.weights import module_bias, weight_matrix
+from rome_fast.request import EditRequest
 
 QUANTITIES = ("k_star", "k_prompt", "v_star", "delta")
 
@@ -54,7 +53,7 @@ def _in_dtype(loaded: LoadedModel, dtype: torch.dtype) -> LoadedModel:
 
 
 def _edit_delta(editor: OurEditor | PublicEditor, inputs: ConformInputs) -> Tensor:
-    W = weight_matrix(inputs.loaded.adapter.edited_module(inputs.loaded.model, inputs.layer))
+    W = inputs.site.weight
     W0 = W.detach().clone()
     editor.edit(inputs)
     delta = W.detach().double() - W0.double()
@@ -66,9 +65,8 @@ def _value(
     inputs: ConformInputs, variant: str, k_star: Tensor, k_prompt: Tensor, delta: Tensor
 ) -> Tensor:
     """The module output the edit writes at the variant's insertion key."""
-    module = inputs.loaded.adapter.edited_module(inputs.loaded.model, inputs.layer)
-    W0 = weight_matrix(module).detach().double()
-    bias = module_bias(module)
+    W0 = inputs.site.weight.detach().double()
+    bias = inputs.site.bias
     key = k_star if keys_of(variant)[0] == "k_star" else k_prompt
     b = torch.zeros(W0.shape[0], dtype=torch.float64) if bias is None else bias.detach().double()
     return (W0 + delta) @ key + b
@@ -135,7 +133,8 @@ def measure_agreement(
     editor = PublicEditor(LAYOUTS["rebuilding-rome"], anchor, variant)
 
     def inputs(loaded: LoadedModel, C_: Tensor) -> ConformInputs:
-        return ConformInputs(loaded, request, hparams.layer, templates, C_, hparams, 0)
+        site = loaded.adapter.edited_site(loaded.model, hparams.layer)
+        return ConformInputs(loaded, request, site, templates, C_, hparams, 0)
 
     in32, in64 = inputs(loaded32, C), inputs(loaded64, C.double())
     runs = {

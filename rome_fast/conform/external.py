@@ -5,16 +5,17 @@ gates run on it as on ours."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from rome_fast.conform.protocol import ConformInputs, EditorUnderTest
 from rome_fast.conform.run import EditorFailed, edit_in_place
-from rome_fast.editor import EditRequest
 from rome_fast.hparams import HParams
 from rome_fast.models import LoadedModel
-from rome_fast.weights import weight_matrix
+from rome_fast.request import EditRequest
+from rome_fast.site import EditedSite
 
 
 def run_label(editor: EditorUnderTest) -> str:
@@ -32,6 +33,16 @@ class ExternalResult:
     delta_norm: float  # ‖ΔW‖_F / numel, as for our edits
     before: Tensor = field(repr=False)  # the edited weight before this edit
 
+    def as_record(self) -> dict[str, Any]:
+        """The fields ``EditResult.as_record`` shares with it, under the same names: an
+        external editor reports nothing else."""
+        return {
+            "variant": self.variant,
+            "layer": self.layer,
+            "module_name": self.module_name,
+            "delta_norm": self.delta_norm,
+        }
+
 
 @dataclass
 class ExternalEditor:
@@ -44,29 +55,26 @@ class ExternalEditor:
     templates: list[str]
     seed: int = 0
     _originals: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    site: EditedSite = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.site = self.loaded.adapter.edited_site(self.loaded.model, self.hparams.layer)
 
     @property
     def label(self) -> str:
         return run_label(self.editor)
-
-    @property
-    def layer(self) -> int:
-        return self.hparams.layer
-
-    def _weight(self) -> Tensor:
-        return weight_matrix(self.loaded.adapter.edited_module(self.loaded.model, self.layer))
 
     def edit(self, request: EditRequest, variant: str = "") -> ExternalResult:
         """Edit in place; a failing editor leaves the weight as it was and raises ValueError.
         ``variant`` may only name this editor (its ``label``); empty means the same."""
         if variant not in ("", self.label):
             raise ValueError(f"this run edits with {self.label}, not variant {variant!r}")
-        name = self.loaded.adapter.edited_module_name(self.layer)
-        W = self._weight()
+        site = self.site
+        name, W = site.module_name, site.weight
         before = W.detach().clone()
         self._originals.setdefault(name, before)
         inputs = ConformInputs(
-            self.loaded, request, self.layer, self.templates, self.C, self.hparams, self.seed
+            self.loaded, request, site, self.templates, self.C, self.hparams, self.seed
         )
         try:
             edit_in_place(self.editor, inputs, W)
@@ -78,7 +86,7 @@ class ExternalEditor:
             raise ValueError(f"the editor under test failed (model unchanged): {failure}") from None
         delta = W.detach().double() - before.double()
         return ExternalResult(
-            self.label, self.layer, name, float(torch.linalg.norm(delta)) / W.numel(), before
+            self.label, site.layer, name, float(torch.linalg.norm(delta)) / W.numel(), before
         )
 
     def prepare(self, request: EditRequest) -> EditRequest:
@@ -89,11 +97,12 @@ class ExternalEditor:
 
     def revert(self, result: ExternalResult) -> None:
         with torch.no_grad():
-            self._weight().copy_(result.before)
+            self.site.weight.copy_(result.before)
 
     def restore(self) -> None:
         """Every touched weight back to what it was before the first edit."""
-        original = self._originals.pop(self.loaded.adapter.edited_module_name(self.layer), None)
+        site = self.site
+        original = self._originals.pop(site.module_name, None)
         if original is not None:
             with torch.no_grad():
-                self._weight().copy_(original)
+                site.weight.copy_(original)

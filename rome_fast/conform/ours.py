@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rome_fast.conform.protocol import ConformInputs
-from rome_fast.editor import Editor, EditResult
+from rome_fast.editor import Editor
+from rome_fast.request import EditResult
 from rome_fast.update import Variant
 from rome_fast.variants import get_variant
 

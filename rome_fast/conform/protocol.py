@@ -25,9 +25,10 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor
 
-from rome_fast.editor import EditRequest
 from rome_fast.hparams import HParams
 from rome_fast.models import LoadedModel
+from rome_fast.request import EditRequest
+from rome_fast.site import EditedSite
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,15 @@ class ConformInputs:
 
     loaded: LoadedModel  # model, tokenizer, adapter
     request: EditRequest
-    layer: int
+    site: EditedSite  # the edited module, resolved once
     templates: list[str]  # context templates, "{}" first
     C: Tensor = field(repr=False)  # (d_in, d_in) float32 key second moment E[k kᵀ]
     hparams: HParams  # v* loop settings (steps, lr, weight decay, clamp, KL factor)
     seed: int
+
+    @property
+    def layer(self) -> int:
+        return self.site.layer
 
 
 @runtime_checkable

@@ -22,10 +22,9 @@ from rome_fast.conform.properties import (
     measure,
 )
 from rome_fast.conform.protocol import ConformInputs, EditorUnderTest
-from rome_fast.editor import EditRequest
 from rome_fast.hparams import HParams
 from rome_fast.models import LoadedModel
-from rome_fast.weights import module_bias, weight_matrix
+from rome_fast.request import EditRequest
 
 
 @dataclass(frozen=True)
@@ -185,9 +184,8 @@ def observe(editor: EditorUnderTest, inputs: ConformInputs, *, repeat: bool) -> 
     """Edit once (and again if ``repeat``), measure, and leave the model as it was."""
     loaded = inputs.loaded
     reference = editor_for(inputs).prepare(inputs.request)
-    module = loaded.adapter.edited_module(loaded.model, inputs.layer)
-    W = weight_matrix(module)
-    edited_name = loaded.adapter.edited_module_name(inputs.layer) + ".weight"
+    W = inputs.site.weight
+    edited_name = inputs.site.module_name + ".weight"
     with restored(loaded.model) as before:
         W0 = W.detach().clone()
         edit_in_place(editor, inputs, W)
@@ -211,7 +209,7 @@ def observe(editor: EditorUnderTest, inputs: ConformInputs, *, repeat: bool) -> 
             edit_in_place(editor, inputs, W)
             again = W.detach().double() - W0.double()
             repeat_diff = float((again - delta).abs().max())
-    bias = module_bias(module)
+    bias = inputs.site.bias
     return Observation(
         W0=_f64(W0),
         delta=delta.cpu().numpy(),
@@ -240,8 +238,9 @@ def run_conformance(
 ) -> ConformReport:
     """Every property of ``editor`` on each request (the first one also edited twice)."""
     cases = []
+    site = loaded.adapter.edited_site(loaded.model, hparams.layer)
     for i, request in enumerate(requests):
-        inputs = ConformInputs(loaded, request, hparams.layer, templates, C, hparams, seed)
+        inputs = ConformInputs(loaded, request, site, templates, C, hparams, seed)
         ident, props = measure(observe(editor, inputs, repeat=i == 0), expect)
         cases.append(CaseReport(request, ident, props))
     return ConformReport(

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rome_fast.editor import EditRequest, EditResult, PreparedEdit
 from rome_fast.eval.config import DEGRADE_MODES
 from rome_fast.eval.protocols import OurEditor
 from rome_fast.eval.snapshots import module_weight
+from rome_fast.prepared import PreparedEdit
+from rome_fast.request import EditRequest, EditResult
 
 
 class DegradedEditor:

@@ -8,7 +8,8 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-from rome_fast.editor import EditRequest, EditResult, PreparedEdit
+from rome_fast.prepared import PreparedEdit
+from rome_fast.request import EditRequest, EditResult
 
 
 class SingleWork(Protocol):
@@ -36,10 +37,13 @@ class StreamWork(Protocol):
 
 
 class EditOutcome(Protocol):
-    """What a run reads of any editor's result: the module the edit changed."""
+    """What a run reads of any editor's result: the module the edit changed and its record
+    (``EditResult.as_record``; an editor under test records what its weights show)."""
 
     @property
     def module_name(self) -> str: ...
+
+    def as_record(self) -> dict[str, Any]: ...
 
 
 PreparedT = TypeVar("PreparedT")

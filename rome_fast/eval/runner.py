@@ -57,38 +57,9 @@ from rome_fast.eval.resume import resume_rows
 from rome_fast.eval.snapshots import WeightGuard, editable_module_names
 from rome_fast.eval.summary import summarize
 from rome_fast.models import LoadedModel
+from rome_fast.timer import PhaseTimer
 
 T = TypeVar("T")
-
-
-def _result_info(result: Any) -> dict[str, Any]:
-    fields = (
-        "variant",
-        "layer",
-        "module_name",
-        "denominator",
-        "delta_norm",
-        "relative_residual_k_star",
-        "relative_residual_k_prompt",
-        "key_cosine",
-        "loss_trace",
-        "timings",
-        "templates",
-        "seed",
-        "edit_seconds",
-    )
-    info = {}
-    for name in fields:
-        value = getattr(result, name, None)
-        info[name] = float(value) if isinstance(value, torch.Tensor) else value
-    return info
-
-
-@contextmanager
-def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
-    start = time.perf_counter()
-    yield
-    timings[key] = time.perf_counter() - start
 
 
 @dataclass
@@ -192,7 +163,7 @@ class Runner:
         case and reused by the other variants.
         """
         tokenizer, bs = self.loaded.tokenizer, self.cfg.batch_size
-        timings: dict[str, float] = {}
+        timer = PhaseTimer()
         row: dict[str, Any] = {
             "case_id": case.case_id,
             "index": index,
@@ -201,7 +172,7 @@ class Runner:
             "target_new": case.target_new,
             "target_true": case.target_true,
         }
-        with _timed(timings, "score_pre"):
+        with timer.phase("score_pre"):
             if single:
                 row["pre"] = self._once(
                     self._pre_scores,
@@ -213,18 +184,18 @@ class Runner:
                 row["pre"] = score_case(self.model, tokenizer, case, bs)
         row["metrics_pre"] = metrics_of(row["pre"])
         result = None
-        with _timed(timings, "edit"):
+        with timer.phase("edit"):
             try:
                 result = self._edit(case, index, variant, single)
             except ValueError as err:  # a refused edit leaves the model as it was
                 row["error"] = f"{type(err).__name__}: {err}"
-        row["diagnostics"] = _result_info(result) if result is not None else None
+        row["diagnostics"] = result.as_record() if result is not None else None
         if result is not None:
             self.guard.require(result.module_name)
-        with _timed(timings, "score_post"):
+        with timer.phase("score_post"):
             row["post"] = score_case(self.model, tokenizer, case, bs)
         row["metrics_post"] = metrics_of(row["post"])
-        with _timed(timings, "generate"):
+        with timer.phase("generate"):
             row["generation"] = generation_check(
                 self.model,
                 tokenizer,
@@ -232,7 +203,7 @@ class Runner:
                 self.cfg,
                 self._case_seed(index),
             )
-        row["timings"] = timings
+        row["timings"] = timer.timings
         return row, result
 
     def _edit(self, case: Case, index: int, variant: str, single: bool) -> EditOutcome:

@@ -1,0 +1,71 @@
+"""Where an editor's key second moment C comes from: the statistics policy.
+
+A covariance is a Tensor (d_in, d_in) or a ``CovarianceFactor``; a provider computes one for a
+``(loaded, layer)``. ``default_covariance`` turns the hyperparameters (and a user's statistics
+options) into a provider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from rome_fast.corpus import Corpus
+from rome_fast.hparams import HParams
+from rome_fast.models import LoadedModel
+from rome_fast.update import CovarianceFactor
+
+if TYPE_CHECKING:
+    from rome_fast.stats import SecondMomentStats
+
+Covariance = Tensor | CovarianceFactor
+CovarianceProvider = Callable[[LoadedModel, int], Covariance]
+
+
+def default_covariance(
+    hparams: HParams,
+    *,
+    corpus: Corpus | None = None,
+    npz_path: str | Path | None = None,
+    n_samples: int | None = None,
+    collect: Callable[..., SecondMomentStats] | None = None,
+) -> CovarianceProvider:
+    """C from ``rome_fast.stats.layer_second_moment`` with ``hparams``' sample count, document
+    length and dtype, unless a corpus, a sample count or a public ``.npz`` file is given.
+    With ``hparams.mom2_adjustment`` off, C is the identity (the public code then skips C⁻¹).
+    ``collect`` computes C when it is not cached (e.g. sharded over Ray actors)."""
+    if not hparams.mom2_adjustment:
+        if corpus is not None or npz_path is not None or n_samples is not None:
+            raise ValueError(
+                "mom2_adjustment is off (C = I), so statistics options (a corpus, a file, a "
+                "sample count) would be ignored: drop them or set mom2_adjustment to true"
+            )
+        return _identity_covariance
+    if n_samples is not None and n_samples < 1:
+        raise ValueError(f"the statistics need at least one document, got n_samples={n_samples}")
+    samples = hparams.mom2_n_samples if n_samples is None else n_samples
+
+    def provider(loaded: LoadedModel, layer: int) -> Covariance:
+        from rome_fast.stats import layer_second_moment
+
+        return layer_second_moment(
+            loaded,
+            layer,
+            corpus=corpus,
+            npz_path=npz_path,
+            n_samples=samples,
+            max_length=hparams.mom2_max_length,
+            dtype=getattr(torch, hparams.mom2_dtype),
+            collect=collect,
+        )
+
+    return provider
+
+
+def _identity_covariance(loaded: LoadedModel, layer: int) -> Covariance:
+    d_in = loaded.adapter.edited_site(loaded.model, layer).d_in
+    return torch.eye(d_in, dtype=torch.float32)
