@@ -237,7 +237,7 @@ class NaiveEditor(Editor):
     def _check_variant(self, variant: str | Variant) -> RegisteredVariant:
         return check_naive_variant(variant)
 
-    def _keys(self, request: EditRequest, templates: list[str], value: Any) -> NaiveKeys:
+    def _keys(self, request: EditRequest, templates: list[str], _value_pass: Any) -> NaiveKeys:
         return naive_keys(self.loaded, self.layer, request.prompt, request.subject, templates)
 
     def _value(self, request: EditRequest, templates: list[str]) -> NaiveValue:
@@ -255,7 +255,7 @@ class NaiveEditor(Editor):
         self.inverse_covariance(layer)
 
     def _update_factors(
-        self, module: nn.Module, keys: NaiveKeys, value: NaiveValue, variant: RegisteredVariant
+        self, _module: nn.Module, keys: NaiveKeys, value: NaiveValue, variant: RegisteredVariant
     ) -> RankOne:
         C_inv = self.inverse_covariance(self.layer)
         left, right, denominator = naive_update(C_inv, keys, value.v_star, variant)

@@ -9,6 +9,7 @@ atomic rename never reaches, as a SIGKILL in the middle of the write would leave
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 from torch import Tensor
 
-from rome_fast.eval import runs
+from rome_fast.eval import files, runs
 
 # Every kind of write a run makes, by the name of the file written.
 KINDS: dict[str, str] = {
@@ -49,7 +50,7 @@ def writes(
 ) -> Iterator[Counter[str]]:
     """Count the run's writes by kind; with ``kill=(kind, k)``, kill it at the k-th one."""
     counts: Counter[str] = Counter()
-    append_line, write_json = runs.append_line, runs.write_json
+    append_line, write_json = runs.append_line, files.write_json
     checkpoint = runs.Runner._checkpoint
 
     def hit(path: Path, half: Callable[[], None]) -> None:
@@ -61,7 +62,7 @@ def writes(
             raise Killed(f"killed at write {counts[kind]} of kind {kind} ({path.name})")
 
     def half_line(path: Path, row: Mapping[str, Any]) -> None:
-        text = runs.json.dumps(row)
+        text = json.dumps(row)
         with path.open("a", encoding="utf-8") as handle:
             handle.write(text[: len(text) // 2])
 
@@ -104,7 +105,7 @@ def records(out: Path) -> dict[str, Any]:
         path.name: _stable(runs.read_lines(path)) for path in sorted(out.glob("*.jsonl"))
     }
     for name in ("summary.json", "reference.json"):
-        found[name] = _stable(runs.json.loads((out / name).read_text()))
+        found[name] = _stable(json.loads((out / name).read_text()))
     return found
 
 

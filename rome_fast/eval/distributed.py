@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from queue import Queue
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from tqdm import tqdm
@@ -177,7 +177,7 @@ class ShardedSingle:
 
     IN_FLIGHT = 2  # per actor: the next case is queued while the driver writes
 
-    def __init__(self, pool: Pool, todo: Mapping[int, Sequence[str]], bar: tqdm) -> None:
+    def __init__(self, pool: Pool, todo: Mapping[int, Sequence[str]], bar: tqdm[NoReturn]) -> None:
         self.pool, self.bar = pool, bar
         self.queue = deque(_Unit(i, list(v)) for i, v in sorted(todo.items()) if v)
         self.rows: dict[tuple[str, int], dict[str, Any]] = {}
@@ -239,7 +239,7 @@ class ShardedSingle:
 class RemoteStream:
     """One sequential stream's work, done by one actor."""
 
-    def __init__(self, pool: Pool, actor: Any, bar: tqdm) -> None:
+    def __init__(self, pool: Pool, actor: Any, bar: tqdm[NoReturn]) -> None:
         self.pool, self.actor, self.bar = pool, actor, bar
 
     def _call(self, name: str, *args: Any) -> Any:
@@ -269,7 +269,9 @@ class RemoteStream:
         self._call("end_stream")
 
 
-def _run_stream(runner: Runner, pool: Pool, slots: Queue[int], variant: str, bar: tqdm) -> None:
+def _run_stream(
+    runner: Runner, pool: Pool, slots: Queue[int], variant: str, bar: tqdm[NoReturn]
+) -> None:
     """The sequential stream of ``variant`` on a free actor; after its death, again on a new
     actor from the last checkpoint (the rows written after it are redone)."""
     path = runner.out / f"sequential-{variant}.jsonl"

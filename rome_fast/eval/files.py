@@ -17,7 +17,7 @@ def write_json(path: Path, value: Any) -> None:
         handle.write(json.dumps(value, indent=2) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    tmp.replace(path)
 
 
 def read_json(path: Path | Traversable, what: str = "JSON object") -> Any:
