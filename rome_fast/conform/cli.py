@@ -133,6 +133,8 @@ def harness_inputs(
 
     loaded.adapter.check_layer(loaded.model, hparams.layer)
     C = stats_provider(args, hparams)(loaded, hparams.layer)
+    # the statistics options give C itself (a Cholesky factor only when a caller passes one)
+    assert isinstance(C, Tensor), f"expected the matrix C, got a {type(C).__name__}"
     fixed = getattr(args, "fixed_templates", None)  # --templates FILE, where the command has it
     if fixed is not None:
         return C, list(fixed)

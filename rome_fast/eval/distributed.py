@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from queue import Queue
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 from tqdm import tqdm
@@ -36,6 +36,10 @@ from rome_fast.cluster import Cluster, WorkerLost, actor_factory, connected, fet
 from rome_fast.eval.data import Case
 from rome_fast.eval.runs import RunConfig, Runner, kernel_settings, read_lines
 from rome_fast.linear import onednn_is_faster, pin_onednn
+
+if TYPE_CHECKING:
+    from rome_fast.editor import Editor
+    from rome_fast.models import LoadedModel
 
 MAX_ATTEMPTS = 3  # a case (or stream) whose worker died this often fails the run
 
@@ -52,7 +56,7 @@ class WorkerSpec:
     model: str
     dtype: torch.dtype
     seed: int
-    make_editor: Callable[[Any], Any]  # loaded model -> editor
+    make_editor: Callable[[LoadedModel], Editor]
     cases: Sequence[Case]
     cfg: RunConfig
     onednn: bool
@@ -319,7 +323,7 @@ def _edits_done(runner: Runner) -> int:
 
 def run_on_cluster(
     runner: Runner,
-    make_editor: Callable[[Any], Any],
+    make_editor: Callable[[LoadedModel], Editor],
     cluster: Cluster,
     *,
     model: str,
