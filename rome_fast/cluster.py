@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import Any
 
 from rome_fast.extras import import_ray
+from rome_fast.validate import int_at_least
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Ray cluster (pip install 'rome-verify[ray]')")
     group.add_argument(
         "--workers",
-        type=int,
+        type=int_at_least(1),
         default=None,
         help="run on N Ray actors, each with one model on one device (default: one process)",
     )

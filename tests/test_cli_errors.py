@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,7 @@ def refused(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) 
         (["eval", *TINY, "--offset", "-1"], "--offset"),
         (["eval", *TINY, "--batch-size", "0"], "--batch-size"),
         (["eval", *TINY, "--stats-samples", "0"], "--stats-samples"),
+        (["eval", *TINY, "--workers", "0"], "--workers"),
         (["eval", *TINY, "--variants", "nonsense"], "nonsense"),
         (["demo", *TINY, "--variants", "rome,nonsense"], "nonsense"),
     ],
@@ -140,18 +142,34 @@ def test_baseline_from_a_summary_lacking_a_metric_is_refused(
     assert not out.exists()
 
 
-def test_baseline_does_not_overwrite_a_shipped_one_without_the_flag(
+def test_baseline_does_not_overwrite_an_existing_file_without_the_flag(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    shipped = baselines_dir() / "gptj-single.json"
-    before = shipped.read_bytes()
+    existing = tmp_path / "gptj-single.json"
+    shutil.copyfile(baselines_dir() / "gptj-single.json", existing)
+    before = existing.read_bytes()
     table = dict.fromkeys(("ES", "EM", "PS", "PM", "NS", "NM", "S"), 50.0)
     path = summary_file(
         tmp_path, {"model": "m", "n_cases": 3, "results": {"single": {"rome": table}}}
     )
     argv = ["baseline", "--summary", str(path), "--mode", "single", "--name", "gptj-single"]
-    refused([*argv, "--source", "test", "--tolerance", "1"], capsys, "--overwrite")
-    assert shipped.read_bytes() == before
+    argv += ["--source", "test", "--tolerance", "1", "--out", str(existing)]
+    refused(argv, capsys, "--overwrite")
+    assert existing.read_bytes() == before
+    assert main([*argv, "--overwrite"]) == 0
+    assert existing.read_bytes() != before
+
+
+def test_baseline_needs_an_out_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No default into the installed package's folder (read-only or shared in a wheel install)."""
+    shipped = {p.name: p.read_bytes() for p in baselines_dir().glob("*.json")}
+    table = dict.fromkeys(("ES", "EM", "PS", "PM", "NS", "NM", "S"), 50.0)
+    path = summary_file(
+        tmp_path, {"model": "m", "n_cases": 3, "results": {"single": {"rome": table}}}
+    )
+    argv = ["baseline", "--summary", str(path), "--mode", "single", "--name", "gptj-single"]
+    refused([*argv, "--source", "test", "--tolerance", "1"], capsys, "--out")
+    assert {p.name: p.read_bytes() for p in baselines_dir().glob("*.json")} == shipped
 
 
 def test_interrupted_eval_says_that_rerunning_resumes(

@@ -343,8 +343,9 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=None,
-        help="default: NAME.json among the shipped baselines (rome_fast/eval/baselines)",
+        required=True,
+        help="the baseline file to write (to refresh a shipped one, its file in a checkout: "
+        "rome_fast/eval/baselines/NAME.json)",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing baseline file"
@@ -353,9 +354,9 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_baseline(args: argparse.Namespace) -> int:
     """Write a baseline from a measured run (the project's own numbers, never invented)."""
-    from rome_fast.eval.gates import baseline_from_summary, baselines_dir
+    from rome_fast.eval.gates import baseline_from_summary
 
-    out = args.out or baselines_dir() / f"{args.name}.json"
+    out = args.out
     if out.exists() and not args.overwrite:
         raise ValueError(
             f"baseline {out} exists; pass --overwrite to replace it, or choose another --name"

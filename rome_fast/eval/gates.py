@@ -34,7 +34,7 @@ def shipped_baselines() -> Traversable:
 
 
 def baselines_dir() -> Path:
-    """The shipped baselines as a folder on disk (where ``rome baseline`` writes by default)."""
+    """The shipped baselines as a folder on disk."""
     return Path(str(shipped_baselines()))
 
 

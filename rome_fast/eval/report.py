@@ -25,8 +25,11 @@ GROUPS = (
 def format_table(results: Mapping[str, Mapping[str, Any]], title: str) -> str:
     """One mode's table in the layout of the paper's Tables 1 and 2, plus collapse counts."""
     width = 8
-    group_row = f"{'':<14}" + "".join(f"{name:^{width * len(ms)}}" for name, ms in GROUPS)
-    metric_row = f"{'variant':<14}" + "".join(f"{m + '↑':>{width}}" for m in TABLE_METRICS)
+    name_width = max([14, *(len(variant) + 2 for variant in results)])  # long user variants
+    group_row = f"{'':<{name_width}}" + "".join(f"{name:^{width * len(ms)}}" for name, ms in GROUPS)
+    metric_row = f"{'variant':<{name_width}}" + "".join(
+        f"{m + '↑':>{width}}" for m in TABLE_METRICS
+    )
     lines = [
         title,
         group_row,
@@ -35,7 +38,8 @@ def format_table(results: Mapping[str, Mapping[str, Any]], title: str) -> str:
     ]
     for variant, row in results.items():
         cells = "".join(f"{row[m]:>{width}.2f}" for m in TABLE_METRICS)
-        lines.append(f"{variant:<14}{cells}{row.get('collapses', 0):>11}{row.get('failed', 0):>8}")
+        counts = f"{row.get('collapses', 0):>11}{row.get('failed', 0):>8}"
+        lines.append(f"{variant:<{name_width}}{cells}{counts}")
     return "\n".join(lines)
 
 
