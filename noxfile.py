@@ -47,8 +47,8 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff and mypy on the library."""
-    install(session, "lint")
+    """ruff, and mypy (strict) on the library, the tests and the benchmarks."""
+    install(session, "lint", "test")  # mypy reads the tests' imports (pytest, hypothesis)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")

@@ -49,9 +49,7 @@ def peaks() -> Peaks:
     return _PEAKS[0]
 
 
-def pytest_benchmark_update_machine_info(
-    config: pytest.Config, machine_info: dict[str, Any]
-) -> None:
+def pytest_benchmark_update_machine_info(machine_info: dict[str, Any]) -> None:
     # Only what identifies the machine: a saved run is compared only with the same one.
     machine_info["cpu_name"] = f"{cpu_name()} ({os.cpu_count()} logical cores)"
     machine_info["torch"] = torch.__version__
@@ -181,9 +179,7 @@ def run_bench(benchmark: Any, request: pytest.FixtureRequest) -> Callable[..., A
     return run
 
 
-def pytest_benchmark_update_json(
-    config: pytest.Config, benchmarks: list[Any], output_json: dict[str, Any]
-) -> None:
+def pytest_benchmark_update_json(output_json: dict[str, Any]) -> None:
     """Add ``speedup_vs_baseline`` and ``floor_fraction`` to each result's extra_info, and
     the run's conditions (measured peaks, load) at the top level."""
     # Other processes may share the cores: the load says how far to trust absolute times.

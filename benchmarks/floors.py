@@ -106,7 +106,7 @@ def measure_matmul_flops(
 
 def cpu_name() -> str:
     try:
-        with open("/proc/cpuinfo") as handle:
+        with Path("/proc/cpuinfo").open() as handle:
             for line in handle:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()

@@ -207,9 +207,7 @@ def accuracy(device: torch.device, shape: tuple[int, int], seed: int) -> tuple[A
     return rows, lines
 
 
-def solve(
-    device: torch.device, dims: tuple[int, ...], peaks: Peaks, seed: int
-) -> tuple[Any, list[str]]:
+def solve(device: torch.device, dims: tuple[int, ...], seed: int) -> tuple[Any, list[str]]:
     rows, lines = (
         [],
         [
@@ -574,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[tuple[str, Callable[[], tuple[Any, list[str]]]]] = [
         ("machine", lambda: machine(peaks)),
         ("accuracy", lambda: accuracy(device, plan.accuracy_shape, args.seed)),
-        ("C solve", lambda: solve(device, plan.solve_dims, peaks, args.seed)),
+        ("C solve", lambda: solve(device, plan.solve_dims, args.seed)),
         ("in-place update", lambda: apply_bandwidth(device, plan.apply_shape, peaks)),
         ("edits", lambda: edits(device, plan.edit_models, peaks, args.seed, plan.fast_rounds)),
         (

@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rome_fast.cli_inputs import (
     DEFAULT_VARIANT,
@@ -37,8 +37,13 @@ from rome_fast.validate import (
     names,
 )
 
+if TYPE_CHECKING:
+    from rome_fast.hparams import HParams
 
-def _edit_parser(sub: Any) -> None:
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def _edit_parser(sub: Subcommands) -> None:
     p = sub.add_parser("edit", help="edit one fact and show its effect")
     add_model_arguments(p)
     p.add_argument("--prompt", required=True, help='prompt with "{}" where the subject goes')
@@ -83,7 +88,7 @@ def _run_edit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_parser(sub: Any) -> None:
+def _demo_parser(sub: Subcommands) -> None:
     p = sub.add_parser("demo", help="the main job: real facts edited on SmolLM2 by each variant")
     add_model_arguments(p)
     p.add_argument("--variants", default=None, help=VARIANTS_HELP)
@@ -102,7 +107,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep_parser(sub: Any) -> None:
+def _sweep_parser(sub: Subcommands) -> None:
     p = sub.add_parser("sweep", help="choose the edited layer: r-ROME on known facts per layer")
     add_model_arguments(p)
     p.add_argument("--data", default="counterfact/counterfact-val.json")
@@ -142,17 +147,14 @@ def _run_sweep(args: argparse.Namespace) -> int:
         loaded, hparams=base, seed=args.seed, stats=stats, templates=args.fixed_templates
     ).templates
 
-    def make_editor(hparams: Any) -> Editor:
-        editor: Editor = cls(
-            loaded, hparams=hparams, seed=args.seed, stats=stats, templates=templates
-        )
-        return editor
+    def make_editor(hparams: HParams) -> Editor:
+        return cls(loaded, hparams=hparams, seed=args.seed, stats=stats, templates=templates)
 
     run_sweep(loaded, cases, layers, make_editor, base, variant=args.variant, out=args.out)
     return 0
 
 
-def _stats_parser(sub: Any) -> None:
+def _stats_parser(sub: Subcommands) -> None:
     from rome_fast.cluster import add_cluster_arguments
 
     p = sub.add_parser("stats", help="compute and cache the key statistics C of the edited layer")
@@ -184,7 +186,7 @@ def _run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_parser(sub: Any) -> None:
+def _eval_parser(sub: Subcommands) -> None:
     from rome_fast.eval.cli import add_eval_arguments
 
     p = sub.add_parser("eval", help="CounterFact / zsRE evaluation, single or sequential")
@@ -192,7 +194,7 @@ def _eval_parser(sub: Any) -> None:
     p.set_defaults(func=_lazy("rome_fast.eval.cli", "run_eval"))
 
 
-def _gate_parser(sub: Any) -> None:
+def _gate_parser(sub: Subcommands) -> None:
     from rome_fast.eval.cli import add_gate_arguments
 
     p = sub.add_parser("gate", help="compare a run's summary with a baseline")
@@ -200,7 +202,7 @@ def _gate_parser(sub: Any) -> None:
     p.set_defaults(func=_lazy("rome_fast.eval.cli", "run_gate"))
 
 
-def _baseline_parser(sub: Any) -> None:
+def _baseline_parser(sub: Subcommands) -> None:
     from rome_fast.eval.cli import add_baseline_arguments
 
     p = sub.add_parser("baseline", help="write a gate baseline from a measured run")
@@ -208,7 +210,7 @@ def _baseline_parser(sub: Any) -> None:
     p.set_defaults(func=_lazy("rome_fast.eval.cli", "run_baseline"))
 
 
-def _conform_parser(sub: Any) -> None:
+def _conform_parser(sub: Subcommands) -> None:
     from rome_fast.conform.cli import add_conform_arguments
 
     p = sub.add_parser("conform", help="conformance properties of a ROME-style editor under test")
@@ -216,7 +218,7 @@ def _conform_parser(sub: Any) -> None:
     p.set_defaults(func=_lazy("rome_fast.conform.cli", "run_conform"))
 
 
-def _data_parser(sub: Any) -> None:
+def _data_parser(sub: Subcommands) -> None:
     from rome_fast.fetch import add_fetch_arguments
 
     p = sub.add_parser("data", help="download the public data files into the data folder")

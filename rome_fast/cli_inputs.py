@@ -12,12 +12,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rome_fast.hparams import HParams, hparams_for
 from rome_fast.hparams_files import check_against_model, read_hparams_file
 from rome_fast.template_files import read_templates
 from rome_fast.user_variants import resolve_variant
+
+if TYPE_CHECKING:
+    from rome_fast.models import LoadedModel
 
 DEFAULT_VARIANT = "r-rome"
 DEFAULT_VARIANTS = "rome,r-rome,p-rome"
@@ -85,7 +88,7 @@ def read_inputs(args: argparse.Namespace) -> None:
         setattr(args, option, ",".join(resolved))
 
 
-def hparams_for_model(args: argparse.Namespace, loaded: Any) -> HParams:
+def hparams_for_model(args: argparse.Namespace, loaded: LoadedModel) -> HParams:
     """Per-model defaults, then the hparams file, then ``--layer`` and ``--precision``;
     the file's module names checked against ``loaded``."""
     hfile = args.hparams_file

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,6 +15,14 @@ from rome_fast.cli_inputs import DEFAULT_VARIANTS, add_input_arguments, hparams_
 from rome_fast.precision import PRECISIONS
 from rome_fast.user_variants import SPEC_HELP
 from rome_fast.validate import int_at_least
+
+if TYPE_CHECKING:  # imported where used: a subcommand loads only what it needs
+    from rome_fast.corpus import Corpus
+    from rome_fast.covariance import CovarianceProvider
+    from rome_fast.editor import Editor
+    from rome_fast.hparams import HParams
+    from rome_fast.models import LoadedModel
+    from rome_fast.stats import SecondMomentStats
 
 DTYPES = {
     "float32": torch.float32,
@@ -81,7 +89,7 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def corpus_from_args(args: argparse.Namespace) -> Any:
+def corpus_from_args(args: argparse.Namespace) -> Corpus | None:
     """The user's ``--stats-corpus`` (a WikiText folder or a text file), or None (default)."""
     from rome_fast import corpus as corpora
 
@@ -91,7 +99,7 @@ def corpus_from_args(args: argparse.Namespace) -> Any:
     return corpora.wikitext(path) if path.is_dir() else corpora.text_files([path])
 
 
-def stats_collector(args: argparse.Namespace) -> Callable[..., Any] | None:
+def stats_collector(args: argparse.Namespace) -> Callable[..., SecondMomentStats] | None:
     """With ``--workers``/``--ray-address`` (where the command has them), statistics that are
     not cached yet are computed sharded over Ray actors; None: in this process."""
     from rome_fast.cluster import cluster_from_args
@@ -104,7 +112,7 @@ def stats_collector(args: argparse.Namespace) -> Callable[..., Any] | None:
     return sharded_collector(cluster, args.model, DTYPES[args.dtype], args.seed)
 
 
-def stats_provider(args: argparse.Namespace, hparams: Any) -> Callable[[Any, int], Any]:
+def stats_provider(args: argparse.Namespace, hparams: HParams) -> CovarianceProvider:
     """C for a layer, from the user's .npz, the user's corpus, or the default corpus."""
     from rome_fast.covariance import default_covariance
 
@@ -117,7 +125,7 @@ def stats_provider(args: argparse.Namespace, hparams: Any) -> Callable[[Any, int
     )
 
 
-def editor_class(args: argparse.Namespace) -> Any:
+def editor_class(args: argparse.Namespace) -> type[Editor]:
     """``Editor``, or ``NaiveEditor`` for ``--impl naive``."""
     if args.impl == "naive":
         from rome_fast.naive import NaiveEditor
@@ -128,13 +136,13 @@ def editor_class(args: argparse.Namespace) -> Any:
     return Editor
 
 
-def load_from_args(args: argparse.Namespace) -> Any:
+def load_from_args(args: argparse.Namespace) -> LoadedModel:
     from rome_fast.models import load_model
 
     return load_model(args.model, dtype=DTYPES[args.dtype], device=args.device, seed=args.seed)
 
 
-def build_editor(args: argparse.Namespace) -> Any:
+def build_editor(args: argparse.Namespace) -> Editor:
     """Load the model and an editor (fast or naive) with the statistics the options ask for."""
     loaded = load_from_args(args)
     hparams = hparams_for_model(args, loaded)

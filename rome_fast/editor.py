@@ -288,7 +288,7 @@ class Editor:
         """The registered entry (unknown names fail here, before any work)."""
         return resolve_variant(variant)
 
-    def _keys(self, request: EditRequest, templates: list[str], value: ValueLike) -> KeysLike:
+    def _keys(self, _request: EditRequest, templates: list[str], value: ValueLike) -> KeysLike:
         """From the v* pass (``ValueResult.keys``): no forward pass of their own."""
         assert isinstance(value, ValueResult)  # made by this class's ``_value``
         return Keys.from_per_template(value.keys, templates)

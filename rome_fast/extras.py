@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 
 
@@ -12,10 +13,9 @@ class MissingExtraError(ImportError):
 def import_ray() -> ModuleType:
     """``ray``, or a :class:`MissingExtraError` naming the install command."""
     try:
-        import ray
+        return importlib.import_module("ray")
     except ImportError as err:
         raise MissingExtraError(
             "--workers and --ray-address run on Ray, which is not installed: "
             "pip install 'rome-verify[ray]'"
         ) from err
-    return ray

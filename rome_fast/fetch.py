@@ -84,7 +84,7 @@ def _download(url: str, target: Path) -> None:
         with urllib.request.urlopen(url, timeout=60) as response, partial.open("wb") as out:
             while chunk := response.read(CHUNK):
                 out.write(chunk)
-        os.replace(partial, target)
+        partial.replace(target)
     except (urllib.error.URLError, OSError) as error:
         raise FetchError(
             f"could not download {url}: {error}; check the connection, or pass --url-root "
@@ -129,7 +129,7 @@ class Fetcher:
         try:
             _download(url, fresh)
             digest = self._check(item, fresh, "the download of")
-            os.replace(fresh, target)
+            fresh.replace(target)
         finally:
             fresh.unlink(missing_ok=True)
         known = item.local in self.manifest

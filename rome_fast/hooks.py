@@ -32,7 +32,8 @@ class Captured:
 
 
 def _first_tensor(value: Any) -> Tensor:
-    return value[0] if isinstance(value, tuple) else value
+    first: Tensor = value[0] if isinstance(value, tuple) else value
+    return first
 
 
 @contextmanager

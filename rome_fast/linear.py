@@ -30,7 +30,8 @@ from rome_fast.weights import module_bias, weight_matrix
 
 def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``x @ weight.T + bias`` by oneDNN: x (..., d_in), weight (d_out, d_in) of any strides."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    out: Tensor = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return out
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -53,7 +54,7 @@ class _OneDNNLinear(torch.autograd.Function):
 
 def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)`` computed by oneDNN, differentiable."""
-    out: Tensor = _OneDNNLinear.apply(x, weight, bias)
+    out: Tensor = _OneDNNLinear.apply(x, weight, bias)  # type: ignore[no-untyped-call]  # torch's
     return out
 
 
@@ -139,7 +140,8 @@ def _forward_through_onednn(module: nn.Module) -> Callable[[Tensor], Tensor]:
 
     def forward(x: Tensor) -> Tensor:
         if torch.is_autocast_enabled("cpu") or x.dtype != torch.float32:
-            return own_forward(module, x)
+            own: Tensor = own_forward(module, x)
+            return own
         return onednn_linear(x, weight_matrix(module), module_bias(module))
 
     return forward

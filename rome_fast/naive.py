@@ -231,7 +231,7 @@ class NaiveEditor(Editor):
     def _check_variant(self, variant: str | Variant) -> RegisteredVariant:
         return check_naive_variant(variant)
 
-    def _keys(self, request: EditRequest, templates: list[str], value: ValueLike) -> NaiveKeys:
+    def _keys(self, request: EditRequest, templates: list[str], _value: ValueLike) -> NaiveKeys:
         return naive_keys(self.loaded, self.site, request, templates)
 
     def _value(self, request: EditRequest, templates: list[str]) -> NaiveValue:

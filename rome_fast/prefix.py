@@ -77,7 +77,7 @@ class PrefixCache:
         if split > 0:
             cache = DynamicCache()
             real = batch.attention_mask[:, :split].flatten().nonzero().squeeze(1)  # (n_real,)
-            keep = {mlp: real for mlp in mlps[:-1]} | {mlp: real[:0] for mlp in mlps[-1:]}
+            keep = dict.fromkeys(mlps[:-1], real) | dict.fromkeys(mlps[-1:], real[:0])
             with torch.no_grad(), only_at(keep, device):
                 cast(PreTrainedModel, model).base_model(
                     input_ids=inputs["input_ids"][:, :split],

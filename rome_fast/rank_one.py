@@ -85,7 +85,7 @@ class CovarianceFactor:
         # Two triangular solves (L y = k, Lᵀ x = y): measured 4–38× faster on CPU than
         # torch.cholesky_solve for one right-hand side at d = 1536.
         y = torch.linalg.solve_triangular(self.cholesky, column, upper=False)
-        x = torch.linalg.solve_triangular(self.cholesky.mT, y, upper=True)
+        x: Tensor = torch.linalg.solve_triangular(self.cholesky.mT, y, upper=True)
         return x[:, 0] if rhs.ndim == 1 else x
 
 

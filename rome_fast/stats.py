@@ -446,7 +446,7 @@ def layer_stats(
 def set_aside(path: Path) -> Path:
     """Rename a damaged file to ``<name>.corrupt-<unix time>`` next to it."""
     aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-    os.replace(path, aside)
+    path.replace(aside)
     return aside
 
 

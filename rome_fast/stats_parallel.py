@@ -11,9 +11,8 @@ order) and goes to the same cache file, written atomically by ``stats.save_npz_s
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import islice, pairwise
-from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -62,7 +61,7 @@ class StatsWorker:
 
 def sharded_collector(
     cluster: Cluster, model: str, model_dtype: torch.dtype, seed: int, shards: int | None = None
-) -> Any:
+) -> Callable[..., stats.SecondMomentStats]:
     """A drop-in for ``stats.collect_second_moment`` that cuts the corpus into ``shards``
     (default: one per worker) and runs them on ``cluster``'s workers, each actor loading
     ``model`` (a ``load_model`` spec) as this process did."""

@@ -147,7 +147,8 @@ def readout_logits(
     picked = hidden[rows.to(hidden.device), positions.to(hidden.device)]  # (N, d_model)
     unembed = lm.get_output_embeddings()
     assert unembed is not None, "the model has no output embeddings"
-    return unembed(picked).float()
+    logits: Tensor = unembed(picked)  # (N, vocab)
+    return logits.float()
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,8 @@ def essence_kl(log_probs: Tensor, initial_log_probs: Tensor) -> Tensor:
 
 def weight_decay(delta: Tensor, v_init: Tensor) -> Tensor:
     """‖δ‖ / ‖v_init‖², unsquared as in the public code (quirk 6)."""
-    return torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(v_init) ** 2
+    decay: Tensor = torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(v_init) ** 2
+    return decay
 
 
 def clamp_to_ball(delta: Tensor, radius: float) -> None:
@@ -292,8 +294,8 @@ def _optimize(
     n_rows, width = vb.batch.input_ids.shape
     below, top = read_mlp_positions(read_rows, read_positions, n_rows, width - prefix.split)
     # the MLPs above the edited layer run only where the loss depends on their output
-    keep = {mlp: below for mlp in mlps[site.layer + 1 : -1]}
-    keep |= {mlp: top for mlp in mlps[site.layer + 1 :][-1:]}
+    keep = dict.fromkeys(mlps[site.layer + 1 : -1], below)
+    keep |= dict.fromkeys(mlps[site.layer + 1 :][-1:], top)
     read_rows, read_positions = read_rows.to(device), read_positions.to(device)
     n_read = vb.target_rows.numel()
 

@@ -36,6 +36,7 @@ os.environ.setdefault("ROME_DATA_DIR", str(SHARED_DATA))
 
 def pytest_report_header() -> str:
     current = settings.default
+    assert current is not None, "hypothesis has no settings profile loaded"
     seeds = (
         "derandomized (seed derived from each test)"
         if current.derandomize

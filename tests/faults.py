@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from torch import Tensor
 
-from rome_fast.eval import runner
+from rome_fast.eval import files, runner
 from rome_fast.eval.files import read_lines
 
 # Every kind of write a run makes, by the name of the file written.
@@ -51,7 +51,7 @@ def writes(
 ) -> Iterator[Counter[str]]:
     """Count the run's writes by kind; with ``kill=(kind, k)``, kill it at the k-th one."""
     counts: Counter[str] = Counter()
-    append_line, write_json = runner.append_line, runner.write_json
+    append_line, write_json = files.append_line, files.write_json
     checkpoint = runner.Runner._checkpoint
 
     def hit(path: Path, half: Callable[[], None]) -> None:

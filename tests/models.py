@@ -9,9 +9,12 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
+from typing import cast
 
 import pytest
 import torch
+from torch import nn
+from transformers import PreTrainedModel
 
 from rome_fast.hparams import HParams, hparams_for
 from rome_fast.models import LoadedModel, random_model
@@ -50,6 +53,18 @@ def at(loaded: LoadedModel, layer: int) -> tuple[LoadedModel, EditedSite]:
 
 def key_dim(loaded: LoadedModel, layer: int) -> int:
     return at(loaded, layer)[1].d_in
+
+
+def stored_weight(module: nn.Module) -> torch.Tensor:
+    """The module's ``weight`` parameter as stored (Conv1D keeps (d_in, d_out))."""
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor), f"{type(module).__name__} has no weight tensor"
+    return weight
+
+
+def pretrained(loaded: LoadedModel) -> PreTrainedModel:
+    """The transformers model ``loaded`` holds (``LoadedModel.model`` is any ``nn.Module``)."""
+    return cast(PreTrainedModel, loaded.model)
 
 
 def random_spd(d: int, seed: int = 0) -> torch.Tensor:

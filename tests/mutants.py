@@ -21,6 +21,7 @@ from rome_fast.update import (
     rank_one_factors,
 )
 from rome_fast.variants import get_variant
+from tests.models import stored_weight
 
 
 def asymmetric_keys(inp: UpdateInputs) -> RankOne:
@@ -69,7 +70,7 @@ def bias_ignored(
     k_prompt: Tensor,
     v_star: Tensor,
     *,
-    bias: Tensor | None = None,
+    bias: Tensor | None = None,  # noqa: ARG001  (ignoring it is this mutant's bug)
 ) -> RankOne:
     """Forgets to subtract the bias: the bias no longer cancels."""
     return rank_one_factors(W0, C, k_star, k_prompt, v_star, "r-rome")
@@ -101,12 +102,13 @@ CORRECT_UPDATE: UpdateFn = variant_update(get_variant("r-rome"))
 def apply_conv1d_as_linear(module: nn.Module, r: RankOne, *, sign: float = 1.0) -> None:
     """Treats every module's stored weight as (d_out, d_in): wrong for Conv1D."""
     with torch.no_grad():
-        module.weight.add_((sign * r.delta()).to(module.weight.dtype))
+        W = stored_weight(module)
+        W.add_((sign * r.delta()).to(W.dtype))
 
 
 def apply_by_shape(module: nn.Module, r: RankOne, *, sign: float = 1.0) -> None:
     """Decides orientation from the shape: transposes whenever the shape matches ΔWᵀ."""
-    W = module.weight
+    W = stored_weight(module)
     delta = sign * r.delta()
     with torch.no_grad():
         W.add_((delta if W.shape == delta.shape else delta.T).to(W.dtype))

@@ -24,7 +24,7 @@ import types
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -123,8 +123,8 @@ class OnDevice:
 
     def __call__(self, *args: Any, **kwargs: Any) -> BatchEncoding:
         batch = self.tokenizer(*args, **kwargs)
-        batch.to = lambda _device: BatchEncoding.to(batch, self.device)  # type: ignore[method-assign]
-        return batch
+        batch.to = lambda _device: BatchEncoding.to(batch, self.device)
+        return cast(BatchEncoding, batch)
 
 
 def public_record(case: Case) -> dict[str, Any]:

@@ -34,7 +34,7 @@ class RecordedAdam(torch.optim.Adam):
         self.steps = 0
         RecordedAdam.instances.append(self)
 
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Any = None) -> Any:
         self.steps += 1
         return super().step(closure)
 
@@ -51,16 +51,16 @@ class CpuTorch(ModuleType):
         return getattr(torch, name)
 
     @staticmethod
-    def tensor(*args: Any, device: Any = None, **kwargs: Any) -> torch.Tensor:
+    def tensor(*args: Any, device: Any = None, **kwargs: Any) -> torch.Tensor:  # noqa: ARG004  (dropped)
         return torch.tensor(*args, **kwargs)
 
     @staticmethod
-    def zeros(*args: Any, device: Any = None, **kwargs: Any) -> torch.Tensor:
+    def zeros(*args: Any, device: Any = None, **kwargs: Any) -> torch.Tensor:  # noqa: ARG004  (dropped)
         return torch.zeros(*args, **kwargs)
 
 
 class CpuEncoding(BatchEncoding):
-    def to(self, device: Any, **kwargs: Any) -> CpuEncoding:  # type: ignore[override]
+    def to(self, _device: Any, **_kwargs: Any) -> CpuEncoding:  # type: ignore[override]
         return self
 
 

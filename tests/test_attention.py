@@ -8,7 +8,7 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from rome_fast.attention import GROUPED, grouped_kv_attention, sdpa_grouped
-from tests.models import tiny_model
+from tests.models import pretrained, tiny_model
 
 CPU = torch.device("cpu")
 # a left-padded batch: transformers passes SDPA a mask, so it copies the key/value heads
@@ -69,7 +69,7 @@ def test_grouped_equals_transformers_sdpa_in_the_backward_pass() -> None:
 
 def test_a_grouped_model_switches_on_the_cpu_and_back() -> None:
     loaded = tiny_model("tiny-llama")
-    config = loaded.model.config
+    config = pretrained(loaded).config
     with torch.no_grad():
         plain = loaded.model(**PADDED).logits
         with grouped_kv_attention(loaded.model, CPU):
@@ -83,7 +83,7 @@ def test_the_switch_is_undone_on_error() -> None:
     loaded = tiny_model("tiny-llama")
     with pytest.raises(RuntimeError, match="boom"), grouped_kv_attention(loaded.model, CPU):
         raise RuntimeError("boom")
-    assert loaded.model.config._attn_implementation == "sdpa"
+    assert pretrained(loaded).config._attn_implementation == "sdpa"
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ def test_the_switch_is_undone_on_error() -> None:
 def test_left_alone_without_grouped_heads_or_off_the_cpu(family: str, device: torch.device) -> None:
     """Models without grouped heads need no switch; CUDA's fused kernels refuse a mask with
     grouped heads, so there transformers' own path stays."""
-    config = tiny_model(family).model.config
+    config = pretrained(tiny_model(family)).config
     before = config._attn_implementation
     with grouped_kv_attention(tiny_model(family).model, device):
         assert config._attn_implementation == before

@@ -103,7 +103,7 @@ def test_registry_rejects_duplicates_and_bad_metadata() -> None:
 
 
 def test_a_variant_that_raises_is_reported_not_crashed() -> None:
-    def broken(inp: UpdateInputs) -> RankOne:
+    def broken(_inp: UpdateInputs) -> RankOne:
         raise RuntimeError("not implemented")
 
     report = check_variant(broken, max_examples=3, shrink=False)

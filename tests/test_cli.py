@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,7 +47,7 @@ def test_unknown_model_names_what_to_provide(capsys: pytest.CaptureFixture[str])
     assert "local Hugging Face cache" in capsys.readouterr().err
 
 
-def run_edit(variant: str, out: Path) -> dict[str, object]:
+def run_edit(variant: str, out: Path) -> dict[str, Any]:
     assert (
         main(
             [

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rome_fast.cli import main
-from rome_fast.eval.data import default_data_dir
+from rome_fast.datadir import default_data_dir
 from rome_fast.eval.gates import baselines_dir
 
 TINY = ["--model", "random:tiny-gpt2"]
@@ -131,7 +131,7 @@ def test_gate_summary_that_is_a_list_is_refused(
 def test_baseline_from_a_summary_lacking_a_metric_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    table = {m: 50.0 for m in ("ES", "EM", "PS", "PM", "NS", "NM")}  # no S
+    table = dict.fromkeys(("ES", "EM", "PS", "PM", "NS", "NM"), 50.0)  # no S
     path = summary_file(
         tmp_path, {"model": "m", "n_cases": 3, "results": {"single": {"rome": table}}}
     )
@@ -148,7 +148,7 @@ def test_baseline_does_not_overwrite_an_existing_file_without_the_flag(
     existing = tmp_path / "gptj-single.json"
     shutil.copyfile(baselines_dir() / "gptj-single.json", existing)
     before = existing.read_bytes()
-    table = {m: 50.0 for m in ("ES", "EM", "PS", "PM", "NS", "NM", "S")}
+    table = dict.fromkeys(("ES", "EM", "PS", "PM", "NS", "NM", "S"), 50.0)
     path = summary_file(
         tmp_path, {"model": "m", "n_cases": 3, "results": {"single": {"rome": table}}}
     )
@@ -163,7 +163,7 @@ def test_baseline_does_not_overwrite_an_existing_file_without_the_flag(
 def test_baseline_needs_an_out_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """No default into the installed package's folder (read-only or shared in a wheel install)."""
     shipped = {p.name: p.read_bytes() for p in baselines_dir().glob("*.json")}
-    table = {m: 50.0 for m in ("ES", "EM", "PS", "PM", "NS", "NM", "S")}
+    table = dict.fromkeys(("ES", "EM", "PS", "PM", "NS", "NM", "S"), 50.0)
     path = summary_file(
         tmp_path, {"model": "m", "n_cases": 3, "results": {"single": {"rome": table}}}
     )
@@ -177,7 +177,7 @@ def test_interrupted_eval_says_that_rerunning_resumes(
 ) -> None:
     import rome_fast.eval.cli as eval_cli
 
-    def interrupted(args: object) -> int:
+    def interrupted(_args: object) -> int:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(eval_cli, "run_eval", interrupted)

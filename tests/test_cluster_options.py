@@ -12,7 +12,7 @@ import pytest
 
 from rome_fast.cli import main
 from rome_fast.cluster import Cluster
-from rome_fast.eval.data import default_data_dir
+from rome_fast.datadir import default_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = "counterfact/counterfact-rome-schema-sample.json"

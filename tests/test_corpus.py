@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rome_fast import corpus as corpora
-from rome_fast.eval.data import default_data_dir
+from rome_fast.datadir import default_data_dir
 from rome_fast.models import LoadedModel, load_model
 
 # The release's layout: every line ends with a space, blank lines hold one space.

@@ -32,6 +32,7 @@ from rome_fast.eval.runner import Runner
 from rome_fast.hparams import hparams_for
 from rome_fast.models import LoadedModel, random_model
 from rome_fast.stats_parallel import sharded_collector
+from tests.models import key_dim
 from tests.test_stats import varied_texts
 
 ray = pytest.importorskip("ray")
@@ -91,7 +92,7 @@ def config(modes: tuple[str, ...]) -> RunConfig:
 
 def recipe(loaded: LoadedModel) -> EditorRecipe:
     hp = hparams_for(MODEL).replace(context_template_schedule=((5, 2),), v_num_grad_steps=5)
-    d_in = loaded.adapter.edited_module(loaded.model, hp.layer).weight.shape[0]
+    d_in = key_dim(loaded, hp.layer)
     return EditorRecipe.of(Editor(loaded, hparams=hp, stats=torch.eye(d_in)))
 
 
@@ -139,9 +140,10 @@ def one_process(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.usefixtures("cluster")
 @pytest.mark.parametrize("mode", ["single", "sequential"])
 def test_sharded_run_equals_the_one_process_run(
-    cluster: ModuleType, one_process: Path, tmp_path: Path, mode: str
+    one_process: Path, tmp_path: Path, mode: str
 ) -> None:
     summary = on_cluster(tmp_path, (mode,))
     assert_same_records(one_process, tmp_path, f"{mode}-*.jsonl")
@@ -158,7 +160,7 @@ def kill_a_worker_at(mode: str, index: int) -> Callable[[str, str, int], None]:
     or the out-of-memory killer would) when the loop reaches case ``index`` of ``mode``."""
     killed: list[str] = []
 
-    def hook(m: str, variant: str, i: int) -> None:
+    def hook(m: str, _variant: str, i: int) -> None:
         if (m, i) != (mode, index) or killed:
             return
         named = ray.util.list_named_actors(all_namespaces=True)
@@ -173,9 +175,10 @@ def kill_a_worker_at(mode: str, index: int) -> Callable[[str, str, int], None]:
 
 # Single: killed as the driver waits for the first case (every case is queued, two on each
 # actor); sequential: killed between the first and the second edit of a stream.
+@pytest.mark.usefixtures("cluster")
 @pytest.mark.parametrize(("mode", "index"), [("single", 0), ("sequential", 1)])
 def test_a_killed_worker_loses_no_case_and_counts_none_twice(
-    cluster: ModuleType, one_process: Path, tmp_path: Path, mode: str, index: int
+    one_process: Path, tmp_path: Path, mode: str, index: int
 ) -> None:
     summary = on_cluster(tmp_path, (mode,), on_case=kill_a_worker_at(mode, index))
     ids = [c.case_id for c in make_cases(N_CASES)]
@@ -187,10 +190,11 @@ def test_a_killed_worker_loses_no_case_and_counts_none_twice(
     assert summary["results"][mode]["rome"]["n"] == N_CASES
 
 
+@pytest.mark.usefixtures("cluster")
 def test_an_interrupted_driver_resumes_from_the_written_records(
-    cluster: ModuleType, one_process: Path, tmp_path: Path
+    one_process: Path, tmp_path: Path
 ) -> None:
-    def interrupt(mode: str, variant: str, index: int) -> None:
+    def interrupt(_mode: str, variant: str, index: int) -> None:
         if (variant, index) == ("r-rome", 2):
             raise KeyboardInterrupt
 
@@ -202,7 +206,8 @@ def test_an_interrupted_driver_resumes_from_the_written_records(
     assert summary["results"]["single"]["r-rome"]["n"] == N_CASES
 
 
-def test_statistics_sharded_three_ways_equal_unsharded(cluster: ModuleType) -> None:
+@pytest.mark.usefixtures("cluster")
+def test_statistics_sharded_three_ways_equal_unsharded() -> None:
     # 3 sorting chunks of 2 × SORT_CHUNK_BATCHES documents: one per shard.
     batch_size = 2
     corpus = from_texts(varied_texts(3 * batch_size * stats.SORT_CHUNK_BATCHES - 5))

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from rome_fast.cli import build_parser
-from rome_fast.eval.data import default_data_dir
+from rome_fast.datadir import default_data_dir
 from tests.doc_commands import REPO, DocCommand, documented_commands, loads_a_model
 
 # The documented line (continuations joined, comments dropped) -> why the suite does not run it.

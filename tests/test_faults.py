@@ -20,6 +20,7 @@ from rome_fast.eval.config import RunConfig
 from rome_fast.eval.runner import Runner
 from rome_fast.models import LoadedModel, random_model
 from tests.faults import Killed, first_difference, records, writes
+from tests.models import stored_weight
 from tests.test_runs import LAYER, FakeEditor, config, make_cases
 
 MODES = ("single", "sequential")
@@ -33,15 +34,15 @@ def run_config(mode: str) -> RunConfig:
     )
 
 
-def glue_probe(model: torch.nn.Module, tokenizer: Any, **options: Any) -> dict[str, Any]:
+def glue_probe(model: torch.nn.Module, _tokenizer: Any, **_options: Any) -> dict[str, Any]:
     """Stands in for the GLUE checks: a number that depends on the edited weight, so a check
     made at the wrong step (or on the wrong weights) differs from the uninterrupted one."""
-    weight = model.get_submodule(f"transformer.h.{LAYER}.mlp.c_proj").weight
+    weight = stored_weight(model.get_submodule(f"transformer.h.{LAYER}.mlp.c_proj"))
     return {"probe": {"weight_sum": float(weight.double().sum())}}
 
 
 @pytest.fixture(scope="module")
-def patched() -> Iterator[None]:
+def _patched() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(runner, "evaluate_glue", glue_probe)
         threads = torch.get_num_threads()
@@ -65,7 +66,7 @@ def new_process_runner(out: Path, mode: str) -> Runner:
 
 @pytest.fixture(scope="module")
 def uninterrupted(
-    patched: None, tmp_path_factory: pytest.TempPathFactory
+    _patched: None, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, tuple[dict[str, Any], dict[str, int]]]:
     """Per mode: the records of a run never interrupted, and how many writes of each kind."""
     found = {}

@@ -27,7 +27,7 @@ FILES = {
 class QuietHandler(SimpleHTTPRequestHandler):
     requests: list[str] = []  # noqa: RUF012  (the paths served, in order)
 
-    def log_message(self, format: str, *args: object) -> None:
+    def log_message(self, _format: str, *_args: object) -> None:
         QuietHandler.requests.append(self.path)
 
 

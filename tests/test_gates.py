@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,7 +80,7 @@ def test_paper_baselines_hold_the_spec_tables(name: str) -> None:
         assert tuple(row) == TABLE_METRICS
 
 
-def test_paper_row_passes_against_itself_and_fails_when_lowered(tmp_path: Path) -> None:
+def test_paper_row_passes_against_itself_and_fails_when_lowered() -> None:
     baseline = load_baseline("gptj-sequential")
     results = {v: dict(row) for v, row in baseline["variants"].items()}
     run = {"model": "gpt-j-6b", "n_cases": 5000, "results": {"sequential": results}}

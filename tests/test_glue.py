@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from rome_fast.eval.data import default_data_dir
+from rome_fast.datadir import default_data_dir
 from rome_fast.eval.glue import TASKS, UNPARSED, build_prompts, evaluate_task, load_task
 
 RECORDS = [{"sentence": f"sentence {i}", "label": i % 2, "idx": i} for i in range(10)]
@@ -52,7 +52,7 @@ def test_scores_follow_the_parsed_answers(monkeypatch: pytest.MonkeyPatch) -> No
     # The model answers right on all but the last example, which it does not answer at all.
     answers = dict(zip(prompts, [words[g] for g in gold[:-1]] + [" hmm"], strict=True))
 
-    def fake_generate(model: Any, tokenizer: Any, batch: list[str], **_: Any) -> Any:
+    def fake_generate(_model: Any, _tokenizer: Any, batch: list[str], **_: Any) -> Any:
         return SimpleNamespace(texts=[answers[p] for p in batch])
 
     monkeypatch.setattr(glue, "generate", fake_generate)

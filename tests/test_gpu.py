@@ -11,7 +11,7 @@ from rome_fast.models import random_model
 from rome_fast.request import EditRequest
 from rome_fast.testing import CaseParams
 from tests.assertions import assert_matches_reference
-from tests.models import REQUEST, TEMPLATES, tiny_hparams
+from tests.models import REQUEST, TEMPLATES, key_dim, tiny_hparams
 from tests.strategies import low_precision_cases, variants
 
 pytestmark = [
@@ -41,7 +41,7 @@ def test_edit_on_cuda_in_each_loop_precision(precision: str) -> None:
     """Any v* precision still inserts v* exactly at k* (the update stays float32)."""
     loaded = random_model("tiny-gpt2", device="cuda")
     hp = tiny_hparams("tiny-gpt2", v_precision=precision)
-    d_in = int(loaded.adapter.edited_module(loaded.model, hp.layer).weight.shape[0])
+    d_in = key_dim(loaded, hp.layer)
     editor = Editor(loaded, hparams=hp, stats=torch.eye(d_in), templates=TEMPLATES)
     result = editor.edit(EditRequest(*REQUEST), "r-rome")
     assert result.relative_residual_k_star < 1e-4

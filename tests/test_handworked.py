@@ -146,7 +146,7 @@ class ByPosition(nn.Module):
         super().__init__()
         self.log_probs = nn.Parameter(probs.log(), requires_grad=False)
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, **_: Any) -> Any:
+    def forward(self, position_ids: torch.Tensor, **_: Any) -> Any:
         return SimpleNamespace(logits=self.log_probs[position_ids])  # (B, T, V)
 
 

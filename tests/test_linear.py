@@ -20,7 +20,9 @@ IDS = torch.tensor([[464, 412, 733, 9096, 318], [1212, 318, 257, 1332, 13]])
 SHAPES = {"tokens": (37,), "batch x seq": (3, 5)}  # the input's leading dimensions
 
 
-def operands(lead: tuple[int, ...], transposed: bool, bias: bool, seed: int = 0):
+def operands(
+    lead: tuple[int, ...], transposed: bool, bias: bool, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """x (*lead, 48), weight (40, 48) (a transposed view when ``transposed``, as GPT-2's
     Conv1D stores it), bias (40,) or None."""
     g = torch.Generator().manual_seed(seed)
@@ -44,7 +46,9 @@ def test_forward_equals_float64(lead: tuple[int, ...], transposed: bool, bias: b
 def test_gradients_equal_torchs(transposed: bool) -> None:
     grads = []
     for fn in (onednn_linear, F.linear):
-        x, weight, b = (t.clone().requires_grad_(True) for t in operands((3, 5), transposed, True))
+        x, weight, b = operands((3, 5), transposed, True)
+        assert b is not None
+        x, weight, b = (t.clone().requires_grad_(True) for t in (x, weight, b))
         out = fn(x, weight, b)
         grads.append(torch.autograd.grad(out.square().sum(), [x, weight, b]))
     for ours, torchs in zip(*grads, strict=True):
@@ -104,14 +108,15 @@ def test_a_linear_with_a_forward_of_its_own_is_left_alone() -> None:
 
 
 def test_ieee_float32_inside_whatever_the_process_allows() -> None:
-    before = torch.backends.mkldnn.matmul.fp32_precision
-    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    settings = torch.backends.mkldnn.matmul  # type: ignore[attr-defined]  # torch ≥ 2.9, unstubbed
+    before = settings.fp32_precision
+    settings.fp32_precision = "bf16"
     try:
         with onednn_linears(tiny_model("tiny-gpt2").model, force=True):
-            assert torch.backends.mkldnn.matmul.fp32_precision == "ieee"
-        assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
+            assert settings.fp32_precision == "ieee"
+        assert settings.fp32_precision == "bf16"
     finally:
-        torch.backends.mkldnn.matmul.fp32_precision = before
+        settings.fp32_precision = before
 
 
 def test_choosing_leaves_the_global_random_state_alone() -> None:
@@ -135,7 +140,7 @@ def test_under_autocast_a_layer_runs_its_own_forward() -> None:
         onednn_linears(model, force=True),
         torch.autocast("cpu", dtype=torch.bfloat16),
     ):
-        out = model.model.layers[0].mlp.down_proj(torch.randn(2, 160))
+        out = model.get_submodule("model.layers.0.mlp.down_proj")(torch.randn(2, 160))
     assert out.dtype == torch.bfloat16
 
 

@@ -4,6 +4,7 @@ fair baseline): same keys, the same v* trajectory, the same ΔW for every built-
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from rome_fast.templates import generate_context_templates
 from rome_fast.update import RankOne, UpdateInputs, insertion_update
 from rome_fast.value import compute_v_star
 from rome_fast.weights import module_bias, weight_matrix
-from tests.models import at, require_smollm2
+from tests.models import at, pretrained, require_smollm2
 from tests.public_rome import ANCHOR, CpuTokenizer, RecordedAdam, public_compute_v
 
 REQUEST = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
@@ -118,7 +119,7 @@ def public_delta(
         pytest.skip(f"the public r-ROME code is not at {ANCHOR}")
     adapter, layer = loaded.adapter, hparams.layer
     layers = f"{adapter.layers_path}.{{}}"
-    config = loaded.model.config
+    config: Any = pretrained(loaded).config  # given GPT-2's n_embd below, whatever the family
     with public_compute_v() as compute_v:
         from rome.rome_hparams import ROMEHyperParams  # type: ignore[import-not-found]
 

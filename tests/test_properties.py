@@ -27,7 +27,7 @@ F64 = torch.float64
 
 def fast_delta(case: Case, variant: str, **overrides: np.ndarray | None) -> np.ndarray:
     """rome_fast's ΔW (float64 numpy) for ``case`` with some inputs replaced."""
-    args = {name: x for name, x in case.torch_args(F64).items()}
+    args = dict(case.torch_args(F64))
     args.update({k: None if v is None else torch.tensor(v) for k, v in overrides.items()})
     bias = args.pop("bias")
     return to_numpy(rank_one_update(**args, variant=variant, bias=bias))  # type: ignore[arg-type]

@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 import torch
 
+from rome_fast.datadir import default_data_dir
 from rome_fast.editor import Editor
 from rome_fast.eval.case_scoring import metrics_of, score_case
-from rome_fast.eval.data import Case, default_data_dir, load_cases
+from rome_fast.eval.data import Case, load_cases
 from rome_fast.eval.score import target_nll
 from rome_fast.models import LoadedModel, load_model
 from rome_ref import metrics as ref

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 
 import rome_ref
-from rome_fast.testing import make_case
+from rome_fast.testing import Case, make_case
 from tests.assertions import assert_close
 from tests.strategies import misaligned_cases, small_cases, variants
 
@@ -31,7 +31,7 @@ def test_hand_worked_example_original_uses_both_keys() -> None:
     np.testing.assert_allclose(delta, [[2.0, 1.0]])
 
 
-def explicit_inverse_update(case, variant):  # type: ignore[no-untyped-def]
+def explicit_inverse_update(case: Case, variant: str) -> np.ndarray:
     """Independent oracle: the SPEC §2 table with an explicit inverse (fine for a test)."""
     insert, direction = {
         "rome": (case.k_prompt, case.k_star),

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rome_fast.cli import build_parser
-from rome_fast.eval import files, runner
+from rome_fast.eval import runner
 from rome_fast.eval.cli import config_from_args
 from rome_fast.eval.files import read_lines, write_json
 from rome_fast.eval.gates import compare
@@ -19,6 +19,7 @@ from rome_fast.eval.runner import Runner
 from rome_fast.hparams import hparams_for
 from rome_fast.models import LoadedModel
 from tests.faults import Killed, writes
+from tests.models import stored_weight
 from tests.test_runs import FakeEditor, config, loaded, make_cases, one_thread
 
 __all__ = ["loaded", "one_thread"]  # fixtures used here
@@ -85,8 +86,9 @@ def test_refused_damaged_sequential_folder_changes_no_file(
     assert snapshot(tmp_path) == before
 
 
-def glue_probe(model: torch.nn.Module, tokenizer: Any, **options: Any) -> dict[str, Any]:
-    return {"probe": {"weight_sum": float(model.transformer.h[1].mlp.c_proj.weight.sum())}}
+def glue_probe(model: torch.nn.Module, _tokenizer: Any, **_options: Any) -> dict[str, Any]:
+    weight = stored_weight(model.get_submodule("transformer.h.1.mlp.c_proj"))
+    return {"probe": {"weight_sum": float(weight.sum())}}
 
 
 @pytest.mark.parametrize("torn", [False, True])
@@ -176,10 +178,10 @@ def test_json_files_are_replaced_atomically(
     path = tmp_path / "config.json"
     write_json(path, {"version": 1})
 
-    def killed(*args: Any) -> None:
+    def killed(*_args: Any) -> None:
         raise Killed("killed before the rename")
 
-    monkeypatch.setattr(files.os, "replace", killed)
+    monkeypatch.setattr(Path, "replace", killed)
     with pytest.raises(Killed):
         write_json(path, {"version": 2})
     assert json.loads(path.read_text()) == {"version": 1}

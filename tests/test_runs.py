@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 import torch
 
+from rome_fast.datadir import default_data_dir
 from rome_fast.editor import Editor
 from rome_fast.eval.cli import fresh_editors
 from rome_fast.eval.config import RunConfig
-from rome_fast.eval.data import Case, default_data_dir, load_cases
+from rome_fast.eval.data import Case, load_cases
 from rome_fast.eval.files import read_lines
 from rome_fast.eval.gates import compare
 from rome_fast.eval.report import write_report
@@ -23,6 +24,7 @@ from rome_fast.hparams import hparams_for
 from rome_fast.models import LoadedModel, random_model
 from rome_fast.naive import NaiveEditor
 from rome_fast.request import EditResult
+from tests.models import key_dim, pretrained, stored_weight
 
 LAYER = 1
 
@@ -62,7 +64,8 @@ class FakeEditor:
         if self.saved is None:
             self.saved = self.weight.detach().clone()
         token = self.loaded.tokenizer(" " + request.target_new)["input_ids"][0]
-        left = self.loaded.model.get_input_embeddings().weight[token].detach().clone()  # (d_out,)
+        embeddings = stored_weight(pretrained(self.loaded).get_input_embeddings())  # (V, d_out)
+        left = embeddings[token].detach().clone()  # (d_out,)
         scale = 200.0 * (1000.0 if request.case_id in self.huge else 1.0)
         right = torch.full((self.weight.shape[0],), scale / self.weight.shape[0])  # (d_in,)
         with torch.no_grad():  # Conv1D stores (d_in, d_out)
@@ -158,11 +161,13 @@ def config(**overrides: Any) -> RunConfig:
 def test_single_run_writes_one_line_per_case_and_restores(
     loaded: LoadedModel, tmp_path: Path
 ) -> None:
-    before = loaded.model.get_submodule("transformer.h.1.mlp.c_proj").weight.clone()
+    before = stored_weight(loaded.model.get_submodule("transformer.h.1.mlp.c_proj")).clone()
     summary = Runner(loaded, FakeEditor(loaded), make_cases(3), config(), tmp_path).run()
     rows = read_lines(tmp_path / "single-a.jsonl")
     assert [r["case_id"] for r in rows] == [100, 101, 102]
-    assert torch.equal(loaded.model.get_submodule("transformer.h.1.mlp.c_proj").weight, before)
+    assert torch.equal(
+        stored_weight(loaded.model.get_submodule("transformer.h.1.mlp.c_proj")), before
+    )
     assert summary["results"]["single"]["a"]["n"] == 3
     assert summary["results"]["single"]["a"]["ES"] > summary["results"]["single"]["a"]["pre"]["ES"]
     assert json.loads((tmp_path / "config.json").read_text())["run"]["seed"] == 0
@@ -209,7 +214,7 @@ def test_sequential_run_accumulates_and_flags_a_disabling_edit(
 
 
 def _kill_at(mode: str, index: int) -> Any:
-    def hook(run_mode: str, variant: str, at: int) -> None:
+    def hook(run_mode: str, _variant: str, at: int) -> None:
         if (run_mode, at) == (mode, index):
             raise KeyboardInterrupt  # a kill between cases
 
@@ -308,7 +313,7 @@ def test_runs_with_the_real_editor_on_a_tiny_model(tmp_path: Path) -> None:
     hp = hparams_for("random:tiny-gpt2").replace(
         context_template_schedule=((5, 2),), v_num_grad_steps=5
     )
-    d_in = lm.adapter.edited_module(lm.model, hp.layer).weight.shape[0]
+    d_in = key_dim(lm, hp.layer)
 
     def make() -> Editor:
         return Editor(lm, hparams=hp, stats=torch.eye(d_in))
@@ -329,7 +334,7 @@ def test_runs_with_the_real_editor_on_a_tiny_model(tmp_path: Path) -> None:
 def test_fresh_editors_keep_the_class_settings_templates_and_c(impl: str) -> None:
     lm = random_model("tiny-gpt2")
     cls = NaiveEditor if impl == "naive" else Editor
-    d_in = lm.adapter.edited_module(lm.model, 1).weight.shape[0]
+    d_in = key_dim(lm, 1)
     hp = hparams_for("random:tiny-gpt2").replace(context_template_schedule=((5, 2),))
     editor = cls(lm, hparams=hp, seed=3, stats=torch.eye(d_in))
     fresh = fresh_editors(editor)()

@@ -26,7 +26,7 @@ def test_entropy_threshold_is_half_the_unedited_entropy() -> None:
 def test_resume_refuses_case_lines_of_another_slice(loaded: LoadedModel, tmp_path: Path) -> None:
     """config.json matches, but the case file was copied in from another slice's folder."""
     cases = make_cases(3)
-    shifted = [dataclasses.replace(c, case_id=c.case_id + 50) for c in cases]
+    shifted = [dataclasses.replace(c, case_id=int(c.case_id) + 50) for c in cases]
     Runner(loaded, FakeEditor(loaded), cases, config(), tmp_path / "a").run()
     Runner(loaded, FakeEditor(loaded), shifted, config(), tmp_path / "b").run()
     copied = (tmp_path / "a" / "single-a.jsonl").read_text()

@@ -16,6 +16,8 @@ from rome_fast import stats
 from rome_fast.corpus import Corpus, from_texts
 from rome_fast.hooks import capture
 from rome_fast.models import LoadedModel, load_model
+from rome_fast.weights import weight_matrix
+from tests.models import key_dim, stored_weight
 
 LAYER = 1
 WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven")
@@ -212,21 +214,19 @@ def test_written_file_has_the_public_keys(tmp_path: Path) -> None:
 def write_public_file(path: Path, mom2: np.ndarray, count: int, sample_size: int) -> None:
     """What the public code's SecondMoment + tally cache writes (np.savez of its state dict)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        path,
-        **{
-            "mom2.constructor": "util.runningstats.SecondMoment()",
-            "mom2.count": count,
-            "mom2.mom2": mom2,
-            "sample_size": sample_size,
-        },
-    )
+    state: dict[str, Any] = {  # keys with dots: passed as a mapping
+        "mom2.constructor": "util.runningstats.SecondMoment()",
+        "mom2.count": count,
+        "mom2.mom2": mom2,
+        "sample_size": sample_size,
+    }
+    np.savez(path, **state)
 
 
 def test_public_layout_file_is_used_without_running_the_model(
     gpt2: LoadedModel, tmp_path: Path
 ) -> None:
-    d_in = 4 * gpt2.model.config.n_embd
+    d_in = key_dim(gpt2, LAYER)
     keys = np.random.default_rng(0).standard_normal((300, d_in)).astype(np.float32)
     path = stats.public_stats_path(
         tmp_path, gpt2.name, "transformer.h.1.mlp.c_proj", torch.float32, 100_000
@@ -243,7 +243,7 @@ def test_public_layout_file_is_used_without_running_the_model(
 
 def test_wrong_shape_npz_names_the_expected_d_in(gpt2: LoadedModel, tmp_path: Path) -> None:
     path = stats.save_npz_stats(random_stats(10), tmp_path / "other.npz")
-    d_in = 4 * gpt2.model.config.n_embd
+    d_in = key_dim(gpt2, LAYER)
     with pytest.raises(ValueError, match=rf"10×10.*d_in = {d_in}"):
         stats.layer_second_moment(gpt2, LAYER, npz_path=path)
 
@@ -302,12 +302,10 @@ def test_cache_key_changes_with_every_input(
         assert path(**{name: value}) != path(), f"cache key ignores {name}"
 
 
-def test_cache_key_follows_the_weights_below_the_edited_module(
-    gpt2: LoadedModel, corpus: Corpus
-) -> None:
+def test_cache_key_follows_the_weights_below_the_edited_module(gpt2: LoadedModel) -> None:
     before = stats.model_fingerprint(gpt2, LAYER)
-    edited = gpt2.adapter.edited_module(gpt2.model, LAYER).weight
-    embedding = gpt2.model.get_submodule("transformer.wte").weight
+    edited = weight_matrix(gpt2.adapter.edited_module(gpt2.model, LAYER))
+    embedding = stored_weight(gpt2.model.get_submodule("transformer.wte"))
     with torch.no_grad():
         edited[0, 0] += 1.0  # an edit of the layer itself keeps its keys
         assert stats.model_fingerprint(gpt2, LAYER) == before

@@ -13,6 +13,7 @@ import torch
 from rome_fast import stats
 from rome_fast.corpus import from_texts
 from rome_fast.models import LoadedModel, random_model
+from tests.models import key_dim
 
 TEXTS = ["The quick brown fox jumps over the lazy dog."] * 6
 
@@ -71,7 +72,7 @@ def test_file_written_for_another_layer_is_refused(gpt2: LoadedModel, tmp_path: 
 
 
 def test_file_without_provenance_keeps_the_shape_check(gpt2: LoadedModel, tmp_path: Path) -> None:
-    d_in = gpt2.adapter.edited_module(gpt2.model, 1).weight.shape[0]
+    d_in = key_dim(gpt2, 1)
     path = public_file(
         tmp_path / "public.npz",
         **{"mom2.mom2": np.eye(d_in, dtype=np.float32), "mom2.count": np.array(3)},

@@ -116,5 +116,7 @@ def test_each_template_is_the_generated_text_then_a_period() -> None:
     (_, template) = generate_context_templates(loaded.model, loaded.tokenizer, ((5, 1),), seed=0)
     start = torch.full((1, 1), start_token_id(loaded.tokenizer))
     ids = sample_top_k(loaded.model, start, 4, 5, torch.Generator().manual_seed(0))
-    text = unicodedata.normalize("NFKD", loaded.tokenizer.decode(ids[0, 1:].tolist()))
+    decoded = loaded.tokenizer.decode(ids[0, 1:].tolist())
+    assert isinstance(decoded, str)
+    text = unicodedata.normalize("NFKD", decoded)
     assert template == escape_braces(text.replace("\n\n", " ")) + ". {}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from transformers import PreTrainedTokenizerBase
 
 from rome_fast.tokens import (
     apply_template,
@@ -34,7 +35,7 @@ WORDS = [
 ]
 
 
-def gpt2_tokenizer():  # the real GPT-2 BPE, shared with the tiny models
+def gpt2_tokenizer() -> PreTrainedTokenizerBase:  # the real GPT-2 BPE, shared with the tiny models
     return tiny_model("tiny-gpt2").tokenizer
 
 

@@ -84,7 +84,7 @@ def test_unknown_variant_lists_available() -> None:
     with pytest.raises(
         ValueError, match=r"unknown variant 'memit'; available: rome, r-rome, p-rome"
     ):
-        rank_one_update(**inputs(), variant="memit")  # type: ignore[arg-type]
+        rank_one_update(**inputs(), variant="memit")
 
 
 def test_orthogonal_keys_under_c_inverse_are_a_disabling_edit() -> None:
@@ -95,7 +95,7 @@ def test_orthogonal_keys_under_c_inverse_are_a_disabling_edit() -> None:
     k_prompt = args["k_prompt"] - (u_star @ args["k_prompt"]) / (u_star @ u_star) * u_star
     args["k_prompt"] = k_prompt
     with pytest.raises(ValueError, match=r"denominator .* is zero or not finite.*disabling edit"):
-        rank_one_update(**args, variant="rome")  # type: ignore[arg-type]
+        rank_one_update(**args, variant="rome")
     rank_one_update(**args, variant="r-rome")  # the rebuilt update is unaffected
 
 
@@ -105,7 +105,7 @@ def test_variant_returning_non_finite_factors_is_rejected() -> None:
         return RankOne(inp.v_star, nan, torch.tensor(1.0, dtype=inp.W0.dtype))
 
     with pytest.raises(ValueError, match=r"returned a non-finite right"):
-        rank_one_update(**inputs(), variant=broken)  # type: ignore[arg-type]
+        rank_one_update(**inputs(), variant=broken)
 
 
 def test_variant_returning_wrong_shapes_is_rejected() -> None:
@@ -113,4 +113,4 @@ def test_variant_returning_wrong_shapes_is_rejected() -> None:
         return RankOne(inp.k_star, inp.v_star, torch.tensor(1.0, dtype=inp.W0.dtype))
 
     with pytest.raises(ValueError, match=r"expected left \(3,\) and right \(4,\)"):
-        rank_one_update(**inputs(), variant=transposed)  # type: ignore[arg-type]
+        rank_one_update(**inputs(), variant=transposed)

@@ -11,9 +11,9 @@ from rome_fast.update import RankOne
 from rome_fast.weights import apply_rank_one, module_bias, weight_matrix
 
 
-def make_module(kind: str, d_out: int, d_in: int, dtype: torch.dtype) -> nn.Module:
+def make_module(kind: str, d_out: int, d_in: int, dtype: torch.dtype) -> Conv1D | nn.Linear:
     torch.manual_seed(0)
-    module: nn.Module = Conv1D(d_out, d_in) if kind == "conv1d" else nn.Linear(d_in, d_out)
+    module: Conv1D | nn.Linear = Conv1D(d_out, d_in) if kind == "conv1d" else nn.Linear(d_in, d_out)
     nn.init.normal_(module.weight)
     return module.to(dtype)
 

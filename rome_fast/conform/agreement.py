@@ -87,20 +87,17 @@ def public(inputs: ConformInputs, variant: str, editor: PublicEditor) -> Outcome
     with cuda_calls_to(inputs.loaded.device), torch.no_grad():
 
         def key(templates: list[str]) -> Tensor:
-            return (
-                repr_tools.get_reprs_at_word_tokens(
-                    model=inputs.loaded.model,
-                    tok=inputs.loaded.tokenizer,
-                    context_templates=[t.format(r.prompt) for t in templates],
-                    words=[r.subject] * len(templates),
-                    subtoken="last",
-                    layer=inputs.layer,
-                    module_template=hp.rewrite_module_tmp,
-                    track="in",
-                )
-                .mean(0)
-                .double()
-            )
+            reprs: Tensor = repr_tools.get_reprs_at_word_tokens(
+                model=inputs.loaded.model,
+                tok=inputs.loaded.tokenizer,
+                context_templates=[t.format(r.prompt) for t in templates],
+                words=[r.subject] * len(templates),
+                subtoken="last",
+                layer=inputs.layer,
+                module_template=hp.rewrite_module_tmp,
+                track="in",
+            )  # (n_templates, d_in)
+            return reprs.mean(0).double()
 
         k_star, k_prompt = key(inputs.templates), key(["{}"])
     delta = _edit_delta(editor, inputs)
@@ -112,7 +109,7 @@ def public_float64(inputs: ConformInputs, variant: str, editor: PublicEditor) ->
     inverse = torch.linalg.inv(inputs.C.double())
     with (
         default_dtype(torch.float64),
-        patched(editor.module("compute_u"), get_inv_cov=lambda *args, **kwargs: inverse),
+        patched(editor.module("compute_u"), get_inv_cov=lambda *_args, **_kwargs: inverse),
     ):
         return public(inputs, variant, editor)
 

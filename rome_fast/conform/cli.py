@@ -129,10 +129,14 @@ def harness_inputs(
     Braces are stripped from the sampled text (as EasyEdit does): the public code formats each
     template twice, so an escaped brace would break it.
     """
+    import torch
+
     from rome_fast.templates import generate_context_templates
 
     loaded.adapter.check_layer(loaded.model, hparams.layer)
     C = stats_provider(args, hparams)(loaded, hparams.layer)
+    # the statistics options give C itself (a Cholesky factor only when a caller passes one)
+    assert isinstance(C, torch.Tensor), f"expected the matrix C, got a {type(C).__name__}"
     fixed = getattr(args, "fixed_templates", None)  # --templates FILE, where the command has it
     if fixed is not None:
         return C, list(fixed)

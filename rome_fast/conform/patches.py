@@ -68,7 +68,7 @@ def cuda_calls_to(device: torch.device) -> Iterator[None]:
         yield
         return
 
-    def to_device(self: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    def to_device(self: Tensor, *_args: Any, **_kwargs: Any) -> Tensor:
         return self.to(device)
 
     with contextlib.ExitStack() as stack:
@@ -118,7 +118,7 @@ def _stub(name: str) -> types.ModuleType:
     module = types.ModuleType(name)
 
     def missing(attribute: str) -> Any:
-        def fail(*args: Any, **kwargs: Any) -> Any:
+        def fail(*_args: Any, **_kwargs: Any) -> Any:
             raise RuntimeError(
                 f"{name}.{attribute} was called, but {name} is not installed (rome-verify "
                 f"stubbed it for import only); install {name}"
@@ -172,7 +172,7 @@ def injected_statistics(
     """``compute_u.get_inv_cov`` sees ``C`` as the collected second moment (instead of a
     download or a Wikipedia pass) and starts from an empty inverse cache, so the code still
     inverts C itself, its own way."""
-    return patched(compute_u, layer_stats=lambda *args, **kwargs: _Moment(C), inv_mom2_cache={})
+    return patched(compute_u, layer_stats=lambda *_args, **_kwargs: _Moment(C), inv_mom2_cache={})
 
 
 def injected_templates(

@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rome_fast.cli_inputs import DEFAULT_VARIANTS, hparams_for_model, read_inputs
 from rome_fast.cli_options import (
@@ -33,6 +33,12 @@ from rome_fast.validate import (
     int_at_least,
     names,
 )
+
+if TYPE_CHECKING:
+    from rome_fast.editor import Editor
+    from rome_fast.hparams import HParams
+    from rome_fast.models import LoadedModel
+    from rome_fast.rank_one import CovarianceFactor
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +114,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add_cluster_arguments(parser)
 
 
-def config_from_args(args: argparse.Namespace, model_name: str, hparams: Any) -> RunConfig:
+def config_from_args(args: argparse.Namespace, model_name: str, hparams: HParams) -> RunConfig:
     """The run's options; layer and v* precision as the editor's ``hparams`` hold them."""
     read_inputs(args)
     return RunConfig(
@@ -148,18 +154,18 @@ class EditorRecipe:
     templates and C computed once on the unedited model: called with a loaded model (this
     process's or a worker's), it returns a new editor of that model."""
 
-    cls: type
-    hparams: Any
+    cls: type[Editor]
+    hparams: HParams
     seed: int
     templates: list[str]
-    covariance: Any
+    covariance: CovarianceFactor
 
     @classmethod
-    def of(cls, editor: Any) -> EditorRecipe:
+    def of(cls, editor: Editor) -> EditorRecipe:
         covariance = editor.covariance(editor.layer)
         return cls(type(editor), editor.hparams, editor.seed, editor.templates, covariance)
 
-    def __call__(self, loaded: Any) -> Any:
+    def __call__(self, loaded: LoadedModel) -> Editor:
         return self.cls(
             loaded,
             hparams=self.hparams,
@@ -169,7 +175,7 @@ class EditorRecipe:
         )
 
 
-def fresh_editors(editor: Any) -> Callable[[], Any]:
+def fresh_editors(editor: Editor) -> Callable[[], Editor]:
     """New editors like ``editor`` (see :class:`EditorRecipe`) of its model."""
     recipe = EditorRecipe.of(editor)
     return lambda: recipe(editor.loaded)
@@ -181,7 +187,7 @@ def _run_locked(args: argparse.Namespace, cluster: Cluster | None) -> dict[str, 
     cases = load_cases(args.data, limit=args.limit, offset=args.offset)
     if args.editor is not None:
         return _external_runner(args, cases).run()
-    editor: Any = build_editor(args)
+    editor = build_editor(args)
     loaded = editor.loaded
     cfg = config_from_args(args, loaded.name, editor.hparams)
     if cfg.glue_every and "sequential" in cfg.modes:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from queue import Queue
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 from tqdm import tqdm
@@ -39,6 +39,10 @@ from rome_fast.eval.files import read_lines
 from rome_fast.eval.reproducibility import kernel_settings
 from rome_fast.eval.runner import Runner
 from rome_fast.linear import onednn_is_faster, pin_onednn
+
+if TYPE_CHECKING:
+    from rome_fast.editor import Editor
+    from rome_fast.models import LoadedModel
 
 MAX_ATTEMPTS = 3  # a case (or stream) whose worker died this often fails the run
 
@@ -55,7 +59,7 @@ class WorkerSpec:
     model: str
     dtype: torch.dtype
     seed: int
-    make_editor: Callable[[Any], Any]  # loaded model -> editor
+    make_editor: Callable[[LoadedModel], Editor]
     cases: Sequence[Case]
     cfg: RunConfig
     onednn: bool
@@ -180,7 +184,7 @@ class ShardedSingle:
 
     IN_FLIGHT = 2  # per actor: the next case is queued while the driver writes
 
-    def __init__(self, pool: Pool, todo: Mapping[int, Sequence[str]], bar: tqdm) -> None:
+    def __init__(self, pool: Pool, todo: Mapping[int, Sequence[str]], bar: tqdm[NoReturn]) -> None:
         self.pool, self.bar = pool, bar
         self.queue = deque(_Unit(i, list(v)) for i, v in sorted(todo.items()) if v)
         self.rows: dict[tuple[str, int], dict[str, Any]] = {}
@@ -242,7 +246,7 @@ class ShardedSingle:
 class RemoteStream:
     """One sequential stream's work, done by one actor."""
 
-    def __init__(self, pool: Pool, actor: Any, bar: tqdm) -> None:
+    def __init__(self, pool: Pool, actor: Any, bar: tqdm[NoReturn]) -> None:
         self.pool, self.actor, self.bar = pool, actor, bar
 
     def _call(self, name: str, *args: Any) -> Any:
@@ -272,7 +276,9 @@ class RemoteStream:
         self._call("end_stream")
 
 
-def _run_stream(runner: Runner, pool: Pool, slots: Queue[int], variant: str, bar: tqdm) -> None:
+def _run_stream(
+    runner: Runner, pool: Pool, slots: Queue[int], variant: str, bar: tqdm[NoReturn]
+) -> None:
     """The sequential stream of ``variant`` on a free actor; after its death, again on a new
     actor from the last checkpoint (the rows written after it are redone)."""
     path = runner.out / f"sequential-{variant}.jsonl"
@@ -320,7 +326,7 @@ def _edits_done(runner: Runner) -> int:
 
 def run_on_cluster(
     runner: Runner,
-    make_editor: Callable[[Any], Any],
+    make_editor: Callable[[LoadedModel], Editor],
     cluster: Cluster,
     *,
     model: str,

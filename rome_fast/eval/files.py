@@ -19,7 +19,7 @@ def write_json(path: Path, value: Any) -> None:
         handle.write(json.dumps(value, indent=2) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    tmp.replace(path)
 
 
 def read_json(path: Path | Traversable, what: str = "JSON object") -> Any:
@@ -60,7 +60,7 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
 def rewrite_lines(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    tmp.replace(path)
 
 
 def append_line(path: Path, row: Mapping[str, Any]) -> None:

@@ -23,7 +23,6 @@ changed. ``tests/test_faults.py`` kills a run at every write and checks all of t
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -207,12 +206,15 @@ class Runner:
         return row, result
 
     def _edit(self, case: Case, index: int, variant: str, single: bool) -> EditOutcome:
+        result: EditOutcome
         if not single:
-            return self.editor.edit(case.request(), variant=variant)
+            result = self.editor.edit(case.request(), variant=variant)
+            return result
         prepared = self._once(
             self._prepared, index, variant, lambda: self.editor.prepare(case.request())
         )
-        return self.editor.apply(prepared, variant)
+        result = self.editor.apply(prepared, variant)
+        return result
 
     def _once(self, cache: dict[int, T], index: int, variant: str, compute: Callable[[], T]) -> T:
         """A single-mode cache entry: computed by the first variant, reused by the others,
@@ -315,7 +317,7 @@ class Runner:
     def _checkpoint(self, path: Path, n_done: int, weights: Mapping[str, torch.Tensor]) -> None:
         tmp = path.with_name(path.name + ".tmp")
         torch.save({"n_done": n_done, "weights": dict(weights)}, tmp)
-        os.replace(tmp, path)
+        tmp.replace(path)
 
     def begin_stream(self, variant: str, weights: Mapping[str, torch.Tensor]) -> None:
         """Start a sequential stream from the unedited model plus ``weights`` (a checkpoint)."""
