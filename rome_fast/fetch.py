@@ -17,7 +17,6 @@ moved into place only when complete, so an interrupted fetch leaves nothing behi
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import urllib.error
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rome_fast.datadir import default_data_dir
+from rome_fast.digests import sha256_of
 
 URL_ENV = "ROME_DATA_URL"
 PUBLIC_ROOT = "https://rome.baulab.info/data"
@@ -66,14 +66,6 @@ def stats_file(model: str, layer: int) -> RemoteFile:
     name = f"{STATS_MODULES[model].format(layer)}_float32_mom2_100000.npz"
     path = f"stats/{model}/wikipedia_stats/{name}"
     return RemoteFile(path, path)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _download(url: str, target: Path) -> None:

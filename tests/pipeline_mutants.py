@@ -449,6 +449,15 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_cli_errors.py", "-k", "overwrite"),
     ),
     Mutant(
+        "identity_without_file_content",
+        "runs",
+        "rome_fast/eval/cli.py",
+        'digests = {"data": sha256_of(resolve_data_path(args.data))}',
+        "digests: dict[str, str] = {}",
+        "a data file changed under the same path resumes as the same run",
+        ("tests/test_run_reliability.py", "-k", "changed_under"),
+    ),
+    Mutant(
         "bound_off_by_one",
         "runs",
         "rome_fast/validate.py",

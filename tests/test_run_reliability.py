@@ -4,6 +4,7 @@ GLUE steps across a resume, unreadable files. Tiny random GPT-2 and the fake edi
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,10 @@ import torch
 from rome_fast.cli import build_parser
 from rome_fast.eval import runner
 from rome_fast.eval.cli import config_from_args
+from rome_fast.eval.data import resolve_data_path
 from rome_fast.eval.files import read_lines, write_json
 from rome_fast.eval.gates import compare
+from rome_fast.eval.glue import TASKS as GLUE_TASKS
 from rome_fast.eval.runner import Runner
 from rome_fast.hparams import hparams_for
 from rome_fast.models import LoadedModel
@@ -23,6 +26,8 @@ from tests.models import stored_weight
 from tests.test_runs import FakeEditor, config, loaded, make_cases, one_thread
 
 __all__ = ["loaded", "one_thread"]  # fixtures used here
+
+DATA = "counterfact/counterfact-rome-schema-sample.json"
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -35,6 +40,19 @@ def eval_args(*extra: str) -> Any:
     )
 
 
+@pytest.fixture
+def input_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder (the working directory) holding one file for each input option."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copyfile(resolve_data_path(DATA), tmp_path / "cases.json")
+    (tmp_path / "c.npz").write_bytes(b"statistics")
+    (tmp_path / "texts.txt").write_text("a document\n", encoding="utf-8")
+    (tmp_path / "glue").mkdir()
+    for name in GLUE_TASKS:
+        (tmp_path / "glue" / f"{name}.jsonl").write_text("{}\n", encoding="utf-8")
+    return tmp_path
+
+
 @pytest.mark.parametrize(
     ("option", "value", "field"),
     [
@@ -43,6 +61,7 @@ def eval_args(*extra: str) -> Any:
         ("--stats-corpus", "texts.txt", "stats_corpus"),
     ],
 )
+@pytest.mark.usefixtures("input_files")
 def test_statistics_options_are_part_of_the_run_identity(
     option: str, value: str, field: str
 ) -> None:
@@ -51,6 +70,37 @@ def test_statistics_options_are_part_of_the_run_identity(
     given = config_from_args(eval_args(option, value), "m", hparams).comparable()
     assert plain[field] is None
     assert str(given[field]).endswith(value), f"{option} {value} is not in the run's identity"
+
+
+# One file of each input option, changed in place: (options, the file changed, its digest key)
+CHANGED_IN_PLACE = [
+    (("--data", "cases.json"), "cases.json", "data"),
+    (("--stats-npz", "c.npz"), "c.npz", "stats_npz"),
+    (("--stats-corpus", "texts.txt"), "texts.txt", "stats_corpus"),
+    *(
+        (("--glue-every", "1", "--glue-data", "glue"), f"glue/{name}.jsonl", f"glue:{name}")
+        for name in GLUE_TASKS
+    ),
+]
+
+
+@pytest.mark.parametrize(("options", "changed", "key"), CHANGED_IN_PLACE)
+def test_a_file_changed_under_the_same_path_is_another_run(
+    options: tuple[str, ...], changed: str, key: str, input_files: Path
+) -> None:
+    hparams = hparams_for("random:tiny-gpt2")
+    before = config_from_args(eval_args(*options), "m", hparams).comparable()
+    with (input_files / changed).open("a", encoding="utf-8") as handle:
+        handle.write("\n")  # one byte more, same path
+    after = config_from_args(eval_args(*options), "m", hparams).comparable()
+    differ = {
+        k
+        for k in before["input_digests"]
+        if before["input_digests"][k] != after["input_digests"][k]
+    }
+    assert differ == {key}, (
+        f"{changed} changed in place; the run identity saw {differ or 'nothing'}"
+    )
 
 
 def test_editor_hyperparameters_are_part_of_the_run_identity() -> None:

@@ -16,13 +16,17 @@ from rome_fast.cli_options import (
     VARIANTS_HELP,
     add_model_arguments,
     build_editor,
+    corpus_from_args,
     load_from_args,
 )
 from rome_fast.cluster import Cluster, add_cluster_arguments, cluster_from_args
+from rome_fast.digests import sha256_of
 from rome_fast.eval.config import DEGRADE_MODES, RunConfig
-from rome_fast.eval.data import load_cases
+from rome_fast.eval.data import load_cases, resolve_data_path
 from rome_fast.eval.files import read_json_object, write_json
 from rome_fast.eval.gates import check_summary_file
+from rome_fast.eval.glue import TASKS as GLUE_TASKS
+from rome_fast.eval.glue import task_file
 from rome_fast.eval.lock import FolderLockedError, run_folder_lock
 from rome_fast.eval.report import format_summary, write_report
 from rome_fast.eval.runner import Runner
@@ -145,7 +149,22 @@ def config_from_args(args: argparse.Namespace, model_name: str, hparams: HParams
         stats_samples=args.stats_samples,
         hparams=dataclasses.asdict(hparams),
         templates=None if args.fixed_templates is None else tuple(args.fixed_templates),
+        input_digests=input_digests(args),
     )
+
+
+def input_digests(args: argparse.Namespace) -> dict[str, str]:
+    """The content of every file the run reads besides the model, keyed by option."""
+    digests = {"data": sha256_of(resolve_data_path(args.data))}
+    if args.stats_npz is not None:
+        digests["stats_npz"] = sha256_of(args.stats_npz)
+    corpus = corpus_from_args(args)
+    if corpus is not None:
+        digests["stats_corpus"] = corpus.identifier
+    if args.glue_every:
+        for name in GLUE_TASKS:
+            digests[f"glue:{name}"] = sha256_of(task_file(name, args.glue_data))
+    return digests
 
 
 @dataclass(frozen=True)

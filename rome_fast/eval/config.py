@@ -43,6 +43,9 @@ class RunConfig:
     hparams: dict[str, Any] | None = None  # the editor's full hyperparameters, when known
     # The fixed context templates (--templates FILE; None: sampled from the model, seeded).
     templates: tuple[str, ...] | None = None
+    # What the files named above hold (SHA-256; the corpus's content identifier): a file
+    # changed under the same path is another run.
+    input_digests: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in MODES]

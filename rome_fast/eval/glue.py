@@ -71,8 +71,9 @@ TASKS: dict[str, Task] = {
 }
 
 
-def load_task(name: str, data_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
-    """Records of ``<data_dir>/glue/<name>.jsonl`` (or ``<data_dir>/<name>.jsonl``)."""
+def task_file(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """``<data_dir>/<name>.jsonl`` or ``<data_dir>/glue/<name>.jsonl`` (default: the data
+    folder's ``glue/``)."""
     if name not in TASKS:
         raise ValueError(f"unknown GLUE task {name!r}; known: {', '.join(TASKS)}")
     base = Path(data_dir) if data_dir is not None else default_data_dir() / "glue"
@@ -81,6 +82,12 @@ def load_task(name: str, data_dir: str | os.PathLike[str] | None = None) -> list
     )
     if path is None:
         raise FileNotFoundError(f"{name}.jsonl not found in {base}; pass --glue-data DIR")
+    return path
+
+
+def load_task(name: str, data_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """Records of the task's file (:func:`task_file`), each checked for the task's fields."""
+    path = task_file(name, data_dir)
     records = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
