@@ -165,23 +165,20 @@ def _stats_parser(sub: Subcommands) -> None:
 
 def _run_stats(args: argparse.Namespace) -> int:
     """C's sums for the edited layer, from the cache or computed (sharded with --workers)."""
-    import torch
-
+    from rome_fast.covariance import statistics_options
     from rome_fast.stats import layer_stats
 
     collect = stats_collector(args)
     loaded = load_from_args(args)
     hparams = hparams_for_model(args, loaded)
-    stats = layer_stats(
-        loaded,
-        hparams.layer,
+    options = statistics_options(
+        hparams,
         corpus=corpus_from_args(args),
-        n_samples=args.stats_samples or hparams.mom2_n_samples,
-        max_length=hparams.mom2_max_length,
-        dtype=getattr(torch, hparams.mom2_dtype),
         npz_path=args.stats_npz,
+        n_samples=args.stats_samples,
         collect=collect,
     )
+    stats = layer_stats(loaded, hparams.layer, **options)
     print(json.dumps(stats.provenance, indent=2, sort_keys=True))
     return 0
 

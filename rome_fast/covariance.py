@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -45,25 +45,39 @@ def default_covariance(
                 "sample count) would be ignored: drop them or set mom2_adjustment to true"
             )
         return _identity_covariance
-    if n_samples is not None and n_samples < 1:
-        raise ValueError(f"the statistics need at least one document, got n_samples={n_samples}")
-    samples = hparams.mom2_n_samples if n_samples is None else n_samples
+    options = statistics_options(
+        hparams, corpus=corpus, npz_path=npz_path, n_samples=n_samples, collect=collect
+    )
 
     def provider(loaded: LoadedModel, layer: int) -> Covariance:
         from rome_fast.stats import layer_second_moment
 
-        return layer_second_moment(
-            loaded,
-            layer,
-            corpus=corpus,
-            npz_path=npz_path,
-            n_samples=samples,
-            max_length=hparams.mom2_max_length,
-            dtype=getattr(torch, hparams.mom2_dtype),
-            collect=collect,
-        )
+        return layer_second_moment(loaded, layer, **options)
 
     return provider
+
+
+def statistics_options(
+    hparams: HParams,
+    *,
+    corpus: Corpus | None = None,
+    npz_path: str | Path | None = None,
+    n_samples: int | None = None,
+    collect: Callable[..., SecondMomentStats] | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments of ``stats.layer_stats`` and ``stats.layer_second_moment`` for
+    ``hparams`` and a user's statistics options (the sample count: the user's, else
+    ``hparams``'); ``rome stats`` and every editor's C read the same statistics."""
+    if n_samples is not None and n_samples < 1:
+        raise ValueError(f"the statistics need at least one document, got n_samples={n_samples}")
+    return {
+        "corpus": corpus,
+        "npz_path": npz_path,
+        "n_samples": hparams.mom2_n_samples if n_samples is None else n_samples,
+        "max_length": hparams.mom2_max_length,
+        "dtype": getattr(torch, hparams.mom2_dtype),
+        "collect": collect,
+    }
 
 
 def _identity_covariance(loaded: LoadedModel, layer: int) -> Covariance:
