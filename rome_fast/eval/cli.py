@@ -22,7 +22,7 @@ from rome_fast.cli_options import (
 from rome_fast.cluster import Cluster, add_cluster_arguments, cluster_from_args
 from rome_fast.digests import sha256_of
 from rome_fast.eval.config import DEGRADE_MODES, RunConfig
-from rome_fast.eval.data import load_cases, resolve_data_path
+from rome_fast.eval.data import Case, load_cases, resolve_data_path
 from rome_fast.eval.files import read_json_object, write_json
 from rome_fast.eval.gates import check_summary_file
 from rome_fast.eval.glue import TASKS as GLUE_TASKS
@@ -273,7 +273,7 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _external_runner(args: argparse.Namespace, cases: Any) -> Runner:
+def _external_runner(args: argparse.Namespace, cases: list[Case]) -> Runner:
     """The run on an editor under test (``--editor``), with the harness's templates and C."""
     from rome_fast.conform.cli import editor_from_spec, harness_inputs
     from rome_fast.conform.external import ExternalEditor
