@@ -41,9 +41,10 @@ def install(session: nox.Session, *groups: str, extras: str = "") -> None:
 
 # One single-threaded pytest worker per core: the models here are small enough that two
 # workers side by side beat one worker with two threads fighting over small matmuls. Whole
-# files go to one worker, so a file's module fixtures and cached results are built once and
-# the documented commands of one source still run in order.
-PARALLEL = ("-n", "auto", "--dist", "loadfile")
+# files go to one worker (tests/conftest.py groups them), so a file's module fixtures and
+# cached results are built once; the documented commands go by folder, so those of one
+# source still run in order and the slow SmolLM2 lines spread over both workers.
+PARALLEL = ("-n", "auto", "--dist", "loadgroup")
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 

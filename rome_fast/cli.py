@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -258,8 +259,23 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = (ValueError, OSError, MissingExtraError)
 
 
+def _one_line_warnings(command: str) -> Callable[..., None]:
+    """Warnings as ``rome CMD: warning: ...`` lines, like the errors, not file and source."""
+
+    def show(message: Warning | str, *_details: object) -> None:
+        print(f"rome {command}: warning: {message}", file=sys.stderr)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():  # puts the caller's warning display back on return
+        warnings.showwarning = _one_line_warnings(args.command)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if getattr(args, "device", None) is not None:
             check_device(args.device)

@@ -46,6 +46,15 @@ def pytest_report_header() -> str:
     return f"hypothesis profile: {profile}, max_examples={current.max_examples}, seeds {seeds}"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Parallel sessions (``-n auto --dist loadgroup``) keep a file's tests on one worker, for
+    its module fixtures, unless a test names a group of its own (the documented commands:
+    one group per folder of commands run in order)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
 @pytest.fixture
 def clean_registry() -> Iterator[None]:
     """Every variant a test registers (a user's, loaded from a spec) is removed after it."""

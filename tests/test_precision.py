@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import pytest
 import torch
 
+from rome_fast import precision
+from rome_fast.cli import main
 from rome_fast.editor import Editor
 from rome_fast.naive import NaiveEditor
 from rome_fast.precision import loop_precision
@@ -50,6 +53,41 @@ def test_bf16_forward_context_is_autocast() -> None:
     with loop_precision("bf16", torch.device("cpu")) as forward, forward():
         product = torch.ones(2, 2) @ torch.ones(2, 2)
     assert product.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("emulated", [True, False])
+def test_bf16_on_a_cpu_without_bfloat16_kernels_warns(
+    emulated: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Emulated bf16 is slower than fp32: the user who asked for speed is told when the loop
+    runs; on a CPU with bfloat16 kernels (or for fp32) nothing is said."""
+    monkeypatch.setattr(precision, "cpu_bf16_is_emulated", lambda: emulated)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for asked in ("bf16", "fp32"):
+            with loop_precision(asked, torch.device("cpu")):
+                pass
+    said = [w for w in caught if issubclass(w.category, precision.EmulatedBf16Warning)]
+    assert len(said) == (1 if emulated else 0), [str(w.message) for w in caught]
+    if emulated:
+        assert "use fp32 here" in str(said[0].message)
+
+
+def test_the_command_line_shows_a_warning_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(precision, "cpu_bf16_is_emulated", lambda: True)
+    argv = ["edit", "--model", "random:tiny-gpt2", "--prompt", "{} lives in", "--subject", "Ann"]
+    argv += ["--target", "Paris", "--precision", "bf16", "--generate", "0"]
+    argv += ["--stats-samples", "8"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", precision.EmulatedBf16Warning)
+        assert main(argv) == 0
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "bfloat16" in line]
+    assert len(said) == 1, err
+    assert said[0].startswith("rome edit: warning: this CPU"), err
+    assert "precision.py" not in err, err  # neither the file nor the source line
 
 
 def test_tf32_on_cpu_is_refused_before_anything_runs() -> None:
