@@ -245,10 +245,12 @@ def plot_demo(reports: Sequence[dict[str, Any]], variants: Sequence[str], path: 
     for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title)
         ax.set_xticks(list(xs), [s.replace("The ", "") for s in subjects], rotation=20)
-        ax.legend(fontsize=8)
     axes[1].set_yscale("log")
+    # One legend under the panels: inside them it hid the bars near 1.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
     fig.suptitle(f"ROME variants on {reports[0]['model']}, layer {reports[0]['layer']}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
