@@ -18,12 +18,12 @@ class EditedSite:
     layer: int
     module_name: str  # dotted name in the model, e.g. "transformer.h.1.mlp.c_proj"
     module: nn.Module  # the MLP output projection (Linear or Conv1D)
-    transposed: bool  # the weight is stored (d_in, d_out) (Conv1D)
 
     @classmethod
     def of(cls, model: nn.Module, layer: int, module_name: str) -> EditedSite:
         module = model.get_submodule(module_name)
-        return cls(layer, module_name, module, stores_transposed(module))
+        stores_transposed(module)  # an unsupported module type is refused here, once
+        return cls(layer, module_name, module)
 
     @property
     def weight(self) -> Tensor:

@@ -13,7 +13,6 @@ from typing import cast
 
 import pytest
 import torch
-from torch import nn
 from transformers import PreTrainedModel
 
 from rome_fast.hparams import HParams, hparams_for
@@ -53,13 +52,6 @@ def at(loaded: LoadedModel, layer: int) -> tuple[LoadedModel, EditedSite]:
 
 def key_dim(loaded: LoadedModel, layer: int) -> int:
     return at(loaded, layer)[1].d_in
-
-
-def stored_weight(module: nn.Module) -> torch.Tensor:
-    """The module's ``weight`` parameter as stored (Conv1D keeps (d_in, d_out))."""
-    weight = module.weight
-    assert isinstance(weight, torch.Tensor), f"{type(module).__name__} has no weight tensor"
-    return weight
 
 
 def pretrained(loaded: LoadedModel) -> PreTrainedModel:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from rome_fast.ownership import stored_weight
 from rome_fast.testing import UpdateFn, variant_update
 from rome_fast.update import (
     CovarianceFactor,
@@ -21,7 +22,6 @@ from rome_fast.update import (
     rank_one_factors,
 )
 from rome_fast.variants import get_variant
-from tests.models import stored_weight
 
 
 def asymmetric_keys(inp: UpdateInputs) -> RankOne:

@@ -19,8 +19,8 @@ from rome_fast.eval import runner
 from rome_fast.eval.config import RunConfig
 from rome_fast.eval.runner import Runner
 from rome_fast.models import LoadedModel, random_model
+from rome_fast.ownership import stored_weight
 from tests.faults import Killed, first_difference, records, writes
-from tests.models import stored_weight
 from tests.test_runs import LAYER, FakeEditor, config, make_cases
 
 MODES = ("single", "sequential")

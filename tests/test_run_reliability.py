@@ -21,8 +21,8 @@ from rome_fast.eval.glue import TASKS as GLUE_TASKS
 from rome_fast.eval.runner import Runner
 from rome_fast.hparams import hparams_for
 from rome_fast.models import LoadedModel
+from rome_fast.ownership import stored_weight
 from tests.faults import Killed, writes
-from tests.models import stored_weight
 from tests.test_runs import FakeEditor, config, loaded, make_cases, one_thread
 
 __all__ = ["loaded", "one_thread"]  # fixtures used here

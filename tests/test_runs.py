@@ -23,8 +23,9 @@ from rome_fast.eval.runner import Runner
 from rome_fast.hparams import hparams_for
 from rome_fast.models import LoadedModel, random_model
 from rome_fast.naive import NaiveEditor
+from rome_fast.ownership import stored_weight
 from rome_fast.request import EditResult
-from tests.models import key_dim, pretrained, stored_weight
+from tests.models import key_dim, pretrained
 
 LAYER = 1
 

@@ -16,8 +16,9 @@ from rome_fast import stats
 from rome_fast.corpus import Corpus, from_texts
 from rome_fast.hooks import capture
 from rome_fast.models import LoadedModel, load_model
+from rome_fast.ownership import stored_weight
 from rome_fast.weights import weight_matrix
-from tests.models import key_dim, stored_weight
+from tests.models import key_dim
 
 LAYER = 1
 WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven")

@@ -7,7 +7,7 @@ from torch import nn
 
 from rome_fast.eval.config import DEGRADE_MODES
 from rome_fast.eval.protocols import OurEditor
-from rome_fast.eval.snapshots import module_weight
+from rome_fast.ownership import copy_weight, stored_weight
 from rome_fast.prepared import PreparedEdit
 from rome_fast.request import EditRequest, EditResult
 
@@ -41,15 +41,13 @@ class DegradedEditor:
             from rome_fast.weights import apply_rank_one
 
             module = self.model.get_submodule(result.module_name)
-            weight = module_weight(self.model, result.module_name)
-            self._unflipped[result.module_name] = weight.detach().clone()
+            self._unflipped[result.module_name] = stored_weight(module).detach().clone()
             apply_rank_one(module, result.rank_one, sign=-2.0)
         return result
 
     def _unflip(self) -> None:
-        with torch.no_grad():
-            for name, weight in self._unflipped.items():
-                module_weight(self.model, name).copy_(weight)
+        for name, weight in self._unflipped.items():
+            copy_weight(self.model.get_submodule(name), weight)
         self._unflipped.clear()
 
     def revert(self, result: EditResult) -> None:

@@ -206,14 +206,13 @@ class Runner:
         return row, result
 
     def _edit(self, case: Case, index: int, variant: str, single: bool) -> EditOutcome:
-        result: EditOutcome
-        if not single:
+        if single:
+            prepared = self._once(
+                self._prepared, index, variant, lambda: self.editor.prepare(case.request())
+            )
+            result: EditOutcome = self.editor.apply(prepared, variant)
+        else:
             result = self.editor.edit(case.request(), variant=variant)
-            return result
-        prepared = self._once(
-            self._prepared, index, variant, lambda: self.editor.prepare(case.request())
-        )
-        result = self.editor.apply(prepared, variant)
         return result
 
     def _once(self, cache: dict[int, T], index: int, variant: str, compute: Callable[[], T]) -> T:

@@ -11,13 +11,12 @@ from torch import nn
 
 from rome_fast.eval.protocols import AnyEditor
 from rome_fast.models import LoadedModel
+from rome_fast.ownership import stored_weight
 
 
 def module_weight(model: nn.Module, name: str) -> torch.Tensor:
     """The weight parameter of the submodule ``name``, as stored."""
-    weight = model.get_submodule(name).weight
-    assert isinstance(weight, torch.Tensor)
-    return weight
+    return stored_weight(model.get_submodule(name))
 
 
 class WeightGuard:
