@@ -33,7 +33,8 @@ class EmulatedBf16Warning(UserWarning):
 def cpu_bf16_is_emulated() -> bool:
     """Whether oneDNN has no bfloat16 kernels for this CPU (AVX2 and older), so that torch
     emulates bf16 matmuls: measured 8× slower than float32 forward and 30× backward on an
-    AVX2-only EPYC (a SmolLM2 edit: 15 s in fp32, over 6 minutes in bf16)."""
+    AVX2-only EPYC on 2026-11-29 (a SmolLM2 edit: 15 s in fp32, over 6 minutes in bf16;
+    docs/results/ci-time.md)."""
     try:
         return not torch.ops.mkldnn._is_mkldnn_bf16_supported()
     except (AttributeError, RuntimeError):  # a build without oneDNN: torch's own kernels
