@@ -20,11 +20,11 @@ from benchmarks.floors import (
     update_factors_floor,
     value_floor,
 )
-from rome_fast.editor import Editor
-from rome_fast.models import LoadedModel
-from rome_fast.naive import NaiveEditor
-from rome_fast.request import EditResult
-from rome_fast.weights import weight_matrix
+from rome_fast.edit.editor import Editor
+from rome_fast.edit.naive import NaiveEditor
+from rome_fast.edit.request import EditResult
+from rome_fast.model.loader import LoadedModel
+from rome_fast.model.weights import weight_matrix
 
 # impl -> (editor, matmul precision of the v* loop); tf32/bf16 are the fast path's opt-ins.
 IMPLS: dict[str, tuple[type[Editor], str]] = {

@@ -11,10 +11,10 @@ import torch
 
 from benchmarks.conftest import REQUEST, EditSetup
 from benchmarks.floors import Peaks, keys_floor
-from rome_fast.keys import compute_keys
-from rome_fast.models import LoadedModel
-from rome_fast.naive import naive_keys
-from rome_fast.tokens import apply_template, subject_last_positions
+from rome_fast.edit.keys import compute_keys
+from rome_fast.edit.naive import naive_keys
+from rome_fast.model.loader import LoadedModel
+from rome_fast.model.tokens import apply_template, subject_last_positions
 
 
 def prompt_tokens(loaded: LoadedModel, templates: list[str]) -> int:

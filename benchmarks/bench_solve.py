@@ -13,8 +13,8 @@ import torch
 
 from benchmarks.conftest import synthetic_second_moment
 from benchmarks.floors import Peaks, cholesky_floor, floor
-from rome_fast.naive import naive_inverse
-from rome_fast.update import CovarianceFactor
+from rome_fast.edit.naive import naive_inverse
+from rome_fast.methods.rome.update import CovarianceFactor
 
 DIMS = {"tiny": 256, "smollm2": 1536}
 

@@ -1,4 +1,4 @@
-"""Covariance collection throughput (tokens/s): rome_fast.stats (forward stopped at the
+"""Covariance collection throughput (tokens/s): rome_fast.stats.collect (forward stopped at the
 edited module) vs a full forward pass over the same documents (what the public code's
 collection costs at least), against the floor of blocks 0..layer−1 plus k kᵀ."""
 
@@ -13,9 +13,9 @@ import torch
 
 from benchmarks.conftest import EditSetup
 from benchmarks.floors import Peaks, full_forward_flops, stats_floor
-from rome_fast.corpus import Corpus, from_texts
-from rome_fast.stats import collect_second_moment
-from rome_fast.weights import weight_matrix
+from rome_fast.model.weights import weight_matrix
+from rome_fast.stats.collect import collect_second_moment
+from rome_fast.stats.corpus import Corpus, from_texts
 
 N_DOCS, WORDS, MAX_LENGTH, BATCH = 16, 160, 128, 8
 

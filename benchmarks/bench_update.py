@@ -13,8 +13,8 @@ import torch
 
 from benchmarks.conftest import synthetic_second_moment
 from benchmarks.floors import Peaks, rank_one_apply_floor, update_factors_floor
-from rome_fast.update import CovarianceFactor, RankOne, rank_one_factors
-from rome_fast.weights import apply_rank_one
+from rome_fast.methods.rome.update import CovarianceFactor, RankOne, rank_one_factors
+from rome_fast.model.weights import apply_rank_one
 from rome_ref.update import rank_one_update as ref_update
 
 # (d_out, d_in) of the edited weights: tiny models, SmolLM2, GPT-2 medium.

@@ -1,5 +1,5 @@
 """The v* optimization: the public loop (whole model, full-vocabulary log-softmax at every
-position, backward through autograd's default path) vs rome_fast.value, same step count."""
+position, backward through autograd's default path) vs rome_fast.edit.value, same step count."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 
 from benchmarks.conftest import REQUEST, EditSetup
 from benchmarks.floors import Peaks, value_floor
-from rome_fast.hparams import HParams
-from rome_fast.models import LoadedModel
-from rome_fast.naive import naive_value
-from rome_fast.value import build_value_batch, compute_v_star
+from rome_fast.edit.naive import naive_value
+from rome_fast.edit.value import build_value_batch, compute_v_star
+from rome_fast.hparams.defaults import HParams
+from rome_fast.model.loader import LoadedModel
 
 # SmolLM2's naive loop takes minutes on 2 cores: the default run uses 5 iterations
 # (4 steps); bench_edit measures the full 20 under the `slow` marker.

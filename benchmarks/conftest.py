@@ -19,11 +19,11 @@ import torch
 
 from benchmarks.floors import Floor, Peaks, cpu_name, machine_peaks
 from benchmarks.report import grouped, json_groups
-from rome_fast.hparams import HParams, hparams_for
-from rome_fast.models import LoadedModel, load_model, random_model
-from rome_fast.request import EditRequest
-from rome_fast.site import EditedSite
-from rome_fast.templates import generate_context_templates
+from rome_fast.edit.request import EditRequest
+from rome_fast.edit.templates import generate_context_templates
+from rome_fast.hparams.defaults import HParams, hparams_for
+from rome_fast.model.loader import LoadedModel, load_model, random_model
+from rome_fast.model.site import EditedSite
 
 REQUEST = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
 SEED = 0

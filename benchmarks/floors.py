@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rome_fast.linear import onednn_is_faster, onednn_linear
-from rome_fast.models import LoadedModel
+from rome_fast.model.linear import onednn_is_faster, onednn_linear
+from rome_fast.model.loader import LoadedModel
 
 # Vendor peaks, dense (no sparsity): bytes/s of HBM and float32 (non-tensor-core) flop/s;
 # TF32/bf16 tensor-core peaks for the bf16/TF32 paths.
@@ -96,7 +96,7 @@ def measure_matmul_flops(
     onednn: bool = False,
 ) -> float:
     """Flop/s of an (n × n) @ (n × n) matmul (float32: TF32 as currently configured); with
-    ``onednn`` through oneDNN (``rome_fast.linear``, CPU)."""
+    ``onednn`` through oneDNN (``rome_fast.model.linear``, CPU)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     product = (lambda: onednn_linear(a, b.T)) if onednn else (lambda: a @ b)

@@ -18,7 +18,7 @@ Sections, each written to ``results.json`` and ``summary.md`` in ``--out`` as so
 6. statistics collection at GPT-J's layer 5 vs a full forward pass, tokens/s.
 
 Every random choice is seeded (``--seed``). Nothing is downloaded: models are random
-(``rome_fast.models.random_model``) and C is a synthetic SPD matrix (timing does not depend
+(``rome_fast.model.loader.random_model``) and C is a synthetic SPD matrix (timing does not depend
 on where C came from).
 """
 
@@ -53,15 +53,15 @@ from benchmarks.floors import (
     stats_floor,
 )
 from benchmarks.precision import delta_w_error
-from rome_fast.corpus import from_texts
-from rome_fast.editor import Editor
-from rome_fast.hparams import hparams_for
-from rome_fast.models import random_model
-from rome_fast.naive import NaiveEditor, naive_inverse
-from rome_fast.stats import collect_second_moment
-from rome_fast.templates import generate_context_templates
-from rome_fast.update import CovarianceFactor, RankOne, rank_one_factors
-from rome_fast.weights import apply_rank_one, weight_matrix
+from rome_fast.edit.editor import Editor
+from rome_fast.edit.naive import NaiveEditor, naive_inverse
+from rome_fast.edit.templates import generate_context_templates
+from rome_fast.hparams.defaults import hparams_for
+from rome_fast.methods.rome.update import CovarianceFactor, RankOne, rank_one_factors
+from rome_fast.model.loader import random_model
+from rome_fast.model.weights import apply_rank_one, weight_matrix
+from rome_fast.stats.collect import collect_second_moment
+from rome_fast.stats.corpus import from_texts
 from rome_ref.update import rank_one_update as ref_update
 
 

@@ -23,10 +23,10 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.conftest import make_setup
-from rome_fast.editor import Editor
-from rome_fast.hparams import hparams_for
-from rome_fast.models import load_model
-from rome_fast.request import EditRequest, EditResult
+from rome_fast.edit.editor import Editor
+from rome_fast.edit.request import EditRequest, EditResult
+from rome_fast.hparams.defaults import hparams_for
+from rome_fast.model.loader import load_model
 
 REQUESTS = (
     EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris"),

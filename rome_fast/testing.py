@@ -49,8 +49,8 @@ from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
 import rome_ref
-from rome_fast.update import CovarianceFactor, RankOne, Variant, rank_one_factors
-from rome_fast.variants import KEY_NAMES, KeyName, RegisteredVariant
+from rome_fast.methods.rome.update import CovarianceFactor, RankOne, Variant, rank_one_factors
+from rome_fast.methods.rome.variants import KEY_NAMES, KeyName, RegisteredVariant
 
 F64 = np.typing.NDArray[np.float64]
 

@@ -29,8 +29,8 @@ direction (``u(direction_key)``)::
 | "r-rome" | k_star     | k_star        | eq. 2 as derived                       |
 | "p-rome" | k_prompt   | k_prompt      | prompt key everywhere                  |
 
-``VARIANT_KEYS`` is this table as data; ``rome_fast.variants`` holds the editor's registry,
-and a test checks the two equal (this package never imports ``rome_fast``). C⁻¹ is applied
+``VARIANT_KEYS`` is this table as data; ``rome_fast.methods.rome.variants`` holds the editor's
+registry, and a test checks the two equal (this package never imports ``rome_fast``). C⁻¹ is applied
 through a Cholesky factorization, never an inverse.
 """
 

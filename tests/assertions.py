@@ -22,8 +22,8 @@ from hypothesis import note
 from hypothesis.control import currently_in_test_context
 
 import rome_ref
+from rome_fast.methods.rome.update import rank_one_update
 from rome_fast.testing import CaseParams, error_growth, make_case
-from rome_fast.update import rank_one_update
 
 
 def tolerance(params: CaseParams, out: torch.dtype, acc: torch.dtype) -> float:

@@ -9,8 +9,8 @@ import torch
 
 from rome_fast.conform.ours import OurEditor, editor_for
 from rome_fast.conform.protocol import ConformInputs
-from rome_fast.update import RankOne, UpdateInputs
-from rome_fast.weights import apply_rank_one, weight_matrix
+from rome_fast.methods.rome.update import RankOne, UpdateInputs
+from rome_fast.model.weights import apply_rank_one, weight_matrix
 
 
 def _r_rome_without_c_inverse(inp: UpdateInputs) -> RankOne:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from rome_fast.variants import available_variants, unregister_variant
+from rome_fast.methods.rome.variants import available_variants, unregister_variant
 
 settings.register_profile(
     "ci",

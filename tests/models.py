@@ -15,10 +15,10 @@ import pytest
 import torch
 from transformers import PreTrainedModel
 
-from rome_fast.hparams import HParams, hparams_for
-from rome_fast.models import LoadedModel, random_model
-from rome_fast.request import EditRequest
-from rome_fast.site import EditedSite
+from rome_fast.edit.request import EditRequest
+from rome_fast.hparams.defaults import HParams, hparams_for
+from rome_fast.model.loader import LoadedModel, random_model
+from rome_fast.model.site import EditedSite
 
 FAMILIES = ("tiny-gpt2", "tiny-gptj", "tiny-neox", "tiny-llama")
 # Short fixed templates keep the tests fast; generated ones are tested in test_templates.py.

@@ -12,16 +12,16 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from rome_fast.ownership import stored_weight
-from rome_fast.testing import UpdateFn, variant_update
-from rome_fast.update import (
+from rome_fast.edit.ownership import stored_weight
+from rome_fast.methods.rome.update import (
     CovarianceFactor,
     RankOne,
     UpdateInputs,
     insertion_update,
     rank_one_factors,
 )
-from rome_fast.variants import get_variant
+from rome_fast.methods.rome.variants import get_variant
+from rome_fast.testing import UpdateFn, variant_update
 
 
 def asymmetric_keys(inp: UpdateInputs) -> RankOne:

@@ -267,7 +267,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "keys_swapped",
         "keys",
-        "rome_fast/keys.py",
+        "rome_fast/edit/keys.py",
         "k_star=per_template.mean(0), k_prompt=per_template[bare], per_template=per_template",
         "k_star=per_template[bare], k_prompt=per_template.mean(0), per_template=per_template",
         "k* and k_prompt swapped",
@@ -276,7 +276,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "template_without_period",
         "templates",
-        "rome_fast/templates.py",
+        "rome_fast/edit/templates.py",
         'templates.append(escape_braces(text) + ". {}")',
         'templates.append(escape_braces(text) + " {}")',
         'templates as "<text> {}" instead of "<text>. {}"',
@@ -285,7 +285,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "template_length_without_start_token",
         "templates",
-        "rome_fast/templates.py",
+        "rome_fast/edit/templates.py",
         "ids = sample_top_k(model, first, length - 1, top_k, generator)",
         "ids = sample_top_k(model, first, length, top_k, generator)",
         "template length not counting the start token (one token too many)",
@@ -294,7 +294,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "template_top_k_10",
         "templates",
-        "rome_fast/hparams.py",
+        "rome_fast/hparams/defaults.py",
         "context_template_top_k: int = 5",
         "context_template_top_k: int = 10",
         "templates sampled with top-k 10",
@@ -303,7 +303,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "weight_decay_squared",
         "v*",
-        "rome_fast/value.py",
+        "rome_fast/edit/value.py",
         "torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(v_init) ** 2",
         "torch.linalg.vector_norm(delta) ** 2 / torch.linalg.vector_norm(v_init) ** 2",
         "the weight decay with a squared ‖δ‖ (not the public code's)",
@@ -312,7 +312,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "clamp_pushes_out",
         "v*",
-        "rome_fast/value.py",
+        "rome_fast/edit/value.py",
         "delta.mul_((radius / torch.linalg.vector_norm(delta)).clamp(max=1.0))",
         "delta.mul_((radius / torch.linalg.vector_norm(delta)).clamp(min=1.0))",
         "δ scaled up to the ball's surface instead of projected into it",
@@ -322,7 +322,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "stats_key_without_length",
         "statistics",
-        "rome_fast/stats.py",
+        "rome_fast/stats/collect.py",
         'corpus_key = hashlib.sha256(f"{corpus.identifier}|len={max_length}".encode()).hexdigest()',
         'corpus_key = hashlib.sha256(f"{corpus.identifier}".encode()).hexdigest()',
         "the statistics cache ignores the document length",
@@ -331,7 +331,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "stats_key_without_dtype",
         "statistics",
-        "rome_fast/stats.py",
+        "rome_fast/stats/collect.py",
         "return public_stats_path(root, model_dir, module_name, dtype, n_samples, corpus_name)",
         "return public_stats_path(root, model_dir, module_name, torch.float32, n_samples, "
         "corpus_name)",
@@ -341,7 +341,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "stats_count_padding",
         "statistics",
-        "rome_fast/stats.py",
+        "rome_fast/stats/collect.py",
         "keys = seen.input[mask.to(seen.input.device).bool()].to(dtype)  # (n_tok, d_in)",
         "keys = seen.input.flatten(0, 1).to(dtype)  # (n_tok, d_in)",
         "C accumulates the keys of padding tokens",
@@ -351,7 +351,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "covariance_memo_ignores_layer",
         "editor",
-        "rome_fast/editor.py",
+        "rome_fast/edit/editor.py",
         "if layer not in self._factors:",
         "if not self._factors:",
         "the editor's C memo computed once for whichever layer came first",
@@ -360,7 +360,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "guard_skipped",
         "editor",
-        "rome_fast/editor.py",
+        "rome_fast/edit/editor.py",
         "reasons = guard.reasons(denominator, delta_norm) if guard is not None else []",
         "reasons = []",
         "the disabling-edit guard never consulted",
@@ -369,7 +369,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "replay_skips_guard",
         "editor",
-        "rome_fast/edit_log.py",
+        "rome_fast/edit/log.py",
         "reasons = guard.reasons(result.denominator, result.delta_norm) if guard else []",
         "reasons = []",
         "replay_log applies a saved log without consulting the guard",
@@ -378,7 +378,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "foreign_write_direction",
         "editor",
-        "rome_fast/ownership.py",
+        "rome_fast/edit/ownership.py",
         "if stored_weight(module)._version != version and fingerprint(module)[1] != digest:",
         "if stored_weight(module)._version == version and fingerprint(module)[1] != digest:",
         "revert/restore over another writer's change, which is not noticed",
@@ -388,7 +388,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "identity_without_stats_samples",
         "runs",
-        "rome_fast/eval/cli.py",
+        "rome_fast/cli/eval.py",
         "stats_samples=args.stats_samples,",
         "stats_samples=None,",
         "the run's identity forgets the statistics sample count (a resume mixes two C)",
@@ -424,7 +424,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "provenance_check_inverted",
         "statistics",
-        "rome_fast/stats.py",
+        "rome_fast/stats/collect.py",
         "if recorded is not None and recorded != module_name:",
         "if recorded is None and recorded != module_name:",
         "a statistics file written for another module is accepted",
@@ -442,7 +442,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "baseline_overwritten",
         "gates",
-        "rome_fast/eval/cli.py",
+        "rome_fast/cli/eval.py",
         "if out.exists() and not args.overwrite:",
         "if out.exists() and args.overwrite:",
         "rome baseline replaces an existing baseline without --overwrite",
@@ -451,7 +451,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "identity_without_file_content",
         "runs",
-        "rome_fast/eval/cli.py",
+        "rome_fast/cli/eval.py",
         'digests = {"data": sha256_of(resolve_data_path(args.data))}',
         "digests: dict[str, str] = {}",
         "a data file changed under the same path resumes as the same run",
@@ -460,7 +460,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "bound_off_by_one",
         "runs",
-        "rome_fast/validate.py",
+        "rome_fast/cli/validate.py",
         "if value < low:",
         "if value < low - 1:",
         "options that must be >= 1 accept 0 (--stats-samples 0, --limit 0, --batch-size 0)",
@@ -469,7 +469,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "modes_without_default",
         "runs",
-        "rome_fast/eval/cli.py",
+        "rome_fast/cli/eval.py",
         'default="single",  # argparse takes the shared dest\'s default from the first action',
         "default=None,",
         "rome eval without --modes/--sequential stops with a traceback",
@@ -478,7 +478,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "editor_under_test_accepts_flip",
         "runs",
-        "rome_fast/eval/cli.py",
+        "rome_fast/cli/eval.py",
         '"--degrade flip": args.degrade == "flip" or None,',
         '"--degrade flip": None,',
         "rome eval --editor accepts --degrade flip (then stops with a traceback)",
@@ -487,7 +487,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "baseline_out_optional",
         "gates",
-        "rome_fast/eval/cli.py",
+        "rome_fast/cli/eval.py",
         'required=True,\n        help="the baseline file to write',
         'default=None,\n        help="the baseline file to write',
         "rome baseline without --out is not refused (the old default wrote into the package)",
@@ -505,7 +505,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "emulated_bf16_unsaid",
         "precision",
-        "rome_fast/precision.py",
+        "rome_fast/model/precision.py",
         'if device.type == "cpu" and cpu_bf16_is_emulated():',
         'if device.type == "cuda" and cpu_bf16_is_emulated():',
         "bf16 on a CPU that emulates it runs without the warning",
@@ -514,7 +514,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "warnings_with_source_lines",
         "cli",
-        "rome_fast/cli.py",
+        "rome_fast/cli/main.py",
         "warnings.showwarning = _one_line_warnings(args.command)",
         "pass  # Python's own display: file, line and source",
         "a command's warning reaches the user as file, line and source, not one line",

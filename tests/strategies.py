@@ -6,8 +6,8 @@ from dataclasses import replace
 
 from hypothesis import strategies as st
 
+from rome_fast.methods.rome.variants import BUILTIN_KEYS
 from rome_fast.testing import case_params
-from rome_fast.variants import BUILTIN_KEYS
 
 variants = st.sampled_from(tuple(BUILTIN_KEYS))
 

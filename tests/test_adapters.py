@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from rome_fast.adapters import adapter_for
-from rome_fast.hooks import capture
+from rome_fast.model.adapters import adapter_for
+from rome_fast.model.hooks import capture
 from tests.models import FAMILIES, tiny_model
 
 SPEC_TABLE = {

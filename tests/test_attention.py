@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from rome_fast.attention import GROUPED, grouped_kv_attention, sdpa_grouped
+from rome_fast.model.attention import GROUPED, grouped_kv_attention, sdpa_grouped
 from tests.models import pretrained, tiny_model
 
 CPU = torch.device("cpu")

@@ -7,15 +7,15 @@ import pytest
 import torch
 
 import rome_ref
-from rome_fast.testing import PropertyFailure, VariantCheckError, check_variant
-from rome_fast.update import RankOne, UpdateInputs, insertion_update
-from rome_fast.variants import (
+from rome_fast.methods.rome.update import RankOne, UpdateInputs, insertion_update
+from rome_fast.methods.rome.variants import (
     BUILTIN_KEYS,
     available_variants,
     get_variant,
     register_variant,
     unregister_variant,
 )
+from rome_fast.testing import PropertyFailure, VariantCheckError, check_variant
 
 
 def test_reference_states_the_same_variant_table_as_the_registry() -> None:

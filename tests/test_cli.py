@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from rome_fast.cli import main
+from rome_fast.cli.main import main
 from tests.models import require_smollm2
 
 EIFFEL = [

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rome_fast.cli import main
-from rome_fast.datadir import default_data_dir
+from rome_fast.cli.main import main
 from rome_fast.eval.gates import baselines_dir
+from rome_fast.infra.datadir import default_data_dir
 
 TINY = ["--model", "random:tiny-gpt2"]
 EDIT = ["edit", *TINY, "--prompt", "{} is in", "--subject", "Paris", "--target", "Rome"]
@@ -175,7 +175,7 @@ def test_baseline_needs_an_out_file(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_interrupted_eval_says_that_rerunning_resumes(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import rome_fast.eval.cli as eval_cli
+    import rome_fast.cli.eval as eval_cli
 
     def interrupted(_args: object) -> int:
         raise KeyboardInterrupt

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from rome_fast.cli import build_parser, main
-from rome_fast.cli_inputs import hparams_for_model, read_inputs
-from rome_fast.eval.cli import config_from_args
-from rome_fast.value import LOSS_PARTS
+from rome_fast.cli.eval import config_from_args
+from rome_fast.cli.inputs import hparams_for_model, read_inputs
+from rome_fast.cli.main import build_parser, main
+from rome_fast.edit.value import LOSS_PARTS
 from tests.models import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]

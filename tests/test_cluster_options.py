@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from rome_fast.cli import main
-from rome_fast.cluster import Cluster
-from rome_fast.datadir import default_data_dir
+from rome_fast.cli.main import main
+from rome_fast.infra.cluster import Cluster
+from rome_fast.infra.datadir import default_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = "counterfact/counterfact-rome-schema-sample.json"
@@ -51,7 +51,7 @@ def test_a_plain_run_never_imports_ray(tmp_path: Path) -> None:
     if not (default_data_dir() / SAMPLE).is_file():
         pytest.skip(f"CounterFact sample not found in {default_data_dir()}; set ROME_DATA_DIR")
     check = (
-        "import sys; from rome_fast.cli import main; code = main(sys.argv[1:]); "
+        "import sys; from rome_fast.cli.main import main; code = main(sys.argv[1:]); "
         "assert 'ray' not in sys.modules, 'a run without --workers imported ray'; "
         "sys.exit(code)"
     )

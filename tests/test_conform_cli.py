@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rome_fast.cli import main
+from rome_fast.cli.main import main
 
 FAST = ["--model", "random:tiny-gpt2", "--cases", "1", "--steps", "3", "--stats-samples", "16"]
 

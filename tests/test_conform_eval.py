@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rome_fast.cli import main
+from rome_fast.cli.main import main
 
 QUICK = [
     "--model",

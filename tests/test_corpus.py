@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rome_fast import corpus as corpora
-from rome_fast.datadir import default_data_dir
-from rome_fast.models import LoadedModel, load_model
+from rome_fast.infra.datadir import default_data_dir
+from rome_fast.model.loader import LoadedModel, load_model
+from rome_fast.stats import corpus as corpora
 
 # The release's layout: every line ends with a space, blank lines hold one space.
 WIKITEXT_SAMPLE = "".join(

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from rome_fast.datadir import default_data_dir
 from rome_fast.eval.data import cases_from_records, load_cases
+from rome_fast.infra.datadir import default_data_dir
 
 
 def data_file(relative: str) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rome_fast.cli import main
+from rome_fast.cli.main import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

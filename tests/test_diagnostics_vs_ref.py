@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import rome_ref
-from rome_fast.editor import Editor
-from rome_fast.naive import NaiveEditor
-from rome_fast.request import EditRequest
-from rome_fast.variants import BUILTIN_KEYS
-from rome_fast.weights import module_bias, weight_matrix
+from rome_fast.edit.editor import Editor
+from rome_fast.edit.naive import NaiveEditor
+from rome_fast.edit.request import EditRequest
+from rome_fast.methods.rome.variants import BUILTIN_KEYS
+from rome_fast.model.weights import module_bias, weight_matrix
 from tests.models import REQUEST, TEMPLATES, fresh_model, key_dim, random_spd, tiny_hparams
 
 LAYER = 1

@@ -18,20 +18,20 @@ from typing import Any
 import pytest
 import torch
 
-from rome_fast import stats
-from rome_fast.cluster import Cluster
-from rome_fast.corpus import from_texts
-from rome_fast.editor import Editor
-from rome_fast.eval.cli import EditorRecipe
+from rome_fast.cli.eval import EditorRecipe
+from rome_fast.edit.editor import Editor
 from rome_fast.eval.config import RunConfig
 from rome_fast.eval.data import Case
 from rome_fast.eval.distributed import run_on_cluster
 from rome_fast.eval.files import read_lines
 from rome_fast.eval.reproducibility import without_timings
 from rome_fast.eval.runner import Runner
-from rome_fast.hparams import hparams_for
-from rome_fast.models import LoadedModel, random_model
-from rome_fast.stats_parallel import sharded_collector
+from rome_fast.hparams.defaults import hparams_for
+from rome_fast.infra.cluster import Cluster
+from rome_fast.model.loader import LoadedModel, random_model
+from rome_fast.stats import collect as stats
+from rome_fast.stats.corpus import from_texts
+from rome_fast.stats.sharded import sharded_collector
 from tests.models import key_dim
 from tests.test_stats import varied_texts
 

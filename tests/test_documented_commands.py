@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from rome_fast.cli import build_parser
-from rome_fast.datadir import default_data_dir
-from rome_fast.precision import cpu_bf16_is_emulated
+from rome_fast.cli.main import build_parser
+from rome_fast.infra.datadir import default_data_dir
+from rome_fast.model.precision import cpu_bf16_is_emulated
 from tests.doc_commands import REPO, DocCommand, documented_commands, loads_a_model
 
 # The documented line (continuations joined, comments dropped) -> why the suite does not run it.
@@ -49,7 +49,7 @@ COMMANDS = documented_commands()
 def rome_script() -> list[str]:
     """The console script of this environment (``python -m`` when it is not installed)."""
     script = Path(sys.executable).with_name("rome")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "rome_fast.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "rome_fast.cli.main"]
 
 
 class Reader:

@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-import rome_fast.editor as editor_module
-from rome_fast.editor import Editor
-from rome_fast.guard import DisablingEditError, Guard
-from rome_fast.hparams import HParams
-from rome_fast.keys import Keys, compute_keys
-from rome_fast.models import LoadedModel
-from rome_fast.naive import NaiveEditor
-from rome_fast.request import EditRequest
-from rome_fast.update import RankOne
-from rome_fast.weights import apply_rank_one, weight_matrix
+import rome_fast.edit.editor as editor_module
+from rome_fast.edit.editor import Editor
+from rome_fast.edit.guard import DisablingEditError, Guard
+from rome_fast.edit.keys import Keys, compute_keys
+from rome_fast.edit.naive import NaiveEditor
+from rome_fast.edit.request import EditRequest
+from rome_fast.hparams.defaults import HParams
+from rome_fast.methods.rome.update import RankOne
+from rome_fast.model.loader import LoadedModel
+from rome_fast.model.weights import apply_rank_one, weight_matrix
 from tests.models import (
     EDIT,
     FAMILIES,
@@ -291,7 +291,7 @@ def test_unlocatable_subject_raises_and_leaves_the_model() -> None:
 def test_smollm2_counterfactual_edit_generalizes() -> None:
     require_smollm2()
     from rome_fast.eval.score import target_nll
-    from rome_fast.models import load_model
+    from rome_fast.model.loader import load_model
 
     loaded = load_model("smollm2")
     editor = Editor(loaded, seed=0)  # the model's own statistics settings (cached once)

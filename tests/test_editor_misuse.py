@@ -8,12 +8,12 @@ import copy
 import pytest
 import torch
 
-from rome_fast.context import context_limit
-from rome_fast.editor import Editor
+from rome_fast.edit.editor import Editor
+from rome_fast.edit.ownership import ForeignWriteError
+from rome_fast.edit.request import EditRequest
 from rome_fast.eval.score import generate, target_nll
-from rome_fast.models import LoadedModel, random_model
-from rome_fast.ownership import ForeignWriteError
-from rome_fast.request import EditRequest
+from rome_fast.model.context import context_limit
+from rome_fast.model.loader import LoadedModel, random_model
 from tests.models import (
     REQUEST,
     TEMPLATES,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from hypothesis import given
 
+from rome_fast.methods.rome.update import CovarianceFactor, rank_one_update
 from rome_fast.testing import CaseParams, make_case
-from rome_fast.update import CovarianceFactor, rank_one_update
 from tests.assertions import assert_matches_reference as compare
 from tests.strategies import cases, low_precision_cases, variants
 

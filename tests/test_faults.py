@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import torch
 
+from rome_fast.edit.ownership import stored_weight
 from rome_fast.eval import runner
 from rome_fast.eval.config import RunConfig
 from rome_fast.eval.runner import Runner
-from rome_fast.models import LoadedModel, random_model
-from rome_fast.ownership import stored_weight
+from rome_fast.model.loader import LoadedModel, random_model
 from tests.faults import Killed, first_difference, records, writes
 from tests.test_runs import LAYER, FakeEditor, config, make_cases
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from rome_fast.cli import main
-from rome_fast.fetch import MANIFEST
+from rome_fast.cli.main import main
+from rome_fast.infra.fetch import MANIFEST
 
 FILES = {
     "dsets/counterfact.json": b'[{"case_id": 0}]',

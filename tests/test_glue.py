@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from rome_fast.datadir import default_data_dir
 from rome_fast.eval.glue import TASKS, UNPARSED, build_prompts, evaluate_task, load_task
+from rome_fast.infra.datadir import default_data_dir
 
 RECORDS = [{"sentence": f"sentence {i}", "label": i % 2, "idx": i} for i in range(10)]
 

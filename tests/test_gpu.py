@@ -6,9 +6,9 @@ import pytest
 import torch
 from hypothesis import given
 
-from rome_fast.editor import Editor
-from rome_fast.models import random_model
-from rome_fast.request import EditRequest
+from rome_fast.edit.editor import Editor
+from rome_fast.edit.request import EditRequest
+from rome_fast.model.loader import random_model
 from rome_fast.testing import CaseParams
 from tests.assertions import assert_matches_reference
 from tests.models import REQUEST, TEMPLATES, key_dim, tiny_hparams

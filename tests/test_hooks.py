@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rome_fast.hooks import (
+from rome_fast.model.hooks import (
     StopForward,
     add_to_output,
     capture,

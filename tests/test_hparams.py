@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rome_fast.hparams import HParams, hparams_for
+from rome_fast.hparams.defaults import HParams, hparams_for
 
 
 @pytest.mark.parametrize(

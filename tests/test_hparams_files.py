@@ -8,22 +8,29 @@ from pathlib import Path
 import pytest
 import torch
 
-from rome_fast.covariance import default_covariance
-from rome_fast.editor import Editor
-from rome_fast.hparams import HParams, hparams_for
-from rome_fast.hparams_files import (
+from rome_fast.edit.editor import Editor
+from rome_fast.edit.request import EditRequest
+from rome_fast.hparams.defaults import HParams, hparams_for
+from rome_fast.hparams.files import (
     FIELDS,
     check_against_model,
     read_hparams_file,
     variant_from_flags,
 )
-from rome_fast.request import EditRequest
+from rome_fast.stats.covariance import default_covariance
 from tests.models import REQUEST, TEMPLATES, fresh_model, tiny_hparams, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ANCHORS = ROOT.parent / "shared" / "anchors"
 PUBLIC_JSON = sorted((ANCHORS / "rebuilding-rome" / "hparams" / "ROME").glob("*.json"))
-EASYEDIT_YAML = sorted((ANCHORS / "easyedit" / "hparams").glob("*/*.yaml"))
+# The ROME-family folders: the batched editors' files (MEMIT, EMMET, AlphaEdit) sit beside
+# them in the same checkout and are read by their own tests.
+ROME_FOLDERS = ("ROME", "R-ROME")
+EASYEDIT_YAML = sorted(
+    path
+    for folder in ROME_FOLDERS
+    for path in (ANCHORS / "easyedit" / "hparams" / folder).glob("*.yaml")
+)
 FIXTURES = ROOT / "fixtures" / "inputs"
 
 

@@ -3,7 +3,10 @@
 The rule (docs/ARCHITECTURE.md): ``rome_ref`` never imports ``rome_fast``; ``rome_fast``'s edit
 path (the editors and everything they import) never imports ``rome_ref``: the reference checks
 the editor's numbers, it is not part of them. The checkers (``rome_fast.testing``, the
-evaluation's metrics, the tests, the benchmarks) import both. Imports are read
+evaluation's metrics, the tests, the benchmarks) import both.
+
+The floors of ``rome_fast`` (docs/ARCHITECTURE.md): a folder imports only from its own folder
+and the floors below it, never from a floor above or a sibling on its own floor. Imports are read
 from the source (every ``import`` statement, at module level, in functions and under
 ``TYPE_CHECKING`` alike), so a lazy import does not hide an edge.
 """
@@ -16,7 +19,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("rome_fast", "rome_ref")
-EDIT_PATH = ("rome_fast.editor", "rome_fast.naive")  # and everything they import
+# Lowest first. `rome_fast.testing` (the battery) and `rome_fast.__init__` are the package's
+# public front: they sit with the top floor. The pytest entry of the conformance suite reads
+# its editor from the environment as `rome conform` reads it from the command line: it is a
+# command, on the commands' floor.
+FLOORS: tuple[tuple[str, ...], ...] = (
+    ("infra",),
+    ("solve",),
+    ("model",),
+    ("methods",),
+    ("hparams",),
+    ("stats",),
+    ("edit",),
+    ("eval", "conform"),
+    ("cli", "testing", ""),
+)
+COMMANDS = {"rome_fast.conform.test_conformance": "cli"}
+EDIT_PATH = ("rome_fast.edit.editor", "rome_fast.edit.naive")  # and everything they import
 
 
 def module_name(path: Path) -> str:
@@ -91,6 +110,63 @@ def test_the_package_import_graph_has_no_circles() -> None:
 def test_find_cycle_finds_a_circle() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def room_of(module: str) -> str:
+    """The folder of a ``rome_fast`` module (``""`` for the package itself)."""
+    if module in COMMANDS:
+        return COMMANDS[module]
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def floor_of(room: str) -> int:
+    for floor, rooms in enumerate(FLOORS):
+        if room in rooms:
+            return floor
+    raise AssertionError(f"rome_fast.{room} is on no floor: add it to FLOORS (and the map)")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Each import of a ``rome_fast`` module from a floor above its own or a sibling room."""
+    found = []
+    for name, deps in graph.items():
+        if not name.startswith("rome_fast"):
+            continue
+        room = room_of(name)
+        for dep in sorted(deps):
+            other = room_of(dep) if dep.startswith("rome_fast") else None
+            if other is None or other == room:
+                continue
+            if floor_of(other) >= floor_of(room):
+                found.append(f"{name} ({room or 'root'}) imports {dep} ({other or 'root'})")
+    return sorted(found)
+
+
+def test_every_folder_of_rome_fast_is_on_a_floor() -> None:
+    rooms = {
+        path.name for path in (ROOT / "rome_fast").iterdir() if (path / "__init__.py").exists()
+    }
+    rooms |= {path.stem for path in (ROOT / "rome_fast").glob("*.py") if path.stem != "__init__"}
+    missing = sorted(room for room in rooms if not any(room in floor for floor in FLOORS))
+    assert not missing, f"rome_fast folders on no floor (add them to FLOORS and the map): {missing}"
+
+
+def test_no_folder_imports_upward_or_sideways() -> None:
+    found = upward_imports(import_graph())
+    assert not found, "imports against the floors:\n" + "\n".join(found)
+
+
+def test_upward_imports_finds_an_arrow_up_and_a_sideways_one() -> None:
+    graph = {
+        "rome_fast.model.hooks": {"rome_fast.edit.keys"},  # up
+        "rome_fast.eval.runner": {"rome_fast.conform.run"},  # sideways, same floor
+        "rome_fast.edit.keys": {"rome_fast.model.hooks", "rome_fast.edit.request"},  # fine
+    }
+    assert upward_imports(graph) == [
+        "rome_fast.eval.runner (eval) imports rome_fast.conform.run (conform)",
+        "rome_fast.model.hooks (model) imports rome_fast.edit.keys (edit)",
+    ]
 
 
 def test_the_reference_never_imports_rome_fast() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rome_fast.hooks import capture
-from rome_fast.keys import compute_keys
-from rome_fast.tokens import apply_template, subject_last_index
+from rome_fast.edit.keys import compute_keys
+from rome_fast.model.hooks import capture
+from rome_fast.model.tokens import apply_template, subject_last_index
 from tests.models import EDIT, FAMILIES, REQUEST, TEMPLATES, at, tiny_model
 
 LAYER = 1

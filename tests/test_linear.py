@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rome_fast import linear
-from rome_fast.linear import onednn_available, onednn_linear, onednn_linears
-from rome_fast.naive import naive_value
-from rome_fast.value import compute_v_star
+from rome_fast.edit.naive import naive_value
+from rome_fast.edit.value import compute_v_star
+from rome_fast.model import linear
+from rome_fast.model.linear import onednn_available, onednn_linear, onednn_linears
 from tests.models import EDIT, FAMILIES, TEMPLATES, at, tiny_hparams, tiny_model
 
 pytestmark = pytest.mark.skipif(

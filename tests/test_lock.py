@@ -56,7 +56,7 @@ def test_second_eval_is_refused_at_once_naming_the_holder(
     before = sorted(p.name for p in out.iterdir())
     done = subprocess.run(
         [
-            *(sys.executable, "-m", "rome_fast.cli", "eval"),
+            *(sys.executable, "-m", "rome_fast.cli.main", "eval"),
             *("--model", "random:tiny-gpt2", "--modes", "single", "--out", str(out)),
         ],
         capture_output=True,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rome_fast.models import write_folder_once
+from rome_fast.model.loader import write_folder_once
 
 
 def write_files(folder: Path) -> None:

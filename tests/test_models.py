@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rome_fast.models import random_model
+from rome_fast.model.loader import random_model
 
 
 def test_a_seed_gives_the_same_weights_in_every_dtype() -> None:

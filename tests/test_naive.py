@@ -9,16 +9,16 @@ from typing import Any
 import pytest
 import torch
 
-from rome_fast.editor import Editor
-from rome_fast.hparams import HParams, hparams_for
-from rome_fast.keys import compute_keys
-from rome_fast.models import LoadedModel, load_model, random_model
-from rome_fast.naive import NaiveEditor, naive_keys, naive_value
-from rome_fast.request import EditRequest
-from rome_fast.templates import generate_context_templates
-from rome_fast.update import RankOne, UpdateInputs, insertion_update
-from rome_fast.value import compute_v_star
-from rome_fast.weights import module_bias, weight_matrix
+from rome_fast.edit.editor import Editor
+from rome_fast.edit.keys import compute_keys
+from rome_fast.edit.naive import NaiveEditor, naive_keys, naive_value
+from rome_fast.edit.request import EditRequest
+from rome_fast.edit.templates import generate_context_templates
+from rome_fast.edit.value import compute_v_star
+from rome_fast.hparams.defaults import HParams, hparams_for
+from rome_fast.methods.rome.update import RankOne, UpdateInputs, insertion_update
+from rome_fast.model.loader import LoadedModel, load_model, random_model
+from rome_fast.model.weights import module_bias, weight_matrix
 from tests.models import at, pretrained, require_smollm2
 from tests.public_rome import ANCHOR, CpuTokenizer, RecordedAdam, public_compute_v
 

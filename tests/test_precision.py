@@ -8,12 +8,12 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from rome_fast import precision
-from rome_fast.cli import main
-from rome_fast.editor import Editor
-from rome_fast.naive import NaiveEditor
-from rome_fast.precision import loop_precision
-from rome_fast.value import compute_v_star
+from rome_fast.cli.main import main
+from rome_fast.edit.editor import Editor
+from rome_fast.edit.naive import NaiveEditor
+from rome_fast.edit.value import compute_v_star
+from rome_fast.model import precision
+from rome_fast.model.precision import loop_precision
 from tests.models import EDIT, FAMILIES, TEMPLATES, at, tiny_hparams, tiny_model
 
 LAYER = 1

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import PreTrainedModel
 
-from rome_fast.models import LoadedModel
-from rome_fast.prefix import PrefixCache, align_subject_last
-from rome_fast.tokens import PromptBatch, apply_template, pad_id, subject_last_positions
+from rome_fast.edit.prefix import PrefixCache, align_subject_last
+from rome_fast.model.loader import LoadedModel
+from rome_fast.model.tokens import PromptBatch, apply_template, pad_id, subject_last_positions
 from tests.models import FAMILIES, REQUEST, TEMPLATES, tiny_model
 
 PROMPTS = [apply_template(t, REQUEST[0]) for t in TEMPLATES] + ["{} is a"]

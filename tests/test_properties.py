@@ -16,9 +16,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import rome_ref
+from rome_fast.methods.rome.update import CovarianceFactor, UpdateInputs, rank_one_update
+from rome_fast.methods.rome.variants import get_variant
 from rome_fast.testing import Case, CaseParams, make_case
-from rome_fast.update import CovarianceFactor, UpdateInputs, rank_one_update
-from rome_fast.variants import get_variant
 from tests.assertions import assert_close, assert_small, to_numpy, tolerance
 from tests.strategies import cases, misaligned_cases, small_cases, variants
 

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import torch
 
-from rome_fast.datadir import default_data_dir
-from rome_fast.editor import Editor
+from rome_fast.edit.editor import Editor
 from rome_fast.eval.case_scoring import metrics_of, score_case
 from rome_fast.eval.data import Case, load_cases
 from rome_fast.eval.score import target_nll
-from rome_fast.models import LoadedModel, load_model
+from rome_fast.infra.datadir import default_data_dir
+from rome_fast.model.loader import LoadedModel, load_model
 from rome_ref import metrics as ref
 from tests.models import TEMPLATES, fresh_model, key_dim, random_spd, require_smollm2, tiny_hparams
 from tests.public_evaluator import (

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from rome_fast.edit_log import read_log
-from rome_fast.request import TENSOR_FIELDS, EditResult
+from rome_fast.edit.log import read_log
+from rome_fast.edit.request import TENSOR_FIELDS, EditResult
 from tests.models import EDIT
 from tests.test_editor import make_editor
 

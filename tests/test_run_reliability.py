@@ -11,17 +11,17 @@ from typing import Any
 import pytest
 import torch
 
-from rome_fast.cli import build_parser
+from rome_fast.cli.eval import config_from_args
+from rome_fast.cli.main import build_parser
+from rome_fast.edit.ownership import stored_weight
 from rome_fast.eval import runner
-from rome_fast.eval.cli import config_from_args
 from rome_fast.eval.data import resolve_data_path
 from rome_fast.eval.files import read_lines, write_json
 from rome_fast.eval.gates import compare
 from rome_fast.eval.glue import TASKS as GLUE_TASKS
 from rome_fast.eval.runner import Runner
-from rome_fast.hparams import hparams_for
-from rome_fast.models import LoadedModel
-from rome_fast.ownership import stored_weight
+from rome_fast.hparams.defaults import hparams_for
+from rome_fast.model.loader import LoadedModel
 from tests.faults import Killed, writes
 from tests.test_runs import FakeEditor, config, loaded, make_cases, one_thread
 

@@ -11,20 +11,20 @@ from typing import Any
 import pytest
 import torch
 
-from rome_fast.datadir import default_data_dir
-from rome_fast.editor import Editor
-from rome_fast.eval.cli import fresh_editors
+from rome_fast.cli.eval import fresh_editors
+from rome_fast.edit.editor import Editor
+from rome_fast.edit.naive import NaiveEditor
+from rome_fast.edit.ownership import stored_weight
+from rome_fast.edit.request import EditResult
 from rome_fast.eval.config import RunConfig
 from rome_fast.eval.data import Case, load_cases
 from rome_fast.eval.files import read_lines
 from rome_fast.eval.gates import compare
 from rome_fast.eval.report import write_report
 from rome_fast.eval.runner import Runner
-from rome_fast.hparams import hparams_for
-from rome_fast.models import LoadedModel, random_model
-from rome_fast.naive import NaiveEditor
-from rome_fast.ownership import stored_weight
-from rome_fast.request import EditResult
+from rome_fast.hparams.defaults import hparams_for
+from rome_fast.infra.datadir import default_data_dir
+from rome_fast.model.loader import LoadedModel, random_model
 from tests.models import key_dim, pretrained
 
 LAYER = 1

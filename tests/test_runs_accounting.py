@@ -11,7 +11,7 @@ import pytest
 from rome_fast.eval.collapse import entropy_threshold
 from rome_fast.eval.files import read_lines
 from rome_fast.eval.runner import Runner
-from rome_fast.models import LoadedModel, random_model
+from rome_fast.model.loader import LoadedModel, random_model
 from rome_ref import metrics as ref
 from tests.test_runs import FakeEditor, _kill_at, config, loaded, make_cases, one_thread
 

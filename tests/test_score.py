@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rome_fast.eval.score import generate, target_ids, target_nll
-from rome_fast.models import LoadedModel, random_model
+from rome_fast.model.loader import LoadedModel, random_model
 
 PROMPTS = ["The mother tongue of Danielle Darrieux is", "Paris is the capital of", "A"]
 TARGETS = ["French", "the French Republic", "B"]

@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from rome_fast import stats
-from rome_fast.corpus import Corpus, from_texts
-from rome_fast.hooks import capture
-from rome_fast.models import LoadedModel, load_model
-from rome_fast.ownership import stored_weight
-from rome_fast.weights import weight_matrix
+from rome_fast.edit.ownership import stored_weight
+from rome_fast.model.hooks import capture
+from rome_fast.model.loader import LoadedModel, load_model
+from rome_fast.model.weights import weight_matrix
+from rome_fast.stats import collect as stats
+from rome_fast.stats.corpus import Corpus, from_texts
 from tests.models import key_dim
 
 LAYER = 1

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from rome_fast import stats
-from rome_fast.corpus import from_texts
-from rome_fast.models import LoadedModel, random_model
+from rome_fast.model.loader import LoadedModel, random_model
+from rome_fast.stats import collect as stats
+from rome_fast.stats.corpus import from_texts
 from tests.models import key_dim
 
 TEXTS = ["The quick brown fox jumps over the lazy dog."] * 6

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rome_fast.template_files import parse_templates, read_templates
+from rome_fast.edit.template_files import parse_templates, read_templates
 
 
 def test_one_per_line_keeps_spaces_and_skips_blank_lines() -> None:

@@ -8,14 +8,13 @@ import unicodedata
 import pytest
 import torch
 
-from rome_fast.hparams import hparams_for
-from rome_fast.templates import (
-    PUBLIC_SCHEDULE,
+from rome_fast.edit.templates import (
     generate_context_templates,
     sample_top_k,
     start_token_id,
 )
-from rome_fast.tokens import escape_braces, split_prompt
+from rome_fast.hparams.defaults import PUBLIC_SCHEDULE, hparams_for
+from rome_fast.model.tokens import escape_braces, split_prompt
 from tests.models import require_smollm2, tiny_model
 
 SMALL = ((3, 2), (4, 2))
@@ -91,7 +90,7 @@ def test_gpt2_starts_from_endoftext() -> None:
 @pytest.mark.smollm2
 def test_smollm2_starts_from_its_document_separator() -> None:
     require_smollm2()
-    from rome_fast.models import load_model
+    from rome_fast.model.loader import load_model
 
     tok = load_model("smollm2").tokenizer
     assert start_token_id(tok) == 0 != tok.bos_token_id

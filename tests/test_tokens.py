@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from transformers import PreTrainedTokenizerBase
 
-from rome_fast.tokens import (
+from rome_fast.model.tokens import (
     apply_template,
     split_prompt,
     subject_last_index,

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rome_fast.editor import Editor
-from rome_fast.request import EditRequest
-from rome_fast.user_variants import load_variant, resolve_variant
-from rome_fast.variants import available_variants
+from rome_fast.cli.user_variants import load_variant, resolve_variant
+from rome_fast.edit.editor import Editor
+from rome_fast.edit.request import EditRequest
+from rome_fast.methods.rome.variants import available_variants
 from tests.models import REQUEST, TEMPLATES, fresh_model, key_dim, random_spd, tiny_hparams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("clean_registry")
 
 def write_module(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "mine.py"
-    path.write_text("from rome_fast.variants import get_variant\n" + body)
+    path.write_text("from rome_fast.methods.rome.variants import get_variant\n" + body)
     return path
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rome_fast.update import CovarianceFactor, RankOne, UpdateInputs, rank_one_update
+from rome_fast.methods.rome.update import CovarianceFactor, RankOne, UpdateInputs, rank_one_update
 
 
 def inputs(d_out: int = 3, d_in: int = 4) -> dict[str, torch.Tensor]:

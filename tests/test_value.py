@@ -1,5 +1,5 @@
 """v*: the public code's loss and loop, checked against the written-out loop on full logits
-(``rome_fast.naive.naive_value``, the naive yardstick's own v*).
+(``rome_fast.edit.naive.naive_value``, the naive yardstick's own v*).
 
 The fast loop (prefix cache, suffix-only passes, gathered read-out) must give the plain
 full-forward loop's loss trace, step count and v* up to float rounding.
@@ -10,11 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rome_fast.hooks import capture
-from rome_fast.naive import naive_value
-from rome_fast.request import EditRequest
-from rome_fast.tokens import subject_last_index
-from rome_fast.value import (
+from rome_fast.edit.naive import naive_value
+from rome_fast.edit.request import EditRequest
+from rome_fast.edit.value import (
     LOSS_PARTS,
     build_value_batch,
     compute_v_star,
@@ -22,6 +20,8 @@ from rome_fast.value import (
     readout_logits,
     target_token_ids,
 )
+from rome_fast.model.hooks import capture
+from rome_fast.model.tokens import subject_last_index
 from tests.models import EDIT, FAMILIES, REQUEST, TEMPLATES, at, tiny_hparams, tiny_model
 
 LAYER = 1
@@ -160,7 +160,7 @@ def reproduce_call(family: str, padding_side: str, case: str) -> str:
         f"loaded = tiny_model({family!r}); hp = tiny_hparams({family!r}, "
         f"padding_side={padding_side!r}, v_num_grad_steps=4)\n"
         f"args = (*at(loaded, {LAYER}), {request!r}, {templates!r}, hp)\n"
-        "compute_v_star(*args); naive_value(*args)  # rome_fast.naive"
+        "compute_v_star(*args); naive_value(*args)  # rome_fast.edit.naive"
     )
 
 

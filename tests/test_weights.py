@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from rome_fast.update import RankOne
-from rome_fast.weights import apply_rank_one, module_bias, weight_matrix
+from rome_fast.methods.rome.update import RankOne
+from rome_fast.model.weights import apply_rank_one, module_bias, weight_matrix
 
 
 def make_module(kind: str, d_out: int, d_in: int, dtype: torch.dtype) -> Conv1D | nn.Linear:

@@ -26,9 +26,9 @@ from rome_fast.conform.patches import cuda_calls_to, default_dtype, patched
 from rome_fast.conform.properties import keys_of
 from rome_fast.conform.protocol import ConformInputs
 from rome_fast.conform.public import LAYOUTS, PublicEditor
-from rome_fast.hparams import HParams, hparams_for
-from rome_fast.models import LoadedModel, random_model
-from rome_fast.request import EditRequest
+from rome_fast.edit.request import EditRequest
+from rome_fast.hparams.defaults import HParams, hparams_for
+from rome_fast.model.loader import LoadedModel, random_model
 
 QUANTITIES = ("k_star", "k_prompt", "v_star", "delta")
 
@@ -170,7 +170,7 @@ def main() -> None:
     for family in ("tiny-gpt2", "tiny-gptj"):
         hparams = hparams_for(family).replace(v_num_grad_steps=args.steps)
         loaded = random_model(family)
-        from rome_fast.stats import layer_second_moment
+        from rome_fast.stats.collect import layer_second_moment
 
         C = layer_second_moment(loaded, hparams.layer, n_samples=128, progress=False)
         for variant in ("rome", "r-rome", "p-rome"):

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from rome_fast.request import EditRequest
+from rome_fast.edit.request import EditRequest
 
 CASES: tuple[EditRequest, ...] = (
     EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris", 0),

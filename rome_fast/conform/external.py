@@ -12,10 +12,10 @@ from torch import Tensor
 
 from rome_fast.conform.protocol import ConformInputs, EditorUnderTest
 from rome_fast.conform.run import EditorFailed, edit_in_place
-from rome_fast.hparams import HParams
-from rome_fast.models import LoadedModel
-from rome_fast.request import EditRequest
-from rome_fast.site import EditedSite
+from rome_fast.edit.request import EditRequest
+from rome_fast.hparams.defaults import HParams
+from rome_fast.model.loader import LoadedModel
+from rome_fast.model.site import EditedSite
 
 
 def run_label(editor: EditorUnderTest) -> str:

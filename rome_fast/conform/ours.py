@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rome_fast.conform.protocol import ConformInputs
-from rome_fast.editor import Editor
-from rome_fast.request import EditResult
-from rome_fast.update import Variant
-from rome_fast.variants import get_variant
+from rome_fast.edit.editor import Editor
+from rome_fast.edit.request import EditResult
+from rome_fast.methods.rome.update import Variant
+from rome_fast.methods.rome.variants import get_variant
 
 
 def editor_for(inputs: ConformInputs) -> Editor:
@@ -24,7 +24,8 @@ def editor_for(inputs: ConformInputs) -> Editor:
 
 @dataclass
 class OurEditor:
-    """``rome_fast.editor.Editor`` with the harness's templates, C, hyperparameters and seed."""
+    """Our ``Editor`` (``rome_fast.edit.editor``) with the harness's templates, C, hyperparameters
+    and seed."""
 
     config: str | Variant = "r-rome"  # a registered name or a fn(UpdateInputs) -> RankOne
     uncontrolled: list[str] = field(default_factory=list)

@@ -25,10 +25,10 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor
 
-from rome_fast.hparams import HParams
-from rome_fast.models import LoadedModel
-from rome_fast.request import EditRequest
-from rome_fast.site import EditedSite
+from rome_fast.edit.request import EditRequest
+from rome_fast.hparams.defaults import HParams
+from rome_fast.model.loader import LoadedModel
+from rome_fast.model.site import EditedSite
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ from rome_fast.conform.properties import (
     measure,
 )
 from rome_fast.conform.protocol import ConformInputs, EditorUnderTest
-from rome_fast.hparams import HParams
-from rome_fast.models import LoadedModel
-from rome_fast.request import EditRequest
+from rome_fast.edit.request import EditRequest
+from rome_fast.hparams.defaults import HParams
+from rome_fast.model.loader import LoadedModel
 
 
 @dataclass(frozen=True)

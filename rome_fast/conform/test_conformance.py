@@ -24,7 +24,7 @@ from rome_fast.conform.run import ConformReport
 
 
 def _settings() -> argparse.Namespace:
-    from rome_fast.conform.cli import PATH_VARIABLE
+    from rome_fast.cli.conform import PATH_VARIABLE
 
     editor = os.environ.get("ROME_CONFORM_EDITOR")
     if not editor:
@@ -54,7 +54,7 @@ def _settings() -> argparse.Namespace:
 
 @functools.cache
 def _report() -> ConformReport:
-    from rome_fast.conform.cli import conformance_report
+    from rome_fast.cli.conform import conformance_report
 
     return conformance_report(_settings())
 

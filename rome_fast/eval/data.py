@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rome_fast.datadir import HOW_TO_GET, default_data_dir, describe_data_dir
+from rome_fast.infra.datadir import HOW_TO_GET, default_data_dir, describe_data_dir
 
 if TYPE_CHECKING:
-    from rome_fast.request import EditRequest
+    from rome_fast.edit.request import EditRequest
 
 SCHEMAS = ("counterfact", "counterfact-reduced", "zsre")
 
@@ -52,7 +52,7 @@ class Case:
         return self.prompt.replace("{}", self.subject)
 
     def request(self) -> EditRequest:
-        from rome_fast.request import EditRequest  # imports torch and transformers: on demand
+        from rome_fast.edit.request import EditRequest  # imports torch and transformers: on demand
 
         return EditRequest(
             prompt=self.prompt,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rome_fast.edit.ownership import copy_weight, stored_weight
+from rome_fast.edit.prepared import PreparedEdit
+from rome_fast.edit.request import EditRequest, EditResult
 from rome_fast.eval.config import DEGRADE_MODES
 from rome_fast.eval.protocols import OurEditor
-from rome_fast.ownership import copy_weight, stored_weight
-from rome_fast.prepared import PreparedEdit
-from rome_fast.request import EditRequest, EditResult
 
 
 class DegradedEditor:
@@ -38,7 +38,7 @@ class DegradedEditor:
         if self.mode == "zero":
             self.editor.revert(result)
         else:
-            from rome_fast.weights import apply_rank_one
+            from rome_fast.model.weights import apply_rank_one
 
             module = self.model.get_submodule(result.module_name)
             self._unflipped[result.module_name] = stored_weight(module).detach().clone()

@@ -11,7 +11,7 @@ A worker that dies loses nothing: its unfinished cases go to a replacement actor
 restarts from its last checkpoint (the rows after it are redone, as on a resumed run). The
 summary's ``execution`` says how many cases were retried.
 
-Ray itself is reached through ``rome_fast.cluster``, imported only when asked for.
+Ray itself is reached through ``rome_fast.infra.cluster``, imported only when asked for.
 """
 
 from __future__ import annotations
@@ -32,17 +32,24 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import torch
 from tqdm import tqdm
 
-from rome_fast.cluster import Cluster, WorkerLost, actor_factory, connected, fetch, worker_count
 from rome_fast.eval.config import RunConfig
 from rome_fast.eval.data import Case
 from rome_fast.eval.files import read_lines
 from rome_fast.eval.reproducibility import kernel_settings
 from rome_fast.eval.runner import Runner
-from rome_fast.linear import onednn_is_faster, pin_onednn
+from rome_fast.infra.cluster import (
+    Cluster,
+    WorkerLost,
+    actor_factory,
+    connected,
+    fetch,
+    worker_count,
+)
+from rome_fast.model.linear import onednn_is_faster, pin_onednn
 
 if TYPE_CHECKING:
-    from rome_fast.editor import Editor
-    from rome_fast.models import LoadedModel
+    from rome_fast.edit.editor import Editor
+    from rome_fast.model.loader import LoadedModel
 
 MAX_ATTEMPTS = 3  # a case (or stream) whose worker died this often fails the run
 
@@ -80,7 +87,7 @@ class EvalWorker:
     """One model and one editor on one device (a Ray actor); the driver asks it for rows."""
 
     def __init__(self, spec: WorkerSpec) -> None:
-        from rome_fast.models import load_model
+        from rome_fast.model.loader import load_model
 
         pin_onednn(spec.onednn)
         torch.set_num_threads(spec.threads)

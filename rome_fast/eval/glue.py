@@ -19,9 +19,9 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from rome_fast.context import check_fits
-from rome_fast.datadir import default_data_dir
 from rome_fast.eval.score import generate
+from rome_fast.infra.datadir import default_data_dir
+from rome_fast.model.context import check_fits
 from rome_ref.metrics import accuracy, f1_score, matthews_corrcoef
 
 UNPARSED = -1

@@ -8,8 +8,8 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-from rome_fast.prepared import PreparedEdit
-from rome_fast.request import EditRequest, EditResult
+from rome_fast.edit.prepared import PreparedEdit
+from rome_fast.edit.request import EditRequest, EditResult
 
 
 class SingleWork(Protocol):
@@ -51,7 +51,7 @@ ResultT = TypeVar("ResultT", bound=EditOutcome)
 
 
 class EditorLike(Protocol[PreparedT, ResultT]):
-    """What runs need from an editor: ours (:class:`rome_fast.editor.Editor`,
+    """What runs need from an editor: ours (:class:`rome_fast.edit.editor.Editor`,
     ``EditorLike[PreparedEdit, EditResult]``) or one under test
     (``rome_fast.conform.external``, whose results are measured from the weights)."""
 

@@ -12,8 +12,8 @@ TIMING_KEYS = frozenset({"timings", "edit_seconds"})  # wall-clock: differ betwe
 
 def kernel_settings() -> dict[str, Any]:
     """What float32 CPU results round by, besides the inputs: intra-op threads and the
-    measured oneDNN-or-MKL choice (``rome_fast.linear``), recorded with every run."""
-    from rome_fast.linear import onednn_is_faster
+    measured oneDNN-or-MKL choice (``rome_fast.model.linear``), recorded with every run."""
+    from rome_fast.model.linear import onednn_is_faster
 
     return {"threads": torch.get_num_threads(), "onednn": onednn_is_faster()}
 

@@ -55,8 +55,8 @@ from rome_fast.eval.reproducibility import kernel_settings
 from rome_fast.eval.resume import resume_rows
 from rome_fast.eval.snapshots import WeightGuard, editable_module_names
 from rome_fast.eval.summary import summarize
-from rome_fast.models import LoadedModel
-from rome_fast.timer import PhaseTimer
+from rome_fast.infra.timer import PhaseTimer
+from rome_fast.model.loader import LoadedModel
 
 T = TypeVar("T")
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from rome_fast.context import check_fits
+from rome_fast.model.context import check_fits
 
 PADDING_SIDES = ("right", "left")
 

@@ -9,9 +9,9 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from rome_fast.edit.ownership import stored_weight
 from rome_fast.eval.protocols import AnyEditor
-from rome_fast.models import LoadedModel
-from rome_fast.ownership import stored_weight
+from rome_fast.model.loader import LoadedModel
 
 
 def module_weight(model: nn.Module, name: str) -> torch.Tensor:

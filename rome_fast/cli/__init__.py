@@ -1,0 +1,1 @@
+"""The `rome` command line: one module per command, the options they share."""

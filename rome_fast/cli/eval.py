@@ -1,0 +1,400 @@
+"""``rome eval`` and ``rome gate``: argument definitions and entry points."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rome_fast.cli.inputs import DEFAULT_VARIANTS, hparams_for_model, read_inputs
+from rome_fast.cli.options import (
+    DTYPES,
+    VARIANTS_HELP,
+    add_cluster_arguments,
+    add_model_arguments,
+    build_editor,
+    cluster_from_args,
+    corpus_from_args,
+    load_from_args,
+)
+from rome_fast.cli.validate import (
+    check_out_file,
+    check_out_folder,
+    check_variants,
+    int_at_least,
+    names,
+)
+from rome_fast.eval.config import DEGRADE_MODES, RunConfig
+from rome_fast.eval.data import Case, load_cases, resolve_data_path
+from rome_fast.eval.files import read_json_object, write_json
+from rome_fast.eval.gates import check_summary_file
+from rome_fast.eval.glue import TASKS as GLUE_TASKS
+from rome_fast.eval.glue import task_file
+from rome_fast.eval.lock import FolderLockedError, run_folder_lock
+from rome_fast.eval.report import format_summary, write_report
+from rome_fast.eval.runner import Runner
+from rome_fast.infra.cluster import Cluster
+from rome_fast.infra.digests import sha256_of
+
+if TYPE_CHECKING:
+    from rome_fast.edit.editor import Editor
+    from rome_fast.hparams.defaults import HParams
+    from rome_fast.model.loader import LoadedModel
+    from rome_fast.solve.rank_one import CovarianceFactor
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """Model options (``rome_fast.cli.main.add_model_arguments``) and the evaluation's own."""
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--data",
+        default="counterfact/counterfact-val.json",
+        help="CounterFact (original or reduced schema) or zsRE (MEND) file; a "
+        "relative path is also looked up in the data folder",
+    )
+    parser.add_argument("--variants", default=None, help=VARIANTS_HELP)
+    from rome_fast.cli.conform import add_editor_arguments
+
+    add_editor_arguments(
+        parser.add_argument_group("an editor under test instead of ours"), required=False
+    )
+    parser.add_argument(
+        "--limit", type=int_at_least(1), default=100, help="cases to run (from --offset)"
+    )
+    parser.add_argument("--offset", type=int_at_least(0), default=0)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--sequential",
+        dest="modes",
+        action="store_const",
+        const="sequential",
+        default="single",  # argparse takes the shared dest's default from the first action
+        help="edits accumulate on one model (default: each edit alone)",
+    )
+    mode.add_argument(
+        "--modes", dest="modes", default="single", help="comma-separated: single, sequential"
+    )
+    parser.add_argument(
+        "--glue-every",
+        type=int_at_least(0),
+        default=0,
+        help="sequential runs: downstream checks before the first edit and every K edits (0: off)",
+    )
+    parser.add_argument("--glue-data", default=None, help="folder with {sst2,mrpc,cola,rte}.jsonl")
+    parser.add_argument("--glue-n", type=int_at_least(1), default=50, help="examples per GLUE task")
+    parser.add_argument("--glue-shots", type=int_at_least(0), default=2)
+    parser.add_argument("--batch-size", type=int_at_least(1), default=16)
+    parser.add_argument(
+        "--generations",
+        type=int_at_least(1),
+        default=10,
+        help="generations per edit for the entropy check",
+    )
+    parser.add_argument("--generation-tokens", type=int_at_least(1), default=50)
+    parser.add_argument(
+        "--collapse-factor",
+        type=float,
+        default=10.0,
+        help="flag an edit whose |Δ| exceeds this × the running median",
+    )
+    parser.add_argument(
+        "--collapse-entropy",
+        type=float,
+        default=None,
+        help="flag generation entropy (bits) below this (default: half the unedited model's)",
+    )
+    parser.add_argument(
+        "--degrade",
+        choices=DEGRADE_MODES,
+        default="none",
+        help="deliberately break the editor (zero: no update, flip: −ΔW) to "
+        "check that a gate fails",
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="run folder; rerunning with the same folder resumes"
+    )
+    add_cluster_arguments(parser)
+
+
+def config_from_args(args: argparse.Namespace, model_name: str, hparams: HParams) -> RunConfig:
+    """The run's options; layer and v* precision as the editor's ``hparams`` hold them."""
+    read_inputs(args)
+    return RunConfig(
+        model=model_name,
+        data=str(args.data),
+        variants=tuple(names(args.variants or DEFAULT_VARIANTS)),
+        layer=hparams.layer,
+        impl=args.impl,
+        v_precision=hparams.v_precision,
+        dtype=args.dtype,
+        modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
+        limit=args.limit,
+        offset=args.offset,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        n_generations=args.generations,
+        generation_tokens=args.generation_tokens,
+        collapse_factor=args.collapse_factor,
+        collapse_entropy=args.collapse_entropy,
+        glue_every=args.glue_every,
+        glue_data=args.glue_data,
+        glue_n=args.glue_n,
+        glue_shots=args.glue_shots,
+        degrade=args.degrade,
+        # Resolved: a resume from another working directory names the same files.
+        stats_npz=None if args.stats_npz is None else str(args.stats_npz.resolve()),
+        stats_corpus=None if args.stats_corpus is None else str(args.stats_corpus.resolve()),
+        stats_samples=args.stats_samples,
+        hparams=dataclasses.asdict(hparams),
+        templates=None if args.fixed_templates is None else tuple(args.fixed_templates),
+        input_digests=input_digests(args),
+    )
+
+
+def input_digests(args: argparse.Namespace) -> dict[str, str]:
+    """The content of every file the run reads besides the model, keyed by option."""
+    digests = {"data": sha256_of(resolve_data_path(args.data))}
+    if args.stats_npz is not None:
+        digests["stats_npz"] = sha256_of(args.stats_npz)
+    corpus = corpus_from_args(args)
+    if corpus is not None:
+        digests["stats_corpus"] = corpus.identifier
+    if args.glue_every:
+        for name in GLUE_TASKS:
+            digests[f"glue:{name}"] = sha256_of(task_file(name, args.glue_data))
+    return digests
+
+
+@dataclass(frozen=True)
+class EditorRecipe:
+    """Editors of one class (``--impl naive`` stays naive) and settings, sharing context
+    templates and C computed once on the unedited model: called with a loaded model (this
+    process's or a worker's), it returns a new editor of that model."""
+
+    cls: type[Editor]
+    hparams: HParams
+    seed: int
+    templates: list[str]
+    covariance: CovarianceFactor
+
+    @classmethod
+    def of(cls, editor: Editor) -> EditorRecipe:
+        covariance = editor.covariance(editor.layer)
+        return cls(type(editor), editor.hparams, editor.seed, editor.templates, covariance)
+
+    def __call__(self, loaded: LoadedModel) -> Editor:
+        return self.cls(
+            loaded,
+            hparams=self.hparams,
+            seed=self.seed,
+            stats=self.covariance,
+            templates=self.templates,
+        )
+
+
+def fresh_editors(editor: Editor) -> Callable[[], Editor]:
+    """New editors like ``editor`` (see :class:`EditorRecipe`) of its model."""
+    recipe = EditorRecipe.of(editor)
+    return lambda: recipe(editor.loaded)
+
+
+def _run_locked(args: argparse.Namespace, cluster: Cluster | None) -> dict[str, Any]:
+    from rome_fast.eval.glue import evaluate_glue
+
+    cases = load_cases(args.data, limit=args.limit, offset=args.offset)
+    if args.editor is not None:
+        return _external_runner(args, cases).run()
+    editor = build_editor(args)
+    loaded = editor.loaded
+    cfg = config_from_args(args, loaded.name, editor.hparams)
+    if cfg.glue_every and "sequential" in cfg.modes:
+        evaluate_glue(
+            loaded.model,
+            loaded.tokenizer,
+            data_dir=cfg.glue_data,
+            n=cfg.glue_n,
+            shots=cfg.glue_shots,
+            seed=cfg.seed,
+            check_only=True,
+        )
+    runner = Runner(
+        loaded,
+        editor,
+        cases,
+        cfg,
+        args.out,
+        fresh_editor=fresh_editors(editor),
+        progress=cluster is None,
+    )
+    if cluster is None:
+        return runner.run()
+    from rome_fast.eval.distributed import run_on_cluster
+
+    return run_on_cluster(
+        runner,
+        EditorRecipe.of(editor),
+        cluster,
+        model=args.model,
+        dtype=DTYPES[args.dtype],
+        seed=args.seed,
+    )
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Run, write ``summary.json``, the table and the plots; print the table."""
+    # Every option is checked before the model loads and before anything is written.
+    read_inputs(args)
+    if args.editor is None:
+        check_variants(names(args.variants))
+    cluster = cluster_from_args(args)  # a missing Ray is reported here
+    if cluster is not None and args.editor is not None:
+        raise ValueError("--workers/--ray-address shard our editor's runs; drop them with --editor")
+    check_out_folder(args.out)
+    if args.stats_npz is not None and not args.stats_npz.is_file():
+        raise FileNotFoundError(f"--stats-npz {args.stats_npz} does not exist")
+    existed = args.out.exists()
+    try:
+        # Taken before the data and the model load: a second writer is refused at once.
+        with run_folder_lock(args.out):
+            summary = _run_locked(args, cluster)
+    except FolderLockedError:
+        raise  # the folder is the other writer's
+    except (ValueError, OSError):
+        # A first run refused before its first case leaves no folder behind (a rerun
+        # with corrected options would be refused as a different run otherwise).
+        if not existed and not any(args.out.glob("*.jsonl")):
+            shutil.rmtree(args.out, ignore_errors=True)
+        raise
+    paths = write_report(Path(args.out), summary)
+    print(format_summary(summary))
+    print("wrote " + ", ".join(str(p) for p in [Path(args.out) / "summary.json", *paths]))
+    return 0
+
+
+def _external_runner(args: argparse.Namespace, cases: list[Case]) -> Runner:
+    """The run on an editor under test (``--editor``), with the harness's templates and C."""
+    from rome_fast.cli.conform import editor_from_spec, harness_inputs
+    from rome_fast.conform.external import ExternalEditor
+
+    ours_only = {
+        "--variants": args.variants,
+        "--impl naive": args.impl == "naive" or None,
+        "--precision": args.precision != "fp32" or None,
+        # flip negates our result's rank-one update, which an editor under test does not return
+        "--degrade flip": args.degrade == "flip" or None,
+    }
+    given = [flag for flag, value in ours_only.items() if value is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} set our editor's options; drop them with --editor")
+    under_test = editor_from_spec(args.editor, args.editor_path, args.config)
+    loaded = load_from_args(args)
+    hparams = hparams_for_model(args, loaded)
+    C, templates = harness_inputs(args, loaded, hparams)
+    editor = ExternalEditor(under_test, loaded, hparams, C, templates, args.seed)
+    config = config_from_args(args, loaded.name, hparams)
+    config = dataclasses.replace(config, variants=(editor.label,))
+    return Runner(loaded, editor, cases, config, args.out)
+
+
+def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--summary", type=Path, required=True, help="a run's summary.json")
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        required=True,
+        help="baseline file, or the name of a shipped baseline (repeatable)",
+    )
+    parser.add_argument(
+        "--allow-model-mismatch",
+        action="store_true",
+        help="compare a run on one model with another model's baseline",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write the checks here")
+    parser.add_argument(
+        "--allow-small-run",
+        action="store_true",
+        help="compare a run with fewer cases than the baseline (its tolerance does not hold)",
+    )
+
+
+def run_gate(args: argparse.Namespace) -> int:
+    """0 when every baseline passes, 1 otherwise (each failing metric printed)."""
+    if args.json is not None:
+        check_out_file(args.json)
+    results = [
+        check_summary_file(
+            args.summary,
+            b,
+            allow_model_mismatch=args.allow_model_mismatch,
+            allow_small_run=args.allow_small_run,
+        )
+        for b in args.baseline
+    ]
+    for result in results:
+        print(result.report())
+    if args.json is not None:
+        write_json(
+            args.json,
+            [
+                {
+                    "baseline": r.baseline,
+                    "mode": r.mode,
+                    "passed": r.passed,
+                    "failures": [c.describe() for c in r.failures],
+                }
+                for r in results
+            ],
+        )
+    return 0 if all(r.passed for r in results) else 1
+
+
+def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--summary", type=Path, required=True, help="a measured run's summary")
+    parser.add_argument("--mode", choices=("single", "sequential"), required=True)
+    parser.add_argument("--name", required=True, help="the baseline's name (and file stem)")
+    parser.add_argument("--source", required=True, help="how the run was made: command, machine")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        required=True,
+        help="allowed drop in points (×100 scale) for every metric",
+    )
+    parser.add_argument("--tolerance-note", default="", help="why this tolerance")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="the baseline file to write (to refresh a shipped one, its file in a checkout: "
+        "rome_fast/eval/baselines/NAME.json)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing baseline file"
+    )
+
+
+def run_baseline(args: argparse.Namespace) -> int:
+    """Write a baseline from a measured run (the project's own numbers, never invented)."""
+    from rome_fast.eval.gates import baseline_from_summary
+
+    out = args.out
+    if out.exists() and not args.overwrite:
+        raise ValueError(
+            f"baseline {out} exists; pass --overwrite to replace it, or choose another --name"
+        )
+    check_out_file(out, "--out")
+    summary = read_json_object(args.summary, "run summary (summary.json)")
+    baseline = baseline_from_summary(
+        summary,
+        args.mode,
+        name=args.name,
+        source=args.source,
+        tolerance={"default": args.tolerance},
+        tolerance_note=args.tolerance_note,
+    )
+    write_json(out, baseline)
+    print(f"wrote {out}")
+    return 0

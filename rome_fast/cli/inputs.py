@@ -1,0 +1,102 @@
+"""Inputs users already hold, on every command that edits: ``--hparams``, ``--templates``,
+and user variants in ``--variant`` / ``--variants``.
+
+``read_inputs`` runs once per command, before any model is loaded: it reads the files
+(every note printed on stderr), loads user variants, and fills in the variant defaults.
+A variant option given on the command line wins over the hparams file's variant, with a
+note when they differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rome_fast.cli.user_variants import resolve_variant
+from rome_fast.edit.template_files import read_templates
+from rome_fast.hparams.defaults import HParams, hparams_for
+from rome_fast.hparams.files import check_against_model, read_hparams_file
+
+if TYPE_CHECKING:
+    from rome_fast.model.loader import LoadedModel
+
+DEFAULT_VARIANT = "r-rome"
+DEFAULT_VARIANTS = "rome,r-rome,p-rome"
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("inputs you already hold")
+    group.add_argument(
+        "--hparams",
+        type=Path,
+        default=None,
+        help="hyperparameters from a file: the paper's code's JSON, EasyEdit's ROME / R-ROME "
+        "yaml, or our field names; its variant flags choose the default variant",
+    )
+    group.add_argument(
+        "--templates",
+        type=Path,
+        default=None,
+        help='fixed context templates: one per line or a JSON list, each with one "{}" '
+        '("{}" itself is added first if missing)',
+    )
+
+
+def note(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr)
+
+
+def _variant_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def read_inputs(args: argparse.Namespace) -> None:
+    """Read ``--hparams`` and ``--templates`` into ``args.hparams_file`` and
+    ``args.fixed_templates``; resolve ``args.variant`` / ``args.variants``. Once per ``args``:
+    ``main`` calls it, and so does every entry point that may be handed parsed options."""
+    if getattr(args, "inputs_read", False):
+        return
+    args.inputs_read = True
+    hfile = read_hparams_file(args.hparams) if args.hparams is not None else None
+    args.hparams_file = hfile
+    args.fixed_templates = None
+    if args.templates is not None:
+        args.fixed_templates, added = read_templates(args.templates)
+        if added:
+            note(added)
+    if hfile is not None:
+        for line in hfile.notes:
+            note(line)
+        if args.layer is not None and hfile.layer not in (None, args.layer):
+            note(f"{hfile.path}: --layer {args.layer} replaces the file's layer {hfile.layer}")
+    file_variant = hfile.variant if hfile is not None else None
+    for option, default in (("variant", DEFAULT_VARIANT), ("variants", DEFAULT_VARIANTS)):
+        if not hasattr(args, option):
+            continue  # the command has no such option
+        if getattr(args, "editor", None) is not None:
+            continue  # an editor under test: our variants do not apply (refused if given)
+        given: str | None = getattr(args, option)
+        chosen = _variant_list(given or file_variant or default)
+        if given and hfile is not None and file_variant and chosen != [file_variant]:
+            note(
+                f"{hfile.path}: the file's code runs {file_variant!r}; running "
+                f"{', '.join(chosen)} as --{option} asks"
+            )
+        resolved = [resolve_variant(v) for v in chosen]
+        setattr(args, option, ",".join(resolved))
+
+
+def hparams_for_model(args: argparse.Namespace, loaded: LoadedModel) -> HParams:
+    """Per-model defaults, then the hparams file, then ``--layer`` and ``--precision``;
+    the file's module names checked against ``loaded``."""
+    hfile = args.hparams_file
+    layer = args.layer if args.layer is not None else (hfile.layer if hfile else None)
+    hparams = hparams_for(args.model, layer=layer)
+    if hfile is not None:
+        hparams = hfile.apply(hparams)
+        if args.layer is not None:
+            hparams = hparams.replace(layer=args.layer)
+        check_against_model(hfile, loaded.model, loaded.adapter, hparams.layer)
+    return hparams.replace(v_precision=args.precision)

@@ -1,0 +1,1 @@
+"""One edit on a model, from request to apply: templates, keys, v*, editors, guard, log."""

@@ -1,0 +1,1 @@
+"""Hyperparameters: the per-model defaults and the hyperparameter files users hold."""

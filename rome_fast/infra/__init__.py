@@ -1,0 +1,1 @@
+"""Infrastructure: optional imports, the data and cache folders, digests, downloads, timers, Ray."""

@@ -1,0 +1,191 @@
+"""``rome data fetch``: the public files ROME users expect, downloaded into the data folder.
+
+- ``counterfact``: ``counterfact.json`` (21,919 cases, original schema) → ``counterfact/``;
+- ``zsre``: ``zsre_mend_eval.json`` (the MEND zsRE evaluation split) → ``zsre/``;
+- ``stats``: the public key statistics ``.npz`` (``mom2`` over 100,000 Wikipedia samples) of
+  a model's layers, ``--model gpt2-xl --layers 17`` → ``stats/<model>/wikipedia_stats/``,
+  readable with ``--stats-npz``.
+
+They come from the public ROME data site (``--url-root`` or ``$ROME_DATA_URL`` for a mirror).
+The site publishes no checksums, so none are built in: the first download of a file records
+its SHA-256 and size in ``checksums.json`` next to the files, and every later fetch verifies
+the file on disk (and, with ``--force``, the downloaded copy) against that record. A
+mismatch is an error that names both digests; a download is written to a temporary file and
+moved into place only when complete, so an interrupted fetch leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rome_fast.infra.datadir import default_data_dir
+from rome_fast.infra.digests import sha256_of
+
+URL_ENV = "ROME_DATA_URL"
+PUBLIC_ROOT = "https://rome.baulab.info/data"
+MANIFEST = "checksums.json"
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    remote: str  # path under the URL root
+    local: str  # path under the data folder
+
+
+DATASETS = {
+    "counterfact": RemoteFile("dsets/counterfact.json", "counterfact/counterfact.json"),
+    "zsre": RemoteFile("dsets/zsre_mend_eval.json", "zsre/zsre_mend_eval.json"),
+}
+# The models the public statistics exist for, and their edited module per layer.
+STATS_MODULES = {
+    "gpt2-medium": "transformer.h.{}.mlp.c_proj",
+    "gpt2-large": "transformer.h.{}.mlp.c_proj",
+    "gpt2-xl": "transformer.h.{}.mlp.c_proj",
+    "EleutherAI_gpt-j-6B": "transformer.h.{}.mlp.fc_out",
+}
+
+
+class FetchError(ValueError):
+    """A download failed or a file does not match its recorded checksum."""
+
+
+def stats_file(model: str, layer: int) -> RemoteFile:
+    """The public statistics file of ``model``'s edited module at ``layer``."""
+    if model not in STATS_MODULES:
+        raise FetchError(
+            f"no public statistics for model {model!r}; available: {', '.join(STATS_MODULES)}"
+        )
+    name = f"{STATS_MODULES[model].format(layer)}_float32_mom2_100000.npz"
+    path = f"stats/{model}/wikipedia_stats/{name}"
+    return RemoteFile(path, path)
+
+
+def _download(url: str, target: Path) -> None:
+    """``url`` to ``target``, through a temporary file moved into place when complete."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.part{os.getpid()}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, partial.open("wb") as out:
+            while chunk := response.read(CHUNK):
+                out.write(chunk)
+        partial.replace(target)
+    except (urllib.error.URLError, OSError) as error:
+        raise FetchError(
+            f"could not download {url}: {error}; check the connection, or pass --url-root "
+            f"(or set {URL_ENV}) to a mirror of the public ROME data"
+        ) from None
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+class Fetcher:
+    """Downloads into ``dest`` and keeps its ``checksums.json`` record."""
+
+    def __init__(self, dest: Path, url_root: str) -> None:
+        self.dest, self.url_root = dest, url_root.rstrip("/")
+        self.manifest_path = dest / MANIFEST
+        self.manifest: dict[str, dict[str, Any]] = (
+            json.loads(self.manifest_path.read_text()) if self.manifest_path.is_file() else {}
+        )
+
+    def _check(self, item: RemoteFile, path: Path, what: str) -> str:
+        digest = sha256_of(path)
+        recorded = self.manifest.get(item.local)
+        if recorded is not None and recorded["sha256"] != digest:
+            raise FetchError(
+                f"{what} {path} has SHA-256 {digest}, but {self.manifest_path} recorded "
+                f"{recorded['sha256']} when it was first downloaded from {recorded['url']}; "
+                "delete the file and fetch again (--force) if the record is the one to trust, "
+                f"or remove its entry from {MANIFEST} to accept the new file"
+            )
+        return digest
+
+    def fetch(self, item: RemoteFile, *, force: bool = False) -> str:
+        """Fetch one file (or verify the copy on disk); returns a one-line report."""
+        target = self.dest / item.local
+        url = f"{self.url_root}/{item.remote}"
+        if target.is_file() and not force:
+            if item.local not in self.manifest:
+                return f"kept {target} (no checksum recorded: not downloaded by rome data fetch)"
+            self._check(item, target, "the file")
+            return f"verified {target} (SHA-256 as recorded)"
+        fresh = target.with_name(f"{target.name}.new{os.getpid()}")
+        try:
+            _download(url, fresh)
+            digest = self._check(item, fresh, "the download of")
+            fresh.replace(target)
+        finally:
+            fresh.unlink(missing_ok=True)
+        known = item.local in self.manifest
+        self.manifest[item.local] = {
+            "sha256": digest,
+            "bytes": target.stat().st_size,
+            "url": url,
+        }
+        self.manifest_path.write_text(json.dumps(self.manifest, indent=2, sort_keys=True) + "\n")
+        how = "SHA-256 as recorded" if known else f"SHA-256 {digest} recorded"
+        return f"downloaded {target} ({target.stat().st_size} bytes, {how})"
+
+
+def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "what", nargs="+", choices=("counterfact", "zsre", "stats"), help="what to download"
+    )
+    parser.add_argument(
+        "--model",
+        choices=sorted(STATS_MODULES),
+        default=None,
+        help="stats: the model whose public statistics to fetch",
+    )
+    parser.add_argument(
+        "--layers", default=None, help="stats: comma-separated layers, e.g. 17 or 5,17"
+    )
+    parser.add_argument(
+        "--dest",
+        type=Path,
+        default=None,
+        help="the data folder (default: $ROME_DATA_DIR, else the user cache's data/)",
+    )
+    parser.add_argument(
+        "--url-root",
+        default=None,
+        help=f"where the public files are (default: ${URL_ENV}, else {PUBLIC_ROOT})",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="download again even if the file is present"
+    )
+
+
+def requested_files(args: argparse.Namespace) -> list[RemoteFile]:
+    files = [DATASETS[w] for w in dict.fromkeys(args.what) if w != "stats"]
+    if "stats" in args.what:
+        if args.model is None or args.layers is None:
+            raise FetchError(
+                "rome data fetch stats needs --model and --layers, e.g. "
+                "rome data fetch stats --model gpt2-xl --layers 17"
+            )
+        try:
+            layers = [int(x) for x in args.layers.split(",")]
+        except ValueError:
+            raise FetchError(
+                f"--layers must be comma-separated integers, got {args.layers!r}"
+            ) from None
+        files += [stats_file(args.model, layer) for layer in layers]
+    return files
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    files = requested_files(args)
+    dest = args.dest if args.dest is not None else default_data_dir()
+    fetcher = Fetcher(dest, args.url_root or os.environ.get(URL_ENV, PUBLIC_ROOT))
+    for item in files:
+        print(fetcher.fetch(item, force=args.force))
+    return 0

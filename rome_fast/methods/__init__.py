@@ -1,0 +1,1 @@
+"""What differs between editing methods: each method's solve and its own hyperparameters."""

@@ -1,0 +1,1 @@
+"""Hugging Face plumbing: loading, adapters per family, the edited site, hooks, tokens, kernels."""
