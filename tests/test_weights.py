@@ -8,7 +8,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from rome_fast.methods.rome.update import RankOne
-from rome_fast.model.weights import apply_rank_one, module_bias, weight_matrix
+from rome_fast.model.weights import apply_factors, apply_rank_one, module_bias, weight_matrix
+from rome_fast.solve.low_rank import Factors
 
 
 def make_module(kind: str, d_out: int, d_in: int, dtype: torch.dtype) -> Conv1D | nn.Linear:
@@ -96,3 +97,32 @@ def test_factors_that_do_not_fit_are_rejected() -> None:
         ValueError, match=r"do not fit the \(d_out, d_in\) = \(3, 5\) weight of this Linear"
     ):
         apply_rank_one(module, random_rank_one(5, 3))
+
+
+@pytest.mark.parametrize("kind", ["conv1d", "linear"])
+@pytest.mark.parametrize("rank", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_factors_of_any_rank_move_the_output_by_delta_k(
+    kind: str, rank: int, dtype: torch.dtype
+) -> None:
+    """Property: after ``apply_factors``, module(k) − module_before(k) = (left rightᵀ) k."""
+    d_out, d_in = 4, 6
+    module = make_module(kind, d_out, d_in, dtype)
+    g = torch.Generator().manual_seed(2)
+    factors = Factors(torch.randn(d_out, rank, generator=g), torch.randn(d_in, rank, generator=g))
+    k = torch.randn(5, d_in, generator=g).to(dtype)
+    with torch.no_grad():
+        before = module(k).float()
+        apply_factors(module, factors)
+        after = module(k).float()
+    expected = k.float() @ factors.delta().T  # (5, d_out)
+    # The bound of assert_output_moves_by_delta: a few roundings to the weight's dtype per term.
+    tol = 3 * torch.finfo(dtype).eps * (before.abs().max() + expected.abs().max()) * d_in * rank
+    assert (after - before - expected).abs().max() <= tol
+    assert module.weight.dtype == dtype
+
+
+def test_factors_that_do_not_fit_the_module_are_refused() -> None:
+    module = make_module("linear", 4, 6, torch.float32)
+    with pytest.raises(ValueError, match=r"\(d_out, d_in\) = \(4, 6\)"):
+        apply_factors(module, Factors(torch.zeros(6, 2), torch.zeros(4, 2)))

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
+from rome_fast.solve.low_rank import Factors
 from rome_fast.solve.rank_one import RankOne
 
 SUPPORTED = "torch.nn.Linear and transformers.pytorch_utils.Conv1D"
@@ -58,3 +59,30 @@ def apply_rank_one(module: nn.Module, r: RankOne, *, sign: float = 1.0) -> None:
             W.addr_(left, right, alpha=sign)  # BLAS ger: no dense ΔW in memory
         else:
             W.add_((sign * torch.outer(left, right)).to(W.dtype))
+
+
+def apply_factors(module: nn.Module, factors: Factors, *, sign: float = 1.0) -> None:
+    """``W += sign · left @ rightᵀ`` in place, in the weight's dtype (any rank; rank one goes
+    through ``apply_rank_one``'s BLAS update).
+
+    The product is formed in the factors' dtype and rounded once to the weight's dtype, as for
+    rank one. ``sign=-1`` undoes up to that rounding; restore a saved copy for a bit-exact
+    revert.
+    """
+    W = weight_matrix(module)
+    d_out, d_in = W.shape
+    if factors.left.shape[0] != d_out or factors.right.shape[0] != d_in:
+        raise ValueError(
+            f"factors of shapes {tuple(factors.left.shape)} and {tuple(factors.right.shape)} do "
+            f"not fit the (d_out, d_in) = {tuple(W.shape)} weight of this {type(module).__name__}"
+        )
+    if factors.rank == 1:
+        one = RankOne(factors.left[:, 0], factors.right[:, 0], torch.ones(()))
+        apply_rank_one(module, one, sign=sign)
+        return
+    left, right = factors.left.to(W.device), factors.right.to(W.device)
+    with torch.no_grad():
+        if left.dtype == W.dtype:
+            W.addmm_(left, right.mT, alpha=sign)  # no dense ΔW in memory beyond the product
+        else:
+            W.add_((sign * (left @ right.mT)).to(W.dtype))
