@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rome_fast.cli.options import add_stats_arguments, stats_provider
-from rome_fast.conform.protocol import EditorUnderTest, load_callable
+from rome_fast.cli.options import (
+    add_device_option,
+    add_layer_option,
+    add_model_option,
+    add_seed_option,
+    add_stats_arguments,
+    stats_provider,
+)
+from rome_fast.cli.outputs import write_json_output
+from rome_fast.cli.parsing import deprecated_alias
+from rome_fast.cli.validate import check_out_file
 
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from rome_fast.conform.protocol import EditorUnderTest
     from rome_fast.conform.run import ConformReport
     from rome_fast.hparams.defaults import HParams
     from rome_fast.model.loader import LoadedModel
@@ -23,27 +32,31 @@ if TYPE_CHECKING:
 PATH_VARIABLE = "ROME_EDITOR_PATH"
 BUILT_IN = ("rome-verify", "rebuilding-rome", "easyedit-rome", "easyedit-r-rome")
 VERDICTS = ("rome", "r-rome", "p-rome", "other")
+OPTION_OF = {"editor_variant": "--variant"}  # a destination not named after its option
 
 
-def editor_from_spec(spec: str, path: str | Path | None, config: str | None) -> EditorUnderTest:
+def editor_from_spec(spec: str, path: str | Path | None, variant: str | None) -> EditorUnderTest:
     """The editor a ``--editor SPEC`` names (see ``BUILT_IN``, or ``module:callable``)."""
     from rome_fast.conform.ours import OurEditor
+    from rome_fast.conform.protocol import load_callable
     from rome_fast.conform.public import LAYOUTS, PublicEditor
 
     if spec == "rome-verify":
         if path is not None:
             raise ValueError("--editor-path is not used with --editor rome-verify; drop it")
-        return OurEditor(config or "r-rome")
+        return OurEditor(variant or "r-rome")
     if spec in LAYOUTS:
         if path is None:
             raise ValueError(
                 f"--editor {spec} needs the checkout to import it from: pass --editor-path "
                 f"or set {PATH_VARIABLE}"
             )
-        return PublicEditor(LAYOUTS[spec], Path(path), config)
+        return PublicEditor(LAYOUTS[spec], Path(path), variant)
     if ":" in spec:
-        if config is not None:
-            raise ValueError(f"--config does not apply to a module:callable editor ({spec})")
+        if variant is not None:
+            raise ValueError(
+                f"--variant does not apply to a module:callable editor ({spec}); drop it"
+            )
         return load_callable(spec, path)
     raise ValueError(
         f"unknown --editor {spec!r}: use one of {', '.join(BUILT_IN)} or module:callable"
@@ -53,35 +66,61 @@ def editor_from_spec(spec: str, path: str | Path | None, config: str | None) -> 
 def add_editor_arguments(
     p: argparse.ArgumentParser | argparse._ArgumentGroup, *, required: bool
 ) -> None:
-    """``--editor SPEC [--editor-path PATH] [--config VARIANT]``: the editor under test."""
+    """``--editor SPEC [--editor-path PATH] [--variant VARIANT]``: the editor under test."""
     p.add_argument(
         "--editor",
+        metavar="SPEC",
         required=required,
         default=None,
-        help=f"the editor under test: {', '.join(BUILT_IN)} or module:callable",
+        help=f"the editor under test: {', '.join(BUILT_IN)} or module:callable"
+        + ("" if required else " (default: none: ours)"),
     )
     p.add_argument(
         "--editor-path",
+        metavar="DIR",
         default=os.environ.get(PATH_VARIABLE),
         help=f"checkout to import the editor from (default: ${PATH_VARIABLE})",
     )
     p.add_argument(
-        "--config", default=None, help="the editor's configuration: rome, r-rome, p-rome"
+        "--variant",
+        dest="editor_variant",
+        metavar="VARIANT",
+        default=None,
+        help="the variant the editor under test runs where it has flags for it: rome, r-rome, "
+        "p-rome (default: the editor's own: r-rome for ours)",
     )
+    deprecated_alias(p, "--config", "--variant")
 
 
 def add_conform_arguments(p: argparse.ArgumentParser) -> None:
     add_editor_arguments(p, required=True)
-    p.add_argument("--model", required=True, help="smollm2, random:<arch> or a local folder")
-    p.add_argument("--cases", type=int, default=2, help="edit requests to check (1 to 8)")
-    p.add_argument("--expect", choices=VERDICTS, default=None, help="the variant it must behave as")
-    p.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
-    p.add_argument("--layer", type=int, default=None, help="edited layer (default: per model)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the templates and the editor")
+    add_model_option(p)
     p.add_argument(
-        "--steps", type=int, default=None, help="v* loop iterations (default: per model)"
+        "--cases", metavar="N", type=int, default=2, help="edit requests to check (1 to 8)"
     )
-    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--expect",
+        choices=VERDICTS,
+        default=None,
+        help="the variant it must behave as (default: none: the verdict is reported, not required)",
+    )
+    p.add_argument(
+        "--json",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help="write the report as JSON here (default: printed only)",
+    )
+    add_layer_option(p)
+    add_seed_option(p, "random models, the templates and the editor")
+    p.add_argument(
+        "--steps",
+        metavar="N",
+        type=int,
+        default=None,
+        help="v* loop iterations (default: per model)",
+    )
+    add_device_option(p)
     add_stats_arguments(p)
 
 
@@ -90,7 +129,7 @@ def command_line(args: argparse.Namespace) -> str:
     words = ["rome", "conform", "--editor", args.editor, "--model", args.model]
     for flag in (
         "editor_path",
-        "config",
+        "editor_variant",
         "expect",
         "layer",
         "steps",
@@ -100,7 +139,7 @@ def command_line(args: argparse.Namespace) -> str:
     ):
         value = getattr(args, flag)
         if value is not None:
-            words += ["--" + flag.replace("_", "-"), str(value)]
+            words += [OPTION_OF.get(flag, "--" + flag.replace("_", "-")), str(value)]
     words += ["--cases", str(args.cases), "--seed", str(args.seed), "--device", args.device]
     return shlex.join(words)
 
@@ -108,6 +147,8 @@ def command_line(args: argparse.Namespace) -> str:
 def run_conform(args: argparse.Namespace) -> int:
     from rome_fast.conform.run import EditorFailed
 
+    if args.json is not None:
+        check_out_file(args.json)
     try:
         report = conformance_report(args)
     except EditorFailed as failure:
@@ -115,9 +156,7 @@ def run_conform(args: argparse.Namespace) -> int:
         return 1
     print(report)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.to_json(), indent=2, allow_nan=False) + "\n")
-        print(f"wrote {args.json}")
+        write_json_output(args.json, report.to_json())
     return 0 if report.ok else 1
 
 
@@ -161,7 +200,7 @@ def conformance_report(args: argparse.Namespace) -> ConformReport:
     from rome_fast.model.loader import load_model
 
     requests = conformance_cases(args.cases)
-    editor = editor_from_spec(args.editor, args.editor_path, args.config)
+    editor = editor_from_spec(args.editor, args.editor_path, args.editor_variant)
     loaded = load_model(args.model, device=args.device, seed=args.seed)
     hparams = hparams_for(args.model, layer=args.layer)
     if args.steps is not None:

@@ -1,4 +1,4 @@
-"""``rome eval`` and ``rome gate``: argument definitions and entry points."""
+"""``rome eval``: its options and its entry point (a run folder: resumable, locked, reported)."""
 
 from __future__ import annotations
 
@@ -10,62 +10,56 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rome_fast.cli.conform import add_editor_arguments, editor_from_spec, harness_inputs
 from rome_fast.cli.inputs import DEFAULT_VARIANTS, hparams_for_model, read_inputs
 from rome_fast.cli.options import (
-    DTYPES,
     VARIANTS_HELP,
     add_cluster_arguments,
+    add_edit_arguments,
+    add_generation_tokens_option,
     add_model_arguments,
     build_editor,
     cluster_from_args,
     corpus_from_args,
     load_from_args,
+    torch_dtype,
 )
-from rome_fast.cli.validate import (
-    check_out_file,
-    check_out_folder,
-    check_variants,
-    int_at_least,
-    names,
-)
+from rome_fast.cli.validate import check_out_folder, check_variants, comma_list, int_at_least
 from rome_fast.eval.config import DEGRADE_MODES, RunConfig
 from rome_fast.eval.data import Case, load_cases, resolve_data_path
-from rome_fast.eval.files import read_json_object, write_json
-from rome_fast.eval.gates import check_summary_file
-from rome_fast.eval.glue import TASKS as GLUE_TASKS
-from rome_fast.eval.glue import task_file
 from rome_fast.eval.lock import FolderLockedError, run_folder_lock
-from rome_fast.eval.report import format_summary, write_report
-from rome_fast.eval.runner import Runner
 from rome_fast.infra.cluster import Cluster
 from rome_fast.infra.digests import sha256_of
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the rest is imported where used: `rome eval --help` loads no torch
     from rome_fast.edit.editor import Editor
+    from rome_fast.eval.runner import Runner
     from rome_fast.hparams.defaults import HParams
     from rome_fast.model.loader import LoadedModel
     from rome_fast.solve.rank_one import CovarianceFactor
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    """Model options (``rome_fast.cli.main.add_model_arguments``) and the evaluation's own."""
+    """Model and edit options (``rome_fast.cli.options``) and the evaluation's own."""
     add_model_arguments(parser)
+    add_edit_arguments(parser)
     parser.add_argument(
         "--data",
+        metavar="FILE",
         default="counterfact/counterfact-val.json",
         help="CounterFact (original or reduced schema) or zsRE (MEND) file; a "
         "relative path is also looked up in the data folder",
     )
-    parser.add_argument("--variants", default=None, help=VARIANTS_HELP)
-    from rome_fast.cli.conform import add_editor_arguments
-
+    parser.add_argument("--variants", metavar="VARIANTS", default=None, help=VARIANTS_HELP)
     add_editor_arguments(
         parser.add_argument_group("an editor under test instead of ours"), required=False
     )
     parser.add_argument(
-        "--limit", type=int_at_least(1), default=100, help="cases to run (from --offset)"
+        "--limit", metavar="N", type=int_at_least(1), default=100, help="cases to run"
     )
-    parser.add_argument("--offset", type=int_at_least(0), default=0)
+    parser.add_argument(
+        "--offset", metavar="N", type=int_at_least(0), default=0, help="cases skipped first"
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--sequential",
@@ -76,33 +70,56 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="edits accumulate on one model (default: each edit alone)",
     )
     mode.add_argument(
-        "--modes", dest="modes", default="single", help="comma-separated: single, sequential"
+        "--modes",
+        metavar="MODES",
+        dest="modes",
+        default="single",
+        help="comma-separated: single, sequential",
     )
     parser.add_argument(
         "--glue-every",
+        metavar="K",
         type=int_at_least(0),
         default=0,
         help="sequential runs: downstream checks before the first edit and every K edits (0: off)",
     )
-    parser.add_argument("--glue-data", default=None, help="folder with {sst2,mrpc,cola,rte}.jsonl")
-    parser.add_argument("--glue-n", type=int_at_least(1), default=50, help="examples per GLUE task")
-    parser.add_argument("--glue-shots", type=int_at_least(0), default=2)
-    parser.add_argument("--batch-size", type=int_at_least(1), default=16)
+    parser.add_argument(
+        "--glue-data",
+        metavar="DIR",
+        default=None,
+        help="folder with {sst2,mrpc,cola,rte}.jsonl (default: glue/ in the data folder)",
+    )
+    parser.add_argument(
+        "--glue-n", metavar="N", type=int_at_least(1), default=50, help="examples per GLUE task"
+    )
+    parser.add_argument(
+        "--glue-shots",
+        metavar="N",
+        type=int_at_least(0),
+        default=2,
+        help="solved examples before each GLUE question",
+    )
+    parser.add_argument(
+        "--batch-size", metavar="N", type=int_at_least(1), default=16, help="prompts per forward"
+    )
     parser.add_argument(
         "--generations",
+        metavar="N",
         type=int_at_least(1),
         default=10,
         help="generations per edit for the entropy check",
     )
-    parser.add_argument("--generation-tokens", type=int_at_least(1), default=50)
+    add_generation_tokens_option(parser, low=1, default=50)
     parser.add_argument(
         "--collapse-factor",
+        metavar="X",
         type=float,
         default=10.0,
         help="flag an edit whose |Δ| exceeds this × the running median",
     )
     parser.add_argument(
         "--collapse-entropy",
+        metavar="BITS",
         type=float,
         default=None,
         help="flag generation entropy (bits) below this (default: half the unedited model's)",
@@ -115,7 +132,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "check that a gate fails",
     )
     parser.add_argument(
-        "--out", type=Path, required=True, help="run folder; rerunning with the same folder resumes"
+        "--out",
+        metavar="DIR",
+        type=Path,
+        required=True,
+        help="run folder; rerunning with the same folder resumes",
     )
     add_cluster_arguments(parser)
 
@@ -126,12 +147,12 @@ def config_from_args(args: argparse.Namespace, model_name: str, hparams: HParams
     return RunConfig(
         model=model_name,
         data=str(args.data),
-        variants=tuple(names(args.variants or DEFAULT_VARIANTS)),
+        variants=tuple(comma_list(args.variants or DEFAULT_VARIANTS)),
         layer=hparams.layer,
         impl=args.impl,
         v_precision=hparams.v_precision,
         dtype=args.dtype,
-        modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
+        modes=tuple(comma_list(args.modes)),
         limit=args.limit,
         offset=args.offset,
         seed=args.seed,
@@ -157,6 +178,9 @@ def config_from_args(args: argparse.Namespace, model_name: str, hparams: HParams
 
 def input_digests(args: argparse.Namespace) -> dict[str, str]:
     """The content of every file the run reads besides the model, keyed by option."""
+    from rome_fast.eval.glue import TASKS as GLUE_TASKS
+    from rome_fast.eval.glue import task_file
+
     digests = {"data": sha256_of(resolve_data_path(args.data))}
     if args.stats_npz is not None:
         digests["stats_npz"] = sha256_of(args.stats_npz)
@@ -204,6 +228,7 @@ def fresh_editors(editor: Editor) -> Callable[[], Editor]:
 
 def _run_locked(args: argparse.Namespace, cluster: Cluster | None) -> dict[str, Any]:
     from rome_fast.eval.glue import evaluate_glue
+    from rome_fast.eval.runner import Runner
 
     cases = load_cases(args.data, limit=args.limit, offset=args.offset)
     if args.editor is not None:
@@ -239,17 +264,19 @@ def _run_locked(args: argparse.Namespace, cluster: Cluster | None) -> dict[str, 
         EditorRecipe.of(editor),
         cluster,
         model=args.model,
-        dtype=DTYPES[args.dtype],
+        dtype=torch_dtype(args.dtype),
         seed=args.seed,
     )
 
 
 def run_eval(args: argparse.Namespace) -> int:
     """Run, write ``summary.json``, the table and the plots; print the table."""
+    from rome_fast.eval.report import format_summary, write_report
+
     # Every option is checked before the model loads and before anything is written.
     read_inputs(args)
     if args.editor is None:
-        check_variants(names(args.variants))
+        check_variants(comma_list(args.variants))
     cluster = cluster_from_args(args)  # a missing Ray is reported here
     if cluster is not None and args.editor is not None:
         raise ValueError("--workers/--ray-address shard our editor's runs; drop them with --editor")
@@ -277,8 +304,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _external_runner(args: argparse.Namespace, cases: list[Case]) -> Runner:
     """The run on an editor under test (``--editor``), with the harness's templates and C."""
-    from rome_fast.cli.conform import editor_from_spec, harness_inputs
     from rome_fast.conform.external import ExternalEditor
+    from rome_fast.eval.runner import Runner
 
     ours_only = {
         "--variants": args.variants,
@@ -290,7 +317,7 @@ def _external_runner(args: argparse.Namespace, cases: list[Case]) -> Runner:
     given = [flag for flag, value in ours_only.items() if value is not None]
     if given:
         raise ValueError(f"{', '.join(given)} set our editor's options; drop them with --editor")
-    under_test = editor_from_spec(args.editor, args.editor_path, args.config)
+    under_test = editor_from_spec(args.editor, args.editor_path, args.editor_variant)
     loaded = load_from_args(args)
     hparams = hparams_for_model(args, loaded)
     C, templates = harness_inputs(args, loaded, hparams)
@@ -298,103 +325,3 @@ def _external_runner(args: argparse.Namespace, cases: list[Case]) -> Runner:
     config = config_from_args(args, loaded.name, hparams)
     config = dataclasses.replace(config, variants=(editor.label,))
     return Runner(loaded, editor, cases, config, args.out)
-
-
-def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--summary", type=Path, required=True, help="a run's summary.json")
-    parser.add_argument(
-        "--baseline",
-        action="append",
-        required=True,
-        help="baseline file, or the name of a shipped baseline (repeatable)",
-    )
-    parser.add_argument(
-        "--allow-model-mismatch",
-        action="store_true",
-        help="compare a run on one model with another model's baseline",
-    )
-    parser.add_argument("--json", type=Path, default=None, help="write the checks here")
-    parser.add_argument(
-        "--allow-small-run",
-        action="store_true",
-        help="compare a run with fewer cases than the baseline (its tolerance does not hold)",
-    )
-
-
-def run_gate(args: argparse.Namespace) -> int:
-    """0 when every baseline passes, 1 otherwise (each failing metric printed)."""
-    if args.json is not None:
-        check_out_file(args.json)
-    results = [
-        check_summary_file(
-            args.summary,
-            b,
-            allow_model_mismatch=args.allow_model_mismatch,
-            allow_small_run=args.allow_small_run,
-        )
-        for b in args.baseline
-    ]
-    for result in results:
-        print(result.report())
-    if args.json is not None:
-        write_json(
-            args.json,
-            [
-                {
-                    "baseline": r.baseline,
-                    "mode": r.mode,
-                    "passed": r.passed,
-                    "failures": [c.describe() for c in r.failures],
-                }
-                for r in results
-            ],
-        )
-    return 0 if all(r.passed for r in results) else 1
-
-
-def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--summary", type=Path, required=True, help="a measured run's summary")
-    parser.add_argument("--mode", choices=("single", "sequential"), required=True)
-    parser.add_argument("--name", required=True, help="the baseline's name (and file stem)")
-    parser.add_argument("--source", required=True, help="how the run was made: command, machine")
-    parser.add_argument(
-        "--tolerance",
-        type=float,
-        required=True,
-        help="allowed drop in points (×100 scale) for every metric",
-    )
-    parser.add_argument("--tolerance-note", default="", help="why this tolerance")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        help="the baseline file to write (to refresh a shipped one, its file in a checkout: "
-        "rome_fast/eval/baselines/NAME.json)",
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace an existing baseline file"
-    )
-
-
-def run_baseline(args: argparse.Namespace) -> int:
-    """Write a baseline from a measured run (the project's own numbers, never invented)."""
-    from rome_fast.eval.gates import baseline_from_summary
-
-    out = args.out
-    if out.exists() and not args.overwrite:
-        raise ValueError(
-            f"baseline {out} exists; pass --overwrite to replace it, or choose another --name"
-        )
-    check_out_file(out, "--out")
-    summary = read_json_object(args.summary, "run summary (summary.json)")
-    baseline = baseline_from_summary(
-        summary,
-        args.mode,
-        name=args.name,
-        source=args.source,
-        tolerance={"default": args.tolerance},
-        tolerance_note=args.tolerance_note,
-    )
-    write_json(out, baseline)
-    print(f"wrote {out}")
-    return 0

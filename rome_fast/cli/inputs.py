@@ -14,33 +14,36 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rome_fast.cli.user_variants import resolve_variant
-from rome_fast.edit.template_files import read_templates
-from rome_fast.hparams.defaults import HParams, hparams_for
-from rome_fast.hparams.files import check_against_model, read_hparams_file
+from rome_fast.cli.validate import comma_list
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: printing the options loads no torch
+    from rome_fast.hparams.defaults import HParams
     from rome_fast.model.loader import LoadedModel
 
 DEFAULT_VARIANT = "r-rome"
 DEFAULT_VARIANTS = "rome,r-rome,p-rome"
 
 
-def add_input_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("inputs you already hold")
-    group.add_argument(
+def add_hparams_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--hparams",
+        metavar="FILE",
         type=Path,
         default=None,
         help="hyperparameters from a file: the paper's code's JSON, EasyEdit's ROME / R-ROME "
-        "yaml, or our field names; its variant flags choose the default variant",
+        "yaml, or our field names; its variant flags choose the default variant (default: the "
+        "model's defaults)",
     )
-    group.add_argument(
+
+
+def add_templates_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--templates",
+        metavar="FILE",
         type=Path,
         default=None,
         help='fixed context templates: one per line or a JSON list, each with one "{}" '
-        '("{}" itself is added first if missing)',
+        '("{}" itself is added first if missing) (default: sampled from the model, seeded)',
     )
 
 
@@ -48,22 +51,24 @@ def note(text: str) -> None:
     print(f"note: {text}", file=sys.stderr)
 
 
-def _variant_list(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
-
-
 def read_inputs(args: argparse.Namespace) -> None:
     """Read ``--hparams`` and ``--templates`` into ``args.hparams_file`` and
     ``args.fixed_templates``; resolve ``args.variant`` / ``args.variants``. Once per ``args``:
-    ``main`` calls it, and so does every entry point that may be handed parsed options."""
+    ``main`` calls it, and so does every entry point that may be handed parsed options.
+    ``--templates`` and the variant options are read where the command offers them."""
+    from rome_fast.cli.user_variants import resolve_variant
+    from rome_fast.edit.template_files import read_templates
+    from rome_fast.hparams.files import read_hparams_file
+
     if getattr(args, "inputs_read", False):
         return
     args.inputs_read = True
     hfile = read_hparams_file(args.hparams) if args.hparams is not None else None
     args.hparams_file = hfile
     args.fixed_templates = None
-    if args.templates is not None:
-        args.fixed_templates, added = read_templates(args.templates)
+    templates = getattr(args, "templates", None)  # where the command offers --templates
+    if templates is not None:
+        args.fixed_templates, added = read_templates(templates)
         if added:
             note(added)
     if hfile is not None:
@@ -78,7 +83,7 @@ def read_inputs(args: argparse.Namespace) -> None:
         if getattr(args, "editor", None) is not None:
             continue  # an editor under test: our variants do not apply (refused if given)
         given: str | None = getattr(args, option)
-        chosen = _variant_list(given or file_variant or default)
+        chosen = comma_list(given or file_variant or default)
         if given and hfile is not None and file_variant and chosen != [file_variant]:
             note(
                 f"{hfile.path}: the file's code runs {file_variant!r}; running "
@@ -89,8 +94,11 @@ def read_inputs(args: argparse.Namespace) -> None:
 
 
 def hparams_for_model(args: argparse.Namespace, loaded: LoadedModel) -> HParams:
-    """Per-model defaults, then the hparams file, then ``--layer`` and ``--precision``;
-    the file's module names checked against ``loaded``."""
+    """Per-model defaults, then the hparams file, then ``--layer`` and ``--precision`` (where
+    the command edits); the file's module names checked against ``loaded``."""
+    from rome_fast.hparams.defaults import hparams_for
+    from rome_fast.hparams.files import check_against_model
+
     hfile = args.hparams_file
     layer = args.layer if args.layer is not None else (hfile.layer if hfile else None)
     hparams = hparams_for(args.model, layer=layer)
@@ -99,4 +107,5 @@ def hparams_for_model(args: argparse.Namespace, loaded: LoadedModel) -> HParams:
         if args.layer is not None:
             hparams = hparams.replace(layer=args.layer)
         check_against_model(hfile, loaded.model, loaded.adapter, hparams.layer)
-    return hparams.replace(v_precision=args.precision)
+    precision = getattr(args, "precision", None)  # rome stats computes C and edits nothing
+    return hparams if precision is None else hparams.replace(v_precision=precision)

@@ -1,23 +1,26 @@
-"""The ``rome`` console script: ``edit``, ``demo``, ``sweep``, ``stats``, ``eval``, ``gate``,
-``baseline``, ``conform``, ``data fetch``."""
+"""The ``rome`` console script: the parser of every command, and ``edit``, ``demo``, ``sweep``
+and ``stats``, whose work is a few calls. Building the parser imports no torch and no
+transformers (``rome --help`` is instant): every command imports what it needs when it runs."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rome_fast.cli.inputs import (
-    DEFAULT_VARIANT,
-    hparams_for_model,
-    read_inputs,
-)
+from rome_fast.cli.inputs import DEFAULT_VARIANT, hparams_for_model, read_inputs
 from rome_fast.cli.options import (
+    SPEC_HELP,
     VARIANTS_HELP,
+    add_cluster_arguments,
+    add_edit_arguments,
+    add_generation_tokens_option,
     add_model_arguments,
     build_editor,
     corpus_from_args,
@@ -26,15 +29,18 @@ from rome_fast.cli.options import (
     stats_collector,
     stats_provider,
 )
-from rome_fast.cli.user_variants import SPEC_HELP
+from rome_fast.cli.outputs import write_json_output
+from rome_fast.cli.parsing import HelpFormatter, add_command, deprecated_alias
 from rome_fast.cli.validate import (
     check_device,
     check_layers,
     check_out_file,
     check_out_folder,
     check_variants,
+    comma_integers,
+    comma_list,
+    default_device,
     int_at_least,
-    names,
 )
 from rome_fast.infra.extras import MissingExtraError
 
@@ -43,24 +49,84 @@ if TYPE_CHECKING:
 
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 
+DESCRIPTION = """\
+rome-verify: edit facts in language models with ROME, r-ROME and p-ROME, check the edits,
+and gate your own ROME-style editor. Every command loads the embedded SmolLM2 unless --model
+names another model (random:tiny-gpt2 is a seeded random model for quick tries), and runs on
+CUDA when it is present, else on the CPU. Run `rome COMMAND --help` for a command's options
+and examples."""
+
+EXAMPLES = (
+    "rome edit --model random:tiny-gpt2 --prompt '{} is located in' --subject 'The tower' "
+    "--target-new Rome",
+    "rome conform --editor rome-verify --model random:tiny-gpt2 --cases 1 --expect r-rome",
+)
+
+# A run, a baseline written from it and the gate against it, in seconds on a tiny model.
+MEASURE_AND_GATE = (
+    "rome eval --model random:tiny-gpt2 --data counterfact/counterfact-rome-schema-sample.json "
+    "--limit 2 --generations 2 --generation-tokens 8 --out runs/tiny",
+    "rome baseline --summary runs/tiny/summary.json --mode single --name tiny "
+    "--source 'rome eval on random:tiny-gpt2, 2 cases' --tolerance 1 "
+    "--json runs/tiny-baseline.json",
+    "rome gate --summary runs/tiny/summary.json --baseline runs/tiny-baseline.json",
+)
+
+FETCH_EXAMPLES = (
+    "rome data fetch counterfact zsre",
+    "rome data fetch stats --model gpt2-xl --layers 17",
+)
+
+
+def _variant_help(default: str) -> str:
+    return f"a registered variant or {SPEC_HELP} (default: the hparams file's, else {default})"
+
 
 def _edit_parser(sub: Subcommands) -> None:
-    p = sub.add_parser("edit", help="edit one fact and show its effect")
+    p = add_command(
+        sub,
+        "edit",
+        "edit one fact and show its effect",
+        "Edit one fact (prompt, subject, new object) with one variant and print the next-token "
+        "probabilities of the new and the true object before and after, greedy continuations, "
+        "|Δ| and the residuals at k* and k_prompt. --json writes the same as one JSON object. "
+        "The model is left as it was: an edit on the command line is a measurement.",
+        [
+            "rome edit --model random:tiny-gpt2 --prompt '{} is located in' --subject 'The tower' "
+            "--target-new Rome --target-true Paris --generation-tokens 5",
+            "rome edit --model random:tiny-gpt2 --prompt '{} is located in' --subject 'The tower' "
+            "--target-new Rome --variant p-rome --json runs/help-edit.json",
+        ],
+    )
     add_model_arguments(p)
-    p.add_argument("--prompt", required=True, help='prompt with "{}" where the subject goes')
-    p.add_argument("--subject", required=True)
-    p.add_argument("--target", required=True, help="the new object")
-    p.add_argument("--true", dest="target_true", default=None, help="the current object")
+    add_edit_arguments(p)
     p.add_argument(
-        "--variant",
+        "--prompt", metavar="TEXT", required=True, help='prompt with "{}" where the subject goes'
+    )
+    p.add_argument("--subject", metavar="TEXT", required=True, help="the subject the fact is about")
+    # The names of EditRequest's fields (and of the JSON record): target_new, target_true.
+    new = p.add_mutually_exclusive_group(required=True)
+    new.add_argument("--target-new", metavar="TEXT", help="the new object")
+    deprecated_alias(new, "--target", "--target-new")
+    p.add_argument(
+        "--target-true",
+        metavar="TEXT",
         default=None,
-        help=f"a registered variant or a user's ({SPEC_HELP}); default: the hparams "
-        f"file's, else {DEFAULT_VARIANT}",
+        help="the current object (default: none: its probability is not shown)",
     )
-    p.add_argument("--json", type=Path, default=None, help="write the result as JSON here")
+    deprecated_alias(p, "--true", "--target-true")
     p.add_argument(
-        "--generate", type=int_at_least(0), default=20, help="tokens per greedy continuation"
+        "--variant", metavar="VARIANT", default=None, help=_variant_help(DEFAULT_VARIANT)
     )
+    p.add_argument(
+        "--json",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help="write the result as JSON here (default: printed only)",
+    )
+    add_generation_tokens_option(p, low=0, default=20)
+    deprecated_alias(p, "--generate", "--generation-tokens")
     p.set_defaults(func=_run_edit)
 
 
@@ -76,31 +142,42 @@ def _run_edit(args: argparse.Namespace) -> int:
     request = EditRequest(
         prompt=args.prompt,
         subject=args.subject,
-        target_new=args.target,
+        target_new=args.target_new,
         target_true=args.target_true,
     )
-    (report,) = fact_reports(editor, request, [args.variant], generate_tokens=args.generate)
+    (report,) = fact_reports(
+        editor, request, [args.variant], generate_tokens=args.generation_tokens
+    )
     print_edit_report(report)
     report.update(impl=args.impl, v_precision=args.precision)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_json_output(args.json, report)
     return 0
 
 
 def _demo_parser(sub: Subcommands) -> None:
-    p = sub.add_parser("demo", help="the main job: real facts edited on SmolLM2 by each variant")
+    p = add_command(
+        sub,
+        "demo",
+        "the main job: real facts edited on SmolLM2 by each variant",
+        "Edit five facts SmolLM2 knows with each variant, each edit on the unedited model, and "
+        "write a table of before/after probabilities, residuals and |Δ| (table.txt), the "
+        "records (demo.json) and a plot (demo.png) into --out. It is what `nox -s demo` runs.",
+        ["rome demo --model random:tiny-gpt2 --stats-samples 8 --out runs/help-demo"],
+    )
     add_model_arguments(p)
-    p.add_argument("--variants", default=None, help=VARIANTS_HELP)
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    add_edit_arguments(p)
+    p.add_argument("--variants", metavar="VARIANTS", default=None, help=VARIANTS_HELP)
+    p.add_argument(
+        "--out", metavar="DIR", type=Path, default=Path("runs/demo"), help="output folder"
+    )
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from rome_fast.cli.demo import run_demo
 
-    variants = check_variants(names(args.variants))
+    variants = check_variants(comma_list(args.variants))
     check_out_folder(args.out)
     editor = build_editor(args)
     editor.warm_up()
@@ -109,20 +186,43 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _sweep_parser(sub: Subcommands) -> None:
-    p = sub.add_parser("sweep", help="choose the edited layer: r-ROME on known facts per layer")
+    p = add_command(
+        sub,
+        "sweep",
+        "choose the edited layer: r-ROME on known facts per layer",
+        "Choose the edited layer by measurement: find facts the model knows, edit each alone at "
+        "every candidate layer and score it with the CounterFact metrics; the layer with the "
+        "best score S wins. Writes sweep.json, sweep.md and sweep.png into --out.",
+        ["rome sweep --layers 2,4,6,8 --facts 16"],
+    )
     add_model_arguments(p)
-    p.add_argument("--data", default="counterfact/counterfact-val.json")
-    p.add_argument("--layers", required=True, help="comma-separated layers, e.g. 2,4,6,8")
-    p.add_argument("--facts", type=int_at_least(1), default=30, help="known facts edited per layer")
+    add_edit_arguments(p)
     p.add_argument(
-        "--candidates", type=int_at_least(1), default=400, help="cases searched for known facts"
+        "--data",
+        metavar="FILE",
+        default="counterfact/counterfact-val.json",
+        help="CounterFact file the facts come from (a relative path is also looked up in the "
+        "data folder)",
     )
     p.add_argument(
-        "--variant",
-        default=None,
-        help=f"registered or {SPEC_HELP}; default: the hparams file's, else {DEFAULT_VARIANT}",
+        "--layers", metavar="N,N", required=True, help="comma-separated layers, e.g. 2,4,6,8"
     )
-    p.add_argument("--out", type=Path, default=Path("runs/sweep"))
+    p.add_argument(
+        "--facts", metavar="N", type=int_at_least(1), default=30, help="known facts per layer"
+    )
+    p.add_argument(
+        "--candidates",
+        metavar="N",
+        type=int_at_least(1),
+        default=400,
+        help="cases searched for known facts",
+    )
+    p.add_argument(
+        "--variant", metavar="VARIANT", default=None, help=_variant_help(DEFAULT_VARIANT)
+    )
+    p.add_argument(
+        "--out", metavar="DIR", type=Path, default=Path("runs/sweep"), help="output folder"
+    )
     p.set_defaults(func=_run_sweep)
 
 
@@ -131,10 +231,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from rome_fast.edit.editor import Editor
     from rome_fast.eval.data import load_cases
 
-    try:
-        layers = [int(x) for x in names(args.layers)]
-    except ValueError:
-        raise ValueError(f"--layers {args.layers!r}: give comma-separated integers") from None
+    layers = comma_integers(args.layers, "--layers")
     check_variants([args.variant])
     check_out_folder(args.out)
     loaded = load_from_args(args)
@@ -156,9 +253,15 @@ def _run_sweep(args: argparse.Namespace) -> int:
 
 
 def _stats_parser(sub: Subcommands) -> None:
-    from rome_fast.cli.options import add_cluster_arguments
-
-    p = sub.add_parser("stats", help="compute and cache the key statistics C of the edited layer")
+    p = add_command(
+        sub,
+        "stats",
+        "compute and cache the key statistics C of the edited layer",
+        "Compute the uncentered second moment C of the edited layer's keys (or find it in the "
+        "cache) and print its provenance as JSON. The editing commands compute C the same way "
+        "on first use; this command does it ahead of time, sharded over Ray with --workers.",
+        ["rome stats --model random:tiny-gpt2 --stats-samples 64"],
+    )
     add_model_arguments(p)
     add_cluster_arguments(p)
     p.set_defaults(func=_run_stats)
@@ -187,59 +290,132 @@ def _run_stats(args: argparse.Namespace) -> int:
 def _eval_parser(sub: Subcommands) -> None:
     from rome_fast.cli.eval import add_eval_arguments
 
-    p = sub.add_parser("eval", help="CounterFact / zsRE evaluation, single or sequential")
+    p = add_command(
+        sub,
+        "eval",
+        "CounterFact / zsRE evaluation, single or sequential",
+        "Evaluate editors on CounterFact or zsRE: each case edited alone (--modes single) or "
+        "all accumulating on one model (sequential), scored with the paper's metrics, with "
+        "collapse detection and optional GLUE checks. --out is the run folder: summary.json, "
+        "a table and plots; rerunning the same command resumes an interrupted run.",
+        [
+            "rome eval --model random:tiny-gpt2 --data counterfact/counterfact-rome-schema-sample"
+            ".json --limit 2 --generations 2 --generation-tokens 8 --out runs/help-eval",
+        ],
+    )
     add_eval_arguments(p)
-    p.set_defaults(func=_lazy("rome_fast.cli.eval", "run_eval"))
+    p.set_defaults(func=LazyCommand("rome_fast.cli.eval", "run_eval"))
 
 
 def _gate_parser(sub: Subcommands) -> None:
-    from rome_fast.cli.eval import add_gate_arguments
+    from rome_fast.cli.gate import add_gate_arguments
 
-    p = sub.add_parser("gate", help="compare a run's summary with a baseline")
+    p = add_command(
+        sub,
+        "gate",
+        "compare a run's summary with a baseline",
+        "Compare a run's summary.json with one or more baselines (a file, or the name of a "
+        "shipped one): exit 0 when every metric is within its tolerance, 1 when one is not "
+        "(each failing metric printed).",
+        MEASURE_AND_GATE,
+    )
     add_gate_arguments(p)
-    p.set_defaults(func=_lazy("rome_fast.cli.eval", "run_gate"))
+    p.set_defaults(func=LazyCommand("rome_fast.cli.gate", "run_gate"))
 
 
 def _baseline_parser(sub: Subcommands) -> None:
-    from rome_fast.cli.eval import add_baseline_arguments
+    from rome_fast.cli.gate import add_baseline_arguments
 
-    p = sub.add_parser("baseline", help="write a gate baseline from a measured run")
+    p = add_command(
+        sub,
+        "baseline",
+        "write a gate baseline from a measured run",
+        "Write a baseline for `rome gate` from a measured run's summary.json: the run's own "
+        "numbers, with the tolerance you state and why.",
+        MEASURE_AND_GATE,
+    )
     add_baseline_arguments(p)
-    p.set_defaults(func=_lazy("rome_fast.cli.eval", "run_baseline"))
+    p.set_defaults(func=LazyCommand("rome_fast.cli.gate", "run_baseline"))
 
 
 def _conform_parser(sub: Subcommands) -> None:
     from rome_fast.cli.conform import add_conform_arguments
 
-    p = sub.add_parser("conform", help="conformance properties of a ROME-style editor under test")
+    p = add_command(
+        sub,
+        "conform",
+        "conformance properties of a ROME-style editor under test",
+        "Run black-box conformance properties on a ROME-style editor (ours, the paper's code, "
+        "EasyEdit's, or your module:callable) with the same model, request, layer, templates, "
+        "C and seed as our reference, and name the variant it behaves as. Exit 0 when the "
+        "verdict equals --expect and every required property passes, 1 when not.",
+        [
+            "rome conform --editor rome-verify --variant p-rome --model random:tiny-gpt2 "
+            "--cases 1 --expect p-rome --json runs/help-conform.json",
+        ],
+    )
     add_conform_arguments(p)
-    p.set_defaults(func=_lazy("rome_fast.cli.conform", "run_conform"))
+    p.set_defaults(func=LazyCommand("rome_fast.cli.conform", "run_conform"))
 
 
 def _data_parser(sub: Subcommands) -> None:
-    from rome_fast.infra.fetch import add_fetch_arguments
+    from rome_fast.cli.data import add_fetch_arguments
 
-    p = sub.add_parser("data", help="download the public data files into the data folder")
-    actions = p.add_subparsers(dest="action", required=True)
-    fetch = actions.add_parser(
-        "fetch", help="CounterFact, zsRE or a model's public statistics, checksums recorded"
+    p = add_command(
+        sub,
+        "data",
+        "download the public data files into the data folder",
+        "Download the public data files (needs the network).",
+        FETCH_EXAMPLES,
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    fetch = add_command(
+        actions,
+        "fetch",
+        "CounterFact, zsRE or a model's public statistics, checksums recorded",
+        "Download CounterFact, zsRE or a model's public key statistics (for --stats-npz) into "
+        "the data folder. The first download records each file's SHA-256 and size in "
+        "checksums.json beside it; later fetches verify against that record.",
+        FETCH_EXAMPLES,
     )
     add_fetch_arguments(fetch)
-    fetch.set_defaults(func=_lazy("rome_fast.infra.fetch", "run_fetch"))
+    fetch.set_defaults(func=LazyCommand("rome_fast.cli.data", "run_fetch"))
 
 
-def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        import importlib
+@dataclass(frozen=True)
+class LazyCommand:
+    """A command's entry point, imported when the command runs (not when the parser is built:
+    its module may load torch)."""
 
-        return int(getattr(importlib.import_module(module), name)(args) or 0)
+    module: str
+    function: str
 
-    return run
+    def __call__(self, args: argparse.Namespace) -> int:
+        return int(getattr(importlib.import_module(self.module), self.function)(args) or 0)
+
+
+def package_version() -> str:
+    """The installed distribution's version, else (a plain checkout) the project file's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rome-verify")
+    except PackageNotFoundError:
+        import tomllib
+
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+        return str(tomllib.loads(pyproject.read_text())["project"]["version"])
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rome", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="rome",
+        description=DESCRIPTION,
+        epilog="examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES),
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"rome {package_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (
         _edit_parser,
         _demo_parser,
@@ -277,7 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        if getattr(args, "device", None) is not None:
+        if hasattr(args, "device"):
+            args.device = args.device or default_device()
             check_device(args.device)
         if hasattr(args, "hparams"):
             read_inputs(args)

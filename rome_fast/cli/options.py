@@ -1,6 +1,8 @@
-"""Options shared by the commands that load a model and edit (``rome edit``, ``demo``,
-``sweep``, ``eval``, ``conform``) and the model and editor they build; imported by
-``rome_fast.cli.main`` and the subcommand modules alike, so none of them imports another."""
+"""Options shared by the commands that load a model (``rome edit``, ``demo``, ``sweep``,
+``stats``, ``eval``, ``conform``) and the model and editor they build; imported by
+``rome_fast.cli.main`` and the subcommand modules alike, so none of them imports another.
+Defining the options imports nothing heavy (``rome --help`` loads no torch): what needs torch
+is imported where an option is used."""
 
 from __future__ import annotations
 
@@ -9,16 +11,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
-from rome_fast.cli.inputs import DEFAULT_VARIANTS, add_input_arguments, hparams_for_model
-from rome_fast.cli.user_variants import SPEC_HELP
+from rome_fast.cli.inputs import (
+    DEFAULT_VARIANTS,
+    add_hparams_argument,
+    add_templates_argument,
+    hparams_for_model,
+)
 from rome_fast.cli.validate import int_at_least
 from rome_fast.infra.cluster import Cluster
 from rome_fast.infra.extras import import_ray
-from rome_fast.model.precision import PRECISIONS
+from rome_fast.model.precision_names import PRECISIONS
 
 if TYPE_CHECKING:  # imported where used: a subcommand loads only what it needs
+    import torch
+
     from rome_fast.edit.editor import Editor
     from rome_fast.hparams.defaults import HParams
     from rome_fast.model.loader import LoadedModel
@@ -26,26 +32,33 @@ if TYPE_CHECKING:  # imported where used: a subcommand loads only what it needs
     from rome_fast.stats.corpus import Corpus
     from rome_fast.stats.covariance import CovarianceProvider
 
-DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+DTYPES = ("float32", "float64", "bfloat16", "float16")  # names of torch dtypes
+SPEC_HELP = "module:function or file.py:function, optionally @k_star / @k_prompt"
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype ``--dtype NAME`` names (one of ``DTYPES``)."""
+    import torch
+
+    dtype = getattr(torch, name)
+    assert isinstance(dtype, torch.dtype), name
+    return dtype
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Ray cluster (pip install 'rome-verify[ray]')")
     group.add_argument(
         "--workers",
+        metavar="N",
         type=int_at_least(1),
         default=None,
         help="run on N Ray actors, each with one model on one device (default: one process)",
     )
     group.add_argument(
         "--ray-address",
+        metavar="ADDRESS",
         default=None,
-        help="an existing Ray cluster (e.g. auto or ray://HEAD:10001); default: a local one",
+        help="an existing Ray cluster, e.g. auto or ray://HEAD:10001 (default: a local one)",
     )
 
 
@@ -59,22 +72,65 @@ def cluster_from_args(args: argparse.Namespace) -> Cluster | None:
 
 
 VARIANTS_HELP = (
-    f"comma-separated, registered or {SPEC_HELP}; default: the hparams file's variant, "
-    f"else {DEFAULT_VARIANTS}"
+    f"comma-separated, registered or {SPEC_HELP} (default: the hparams file's variant, "
+    f"else {DEFAULT_VARIANTS})"
 )
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that loads a model and edits it."""
+def add_model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
+        metavar="MODEL",
         default="smollm2",
         help="smollm2 (embedded), random:<arch>, a local folder or a cached hub name",
     )
-    parser.add_argument("--layer", type=int, default=None, help="edited layer (default: per model)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    parser.add_argument("--seed", type=int, default=0, help="seeds templates and optimization")
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        metavar="DEVICE",
+        default=None,  # resolved when the command runs: asking CUDA here would load torch
+        help="cpu, cuda, cuda:N (default: cuda when available, else cpu)",
+    )
+
+
+def add_layer_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--layer", metavar="N", type=int, default=None, help="edited layer (default: per model)"
+    )
+
+
+def add_seed_option(parser: argparse.ArgumentParser, seeds: str) -> None:
+    parser.add_argument("--seed", metavar="N", type=int, default=0, help=f"seeds {seeds}")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model a command loads, its edited layer and where C comes from."""
+    add_model_option(parser)
+    add_layer_option(parser)
+    add_device_option(parser)
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="the model's dtype")
+    add_seed_option(parser, "random models, templates and optimization")
+    add_hparams_argument(parser)
+    add_stats_arguments(parser)
+
+
+def add_generation_tokens_option(
+    parser: argparse.ArgumentParser, *, low: int, default: int
+) -> None:
+    """Tokens per greedy continuation: one name for it on every command that generates."""
+    parser.add_argument(
+        "--generation-tokens",
+        metavar="N",
+        type=int_at_least(low),
+        default=default,
+        help="tokens per generated continuation",
+    )
+
+
+def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
+    """How our editor edits: its implementation, the v* loop's precision, fixed templates."""
     parser.add_argument(
         "--impl",
         choices=("fast", "naive"),
@@ -87,8 +143,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default="fp32",
         help="matmuls of the v* loop (tf32: CUDA only); keys and the update stay float32",
     )
-    add_input_arguments(parser)
-    add_stats_arguments(parser)
+    add_templates_argument(parser)
 
 
 def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,12 +151,14 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     stats = parser.add_argument_group("covariance statistics")
     stats.add_argument(
         "--stats-npz",
+        metavar="FILE",
         type=Path,
         default=None,
-        help="a second-moment file in the public ROME .npz format",
+        help="a second-moment file in the public ROME .npz format (default: none: computed)",
     )
     stats.add_argument(
         "--stats-corpus",
+        metavar="PATH",
         type=Path,
         default=None,
         help="text file or folder for the statistics (default: WikiText-2 when "
@@ -109,6 +166,7 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     )
     stats.add_argument(
         "--stats-samples",
+        metavar="N",
         type=int_at_least(1),
         default=None,
         help="documents used for the statistics (default: per model)",
@@ -128,13 +186,13 @@ def corpus_from_args(args: argparse.Namespace) -> Corpus | None:
 def stats_collector(args: argparse.Namespace) -> Callable[..., SecondMomentStats] | None:
     """With ``--workers``/``--ray-address`` (where the command has them), statistics that are
     not cached yet are computed sharded over Ray actors; None: in this process."""
+    if hasattr(args, "workers"):
+        cluster = cluster_from_args(args)
+        if cluster is not None:
+            from rome_fast.stats.sharded import sharded_collector
 
-    cluster = cluster_from_args(args) if hasattr(args, "workers") else None
-    if cluster is None:
-        return None
-    from rome_fast.stats.sharded import sharded_collector
-
-    return sharded_collector(cluster, args.model, DTYPES[args.dtype], args.seed)
+            return sharded_collector(cluster, args.model, torch_dtype(args.dtype), args.seed)
+    return None
 
 
 def stats_provider(args: argparse.Namespace, hparams: HParams) -> CovarianceProvider:
@@ -164,7 +222,7 @@ def editor_class(args: argparse.Namespace) -> type[Editor]:
 def load_from_args(args: argparse.Namespace) -> LoadedModel:
     from rome_fast.model.loader import load_model
 
-    return load_model(args.model, dtype=DTYPES[args.dtype], device=args.device, seed=args.seed)
+    return load_model(args.model, dtype=torch_dtype(args.dtype), device=args.device, seed=args.seed)
 
 
 def build_editor(args: argparse.Namespace) -> Editor:

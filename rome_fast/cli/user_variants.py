@@ -24,6 +24,7 @@ from typing import cast, get_args
 
 import torch
 
+from rome_fast.cli.options import SPEC_HELP
 from rome_fast.methods.rome.update import CovarianceFactor, RankOne, UpdateInputs, Variant
 from rome_fast.methods.rome.variants import (
     KEY_NAMES,
@@ -33,8 +34,6 @@ from rome_fast.methods.rome.variants import (
     get_variant,
     register_variant,
 )
-
-SPEC_HELP = "module:function or file.py:function, optionally @k_star / @k_prompt"
 
 
 def is_spec(name: str) -> bool:

@@ -7,8 +7,6 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 
 def int_at_least(low: int) -> type[int]:
     """An argparse ``type`` for integers ``>= low`` (argparse reports a bad one in one line)."""
@@ -26,9 +24,18 @@ def int_at_least(low: int) -> type[int]:
     return parse  # type: ignore[return-value]
 
 
-def names(text: str) -> list[str]:
-    """A comma-separated option (``rome,r-rome``) as its non-empty items."""
+def comma_list(text: str) -> list[str]:
+    """A comma-separated option (``rome,r-rome``, ``2,4,6``) as its non-empty items, stripped:
+    every comma-separated option is split here."""
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def comma_integers(text: str, option: str) -> list[int]:
+    """A comma-separated option of integers (``--layers 2,4,6``)."""
+    try:
+        return [int(item) for item in comma_list(text)]
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: give comma-separated integers, e.g. 2,4,6") from None
 
 
 def check_variants(variants: Sequence[str]) -> list[str]:
@@ -42,8 +49,17 @@ def check_variants(variants: Sequence[str]) -> list[str]:
     return list(variants)
 
 
+def default_device() -> str:
+    """``cuda`` when this machine has it, else ``cpu``: every command's ``--device`` default."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def check_device(device: str) -> None:
     """The device must exist on this machine."""
+    import torch
+
     try:
         kind = torch.device(device).type
     except RuntimeError as err:

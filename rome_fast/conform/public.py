@@ -125,7 +125,7 @@ class PublicEditor:
             self.config = self.layout.default_config
         if self.config not in FLAGS:
             raise ValueError(
-                f"unknown --config {self.config!r} for {self.layout.spec}; choose one of "
+                f"unknown --variant {self.config!r} for {self.layout.spec}; choose one of "
                 f"{', '.join(FLAGS)}"
             )
         if not has_flags and self.config != "rome":

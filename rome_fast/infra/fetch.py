@@ -1,4 +1,4 @@
-"""``rome data fetch``: the public files ROME users expect, downloaded into the data folder.
+"""The public files ROME users expect, downloaded into the data folder (``rome data fetch``):
 
 - ``counterfact``: ``counterfact.json`` (21,919 cases, original schema) → ``counterfact/``;
 - ``zsre``: ``zsre_mend_eval.json`` (the MEND zsRE evaluation split) → ``zsre/``;
@@ -16,7 +16,6 @@ moved into place only when complete, so an interrupted fetch leaves nothing behi
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import urllib.error
@@ -25,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rome_fast.infra.datadir import default_data_dir
 from rome_fast.infra.digests import sha256_of
 
 URL_ENV = "ROME_DATA_URL"
@@ -133,59 +131,3 @@ class Fetcher:
         self.manifest_path.write_text(json.dumps(self.manifest, indent=2, sort_keys=True) + "\n")
         how = "SHA-256 as recorded" if known else f"SHA-256 {digest} recorded"
         return f"downloaded {target} ({target.stat().st_size} bytes, {how})"
-
-
-def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "what", nargs="+", choices=("counterfact", "zsre", "stats"), help="what to download"
-    )
-    parser.add_argument(
-        "--model",
-        choices=sorted(STATS_MODULES),
-        default=None,
-        help="stats: the model whose public statistics to fetch",
-    )
-    parser.add_argument(
-        "--layers", default=None, help="stats: comma-separated layers, e.g. 17 or 5,17"
-    )
-    parser.add_argument(
-        "--dest",
-        type=Path,
-        default=None,
-        help="the data folder (default: $ROME_DATA_DIR, else the user cache's data/)",
-    )
-    parser.add_argument(
-        "--url-root",
-        default=None,
-        help=f"where the public files are (default: ${URL_ENV}, else {PUBLIC_ROOT})",
-    )
-    parser.add_argument(
-        "--force", action="store_true", help="download again even if the file is present"
-    )
-
-
-def requested_files(args: argparse.Namespace) -> list[RemoteFile]:
-    files = [DATASETS[w] for w in dict.fromkeys(args.what) if w != "stats"]
-    if "stats" in args.what:
-        if args.model is None or args.layers is None:
-            raise FetchError(
-                "rome data fetch stats needs --model and --layers, e.g. "
-                "rome data fetch stats --model gpt2-xl --layers 17"
-            )
-        try:
-            layers = [int(x) for x in args.layers.split(",")]
-        except ValueError:
-            raise FetchError(
-                f"--layers must be comma-separated integers, got {args.layers!r}"
-            ) from None
-        files += [stats_file(args.model, layer) for layer in layers]
-    return files
-
-
-def run_fetch(args: argparse.Namespace) -> int:
-    files = requested_files(args)
-    dest = args.dest if args.dest is not None else default_data_dir()
-    fetcher = Fetcher(dest, args.url_root or os.environ.get(URL_ENV, PUBLIC_ROOT))
-    for item in files:
-        print(fetcher.fetch(item, force=args.force))
-    return 0

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-PRECISIONS = ("fp32", "tf32", "bf16")
+from rome_fast.model.precision_names import PRECISIONS
 
 
 class EmulatedBf16Warning(UserWarning):
