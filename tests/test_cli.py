@@ -16,9 +16,9 @@ EIFFEL = [
     "{} is located in the city of",
     "--subject",
     "The Eiffel Tower",
-    "--target",
+    "--target-new",
     "Rome",
-    "--true",
+    "--target-true",
     "Paris",
 ]
 
@@ -33,7 +33,7 @@ def test_prompt_without_slot_is_a_clear_error(capsys: pytest.CaptureFixture[str]
             "no slot",
             "--subject",
             "x",
-            "--target",
+            "--target-new",
             "y",
         ]
     )
@@ -59,7 +59,7 @@ def run_edit(variant: str, out: Path) -> dict[str, Any]:
                 variant,
                 "--seed",
                 "0",
-                "--generate",
+                "--generation-tokens",
                 "0",
                 "--json",
                 str(out),
@@ -122,7 +122,7 @@ def test_edit_writes_the_json_fields_on_a_tiny_model(
             *EIFFEL,
             "--stats-samples",
             "8",
-            "--generate",
+            "--generation-tokens",
             generate,
             "--precision",
             precision,

@@ -14,7 +14,7 @@ from rome_fast.eval.gates import baselines_dir
 from rome_fast.infra.datadir import default_data_dir
 
 TINY = ["--model", "random:tiny-gpt2"]
-EDIT = ["edit", *TINY, "--prompt", "{} is in", "--subject", "Paris", "--target", "Rome"]
+EDIT = ["edit", *TINY, "--prompt", "{} is in", "--subject", "Paris", "--target-new", "Rome"]
 
 
 def counterfact() -> Path:
@@ -61,8 +61,8 @@ def test_bad_option_is_refused_before_a_folder_is_made(
     assert not out.exists()
 
 
-def test_negative_generate_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    refused([*EDIT, "--generate", "-3"], capsys, "--generate")
+def test_negative_generation_tokens_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    refused([*EDIT, "--generation-tokens", "-3"], capsys, "--generation-tokens")
 
 
 def test_sweep_with_a_layer_out_of_range_writes_nothing(
@@ -137,7 +137,7 @@ def test_baseline_from_a_summary_lacking_a_metric_is_refused(
     )
     out = tmp_path / "b.json"
     argv = ["baseline", "--summary", str(path), "--mode", "single", "--name", "b"]
-    argv += ["--source", "test", "--tolerance", "1", "--out", str(out)]
+    argv += ["--source", "test", "--tolerance", "1", "--json", str(out)]
     refused(argv, capsys, "lack S")
     assert not out.exists()
 
@@ -153,14 +153,14 @@ def test_baseline_does_not_overwrite_an_existing_file_without_the_flag(
         tmp_path, {"model": "m", "n_cases": 3, "results": {"single": {"rome": table}}}
     )
     argv = ["baseline", "--summary", str(path), "--mode", "single", "--name", "gptj-single"]
-    argv += ["--source", "test", "--tolerance", "1", "--out", str(existing)]
+    argv += ["--source", "test", "--tolerance", "1", "--json", str(existing)]
     refused(argv, capsys, "--overwrite")
     assert existing.read_bytes() == before
     assert main([*argv, "--overwrite"]) == 0
     assert existing.read_bytes() != before
 
 
-def test_baseline_needs_an_out_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_baseline_needs_a_json_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """No default into the installed package's folder (read-only or shared in a wheel install)."""
     shipped = {p.name: p.read_bytes() for p in baselines_dir().glob("*.json")}
     table = dict.fromkeys(("ES", "EM", "PS", "PM", "NS", "NM", "S"), 50.0)
@@ -168,7 +168,7 @@ def test_baseline_needs_an_out_file(tmp_path: Path, capsys: pytest.CaptureFixtur
         tmp_path, {"model": "m", "n_cases": 3, "results": {"single": {"rome": table}}}
     )
     argv = ["baseline", "--summary", str(path), "--mode", "single", "--name", "gptj-single"]
-    refused([*argv, "--source", "test", "--tolerance", "1"], capsys, "--out")
+    refused([*argv, "--source", "test", "--tolerance", "1"], capsys, "--json")
     assert {p.name: p.read_bytes() for p in baselines_dir().glob("*.json")} == shipped
 
 

@@ -15,7 +15,7 @@ from tests.models import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 INPUTS = ROOT / "fixtures" / "inputs"
-REQUEST = ["--prompt", "{} is located in", "--subject", "The tower", "--target", "Rome"]
+REQUEST = ["--prompt", "{} is located in", "--subject", "The tower", "--target-new", "Rome"]
 
 
 pytestmark = pytest.mark.usefixtures("clean_registry")
@@ -32,7 +32,7 @@ GPT2_INPUTS = [
 
 def edit(tmp_path: Path, *options: str) -> dict[str, object]:
     out = tmp_path / "edit.json"
-    argv = ["edit", *options, *REQUEST, "--generate", "0", "--json", str(out)]
+    argv = ["edit", *options, *REQUEST, "--generation-tokens", "0", "--json", str(out)]
     assert main(argv) == 0, argv
     report: dict[str, object] = json.loads(out.read_text())
     return report

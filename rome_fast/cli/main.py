@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from rome_fast.cli.inputs import DEFAULT_VARIANT, hparams_for_model, read_inputs
 from rome_fast.cli.options import (
-    SPEC_HELP,
     VARIANTS_HELP,
     add_cluster_arguments,
     add_edit_arguments,
@@ -32,6 +31,7 @@ from rome_fast.cli.options import (
 from rome_fast.cli.outputs import write_json_output
 from rome_fast.cli.parsing import HelpFormatter, add_command, deprecated_alias
 from rome_fast.cli.validate import (
+    SPEC_HELP,
     check_device,
     check_layers,
     check_out_file,

@@ -17,7 +17,7 @@ from rome_fast.cli.inputs import (
     add_templates_argument,
     hparams_for_model,
 )
-from rome_fast.cli.validate import int_at_least
+from rome_fast.cli.validate import SPEC_HELP, int_at_least
 from rome_fast.infra.cluster import Cluster
 from rome_fast.infra.extras import import_ray
 from rome_fast.model.precision_names import PRECISIONS
@@ -33,7 +33,6 @@ if TYPE_CHECKING:  # imported where used: a subcommand loads only what it needs
     from rome_fast.stats.covariance import CovarianceProvider
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")  # names of torch dtypes
-SPEC_HELP = "module:function or file.py:function, optionally @k_star / @k_prompt"
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -24,7 +24,7 @@ from typing import cast, get_args
 
 import torch
 
-from rome_fast.cli.options import SPEC_HELP
+from rome_fast.cli.validate import SPEC_HELP
 from rome_fast.methods.rome.update import CovarianceFactor, RankOne, UpdateInputs, Variant
 from rome_fast.methods.rome.variants import (
     KEY_NAMES,

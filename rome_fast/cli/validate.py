@@ -7,6 +7,9 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+# A user's variant as --variant / --variants take it (rome_fast.cli.user_variants).
+SPEC_HELP = "module:function or file.py:function, optionally @k_star / @k_prompt"
+
 
 def int_at_least(low: int) -> type[int]:
     """An argparse ``type`` for integers ``>= low`` (argparse reports a bad one in one line)."""
