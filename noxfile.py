@@ -153,7 +153,7 @@ def conform(session: nox.Session) -> None:
     ]
     for spec, folder, config, expect in runs:
         for model in ("random:tiny-gpt2", "random:tiny-gptj"):
-            options = ["--config", config] if config else []
+            options = ["--variant", config] if config else []
             session.run(
                 "rome",
                 "conform",
@@ -219,11 +219,11 @@ def wheel(session: nox.Session) -> None:
                 "{} is located in the city of",
                 "--subject",
                 "The Eiffel Tower",
-                "--target",
+                "--target-new",
                 "Rome",
                 "--stats-samples",  # C from 32 sampled texts: the install is what is tested
                 "32",
-                "--generate",
+                "--generation-tokens",
                 "0",
                 env=env,
                 external=True,

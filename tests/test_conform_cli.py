@@ -22,7 +22,7 @@ def test_conform_exit_0_and_json_when_the_verdict_is_expected(tmp_path: Path) ->
             "conform",
             "--editor",
             "rome-verify",
-            "--config",
+            "--variant",
             "p-rome",
             "--expect",
             "p-rome",
@@ -65,7 +65,7 @@ def test_conform_exit_1_on_a_planted_bug(capsys: pytest.CaptureFixture[str]) -> 
         (["--editor", "rome-verify", "--editor-path", "."], "not used with"),
         (["--editor", "no_such_module_xyz:edit"], "cannot import"),
         (["--editor", "rome-verify", "--cases", "0"], "--cases"),
-        (["--editor", "rome-verify", "--config", "q-rome"], "q-rome"),
+        (["--editor", "rome-verify", "--variant", "q-rome"], "q-rome"),
     ],
 )
 def test_conform_bad_usage_exits_2_with_one_line(

@@ -36,7 +36,7 @@ def _single(out: Path) -> dict[str, dict[str, object]]:
 
 def test_eval_runs_an_editor_under_test(tmp_path: Path) -> None:
     code = main(
-        ["eval", "--editor", "rome-verify", "--config", "p-rome", *QUICK, "--out", str(tmp_path)]
+        ["eval", "--editor", "rome-verify", "--variant", "p-rome", *QUICK, "--out", str(tmp_path)]
     )
     assert code == 0
     row = _single(tmp_path)["rome-verify-p-rome"]

@@ -50,7 +50,7 @@ def served(root: Path) -> Iterator[str]:
 
 
 def fetch(url: str, dest: Path, *what: str) -> int:
-    return main(["data", "fetch", *what, "--dest", str(dest), "--url-root", url])
+    return main(["data", "fetch", *what, "--out", str(dest), "--url-root", url])
 
 
 def test_fetch_downloads_every_kind_and_records_checksums(tmp_path: Path) -> None:
@@ -116,5 +116,5 @@ def test_a_failed_download_leaves_nothing_and_says_why(
 
 
 def test_stats_needs_a_model_and_layers(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["data", "fetch", "stats", "--dest", "unused"]) == 2
+    assert main(["data", "fetch", "stats", "--out", "unused"]) == 2
     assert "needs --model and --layers" in capsys.readouterr().err

@@ -37,7 +37,7 @@ def _settings() -> argparse.Namespace:
     return argparse.Namespace(
         editor=editor,
         editor_path=os.environ.get(PATH_VARIABLE),
-        config=os.environ.get("ROME_CONFORM_CONFIG"),
+        editor_variant=os.environ.get("ROME_CONFORM_CONFIG"),
         model=os.environ.get("ROME_CONFORM_MODEL", "random:tiny-gpt2"),
         cases=number("ROME_CONFORM_CASES") or 2,
         expect=os.environ.get("ROME_CONFORM_EXPECT"),
