@@ -1,10 +1,11 @@
 """The `rome` command lines the documentation shows, parsed from its text.
 
-Sources: the README's fenced shell blocks and the description/epilog of ``rome --help`` and of
-every ``rome SUB --help``. A command is a line starting with ``rome ``, or with environment
-assignments (``OMP_NUM_THREADS=1 rome …``) and then ``rome `` (a leading ``$ `` is dropped); a
-trailing backslash continues it, ``#`` starts a comment. Two placeholders have a
-defined expansion, the one the README states:
+Sources: the fenced shell blocks of the README and of the documentation pages in ``DOC_FILES``,
+and the description/epilog of ``rome --help`` and of every ``rome SUB --help``; the README's
+Python blocks are run as well (``python_blocks``). A command is a line starting with
+``rome ``, or with environment assignments (``OMP_NUM_THREADS=1 rome …``) and then ``rome ``
+(a leading ``$ `` is dropped); a trailing backslash continues it, ``#`` starts a comment. Two
+placeholders have a defined expansion, the one docs/COMMANDS.md states:
 
 - ``rome SUB ... OPTIONS`` is the last full ``rome SUB`` command of the same source with
   ``OPTIONS`` added;
@@ -23,6 +24,7 @@ from pathlib import Path
 from rome_fast.cli.main import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
+DOC_FILES = ("README.md", "docs/COMMANDS.md")  # every page that shows `rome` command lines
 FENCE = re.compile(r"^```(\w*)\s*$")
 SHELL_FENCES = {"", "sh", "bash", "shell", "console"}
 OPTIONAL = re.compile(r"\[([^\[\]]+)\]")
@@ -32,7 +34,7 @@ ASSIGNMENT = re.compile(r"^([A-Z_][A-Z0-9_]*)=(.*)$")
 
 @dataclass(frozen=True)
 class DocCommand:
-    source: str  # "README.md" or "rome eval --help"
+    source: str  # "README.md", "docs/COMMANDS.md" or "rome eval --help"
     written: str  # the line as documented (continuations joined, comment dropped)
     argv: tuple[str, ...]  # after expanding placeholders, without the leading "rome"
     env: tuple[tuple[str, str], ...] = ()  # the line's VAR=value prefixes
@@ -121,11 +123,17 @@ def help_texts() -> dict[str, str]:
 
 
 def documented_commands() -> list[DocCommand]:
-    readme = (REPO / "README.md").read_text()
-    commands = expand("README.md", command_lines(readme, fenced=True))
+    commands: list[DocCommand] = []
+    for page in DOC_FILES:
+        commands += expand(page, command_lines((REPO / page).read_text(), fenced=True))
     for source, text in help_texts().items():
         commands += expand(source, command_lines(text, fenced=False))
     return commands
+
+
+def python_blocks(text: str) -> list[str]:
+    """The fenced ``python`` blocks of ``text``, each as written."""
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
 
 
 def loads_a_model(argv: tuple[str, ...]) -> str | None:

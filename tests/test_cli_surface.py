@@ -137,10 +137,13 @@ def test_the_device_defaults_to_cuda_when_present(name: str) -> None:
 
 def test_a_command_runs_on_the_default_device(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
+
+    def command(args: argparse.Namespace) -> int:
+        seen.append(args.device)
+        return 0
+
     monkeypatch.setattr(cli_main, "default_device", lambda: "cpu")
-    args = argparse.Namespace(
-        command="stats", device=None, func=lambda a: seen.append(a.device) or 0
-    )
+    args = argparse.Namespace(command="stats", device=None, func=command)
     assert cli_main._run(args) == 0
     assert seen == ["cpu"]
 

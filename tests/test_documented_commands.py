@@ -24,7 +24,14 @@ import pytest
 from rome_fast.cli.main import build_parser
 from rome_fast.infra.datadir import default_data_dir
 from rome_fast.model.precision import cpu_bf16_is_emulated
-from tests.doc_commands import REPO, DocCommand, documented_commands, loads_a_model
+from tests.doc_commands import (
+    DOC_FILES,
+    REPO,
+    DocCommand,
+    documented_commands,
+    loads_a_model,
+    python_blocks,
+)
 
 # The documented line (continuations joined, comments dropped) -> why the suite does not run it.
 NOT_RUN = {
@@ -41,6 +48,14 @@ NOT_RUN = {
         "64 SmolLM2 edits plus the search for known facts: about 10 minutes on 2 CPU cores"
     ),
     "rome demo": "15 SmolLM2 edits with generations: it is `nox -s demo`, the main job",
+    "rome data fetch counterfact zsre": (
+        "downloads from the public ROME data site, and the suite runs offline; "
+        "tests/test_fetch.py runs the same command against a local server"
+    ),
+    "rome data fetch stats --model gpt2-xl --layers 17": (
+        "downloads from the public ROME data site, and the suite runs offline; "
+        "tests/test_fetch.py fetches the same statistics file from a local server"
+    ),
 }
 
 COMMANDS = documented_commands()
@@ -171,7 +186,34 @@ def test_commands_not_run_parse(command: DocCommand) -> None:
     build_parser().parse_args(list(command.argv))  # exits 2 on an unknown or missing option
 
 
-def test_the_readme_shows_commands() -> None:
-    """The extraction itself: the README's blocks hold edit, eval, baseline and gate lines."""
-    shown = {c.argv[0] for c in COMMANDS if c.source == "README.md"}
-    assert {"edit", "eval", "baseline", "gate", "demo", "sweep"} <= shown, shown
+def test_the_documentation_shows_commands() -> None:
+    """The extraction itself: the pages' blocks hold a line of every command, and every help
+    text its examples."""
+    shown = {c.argv[0] for c in COMMANDS if c.source in DOC_FILES}
+    every = {"edit", "demo", "sweep", "stats", "eval", "gate", "baseline", "conform", "data"}
+    assert shown == every, shown
+    assert {c.source for c in COMMANDS} >= {f"rome {name} --help" for name in every}
+
+
+README_PYTHON = python_blocks((REPO / "README.md").read_text())
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        pytest.param(b, marks=[pytest.mark.smollm2] if '"smollm2"' in b else [], id=f"block {i}")
+        for i, b in enumerate(README_PYTHON)
+    ],
+)
+def test_readme_python_runs(block: str, tmp_path: Path) -> None:
+    """Each Python block of the README, pasted into a fresh interpreter, runs."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ROME_DATA_DIR": str(default_data_dir())}
+    result = subprocess.run(
+        [sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, f"{block}\nstderr tail:\n{result.stderr[-4000:]}"
+    assert result.stdout, "the block prints what it shows"
+
+
+def test_the_readme_has_python_examples() -> None:
+    assert len(README_PYTHON) >= 2, "the README shows an edit and check_variant in Python"

@@ -1,8 +1,8 @@
 """The editor: atomic rank-one edits of a loaded model, exact reverts, and an edit log.
 
-One edit runs five phases, each timed: context templates (generated once per editor,
-seeded), target value ``v*``, keys ``k*``/``k_prompt`` (read in the v* pass), the rank-one
-update (covariance factor cached per layer), and applying it. Nothing touches the model
+One edit runs six phases, each timed: context templates (generated once per editor,
+seeded), target value ``v*``, keys ``k*``/``k_prompt`` (read in the v* pass), the key
+statistics C (its factor cached per layer), the rank-one update, and applying it. Nothing touches the model
 before the apply phase, and a failure during it (or non-finite weights after it) restores
 the saved pre-edit weight, so a failed edit leaves every weight bit-identical.
 
