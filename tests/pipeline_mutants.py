@@ -23,6 +23,7 @@ HANDWORKED = "tests/test_handworked.py"
 PROPERTIES = "tests/test_metric_properties.py"
 PUBLIC_GPT2 = ("tests/test_public_evaluator.py", "-k", "agree and tiny-gpt2")
 RUNS = "tests/test_runs.py"
+SURFACE = "tests/test_cli_surface.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # ---------------------------------------------------------------- metrics
@@ -442,7 +443,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "baseline_overwritten",
         "gates",
-        "rome_fast/cli/eval.py",
+        "rome_fast/cli/gate.py",
         "if out.exists() and not args.overwrite:",
         "if out.exists() and args.overwrite:",
         "rome baseline replaces an existing baseline without --overwrite",
@@ -487,11 +488,11 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "baseline_out_optional",
         "gates",
-        "rome_fast/cli/eval.py",
-        'required=True,\n        help="the baseline file to write',
-        'default=None,\n        help="the baseline file to write',
-        "rome baseline without --out is not refused (the old default wrote into the package)",
-        ("tests/test_cli_errors.py", "-k", "needs_an_out"),
+        "rome_fast/cli/gate.py",
+        "written = parser.add_mutually_exclusive_group(required=True)",
+        "written = parser.add_mutually_exclusive_group(required=False)",
+        "rome baseline without --json is not refused (the old default wrote into the package)",
+        ("tests/test_cli_errors.py", "-k", "needs_a_json"),
     ),
     Mutant(
         "table_fixed_name_width",
@@ -519,5 +520,78 @@ MUTANTS: tuple[Mutant, ...] = (
         "pass  # Python's own display: file, line and source",
         "a command's warning reaches the user as file, line and source, not one line",
         ("tests/test_precision.py", "-k", "one_line"),
+    ),
+    # ------------------------------------------- the command surface (issue 20)
+    Mutant(
+        "help_loads_torch",
+        "cli",
+        "rome_fast/cli/options.py",
+        "from rome_fast.model.precision_names import PRECISIONS",
+        "from rome_fast.model.precision import PRECISIONS",
+        "the options import the precision module for its names: rome --help loads torch (35 s)",
+        (SURFACE, "-k", "imports_neither"),
+    ),
+    Mutant(
+        "deprecated_spelling_silent",
+        "cli",
+        "rome_fast/cli/parsing.py",
+        "print(warning, file=sys.stderr)",
+        "pass",
+        "an old option spelling works without saying it is deprecated",
+        (SURFACE, "-k", "deprecated_spelling"),
+    ),
+    Mutant(
+        "stats_offers_edit_options",
+        "cli",
+        "rome_fast/cli/main.py",
+        "    add_model_arguments(p)\n    add_cluster_arguments(p)",
+        "    add_model_arguments(p)\n    add_edit_arguments(p)\n    add_cluster_arguments(p)",
+        "rome stats offers --impl, --precision and --templates, which it never reads",
+        (SURFACE, "-k", "offers_exactly"),
+    ),
+    Mutant(
+        "device_default_cpu",
+        "cli",
+        "rome_fast/cli/main.py",
+        "args.device = args.device or default_device()",
+        'args.device = args.device or "cpu"',
+        "a command without --device runs on the CPU although CUDA is present",
+        (SURFACE, "-k", "default_device"),
+    ),
+    Mutant(
+        "device_option_default_cpu",
+        "cli",
+        "rome_fast/cli/options.py",
+        "default=None,  # resolved when the command runs",
+        'default="cpu",  # resolved when the command runs',
+        "one command's --device defaults to cpu (conform's did) while the others use CUDA",
+        (SURFACE, "-k", "cuda_when_present"),
+    ),
+    Mutant(
+        "comma_list_keeps_blanks",
+        "cli",
+        "rome_fast/cli/validate.py",
+        'return [item.strip() for item in text.split(",") if item.strip()]',
+        'return [item.strip() for item in text.split(",")]',
+        "a trailing or doubled comma gives an empty variant or mode name",
+        (SURFACE, "-k", "comma"),
+    ),
+    Mutant(
+        "json_output_without_folder",
+        "cli",
+        "rome_fast/cli/outputs.py",
+        "    path.parent.mkdir(parents=True, exist_ok=True)\n",
+        "",
+        "--json into a folder that does not exist yet fails after the command's work is done",
+        (SURFACE, "-k", "json_output"),
+    ),
+    Mutant(
+        "help_without_defaults",
+        "cli",
+        "rome_fast/cli/parsing.py",
+        'return f"{text} (default: %(default)s)"',
+        "return text",
+        "the help shows no defaults",
+        (SURFACE, "-k", "metavar_and_its_default"),
     ),
 )

@@ -142,10 +142,12 @@ def test_a_command_runs_on_the_default_device(monkeypatch: pytest.MonkeyPatch) -
         seen.append(args.device)
         return 0
 
-    monkeypatch.setattr(cli_main, "default_device", lambda: "cpu")
+    # As on a machine with CUDA (the check of the device itself is test_cli_errors').
+    monkeypatch.setattr(cli_main, "default_device", lambda: "cuda")
+    monkeypatch.setattr(cli_main, "check_device", lambda _device: None)
     args = argparse.Namespace(command="stats", device=None, func=command)
     assert cli_main._run(args) == 0
-    assert seen == ["cpu"]
+    assert seen == ["cuda"]
 
 
 @pytest.mark.parametrize("name", sorted(commands()))

@@ -71,7 +71,8 @@ class DeprecatedAlias(argparse.Action):
         option_string: str | None = None,
     ) -> None:
         new = self.replacement.option_strings[0]
-        print(f"{parser.prog}: warning: {option_string} is deprecated, use {new}", file=sys.stderr)
+        warning = f"{parser.prog}: warning: {option_string} is deprecated, use {new}"
+        print(warning, file=sys.stderr)
         self.replacement(parser, namespace, values, new)
 
 
