@@ -3,8 +3,9 @@
 One edit runs six phases, each timed: context templates (generated once per editor,
 seeded), target value ``v*``, keys ``k*``/``k_prompt`` (read in the v* pass), the key
 statistics C (its factor cached per layer), the rank-one update, and applying it. Nothing
-touches the model before the apply phase, and a failure during it (or non-finite weights after it) restores
-the saved pre-edit weight, so a failed edit leaves every weight bit-identical.
+touches the model before the apply phase, and a failure during it (or non-finite weights
+after it) restores the saved pre-edit weight, so a failed edit leaves every weight
+bit-identical.
 
 Exactness of undo:
 
