@@ -78,7 +78,7 @@ def test_the_command_line_shows_a_warning_in_one_line(
 ) -> None:
     monkeypatch.setattr(precision, "cpu_bf16_is_emulated", lambda: True)
     argv = ["edit", "--model", "random:tiny-gpt2", "--prompt", "{} lives in", "--subject", "Ann"]
-    argv += ["--target", "Paris", "--precision", "bf16", "--generate", "0"]
+    argv += ["--target-new", "Paris", "--precision", "bf16", "--generation-tokens", "0"]
     argv += ["--stats-samples", "8"]
     with warnings.catch_warnings():
         warnings.simplefilter("always", precision.EmulatedBf16Warning)
