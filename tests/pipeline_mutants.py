@@ -520,4 +520,23 @@ MUTANTS: tuple[Mutant, ...] = (
         "a command's warning reaches the user as file, line and source, not one line",
         ("tests/test_precision.py", "-k", "one_line"),
     ),
+    # ---------------------------------------------------------------- issue 21: the holes
+    Mutant(
+        "early_stop_on_the_nll",
+        "value",
+        "rome_fast/edit/value.py",
+        "if trace[-1] < hparams.v_early_stop_loss or",
+        'if steps_record[-1]["nll"] < hparams.v_early_stop_loss or',
+        "the fast v* loop stops once the NLL alone is below the threshold, not the total",
+        ("tests/test_value.py", "-k", "early_stop_compares_the_total and fast"),
+    ),
+    Mutant(
+        "naive_early_stop_on_the_nll",
+        "value",
+        "rome_fast/edit/naive.py",
+        'steps[-1]["total"] < hparams.v_early_stop_loss',
+        'steps[-1]["nll"] < hparams.v_early_stop_loss',
+        "the naive v* loop stops once the NLL alone is below the threshold, not the total",
+        ("tests/test_value.py", "-k", "early_stop_compares_the_total and naive"),
+    ),
 )
