@@ -539,4 +539,23 @@ MUTANTS: tuple[Mutant, ...] = (
         "the naive v* loop stops once the NLL alone is below the threshold, not the total",
         ("tests/test_value.py", "-k", "early_stop_compares_the_total and naive"),
     ),
+    Mutant(
+        "provider_memo_without_layer",
+        "statistics",
+        "rome_fast/stats/covariance.py",
+        "return layer_second_moment(loaded, layer, **options)",
+        'return provider.__dict__.setdefault("C", layer_second_moment(loaded, layer, **options))',
+        "the statistics provider remembers the first C it computed and returns it for any layer",
+        ("tests/test_stats.py", "-k", "each_layer_its_own_C"),
+    ),
+    Mutant(
+        "editor_factor_memo_without_layer",
+        "statistics",
+        "rome_fast/edit/editor.py",
+        "            self._factors[layer] = factor\n        return self._factors[layer]",
+        "            self._factors[layer] = factor\n"
+        "        return next(iter(self._factors.values()))",
+        "the editor's cached factor of C is the first layer's, whatever layer is asked",
+        ("tests/test_stats.py", "-k", "each_layer_its_own_C"),
+    ),
 )
