@@ -558,4 +558,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "the editor's cached factor of C is the first layer's, whatever layer is asked",
         ("tests/test_stats.py", "-k", "each_layer_its_own_C"),
     ),
+    Mutant(
+        "requeued_left_in_flight",
+        "ray",
+        "rome_fast/eval/dispatch.py",
+        "                del self.in_flight[ref]",
+        "                pass  # requeued, but still in flight",
+        "a dead actor's other case is requeued but left in flight: computed twice, retried twice",
+        ("tests/test_dispatch.py",),
+    ),
 )
