@@ -5,6 +5,8 @@ the statistics one process collects. Runs in the default suite; the Ray session
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from rome_fast.model.linear import onednn_is_faster
@@ -36,7 +38,11 @@ def test_merged_shards_equal_the_one_process_statistics() -> None:
     loaded = random_model(MODEL.removeprefix("random:"))
     docs = documents()
     corpus = from_texts(docs)
-    options = {"batch_size": BATCH_SIZE, "max_length": MAX_LENGTH, "progress": False}
+    options: dict[str, Any] = {
+        "batch_size": BATCH_SIZE,
+        "max_length": MAX_LENGTH,
+        "progress": False,
+    }
     whole = stats.collect_second_moment(
         loaded, LAYER, corpus, n_samples=len(docs), dtype=torch.float64, **options
     )
