@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from rome_fast.cli.main import main
 from rome_fast.infra.fetch import COUNTERFACT_FIELDS, MANIFEST, ZSRE_FIELDS
 
 
-def npz_bytes(**arrays: np.ndarray) -> bytes:
+def npz_bytes(arrays: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
@@ -38,7 +39,7 @@ STATS = "stats/gpt2-xl/wikipedia_stats/transformer.h.17.mlp.c_proj_float32_mom2_
 FILES = {
     COUNTERFACT: json_bytes([dict.fromkeys(COUNTERFACT_FIELDS, 0)] * 3),
     "dsets/zsre_mend_eval.json": json_bytes([dict.fromkeys(ZSRE_FIELDS, "x")] * 3),
-    STATS: npz_bytes(**{"mom2.mom2": np.eye(4), "mom2.count": np.array(7)}),
+    STATS: npz_bytes({"mom2.mom2": np.eye(4), "mom2.count": np.array(7)}),
 }
 LOCAL = {COUNTERFACT: "counterfact/counterfact.json", STATS: STATS}
 WHAT = {COUNTERFACT: ("counterfact",), STATS: ("stats", "--model", "gpt2-xl", "--layers", "17")}
