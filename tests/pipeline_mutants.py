@@ -621,4 +621,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "a failed download's partial file stays in the data folder",
         ("tests/test_fetch.py", "-k", "truncated or failed_download"),
     ),
+    Mutant(
+        "identity_adopted",
+        "runs",
+        "rome_fast/eval/runner.py",
+        "        refuse_records_without_identity(self.out)\n",
+        "",
+        "a run folder without its config.json is adopted: old records relabelled with new options",
+        ("tests/test_run_reliability.py", "-k", "config_is_gone"),
+    ),
 )
