@@ -121,6 +121,24 @@ def test_resume_with_other_statistics_options_is_refused_and_changes_no_file(
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("mode", ["single", "sequential"])
+def test_records_whose_config_is_gone_are_refused_not_adopted(
+    loaded: LoadedModel, tmp_path: Path, mode: str
+) -> None:
+    cases = make_cases(2)
+    Runner(
+        loaded, FakeEditor(loaded), cases, config(modes=(mode,), stats_samples=10), tmp_path
+    ).run()
+    (tmp_path / "config.json").unlink()
+    before = snapshot(tmp_path)
+    for samples in (20, 10):  # other options, or the same: nothing says which made the records
+        cfg = config(modes=(mode,), stats_samples=samples)
+        with pytest.raises(ValueError, match=r"run records .* but no config\.json") as refused:
+            Runner(loaded, FakeEditor(loaded), cases, cfg, tmp_path).run()
+        assert "choose a new --out, or delete the folder" in str(refused.value)
+        assert snapshot(tmp_path) == before
+
+
 def test_refused_damaged_sequential_folder_changes_no_file(
     loaded: LoadedModel, tmp_path: Path
 ) -> None:

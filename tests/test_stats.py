@@ -12,12 +12,17 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from rome_fast.edit.editor import Editor
 from rome_fast.edit.ownership import stored_weight
+from rome_fast.hparams.defaults import hparams_for
+from rome_fast.infra.datadir import CACHE_ENV
 from rome_fast.model.hooks import capture
 from rome_fast.model.loader import LoadedModel, load_model
 from rome_fast.model.weights import weight_matrix
+from rome_fast.solve.rank_one import CovarianceFactor
 from rome_fast.stats import collect as stats
 from rome_fast.stats.corpus import Corpus, from_texts
+from rome_fast.stats.covariance import default_covariance
 from tests.models import key_dim
 
 LAYER = 1
@@ -315,3 +320,30 @@ def test_cache_key_follows_the_weights_below_the_edited_module(gpt2: LoadedModel
         edited[0, 0] -= 1.0
         embedding[0, 0] -= 1.0
     assert after != before
+
+
+def test_one_provider_gives_each_layer_its_own_C(
+    gpt2: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provider (and the editor that holds it) asked for two layers, in turn and again,
+    returns each layer's own C: anything it remembers is keyed by the layer."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    hparams = hparams_for(gpt2.name).replace(mom2_max_length=64)
+    options: dict[str, Any] = {"corpus": from_texts(varied_texts(20)), "n_samples": 20}
+    provider = default_covariance(hparams, **options)
+    editor = Editor(gpt2, hparams=hparams, stats=provider)
+    layers = (LAYER, LAYER + 1, LAYER)
+    own = {
+        layer: stats.layer_second_moment(
+            gpt2, layer, **options, max_length=64, stats_dir=tmp_path / "own", progress=False
+        )
+        for layer in layers
+    }
+    assert not torch.equal(own[LAYER], own[LAYER + 1])  # the layers' keys differ
+    for layer in layers:
+        C = provider(gpt2, layer)
+        assert isinstance(C, Tensor)
+        assert torch.equal(C, own[layer]), f"the provider's C for layer {layer} is another's"
+        factor = editor.covariance(layer).cholesky
+        own_factor = CovarianceFactor.from_matrix(own[layer]).cholesky
+        assert torch.equal(factor, own_factor), f"the editor's C for layer {layer} is another's"

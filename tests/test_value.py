@@ -7,6 +7,9 @@ full-forward loop's loss trace, step count and v* up to float rounding.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import torch
 
@@ -113,6 +116,24 @@ def test_early_stop_below_threshold() -> None:
     assert len(result.loss_trace) == 1
     assert result.adam_steps == 0
     assert torch.equal(result.v_star, result.v_init)
+
+
+@pytest.mark.parametrize("loop", [compute_v_star, naive_value], ids=["fast", "naive"])
+def test_early_stop_compares_the_total_loss_not_a_part(loop: Callable[..., Any]) -> None:
+    """A threshold the NLL alone crosses after the first Adam step while the total (the weight
+    decay and the KL are no longer zero there) never does: the loop must run to its end.
+
+    Step 0 cannot tell the two apart (δ = 0, so the total is the NLL); the threshold is read
+    off a run that never stops, between step 1's NLL and every total."""
+    args = (*at(tiny_model("tiny-gpt2"), LAYER), EDIT, TEMPLATES)
+    never = loop(*args, tiny_hparams("tiny-gpt2", v_num_grad_steps=4, v_early_stop_loss=0.0))
+    totals = [step["total"] for step in never.loss_steps]
+    threshold = (never.loss_steps[1]["nll"] + min(totals)) / 2
+    assert never.loss_steps[1]["nll"] < threshold < min(totals), never.loss_steps
+    hp = tiny_hparams("tiny-gpt2", v_num_grad_steps=4, v_early_stop_loss=threshold)
+    result = loop(*args, hp)
+    assert result.loss_trace == totals, f"stopped on a part of the loss below {threshold}"
+    assert result.adam_steps == 3
 
 
 def test_delta_is_clamped_to_the_ball() -> None:

@@ -7,7 +7,8 @@ files, their order, the collapse flags and resuming are those of that run. Singl
 are sharded over the actors (prefetched, any completion order, written in case order); a
 sequential stream (one per variant) goes to one actor, since its edits depend on each other.
 
-A worker that dies loses nothing: its unfinished cases go to a replacement actor; a stream
+A worker that dies loses nothing: its unfinished cases go to a replacement actor (the
+bookkeeping is ``rome_fast.eval.dispatch``, pure and tested without Ray); a stream
 restarts from its last checkpoint (the rows after it are redone, as on a resumed run). The
 summary's ``execution`` says how many cases were retried.
 
@@ -20,7 +21,6 @@ import os
 import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from rome_fast.eval.config import RunConfig
 from rome_fast.eval.data import Case
+from rome_fast.eval.dispatch import MAX_ATTEMPTS, Dispatch, Unit
 from rome_fast.eval.files import read_lines
 from rome_fast.eval.reproducibility import kernel_settings
 from rome_fast.eval.runner import Runner
@@ -50,9 +51,6 @@ from rome_fast.model.linear import onednn_is_faster, pin_onednn
 if TYPE_CHECKING:
     from rome_fast.edit.editor import Editor
     from rome_fast.model.loader import LoadedModel
-
-MAX_ATTEMPTS = 3  # a case (or stream) whose worker died this often fails the run
-
 
 # ---------------------------------------------------------------- the worker
 
@@ -178,13 +176,6 @@ class Pool:
             self.ray.kill(actor)
 
 
-@dataclass
-class _Unit:
-    index: int
-    variants: list[str]
-    attempts: int = 0
-
-
 class ShardedSingle:
     """Single-edit rows computed by the pool, two cases in flight per actor, handed to the
     runner's loop in whatever order it asks for them (case order)."""
@@ -193,61 +184,33 @@ class ShardedSingle:
 
     def __init__(self, pool: Pool, todo: Mapping[int, Sequence[str]], bar: tqdm[NoReturn]) -> None:
         self.pool, self.bar = pool, bar
-        self.queue = deque(_Unit(i, list(v)) for i, v in sorted(todo.items()) if v)
+        self.dispatch = Dispatch(todo, self.IN_FLIGHT)
         self.rows: dict[tuple[str, int], dict[str, Any]] = {}
-        self.in_flight: dict[Any, tuple[int, Any, _Unit]] = {}  # ref -> slot, actor, unit
 
     def single_row(self, variant: str, index: int) -> dict[str, Any]:
         while (variant, index) not in self.rows:
-            if not self._pending(variant, index):
-                self.queue.appendleft(_Unit(index, [variant]))
-            self._submit()
+            self.dispatch.want(variant, index)
+            self.dispatch.submit(self.pool.actors, _start_unit)
             self._collect()
         return self.rows.pop((variant, index))
 
-    def _pending(self, variant: str, index: int) -> bool:
-        units = [*self.queue, *(u for _, _, u in self.in_flight.values())]
-        return any(u.index == index and variant in u.variants for u in units)
-
-    def _submit(self) -> None:
-        for slot, actor in enumerate(self.pool.actors):
-            busy = sum(a is actor for _, a, _ in self.in_flight.values())
-            for _ in range(self.IN_FLIGHT - busy):
-                if not self.queue:
-                    return
-                unit = self.queue.popleft()
-                ref = actor.single_rows.remote(unit.index, unit.variants)
-                self.in_flight[ref] = (slot, actor, unit)
-
     def _collect(self) -> None:
-        (ref,), _ = self.pool.ray.wait(list(self.in_flight), num_returns=1)
-        slot, actor, unit = self.in_flight.pop(ref)
+        (ref,), _ = self.pool.ray.wait(list(self.dispatch.in_flight), num_returns=1)
+        flight = self.dispatch.landed(ref)
         try:
             rows = fetch(self.pool.ray, ref)
         except WorkerLost:
-            self._lost(slot, actor, unit)
+            lost = self.dispatch.lost(flight)
+            self.pool.replace(flight.slot, flight.actor, lost)
+            self.bar.set_postfix(retried=self.pool.retried)
             return
         for variant, row in rows.items():
-            self.rows[(variant, unit.index)] = row
+            self.rows[(variant, flight.unit.index)] = row
         self.bar.update(len(rows))
 
-    def _lost(self, slot: int, actor: Any, unit: _Unit) -> None:
-        """Every unfinished case of the dead actor goes back to the front of the queue."""
-        lost = [unit]
-        for ref, (_, other, other_unit) in list(self.in_flight.items()):
-            if other is actor:
-                lost.append(other_unit)
-                del self.in_flight[ref]
-        for u in sorted(lost, key=lambda u: u.index, reverse=True):
-            u.attempts += 1
-            if u.attempts >= MAX_ATTEMPTS:
-                raise RuntimeError(
-                    f"case index {u.index}: its worker died {u.attempts} times; "
-                    "see the Ray logs (out of memory?)"
-                )
-            self.queue.appendleft(u)
-        self.pool.replace(slot, actor, len(lost))
-        self.bar.set_postfix(retried=self.pool.retried)
+
+def _start_unit(actor: Any, unit: Unit) -> Any:
+    return actor.single_rows.remote(unit.index, unit.variants)
 
 
 class RemoteStream:

@@ -17,7 +17,8 @@ checkpoints the edited weights (atomically, after the line). On restart, anythin
 the last checkpoint (or a half-written line) is dropped and recomputed, so no case is
 lost or duplicated; a GLUE check missing at the checkpoint's step is redone. JSON files
 are replaced atomically. A folder that cannot be resumed is refused before any file is
-changed. ``tests/test_faults.py`` kills a run at every write and checks all of this.
+changed, among them one whose records exist without their config.json (never adopted).
+``tests/test_faults.py`` kills a run at every write and checks all of this.
 """
 
 from __future__ import annotations
@@ -59,6 +60,20 @@ from rome_fast.infra.timer import PhaseTimer
 from rome_fast.model.loader import LoadedModel
 
 T = TypeVar("T")
+# What a run writes besides its identity (config.json) and its lock.
+RECORD_PATTERNS = ("single-*", "sequential-*", "glue-*", "reference.json", "summary.json")
+
+
+def refuse_records_without_identity(out: Path) -> None:
+    """A ValueError if ``out`` holds run records but no config.json: the options they were
+    computed with are unknown, so a run must not adopt them under its own."""
+    records = sorted({p.name for pattern in RECORD_PATTERNS for p in out.glob(pattern)})
+    if records:
+        raise ValueError(
+            f"{out} holds run records ({', '.join(records)}) but no config.json, so the options "
+            "they were computed with are unknown and they cannot be resumed; choose a new --out, "
+            "or delete the folder to start over"
+        )
 
 
 @dataclass
@@ -126,6 +141,7 @@ class Runner:
                     + "); resume with the same options or choose a new --out"
                 )
             return
+        refuse_records_without_identity(self.out)
         config["versions"] = {
             "python": platform.python_version(),
             "torch": torch.__version__,

@@ -11,20 +11,32 @@ The site publishes no checksums, so none are built in: the first download of a f
 its SHA-256 and size in ``checksums.json`` next to the files, and every later fetch verifies
 the file on disk (and, with ``--force``, the downloaded copy) against that record. A
 mismatch is an error that names both digests; a download is written to a temporary file and
-moved into place only when complete, so an interrupted fetch leaves nothing behind.
+moved into place only when complete: as many bytes as its ``Content-Length`` announced, and
+content that parses as what it claims (``rome_fast.infra.download_checks``: the JSON records
+with their fields, the ``.npz`` with its arrays). A download that fails either check is
+removed, its checksum never recorded, and the error says what arrived.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from rome_fast.infra.digests import sha256_of
+from rome_fast.infra.download_checks import (
+    IncompleteDownload,
+    check_json_records,
+    check_length,
+    check_npz_arrays,
+)
 
 URL_ENV = "ROME_DATA_URL"
 PUBLIC_ROOT = "https://rome.baulab.info/data"
@@ -36,11 +48,24 @@ CHUNK = 1 << 20
 class RemoteFile:
     remote: str  # path under the URL root
     local: str  # path under the data folder
+    check: Callable[[Path], None]  # raises IncompleteDownload unless the file is whole
 
 
+# The fields every record has in the public files (those rome_fast.eval.data reads among them).
+COUNTERFACT_FIELDS = ("case_id", "requested_rewrite", "paraphrase_prompts", "neighborhood_prompts")
+ZSRE_FIELDS = ("subject", "src", "rephrase", "alt", "loc", "loc_ans")
+STATS_ARRAYS = ("mom2.mom2", "mom2.count")  # the public second-moment file's arrays
 DATASETS = {
-    "counterfact": RemoteFile("dsets/counterfact.json", "counterfact/counterfact.json"),
-    "zsre": RemoteFile("dsets/zsre_mend_eval.json", "zsre/zsre_mend_eval.json"),
+    "counterfact": RemoteFile(
+        "dsets/counterfact.json",
+        "counterfact/counterfact.json",
+        partial(check_json_records, fields=COUNTERFACT_FIELDS),
+    ),
+    "zsre": RemoteFile(
+        "dsets/zsre_mend_eval.json",
+        "zsre/zsre_mend_eval.json",
+        partial(check_json_records, fields=ZSRE_FIELDS),
+    ),
 }
 # The models the public statistics exist for, and their edited module per layer.
 STATS_MODULES = {
@@ -63,25 +88,34 @@ def stats_file(model: str, layer: int) -> RemoteFile:
         )
     name = f"{STATS_MODULES[model].format(layer)}_float32_mom2_100000.npz"
     path = f"stats/{model}/wikipedia_stats/{name}"
-    return RemoteFile(path, path)
+    return RemoteFile(path, path, partial(check_npz_arrays, arrays=STATS_ARRAYS))
 
 
-def _download(url: str, target: Path) -> None:
-    """``url`` to ``target``, through a temporary file moved into place when complete."""
+def _download(item: RemoteFile, url: str, target: Path) -> None:
+    """``url`` to ``target``, through a temporary file moved into place when complete (its
+    ``Content-Length`` and ``item.check`` passed); a partial file is removed."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.name}.part{os.getpid()}")
+    partial_file = target.with_name(f"{target.name}.part{os.getpid()}")
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, partial.open("wb") as out:
+        with urllib.request.urlopen(url, timeout=60) as response, partial_file.open("wb") as out:
             while chunk := response.read(CHUNK):
                 out.write(chunk)
-        partial.replace(target)
-    except (urllib.error.URLError, OSError) as error:
+            announced = response.headers.get("Content-Length")
+        check_length(partial_file.stat().st_size, announced)
+        item.check(partial_file)
+        partial_file.replace(target)
+    except IncompleteDownload as error:
+        raise FetchError(
+            f"the download of {url} is incomplete: {error}; nothing was kept and no checksum "
+            f"recorded: fetch again, or pass --url-root (or set {URL_ENV}) to a mirror"
+        ) from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
         raise FetchError(
             f"could not download {url}: {error}; check the connection, or pass --url-root "
             f"(or set {URL_ENV}) to a mirror of the public ROME data"
         ) from None
     finally:
-        partial.unlink(missing_ok=True)
+        partial_file.unlink(missing_ok=True)
 
 
 class Fetcher:
@@ -117,7 +151,7 @@ class Fetcher:
             return f"verified {target} (SHA-256 as recorded)"
         fresh = target.with_name(f"{target.name}.new{os.getpid()}")
         try:
-            _download(url, fresh)
+            _download(item, url, fresh)
             digest = self._check(item, fresh, "the download of")
             fresh.replace(target)
         finally:

@@ -1,0 +1,71 @@
+"""The Ray driver's bookkeeping (``rome_fast.eval.dispatch``) without Ray: the loop of
+``distributed.ShardedSingle`` replayed with actors as names and refs as ``(actor, index)``,
+so that an actor's death can be placed exactly. Runs in the default suite."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from rome_fast.eval.dispatch import MAX_ATTEMPTS, Dispatch, Unit
+
+VARIANTS = ["rome", "r-rome"]
+N_CASES = 5
+PER_ACTOR = 2  # as ShardedSingle.IN_FLIGHT
+
+
+def start(actor: str, unit: Unit) -> tuple[str, int]:
+    return (actor, unit.index)
+
+
+def drive(dispatch: Dispatch, actors: list[str], deaths: int) -> tuple[Counter[int], int]:
+    """Every unit through to its rows, the oldest flight landing first; an actor whose name
+    has fewer than ``deaths`` primes dies (then its slot gets ``name'``). Returns how often
+    each case was computed and how many units were counted as retried."""
+    computed: Counter[int] = Counter()
+    retried = 0
+    while dispatch.queue or dispatch.in_flight:
+        dispatch.submit(actors, start)
+        flight = dispatch.landed(next(iter(dispatch.in_flight)))
+        if flight.actor.count("'") < deaths:
+            retried += dispatch.lost(flight)
+            actors[flight.slot] = flight.actor + "'"
+        else:
+            computed[flight.unit.index] += len(flight.unit.variants)
+    return computed, retried
+
+
+def test_a_dead_actors_cases_are_requeued_once_each() -> None:
+    dispatch = Dispatch(dict.fromkeys(range(4), VARIANTS), PER_ACTOR)
+    dispatch.submit(["a", "b"], start)
+    assert list(dispatch.in_flight) == [("a", 0), ("a", 1), ("b", 2), ("b", 3)]
+    lost = dispatch.lost(dispatch.landed(("a", 0)))
+    assert lost == 2  # the case that failed and the one queued behind it on the same actor
+    assert list(dispatch.in_flight) == [("b", 2), ("b", 3)], "a requeued case stayed in flight"
+    assert [u.index for u in dispatch.queue] == [0, 1]
+    assert [u.attempts for u in dispatch.queue] == [1, 1]
+
+
+def test_a_death_costs_each_lost_case_one_recomputation_and_one_retry() -> None:
+    dispatch = Dispatch(dict.fromkeys(range(N_CASES), VARIANTS), PER_ACTOR)
+    computed, retried = drive(dispatch, ["a", "b"], deaths=1)
+    # every case computed once for both variants; "a" and "b" each die once with 2 in flight
+    assert computed == dict.fromkeys(range(N_CASES), len(VARIANTS))
+    assert retried == 2 * PER_ACTOR
+
+
+def test_a_case_whose_worker_keeps_dying_fails_the_run() -> None:
+    dispatch = Dispatch({0: VARIANTS}, PER_ACTOR)
+    with pytest.raises(RuntimeError, match=f"case index 0: its worker died {MAX_ATTEMPTS} times"):
+        drive(dispatch, ["a"], deaths=MAX_ATTEMPTS)
+
+
+def test_a_row_asked_for_is_queued_once_first() -> None:
+    dispatch = Dispatch({0: VARIANTS, 1: ["rome"]}, PER_ACTOR)
+    dispatch.want("r-rome", 1)  # not held by any unit: queued first
+    dispatch.want("rome", 1)  # held by the queued unit of case 1
+    dispatch.submit(["a"], start)
+    dispatch.want("rome", 0)  # held by a unit in flight
+    assert [(u.index, u.variants) for u in dispatch.queue] == [(1, ["rome"])]
+    assert [f.unit.variants for f in dispatch.in_flight.values()] == [["r-rome"], VARIANTS]
