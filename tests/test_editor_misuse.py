@@ -11,7 +11,7 @@ import torch
 from rome_fast.edit.editor import Editor
 from rome_fast.edit.ownership import ForeignWriteError
 from rome_fast.edit.request import EditRequest
-from rome_fast.eval.score import generate, target_nll
+from rome_fast.eval.score import generate, mean_token_nll
 from rome_fast.model.context import context_limit
 from rome_fast.model.loader import LoadedModel, random_model
 from tests.models import (
@@ -100,7 +100,7 @@ def test_scoring_a_prompt_beyond_the_context_names_the_limit(family: str) -> Non
     loaded = short_context(family, 16)
     prompt = " ".join(["word"] * 40)
     with pytest.raises(ValueError, match="context of 16 tokens"):
-        target_nll(loaded.model, loaded.tokenizer, [prompt], ["Rome"])
+        mean_token_nll(loaded.model, loaded.tokenizer, [prompt], ["Rome"])
     with pytest.raises(ValueError, match="context of 16 tokens"):
         generate(loaded.model, loaded.tokenizer, [prompt], max_new_tokens=2)
 
@@ -122,4 +122,4 @@ def test_gpt2_prompt_beyond_its_real_context_is_refused() -> None:
     assert limit is not None
     prompt = " ".join(["word"] * (limit + 5))
     with pytest.raises(ValueError, match=f"context of {limit} tokens"):
-        target_nll(loaded.model, loaded.tokenizer, [prompt], ["Rome"])
+        mean_token_nll(loaded.model, loaded.tokenizer, [prompt], ["Rome"])

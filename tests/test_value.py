@@ -18,10 +18,9 @@ from rome_fast.edit.value import (
     compute_v_star,
     read_mlp_positions,
     readout_logits,
-    target_token_ids,
 )
 from rome_fast.model.hooks import capture
-from rome_fast.model.tokens import subject_last_index
+from rome_fast.model.tokens import subject_last_index, target_token_ids
 from tests.models import EDIT, FAMILIES, REQUEST, TEMPLATES, at, tiny_hparams, tiny_model
 
 LAYER = 1
@@ -77,14 +76,6 @@ def test_readout_logits_equal_the_full_forward() -> None:
         full = loaded.model(**inputs).logits
         picked = readout_logits(loaded.model, inputs, vb.target_rows, vb.target_positions)
     torch.testing.assert_close(picked, full[vb.target_rows, vb.target_positions].float())
-
-
-def test_target_gets_one_leading_space() -> None:
-    tok = tiny_model("tiny-gpt2").tokenizer
-    assert target_token_ids(tok, "Rome") == target_token_ids(tok, " Rome")
-    assert target_token_ids(tok, "Rome") == tok(" Rome")["input_ids"]
-    with pytest.raises(ValueError, match="non-empty"):
-        target_token_ids(tok, " ")
 
 
 def test_v_init_is_the_module_output_at_the_bare_prompt() -> None:
