@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from transformers import PreTrainedTokenizerBase
 
+from rome_fast.infra.reproducer import reproducible
 from rome_fast.model.tokens import (
     apply_template,
     pad_id,
@@ -44,6 +45,7 @@ def gpt2_tokenizer() -> PreTrainedTokenizerBase:  # the real GPT-2 BPE, shared w
     return tiny_model("tiny-gpt2").tokenizer
 
 
+@reproducible
 def assert_subject_ends_at(prompt: str, subject: str) -> None:
     """Reference: the tokens up to the index decode to the text up to the subject's end."""
     tok = gpt2_tokenizer()
@@ -51,8 +53,7 @@ def assert_subject_ends_at(prompt: str, subject: str) -> None:
     before, _ = split_prompt(prompt)
     decoded = tok.decode(ids[: index + 1])
     assert decoded == before + subject, (
-        f"prompt={prompt!r} subject={subject!r}: tokens through {index} decode to {decoded!r}\n"
-        f"reproduce: subject_last_index(tokenizer, {prompt!r}, {subject!r})"
+        f"prompt={prompt!r} subject={subject!r}: tokens through {index} decode to {decoded!r}"
     )
 
 
