@@ -12,7 +12,7 @@ from rome_fast.edit.editor import Editor
 from rome_fast.edit.ownership import ForeignWriteError
 from rome_fast.edit.request import EditRequest
 from rome_fast.eval.score import generate, mean_token_nll
-from rome_fast.model.context import context_limit
+from rome_fast.model.context import context_length, context_limit
 from rome_fast.model.loader import LoadedModel, random_model
 from tests.models import (
     REQUEST,
@@ -93,6 +93,15 @@ def short_context(family: str, limit: int) -> LoadedModel:
     setattr(config, field, limit)
     assert context_limit(loaded.model) == limit
     return loaded
+
+
+@pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-llama"])
+def test_statistics_truncate_to_the_context_scoring_refuses_past(family: str) -> None:
+    """One reader: the length the statistics truncate documents to is the scoring limit."""
+    loaded = short_context(family, 16)
+    assert context_length(loaded.model) == context_limit(loaded.model) == 16
+    with pytest.raises(ValueError, match=r"states no context length.*pass max_length="):
+        context_length(torch.nn.Linear(2, 2))
 
 
 @pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-llama"])
