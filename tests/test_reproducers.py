@@ -18,7 +18,7 @@ from tests.assertions import failure_in_fresh_interpreter, reproducer_of
 from tests.mutants import UPDATE_MUTANTS
 from tests.test_tokens import assert_subject_ends_at
 
-ALIGNED = CaseParams(seed=3, d_in=4, d_out=3, log10_cond=1.0, angle_deg=0.0, with_bias=True)
+A_CASE = CaseParams(seed=3, d_in=4, d_out=3, log10_cond=1.0, angle_deg=0.0, with_bias=True)
 
 VALUES: list[object] = [
     None,
@@ -30,7 +30,7 @@ VALUES: list[object] = [
     np.arange(3.0) / 7,
     torch.tensor([[1.0, 2.0]], dtype=torch.float16),
     torch.float32,
-    ALIGNED,
+    A_CASE,
     get_variant("rome"),
 ]
 
@@ -90,7 +90,7 @@ def test_failing_checks_carry_reproducers_that_fail_alike() -> None:
     test helper given a subject that no token ends."""
     check = properties.test_rescaling_u_leaves_update_unchanged.hypothesis.inner_test  # type: ignore[attr-defined]
     calls: list[tuple[Callable[[], object], type[Exception]]] = [
-        (lambda: check(params=ALIGNED, variant="r-rome", s=0.0), ValueError),
+        (lambda: check(params=A_CASE, variant="r-rome", s=0.0), ValueError),
         (lambda: assert_subject_ends_at("{}s are", "Rome"), ValueError),
     ]
     for call, kind in calls:
