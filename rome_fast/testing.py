@@ -7,7 +7,8 @@
 
 Inputs are built by construction from a ``CaseParams`` (seed, shapes, condition number of C,
 angle between the keys under the C⁻¹ inner product, bias or not), so a failure is reported
-as the smallest ``CaseParams`` hypothesis could shrink to and a one-line reproducer.
+as the smallest ``CaseParams`` hypothesis could shrink to and a reproducer: Python that
+repeats the failing ``run_property`` call in a fresh interpreter (``rome_fast.infra.reproducer``).
 
 For a variant declared to insert at key ``k`` (``inserts_at``) and to move W along
 ``u = C⁻¹ d`` with ``d`` the ``direction_at`` key (default: the same key), the properties are,
@@ -39,7 +40,6 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Literal, Protocol
 
 import numpy as np
@@ -49,6 +49,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
 import rome_ref
+from rome_fast.infra.reproducer import reproducer_note, reproducible
 from rome_fast.methods.rome.update import CovarianceFactor, RankOne, Variant, rank_one_factors
 from rome_fast.methods.rome.variants import KEY_NAMES, KeyName, RegisteredVariant
 
@@ -353,11 +354,32 @@ PROPERTIES: dict[str, Property] = {
 }
 
 
+@dataclass(frozen=True)
+class VariantUpdate:
+    """The update rule that runs a variant through ``rank_one_factors`` (data, so that a
+    reproducer can write it)."""
+
+    variant: Variant
+
+    def __call__(
+        self,
+        W0: torch.Tensor,
+        C: torch.Tensor | CovarianceFactor,
+        k_star: torch.Tensor,
+        k_prompt: torch.Tensor,
+        v_star: torch.Tensor,
+        *,
+        bias: torch.Tensor | None = None,
+    ) -> RankOne:
+        return rank_one_factors(W0, C, k_star, k_prompt, v_star, self.variant, bias=bias)
+
+
 def variant_update(fn: Variant) -> UpdateFn:
     """The update rule that runs variant ``fn`` through ``rank_one_factors``."""
-    return partial(rank_one_factors, variant=fn)
+    return VariantUpdate(fn)
 
 
+@reproducible
 def run_property(
     name: str,
     update: UpdateFn,
@@ -367,7 +389,8 @@ def run_property(
     direction_at: KeyName | None = None,
     dtype: torch.dtype = torch.float64,
 ) -> None:
-    """Check one property on one case; raises ``PropertyFailure`` (or the update's error)."""
+    """Check one property on one case; raises ``PropertyFailure`` (or the update's error)
+    with a note holding the snippet that repeats this call in a fresh interpreter."""
     battery = Battery(update, inserts_at, direction_at or inserts_at, dtype)
     PROPERTIES[name](battery, make_case(params))
 
@@ -383,7 +406,7 @@ class PropertyResult:
     status: Status
     message: str = ""
     params: CaseParams | None = None  # the smallest failing case found
-    reproducer: str = ""
+    reproducer: str = ""  # "reproduce with:" and a snippet that runs as pasted, or why none
 
 
 class VariantCheckError(AssertionError):
@@ -414,7 +437,7 @@ class VariantReport:
         width = max(len(r.name) for r in self.results)
         rows = [f"  {r.name:<{width}}  {r.status:<7}  {r.message}".rstrip() for r in self.results]
         failures = [
-            f"\n{r.name} fails on {r.params}; reproduce with:\n{r.reproducer}"
+            f"\n{r.name} fails on {r.params}; {r.reproducer}"
             for r in self.results
             if r.status == "failed"
         ]
@@ -423,17 +446,6 @@ class VariantReport:
     def raise_if_failed(self) -> None:
         if not self.ok:
             raise VariantCheckError(str(self))
-
-
-def _reproducer(
-    name: str, params: CaseParams, inserts_at: KeyName, direction_at: KeyName, dtype: torch.dtype
-) -> str:
-    return (
-        "import torch\n"
-        "from rome_fast.testing import CaseParams, run_property, variant_update\n"
-        f'run_property("{name}", variant_update(my_variant), {params!r},\n'
-        f'             inserts_at="{inserts_at}", direction_at="{direction_at}", dtype={dtype})'
-    )
 
 
 def _describe_failure(battery: Battery, name: str, params: CaseParams) -> str:
@@ -525,7 +537,15 @@ def check_update(
                 "failed",
                 _describe_failure(battery, prop_name, smallest),
                 smallest,
-                _reproducer(prop_name, smallest, inserts_at, direction, dtype),
+                reproducer_note(
+                    run_property,
+                    prop_name,
+                    update,
+                    smallest,
+                    inserts_at=inserts_at,
+                    direction_at=direction,
+                    dtype=dtype,
+                ),
             )
         )
     results.append(other_key_row(battery, seed))

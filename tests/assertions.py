@@ -1,4 +1,5 @@
-"""Assertion helpers that print a reproducer, and the tolerance model they use.
+"""Assertion helpers, and the tolerance model they use. A failure's reproducer is the note
+``rome_fast.infra.reproducer.reproducible`` attaches to it (decorate the check that calls these).
 
 Tolerance model (relative to max |ΔW_ref|), for ΔW returned in dtype ``out`` and accumulated in
 dtype ``acc``: ``u(out) + 4 √(d_in + d_out) ε(acc) (κ(C) / cos θ + ρ)``. ``u(out) = ε(out)/2``
@@ -15,6 +16,9 @@ quantization is not counted as implementation error.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,8 +26,11 @@ from hypothesis import note
 from hypothesis.control import currently_in_test_context
 
 import rome_ref
+from rome_fast.infra.reproducer import HEADER, reproducible
 from rome_fast.methods.rome.update import rank_one_update
 from rome_fast.testing import CaseParams, error_growth, make_case
+
+ROOT = Path(__file__).resolve().parents[1]  # where a test's reproducer is pasted and run
 
 
 def tolerance(params: CaseParams, out: torch.dtype, acc: torch.dtype) -> float:
@@ -37,43 +44,30 @@ def _note(text: str) -> None:
         note(text)
 
 
-def reproducer(params: CaseParams, call: str) -> str:
-    """A snippet that rebuilds the inputs and repeats the failing call."""
-    return (
-        f"from rome_fast.testing import CaseParams, make_case\ncase = make_case({params!r})\n{call}"
-    )
-
-
 def assert_close(
     actual: np.ndarray,
     expected: np.ndarray,
     *,
     rtol: float,
-    params: CaseParams,
-    call: str,
     what: str,
 ) -> None:
-    """max |actual − expected| ≤ rtol · max |expected|, else fail with a reproducer."""
+    """max |actual − expected| ≤ rtol · max |expected|."""
     scale = float(np.abs(expected).max()) if expected.size else 0.0
     error = float(np.abs(actual - expected).max()) if expected.size else 0.0
     _note(f"{what}: error {error:.3g}, bound {rtol * scale:.3g}")
-    assert error <= rtol * scale, (
-        f"{what}: max error {error:.3g} > {rtol:.3g} · {scale:.3g}\n"
-        f"reproduce with:\n{reproducer(params, call)}"
-    )
+    assert error <= rtol * scale, f"{what}: max error {error:.3g} > {rtol:.3g} · {scale:.3g}"
 
 
-def assert_small(value: float, bound: float, *, params: CaseParams, call: str, what: str) -> None:
+def assert_small(value: float, bound: float, *, what: str) -> None:
     _note(f"{what}: {value:.3g} (bound {bound:.3g})")
-    assert value <= bound, (
-        f"{what} = {value:.3g} > {bound:.3g}\nreproduce with:\n{reproducer(params, call)}"
-    )
+    assert value <= bound, f"{what} = {value:.3g} > {bound:.3g}"
 
 
 def to_numpy(x: torch.Tensor) -> np.ndarray:
     return x.detach().to("cpu", torch.float64).numpy()
 
 
+@reproducible
 def assert_matches_reference(
     params: CaseParams, variant: str, dtype: torch.dtype, device: str = "cpu", *, tf32: bool = False
 ) -> None:
@@ -102,14 +96,25 @@ def assert_matches_reference(
     if tf32:  # TF32 matmuls keep 10 mantissa bits
         rtol += 4 * (params.d_in + params.d_out) ** 0.5 * 10**params.log10_cond * 2.0**-10
     assert_close(
-        to_numpy(delta),
-        expected,
-        rtol=rtol,
-        params=params,
-        call=(
-            f"t = case.torch_args(torch.{str(dtype).removeprefix('torch.')})\n"
-            "delta = rank_one_update(t['W0'], t['C'].float(), t['k_star'], t['k_prompt'], "
-            f"t['v_star'], {variant!r}, bias=t['bias'])"
-        ),
-        what=f"rome_fast vs rome_ref ({variant}, {dtype})",
+        to_numpy(delta), expected, rtol=rtol, what=f"rome_fast vs rome_ref ({variant}, {dtype})"
     )
+
+
+def reproducer_of(failure: BaseException) -> str:
+    """The snippet ``reproducible`` attached to ``failure`` (its note, without the header)."""
+    notes: list[str] = [n for n in getattr(failure, "__notes__", []) if n.startswith(HEADER)]
+    assert notes, f"{type(failure).__name__} carries no reproducer: {failure}"
+    return notes[-1].removeprefix(HEADER).strip("\n")
+
+
+def failure_in_fresh_interpreter(snippet: str) -> str:
+    """Run ``snippet`` as ``python -c`` from the repository root, as a user pastes it; return
+    the line naming the exception it ended with ("" when it raised nothing)."""
+    done = subprocess.run(
+        [sys.executable, "-c", snippet], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    lines = done.stderr.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback")]
+    if done.returncode == 0 or not starts:
+        return ""
+    return next(line for line in lines[starts[-1] + 1 :] if not line.startswith(" "))

@@ -290,7 +290,7 @@ def test_unlocatable_subject_raises_and_leaves_the_model() -> None:
 @pytest.mark.slow
 def test_smollm2_counterfactual_edit_generalizes() -> None:
     require_smollm2()
-    from rome_fast.eval.score import target_nll
+    from rome_fast.eval.score import mean_token_nll
     from rome_fast.model.loader import load_model
 
     loaded = load_model("smollm2")
@@ -299,7 +299,8 @@ def test_smollm2_counterfactual_edit_generalizes() -> None:
     paraphrase = "Where is the Eiffel Tower? It is in the city of"
 
     def rome_beats_paris(text: str) -> bool:
-        rome, paris = target_nll(loaded.model, loaded.tokenizer, [text, text], ["Rome", "Paris"])
+        pair = [text, text]
+        rome, paris = mean_token_nll(loaded.model, loaded.tokenizer, pair, ["Rome", "Paris"])
         return bool(rome < paris)
 
     assert not rome_beats_paris(prompt)

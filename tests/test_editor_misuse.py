@@ -11,8 +11,8 @@ import torch
 from rome_fast.edit.editor import Editor
 from rome_fast.edit.ownership import ForeignWriteError
 from rome_fast.edit.request import EditRequest
-from rome_fast.eval.score import generate, target_nll
-from rome_fast.model.context import context_limit
+from rome_fast.eval.score import generate, mean_token_nll
+from rome_fast.model.context import context_length, context_limit
 from rome_fast.model.loader import LoadedModel, random_model
 from tests.models import (
     REQUEST,
@@ -96,11 +96,20 @@ def short_context(family: str, limit: int) -> LoadedModel:
 
 
 @pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-llama"])
+def test_statistics_truncate_to_the_context_scoring_refuses_past(family: str) -> None:
+    """One reader: the length the statistics truncate documents to is the scoring limit."""
+    loaded = short_context(family, 16)
+    assert context_length(loaded.model) == context_limit(loaded.model) == 16
+    with pytest.raises(ValueError, match=r"states no context length.*pass max_length="):
+        context_length(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-llama"])
 def test_scoring_a_prompt_beyond_the_context_names_the_limit(family: str) -> None:
     loaded = short_context(family, 16)
     prompt = " ".join(["word"] * 40)
     with pytest.raises(ValueError, match="context of 16 tokens"):
-        target_nll(loaded.model, loaded.tokenizer, [prompt], ["Rome"])
+        mean_token_nll(loaded.model, loaded.tokenizer, [prompt], ["Rome"])
     with pytest.raises(ValueError, match="context of 16 tokens"):
         generate(loaded.model, loaded.tokenizer, [prompt], max_new_tokens=2)
 
@@ -122,4 +131,4 @@ def test_gpt2_prompt_beyond_its_real_context_is_refused() -> None:
     assert limit is not None
     prompt = " ".join(["word"] * (limit + 5))
     with pytest.raises(ValueError, match=f"context of {limit} tokens"):
-        target_nll(loaded.model, loaded.tokenizer, [prompt], ["Rome"])
+        mean_token_nll(loaded.model, loaded.tokenizer, [prompt], ["Rome"])

@@ -18,7 +18,8 @@ from torch import nn
 from rome_fast.eval.collapse import collapse_reasons
 from rome_fast.eval.config import RunConfig
 from rome_fast.eval.gates import compare
-from rome_fast.eval.score import target_ids, target_nll
+from rome_fast.eval.score import mean_token_nll
+from rome_fast.model.tokens import target_token_ids
 from rome_ref import metrics as ref
 from tests.models import tiny_model
 
@@ -152,12 +153,12 @@ class ByPosition(nn.Module):
 
 def test_multi_token_target_scores_the_mean_token_nll() -> None:
     """The fixture's multi-token rewrite target: tokens at p .5, .5, .125 score 5/3 ln 2
-    through ``target_nll`` (a mean over tokens, not a sum, not the first token)."""
+    through ``mean_token_nll`` (a mean over tokens, not a sum, not the first token)."""
     tokenizer = tiny_model("tiny-gpt2").tokenizer
     record = next(r for r in fixture()["records"] if "token_p" in r)
     (token_p,) = record["token_p"]["rewrite"]["new"]
     prompt, target = "The mother tongue of Danielle is", "Darrieux"
-    ids = target_ids(tokenizer, target)
+    ids = target_token_ids(tokenizer, target)
     assert len(ids) == len(token_p), f"{target!r} is {len(ids)} tokens, the fixture has {token_p}"
     first = len(tokenizer(prompt)["input_ids"]) - 1  # the position that predicts ids[0]
     vocab = int(tokenizer.vocab_size)
@@ -165,6 +166,6 @@ def test_multi_token_target_scores_the_mean_token_nll() -> None:
     for j, (token, p) in enumerate(zip(ids, token_p, strict=True)):
         probs[first + j] = (1 - p) / (vocab - 1)
         probs[first + j, token] = p
-    (nll,) = target_nll(ByPosition(probs), tokenizer, [prompt], [target])
+    (nll,) = mean_token_nll(ByPosition(probs), tokenizer, [prompt], [target])
     # float32 log-softmax over 50257 logits: about 1e-5 off; a sum or one token is 0.5 off.
     assert nll == pytest.approx(record["scores"]["rewrite"]["nll_new"][0], abs=1e-4)

@@ -16,6 +16,7 @@ from rome_fast.edit.request import EditRequest
 from rome_fast.edit.templates import generate_context_templates
 from rome_fast.edit.value import compute_v_star
 from rome_fast.hparams.defaults import HParams, hparams_for
+from rome_fast.infra.reproducer import reproducible
 from rome_fast.methods.rome.update import RankOne, UpdateInputs, insertion_update
 from rome_fast.model.loader import LoadedModel, load_model, random_model
 from rome_fast.model.weights import module_bias, weight_matrix
@@ -42,13 +43,8 @@ def second_moment(d_in: int) -> torch.Tensor:
     return keys.T @ keys / keys.shape[0]
 
 
-def reproduce(name: str) -> str:
-    return (
-        f"loaded, hparams, templates = tiny({name!r}) in tests/test_naive.py, request {REQUEST!r}"
-    )
-
-
 @pytest.mark.parametrize("name", FAMILIES)
+@reproducible
 def test_keys_match_the_batched_keys(name: str) -> None:
     loaded, hparams, templates = tiny(name)
     fast = compute_keys(*at(loaded, hparams.layer), REQUEST, templates)
@@ -56,7 +52,7 @@ def test_keys_match_the_batched_keys(name: str) -> None:
     for key in ("k_star", "k_prompt"):
         got, want = getattr(naive, key), getattr(fast, key)
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), (
-            f"{key}: max |naive − fast| = {float((got - want).abs().max()):.2e}\n{reproduce(name)}"
+            f"{key}: max |naive − fast| = {float((got - want).abs().max()):.2e}"
         )
     # The r-ROME average of module outputs is W0 k* + b (the module is affine).
     module = loaded.adapter.edited_module(loaded.model, hparams.layer)
@@ -75,6 +71,7 @@ def test_keys_match_the_batched_keys(name: str) -> None:
         ("tiny-llama", "r-rome"),
     ],
 )
+@reproducible
 def test_edit_matches_the_fast_editor(name: str, variant: str) -> None:
     loaded, hparams, templates = tiny(name)
     module = loaded.adapter.edited_module(loaded.model, hparams.layer)
@@ -90,7 +87,7 @@ def test_edit_matches_the_fast_editor(name: str, variant: str) -> None:
     scale = float(deltas["fast"].norm())
     error = float((deltas["naive"] - deltas["fast"]).norm()) / scale
     assert scale > 0
-    assert error < 1e-4, f"{variant}: relative ΔW difference {error:.2e}\n{reproduce(name)}"
+    assert error < 1e-4, f"{variant}: relative ΔW difference {error:.2e}"
     assert results["naive"].denominator == pytest.approx(results["fast"].denominator, rel=1e-4)
     assert results["naive"].adam_steps == V_STEPS - 1
 

@@ -1,7 +1,12 @@
-"""SPEC §2 properties of the three built-in variants, on rome_fast (float64).
+"""Facts about the three built-in variants that the property battery does not state.
 
-Each test states one fact from the maths; the inputs come from ``make_case`` (by construction,
-see rome_fast.testing) and failures print a reproducer.
+The battery (``rome_fast.testing``, run on every built-in by tests/test_check_variant.py)
+checks what any rank-one update must satisfy: finite rank-one factors, exact insertion at
+the registered key, invariance to scaling C, no change orthogonal to C⁻¹d, minimality,
+bias cancellation, the denominator. Here: what tells the built-ins apart (the original
+misses k*, by how much, and blows up as the keys turn orthogonal; r-ROME is the batched
+closed form; rescaling u changes nothing), with the battery's tolerance model
+(``Battery.tol``). The inputs come from ``make_case``; each failure carries a reproducer.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import rome_ref
+from rome_fast.infra.reproducer import reproducible
 from rome_fast.methods.rome.update import CovarianceFactor, UpdateInputs, rank_one_update
 from rome_fast.methods.rome.variants import get_variant
-from rome_fast.testing import Case, CaseParams, make_case
-from tests.assertions import assert_close, assert_small, to_numpy, tolerance
+from rome_fast.testing import Battery, Case, CaseParams, make_case, variant_update
+from tests.assertions import assert_small, to_numpy
 from tests.strategies import cases, misaligned_cases, small_cases, variants
 
 F64 = torch.float64
@@ -33,16 +39,11 @@ def fast_delta(case: Case, variant: str, **overrides: np.ndarray | None) -> np.n
     return to_numpy(rank_one_update(**args, variant=variant, bias=bias))  # type: ignore[arg-type]
 
 
-def call(variant: str) -> str:
-    return (
-        "t = case.torch_args(torch.float64)\n"
-        "delta = rank_one_update(t['W0'], t['C'], t['k_star'], t['k_prompt'], t['v_star'], "
-        f"{variant!r}, bias=t['bias'])"
-    )
-
-
-def tol(params: CaseParams) -> float:
-    return tolerance(params, F64, F64)
+def tol(case: Case, variant: str) -> float:
+    """The battery's tolerance for ``variant`` on ``case`` (float64)."""
+    entry = get_variant(variant)
+    battery = Battery(variant_update(entry), entry.inserts_at, entry.direction_at, F64)
+    return battery.tol(case)
 
 
 def insertion_residual(case: Case, delta: np.ndarray, key: np.ndarray) -> float:
@@ -54,40 +55,13 @@ def insertion_residual(case: Case, delta: np.ndarray, key: np.ndarray) -> float:
     return float(np.linalg.norm(out - case.v_star) / scale)
 
 
-@given(params=cases, variant=variants)
-def test_update_has_rank_one(params: CaseParams, variant: str) -> None:
-    singular = np.linalg.svd(fast_delta(make_case(params), variant), compute_uv=False)
-    assert singular[0] > 0, "ΔW is zero although v* − b − W0 k ≠ 0 by construction"
-    second = singular[1] if singular.size > 1 else 0.0
-    assert_small(
-        second / singular[0], tol(params), params=params, call=call(variant), what="σ₂/σ₁ of ΔW"
-    )
-
-
-@given(params=small_cases)
-def test_r_rome_inserts_exactly_at_k_star(params: CaseParams) -> None:
-    case = make_case(params)
-    residual = insertion_residual(case, fast_delta(case, "r-rome"), case.k_star)
-    assert_small(
-        residual, tol(params), params=params, call=call("r-rome"), what="relative ‖Ŵk* + b − v*‖"
-    )
-
-
-@given(params=small_cases, variant=st.sampled_from(["rome", "p-rome"]))
-def test_prompt_variants_insert_exactly_at_k_prompt(params: CaseParams, variant: str) -> None:
-    case = make_case(params)
-    residual = insertion_residual(case, fast_delta(case, variant), case.k_prompt)
-    assert_small(
-        residual, tol(params), params=params, call=call(variant), what="relative ‖Ŵk_s + b − v*‖"
-    )
-
-
 @given(params=misaligned_cases)
+@reproducible
 def test_original_misses_k_star_when_keys_differ(params: CaseParams) -> None:
     case = make_case(params)  # whitened key angle ≥ 1°
     residual = insertion_residual(case, fast_delta(case, "rome"), case.k_star)
     # the miss is a·(v − W0k_s) − (v − W0k*) with a = ‖z*‖²/(z*ᵀz_s): order one, far above noise
-    assert residual > 1e3 * tol(params), (
+    assert residual > 1e3 * tol(case, "rome"), (
         f"the original ROME inserted at k* (relative residual {residual:.3g}) with keys "
         f"{params.angle_deg:.1f}° apart; it should only insert at k_prompt"
     )
@@ -108,6 +82,7 @@ def _rotated_prompt_key(case: Case, angle_deg: float) -> tuple[np.ndarray, np.nd
 
 
 @given(params=st.builds(lambda p: replace(p, d_in=max(p.d_in, 2)), small_cases))
+@reproducible
 def test_original_k_star_miss_grows_with_the_key_angle(params: CaseParams) -> None:
     case = make_case(params)
     v = case.v_star if case.bias is None else case.v_star - case.bias
@@ -118,31 +93,15 @@ def test_original_k_star_miss_grows_with_the_key_angle(params: CaseParams) -> No
         delta = fast_delta(case, "rome", W0=W0, k_prompt=k_prompt)
         miss = float(np.linalg.norm((W0 + delta) @ case.k_star - v))
         expected = float(np.linalg.norm(v)) * (1 / math.cos(math.radians(angle)) - 1)
+        # Measured over 400 random cases × these angles: at most 0.02 of the battery's tol
+        # (3.6e-14 relative); the battery's tol leaves a margin of 50.
         assert_small(
             abs(miss - expected),
-            1e-6 * float(np.linalg.norm(v)) + 1e-6 * expected,
-            params=params,
-            call=f"# W0, k_prompt from _rotated_prompt_key(case, {angle})",
+            tol(case, "rome") * (float(np.linalg.norm(v)) + expected),
             what=f"|miss − ‖v‖(1/cos θ − 1)| at θ = {angle}°",
         )
         misses.append(miss)
     assert all(a < b for a, b in itertools.pairwise(misses)), f"not increasing: {misses}"
-
-
-@given(params=small_cases, variant=variants, log_alpha=st.floats(-3, 3))
-def test_scaling_c_leaves_update_unchanged(
-    params: CaseParams, variant: str, log_alpha: float
-) -> None:
-    case = make_case(params)
-    alpha = 10**log_alpha
-    assert_close(
-        fast_delta(case, variant, C=alpha * case.C),
-        fast_delta(case, variant),
-        rtol=tol(params),
-        params=params,
-        call=call(variant).replace("t['C']", f"{alpha!r} * t['C']"),
-        what=f"ΔW(αC) vs ΔW(C), α = {alpha:.3g}",
-    )
 
 
 class _ScaledSolve(CovarianceFactor):
@@ -161,6 +120,7 @@ class _ScaledSolve(CovarianceFactor):
     variant=variants,
     s=st.one_of(st.floats(1e-3, 1e3), st.floats(-1e3, -1e-3)),
 )
+@reproducible
 def test_rescaling_u_leaves_update_unchanged(params: CaseParams, variant: str, s: float) -> None:
     case = make_case(params)
     t = case.torch_args(F64)
@@ -172,81 +132,24 @@ def test_rescaling_u_leaves_update_unchanged(params: CaseParams, variant: str, s
         inp = UpdateInputs(t["W0"], cov, t["k_star"], t["k_prompt"], v)  # type: ignore[arg-type]
         return to_numpy(variant_fn(inp).delta())
 
-    assert_close(
-        delta(_ScaledSolve(cholesky, s)),
-        delta(CovarianceFactor(cholesky)),
-        rtol=tol(params),
-        params=params,
-        call=f"# u scaled by {s!r}",
-        what="ΔW with u rescaled",
-    )
-
-
-@given(params=small_cases, variant=variants)
-def test_update_vanishes_orthogonally_to_u(params: CaseParams, variant: str) -> None:
-    case = make_case(params)
-    direction = get_variant(variant).direction_at
-    u = rome_ref.update.solve_c(case.C, case.key(direction))
-    g = np.random.default_rng([params.seed, 3]).standard_normal(params.d_in)
-    j = g - (u @ g) / (u @ u) * u  # uᵀ j = 0
-    delta = fast_delta(case, variant)
-    leak = float(np.linalg.norm(delta @ j) / (np.linalg.norm(delta) * np.linalg.norm(g)))
-    assert_small(
-        leak,
-        tol(params),
-        params=params,
-        call=call(variant),
-        what=f"‖ΔW j‖ for j ⟂ C⁻¹{direction}",
-    )
+    unscaled = delta(CovarianceFactor(cholesky))
+    difference = float(np.linalg.norm(delta(_ScaledSolve(cholesky, s)) - unscaled))
+    # As the battery's invariances; measured over 300 cases: at most 0.004 of this bound.
+    bound = tol(case, variant) * float(np.linalg.norm(unscaled))
+    assert_small(difference, bound, what=f"‖ΔW(s·u) − ΔW(u)‖ for s = {s:.3g}")
 
 
 @given(params=cases)
+@reproducible
 def test_r_rome_equals_batched_closed_form(params: CaseParams) -> None:
     case = make_case(params)
     closed = rome_ref.batched_closed_form(
         case.W0, case.C, case.k_star[:, None], case.v_star[:, None], bias=case.bias
     )
-    assert_close(
-        fast_delta(case, "r-rome"),
-        closed,
-        rtol=tol(params),
-        params=params,
-        call=call("r-rome"),
-        what="r-ROME vs closed form",
-    )
-
-
-def c_norm(delta: np.ndarray, C: np.ndarray) -> float:
-    return float(np.trace(delta @ C @ delta.T))
-
-
-@given(params=st.builds(lambda p: replace(p, d_in=max(p.d_in, 2)), small_cases))
-def test_r_rome_minimizes_c_norm_among_insertions(params: CaseParams) -> None:
-    case = make_case(params)
-    delta = fast_delta(case, "r-rome")
-    v = case.v_star if case.bias is None else case.v_star - case.bias
-    residual = v - case.W0 @ case.k_star
-    u = rome_ref.update.solve_c(case.C, case.k_star)
-    minimum = float(residual @ residual / (u @ case.k_star))  # min tr(ΔW C ΔWᵀ) s.t. Ŵk* = v*
-    ours = c_norm(delta, case.C)
-    assert_small(
-        ours - minimum,
-        tol(params) * minimum,
-        params=params,
-        call=call("r-rome"),
-        what="tr(ΔW C ΔWᵀ) − minimum",
-    )
-    # ... and no feasible direction E (E k* = 0, nonzero as d_in ≥ 2) decreases it, to first order
-    rng = np.random.default_rng([params.seed, 4])
-    k = case.k_star
-    for _ in range(3):
-        E = rng.standard_normal(delta.shape)
-        E -= np.outer(E @ k, k) / (k @ k)
-        E *= 1e-3 * np.sqrt(ours / c_norm(E, case.C))
-        for step in (E, -E):
-            assert c_norm(delta + step, case.C) >= ours, (
-                "a feasible perturbation lowers tr(ΔW C ΔWᵀ)"
-            )
+    difference = float(np.linalg.norm(fast_delta(case, "r-rome") - closed))
+    # As the battery's invariances; measured over 300 cases (dims to 200): at most 0.006 of it.
+    bound = tol(case, "r-rome") * float(np.linalg.norm(closed))
+    assert_small(difference, bound, what="‖ΔW_r-ROME − ΔW_closed form‖")
 
 
 def _near_orthogonal(params: CaseParams) -> CaseParams:
@@ -259,6 +162,7 @@ def _near_orthogonal(params: CaseParams) -> CaseParams:
 @example(
     params=CaseParams(seed=7, d_in=64, d_out=32, log10_cond=3.0, angle_deg=0.0, with_bias=True)
 )
+@reproducible
 def test_original_blows_up_as_keys_turn_orthogonal_while_r_rome_stays_put(
     params: CaseParams,
 ) -> None:

@@ -22,7 +22,7 @@ import torch
 from rome_fast.edit.editor import Editor
 from rome_fast.eval.case_scoring import metrics_of, score_case
 from rome_fast.eval.data import Case, load_cases
-from rome_fast.eval.score import target_nll
+from rome_fast.eval.score import mean_token_nll
 from rome_fast.infra.datadir import default_data_dir
 from rome_fast.model.loader import LoadedModel, load_model
 from rome_ref import metrics as ref
@@ -178,7 +178,7 @@ def padded_nlls(loaded: LoadedModel, case: Case, side: str) -> tuple[np.ndarray,
         evaluator(), loaded.model, OnDevice(loaded.tokenizer, device, side), case
     )
     prompts = [case.rewrite_prompt, *case.paraphrase_prompts, *case.neighborhood_prompts]
-    ours = target_nll(
+    ours = mean_token_nll(
         loaded.model, loaded.tokenizer, prompts, [case.target_new] * len(prompts), padding_side=side
     )
     public = [v for g in ("rewrite", "paraphrase", "neighborhood") for v in scores[g]["nll_new"]]
@@ -215,7 +215,7 @@ def test_summarize_rounds_before_the_harmonic_mean(tmp_path: Path) -> None:
 def test_public_evaluator_scores_what_the_tokenizer_adds_to_a_target() -> None:
     """Quirk: it tokenizes ``" " + target`` with the tokenizer's special tokens, so a
     tokenizer that prepends a BOS scores the BOS as the target's first token. Ours
-    tokenizes targets without special tokens (``target_ids``)."""
+    tokenizes targets without special tokens (``target_token_ids``)."""
     loaded = fresh_model("tiny-gpt2")
     case = sample_cases()[0]
     tok = OnDevice(loaded.tokenizer, torch.device("cpu"))

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 
 import rome_ref
+from rome_fast.infra.reproducer import reproducible
 from rome_fast.testing import Case, make_case
 from tests.assertions import assert_close
 from tests.strategies import misaligned_cases, small_cases, variants
@@ -44,6 +45,7 @@ def explicit_inverse_update(case: Case, variant: str) -> np.ndarray:
 
 
 @given(params=small_cases, variant=variants)
+@reproducible
 def test_reference_matches_explicit_inverse(params, variant) -> None:  # type: ignore[no-untyped-def]
     case = make_case(params)
     got = rome_ref.rank_one_update(
@@ -54,14 +56,12 @@ def test_reference_matches_explicit_inverse(params, variant) -> None:  # type: i
         got,
         explicit_inverse_update(case, variant),
         rtol=1e-9,
-        params=params,
-        call="rome_ref.rank_one_update(case.W0, case.C, case.k_star, case.k_prompt, "
-        f"case.v_star, {variant!r}, bias=case.bias)",
         what="reference vs explicit inverse",
     )
 
 
 @given(params=small_cases, variant=variants)
+@reproducible
 def test_diagnostics_are_consistent(params, variant) -> None:  # type: ignore[no-untyped-def]
     case = make_case(params)
     args = (case.W0, case.C, case.k_star, case.k_prompt, case.v_star, variant)
@@ -82,6 +82,7 @@ def test_diagnostics_are_consistent(params, variant) -> None:  # type: ignore[no
 
 
 @given(params=misaligned_cases)
+@reproducible
 def test_batched_closed_form_inserts_two_keys(params) -> None:  # type: ignore[no-untyped-def]
     case = make_case(params)  # keys at least 1° apart, so both values can be inserted
     K = np.stack([case.k_star, case.k_prompt], axis=1)
@@ -93,8 +94,6 @@ def test_batched_closed_form_inserts_two_keys(params) -> None:  # type: ignore[n
         (case.W0 + delta) @ K + bias[:, None],
         V,
         rtol=1e-9 * cond,
-        params=params,
-        call="rome_ref.batched_closed_form(case.W0, case.C, K, V)",
         what="batched insertion of two keys",
     )
 

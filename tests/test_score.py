@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from rome_fast.eval.score import generate, target_ids, target_nll
+from rome_fast.edit.request import EditRequest
+from rome_fast.edit.value import build_value_batch
+from rome_fast.eval.score import generate, mean_token_nll
 from rome_fast.model.loader import LoadedModel, random_model
+from tests.test_tokens import TOKENIZER_FAMILIES
 
 PROMPTS = ["The mother tongue of Danielle Darrieux is", "Paris is the capital of", "A"]
 TARGETS = ["French", "the French Republic", "B"]
@@ -36,35 +41,48 @@ def reference_nll(lm: LoadedModel, prompt: str, target: str) -> float:
 
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_batched_nll_matches_unpadded_reference(lm: LoadedModel, side: str) -> None:
-    got = target_nll(lm.model, lm.tokenizer, PROMPTS, TARGETS, padding_side=side)
+    got = mean_token_nll(lm.model, lm.tokenizer, PROMPTS, TARGETS, padding_side=side)
     expected = [reference_nll(lm, p, t) for p, t in zip(PROMPTS, TARGETS, strict=True)]
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
 def test_batch_size_does_not_change_scores(lm: LoadedModel) -> None:
-    one = target_nll(lm.model, lm.tokenizer, PROMPTS, TARGETS, batch_size=1)
-    np.testing.assert_allclose(target_nll(lm.model, lm.tokenizer, PROMPTS, TARGETS), one, rtol=1e-5)
+    one = mean_token_nll(lm.model, lm.tokenizer, PROMPTS, TARGETS, batch_size=1)
+    batched = mean_token_nll(lm.model, lm.tokenizer, PROMPTS, TARGETS)
+    np.testing.assert_allclose(batched, one, rtol=1e-5)
 
 
-def test_target_gets_exactly_one_leading_space(lm: LoadedModel) -> None:
-    spaced = lm.tokenizer(" French", add_special_tokens=False)["input_ids"]
-    assert spaced != lm.tokenizer("French", add_special_tokens=False)["input_ids"]
-    assert target_ids(lm.tokenizer, "French") == spaced
-    assert target_ids(lm.tokenizer, " French") == spaced
+class RecordsScoredIds(nn.Module):
+    """A stand-in language model (uniform logits) that records the ids it is asked to score."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(vocab), requires_grad=False)
+        self.seen: list[list[int]] = []
+
+    def forward(self, input_ids: torch.Tensor, **_: Any) -> Any:
+        self.seen.extend(input_ids.tolist())
+        return SimpleNamespace(logits=self.logits.expand(*input_ids.shape, -1))  # (B, T, V)
 
 
-def test_target_ids_carry_no_special_tokens(lm: LoadedModel) -> None:
-    """A BOS-adding tokenizer (Llama family) must not put its BOS into the scored target."""
-    tokenizer = copy.deepcopy(lm.tokenizer)  # a shallow copy would change the shared one
-    tokenizer.add_bos_token = True
-    assert tokenizer(" French")["input_ids"][0] == tokenizer.bos_token_id
-    spaced = lm.tokenizer(" French", add_special_tokens=False)["input_ids"]
-    assert target_ids(tokenizer, "French") == spaced
+@pytest.mark.parametrize("spaces", [0, 1, 2])
+@pytest.mark.parametrize("family", list(TOKENIZER_FAMILIES))
+def test_a_target_is_scored_as_the_edit_writes_it(family: str, spaces: int) -> None:
+    """The ids v* is optimized for are the ids the score reads, whatever the leading spaces."""
+    tokenizer = TOKENIZER_FAMILIES[family]()
+    prompt, target = "{} speaks", " " * spaces + "the French Republic"
+    written = build_value_batch(tokenizer, EditRequest(prompt, "Danielle", target), ["{}"])
+    model = RecordsScoredIds(len(tokenizer))
+    text = prompt.format("Danielle")
+    mean_token_nll(model, tokenizer, [text], [target])
+    (scored_row,) = model.seen
+    scored = scored_row[len(tokenizer(text)["input_ids"]) :]
+    assert scored == written.target_ids.tolist(), (family, target)
 
 
 def test_mismatched_lengths_are_rejected(lm: LoadedModel) -> None:
     with pytest.raises(ValueError, match="pair them up"):
-        target_nll(lm.model, lm.tokenizer, PROMPTS, TARGETS[:1])
+        mean_token_nll(lm.model, lm.tokenizer, PROMPTS, TARGETS[:1])
 
 
 def test_greedy_generation_is_independent_of_batching(lm: LoadedModel) -> None:

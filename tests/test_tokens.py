@@ -1,17 +1,23 @@
-"""Subject-last token lookup: BPE-correct at the slot, with left or right padding."""
+"""Subject-last token lookup: BPE-correct at the slot, with left or right padding; the one
+rule that turns a target into tokens; the pad id."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from transformers import PreTrainedTokenizerBase
 
+from rome_fast.infra.reproducer import reproducible
 from rome_fast.model.tokens import (
     apply_template,
+    pad_id,
     split_prompt,
     subject_last_index,
     subject_last_positions,
+    target_token_ids,
 )
 from tests.models import tiny_model
 
@@ -39,6 +45,7 @@ def gpt2_tokenizer() -> PreTrainedTokenizerBase:  # the real GPT-2 BPE, shared w
     return tiny_model("tiny-gpt2").tokenizer
 
 
+@reproducible
 def assert_subject_ends_at(prompt: str, subject: str) -> None:
     """Reference: the tokens up to the index decode to the text up to the subject's end."""
     tok = gpt2_tokenizer()
@@ -46,8 +53,7 @@ def assert_subject_ends_at(prompt: str, subject: str) -> None:
     before, _ = split_prompt(prompt)
     decoded = tok.decode(ids[: index + 1])
     assert decoded == before + subject, (
-        f"prompt={prompt!r} subject={subject!r}: tokens through {index} decode to {decoded!r}\n"
-        f"reproduce: subject_last_index(tokenizer, {prompt!r}, {subject!r})"
+        f"prompt={prompt!r} subject={subject!r}: tokens through {index} decode to {decoded!r}"
     )
 
 
@@ -143,3 +149,38 @@ def test_bad_prompts_and_subjects_raise(prompt: str, subject: str, message: str)
 def test_bad_padding_side_raises() -> None:
     with pytest.raises(ValueError, match="padding_side"):
         subject_last_positions(gpt2_tokenizer(), ["{}"], ["Paris"], "middle")
+
+
+def bos_adding_tokenizer() -> PreTrainedTokenizerBase:
+    """GPT-2's BPE made to prepend a BOS, as Llama-family tokenizers do (a copy: the shared
+    tokenizer stays as it is)."""
+    tokenizer = copy.deepcopy(gpt2_tokenizer())
+    tokenizer.add_bos_token = True
+    assert tokenizer(" French")["input_ids"][0] == tokenizer.bos_token_id
+    return tokenizer
+
+
+TOKENIZER_FAMILIES = {"gpt2-bpe": gpt2_tokenizer, "bos-adding": bos_adding_tokenizer}
+
+
+@pytest.mark.parametrize("spaces", [0, 1, 2])
+@pytest.mark.parametrize("family", list(TOKENIZER_FAMILIES))
+def test_a_target_is_one_space_then_its_words(family: str, spaces: int) -> None:
+    tokenizer = TOKENIZER_FAMILIES[family]()
+    for target in ("French", "the French Republic"):
+        spaced = tokenizer(" " + target, add_special_tokens=False)["input_ids"]
+        assert spaced != tokenizer(target, add_special_tokens=False)["input_ids"]
+        assert target_token_ids(tokenizer, " " * spaces + target) == spaced
+
+
+def test_an_empty_target_is_refused() -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        target_token_ids(gpt2_tokenizer(), "  ")
+
+
+def test_pad_id_is_the_pad_token_else_end_of_text() -> None:
+    tokenizer = copy.deepcopy(gpt2_tokenizer())
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    assert pad_id(tokenizer) == tokenizer.convert_tokens_to_ids("<pad>") != tokenizer.eos_token_id
+    tokenizer.pad_token = None
+    assert pad_id(tokenizer) == tokenizer.eos_token_id

@@ -14,7 +14,7 @@ import torch
 
 from rome_fast.edit.editor import Editor
 from rome_fast.edit.request import EditRequest, EditResult
-from rome_fast.eval.score import generate, target_nll
+from rome_fast.eval.score import generate, mean_token_nll
 
 # Facts SmolLM2-135M-Instruct knows (its top next token is the true object), with a
 # paraphrase to check that an edit generalizes beyond the edited prompt.
@@ -46,7 +46,7 @@ def target_probs(editor: Editor, prompt: str, targets: Sequence[str]) -> list[fl
     """exp(−mean per-token NLL) of each target after the prompt (the next-token
     probability for one-token targets)."""
     model, tokenizer = editor.loaded.model, editor.loaded.tokenizer
-    nll = target_nll(model, tokenizer, [prompt] * len(targets), list(targets))
+    nll = mean_token_nll(model, tokenizer, [prompt] * len(targets), list(targets))
     return [math.exp(-float(x)) for x in nll]
 
 

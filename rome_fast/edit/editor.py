@@ -53,7 +53,7 @@ from rome_fast.edit.ownership import (
 from rome_fast.edit.prepared import KeysLike, PreparedEdit, ValueLike
 from rome_fast.edit.request import EditRequest, EditResult
 from rome_fast.edit.templates import generate_context_templates
-from rome_fast.edit.value import ValueResult, compute_v_star, target_token_ids
+from rome_fast.edit.value import ValueResult, compute_v_star
 from rome_fast.hparams.defaults import HParams, hparams_for
 from rome_fast.infra.timer import PhaseTimer
 from rome_fast.methods.rome.update import CovarianceFactor, RankOne, Variant, rank_one_factors
@@ -62,6 +62,7 @@ from rome_fast.model.context import check_fits
 from rome_fast.model.loader import LoadedModel
 from rome_fast.model.precision import check_precision
 from rome_fast.model.site import EditedSite
+from rome_fast.model.tokens import target_token_ids
 from rome_fast.model.weights import apply_rank_one
 from rome_fast.stats.covariance import Covariance, CovarianceProvider, default_covariance
 

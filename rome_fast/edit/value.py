@@ -3,7 +3,8 @@
 SPEC §3, reproducing the public code's ``compute_v`` by default. Its quirks, each kept on
 purpose and marked ``quirk:`` where it is implemented:
 
-1. a leading space is prepended to the target if it has none;
+1. a leading space is prepended to the target if it has none (``model.tokens.target_token_ids``:
+   leading spaces are dropped and one put back, the rule scoring uses too);
 2. the rewriting prompts are each template applied to the request prompt, followed by the
    target's tokens except the last (appended as ids here, never re-tokenized with the text);
 3. δ is added to the MLP output of the layer (for every supported family that is exactly
@@ -63,20 +64,15 @@ from rome_fast.model.linear import onednn_linears
 from rome_fast.model.loader import LoadedModel
 from rome_fast.model.precision import loop_precision
 from rome_fast.model.site import EditedSite
-from rome_fast.model.tokens import PromptBatch, apply_template, pad_id, subject_last_positions
+from rome_fast.model.tokens import (
+    PromptBatch,
+    apply_template,
+    pad_id,
+    subject_last_positions,
+    target_token_ids,
+)
 
 ESSENCE_PROMPT = "{} is a"
-
-
-def target_token_ids(tokenizer: PreTrainedTokenizerBase, target: str) -> list[int]:
-    """Token ids of the target, with a leading space prepended if it has none (quirk 1)."""
-    if not target.strip():
-        raise ValueError(f"the target must be a non-empty string, got {target!r}")
-    text = target if target.startswith(" ") else " " + target
-    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise ValueError(f"target {target!r} tokenizes to nothing with this tokenizer")
-    return ids
 
 
 @dataclass(frozen=True)
@@ -105,7 +101,7 @@ def build_value_batch(
     templates: Sequence[str],
     padding_side: str = "right",
 ) -> ValueBatch:
-    target_ids = target_token_ids(tokenizer, request.target_new)
+    target_ids = target_token_ids(tokenizer, request.target_new)  # quirk 1
     rewriting = [apply_template(t, request.prompt) for t in templates]  # quirk 2
     n = len(rewriting)
     batch = subject_last_positions(
@@ -176,7 +172,7 @@ def loss_step(terms: LossTerms, loss: Tensor, delta: Tensor) -> dict[str, float]
     return dict(zip(LOSS_PARTS, parts.detach().float().tolist(), strict=True))
 
 
-def target_nll(log_probs: Tensor, target_ids: Tensor, n_prompts: int) -> Tensor:
+def rewriting_nll(log_probs: Tensor, target_ids: Tensor, n_prompts: int) -> Tensor:
     """Mean over prompts of (summed target-token NLL / target length) (quirk 4).
 
     ``log_probs`` (n_prompts * n_target, V) in the order of ``ValueBatch.target_rows``.
@@ -332,7 +328,7 @@ def _optimize(
             if initial_kl is None:  # the first pass has δ = 0
                 initial_kl = log_probs[n_read:].detach()
             terms = LossTerms(
-                nll=target_nll(log_probs[:n_read], vb.target_ids, vb.n_prompts),
+                nll=rewriting_nll(log_probs[:n_read], vb.target_ids, vb.n_prompts),
                 kl=hparams.kl_factor * essence_kl(log_probs[n_read:], initial_kl),
                 weight_decay=hparams.v_weight_decay * weight_decay(delta, v_init),
             )

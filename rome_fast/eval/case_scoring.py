@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerBase
 
 from rome_fast.eval.config import RunConfig
 from rome_fast.eval.data import Case
-from rome_fast.eval.score import generate, target_nll
+from rome_fast.eval.score import generate, mean_token_nll
 from rome_ref import metrics as ref
 
 
@@ -26,7 +26,7 @@ def score_case(
     }
     prompts = [p for ps, _ in groups.values() for p in ps]
     true_targets = [t for ps, t in groups.values() for _ in ps]
-    nll = target_nll(
+    nll = mean_token_nll(
         model,
         tokenizer,
         prompts + prompts,

@@ -1,8 +1,9 @@
 """Scoring a causal LM: mean per-token NLL of a target after a prompt, and generation.
 
-The prompt and ``" " + target`` are tokenized separately and concatenated as ids, so the
-target's tokens are the same for every prompt (the public code's choice) and the prompt
-keeps the tokenizer's special tokens (a BOS, if the model uses one).
+The prompt and the target are tokenized separately and concatenated as ids, so the target's
+tokens are the same for every prompt (the public code's choice) and the same as the edit
+wrote (``rome_fast.model.tokens.target_token_ids``: one rule for both), and the prompt keeps
+the tokenizer's special tokens (a BOS, if the model uses one).
 """
 
 from __future__ import annotations
@@ -16,25 +17,17 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from rome_fast.model.context import check_fits
-
-PADDING_SIDES = ("right", "left")
-
-
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if isinstance(candidate, int):
-            return candidate
-    return 0
+from rome_fast.model.tokens import PADDING_SIDES, pad_id, target_token_ids
 
 
 def pad_batch(
-    sequences: Sequence[Sequence[int]], pad_id: int, side: str
+    sequences: Sequence[Sequence[int]], fill_id: int, side: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
     """ids (B, T), attention mask (B, T), position ids (B, T) and each row's offset."""
     if side not in PADDING_SIDES:
         raise ValueError(f"padding side must be one of {PADDING_SIDES}, got {side!r}")
     width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    ids = torch.full((len(sequences), width), fill_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     offsets = []
     for row, seq in enumerate(sequences):
@@ -52,16 +45,8 @@ def _prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     return ids
 
 
-def target_ids(tokenizer: PreTrainedTokenizerBase, target: str) -> list[int]:
-    """Token ids of ``" " + target`` (one leading space, no special tokens)."""
-    ids: list[int] = tokenizer(" " + target.lstrip(), add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise ValueError(f"target {target!r} tokenizes to nothing; check the tokenizer")
-    return ids
-
-
 @torch.no_grad()
-def target_nll(
+def mean_token_nll(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
@@ -70,7 +55,10 @@ def target_nll(
     batch_size: int = 16,
     padding_side: str = "right",
 ) -> np.ndarray:
-    """Mean per-token NLL (nats) of ``" " + targets[i]`` after ``prompts[i]``, shape (N,)."""
+    """Mean per-token NLL (nats) of ``targets[i]`` after ``prompts[i]``, shape (N,).
+
+    The target is tokenized by ``target_token_ids`` (one leading space).
+    """
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets; pair them up")
     if batch_size < 1:
@@ -80,11 +68,11 @@ def target_nll(
     for start in range(0, len(prompts), batch_size):
         chunk = range(start, min(start + batch_size, len(prompts)))
         heads = [_prompt_ids(tokenizer, prompts[i]) for i in chunk]
-        tails = [target_ids(tokenizer, targets[i]) for i in chunk]
+        tails = [target_token_ids(tokenizer, targets[i]) for i in chunk]
         for i, head, tail in zip(chunk, heads, tails, strict=True):
             check_fits(model, len(head) + len(tail), f"prompt {prompts[i][:60]!r} + target")
         ids, mask, positions, offsets = pad_batch(
-            [h + t for h, t in zip(heads, tails, strict=True)], _pad_id(tokenizer), padding_side
+            [h + t for h, t in zip(heads, tails, strict=True)], pad_id(tokenizer), padding_side
         )
         logits = model(
             input_ids=ids.to(device),
@@ -130,7 +118,7 @@ def generate(
         check_fits(
             model, len(head) + max_new_tokens, f"prompt {prompt[:60]!r} + {max_new_tokens} new"
         )
-    ids, mask, positions, _ = pad_batch(heads, _pad_id(tokenizer), "left")
+    ids, mask, positions, _ = pad_batch(heads, pad_id(tokenizer), "left")
     ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
     new_tokens = []

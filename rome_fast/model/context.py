@@ -1,4 +1,5 @@
-"""The model's context length, and a refusal that names it for inputs that do not fit.
+"""The model's context length (the one reader of its configuration's fields), and a refusal
+that names it for inputs that do not fit.
 
 Past its context a GPT-2 fails with an ``IndexError`` in the position embedding, and a
 rotary model runs on silently with positions it was never trained on: both are refused.
@@ -21,6 +22,17 @@ def context_limit(model: nn.Module) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def context_length(model: nn.Module) -> int:
+    """``context_limit`` where a length is required (the statistics truncate documents to it)."""
+    limit = context_limit(model)
+    if limit is None:
+        raise ValueError(
+            f"the model's configuration states no context length (none of {_LIMIT_FIELDS}); "
+            "pass max_length="
+        )
+    return limit
 
 
 def check_fits(model: nn.Module, n_tokens: int, what: str) -> None:

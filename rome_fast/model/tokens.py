@@ -112,10 +112,31 @@ class PromptBatch:
 
 
 def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id that fills padding: the pad token, else end-of-text, else 0 (always masked)."""
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
         if isinstance(candidate, int):
             return candidate
     return 0
+
+
+def target_token_ids(tokenizer: PreTrainedTokenizerBase, target: str) -> list[int]:
+    """The ids of a target: ``" " + target.lstrip(" ")``, without special tokens.
+
+    One rule wherever a target is turned into tokens, written into the model (v*) or scored
+    (NLL), so a target means the same tokens in both. The public code prepends a space when
+    it edits (``" " + target`` unless the target starts with one, SPEC §3) and always when it
+    scores (``f" {target}"``, SPEC §5): the two agree on every target without a leading space
+    (all of CounterFact) and disagree on one that has some (scored, ``" Rome"`` becomes two
+    spaces). Leading spaces are therefore dropped and exactly one is put back: the target is
+    a word that follows the prompt after one space. No special tokens: a BOS-adding tokenizer
+    (the Llama family) must not put its BOS inside the target.
+    """
+    if not target.strip():
+        raise ValueError(f"the target must be a non-empty string, got {target!r}")
+    ids: list[int] = tokenizer(" " + target.lstrip(" "), add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"target {target!r} tokenizes to nothing with this tokenizer")
+    return ids
 
 
 def subject_last_positions(

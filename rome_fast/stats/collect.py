@@ -37,9 +37,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from rome_fast.infra.datadir import cache_dir
+from rome_fast.model.context import context_length
 from rome_fast.model.hooks import capture, run_until
 from rome_fast.model.linear import onednn_linears
 from rome_fast.model.loader import LoadedModel
+from rome_fast.model.tokens import pad_id
 from rome_fast.stats import corpus as corpora
 from rome_fast.stats.corpus import Corpus
 
@@ -191,16 +193,6 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return DTYPE_NAMES[dtype]
 
 
-def context_length(loaded: LoadedModel) -> int:
-    """The model's context length (``n_positions`` / ``max_position_embeddings``)."""
-    config = loaded.model.config
-    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    raise ValueError("the model config states no context length; pass max_length=")
-
-
 def _tokenize(loaded: LoadedModel, texts: list[str], max_length: int) -> list[list[int]]:
     encoded = loaded.tokenizer(texts, truncation=True, max_length=max_length)
     return [list(ids) for ids in encoded["input_ids"]]
@@ -209,8 +201,7 @@ def _tokenize(loaded: LoadedModel, texts: list[str], max_length: int) -> list[li
 def _pad(loaded: LoadedModel, docs: list[list[int]]) -> tuple[Tensor, Tensor]:
     """Pad to the longest document on the tokenizer's padding side: (ids, mask), (b, s)."""
     width = max(len(d) for d in docs)
-    pad_id = loaded.tokenizer.pad_token_id
-    ids = torch.full((len(docs), width), pad_id, dtype=torch.long)
+    ids = torch.full((len(docs), width), pad_id(loaded.tokenizer), dtype=torch.long)
     mask = torch.zeros((len(docs), width), dtype=torch.long)
     left = loaded.tokenizer.padding_side == "left"
     for row, doc in enumerate(docs):
@@ -253,7 +244,7 @@ def collect_second_moment(
         )
     model, site = loaded.model, loaded.adapter.edited_site(loaded.model, layer)
     d_in = site.d_in
-    length = max_length if max_length is not None else context_length(loaded)
+    length = max_length if max_length is not None else context_length(loaded.model)
     total = min(n_samples, corpus.size) if corpus.size is not None else n_samples
     running = torch.zeros(d_in, d_in, dtype=dtype, device=loaded.device)
     tokens = documents = empty = 0
@@ -418,7 +409,7 @@ def layer_stats(
                 log.info("using the user's statistics file %s", path)
                 return load_checked(path)
     corpus = corpus if corpus is not None else corpora.default_corpus(loaded)
-    length = max_length if max_length is not None else context_length(loaded)
+    length = max_length if max_length is not None else context_length(loaded.model)
     path = cache_path(loaded, layer, corpus, n_samples, dtype, length, stats_dir)
     if path.is_file():
         log.info("loading cached statistics %s (%s)", path, corpus.description)

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from rome_fast.infra.cluster import Cluster, actor_factory, connected, fetch, worker_count
+from rome_fast.model.context import context_length
 from rome_fast.model.linear import onednn_is_faster, pin_onednn
 from rome_fast.model.loader import LoadedModel, load_model
 from rome_fast.stats import collect as stats
@@ -77,7 +78,7 @@ def sharded_collector(
         max_length: int | None = None,
         progress: bool = True,
     ) -> stats.SecondMomentStats:
-        length = max_length if max_length is not None else stats.context_length(loaded)
+        length = max_length if max_length is not None else context_length(loaded.model)
         docs = list(islice(iter(corpus), n_samples))
         start = time.perf_counter()
         with connected(cluster) as ray:
