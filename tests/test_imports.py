@@ -32,7 +32,8 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("stats",),
     ("edit",),
     ("eval", "conform"),
-    ("cli", "testing", "testing_batch", ""),
+    ("testing_batch",),
+    ("cli", "testing", ""),
 )
 COMMANDS = {"rome_fast.conform.test_conformance": "cli"}
 EDIT_PATH = ("rome_fast.edit.editor", "rome_fast.edit.naive")  # and everything they import
