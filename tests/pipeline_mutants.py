@@ -23,6 +23,7 @@ HANDWORKED = "tests/test_handworked.py"
 PROPERTIES = "tests/test_metric_properties.py"
 PUBLIC_GPT2 = ("tests/test_public_evaluator.py", "-k", "agree and tiny-gpt2")
 RUNS = "tests/test_runs.py"
+BATCH_BATTERY = ("tests/test_batch_battery.py", "-k", "pass_the_battery and float64")
 
 MUTANTS: tuple[Mutant, ...] = (
     # ---------------------------------------------------------------- metrics
@@ -519,5 +520,97 @@ MUTANTS: tuple[Mutant, ...] = (
         "pass  # Python's own display: file, line and source",
         "a command's warning reaches the user as file, line and source, not one line",
         ("tests/test_precision.py", "-k", "one_line"),
+    ),
+    # ---------------------------------------------------------------- batched solves (MEMIT,
+    # EMMET, AlphaEdit): the classic slips, planted in the torch solves and the reference
+    Mutant(
+        "batch_schedule_not_divided",
+        "batched",
+        "rome_fast/solve/schedule.py",
+        "R = (targets - output()) / (len(layers) - i)",
+        "R = targets - output()",
+        "the schedule's residual not divided by the layers left (the first layer writes it all)",
+        BATCH_BATTERY,
+    ),
+    Mutant(
+        "batch_schedule_stale_keys",
+        "batched",
+        "rome_fast/solve/schedule.py",
+        "K = layer.keys()",
+        "K = layers[0].keys()",
+        "every layer solved at the first edited layer's keys (keys of the wrong layer)",
+        BATCH_BATTERY,
+    ),
+    Mutant(
+        "batch_memit_lambda_inverted",
+        "batched",
+        "rome_fast/methods/memit/update.py",
+        "return gram_factors(cov, K, R, hparams.mom2_update_weight)",
+        "return gram_factors(cov, K, R, 1.0 / hparams.mom2_update_weight)",
+        "MEMIT's λ on the wrong side (weighing the batch's keys instead of C)",
+        BATCH_BATTERY,
+    ),
+    Mutant(
+        "batch_emmet_lambda_in_c",
+        "batched",
+        "rome_fast/methods/emmet/update.py",
+        "+ hparams.update_norm_lambda * identity",
+        "+ hparams.emmet_lambda * identity",
+        "EMMET's λₑ added to C' instead of λᵤ (λ on the wrong side)",
+        BATCH_BATTERY,
+    ),
+    Mutant(
+        "batch_singular_not_refused",
+        "batched",
+        "rome_fast/solve/batch.py",
+        "if smallest <= n * torch.finfo(gram.dtype).eps * largest:",
+        "if smallest <= 0:",
+        "a singular batch (one subject, two targets) solved anyway instead of refused",
+        ("tests/test_batch_solve.py", "-k", "refuses_one_subject"),
+    ),
+    Mutant(
+        "batch_projector_onto_preserved_keys",
+        "batched",
+        "rome_fast/solve/batch.py",
+        "basis: Tensor = eigenvectors[:, eigenvalues < threshold]",
+        "basis: Tensor = eigenvectors[:, eigenvalues >= threshold]",
+        "AlphaEdit's projector onto the preserved keys' span instead of its null space",
+        BATCH_BATTERY,
+    ),
+    Mutant(
+        "batch_earlier_keys_not_accumulated",
+        "batched",
+        "rome_fast/methods/alphaedit/update.py",
+        "self.earlier = added if self.earlier is None else self.earlier + added",
+        "self.earlier = added",
+        "AlphaEdit's Kₚ replaced by the last batch's keys instead of accumulated",
+        ("tests/test_batch_solve.py", "-k", "remembers"),
+    ),
+    Mutant(
+        "batch_layers_unordered",
+        "batched",
+        "rome_fast/methods/checks.py",
+        "list(layers) != sorted(set(layers))",
+        "len(layers) != len(set(layers))",
+        "edited layers accepted out of order (the schedule would divide by the wrong count)",
+        ("tests/test_batch_solve.py", "-k", "bad_hyperparameters"),
+    ),
+    Mutant(
+        "ref_memit_lambda_wrong_side",
+        "batched",
+        "rome_ref/batched.py",
+        "A = lam * C + K @ K.T",
+        "A = C + lam * K @ K.T",
+        "the reference MEMIT with λ on the batch's keys instead of C",
+        ("tests/test_ref_batched.py", "-k", "normal_equations"),
+    ),
+    Mutant(
+        "ref_schedule_not_divided",
+        "batched",
+        "rome_ref/batched.py",
+        "R = (targets - output()) / (len(layers) - i)",
+        "R = targets - output()",
+        "the reference schedule's residual not divided by the layers left",
+        ("tests/test_ref_batched.py", "-k", "equal_share"),
     ),
 )
