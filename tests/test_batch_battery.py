@@ -14,7 +14,7 @@ from tests.batch_mutants import MUTANTS
 MAX_EXAMPLES = 20  # every mutant is caught well within this; unshrunk for speed
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 def test_our_solves_pass_the_battery(dtype: torch.dtype) -> None:
     report = check_batched(OURS, name="ours", max_examples=40, dtype=dtype)
     assert report.ok, str(report)
