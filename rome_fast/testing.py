@@ -52,6 +52,11 @@ import rome_ref
 from rome_fast.infra.reproducer import reproducer_note, reproducible
 from rome_fast.methods.rome.update import CovarianceFactor, RankOne, Variant, rank_one_factors
 from rome_fast.methods.rome.variants import KEY_NAMES, KeyName, RegisteredVariant
+from rome_fast.testing_batch.battery import BatchedMethod as BatchedMethod
+from rome_fast.testing_batch.battery import BatchReport as BatchReport
+from rome_fast.testing_batch.battery import check_batched as check_batched
+from rome_fast.testing_batch.battery import run_batched_property as run_batched_property
+from rome_fast.testing_batch.cases import BatchParams as BatchParams
 
 F64 = np.typing.NDArray[np.float64]
 

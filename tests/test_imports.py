@@ -32,6 +32,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("stats",),
     ("edit",),
     ("eval", "conform"),
+    ("testing_batch",),
     ("cli", "testing", ""),
 )
 COMMANDS = {"rome_fast.conform.test_conformance": "cli"}

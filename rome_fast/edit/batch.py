@@ -1,0 +1,89 @@
+"""n facts written over several layers on a model with MEMIT's schedule (SPEC §7), atomically.
+
+The caller gives the targets Z (d, n) of the hidden state at the last edited layer (the output
+of its block at each bare prompt's subject-last token) and, per layer, the solve of its method
+(``memit_factors``, ``emmet_factors`` or a ``NullSpaceLayer``'s, bound to that layer's
+statistics); ``write_batch`` reads the keys of every request in one pass per layer on the current
+weights, spreads the residual over the layers (``rome_fast.solve.schedule``) and applies each
+layer's factors in place. If any step fails, every touched weight is restored from its saved
+copy (bit-identical) and the error propagates. The target optimization for n facts is not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from rome_fast.edit.batch_keys import KeyChoice, compute_batch_keys, key_matrix
+from rome_fast.edit.ownership import copy_weight, stored_weight
+from rome_fast.edit.request import EditRequest
+from rome_fast.model.hooks import capture, run_until
+from rome_fast.model.loader import LoadedModel
+from rome_fast.model.tokens import subject_last_positions
+from rome_fast.model.weights import apply_factors
+from rome_fast.solve.low_rank import Factors, SiteUpdate, Update
+from rome_fast.solve.schedule import ScheduleLayer, spread_over_layers
+
+LayerSolve = Callable[[Tensor, Tensor], Factors]  # (K (d_in, n), R (d, n)) -> factors
+
+
+@torch.no_grad()
+def hidden_at_subjects(loaded: LoadedModel, layer: int, requests: Sequence[EditRequest]) -> Tensor:
+    """The output of block ``layer`` at each bare prompt's subject-last token: (d, n) float32."""
+    prompts = [request.prompt for request in requests]
+    batch = subject_last_positions(loaded.tokenizer, prompts, [r.subject for r in requests])
+    block = loaded.adapter.block(loaded.model, layer)
+    with capture(block, stop=True, output=True) as seen:
+        run_until(loaded.model, **batch.model_inputs(loaded.device))
+    if seen.output is None:
+        raise RuntimeError(f"the forward pass never reached block {layer}")
+    rows, positions = batch.rows.to(seen.output.device), batch.positions.to(seen.output.device)
+    return seen.output[rows, positions].float().mT
+
+
+def write_batch(
+    loaded: LoadedModel,
+    requests: Sequence[EditRequest],
+    templates: Sequence[str],
+    solves: dict[int, LayerSolve],
+    targets: Tensor,
+    key_choice: KeyChoice,
+) -> Update:
+    """Edit the layers of ``solves`` (in increasing order) so that the last one's hidden states
+    move toward ``targets`` (d, n); returns what was written. Atomic: on any error every
+    touched weight is restored exactly."""
+    layers = sorted(solves)
+    sites = {layer: loaded.adapter.edited_site(loaded.model, layer) for layer in layers}
+    saved = {layer: stored_weight(site.module).detach().clone() for layer, site in sites.items()}
+
+    def step(layer: int) -> ScheduleLayer:
+        site = sites[layer]
+
+        def keys() -> Tensor:
+            batch_keys = compute_batch_keys(loaded, site, requests, templates)
+            return key_matrix(batch_keys, templates, key_choice)
+
+        return ScheduleLayer(
+            keys=keys,
+            solve=solves[layer],
+            apply=lambda factors: apply_factors(site.module, factors),
+        )
+
+    try:
+        written = spread_over_layers(
+            [step(layer) for layer in layers],
+            lambda: hidden_at_subjects(loaded, layers[-1], requests),
+            targets.float(),
+        )
+    except BaseException:
+        for layer, weight in saved.items():
+            copy_weight(sites[layer].module, weight)
+        raise
+    return Update(
+        tuple(
+            SiteUpdate(layer, sites[layer].module_name, factors)
+            for layer, factors in zip(layers, written, strict=True)
+        )
+    )

@@ -1,0 +1,1 @@
+"""EMMET (Gupta et al. 2024): ROME's equality constraint for a whole batch."""

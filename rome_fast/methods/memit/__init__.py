@@ -1,0 +1,1 @@
+"""MEMIT (Meng et al. 2022b): least squares over a batch, spread over several layers."""

@@ -1,0 +1,1 @@
+"""The property battery for batched editors (MEMIT, EMMET, AlphaEdit): cases and checks."""
