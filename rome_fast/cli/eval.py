@@ -29,7 +29,7 @@ from rome_fast.cli.validate import (
     names,
 )
 from rome_fast.eval.config import DEGRADE_MODES, RunConfig
-from rome_fast.eval.data import Case, load_cases, resolve_data_path
+from rome_fast.eval.data import EvalCase, load_cases, resolve_data_path
 from rome_fast.eval.files import read_json_object, write_json
 from rome_fast.eval.gates import check_summary_file
 from rome_fast.eval.glue import TASKS as GLUE_TASKS
@@ -129,7 +129,7 @@ def config_from_args(args: argparse.Namespace, model_name: str, hparams: HParams
         variants=tuple(names(args.variants or DEFAULT_VARIANTS)),
         layer=hparams.layer,
         impl=args.impl,
-        v_precision=hparams.v_precision,
+        v_precision=hparams.v_star.precision,
         dtype=args.dtype,
         modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
         limit=args.limit,
@@ -149,7 +149,7 @@ def config_from_args(args: argparse.Namespace, model_name: str, hparams: HParams
         stats_npz=None if args.stats_npz is None else str(args.stats_npz.resolve()),
         stats_corpus=None if args.stats_corpus is None else str(args.stats_corpus.resolve()),
         stats_samples=args.stats_samples,
-        hparams=dataclasses.asdict(hparams),
+        hparams=hparams.as_record(),
         templates=None if args.fixed_templates is None else tuple(args.fixed_templates),
         input_digests=input_digests(args),
     )
@@ -275,7 +275,7 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _external_runner(args: argparse.Namespace, cases: list[Case]) -> Runner:
+def _external_runner(args: argparse.Namespace, cases: list[EvalCase]) -> Runner:
     """The run on an editor under test (``--editor``), with the harness's templates and C."""
     from rome_fast.cli.conform import editor_from_spec, harness_inputs
     from rome_fast.conform.external import ExternalEditor

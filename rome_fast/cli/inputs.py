@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rome_fast.cli.user_variants import resolve_variant
+from rome_fast.cli.user_variants import registered_variant_name
 from rome_fast.edit.template_files import read_templates
 from rome_fast.hparams.defaults import HParams, hparams_for
 from rome_fast.hparams.files import check_against_model, read_hparams_file
@@ -84,7 +84,7 @@ def read_inputs(args: argparse.Namespace) -> None:
                 f"{hfile.path}: the file's code runs {file_variant!r}; running "
                 f"{', '.join(chosen)} as --{option} asks"
             )
-        resolved = [resolve_variant(v) for v in chosen]
+        resolved = [registered_variant_name(v) for v in chosen]
         setattr(args, option, ",".join(resolved))
 
 

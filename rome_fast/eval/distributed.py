@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from rome_fast.eval.config import RunConfig
-from rome_fast.eval.data import Case
+from rome_fast.eval.data import EvalCase
 from rome_fast.eval.files import read_lines
 from rome_fast.eval.reproducibility import kernel_settings
 from rome_fast.eval.runner import Runner
@@ -67,7 +67,7 @@ class WorkerSpec:
     dtype: torch.dtype
     seed: int
     make_editor: Callable[[LoadedModel], Editor]
-    cases: Sequence[Case]
+    cases: Sequence[EvalCase]
     cfg: RunConfig
     onednn: bool
     threads: int
