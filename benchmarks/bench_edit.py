@@ -82,12 +82,12 @@ def bench_edit(
         rounds=rounds,
         warmup_rounds=0,
         floor=edit_floor(
-            peaks, s.loaded, s.layer, s.templates, s.hparams.v_num_grad_steps, precision
+            peaks, s.loaded, s.layer, s.templates, s.hparams.v_star.num_grad_steps, precision
         ),
         describe=describe,
         dtype=str(model_dtype(s.loaded)),
         v_precision=precision,
-        v_num_grad_steps=s.hparams.v_num_grad_steps,
+        v_num_grad_steps=s.hparams.v_star.num_grad_steps,
     )
 
 

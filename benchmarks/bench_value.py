@@ -32,7 +32,7 @@ def value_work(
 
 
 def value_setup_floor(peaks: Peaks, setup: EditSetup, hparams: HParams, forwards: int) -> Any:
-    suffix, read = value_work(setup.loaded, setup.templates, hparams.padding_side)
+    suffix, read = value_work(setup.loaded, setup.templates, hparams.v_star.padding_side)
     return value_floor(peaks, setup.loaded, setup.layer, suffix, read, forwards, forwards - 1)
 
 
@@ -42,7 +42,7 @@ def test_value(
 ) -> None:
     s = model_setup
     hp = s.hparams.replace(v_num_grad_steps=STEPS)
-    args = (s.loaded, s.site, REQUEST, s.templates, hp)
+    args = (s.loaded, s.site, REQUEST, s.templates, hp.v_star)
     if impl == "naive":
         fn: Callable[[], Any] = lambda: naive_value(*args)  # noqa: E731
     else:

@@ -92,9 +92,9 @@ def make_setup(loaded: LoadedModel, hparams: HParams, seed: int = SEED) -> EditS
     templates = generate_context_templates(
         loaded.model,
         loaded.tokenizer,
-        hparams.context_template_schedule,
+        hparams.v_star.context_template_schedule,
         seed=seed,
-        top_k=hparams.context_template_top_k,
+        top_k=hparams.v_star.context_template_top_k,
     )
     d_in = loaded.adapter.edited_site(loaded.model, hparams.layer).d_in
     C = synthetic_second_moment(d_in, seed, loaded.device)

@@ -348,7 +348,7 @@ def edits(
         for impl, (t, result) in measured.items():
             precision = IMPLS[impl][1]
             bound = edit_floor(
-                peaks, loaded, hparams.layer, templates, hparams.v_num_grad_steps, precision
+                peaks, loaded, hparams.layer, templates, hparams.v_star.num_grad_steps, precision
             )
             # What a lower precision costs: ΔW against this run's float32 fast edit.
             error = delta_w_error(result, measured["fast"][1])

@@ -27,6 +27,7 @@ from rome_fast.edit.editor import Editor
 from rome_fast.edit.request import EditRequest, EditResult
 from rome_fast.hparams.defaults import hparams_for
 from rome_fast.model.loader import load_model
+from rome_fast.solve.low_rank import Factors
 
 REQUESTS = (
     EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris"),
@@ -41,12 +42,18 @@ def relative(a: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def delta_w_error(result: EditResult, reference: EditResult) -> float:
-    """‖ΔW − ΔW_ref‖_F / ‖ΔW_ref‖_F for two rank-one updates, without forming either:
-    ‖abᵀ − cdᵀ‖² = ‖a‖²‖b‖² + ‖c‖²‖d‖² − 2(a·c)(b·d)."""
-    a, b = result.left.double(), result.right.double()
+    """``factors_error`` of the two results' updates at the edited module."""
+    module_name = result.module_name
+    return factors_error(result.update.at(module_name), reference.update.at(module_name))
+
+
+def factors_error(mine: Factors, reference: Factors) -> float:
+    """‖ΔW − ΔW_ref‖_F / ‖ΔW_ref‖_F for ΔW = ABᵀ, ΔW_ref = CDᵀ (any rank), without forming
+    either: ‖ABᵀ − CDᵀ‖² = Σ(AᵀA ∘ BᵀB) + Σ(CᵀC ∘ DᵀD) − 2 Σ(AᵀC ∘ BᵀD)."""
+    a, b = mine.left.double(), mine.right.double()
     c, d = reference.left.double(), reference.right.double()
-    ref_sq = (c @ c) * (d @ d)
-    diff_sq = (a @ a) * (b @ b) + ref_sq - 2 * (a @ c) * (b @ d)
+    ref_sq = ((c.T @ c) * (d.T @ d)).sum()
+    diff_sq = ((a.T @ a) * (b.T @ b)).sum() + ref_sq - 2 * ((a.T @ c) * (b.T @ d)).sum()
     return float(diff_sq.clamp(min=0).sqrt() / ref_sq.sqrt())
 
 

@@ -179,7 +179,7 @@ class PropertyFailure(AssertionError):
 
 
 @dataclass(frozen=True)
-class Battery:
+class UpdateUnderTest:
     """What is checked: which update, which keys, in which dtype."""
 
     update: UpdateFn
@@ -246,7 +246,7 @@ def _aux_rng(case: Case) -> np.random.Generator:
     return np.random.default_rng([case.params.seed, 1])
 
 
-def prop_finite(b: Battery, case: Case) -> None:
+def prop_finite(b: UpdateUnderTest, case: Case) -> None:
     r = b.factors(case)
     p = case.params
     _fail(
@@ -258,7 +258,7 @@ def prop_finite(b: Battery, case: Case) -> None:
         _fail(bool(torch.isfinite(x).all()), f"{name} is not finite")
 
 
-def prop_rank_one(b: Battery, case: Case) -> None:
+def prop_rank_one(b: UpdateUnderTest, case: Case) -> None:
     r = b.factors(case)
     p = case.params
     _fail(
@@ -269,7 +269,7 @@ def prop_rank_one(b: Battery, case: Case) -> None:
     _fail(float(np.linalg.norm(_f64(r.delta()))) > 0, "ΔW is zero although v* − b − W0 k ≠ 0")
 
 
-def _insertion_error(b: Battery, case: Case, delta: F64) -> tuple[float, float]:
+def _insertion_error(b: UpdateUnderTest, case: Case, delta: F64) -> tuple[float, float]:
     k = case.key(b.inserts_at)
     out = (case.W0 + delta) @ k + (0 if case.bias is None else case.bias)
     scale = np.linalg.norm(case.v_star) + (
@@ -278,12 +278,12 @@ def _insertion_error(b: Battery, case: Case, delta: F64) -> tuple[float, float]:
     return float(np.linalg.norm(out - case.v_star)), float(b.tol(case) * scale)
 
 
-def prop_exact_insertion(b: Battery, case: Case) -> None:
+def prop_exact_insertion(b: UpdateUnderTest, case: Case) -> None:
     error, bound = _insertion_error(b, case, b.delta(case))
     _fail(error <= bound, f"‖Ŵ {b.inserts_at} + b − v*‖ = {error:.3g} > {bound:.3g}")
 
 
-def prop_scale_invariance(b: Battery, case: Case) -> None:
+def prop_scale_invariance(b: UpdateUnderTest, case: Case) -> None:
     alpha = 10 ** _aux_rng(case).uniform(-3, 3)
     delta, scaled = b.delta(case), b.delta(case, C=alpha * case.C)
     diff = float(np.linalg.norm(scaled - delta))
@@ -291,7 +291,7 @@ def prop_scale_invariance(b: Battery, case: Case) -> None:
     _fail(diff <= bound, f"‖ΔW(αC) − ΔW(C)‖ = {diff:.3g} > {bound:.3g} for α = {alpha:.3g}")
 
 
-def prop_null_space(b: Battery, case: Case) -> None:
+def prop_null_space(b: UpdateUnderTest, case: Case) -> None:
     u = rome_ref.update.solve_c(case.C, case.key(b.direction_at))
     g = _aux_rng(case).standard_normal(case.params.d_in)
     j = g - (u @ g) / (u @ u) * u  # u(d)ᵀ j = 0 (j is rounding noise when d_in = 1)
@@ -306,7 +306,7 @@ def _c_norm(delta: F64, C: F64) -> float:
     return float(np.trace(delta @ C @ delta.T))
 
 
-def prop_minimality(b: Battery, case: Case) -> None:
+def prop_minimality(b: UpdateUnderTest, case: Case) -> None:
     delta = b.delta(case)
     error, bound = _insertion_error(b, case, delta)
     _fail(
@@ -323,7 +323,7 @@ def prop_minimality(b: Battery, case: Case) -> None:
     )
 
 
-def prop_bias_cancellation(b: Battery, case: Case) -> None:
+def prop_bias_cancellation(b: UpdateUnderTest, case: Case) -> None:
     bias = _aux_rng(case).standard_normal(case.params.d_out) * (1 + np.abs(case.v_star).max())
     with_bias = b.delta(case, bias=bias)
     shifted = b.delta(case, v_star=case.v_star - bias, bias=None)
@@ -332,7 +332,7 @@ def prop_bias_cancellation(b: Battery, case: Case) -> None:
     _fail(diff <= bound, f"‖ΔW(v*, bias=b) − ΔW(v* − b, no bias)‖ = {diff:.3g} > {bound:.3g}")
 
 
-def prop_denominator(b: Battery, case: Case) -> None:
+def prop_denominator(b: UpdateUnderTest, case: Case) -> None:
     r = b.factors(case)
     reported = float(r.denominator)
     u = rome_ref.update.solve_c(case.C, case.key(b.direction_at))
@@ -345,7 +345,7 @@ def prop_denominator(b: Battery, case: Case) -> None:
     )
 
 
-Property = Callable[[Battery, Case], None]
+Property = Callable[[UpdateUnderTest, Case], None]
 
 PROPERTIES: dict[str, Property] = {
     "finite": prop_finite,
@@ -396,7 +396,7 @@ def run_property(
 ) -> None:
     """Check one property on one case; raises ``PropertyFailure`` (or the update's error)
     with a note holding the snippet that repeats this call in a fresh interpreter."""
-    battery = Battery(update, inserts_at, direction_at or inserts_at, dtype)
+    battery = UpdateUnderTest(update, inserts_at, direction_at or inserts_at, dtype)
     PROPERTIES[name](battery, make_case(params))
 
 
@@ -453,7 +453,7 @@ class VariantReport:
             raise VariantCheckError(str(self))
 
 
-def _describe_failure(battery: Battery, name: str, params: CaseParams) -> str:
+def _describe_failure(battery: UpdateUnderTest, name: str, params: CaseParams) -> str:
     try:
         PROPERTIES[name](battery, make_case(params))
     except Exception as error:  # the update's own errors are failures too
@@ -462,7 +462,7 @@ def _describe_failure(battery: Battery, name: str, params: CaseParams) -> str:
     return "flaky: the shrunk case passes on rerun"
 
 
-def other_key_row(battery: Battery, seed: int) -> PropertyResult:
+def other_key_row(battery: UpdateUnderTest, seed: int) -> PropertyResult:
     """What the update does at the key it does not promise to insert at (status noted)."""
     other = next(k for k in KEY_NAMES if k != battery.inserts_at)
     params = CaseParams(seed, d_in=8, d_out=8, log10_cond=1.0, angle_deg=30.0, with_bias=False)
@@ -503,7 +503,7 @@ def check_update(
     ``shrink=False`` reports the first failing case found instead (much faster on failure).
     """
     direction = direction_at or inserts_at
-    battery = Battery(update, inserts_at, direction, dtype)
+    battery = UpdateUnderTest(update, inserts_at, direction, dtype)
     strategy = case_params(max_log10_cond=3.0 if dtype == torch.float64 else 2.0)
     phases = [Phase.generate, Phase.shrink] if shrink else [Phase.generate]
     config = settings(

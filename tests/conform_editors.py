@@ -10,7 +10,7 @@ import torch
 from rome_fast.conform.ours import OurEditor, editor_for
 from rome_fast.conform.protocol import ConformInputs
 from rome_fast.methods.rome.update import RankOne, UpdateInputs
-from rome_fast.model.weights import apply_rank_one, weight_matrix
+from rome_fast.model.weights import apply_factors, weight_matrix
 
 
 def _r_rome_without_c_inverse(inp: UpdateInputs) -> RankOne:
@@ -50,7 +50,7 @@ class RevertByRounding(OurEditor):
     def revert(self) -> None:
         assert self._last is not None
         editor, result = self._last
-        apply_rank_one(editor.site.module, result.rank_one, sign=-1.0)
+        apply_factors(editor.site.module, result.update.at(editor.site.module_name), sign=-1.0)
         self._last = None
 
 

@@ -30,7 +30,7 @@ import pytest
 import torch
 from transformers import BatchEncoding
 
-from rome_fast.eval.data import Case
+from rome_fast.eval.data import EvalCase
 
 REPO = Path(__file__).resolve().parents[1]
 STUBBED = {
@@ -127,7 +127,7 @@ class OnDevice:
         return cast(BatchEncoding, batch)
 
 
-def public_record(case: Case) -> dict[str, Any]:
+def public_record(case: EvalCase) -> dict[str, Any]:
     """``case`` in the original CounterFact schema the public evaluator reads."""
     return {
         "case_id": case.case_id,
@@ -145,7 +145,7 @@ def public_record(case: Case) -> dict[str, Any]:
 
 
 def public_scores(
-    evaluator: PublicEvaluator, model: torch.nn.Module, tok: OnDevice, case: Case
+    evaluator: PublicEvaluator, model: torch.nn.Module, tok: OnDevice, case: EvalCase
 ) -> dict[str, dict[str, list[float]]]:
     """Per-prompt NLLs by ``compute_rewrite_quality_counterfact``, in our score layout."""
     with torch.no_grad():

@@ -21,7 +21,7 @@ import torch
 from rome_fast.cli.eval import EditorRecipe
 from rome_fast.edit.editor import Editor
 from rome_fast.eval.config import RunConfig
-from rome_fast.eval.data import Case
+from rome_fast.eval.data import EvalCase
 from rome_fast.eval.distributed import run_on_cluster
 from rome_fast.eval.files import read_lines
 from rome_fast.eval.reproducibility import without_timings
@@ -61,10 +61,10 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def make_cases(n: int) -> list[Case]:
+def make_cases(n: int) -> list[EvalCase]:
     subjects = ["Danielle Darrieux", "Toyota", "Miles Davis", "the Nile", "Mozart"]
     return [
-        Case(
+        EvalCase(
             case_id=200 + i,
             prompt="The home of {} is",
             subject=subjects[i % len(subjects)],

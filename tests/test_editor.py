@@ -14,9 +14,9 @@ from rome_fast.edit.keys import Keys, compute_keys
 from rome_fast.edit.naive import NaiveEditor
 from rome_fast.edit.request import EditRequest
 from rome_fast.hparams.defaults import HParams
-from rome_fast.methods.rome.update import RankOne
 from rome_fast.model.loader import LoadedModel
-from rome_fast.model.weights import apply_rank_one, weight_matrix
+from rome_fast.model.weights import apply_factors, weight_matrix
+from rome_fast.solve.low_rank import Factors
 from tests.models import (
     EDIT,
     FAMILIES,
@@ -99,7 +99,7 @@ def test_diagnostics_describe_the_applied_update() -> None:
     result = editor.edit(EditRequest(*REQUEST), "p-rome")
     W_after = weight_matrix(loaded.adapter.edited_module(loaded.model, LAYER)).detach()
     delta = W_after - W_before  # Linear: already (d_out, d_in)
-    torch.testing.assert_close(delta, torch.outer(result.left, result.right))
+    torch.testing.assert_close(delta, result.update.at(result.module_name).delta())
     assert result.delta_norm == pytest.approx(float(delta.norm()) / delta.numel(), rel=1e-4)
     cosine = float(torch.nn.functional.cosine_similarity(result.k_star, result.k_prompt, dim=0))
     assert result.key_cosine == pytest.approx(cosine)
@@ -110,7 +110,7 @@ def test_diagnostics_describe_the_applied_update() -> None:
 
 
 @pytest.mark.parametrize(
-    "target", ["compute_v_star", "_relative_residual", "_require_finite_weight"]
+    "target", ["compute_v_star", "_relative_residual", "_require_finite_weights"]
 )
 def test_a_failed_edit_leaves_every_weight_bit_identical(
     monkeypatch: pytest.MonkeyPatch, target: str
@@ -132,14 +132,14 @@ def test_a_failed_edit_leaves_every_weight_bit_identical(
 def test_non_finite_weights_after_applying_are_rolled_back(monkeypatch: pytest.MonkeyPatch) -> None:
     loaded, editor = make_editor("tiny-gpt2")
     before = weights_of(loaded)
-    real_apply = apply_rank_one
+    real_apply = apply_factors
 
-    def overflowing_apply(module: torch.nn.Module, r: RankOne, sign: float = 1.0) -> None:
-        real_apply(module, r, sign=sign)
+    def overflowing_apply(module: torch.nn.Module, factors: Factors, sign: float = 1.0) -> None:
+        real_apply(module, factors, sign=sign)
         with torch.no_grad():
             weight_matrix(module)[0, 0] = float("inf")  # as if the update overflowed the dtype
 
-    monkeypatch.setattr(editor_module, "apply_rank_one", overflowing_apply)
+    monkeypatch.setattr(editor_module, "apply_factors", overflowing_apply)
     with pytest.raises(ValueError, match="non-finite"):
         editor.edit(EditRequest(*REQUEST))
     assert changed_parameters(loaded, before) == []
@@ -171,7 +171,8 @@ def test_revert_latest_older_and_restore_are_exact() -> None:
     editor.revert(first)  # an older one: W0 then the remaining edits
     # reference: the second edit's factors alone on a fresh W0
     only_second = fresh_model("tiny-neox")
-    apply_rank_one(only_second.adapter.edited_module(only_second.model, LAYER), second.rank_one)
+    module = only_second.adapter.edited_module(only_second.model, LAYER)
+    apply_factors(module, second.update.at(second.module_name))
     assert changed_parameters(loaded, weights_of(only_second)) == []
     editor.edit(EditRequest(*REQUEST))
     editor.restore()
@@ -225,8 +226,9 @@ def test_same_seed_gives_bit_identical_edits() -> None:
     same, again, other = results
     assert same.templates == again.templates
     assert len(same.templates) == 5
-    assert torch.equal(same.left, again.left)
-    assert torch.equal(same.right, again.right)
+    for mine, twin in zip(same.update, again.update, strict=True):
+        assert torch.equal(mine.factors.left, twin.factors.left)
+        assert torch.equal(mine.factors.right, twin.factors.right)
     assert same.loss_trace == again.loss_trace
     assert same.seed == 5
     assert other.templates != same.templates

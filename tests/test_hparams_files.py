@@ -10,14 +10,14 @@ import torch
 
 from rome_fast.edit.editor import Editor
 from rome_fast.edit.request import EditRequest
-from rome_fast.hparams.defaults import HParams, hparams_for
+from rome_fast.hparams.defaults import HParams, StatsOptions, VStarOptions, hparams_for
 from rome_fast.hparams.files import (
     FIELDS,
     check_against_model,
     read_hparams_file,
     variant_from_flags,
 )
-from rome_fast.stats.covariance import default_covariance
+from rome_fast.stats.covariance import StatsSource, default_covariance
 from tests.models import REQUEST, TEMPLATES, fresh_model, tiny_hparams, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,10 +56,15 @@ def test_public_json_gives_the_public_values_and_r_rome(name: str) -> None:
     hp = hfile.apply(HParams(layer=0))
     assert hfile.variant == "r-rome"
     assert hp.layer == raw["layers"][0]
-    assert (hp.v_num_grad_steps, hp.v_lr, hp.v_weight_decay, hp.kl_factor) == (20, 0.5, 0.5, 0.0625)
-    assert hp.clamp_norm_factor == raw["clamp_norm_factor"]
-    assert hp.context_template_schedule == ((5, 10), (10, 10))
-    assert (hp.mom2_adjustment, hp.mom2_n_samples, hp.mom2_dtype) == (True, 100_000, "float32")
+    assert (
+        hp.v_star.num_grad_steps,
+        hp.v_star.lr,
+        hp.v_star.weight_decay,
+        hp.v_star.kl_factor,
+    ) == (20, 0.5, 0.5, 0.0625)
+    assert hp.v_star.clamp_norm_factor == raw["clamp_norm_factor"]
+    assert hp.v_star.context_template_schedule == ((5, 10), (10, 10))
+    assert (hp.mom2_adjustment, hp.stats.n_samples, hp.stats.dtype) == (True, 100_000, "float32")
     # The paper's own per-model table (SPEC §4) agrees with its files.
     assert hp == hparams_for(name.removeprefix("EleutherAI_").lower())
 
@@ -75,10 +80,10 @@ def test_easyedit_yaml_is_read_whole(path: Path) -> None:
     hfile = read_hparams_file(path)
     hp = hfile.apply(HParams(layer=0))
     assert hfile.variant == {"ROME": "rome", "R-ROME": "r-rome"}[raw["alg_name"]]
-    assert hp.v_lr == 0.5
+    assert hp.v_star.lr == 0.5
     assert hp.mom2_adjustment is False
-    assert (hp.layer, hp.v_num_grad_steps) == (raw["layers"][0], raw["v_num_grad_steps"])
-    assert hp.v_weight_decay == float(raw["v_weight_decay"])
+    assert (hp.layer, hp.v_star.num_grad_steps) == (raw["layers"][0], raw["v_num_grad_steps"])
+    assert hp.v_star.weight_decay == float(raw["v_weight_decay"])
     assert "device" in hfile.notes[0]  # set by --device, said so
 
 
@@ -153,7 +158,7 @@ def test_our_own_field_names_are_read(tmp_path: Path) -> None:
     assert hfile.variant is None  # no editor stated: the command's default applies
     assert read_hparams_file(write(tmp_path, {"layer": 2, "v_lr": 0.1})).variant is None
     assert hfile.apply(HParams(layer=0)) == HParams(
-        layer=2, v_early_stop_loss=0.0, mom2_max_length=64
+        layer=2, v_star=VStarOptions(early_stop_loss=0.0), stats=StatsOptions(max_length=64)
     )
 
 
@@ -193,7 +198,8 @@ def test_mom2_adjustment_off_uses_the_key_as_the_direction() -> None:
     hp = tiny_hparams("tiny-gpt2", mom2_adjustment=False)
     editor = Editor(loaded, hparams=hp, templates=TEMPLATES)
     result = editor.edit(EditRequest(*REQUEST), variant="r-rome")
-    cosine = torch.nn.functional.cosine_similarity(result.right, result.k_star, dim=0)
+    right = result.update.at(result.module_name).right[:, 0]  # (d_in,)
+    cosine = torch.nn.functional.cosine_similarity(right, result.k_star, dim=0)
     assert float(cosine) == pytest.approx(1.0, abs=1e-6), f"cos(right, k*) = {float(cosine)}"
     assert result.relative_residual_k_star < 1e-4
 
@@ -201,7 +207,7 @@ def test_mom2_adjustment_off_uses_the_key_as_the_direction() -> None:
 def test_mom2_adjustment_off_refuses_statistics_it_would_ignore() -> None:
     hp = tiny_hparams("tiny-gpt2", mom2_adjustment=False)
     with pytest.raises(ValueError, match="mom2_adjustment is off"):
-        default_covariance(hp, npz_path="stats.npz")
+        default_covariance(hp, StatsSource(npz_path="stats.npz"))
 
 
 def test_own_fixtures_are_read() -> None:

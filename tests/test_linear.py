@@ -161,7 +161,7 @@ def test_v_star_is_the_reference_loops_either_way(
     monkeypatch.setattr(linear, "onednn_is_faster", lambda: routed)
     loaded = tiny_model(family)
     hp = tiny_hparams(family, v_num_grad_steps=4)
-    args = (*at(loaded, 1), EDIT, TEMPLATES, hp)
+    args = (*at(loaded, 1), EDIT, TEMPLATES, hp.v_star)
     fast, ref = compute_v_star(*args), naive_value(*args)
     assert fast.loss_trace == pytest.approx(ref.loss_trace, rel=1e-4)
     error = float((fast.v_star - ref.v_star).norm() / ref.v_star.norm())

@@ -122,12 +122,12 @@ def public_delta(
 
         public = ROMEHyperParams(
             layers=[layer],
-            v_num_grad_steps=hparams.v_num_grad_steps,
-            v_lr=hparams.v_lr,
+            v_num_grad_steps=hparams.v_star.num_grad_steps,
+            v_lr=hparams.v_star.lr,
             v_loss_layer=adapter.n_layers(loaded.model) - 1,
-            v_weight_decay=hparams.v_weight_decay,
-            clamp_norm_factor=hparams.clamp_norm_factor,
-            kl_factor=hparams.kl_factor,
+            v_weight_decay=hparams.v_star.weight_decay,
+            clamp_norm_factor=hparams.v_star.clamp_norm_factor,
+            kl_factor=hparams.v_star.kl_factor,
             rewrite_module_tmp=f"{layers}.{adapter.mlp_name}.{adapter.proj_name}",
             layer_module_tmp=layers,
             mlp_module_tmp=f"{layers}.{adapter.mlp_name}",
@@ -159,7 +159,7 @@ def public_delta(
 def assert_same_loop_as_the_public_code(
     loaded: LoadedModel, hparams: HParams, request: EditRequest, templates: list[str]
 ) -> int:
-    args = (*at(loaded, hparams.layer), request, templates, hparams)
+    args = (*at(loaded, hparams.layer), request, templates, hparams.v_star)
     naive, fast = naive_value(*args), compute_v_star(*args)
     delta, steps = public_delta(loaded, hparams, request, templates)
     where = f"{loaded.name} layer {hparams.layer}, {request}, templates {templates}"
@@ -187,4 +187,4 @@ def test_naive_value_stops_early_where_the_public_code_stops() -> None:
     request = EditRequest("{} is located in the city of", "The Eiffel Tower", "Paris")
     templates = ["{}", "Once upon a time. {}", "The following is true. {}"]
     steps = assert_same_loop_as_the_public_code(loaded, hparams, request, templates)
-    assert steps < hparams.v_num_grad_steps - 1  # the loss fell below 0.05: an early stop
+    assert steps < hparams.v_star.num_grad_steps - 1  # the loss fell below 0.05: an early stop

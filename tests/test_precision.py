@@ -113,7 +113,7 @@ def test_bf16_loss_is_near_the_float32_one_but_not_it(family: str) -> None:
             *at(loaded, LAYER),
             EDIT,
             TEMPLATES,
-            tiny_hparams(family, v_num_grad_steps=1, v_precision=precision),
+            tiny_hparams(family, v_num_grad_steps=1, v_precision=precision).v_star,
         )
         for precision in ("fp32", "bf16")
     )

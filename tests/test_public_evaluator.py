@@ -21,7 +21,7 @@ import torch
 
 from rome_fast.edit.editor import Editor
 from rome_fast.eval.case_scoring import metrics_of, score_case
-from rome_fast.eval.data import Case, load_cases
+from rome_fast.eval.data import EvalCase, load_cases
 from rome_fast.eval.score import mean_token_nll
 from rome_fast.infra.datadir import default_data_dir
 from rome_fast.model.loader import LoadedModel, load_model
@@ -41,7 +41,7 @@ NLL_TOLERANCE = 1e-5  # float32 logits; the public code sums per-token NLLs in f
 FAMILIES = ("tiny-gpt2", "tiny-gptj")
 
 
-def sample_cases() -> list[Case]:
+def sample_cases() -> list[EvalCase]:
     path = default_data_dir() / SAMPLE
     if not path.exists():
         pytest.skip(f"{SAMPLE} not found in {default_data_dir()}; set ROME_DATA_DIR")
@@ -50,7 +50,7 @@ def sample_cases() -> list[Case]:
 
 @dataclass(frozen=True)
 class Scored:
-    case: Case
+    case: EvalCase
     ours: dict[str, Any]
     theirs: dict[str, Any]
 
@@ -171,7 +171,7 @@ def test_smollm2_records_and_table_agree(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the public code's quirks
 
 
-def padded_nlls(loaded: LoadedModel, case: Case, side: str) -> tuple[np.ndarray, np.ndarray]:
+def padded_nlls(loaded: LoadedModel, case: EvalCase, side: str) -> tuple[np.ndarray, np.ndarray]:
     """(public, ours) NLLs of the new target on the case's prompts, padded on ``side``."""
     device = next(loaded.model.parameters()).device
     scores = public_scores(

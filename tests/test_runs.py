@@ -17,7 +17,7 @@ from rome_fast.edit.naive import NaiveEditor
 from rome_fast.edit.ownership import stored_weight
 from rome_fast.edit.request import EditResult
 from rome_fast.eval.config import RunConfig
-from rome_fast.eval.data import Case, load_cases
+from rome_fast.eval.data import EvalCase, load_cases
 from rome_fast.eval.files import read_lines
 from rome_fast.eval.gates import compare
 from rome_fast.eval.report import write_report
@@ -25,6 +25,7 @@ from rome_fast.eval.runner import Runner
 from rome_fast.hparams.defaults import hparams_for
 from rome_fast.infra.datadir import default_data_dir
 from rome_fast.model.loader import LoadedModel, random_model
+from rome_fast.solve.low_rank import Factors, SiteUpdate, Update
 from tests.models import key_dim, pretrained
 
 LAYER = 1
@@ -75,10 +76,7 @@ class FakeEditor:
         return EditResult(
             request=request,
             variant=variant,
-            layer=LAYER,
-            module_name=self.name,
-            left=left,
-            right=right,
+            update=Update((SiteUpdate(LAYER, self.name, Factors(left[:, None], right[:, None])),)),
             denominator=1.0,
             delta_norm=norm,
             relative_residual_k_star=0.0,
@@ -96,7 +94,8 @@ class FakeEditor:
 
     def revert(self, result: EditResult) -> None:
         with torch.no_grad():
-            self.weight.sub_(torch.outer(result.right, result.left))
+            factors = result.update.at(self.name)
+            self.weight.sub_(factors.delta().T)  # Conv1D stores (d_in, d_out)
 
     def restore(self) -> None:
         if self.saved is not None:
@@ -107,7 +106,7 @@ class FakeEditor:
         self.saved = None
 
 
-def make_cases(n: int) -> list[Case]:
+def make_cases(n: int) -> list[EvalCase]:
     subjects = [
         "Danielle Darrieux",
         "Paris",
@@ -119,7 +118,7 @@ def make_cases(n: int) -> list[Case]:
         "Berlin",
     ]
     return [
-        Case(
+        EvalCase(
             case_id=100 + i,
             prompt="The home of {} is",
             subject=subjects[i % len(subjects)],

@@ -102,8 +102,8 @@ def test_template_parameters_are_the_public_codes() -> None:
     directly, not only through their effect)."""
     hparams = hparams_for("tiny-gpt2")
     assert PUBLIC_SCHEDULE == ((5, 10), (10, 10))
-    assert hparams.context_template_schedule == PUBLIC_SCHEDULE
-    assert hparams.context_template_top_k == 5
+    assert hparams.v_star.context_template_schedule == PUBLIC_SCHEDULE
+    assert hparams.v_star.context_template_top_k == 5
     defaults = inspect.signature(generate_context_templates).parameters
     assert defaults["schedule"].default == PUBLIC_SCHEDULE
     assert defaults["top_k"].default == 5

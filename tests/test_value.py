@@ -52,7 +52,7 @@ def reference_initial_nll(family: str, padding_side: str) -> float:
 @pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-neox"])
 def test_first_loss_is_the_public_nll(family: str, padding_side: str) -> None:
     hp = tiny_hparams(family, padding_side=padding_side, v_num_grad_steps=1)
-    result = compute_v_star(*at(tiny_model(family), LAYER), EDIT, TEMPLATES, hp)
+    result = compute_v_star(*at(tiny_model(family), LAYER), EDIT, TEMPLATES, hp.v_star)
     # δ = 0 in the first pass: KL and weight decay vanish, the loss is the NLL alone.
     assert result.loss_trace[0] == pytest.approx(
         reference_initial_nll(family, padding_side), rel=1e-5
@@ -85,7 +85,7 @@ def test_readout_logits_equal_the_full_forward() -> None:
 def test_v_init_is_the_module_output_at_the_bare_prompt() -> None:
     loaded = tiny_model("tiny-gptj")
     prompt, subject, _ = REQUEST
-    result = compute_v_star(*at(loaded, LAYER), EDIT, TEMPLATES, tiny_hparams("tiny-gptj"))
+    result = compute_v_star(*at(loaded, LAYER), EDIT, TEMPLATES, tiny_hparams("tiny-gptj").v_star)
     ids, index = subject_last_index(loaded.tokenizer, prompt, subject)
     module = loaded.adapter.edited_module(loaded.model, LAYER)
     with torch.no_grad(), capture(module, output=True) as seen:
@@ -97,14 +97,14 @@ def test_v_init_is_the_module_output_at_the_bare_prompt() -> None:
 
 def test_the_last_iteration_only_evaluates() -> None:
     hp = tiny_hparams("tiny-gpt2", v_num_grad_steps=4)
-    result = compute_v_star(*at(tiny_model("tiny-gpt2"), LAYER), EDIT, TEMPLATES, hp)
+    result = compute_v_star(*at(tiny_model("tiny-gpt2"), LAYER), EDIT, TEMPLATES, hp.v_star)
     assert len(result.loss_trace) == 4
     assert result.adam_steps == 3
 
 
 def test_early_stop_below_threshold() -> None:
     hp = tiny_hparams("tiny-gpt2", v_early_stop_loss=1e9)
-    result = compute_v_star(*at(tiny_model("tiny-gpt2"), LAYER), EDIT, TEMPLATES, hp)
+    result = compute_v_star(*at(tiny_model("tiny-gpt2"), LAYER), EDIT, TEMPLATES, hp.v_star)
     assert len(result.loss_trace) == 1
     assert result.adam_steps == 0
     assert torch.equal(result.v_star, result.v_init)
@@ -130,7 +130,7 @@ def test_early_stop_compares_the_total_loss_not_a_part(loop: Callable[..., Any])
 
 def test_delta_is_clamped_to_the_ball() -> None:
     hp = tiny_hparams("tiny-gpt2", clamp_norm_factor=1e-3, v_weight_decay=0.0)
-    result = compute_v_star(*at(tiny_model("tiny-gpt2"), LAYER), EDIT, TEMPLATES, hp)
+    result = compute_v_star(*at(tiny_model("tiny-gpt2"), LAYER), EDIT, TEMPLATES, hp.v_star)
     radius = 1e-3 * float(result.v_init.norm())
     assert float(result.delta.norm()) == pytest.approx(radius, rel=1e-4)
 
@@ -138,8 +138,8 @@ def test_delta_is_clamped_to_the_ball() -> None:
 def test_deterministic_and_leaves_no_hooks_or_grads() -> None:
     loaded = tiny_model("tiny-neox")
     hp = tiny_hparams("tiny-neox")
-    first = compute_v_star(*at(loaded, LAYER), EDIT, TEMPLATES, hp)
-    second = compute_v_star(*at(loaded, LAYER), EDIT, TEMPLATES, hp)
+    first = compute_v_star(*at(loaded, LAYER), EDIT, TEMPLATES, hp.v_star)
+    second = compute_v_star(*at(loaded, LAYER), EDIT, TEMPLATES, hp.v_star)
     assert torch.equal(first.v_star, second.v_star)
     assert first.loss_trace == second.loss_trace
     module = loaded.adapter.edited_module(loaded.model, LAYER)
@@ -179,8 +179,8 @@ def test_fast_v_star_equals_the_full_forward_loop(
     request, templates = EQUALITY_CASES[case]
     # every case: a multi-token target
     assert len(target_token_ids(loaded.tokenizer, request.target_new)) > 1
-    fast = compute_v_star(*at(loaded, LAYER), request, templates, hp)
-    ref = naive_value(*at(loaded, LAYER), request, templates, hp)
+    fast = compute_v_star(*at(loaded, LAYER), request, templates, hp.v_star)
+    ref = naive_value(*at(loaded, LAYER), request, templates, hp.v_star)
     assert fast.adam_steps == ref.adam_steps, f"steps {fast.adam_steps} != {ref.adam_steps}"
     assert fast.loss_trace == pytest.approx(ref.loss_trace, rel=1e-4), (
         f"loss traces differ: {fast.loss_trace} vs {ref.loss_trace}"
@@ -196,7 +196,7 @@ def test_loss_steps_match_the_plain_loop_part_by_part(family: str) -> None:
     equals the plain loop's at every iteration, so two runs can be compared step by step."""
     loaded = tiny_model(family)
     hp = tiny_hparams(family, v_num_grad_steps=4)
-    args = (*at(loaded, LAYER), EDIT, TEMPLATES, hp)
+    args = (*at(loaded, LAYER), EDIT, TEMPLATES, hp.v_star)
     fast, ref = compute_v_star(*args), naive_value(*args)
     assert len(fast.loss_steps) == len(ref.loss_steps) == 4
     for i, (got, want) in enumerate(zip(fast.loss_steps, ref.loss_steps, strict=True)):
@@ -210,7 +210,7 @@ def test_loss_steps_match_the_plain_loop_part_by_part(family: str) -> None:
 
 def test_loss_parts_sum_to_the_total() -> None:
     hp = tiny_hparams("tiny-gptj", v_num_grad_steps=4)
-    result = compute_v_star(*at(tiny_model("tiny-gptj"), LAYER), EDIT, TEMPLATES, hp)
+    result = compute_v_star(*at(tiny_model("tiny-gptj"), LAYER), EDIT, TEMPLATES, hp.v_star)
     for i, step in enumerate(result.loss_steps):
         parts = step["nll"] + step["kl"] + step["weight_decay"]
         assert parts == pytest.approx(step["total"], rel=1e-6), f"step {i}: {step}"
@@ -228,7 +228,7 @@ def test_fast_v_star_equals_the_full_forward_loop_at_every_depth(family: str, la
     loaded = tiny_model(family)
     hp = tiny_hparams(family, v_num_grad_steps=4)
     request = EditRequest("People talk about {}", "The Eiffel Tower", "Rome, Italy")
-    args = (*at(loaded, layer), request, TEMPLATES, hp)
+    args = (*at(loaded, layer), request, TEMPLATES, hp.v_star)
     fast, ref = compute_v_star(*args), naive_value(*args)
     assert fast.loss_trace == pytest.approx(ref.loss_trace, rel=1e-4)
     error = float((fast.v_star - ref.v_star).norm() / ref.v_star.norm())

@@ -184,9 +184,9 @@ def harness_inputs(
         for t in generate_context_templates(
             loaded.model,
             loaded.tokenizer,
-            hparams.context_template_schedule,
+            hparams.v_star.context_template_schedule,
             seed=args.seed,
-            top_k=hparams.context_template_top_k,
+            top_k=hparams.v_star.context_template_top_k,
         )
     ]
     return C, templates

@@ -26,7 +26,7 @@ from rome_fast.cli.options import (
 )
 from rome_fast.cli.validate import check_out_folder, check_variants, comma_list, int_at_least
 from rome_fast.eval.config import DEGRADE_MODES, RunConfig
-from rome_fast.eval.data import Case, load_cases, resolve_data_path
+from rome_fast.eval.data import EvalCase, load_cases, resolve_data_path
 from rome_fast.eval.lock import FolderLockedError, run_folder_lock
 from rome_fast.infra.cluster import Cluster
 from rome_fast.infra.digests import sha256_of
@@ -150,7 +150,7 @@ def config_from_args(args: argparse.Namespace, model_name: str, hparams: HParams
         variants=tuple(comma_list(args.variants or DEFAULT_VARIANTS)),
         layer=hparams.layer,
         impl=args.impl,
-        v_precision=hparams.v_precision,
+        v_precision=hparams.v_star.precision,
         dtype=args.dtype,
         modes=tuple(comma_list(args.modes)),
         limit=args.limit,
@@ -170,7 +170,7 @@ def config_from_args(args: argparse.Namespace, model_name: str, hparams: HParams
         stats_npz=None if args.stats_npz is None else str(args.stats_npz.resolve()),
         stats_corpus=None if args.stats_corpus is None else str(args.stats_corpus.resolve()),
         stats_samples=args.stats_samples,
-        hparams=dataclasses.asdict(hparams),
+        hparams=hparams.as_record(),
         templates=None if args.fixed_templates is None else tuple(args.fixed_templates),
         input_digests=input_digests(args),
     )
@@ -302,7 +302,7 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _external_runner(args: argparse.Namespace, cases: list[Case]) -> Runner:
+def _external_runner(args: argparse.Namespace, cases: list[EvalCase]) -> Runner:
     """The run on an editor under test (``--editor``), with the harness's templates and C."""
     from rome_fast.conform.external import ExternalEditor
     from rome_fast.eval.runner import Runner

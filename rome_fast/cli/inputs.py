@@ -56,7 +56,7 @@ def read_inputs(args: argparse.Namespace) -> None:
     ``args.fixed_templates``; resolve ``args.variant`` / ``args.variants``. Once per ``args``:
     ``main`` calls it, and so does every entry point that may be handed parsed options.
     ``--templates`` and the variant options are read where the command offers them."""
-    from rome_fast.cli.user_variants import resolve_variant
+    from rome_fast.cli.user_variants import registered_variant_name
     from rome_fast.edit.template_files import read_templates
     from rome_fast.hparams.files import read_hparams_file
 
@@ -89,7 +89,7 @@ def read_inputs(args: argparse.Namespace) -> None:
                 f"{hfile.path}: the file's code runs {file_variant!r}; running "
                 f"{', '.join(chosen)} as --{option} asks"
             )
-        resolved = [resolve_variant(v) for v in chosen]
+        resolved = [registered_variant_name(v) for v in chosen]
         setattr(args, option, ",".join(resolved))
 
 

@@ -22,11 +22,10 @@ from rome_fast.cli.options import (
     add_generation_tokens_option,
     add_model_arguments,
     build_editor,
-    corpus_from_args,
     editor_class,
     load_from_args,
-    stats_collector,
     stats_provider,
+    stats_source,
 )
 from rome_fast.cli.outputs import write_json_output
 from rome_fast.cli.parsing import HelpFormatter, add_command, deprecated_alias
@@ -272,16 +271,10 @@ def _run_stats(args: argparse.Namespace) -> int:
     from rome_fast.stats.collect import layer_stats
     from rome_fast.stats.covariance import statistics_options
 
-    collect = stats_collector(args)
+    source = stats_source(args)
     loaded = load_from_args(args)
     hparams = hparams_for_model(args, loaded)
-    options = statistics_options(
-        hparams,
-        corpus=corpus_from_args(args),
-        npz_path=args.stats_npz,
-        n_samples=args.stats_samples,
-        collect=collect,
-    )
+    options = statistics_options(hparams.stats, source)
     stats = layer_stats(loaded, hparams.layer, **options)
     print(json.dumps(stats.provenance, indent=2, sort_keys=True))
     return 0

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # imported where used: a subcommand loads only what it needs
     from rome_fast.model.loader import LoadedModel
     from rome_fast.stats.collect import SecondMomentStats
     from rome_fast.stats.corpus import Corpus
-    from rome_fast.stats.covariance import CovarianceProvider
+    from rome_fast.stats.covariance import CovarianceProvider, StatsSource
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")  # names of torch dtypes
 
@@ -198,8 +198,15 @@ def stats_provider(args: argparse.Namespace, hparams: HParams) -> CovarianceProv
     """C for a layer, from the user's .npz, the user's corpus, or the default corpus."""
     from rome_fast.stats.covariance import default_covariance
 
-    return default_covariance(
-        hparams,
+    return default_covariance(hparams, stats_source(args))
+
+
+def stats_source(args: argparse.Namespace) -> StatsSource:
+    """The user's statistics options: ``--stats-corpus``, ``--stats-npz``, ``--stats-samples``,
+    and Ray for statistics not cached yet (``--workers``/``--ray-address``)."""
+    from rome_fast.stats.covariance import StatsSource
+
+    return StatsSource(
         corpus=corpus_from_args(args),
         npz_path=args.stats_npz,
         n_samples=args.stats_samples,

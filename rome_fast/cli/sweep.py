@@ -20,7 +20,7 @@ from tqdm import tqdm
 import rome_ref.metrics as ref
 from rome_fast.edit.editor import Editor
 from rome_fast.eval.case_scoring import metrics_of, score_case
-from rome_fast.eval.data import Case
+from rome_fast.eval.data import EvalCase
 from rome_fast.hparams.defaults import HParams
 from rome_fast.model.loader import LoadedModel
 
@@ -29,12 +29,12 @@ COLUMNS = ("ES", "PS", "NS", "S", "EM", "PM", "NM")
 
 def known_cases(
     loaded: LoadedModel,
-    cases: Sequence[Case],
+    cases: Sequence[EvalCase],
     n: int,
     *,
     min_prob: float = 0.1,
     batch_size: int = 16,
-) -> list[Case]:
+) -> list[EvalCase]:
     """The first ``n`` cases whose true object the model gives at least ``min_prob`` and
     prefers to the new one on the rewrite prompt."""
     known = []
@@ -52,7 +52,7 @@ def known_cases(
 
 
 def sweep_layer(
-    editor: Editor, cases: Sequence[Case], variant: str, batch_size: int = 16
+    editor: Editor, cases: Sequence[EvalCase], variant: str, batch_size: int = 16
 ) -> dict[str, Any]:
     """Edit each case alone at the editor's layer; aggregate metrics and |Δ|."""
     loaded = editor.loaded
@@ -71,7 +71,7 @@ def sweep_layer(
 
 def run_sweep(
     loaded: LoadedModel,
-    cases: Sequence[Case],
+    cases: Sequence[EvalCase],
     layers: Sequence[int],
     make_editor: Callable[[HParams], Editor],
     base: HParams,

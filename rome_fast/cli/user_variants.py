@@ -147,6 +147,6 @@ def load_variant(spec: str) -> RegisteredVariant:
     return registered
 
 
-def resolve_variant(name: str) -> str:
+def registered_variant_name(name: str) -> str:
     """The registered name for ``name``: a user spec is loaded and registered first."""
     return load_variant(name).name if is_spec(name) else get_variant(name).name

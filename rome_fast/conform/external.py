@@ -33,6 +33,10 @@ class ExternalResult:
     delta_norm: float  # ‖ΔW‖_F / numel, as for our edits
     before: Tensor = field(repr=False)  # the edited weight before this edit
 
+    @property
+    def module_names(self) -> tuple[str, ...]:
+        return (self.module_name,)
+
     def as_record(self) -> dict[str, Any]:
         """The fields ``EditResult.as_record`` shares with it, under the same names: an
         external editor reports nothing else."""

@@ -252,5 +252,5 @@ def run_conformance(
         cases=cases,
         uncontrolled=list(editor.uncontrolled),
         reproducer=reproducer,
-        settings={"templates": templates, "v_num_grad_steps": hparams.v_num_grad_steps},
+        settings={"templates": templates, "v_num_grad_steps": hparams.v_star.num_grad_steps},
     )

@@ -1,18 +1,18 @@
-"""The editor: atomic rank-one edits of a loaded model, exact reverts, and an edit log.
+"""The editor: atomic edits of a loaded model, exact reverts, and an edit log.
 
 One edit runs six phases, each timed: context templates (generated once per editor,
-seeded), target value ``v*``, keys ``k*``/``k_prompt`` (read in the v* pass), the key
-statistics C (its factor cached per layer), the rank-one update, and applying it. Nothing
-touches the model before the apply phase, and a failure during it (or non-finite weights
-after it) restores the saved pre-edit weight, so a failed edit leaves every weight
-bit-identical.
+seeded), target value ``v*``, keys ``k*``/``k_prompt`` (read in the v* pass), the statistics
+(the covariance factor, prepared once per layer), the update (an ``Update``: per-site factors;
+ROME writes one site of rank one), and applying it. Nothing touches the model before the apply
+phase, which writes every site or none: a failure during it (or non-finite weights after it)
+restores the saved pre-edit weights, so a failed edit leaves every weight bit-identical.
 
 Exactness of undo:
 
-* ``revert`` of the most recent edit copies back the weight saved just before it;
-* ``revert`` of an older edit rebuilds that weight from W0 by re-applying the remaining
-  edits of the same module in order, which is bit-identical to never having applied it
-  (the later edits keep the factors they were computed with);
+* ``revert`` of the most recent edit copies back the weights saved just before it;
+* ``revert`` of an older edit rebuilds each of its sites' weights from W0 by re-applying the
+  remaining edits of that module in order, through the same write, which is bit-identical to
+  never having applied it (the later edits keep the factors they were computed with);
 * ``restore`` copies back W0 of every touched weight.
 
 Another writer: the editor notes each weight it writes (``rome_fast.edit.ownership``). ``revert``
@@ -23,7 +23,7 @@ last edit first), then this editor's. A new edit stacks on whatever the weight h
 counts as this editor's write.
 
 Memory: one copy of each touched weight (W0) plus one pre-edit copy of the latest edit's
-weight; never a copy of the whole model.
+weights; never a copy of the whole model.
 
 The log (``save_log``, ``rome_fast.edit.log``) holds the factors exactly as applied and
 everything else as JSON; ``replay_log`` on a fresh copy of the model applies them in the same
@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from rome_fast.edit.guard import DisablingEditError, Guard
+from rome_fast.edit.guard import Guard
 from rome_fast.edit.keys import Keys
 from rome_fast.edit.log import read_replayable, write_log
 from rome_fast.edit.ownership import (
@@ -51,19 +51,20 @@ from rome_fast.edit.ownership import (
     stored_weight,
 )
 from rome_fast.edit.prepared import KeysLike, PreparedEdit, ValueLike
-from rome_fast.edit.request import EditRequest, EditResult
+from rome_fast.edit.request import EditRequest, EditResult, normalized_delta_norm
 from rome_fast.edit.templates import generate_context_templates
 from rome_fast.edit.value import ValueResult, compute_v_star
 from rome_fast.hparams.defaults import HParams, hparams_for
 from rome_fast.infra.timer import PhaseTimer
 from rome_fast.methods.rome.update import CovarianceFactor, RankOne, Variant, rank_one_factors
-from rome_fast.methods.rome.variants import RegisteredVariant, resolve_variant
+from rome_fast.methods.rome.variants import RegisteredVariant, variant_entry
 from rome_fast.model.context import check_fits
 from rome_fast.model.loader import LoadedModel
 from rome_fast.model.precision import check_precision
 from rome_fast.model.site import EditedSite
 from rome_fast.model.tokens import target_token_ids
-from rome_fast.model.weights import apply_rank_one
+from rome_fast.model.weights import apply_factors
+from rome_fast.solve.low_rank import Factors, SiteUpdate, Update
 from rome_fast.stats.covariance import Covariance, CovarianceProvider, default_covariance
 
 
@@ -93,14 +94,15 @@ class Editor:
         self.loaded = loaded
         self.hparams = hparams if hparams is not None else hparams_for(loaded.name)
         self.site = loaded.adapter.edited_site(loaded.model, self.hparams.layer)
-        check_precision(self.hparams.v_precision, loaded.device)
+        check_precision(self.hparams.v_star.precision, loaded.device)
         self.seed = seed
         self._stats = stats
         self._factors: dict[int, CovarianceFactor] = {}
         self._templates = list(templates) if templates is not None else None
         self._originals: dict[str, Tensor] = {}  # module name -> W0 as stored
         self._log: list[EditResult] = []
-        self._undo: tuple[EditResult, Tensor] | None = None  # latest edit, its pre-edit weight
+        # The latest edit and its pre-edit weights (module name -> stored copy).
+        self._undo: tuple[EditResult, dict[str, Tensor]] | None = None
         self._written: dict[str, Fingerprint] = {}  # module name -> after our last write
 
     # -- inputs -----------------------------------------------------------------------------
@@ -121,9 +123,9 @@ class Editor:
             self._templates = generate_context_templates(
                 self.loaded.model,
                 self.loaded.tokenizer,
-                self.hparams.context_template_schedule,
+                self.hparams.v_star.context_template_schedule,
                 seed=self.seed,
-                top_k=self.hparams.context_template_top_k,
+                top_k=self.hparams.v_star.context_template_top_k,
             )
         return list(self._templates)
 
@@ -224,40 +226,23 @@ class Editor:
         site = self.site
         timer = PhaseTimer(prepared.timings)
         with timer.phase("stats"):
-            self._update_statistics(site.layer)
+            self._prepare_covariance(site.layer)
         with timer.phase("update"):
-            r = self._update_factors(site, keys, value, entry)
-            applied = RankOne(
-                r.left.detach().cpu().clone(),
-                r.right.detach().cpu().clone(),
-                r.denominator.detach().cpu().clone(),
-            )
-            denominator = float(applied.denominator)
-            delta_norm = (
-                float(
-                    torch.linalg.vector_norm(applied.left) * torch.linalg.vector_norm(applied.right)
-                )
-                / stored_weight(site.module).numel()
-            )
-            reasons = guard.reasons(denominator, delta_norm) if guard is not None else []
-            if reasons:
-                raise DisablingEditError(reasons, denominator, delta_norm)
+            update, denominator = self._compute_update(keys, value, entry)
+            if guard is not None:
+                guard.check(update, denominator)
         with timer.phase("apply"):
-            saved = stored_weight(site.module).detach().clone()
+            saved = self._write(update)
             try:
-                self._write(site, applied)
-                _require_finite_weight(site)
+                _require_finite_weights(self.loaded.model, update)
                 residual_star = _relative_residual(site.module, keys.k_star, value.v_star)
                 residual_prompt = _relative_residual(site.module, keys.k_prompt, value.v_star)
                 result = EditResult(
                     request=request,
                     variant=entry.name,
-                    layer=site.layer,
-                    module_name=site.module_name,
-                    left=applied.left,
-                    right=applied.right,
+                    update=update,
                     denominator=denominator,
-                    delta_norm=delta_norm,
+                    delta_norm=max(normalized_delta_norm(s.factors) for s in update),
                     relative_residual_k_star=residual_star,
                     relative_residual_k_prompt=residual_prompt,
                     key_cosine=float(
@@ -280,7 +265,7 @@ class Editor:
                 )
                 self._record(result, saved)
             except BaseException:
-                copy_weight(site.module, saved)
+                self._copy_back(saved)
                 raise
         return result
 
@@ -290,11 +275,11 @@ class Editor:
         """Generate the context templates and the layer's statistics now, so that an edit's
         ``edit_seconds`` holds the edit alone (both are made once per editor)."""
         _ = self.templates
-        self._update_statistics(self.layer)
+        self._prepare_covariance(self.layer)
 
     def _check_variant(self, variant: str | Variant) -> RegisteredVariant:
         """The registered entry (unknown names fail here, before any work)."""
-        return resolve_variant(variant)
+        return variant_entry(variant)
 
     def _keys(self, _request: EditRequest, templates: list[str], value: ValueLike) -> KeysLike:
         """From the v* pass (``ValueResult.keys``): no forward pass of their own."""
@@ -302,11 +287,25 @@ class Editor:
         return Keys.from_per_template(value.keys, templates)
 
     def _value(self, request: EditRequest, templates: list[str]) -> ValueLike:
-        return compute_v_star(self.loaded, self.site, request, templates, self.hparams)
+        return compute_v_star(self.loaded, self.site, request, templates, self.hparams.v_star)
 
-    def _update_statistics(self, layer: int) -> None:
-        """Make the statistics of ``layer`` ready (timed apart: computed once, then cached)."""
+    def _prepare_covariance(self, layer: int) -> None:
+        """Make C of ``layer`` ready for the update (timed apart: computed once, then cached)."""
         self.covariance(layer)
+
+    def _compute_update(
+        self, keys: KeysLike, value: ValueLike, variant: RegisteredVariant
+    ) -> tuple[Update, float]:
+        """The update to write and its denominator: ROME's one site of rank one, as CPU
+        copies in the accumulation dtype (what the result and the log hold)."""
+        r = self._update_factors(self.site, keys, value, variant)
+        left, right = (x.detach().cpu().clone() for x in (r.left, r.right))
+        site = SiteUpdate(
+            self.site.layer,
+            self.site.module_name,
+            Factors.from_rank_one(RankOne(left, right, r.denominator)),
+        )
+        return Update((site,)), float(r.denominator)
 
     def _update_factors(
         self, site: EditedSite, keys: KeysLike, value: ValueLike, variant: RegisteredVariant
@@ -322,14 +321,36 @@ class Editor:
             bias=None if bias is None else bias.detach(),
         )
 
-    def _write(self, site: EditedSite, r: RankOne) -> None:
-        apply_rank_one(site.module, r)
+    def _write_site(self, module: nn.Module, factors: Factors) -> None:
+        """``W += left @ rightᵀ``: every write of an edit's factors (apply, revert's rebuild,
+        replay) goes through here, so rebuilt weights round as the original writes did."""
+        apply_factors(module, factors)
 
-    def _record(self, result: EditResult, pre_edit_weight: Tensor) -> None:
-        self._originals.setdefault(result.module_name, pre_edit_weight)
+    def _write(self, update: Update) -> dict[str, Tensor]:
+        """Write every site of ``update`` or none: the pre-edit weights (module name -> stored
+        copy) once all are written; on a failure they are copied back and the error raised."""
+        saved: dict[str, Tensor] = {}
+        try:
+            for site in update:
+                module = self.loaded.model.get_submodule(site.module_name)
+                saved[site.module_name] = stored_weight(module).detach().clone()
+                self._write_site(module, site.factors)
+        except BaseException:
+            self._copy_back(saved)
+            raise
+        return saved
+
+    def _copy_back(self, weights: dict[str, Tensor]) -> None:
+        for module_name, weight in weights.items():
+            copy_weight(self.loaded.model.get_submodule(module_name), weight)
+
+    def _record(self, result: EditResult, pre_edit: dict[str, Tensor]) -> None:
+        for module_name, weight in pre_edit.items():
+            self._originals.setdefault(module_name, weight)  # W0: the first write's pre-edit
         self._log.append(result)
-        self._undo = (result, pre_edit_weight)
-        self._note_write(result.module_name)
+        self._undo = (result, pre_edit)
+        for module_name in pre_edit:
+            self._note_write(module_name)
 
     def _note_write(self, module_name: str) -> None:
         self._written[module_name] = fingerprint(self.loaded.model.get_submodule(module_name))
@@ -346,18 +367,25 @@ class Editor:
                 "this edit is not applied by this editor (already reverted, "
                 "restored, or made by another editor)"
             )
-        self._require_own(result.module_name, "revert this edit")
-        module = self.loaded.model.get_submodule(result.module_name)
+        for module_name in result.module_names:
+            self._require_own(module_name, "revert this edit")
         if self._undo is not None and self._undo[0] is result:
-            copy_weight(module, self._undo[1])
+            self._copy_back(self._undo[1])
         else:
-            copy_weight(module, self._originals[result.module_name])
-            for later in self._log:
-                if later is not result and later.module_name == result.module_name:
-                    apply_rank_one(module, later.rank_one)
+            for module_name in result.module_names:
+                self._rebuild_without(result, module_name)
         del self._log[index]
         self._undo = None
-        self._note_write(result.module_name)
+        for module_name in result.module_names:
+            self._note_write(module_name)
+
+    def _rebuild_without(self, result: EditResult, module_name: str) -> None:
+        """``module_name``'s weight from W0 plus every other logged edit of it, in log order."""
+        module = self.loaded.model.get_submodule(module_name)
+        copy_weight(module, self._originals[module_name])
+        for later in self._log:
+            if later is not result and module_name in later.module_names:
+                self._write_site(module, later.update.at(module_name))
 
     def restore(self) -> None:
         """Every touched weight back to W0, bit-identical; the log is emptied."""
@@ -398,33 +426,31 @@ class Editor:
         results = read_replayable(
             path, model, self.loaded.name, check_model=check_model, guard=guard
         )
-        saved = {
-            r.module_name: stored_weight(model.get_submodule(r.module_name)).detach().clone()
-            for r in results
-        }
+        saved: dict[str, Tensor] = {}  # every weight the log writes, as it was before
+        for result in results:
+            for module_name in result.module_names:
+                module = model.get_submodule(module_name)
+                saved.setdefault(module_name, stored_weight(module).detach().clone())
         log_length, undo, written = len(self._log), self._undo, dict(self._written)
         try:
             for result in results:
-                module = model.get_submodule(result.module_name)
-                pre_edit = stored_weight(module).detach().clone()
-                apply_rank_one(module, result.rank_one)
-                self._record(result, pre_edit)
+                self._record(result, self._write(result.update))
         except BaseException:
-            for module_name, weight in saved.items():
-                copy_weight(model.get_submodule(module_name), weight)
+            self._copy_back(saved)
             del self._log[log_length:]
             self._undo, self._written = undo, written
             raise
         return results
 
 
-def _require_finite_weight(site: EditedSite) -> None:
-    weight = stored_weight(site.module)
-    if not bool(torch.isfinite(weight).all()):
-        raise ValueError(
-            f"the edit made {site.module_name}.weight non-finite (overflow in its dtype "
-            f"{weight.dtype}); the model was restored; use a wider dtype"
-        )
+def _require_finite_weights(model: nn.Module, update: Update) -> None:
+    for site in update:
+        weight = stored_weight(model.get_submodule(site.module_name))
+        if not bool(torch.isfinite(weight).all()):
+            raise ValueError(
+                f"the edit made {site.module_name}.weight non-finite (overflow in its dtype "
+                f"{weight.dtype}); the model was restored; use a wider dtype"
+            )
 
 
 @torch.no_grad()

@@ -1,11 +1,15 @@
 """The edit log on disk: ``edits.json`` (every result's ``as_record()`` and the editor's model,
-seed and hyperparameters) next to ``factors.safetensors`` (each edit's factors and keys, as
-applied). ``Editor.save_log`` writes it; ``Editor.replay_log`` applies it after
-``check_replayable``."""
+seed and hyperparameters) next to ``factors.safetensors`` (each edit's factors per site and its
+keys, as applied). ``Editor.save_log`` writes it; ``Editor.replay_log`` applies it after
+``read_replayable``.
+
+Version 2 stores edit ``i``'s site ``j`` as ``edit{i}.site{j}.left`` (d_out, r) and
+``.right`` (d_in, r), the record's ``sites`` naming each site's layer and module. Version 1
+logs (one rank-one pair per edit: ``edit{i}.left`` (d_out,), ``edit{i}.right`` (d_in,), the
+record's ``layer`` and ``module_name``) are still read."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,13 +18,15 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from rome_fast.edit.guard import DisablingEditError, Guard
+from rome_fast.edit.guard import Guard
 from rome_fast.edit.request import TENSOR_FIELDS, EditResult
 from rome_fast.hparams.defaults import HParams
 from rome_fast.model.weights import weight_matrix
+from rome_fast.solve.low_rank import Factors, SiteUpdate, Update
 
 LOG_FORMAT = "rome-verify-edit-log"
-LOG_VERSION = 1
+LOG_VERSION = 2
+READ_VERSIONS = (1, 2)  # 1: one rank-one pair per edit, before per-site updates
 LOG_JSON = "edits.json"
 LOG_TENSORS = "factors.safetensors"
 
@@ -35,12 +41,15 @@ def write_log(
     for i, result in enumerate(results):
         for key in TENSOR_FIELDS:
             tensors[f"edit{i}.{key}"] = getattr(result, key).contiguous()
+        for j, site in enumerate(result.update):
+            tensors[f"edit{i}.site{j}.left"] = site.factors.left.contiguous()
+            tensors[f"edit{i}.site{j}.right"] = site.factors.right.contiguous()
     meta = {
         "format": LOG_FORMAT,
         "version": LOG_VERSION,
         "model": model,
         "seed": seed,
-        "hparams": dataclasses.asdict(hparams),
+        "hparams": hparams.as_record(),
         "edits": [result.as_record() for result in results],
     }
     save_file(tensors, str(folder / LOG_TENSORS))
@@ -56,14 +65,43 @@ def read_log(path: str | Path) -> list[EditResult]:
 def _load(path: str | Path) -> tuple[dict[str, Any], list[EditResult]]:
     folder = Path(path)
     meta = json.loads((folder / LOG_JSON).read_text())
-    if meta.get("format") != LOG_FORMAT or meta.get("version") != LOG_VERSION:
-        raise ValueError(f"{folder} does not hold a {LOG_FORMAT} version {LOG_VERSION} log")
+    version = meta.get("version")
+    if meta.get("format") != LOG_FORMAT or version not in READ_VERSIONS:
+        raise ValueError(
+            f"{folder} does not hold a {LOG_FORMAT} log of a version this code reads "
+            f"({', '.join(map(str, READ_VERSIONS))}); write it again with Editor.save_log"
+        )
     tensors = load_file(str(folder / LOG_TENSORS))
+    read_update = _version1_update if version == 1 else _update
     results = [
-        EditResult.from_record(entry, {key: tensors[f"edit{i}.{key}"] for key in TENSOR_FIELDS})
+        EditResult.from_record(
+            entry,
+            read_update(entry, tensors, f"edit{i}"),
+            {key: tensors[f"edit{i}.{key}"] for key in TENSOR_FIELDS},
+        )
         for i, entry in enumerate(meta["edits"])
     ]
     return meta, results
+
+
+def _update(record: dict[str, Any], tensors: dict[str, Tensor], prefix: str) -> Update:
+    return Update(
+        tuple(
+            SiteUpdate(
+                site["layer"],
+                site["module_name"],
+                Factors(tensors[f"{prefix}.site{j}.left"], tensors[f"{prefix}.site{j}.right"]),
+            )
+            for j, site in enumerate(record["sites"])
+        )
+    )
+
+
+def _version1_update(record: dict[str, Any], tensors: dict[str, Tensor], prefix: str) -> Update:
+    """One site of rank one: (d_out,) and (d_in,) factors as columns."""
+    left, right = tensors[f"{prefix}.left"], tensors[f"{prefix}.right"]
+    factors = Factors(left[:, None], right[:, None])
+    return Update((SiteUpdate(record["layer"], record["module_name"], factors),))
 
 
 def read_replayable(
@@ -83,18 +121,14 @@ def read_replayable(
             f"{model_name!r}; pass check_model=False to apply it anyway"
         )
     for result in results:
-        W = weight_matrix(model.get_submodule(result.module_name))
-        if tuple(W.shape) != (result.left.numel(), result.right.numel()):
-            raise ValueError(
-                f"edit of {result.module_name} has factors for a "
-                f"{result.left.numel()}×{result.right.numel()} weight, the "
-                f"model's is {tuple(W.shape)}"
-            )
-        reasons = guard.reasons(result.denominator, result.delta_norm) if guard else []
-        if reasons:
-            raise DisablingEditError(
-                [f"{result.module_name}: {r}" for r in reasons],
-                result.denominator,
-                result.delta_norm,
-            )
+        for site in result.update:
+            W = weight_matrix(model.get_submodule(site.module_name))
+            shape = (site.factors.left.shape[0], site.factors.right.shape[0])
+            if tuple(W.shape) != shape:
+                raise ValueError(
+                    f"edit of {site.module_name} has factors for a {shape[0]}×{shape[1]} "
+                    f"weight, the model's is {tuple(W.shape)}"
+                )
+        if guard is not None:
+            guard.check(result.update, result.denominator)
     return results

@@ -24,26 +24,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from rome_fast.edit.editor import Editor
 from rome_fast.edit.keys import bare_template_index
 from rome_fast.edit.prepared import KeysLike, ValueLike
 from rome_fast.edit.request import EditRequest
 from rome_fast.edit.value import LOSS_PARTS, build_value_batch
-from rome_fast.hparams.defaults import HParams
+from rome_fast.hparams.defaults import VStarOptions
 from rome_fast.methods.rome.update import RankOne, Variant
 from rome_fast.methods.rome.variants import (
     BUILTIN_KEYS,
     Insertion,
     KeyName,
     RegisteredVariant,
-    resolve_variant,
+    variant_entry,
 )
 from rome_fast.model.hooks import add_to_output, capture
 from rome_fast.model.loader import LoadedModel
 from rome_fast.model.site import EditedSite
 from rome_fast.model.tokens import apply_template, subject_last_positions
+from rome_fast.model.weights import weight_matrix
+from rome_fast.solve.low_rank import Factors
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ def naive_value(
     site: EditedSite,
     request: EditRequest,
     templates: Sequence[str],
-    hparams: HParams,
+    options: VStarOptions,
 ) -> NaiveValue:
     """The public ``compute_v`` loop, written out (``compute_v_star``'s signature).
 
@@ -120,18 +122,18 @@ def naive_value(
     ``v_num_grad_steps`` forward passes.
     """
     model, mlp = loaded.model, loaded.adapter.mlp(loaded.model, site.layer)
-    vb = build_value_batch(loaded.tokenizer, request, templates, hparams.padding_side)
+    vb = build_value_batch(loaded.tokenizer, request, templates, options.padding_side)
     batch, n_target = vb.batch, vb.n_target
     inputs = batch.model_inputs(loaded.device)
     rows, positions = batch.rows.to(loaded.device), batch.positions.to(loaded.device)
     target_ids = vb.target_ids.to(loaded.device)
     ends = batch.offsets + batch.attention_mask.sum(1)  # (B,) one past each row's last token
     delta = torch.zeros(site.d_out, device=loaded.device, requires_grad=True)
-    optimizer = torch.optim.Adam([delta], lr=hparams.v_lr)
+    optimizer = torch.optim.Adam([delta], lr=options.lr)
     v_init: Tensor | None = None
     initial: Tensor | None = None
     steps: list[dict[str, float]] = []
-    for iteration in range(hparams.v_num_grad_steps):
+    for iteration in range(options.num_grad_steps):
         with capture(mlp, output=True) as seen, add_to_output(mlp, delta, rows, positions):
             log_probs = torch.log_softmax(model(**inputs).logits.float(), dim=-1)  # (B, T, V)
         if v_init is None:
@@ -150,22 +152,19 @@ def naive_value(
         decay = delta.norm() / v_init.norm() ** 2
         nll, kl_term, decay_term = (
             torch.stack(nlls).mean(),
-            hparams.kl_factor * kl,
-            hparams.v_weight_decay * decay,
+            options.kl_factor * kl,
+            options.weight_decay * decay,
         )
         loss = nll + kl_term + decay_term
         parts = (nll, kl_term, decay_term, loss, delta.norm())
         steps.append({k: float(p.detach()) for k, p in zip(LOSS_PARTS, parts, strict=True)})
-        if (
-            steps[-1]["total"] < hparams.v_early_stop_loss
-            or iteration == hparams.v_num_grad_steps - 1
-        ):
+        if steps[-1]["total"] < options.early_stop_loss or iteration == options.num_grad_steps - 1:
             break
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         with torch.no_grad():
-            radius = hparams.clamp_norm_factor * v_init.norm()
+            radius = options.clamp_norm_factor * v_init.norm()
             if delta.norm() > radius:
                 delta.mul_(radius / delta.norm())
     assert v_init is not None
@@ -181,7 +180,7 @@ def naive_inverse(C: Tensor) -> Tensor:
 def check_naive_variant(variant: str | Variant) -> RegisteredVariant:
     """The registered entry if the naive flow implements it (an ``Insertion`` at the keys it
     is registered with, as the built-ins are), else a ValueError."""
-    entry = resolve_variant(variant)
+    entry = variant_entry(variant)
     if entry.fn != Insertion(entry.inserts_at, entry.direction_at):
         raise ValueError(
             f"the naive yardstick implements only insertion variants such as the built-ins "
@@ -214,10 +213,10 @@ class NaiveEditor(Editor):
 
     def __init__(self, loaded: LoadedModel, **kwargs: Any) -> None:
         super().__init__(loaded, **kwargs)
-        if self.hparams.v_precision != "fp32":
+        if self.hparams.v_star.precision != "fp32":
             raise ValueError(
                 f"the naive baseline runs float32 only (the public code's arithmetic), got "
-                f"v_precision={self.hparams.v_precision!r}; use the fast editor for it"
+                f"v_precision={self.hparams.v_star.precision!r}; use the fast editor for it"
             )
         self._inverses: dict[int, Tensor] = {}
 
@@ -235,9 +234,9 @@ class NaiveEditor(Editor):
         return naive_keys(self.loaded, self.site, request, templates)
 
     def _value(self, request: EditRequest, templates: list[str]) -> NaiveValue:
-        return naive_value(self.loaded, self.site, request, templates, self.hparams)
+        return naive_value(self.loaded, self.site, request, templates, self.hparams.v_star)
 
-    def _update_statistics(self, layer: int) -> None:
+    def _prepare_covariance(self, layer: int) -> None:
         self.inverse_covariance(layer)
 
     def _update_factors(
@@ -250,7 +249,7 @@ class NaiveEditor(Editor):
         denominator = denominator * (C_inv @ keys.key(variant.direction_at)).norm()
         return RankOne(left, right, denominator)
 
-    def _write(self, site: EditedSite, r: RankOne) -> None:
-        W = site.weight
+    def _write_site(self, module: nn.Module, factors: Factors) -> None:
+        W = weight_matrix(module)
         with torch.no_grad():
-            W += torch.outer(r.left, r.right).to(W.dtype)  # the dense ΔW, as published
+            W += factors.delta().to(W.dtype)  # the dense ΔW, as published

@@ -16,10 +16,11 @@ import torch
 from torch import Tensor
 
 from rome_fast.model.tokens import split_prompt
-from rome_fast.solve.rank_one import RankOne
+from rome_fast.solve.low_rank import Factors, SiteUpdate, Update
 
-# The fields held as tensors: the edit log stores them in safetensors, records leave them out.
-TENSOR_FIELDS = ("left", "right", "k_star", "k_prompt", "v_star")
+# The fields held as tensors: the edit log stores them in safetensors, records leave them out
+# (the update's factors too, stored per site; a record lists the sites).
+TENSOR_FIELDS = ("k_star", "k_prompt", "v_star")
 
 
 @dataclass(frozen=True)
@@ -57,21 +58,20 @@ def _visible(text: str) -> bool:
 
 @dataclass(frozen=True)
 class EditResult:
-    """What one edit did. ``ΔW = outer(left, right)`` on ``module_name``'s (d_out, d_in) weight.
+    """What one edit did: ``update`` holds ``ΔW = left @ rightᵀ`` per edited site (a ROME edit:
+    one site, rank one) on each module's (d_out, d_in) weight.
 
-    ``left``/``right`` are CPU tensors in the update's accumulation dtype (float32, or float64
-    for a float64 model), exactly as applied. Residuals are relative, ``‖Ŵk + b − v*‖ / ‖v*‖``,
-    read from the edited module's output after the update.
+    The factors are CPU tensors in the update's accumulation dtype (float32, or float64 for a
+    float64 model), exactly as applied. ``delta_norm`` is the largest site's
+    ``‖ΔW‖_F / numel(W)`` (what the guard bounds). Residuals are relative,
+    ``‖Ŵk + b − v*‖ / ‖v*‖``, read from the edited module's output after the update.
     """
 
     request: EditRequest
     variant: str
-    layer: int
-    module_name: str
-    left: Tensor  # (d_out,)
-    right: Tensor  # (d_in,)
+    update: Update
     denominator: float
-    delta_norm: float  # ‖ΔW‖_F / numel(W)
+    delta_norm: float  # max over sites of ‖ΔW‖_F / numel(W)
     relative_residual_k_star: float
     relative_residual_k_prompt: float
     key_cosine: float
@@ -89,23 +89,68 @@ class EditResult:
     loss_steps: list[dict[str, float]] = field(default_factory=list)
 
     @property
-    def rank_one(self) -> RankOne:
-        return RankOne(self.left, self.right, torch.tensor(self.denominator, dtype=self.left.dtype))
+    def module_names(self) -> tuple[str, ...]:
+        """The edited modules, in the order they were written."""
+        return tuple(site.module_name for site in self.update)
+
+    @property
+    def layer(self) -> int:
+        """The edited layer of a one-site update (ROME); ValueError for several sites."""
+        return self._only_site().layer
+
+    @property
+    def module_name(self) -> str:
+        """The edited module of a one-site update (ROME); ValueError for several sites."""
+        return self._only_site().module_name
+
+    def _only_site(self) -> SiteUpdate:
+        if len(self.update.sites) != 1:
+            raise ValueError(
+                f"this edit writes {len(self.update.sites)} sites {list(self.module_names)}; "
+                "read result.update.sites for each one's layer and module"
+            )
+        return self.update.sites[0]
 
     def as_record(self) -> dict[str, Any]:
         """Every field but the tensors, as JSON values, under the field names; the request as
-        a dict. ``from_record`` with the tensors rebuilds the result."""
+        a dict; ``sites``: each site's layer, module, rank and |Δ|. A one-site update also
+        keeps ``layer`` and ``module_name`` at the top, where records of rank-one edits always
+        had them. ``from_record`` with the tensors and the update rebuilds the result."""
         record = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in TENSOR_FIELDS
+            if f.name not in (*TENSOR_FIELDS, "update")
         }
         record["request"] = dataclasses.asdict(self.request)
+        record["sites"] = [
+            {
+                "layer": site.layer,
+                "module_name": site.module_name,
+                "rank": site.factors.rank,
+                "delta_norm": normalized_delta_norm(site.factors),
+            }
+            for site in self.update
+        ]
+        if len(self.update.sites) == 1:
+            record["layer"], record["module_name"] = self.layer, self.module_name
         return record
 
     @classmethod
-    def from_record(cls, record: dict[str, Any], tensors: dict[str, Tensor]) -> EditResult:
-        """The result ``as_record`` was made from, given its ``TENSOR_FIELDS``."""
+    def from_record(
+        cls, record: dict[str, Any], update: Update, tensors: dict[str, Tensor]
+    ) -> EditResult:
+        """The result ``as_record`` was made from, given its update and ``TENSOR_FIELDS``."""
         fields: dict[str, Any] = {key: tensors[key] for key in TENSOR_FIELDS}
-        fields.update(record, request=EditRequest(**record["request"]))
-        return cls(**fields)
+        kept = set(record) - {"sites", "layer", "module_name"}  # rebuilt from ``update``
+        fields.update({key: record[key] for key in kept}, request=EditRequest(**record["request"]))
+        return cls(update=update, **fields)
+
+
+def normalized_delta_norm(factors: Factors) -> float:
+    """``‖left @ rightᵀ‖_F / numel(W)`` without forming ΔW: ‖L Rᵀ‖_F² = Σ (LᵀL) ∘ (RᵀR)."""
+    left, right = factors.left, factors.right  # (d_out, r), (d_in, r)
+    numel = left.shape[0] * right.shape[0]
+    if factors.rank == 1:  # ‖l‖‖r‖, rounded as rank-one records always were
+        return float(torch.linalg.vector_norm(left) * torch.linalg.vector_norm(right)) / numel
+    gram = (left.mT @ left) * (right.mT @ right)  # (r, r)
+    return float(gram.sum().clamp_min(0).sqrt()) / numel

@@ -40,7 +40,7 @@ it up to each row's last read column (the essence prompt's first suffix column o
 Grouped-query attention runs without copies of the key/value heads on the CPU
 (``rome_fast.model.attention``), and float32 linear layers through oneDNN where that is the faster
 CPU kernel (``rome_fast.model.linear``). The layout makes padding irrelevant here:
-``hparams.padding_side`` changes nothing in ``v*``.
+``options.padding_side`` changes nothing in ``v*``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rome_fast.edit.keys import bare_template_index
 from rome_fast.edit.prefix import PrefixCache, align_subject_last
 from rome_fast.edit.request import EditRequest
-from rome_fast.hparams.defaults import HParams
+from rome_fast.hparams.defaults import VStarOptions
 from rome_fast.model.attention import grouped_kv_attention
 from rome_fast.model.hooks import capture, only_at, replay_blocks, run_until
 from rome_fast.model.linear import onednn_linears
@@ -262,19 +262,19 @@ def compute_v_star(
     site: EditedSite,
     request: EditRequest,
     templates: Sequence[str],
-    hparams: HParams,
+    options: VStarOptions,
 ) -> ValueResult:
     """Optimize δ at the edited module's output; see the module docstring."""
     vb = align_value_batch(
-        build_value_batch(loaded.tokenizer, request, templates, hparams.padding_side),
+        build_value_batch(loaded.tokenizer, request, templates, options.padding_side),
         pad_id(loaded.tokenizer),
     )
     with onednn_linears(loaded.model):
-        return _optimize(loaded, site, vb, hparams)
+        return _optimize(loaded, site, vb, options)
 
 
 def _optimize(
-    loaded: LoadedModel, site: EditedSite, vb: ValueBatch, hparams: HParams
+    loaded: LoadedModel, site: EditedSite, vb: ValueBatch, options: VStarOptions
 ) -> ValueResult:
     """The loop of :func:`compute_v_star` on its aligned batch."""
     model = loaded.model
@@ -300,21 +300,21 @@ def _optimize(
     # The keys come free: a rewriting prompt up to its subject-last token is the key prompt.
     keys = clean.module_input[: vb.n_prompts, 0].float()  # (n_prompts, d_in), template order
     clean_block = clean.block_output  # (B, W - split, d_model)
-    radius = hparams.clamp_norm_factor * float(torch.linalg.vector_norm(v_init))
+    radius = options.clamp_norm_factor * float(torch.linalg.vector_norm(v_init))
 
     delta = torch.zeros_like(v_init, requires_grad=True)  # (d_out,) float32
-    optimizer = torch.optim.Adam([delta], lr=hparams.v_lr)
+    optimizer = torch.optim.Adam([delta], lr=options.lr)
     initial_kl: Tensor | None = None
     trace: list[float] = []
     steps_record: list[dict[str, float]] = []
     steps = 0
     blocks = loaded.adapter.layers(model)
     with (
-        loop_precision(hparams.v_precision, device) as forward_precision,
+        loop_precision(options.precision, device) as forward_precision,
         only_at(keep, device),
         grouped_kv_attention(model, device),
     ):
-        for iteration in range(hparams.v_num_grad_steps):  # quirk 7
+        for iteration in range(options.num_grad_steps):  # quirk 7
             # δ on the MLP output is δ on the block output: every family adds the MLP output
             # straight into the residual stream (quirk 3).
             shifted = clean_block[delta_index] + delta.to(clean_block.dtype)
@@ -329,14 +329,14 @@ def _optimize(
                 initial_kl = log_probs[n_read:].detach()
             terms = LossTerms(
                 nll=rewriting_nll(log_probs[:n_read], vb.target_ids, vb.n_prompts),
-                kl=hparams.kl_factor * essence_kl(log_probs[n_read:], initial_kl),
-                weight_decay=hparams.v_weight_decay * weight_decay(delta, v_init),
+                kl=options.kl_factor * essence_kl(log_probs[n_read:], initial_kl),
+                weight_decay=options.weight_decay * weight_decay(delta, v_init),
             )
             loss = terms.total
             # The one host synchronization per iteration: the trace and the early-stop decision.
             steps_record.append(loss_step(terms, loss, delta))
             trace.append(steps_record[-1]["total"])
-            if trace[-1] < hparams.v_early_stop_loss or iteration == hparams.v_num_grad_steps - 1:
+            if trace[-1] < options.early_stop_loss or iteration == options.num_grad_steps - 1:
                 break
             optimizer.zero_grad()
             (delta.grad,) = torch.autograd.grad(loss, [delta])  # grads of δ only, never the model's

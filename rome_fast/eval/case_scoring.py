@@ -10,13 +10,13 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from rome_fast.eval.config import RunConfig
-from rome_fast.eval.data import Case
+from rome_fast.eval.data import EvalCase
 from rome_fast.eval.score import generate, mean_token_nll
 from rome_ref import metrics as ref
 
 
 def score_case(
-    model: nn.Module, tokenizer: PreTrainedTokenizerBase, case: Case, batch_size: int
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, case: EvalCase, batch_size: int
 ) -> dict[str, Any]:
     """NLLs of the new and the true target on the rewrite, paraphrase and neighborhood prompts."""
     groups = {
@@ -48,7 +48,7 @@ def metrics_of(scores: Mapping[str, Any]) -> dict[str, float]:
     return ref.record_metrics(pair["rewrite"], pair["paraphrase"], pair["neighborhood"])
 
 
-def generation_prompts(case: Case, n: int) -> list[str]:
+def generation_prompts(case: EvalCase, n: int) -> list[str]:
     """``n`` prompts for the entropy check: the case's generation prompts, or (reduced
     schema, zsRE) its rewrite and paraphrase prompts, repeated in order."""
     pool = list(case.generation_prompts) or [case.rewrite_prompt, *case.paraphrase_prompts]

@@ -1,4 +1,4 @@
-"""CounterFact and zsRE loaders, normalized to one :class:`Case`.
+"""CounterFact and zsRE loaders, normalized to one :class:`EvalCase`.
 
 Accepted files (a JSON list of records, or JSON lines):
 
@@ -32,7 +32,7 @@ SCHEMAS = ("counterfact", "counterfact-reduced", "zsre")
 
 
 @dataclass(frozen=True)
-class Case:
+class EvalCase:
     """One edit with everything needed to score it, whatever file it came from."""
 
     case_id: str | int
@@ -117,7 +117,7 @@ class _Record:
         return text.replace(subject, "{}", 1)
 
 
-def _original(rec: _Record) -> Case:
+def _original(rec: _Record) -> EvalCase:
     rewrite = rec.get("requested_rewrite")
     if not isinstance(rewrite, Mapping):
         raise rec.error("requested_rewrite", f"must be an object, got {rewrite!r}")
@@ -133,7 +133,7 @@ def _original(rec: _Record) -> Case:
                 f"requested_rewrite.{name}", f"must be an object {{str, id}}, got {target!r}"
             )
         targets.append(rec.text("str", target))
-    return Case(
+    return EvalCase(
         case_id=rec.get("case_id"),
         prompt=prompt,
         subject=subject,
@@ -148,9 +148,9 @@ def _original(rec: _Record) -> Case:
     )
 
 
-def _reduced(rec: _Record) -> Case:
+def _reduced(rec: _Record) -> EvalCase:
     subject = rec.text("subject")
-    return Case(
+    return EvalCase(
         case_id=rec.get("case_id"),
         prompt=rec.template(rec.text("prompt"), subject, "prompt"),
         subject=subject,
@@ -163,12 +163,12 @@ def _reduced(rec: _Record) -> Case:
     )
 
 
-def _zsre(rec: _Record) -> Case:
+def _zsre(rec: _Record) -> EvalCase:
     subject = rec.text("subject")
     answers = rec.get("answers")
     if not isinstance(answers, list) or not answers or not isinstance(answers[0], str):
         raise rec.error("answers", f"must be a non-empty list of strings, got {answers!r}")
-    return Case(
+    return EvalCase(
         case_id=rec.index,  # zsRE records carry no id: their position in the file
         prompt=rec.template(rec.text("src"), subject, "src"),
         subject=subject,
@@ -181,7 +181,7 @@ def _zsre(rec: _Record) -> Case:
     )
 
 
-_PARSERS: dict[str, Callable[[_Record], Case]] = {
+_PARSERS: dict[str, Callable[[_Record], EvalCase]] = {
     "counterfact": _original,
     "counterfact-reduced": _reduced,
     "zsre": _zsre,
@@ -242,7 +242,7 @@ def resolve_data_path(spec: str | os.PathLike[str]) -> Path:
 
 def load_cases(
     path: str | os.PathLike[str], *, limit: int | None = None, offset: int = 0
-) -> list[Case]:
+) -> list[EvalCase]:
     """Cases ``offset .. offset+limit`` of a CounterFact (either schema) or zsRE file."""
     file = resolve_data_path(path)
     records = _read_records(file)
@@ -264,7 +264,7 @@ def load_cases(
     return cases
 
 
-def cases_from_records(records: Sequence[Any], source: str = "<records>") -> list[Case]:
+def cases_from_records(records: Sequence[Any], source: str = "<records>") -> list[EvalCase]:
     """Parse in-memory records (the schema read from the first one)."""
     path = Path(source)
     parse = _PARSERS[detect_schema(records[0] if records else None, path)]

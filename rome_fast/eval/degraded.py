@@ -38,11 +38,12 @@ class DegradedEditor:
         if self.mode == "zero":
             self.editor.revert(result)
         else:
-            from rome_fast.model.weights import apply_rank_one
+            from rome_fast.model.weights import apply_factors
 
-            module = self.model.get_submodule(result.module_name)
-            self._unflipped[result.module_name] = stored_weight(module).detach().clone()
-            apply_rank_one(module, result.rank_one, sign=-2.0)
+            for site in result.update:
+                module = self.model.get_submodule(site.module_name)
+                self._unflipped[site.module_name] = stored_weight(module).detach().clone()
+                apply_factors(module, site.factors, sign=-2.0)
         return result
 
     def _unflip(self) -> None:

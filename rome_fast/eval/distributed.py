@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from rome_fast.eval.config import RunConfig
-from rome_fast.eval.data import Case
+from rome_fast.eval.data import EvalCase
 from rome_fast.eval.dispatch import MAX_ATTEMPTS, Dispatch, Unit
 from rome_fast.eval.files import read_lines
 from rome_fast.eval.reproducibility import kernel_settings
@@ -65,7 +65,7 @@ class WorkerSpec:
     dtype: torch.dtype
     seed: int
     make_editor: Callable[[LoadedModel], Editor]
-    cases: Sequence[Case]
+    cases: Sequence[EvalCase]
     cfg: RunConfig
     onednn: bool
     threads: int

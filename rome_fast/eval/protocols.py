@@ -37,11 +37,11 @@ class StreamWork(Protocol):
 
 
 class EditOutcome(Protocol):
-    """What a run reads of any editor's result: the module the edit changed and its record
+    """What a run reads of any editor's result: the modules the edit changed and its record
     (``EditResult.as_record``; an editor under test records what its weights show)."""
 
     @property
-    def module_name(self) -> str: ...
+    def module_names(self) -> tuple[str, ...]: ...
 
     def as_record(self) -> dict[str, Any]: ...
 
@@ -66,7 +66,7 @@ class EditorLike(Protocol[PreparedT, ResultT]):
     def restore(self) -> None: ...
 
 
-# Ours: what ``rome eval --degrade`` can break (it flips our result's rank-one update).
+# Ours: what ``rome eval --degrade`` can break (it flips our result's update).
 OurEditor = EditorLike[PreparedEdit, EditResult]
 # Any editor a run drives: the runner reads only ``EditOutcome`` of its results.
 AnyEditor = EditorLike[Any, Any]

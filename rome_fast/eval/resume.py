@@ -7,11 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rome_fast.eval.data import Case
+from rome_fast.eval.data import EvalCase
 from rome_fast.eval.files import read_lines, rewrite_lines
 
 
-def resume_rows(path: Path, cases: Sequence[Case], keep: int | None = None) -> list[dict[str, Any]]:
+def resume_rows(
+    path: Path, cases: Sequence[EvalCase], keep: int | None = None
+) -> list[dict[str, Any]]:
     """The finished prefix of a case file (at most ``keep`` rows, and then exactly ``keep``),
     checked against ``cases`` before the file is cut to it: a refusal changes no file."""
     rows = read_lines(path)

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from rome_fast.eval.case_scoring import generation_check, generation_prompts, metrics_of, score_case
 from rome_fast.eval.collapse import collapse_reasons, entropy_threshold
 from rome_fast.eval.config import RunConfig
-from rome_fast.eval.data import Case
+from rome_fast.eval.data import EvalCase
 from rome_fast.eval.degraded import DegradedEditor
 from rome_fast.eval.files import (
     append_line,
@@ -54,7 +54,7 @@ from rome_fast.eval.lock import run_folder_lock
 from rome_fast.eval.protocols import AnyEditor, EditOutcome, SingleWork, StreamWork
 from rome_fast.eval.reproducibility import kernel_settings
 from rome_fast.eval.resume import resume_rows
-from rome_fast.eval.snapshots import WeightGuard, editable_module_names
+from rome_fast.eval.snapshots import WeightSnapshots, editable_module_names
 from rome_fast.eval.summary import summarize
 from rome_fast.infra.timer import PhaseTimer
 from rome_fast.model.loader import LoadedModel
@@ -82,10 +82,10 @@ class Runner:
 
     loaded: LoadedModel
     editor: AnyEditor
-    cases: Sequence[Case]
+    cases: Sequence[EvalCase]
     cfg: RunConfig
     out: Path
-    guard: WeightGuard = field(init=False)
+    snapshots: WeightSnapshots = field(init=False)
     reference: dict[str, Any] = field(init=False)
     on_case: Callable[[str, str, int], None] | None = None  # test hook: (mode, variant, index)
     # A new editor for every mode and variant: a resumed sequential run loads weights the
@@ -99,7 +99,9 @@ class Runner:
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         self.editor = self._wrap(self.editor)
-        self.guard = WeightGuard(self.model, editable_module_names(self.loaded, self.editor))
+        self.snapshots = WeightSnapshots(
+            self.model, editable_module_names(self.loaded, self.editor)
+        )
 
     def _wrap(self, editor: AnyEditor) -> AnyEditor:
         if self.cfg.degrade == "none":
@@ -149,7 +151,7 @@ class Runner:
             "numpy": np.__version__,
         }
         config["model_name"] = getattr(self.loaded, "name", self.cfg.model)
-        config["edited_modules"] = sorted(self.guard.original)
+        config["edited_modules"] = sorted(self.snapshots.original)
         write_json(path, config)
 
     def _reference(self) -> dict[str, Any]:
@@ -157,7 +159,7 @@ class Runner:
         path = self.out / "reference.json"
         if path.exists():
             return read_json_object(path, "reference generation check")
-        self.guard.check_restored("before the run")
+        self.snapshots.check_restored("before the run")
         prompts = [p for c in self.cases[:4] for p in generation_prompts(c, self.cfg.n_generations)]
         check = generation_check(
             self.model, self.loaded.tokenizer, prompts, self.cfg, self.cfg.seed
@@ -169,7 +171,7 @@ class Runner:
         return self.cfg.seed * 1_000_003 + index
 
     def _edit_and_score(
-        self, case: Case, index: int, variant: str, single: bool = False
+        self, case: EvalCase, index: int, variant: str, single: bool = False
     ) -> tuple[dict[str, Any], EditOutcome | None]:
         """Pre-scores, the edit, post-scores and the generation check of one case.
 
@@ -205,8 +207,8 @@ class Runner:
             except ValueError as err:  # a refused edit leaves the model as it was
                 row["error"] = f"{type(err).__name__}: {err}"
         row["diagnostics"] = result.as_record() if result is not None else None
-        if result is not None:
-            self.guard.require(result.module_name)
+        for module_name in result.module_names if result is not None else ():
+            self.snapshots.require(module_name)
         with timer.phase("score_post"):
             row["post"] = score_case(self.model, tokenizer, case, bs)
         row["metrics_post"] = metrics_of(row["post"])
@@ -221,7 +223,7 @@ class Runner:
         row["timings"] = timer.timings
         return row, result
 
-    def _edit(self, case: Case, index: int, variant: str, single: bool) -> EditOutcome:
+    def _edit(self, case: EvalCase, index: int, variant: str, single: bool) -> EditOutcome:
         if single:
             prepared = self._once(
                 self._prepared, index, variant, lambda: self.editor.prepare(case.request())
@@ -280,7 +282,7 @@ class Runner:
         """One case edited on the unedited model, restored bit-exactly afterwards (unflagged)."""
         row, _ = self._edit_and_score(self.cases[index], index, variant, single=True)
         self.editor.restore()
-        self.guard.check_restored(f"single {variant}: after case {self.cases[index].case_id}")
+        self.snapshots.check_restored(f"single {variant}: after case {self.cases[index].case_id}")
         return row
 
     def forget_case(self, index: int) -> None:
@@ -294,7 +296,7 @@ class Runner:
         path = self.out / f"single-{variant}.jsonl"
         rows = resume_rows(path, self.cases)
         history = [r["diagnostics"]["delta_norm"] for r in rows if r["diagnostics"]]
-        self.guard.check_restored(f"single {variant}: before case {len(rows)}")
+        self.snapshots.check_restored(f"single {variant}: before case {len(rows)}")
         for index in self._todo("single", variant, len(rows)):
             row = work.single_row(variant, index)
             self._flag(row, history)
@@ -336,23 +338,23 @@ class Runner:
 
     def begin_stream(self, variant: str, weights: Mapping[str, torch.Tensor]) -> None:
         """Start a sequential stream from the unedited model plus ``weights`` (a checkpoint)."""
-        self.guard.check_restored(f"sequential {variant}: before the first edit")
-        self.guard.load(weights)
+        self.snapshots.check_restored(f"sequential {variant}: before the first edit")
+        self.snapshots.load(weights)
 
     def stream_row(self, variant: str, index: int) -> dict[str, Any]:
         """The next edit of a sequential stream, on the model as the previous ones left it."""
         row, _ = self._edit_and_score(self.cases[index], index, variant)
-        row["cumulative_norm"] = self.guard.distance()
+        row["cumulative_norm"] = self.snapshots.distance()
         # Normalized like |Δ|, by the elements of one edited weight.
-        row["cumulative_delta"] = row["cumulative_norm"] / self.guard.numel
+        row["cumulative_delta"] = row["cumulative_norm"] / self.snapshots.numel
         return row
 
     def edited_weights(self) -> dict[str, torch.Tensor]:
-        return self.guard.current()
+        return self.snapshots.current()
 
     def end_stream(self) -> None:
         self.editor.restore()
-        self.guard.reset()  # a resumed run loaded weights the editor never saw
+        self.snapshots.reset()  # a resumed run loaded weights the editor never saw
 
     def run_sequential(
         self, variant: str, work: StreamWork | None = None

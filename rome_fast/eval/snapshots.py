@@ -19,7 +19,7 @@ def module_weight(model: nn.Module, name: str) -> torch.Tensor:
     return stored_weight(model.get_submodule(name))
 
 
-class WeightGuard:
+class WeightSnapshots:
     """Copies of the editable weights taken before any edit: exact-restore checks,
     cumulative ‖W − W0‖, and a last-resort reset between variants."""
 

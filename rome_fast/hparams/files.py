@@ -27,7 +27,6 @@ YAML (``5e-1`` is a string to YAML 1.1; EasyEdit converts it), numbers are parse
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from typing import Any
 
 from torch import nn
 
-from rome_fast.hparams.defaults import HParams
+from rome_fast.hparams.defaults import PUBLIC_NAMES, HParams
 from rome_fast.model.adapters import Adapter
 
 # The variant each combination of the paper's code's flags gives. compute_u.py uses the
@@ -169,7 +168,7 @@ OWNED_ELSEWHERE = {
 # Read for their effect on the variant or checked; documented in the module docstring.
 OTHER_FIELDS = ("alg_name", "fact_token", "v_loss_layer", *FLAGS)
 # Ours by name, except the matmul precision, a property of the machine (``--precision``).
-OUR_FIELDS = tuple(f.name for f in dataclasses.fields(HParams) if f.name != "v_precision")
+OUR_FIELDS = ("layer", "mom2_adjustment", *(n for n in PUBLIC_NAMES if n != "v_precision"))
 FIELDS = (*MAPPED, *MODULE_FIELDS, *OWNED_ELSEWHERE, *OTHER_FIELDS)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rome_fast.methods.rome.variants import resolve_variant
+from rome_fast.methods.rome.variants import variant_entry
 from rome_fast.solve.rank_one import (
     CovarianceFactor,
     RankOne,
@@ -70,7 +70,7 @@ def rank_one_factors(
             f"and dtype {W0.dtype}; pass the (d_out, d_in) view from "
             "rome_fast.model.weights.weight_matrix"
         )
-    fn = resolve_variant(variant)
+    fn = variant_entry(variant)
     d_out, d_in = W0.shape
     orientation = f"for W0 of shape {(d_out, d_in)} (y = W0 @ k)"
     _require_shape("k_star", k_star, (d_in,), orientation)

@@ -109,7 +109,7 @@ def get_variant(name: str) -> RegisteredVariant:
         ) from None
 
 
-def resolve_variant(variant: str | Variant) -> RegisteredVariant:
+def variant_entry(variant: str | Variant) -> RegisteredVariant:
     """A name or a function, resolved once into its registered entry.
 
     An unregistered function is taken as declared ``inserts_at="k_star"`` (as
