@@ -6,7 +6,7 @@ the registered key, invariance to scaling C, no change orthogonal to C⁻¹d, mi
 bias cancellation, the denominator. Here: what tells the built-ins apart (the original
 misses k*, by how much, and blows up as the keys turn orthogonal; r-ROME is the batched
 closed form; rescaling u changes nothing), with the battery's tolerance model
-(``Battery.tol``). The inputs come from ``make_case``; each failure carries a reproducer.
+(``UpdateUnderTest.tol``). The inputs come from ``make_case``; each failure carries a reproducer.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import rome_ref
 from rome_fast.infra.reproducer import reproducible
 from rome_fast.methods.rome.update import CovarianceFactor, UpdateInputs, rank_one_update
 from rome_fast.methods.rome.variants import get_variant
-from rome_fast.testing import Battery, Case, CaseParams, make_case, variant_update
+from rome_fast.testing import Case, CaseParams, UpdateUnderTest, make_case, variant_update
 from tests.assertions import assert_small, to_numpy
 from tests.strategies import cases, misaligned_cases, small_cases, variants
 
@@ -42,7 +42,7 @@ def fast_delta(case: Case, variant: str, **overrides: np.ndarray | None) -> np.n
 def tol(case: Case, variant: str) -> float:
     """The battery's tolerance for ``variant`` on ``case`` (float64)."""
     entry = get_variant(variant)
-    battery = Battery(variant_update(entry), entry.inserts_at, entry.direction_at, F64)
+    battery = UpdateUnderTest(variant_update(entry), entry.inserts_at, entry.direction_at, F64)
     return battery.tol(case)
 
 
