@@ -251,7 +251,6 @@ def _only_edited_weight(obs: Observation) -> Measured:
 def _bounded(obs: Observation, name: str, value: float, detail: str, required: bool) -> Measured:
     """A numeric property: passes when ``value`` is within its bound (``MARGIN`` × floor)."""
     floor, bound = obs.floor(name), obs.bound(name)
-    detail += f" (floor {floor:.3g}, bound {bound:.3g})"
     return Measured(name, value <= bound if required else None, value, detail, floor, bound)
 
 
@@ -282,7 +281,6 @@ def _identified(
     required, as for an editor expected to be ``other``); value: the misfit at the expected
     key (without one, at the better key)."""
     floor, bound = obs.floor(name), obs.bound(name)
-    detail += f" (floor {floor:.3g}, bound {bound:.3g})"
     if want is None:
         return Measured(name, None, min(misfit.values()), detail, floor, bound)
     passed = found == want

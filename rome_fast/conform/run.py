@@ -143,10 +143,10 @@ class ConformReport:
         rows = []
         for name, p in props.items():
             status = {True: "passed", False: "FAILED", None: "info"}[p["passed"]]
-            numbers = f"value {p['value']:.3g}"
+            numbers = f"value {p['value']:<9.3g}"
             if not math.isnan(p.get("bound", math.nan)):
-                numbers += f" ≤ bound {p['bound']:.3g}?"
-            rows.append(f"  {name:<{width}}  {status:<6}  {numbers}: {p['detail']}")
+                numbers += f" floor {p['floor']:<9.3g} bound {p['bound']:<9.3g}"
+            rows.append(f"  {name:<{width}}  {status:<6}  {numbers:<44}  {p['detail']}")
         tail = [f"not controlled: {u}" for u in self.uncontrolled]
         if self.settings.get("stopped"):
             tail.append(str(self.settings["stopped"]))
