@@ -11,8 +11,9 @@ from torch import Tensor
 
 from rome_fast.conform.protocol import ConformInputs, EditorUnderTest
 
-# Per edit. The slowest correct edit measured on this project's CPU VM (SmolLM2, EasyEdit's
-# R-ROME, 20 v* steps, load ~10) took under 2 minutes; 10 minutes is 5× that.
+# Per edit. The slowest edit the project measured is the public code's flow on SmolLM2 with
+# 20 v* steps, 49 s on one CPU thread (docs/results/bench-cpu-1thread.json,
+# test_edit_smollm2[naive]); 600 s is 12× that, room for a shared machine and larger steps.
 DEFAULT_TIMEOUT = 600.0
 
 
