@@ -118,6 +118,51 @@ def _header(*columns: str) -> list[str]:
     return ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
 
 
+def write(
+    args: argparse.Namespace,
+    done: list[str],
+    tables: tuple[list[str], list[str], list[str]],
+    worst_control: float,
+    least_planted: float,
+) -> None:
+    floors, control_table, planted_table = tables
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    lines = [
+        "# Conformance bounds: measured floors, correct controls, planted bugs",
+        "",
+        f"Written by `python -m tests.conform_bounds_report --out {args.out} --families "
+        f"{args.families} --steps {args.steps} --cases {args.cases}` ({platform.machine()} "
+        f"CPU, commit {commit}): the harness of tests/conform_setup.py (fixed templates, a "
+        f"seeded random SPD C), {args.steps} v* steps, {args.cases} case(s) per run (two, "
+        "in sequence, for StaleWeight). A numeric property's bound is MARGIN × floor with "
+        f"MARGIN = {MARGIN:g}; its floor is the largest value a correct float32 editor reaches "
+        "on the same case against the float64 truth (rome_fast/conform/floors.py). Exact "
+        "properties (revert, determinism) have bound 0; the others are checks without a "
+        "tolerance (completed, finite, model state, only the edited weight, denominator). "
+        f"Families done: {', '.join(done)}.",
+        "",
+        "## Floors and bounds per family (our r-ROME run)",
+        "",
+        *floors,
+        "",
+        "## Correct controls: value / floor of each required numeric property",
+        "",
+        *control_table,
+        "",
+        "## Planted bugs: the property that targets each",
+        "",
+        *planted_table,
+        "",
+        f"Largest value/floor of a correct control: {worst_control:.3g}. Smallest value/floor "
+        f"of a planted bug on its numeric target: {least_planted:.3g}. MARGIN = {MARGIN:g}.",
+        "",
+    ]
+    args.out.write_text("\n".join(lines))
+    print(f"wrote {args.out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
@@ -145,6 +190,7 @@ def main() -> None:
         "ok",
     )
     worst_control, least_planted = 0.0, math.inf
+    done: list[str] = []
     for family in args.families.split(","):
         for name, (factory, expect) in controls(args.anchors, family).items():
             report = conform(factory(), family, expect=expect, cases=args.cases, steps=args.steps)
@@ -162,40 +208,9 @@ def main() -> None:
             least_planted = min(least_planted, math.inf if math.isnan(ratio) else ratio)
             planted_table.append(planted_row(family, name, target, report))
             print(family, name, target, report.ok, flush=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    lines = [
-        "# Conformance bounds: measured floors, correct controls, planted bugs",
-        "",
-        f"Written by `python -m tests.conform_bounds_report --out {args.out} --families "
-        f"{args.families} --steps {args.steps} --cases {args.cases}` ({platform.machine()} "
-        f"CPU, commit {commit}): the harness of tests/conform_setup.py (fixed templates, a "
-        f"seeded random SPD C), {args.steps} v* steps, {args.cases} case(s) per run (two, "
-        "in sequence, for StaleWeight). A numeric property's bound is MARGIN × floor with "
-        f"MARGIN = {MARGIN:g}; its floor is the largest value a correct float32 editor reaches "
-        "on the same case against the float64 truth (rome_fast/conform/floors.py). Exact "
-        "properties (revert, determinism) have bound 0; the others are checks without a "
-        "tolerance (completed, finite, model state, only the edited weight, denominator).",
-        "",
-        "## Floors and bounds per family (our r-ROME run)",
-        "",
-        *floors,
-        "",
-        "## Correct controls: value / floor of each required numeric property",
-        "",
-        *control_table,
-        "",
-        "## Planted bugs: the property that targets each",
-        "",
-        *planted_table,
-        "",
-        f"Largest value/floor of a correct control: {worst_control:.3g}. Smallest value/floor "
-        f"of a planted bug on its numeric target: {least_planted:.3g}. MARGIN = {MARGIN:g}.",
-        "",
-    ]
-    args.out.write_text("\n".join(lines))
-    print(f"wrote {args.out}")
+        done.append(family)
+        tables = (floors, control_table, planted_table)
+        write(args, done, tables, worst_control, least_planted)  # after each family
 
 
 if __name__ == "__main__":
