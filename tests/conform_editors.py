@@ -100,6 +100,25 @@ def hook_left(inputs: ConformInputs) -> None:
     inputs.site.module.register_forward_hook(lambda _module, _args, _output: None)
 
 
+def flipped_requires_grad(inputs: ConformInputs) -> None:
+    """r-ROME that leaves the edited weight's ``requires_grad`` flipped (our loader turns it
+    off for inference; an editor that trains δ may turn it on and forget)."""
+    editor_for(inputs).edit(inputs.request, "r-rome")
+    weight = inputs.site.module.weight
+    weight.requires_grad_(not weight.requires_grad)
+
+
+def double_bias(inputs: ConformInputs) -> None:
+    """r-ROME that leaves a parameter of another module in float64."""
+    editor_for(inputs).edit(inputs.request, "r-rome")
+    first = next(inputs.loaded.model.parameters())
+    first.data = first.data.double()
+
+
+def does_nothing(_inputs: ConformInputs) -> None:
+    """Returns without editing."""
+
+
 class StaleWeight:
     """r-ROME that caches the edited weight on its first call and computes every later
     update against that copy: right on a fresh model, wrong on edits in sequence."""

@@ -125,6 +125,9 @@ PLANTED = {  # editor -> (the property that targets it, v* steps it needs to sho
     "wrong_layer": ("only_edited_weight", 3),
     "training_mode": ("model_state", 3),
     "hook_left": ("model_state", 3),
+    "flipped_requires_grad": ("model_state", 3),
+    "double_bias": ("model_state", 3),
+    "does_nothing": ("only_edited_weight", 3),
     "non_finite": ("finite", 3),
     "raises_midway": ("edit_completed", 3),
 }
