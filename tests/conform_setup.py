@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rome_fast.conform.cases import conformance_cases
 from rome_fast.conform.protocol import EditorUnderTest
 from rome_fast.conform.run import ConformReport, run_conformance
+from rome_fast.model.loader import LoadedModel
 from tests.models import fresh_model, key_dim, random_spd, tiny_hparams
 
 ANCHORS_ENV = "ROME_ANCHORS_DIR"
@@ -33,10 +35,26 @@ def conform(
     expect: str | None = None,
     cases: int = 1,
     steps: int = 3,
+    **options: Any,
 ) -> ConformReport:
-    """The harness on a fresh tiny model with fixed templates and a random SPD C."""
-    loaded = fresh_model(family)
-    hparams = tiny_hparams(family, v_num_grad_steps=steps)
+    """The harness on a fresh tiny model with fixed templates and a random SPD C
+    (``options``: ``sequential``, ``timeout``)."""
+    return conform_on(
+        fresh_model(family), editor, expect=expect, cases=cases, steps=steps, **options
+    )
+
+
+def conform_on(
+    loaded: LoadedModel,
+    editor: EditorUnderTest,
+    *,
+    expect: str | None = "r-rome",
+    cases: int = 1,
+    steps: int = 3,
+    **options: Any,
+) -> ConformReport:
+    """The harness on ``loaded`` (a tiny model) with fixed templates and a random SPD C."""
+    hparams = tiny_hparams(loaded.name.removeprefix("random:"), v_num_grad_steps=steps)
     C = random_spd(key_dim(loaded, hparams.layer), seed=1)
     return run_conformance(
         editor,
@@ -46,6 +64,7 @@ def conform(
         C=C,
         templates=TEMPLATES,
         expect=expect,
+        **options,
     )
 
 

@@ -27,6 +27,7 @@ SURFACE = "tests/test_cli_surface.py"
 BATCH_BATTERY = ("tests/test_batch_battery.py", "-k", "pass_the_battery and float64")
 SITES = "tests/test_update_sites.py"
 HPARAMS = "tests/test_hparams.py"
+CONFORM = "tests/test_conform.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # ---------------------------------------------------------------- metrics
@@ -1011,5 +1012,79 @@ MUTANTS: tuple[Mutant, ...] = (
         "                record[name] = getattr(getattr(self, group), field_name)",
         "the hyperparameters' record (a run's identity) leaves out the statistics options",
         (HPARAMS, "-k", "flat_form"),
+    ),
+    # ---------------------------------------------------------------- conformance gates (issue 21)
+    Mutant(
+        "conform_verdict_last_case_wins",
+        "conformance",
+        "rome_fast/conform/run.py",
+        'entry["passed"] = m.passed and entry["passed"] is not False',
+        'entry["passed"] = m.passed',
+        "a property's verdict over the cases is the last case's (an earlier failure is lost)",
+        (CONFORM, "-k", "any_case"),
+    ),
+    Mutant(
+        "conform_insertion_residual_unnormalized",
+        "conformance",
+        "rome_fast/conform/properties.py",
+        "float(np.linalg.norm(W1 @ obs.key(k) + b - obs.v_star)) / scale for k in KEYS",
+        "float(np.linalg.norm(W1 @ obs.key(k) + b - obs.v_star)) for k in KEYS",
+        "the insertion residual compared unnormalized (depends on the scale of v*)",
+        (CONFORM, "-k", "relative_to_v_star"),
+    ),
+    Mutant(
+        "conform_bound_from_a_constant",
+        "conformance",
+        "rome_fast/conform/properties.py",
+        'return float("inf") if self.floors is None else MARGIN * self.floors[name]',
+        'return float("inf") if self.floors is None else 1e-2',
+        "a numeric property's bound is a round constant instead of MARGIN × the measured floor",
+        (CONFORM, "-k", "planted_bug_fails_its_property and bf16"),
+    ),
+    Mutant(
+        "conform_floor_without_v_star_drift",
+        "conformance",
+        "rome_fast/conform/floors.py",
+        "v_star=truth.v_star,",
+        "v_star=obs.v_star,",
+        "the floor measured against our float32 v*: blind to the drift an independent v* loop has",
+        (CONFORM, "-k", "amplify"),
+    ),
+    Mutant(
+        "conform_failed_value_is_the_found_key",
+        "conformance",
+        "rome_fast/conform/properties.py",
+        'return Measured(name, passed, misfit[want], detail + f" (expected {want})", floor, bound)',
+        "return Measured(name, passed, misfit[found] if found else min(misfit.values()), "
+        "detail, floor, bound)",
+        "a failed key identification records the fit of the key found, which looks like a pass",
+        (CONFORM, "-k", "misfit_at_the_expected_key"),
+    ),
+    Mutant(
+        "conform_hook_left_registered",
+        "conformance",
+        "rome_fast/conform/state.py",
+        "del table[handle]",
+        "pass  # the editor's hook is only reported",
+        "a hook the editor left stays on the model for the next cases and after the run",
+        (CONFORM, "-k", "leave_the_model_as_it_came"),
+    ),
+    Mutant(
+        "conform_sequential_restores_between_edits",
+        "conformance",
+        "rome_fast/conform/run.py",
+        "session.observe(inputs, keep=sequential)",
+        "session.observe(inputs, keep=False)",
+        "--sequential restores the weights between edits (a stale cached W0 passes)",
+        (CONFORM, "-k", "stale"),
+    ),
+    Mutant(
+        "conform_non_finite_json",
+        "conformance",
+        "rome_fast/conform/run.py",
+        "        return str(data)",
+        "        return data",
+        "a non-finite number reaches the JSON writer (exit 2, no report)",
+        ("tests/test_conform_cli.py", "-k", "verdicts and wrong_layer"),
     ),
 )

@@ -109,3 +109,80 @@ def test_pytest_entry_reports_each_property() -> None:
     assert run.returncode == 1, run.stdout + run.stderr
     assert "FAILED rome_fast/conform/test_conformance.py::test_property[revert_exact]" in run.stdout
     assert "1 failed" in run.stdout, run.stdout
+
+
+def _strict_json(path: Path) -> dict[str, object]:
+    """The report, refusing the non-standard NaN/Infinity tokens."""
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"{path} holds {token}, which is not valid JSON")
+
+    report: dict[str, object] = json.loads(path.read_text(), parse_constant=refuse)
+    return report
+
+
+@pytest.mark.parametrize(
+    ("editor", "caught", "options"),
+    [
+        ("wrong_layer", "only_edited_weight", []),
+        ("training_mode", "model_state", []),
+        ("hook_left", "model_state", []),
+        ("non_finite", "finite", []),
+        ("raises_midway", "edit_completed", []),
+        ("hangs", "edit_completed", ["--timeout", "1"]),
+        ("StaleWeight", "insertion_key", ["--sequential", "2"]),
+    ],
+)
+def test_conform_editor_failures_are_verdicts_exit_1_with_valid_json(
+    editor: str, caught: str, options: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "conform.json"
+    argv = ["conform", "--editor", f"tests.conform_editors:{editor}", "--expect", "r-rome"]
+    code = main([*argv, "--json", str(out), *FAST, *options])
+    printed = capsys.readouterr().out
+    assert code == 1, printed
+    assert f"{caught:<18}  FAILED" in printed, printed
+    report = _strict_json(out)
+    properties = report["properties"]
+    assert isinstance(properties, dict)
+    assert properties[caught]["passed"] is False
+
+
+def test_conform_timeout_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["conform", "--editor", "rome-verify", "--timeout", "0", *FAST])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "--timeout must be a positive number" in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_pytest_entry_runs_edits_in_sequence() -> None:
+    env = {
+        **os.environ,
+        "ROME_CONFORM_EDITOR": "tests.conform_editors:StaleWeight",
+        "ROME_CONFORM_EXPECT": "r-rome",
+        "ROME_CONFORM_SEQUENTIAL": "2",
+        "ROME_CONFORM_STEPS": "3",
+    }
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--pyargs",
+            "rome_fast.conform.test_conformance",
+            "-k",
+            "insertion_key",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert (
+        "FAILED rome_fast/conform/test_conformance.py::test_property[insertion_key]" in run.stdout
+    )

@@ -118,9 +118,7 @@ def test_early_stop_compares_the_total_loss_not_a_part(loop: Callable[..., Any])
     Step 0 cannot tell the two apart (δ = 0, so the total is the NLL); the threshold is read
     off a run that never stops, between step 1's NLL and every total."""
     args = (*at(tiny_model("tiny-gpt2"), LAYER), EDIT, TEMPLATES)
-    never = loop(
-        *args, tiny_hparams("tiny-gpt2", v_num_grad_steps=4, v_early_stop_loss=0.0).v_star
-    )
+    never = loop(*args, tiny_hparams("tiny-gpt2", v_num_grad_steps=4, v_early_stop_loss=0.0).v_star)
     totals = [step["total"] for step in never.loss_steps]
     threshold = (never.loss_steps[1]["nll"] + min(totals)) / 2
     assert never.loss_steps[1]["nll"] < threshold < min(totals), never.loss_steps

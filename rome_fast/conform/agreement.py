@@ -13,7 +13,6 @@ docs/results/conformance-agreement.md.
 from __future__ import annotations
 
 import argparse
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from torch import Tensor
 
 from rome_fast.conform.cases import conformance_cases
+from rome_fast.conform.floors import in_dtype
 from rome_fast.conform.ours import OurEditor, editor_for
 from rome_fast.conform.patches import cuda_calls_to, default_dtype, patched
 from rome_fast.conform.properties import keys_of
@@ -45,11 +45,6 @@ class Outcome:
 
 def relative(a: Tensor, b: Tensor) -> float:
     return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
-
-
-def _in_dtype(loaded: LoadedModel, dtype: torch.dtype) -> LoadedModel:
-    model = copy.deepcopy(loaded.model).to(dtype)
-    return LoadedModel(model, loaded.tokenizer, loaded.adapter, loaded.name)
 
 
 def _edit_delta(editor: OurEditor | PublicEditor, inputs: ConformInputs) -> Tensor:
@@ -126,7 +121,7 @@ def measure_agreement(
     """Per quantity: public vs ours (float32), each code's float32-vs-float64 floor, and
     public vs ours at float64."""
     loaded32 = random_model(family)
-    loaded64 = _in_dtype(loaded32, torch.float64)
+    loaded64 = in_dtype(loaded32, torch.float64)
     editor = PublicEditor(LAYOUTS["rebuilding-rome"], anchor, variant)
 
     def inputs(loaded: LoadedModel, C_: Tensor) -> ConformInputs:

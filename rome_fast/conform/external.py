@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rome_fast.conform.invoke import EditorFailed, edit_in_place
 from rome_fast.conform.protocol import ConformInputs, EditorUnderTest
-from rome_fast.conform.run import EditorFailed, edit_in_place
 from rome_fast.edit.request import EditRequest
 from rome_fast.hparams.defaults import HParams
 from rome_fast.model.loader import LoadedModel

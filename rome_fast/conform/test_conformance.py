@@ -7,8 +7,10 @@
 Settings (environment): ``ROME_CONFORM_EDITOR`` (required: a ``rome conform --editor`` SPEC),
 ``ROME_EDITOR_PATH``, ``ROME_CONFORM_CONFIG``, ``ROME_CONFORM_MODEL`` (default
 ``random:tiny-gpt2``), ``ROME_CONFORM_EXPECT``, ``ROME_CONFORM_CASES`` (default 2),
-``ROME_CONFORM_STEPS``, ``ROME_CONFORM_SEED`` (default 0). One test per property, and one for
-the verdict; each failure prints the measured numbers and the ``rome conform`` reproducer.
+``ROME_CONFORM_STEPS``, ``ROME_CONFORM_SEED`` (default 0), ``ROME_CONFORM_SEQUENTIAL`` (N: the
+edits in sequence of ``rome conform --sequential N``), ``ROME_CONFORM_TIMEOUT`` (seconds per
+edit). One test per property, and one for the verdict; each failure prints the measured
+numbers and the ``rome conform`` reproducer.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from rome_fast.conform.run import ConformReport
 
 def _settings() -> argparse.Namespace:
     from rome_fast.cli.conform import PATH_VARIABLE
+    from rome_fast.conform.invoke import DEFAULT_TIMEOUT
 
     editor = os.environ.get("ROME_CONFORM_EDITOR")
     if not editor:
@@ -49,6 +52,8 @@ def _settings() -> argparse.Namespace:
         stats_npz=None,
         stats_corpus=None,
         stats_samples=None,
+        sequential=number("ROME_CONFORM_SEQUENTIAL"),
+        timeout=float(os.environ.get("ROME_CONFORM_TIMEOUT", DEFAULT_TIMEOUT)),
     )
 
 

@@ -1,0 +1,79 @@
+"""Calling the editor under test: in a thread with a time limit, its failures caught and
+described (they are verdicts, never errors of the harness)."""
+
+from __future__ import annotations
+
+import threading
+import traceback
+
+import torch
+from torch import Tensor
+
+from rome_fast.conform.protocol import ConformInputs, EditorUnderTest
+
+
+class EditorFailed(RuntimeError):
+    """The editor under test raised, hung or returned nonsense (``rome eval --editor``)."""
+
+
+class EditorHung(EditorFailed):
+    """The editor did not return in time; its thread may still write into the model."""
+
+
+def _where(error: BaseException) -> str:
+    """The innermost line of the editor's own code (not of an installed library)."""
+    frames = [
+        f for f in traceback.extract_tb(error.__traceback__) if "site-packages" not in f.filename
+    ]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
+def call_editor(
+    editor: EditorUnderTest, inputs: ConformInputs, W: Tensor, timeout: float | None
+) -> str | None:
+    """Run one edit (a returned ΔW (d_out, d_in) is added to ``W``); the reason it failed,
+    or None. Raises :class:`EditorHung` after ``timeout`` seconds (None: no limit)."""
+    box: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            box["delta"] = editor.edit(inputs)
+        except Exception as error:
+            box["error"] = error
+
+    # a daemon thread: a hung editor cannot keep the process alive after the report
+    thread = threading.Thread(target=work, name=f"editor {editor.name}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise EditorHung(
+            f"{editor.name} did not return within {timeout:g} s on {inputs.loaded.name} for "
+            f"{inputs.request.subject!r} (raise --timeout if it is only slow)"
+        )
+    error = box.get("error")
+    if isinstance(error, BaseException):
+        return (
+            f"{editor.name} raised {type(error).__name__}: {error}{_where(error)} on "
+            f"{inputs.loaded.name} for {inputs.request.subject!r}"
+        )
+    delta = box.get("delta")
+    if delta is None:
+        return None
+    if not isinstance(delta, Tensor) or tuple(delta.shape) != tuple(W.shape):
+        shape = tuple(delta.shape) if isinstance(delta, Tensor) else type(delta).__name__
+        return (
+            f"{editor.name} returned ΔW of shape {shape}; the edited weight is "
+            f"(d_out, d_in) = {tuple(W.shape)}"
+        )
+    with torch.no_grad():
+        W.add_(delta.to(W.device, W.dtype))
+    return None
+
+
+def edit_in_place(
+    editor: EditorUnderTest, inputs: ConformInputs, W: Tensor, timeout: float | None = None
+) -> None:
+    """:func:`call_editor` for callers that stop on a failure: raises :class:`EditorFailed`."""
+    failure = call_editor(editor, inputs, W, timeout)
+    if failure is not None:
+        raise EditorFailed(failure)

@@ -1,0 +1,217 @@
+"""The bounds table of docs/results/conformance-bounds.md:
+``python -m tests.conform_bounds_report --out docs/results/conformance-bounds.md`` (the harness
+of tests/conform_setup.py — fixed templates, a seeded random SPD C — on each tiny family, with
+the correct controls and the planted-bug editors of tests/conform_editors.py)."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import platform
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from rome_fast.conform.ours import OurEditor
+from rome_fast.conform.properties import MARGIN, NUMERIC
+from rome_fast.conform.protocol import CallableEditor, EditorUnderTest
+from rome_fast.conform.public import LAYOUTS, PublicEditor
+from rome_fast.conform.run import ConformReport
+from tests import conform_editors
+from tests.conform_setup import ANCHORS_ENV, conform, failed
+from tests.models import FAMILIES
+
+Factory = Callable[[], EditorUnderTest]
+ROME_FAMILIES = ("tiny-gpt2", "tiny-gptj")  # the paper's code reads config.n_embd
+
+
+def _planted(name: str) -> Factory:
+    return functools.partial(CallableEditor, getattr(conform_editors, name), name)
+
+
+def controls(anchors: Path, family: str) -> dict[str, tuple[Factory, str]]:
+    """Correct editors (name -> (factory, the variant expected))."""
+    found: dict[str, tuple[Factory, str]] = {
+        f"rome-verify[{v}]": (functools.partial(OurEditor, v), v)
+        for v in ("rome", "r-rome", "p-rome")
+    }
+    found["naive r-rome (independent)"] = (_planted("naive_r_rome"), "r-rome")
+    for spec, expected in (("easyedit-r-rome", "r-rome"), ("easyedit-rome", "rome")):
+        found[spec] = (
+            functools.partial(PublicEditor, LAYOUTS[spec], anchors / "easyedit"),
+            expected,
+        )
+    if family in ROME_FAMILIES:
+        checkout = anchors / "rebuilding-rome"
+        for config in ("rome", "r-rome", "p-rome"):
+            found[f"rebuilding-rome[{config}]"] = (
+                functools.partial(PublicEditor, LAYOUTS["rebuilding-rome"], checkout, config),
+                config,
+            )
+    return found
+
+
+PLANTED: dict[str, tuple[str, dict[str, object]]] = {  # name -> (targeted property, options)
+    "bf16_update": ("rank_one", {}),
+    "scaled_update": ("matches_reference", {}),
+    "rank_two_term": ("rank_one", {}),
+    "no_kl_term": ("insertion_key", {}),
+    "wrong_layer": ("only_edited_weight", {}),
+    "training_mode": ("model_state", {}),
+    "hook_left": ("model_state", {}),
+    "StaleWeight": ("insertion_key", {"sequential": True}),
+    "non_finite": ("finite", {}),
+    "raises_midway": ("edit_completed", {}),
+    "hangs": ("edit_completed", {"timeout": 2.0}),
+}
+
+
+def _make(name: str) -> EditorUnderTest:
+    if name == "StaleWeight":
+        return conform_editors.StaleWeight()
+    return _planted(name)()
+
+
+def _ratio(entry: dict[str, object]) -> float:
+    value, floor = entry.get("value"), entry.get("floor")
+    assert isinstance(value, float)
+    if not isinstance(floor, float) or math.isnan(floor) or floor == 0:
+        return math.nan
+    return value / floor
+
+
+def _cell(entry: dict[str, object], key: str) -> str:
+    value = entry.get(key, math.nan)
+    return "—" if not isinstance(value, float) or math.isnan(value) else f"{value:.3g}"
+
+
+def _required_ratios(report: ConformReport) -> dict[str, float]:
+    """value / floor of each numeric property the report requires."""
+    props = report.properties()
+    return {p: _ratio(props[p]) for p in NUMERIC if props[p]["passed"] is not None}
+
+
+def control_row(family: str, name: str, report: ConformReport) -> str:
+    ratios = _required_ratios(report)
+    cells = " | ".join(f"{ratios[p]:.2g}" if p in ratios else "—" for p in NUMERIC)
+    verdict = f"{report.verdict} ({'pass' if report.ok else 'FAIL'})"
+    return f"| {family} | {name} | {verdict} | {cells} |"
+
+
+def floor_row(family: str, report: ConformReport) -> str:
+    props = report.properties()
+    cells = " | ".join(f"{_cell(props[p], 'floor')} ({_cell(props[p], 'bound')})" for p in NUMERIC)
+    return f"| {family} | {cells} |"
+
+
+def planted_row(family: str, name: str, target: str, report: ConformReport) -> str:
+    entry = report.properties()[target]
+    ratio = _ratio(entry)
+    numbers = " | ".join(_cell(entry, key) for key in ("value", "floor", "bound"))
+    shown = "—" if math.isnan(ratio) else f"{ratio:.3g}"
+    caught = ", ".join(sorted(failed(report)))
+    return f"| {family} | {name} | {target} | {numbers} | {shown} | {caught} | {report.ok} |"
+
+
+def _header(*columns: str) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+
+
+def write(
+    args: argparse.Namespace,
+    done: list[str],
+    tables: tuple[list[str], list[str], list[str]],
+    worst_control: float,
+    least_planted: float,
+) -> None:
+    floors, control_table, planted_table = tables
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    lines = [
+        "# Conformance bounds: measured floors, correct controls, planted bugs",
+        "",
+        f"Written by `python -m tests.conform_bounds_report --out {args.out} --families "
+        f"{args.families} --steps {args.steps} --cases {args.cases}` ({platform.machine()} "
+        f"CPU, commit {commit}): the harness of tests/conform_setup.py (fixed templates, a "
+        f"seeded random SPD C), {args.steps} v* steps, {args.cases} case(s) per run (two, "
+        "in sequence, for StaleWeight). A numeric property's bound is MARGIN × floor with "
+        f"MARGIN = {MARGIN:g}; its floor is the largest value a correct float32 editor reaches "
+        "on the same case against the float64 truth (rome_fast/conform/floors.py). Exact "
+        "properties (revert, determinism) have bound 0; the others are checks without a "
+        "tolerance (completed, finite, model state, only the edited weight, denominator). "
+        f"Families done: {', '.join(done)}.",
+        "",
+        "## Floors and bounds per family (our r-ROME run)",
+        "",
+        *floors,
+        "",
+        "## Correct controls: value / floor of each required numeric property",
+        "",
+        *control_table,
+        "",
+        "## Planted bugs: the property that targets each",
+        "",
+        *planted_table,
+        "",
+        f"Largest value/floor of a correct control: {worst_control:.3g}. Smallest value/floor "
+        f"of a planted bug on its numeric target: {least_planted:.3g}. MARGIN = {MARGIN:g}.",
+        "",
+    ]
+    args.out.write_text("\n".join(lines))
+    print(f"wrote {args.out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--anchors",
+        type=Path,
+        default=Path(__file__).resolve().parents[2] / "shared" / "anchors",
+        help=f"the public checkouts (default ../shared/anchors, as ${ANCHORS_ENV} in the tests)",
+    )
+    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--cases", type=int, default=1)
+    args = parser.parse_args()
+    floors = _header("family", *(f"{p} floor (bound)" for p in NUMERIC))
+    control_table = _header("family", "editor", "verdict", *(f"{p} value/floor" for p in NUMERIC))
+    planted_table = _header(
+        "family",
+        "planted editor",
+        "targeted property",
+        "value",
+        "floor",
+        "bound",
+        "value/floor",
+        "failed properties",
+        "ok",
+    )
+    worst_control, least_planted = 0.0, math.inf
+    done: list[str] = []
+    for family in args.families.split(","):
+        for name, (factory, expect) in controls(args.anchors, family).items():
+            report = conform(factory(), family, expect=expect, cases=args.cases, steps=args.steps)
+            worst_control = max(worst_control, *_required_ratios(report).values())
+            control_table.append(control_row(family, name, report))
+            if name == "rome-verify[r-rome]":
+                floors.append(floor_row(family, report))
+            print(family, name, report.ok, flush=True)
+        for name, (target, options) in PLANTED.items():
+            cases = max(args.cases, 2) if options.get("sequential") else args.cases
+            report = conform(
+                _make(name), family, expect="r-rome", cases=cases, steps=args.steps, **options
+            )
+            ratio = _ratio(report.properties()[target])
+            least_planted = min(least_planted, math.inf if math.isnan(ratio) else ratio)
+            planted_table.append(planted_row(family, name, target, report))
+            print(family, name, target, report.ok, flush=True)
+        done.append(family)
+        tables = (floors, control_table, planted_table)
+        write(args, done, tables, worst_control, least_planted)  # after each family
+
+
+if __name__ == "__main__":
+    main()
