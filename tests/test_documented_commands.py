@@ -24,7 +24,14 @@ import pytest
 from rome_fast.cli.main import build_parser
 from rome_fast.infra.datadir import default_data_dir
 from rome_fast.model.precision import cpu_bf16_is_emulated
-from tests.doc_commands import REPO, DocCommand, documented_commands, loads_a_model
+from tests.anchors import anchors_root
+from tests.doc_commands import (
+    REPO,
+    DocCommand,
+    documented_commands,
+    loads_a_model,
+    with_checkout,
+)
 
 # The documented line (continuations joined, comments dropped) -> why the suite does not run it.
 NOT_RUN = {
@@ -70,7 +77,7 @@ class Reader:
         for i, earlier in enumerate(self.commands):
             if i not in self.results:
                 self.results[i] = subprocess.run(
-                    [*rome_script(), *earlier.argv],
+                    [*rome_script(), *with_checkout(earlier.argv, anchors_root())],
                     cwd=self.folder,
                     env={**env, **dict(earlier.env)},
                     capture_output=True,
@@ -114,10 +121,12 @@ def params() -> Iterator[object]:
     for c in COMMANDS:
         if runnable(c):
             marks = {"smollm2": [pytest.mark.smollm2], "ray": [pytest.mark.ray], "tests": []}
+            # A public editor's checkout: third-party code, absent from a bare clone.
+            public = [pytest.mark.anchors] if "--editor-path" in c.argv else []
             # A reader's commands stay on one worker (tests/conftest.py), in order.
             group = pytest.mark.xdist_group(f"documented: {reader_of(c)}")
             yield pytest.param(
-                c, marks=[*marks[session(c)], group], id=f"{c.source}: {c.text}"[:120]
+                c, marks=[*marks[session(c)], *public, group], id=f"{c.source}: {c.text}"[:120]
             )
 
 
