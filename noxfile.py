@@ -64,18 +64,27 @@ PARALLEL = ("-n", "auto", "--dist", "loadgroup")
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
+DEFAULT_SUITE = "not smollm2 and not gpu and not faults and not conform and not ray"
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """The default suite: properties, mutation check, tiny models of every family."""
     install(session, "test")
-    session.run(
-        "pytest",
-        *PARALLEL,
-        "-m",
-        "not smollm2 and not gpu and not faults and not conform and not ray",
-        *session.posargs,
-        env={**ONE_THREAD, **FIXTURE_DATA},
-    )
+    env = {**ONE_THREAD, **FIXTURE_DATA}
+    session.run("pytest", *PARALLEL, "-m", DEFAULT_SUITE, *session.posargs, env=env)
+
+
+@nox.session(default=False)
+def anchors(session: nox.Session) -> None:
+    """The default suite's tests of the third-party code under test (marker anchors) alone:
+    CI runs the suite from a bare copy of the clone, where they are one group skip, then
+    these where the code is."""
+    folder = outside_the_clone(session, "ROME_ANCHORS_DIR", "anchors", "rebuilding-rome")
+    install(session, "test")
+    env = {**ONE_THREAD, **FIXTURE_DATA, "ROME_ANCHORS_DIR": folder}
+    selection = f"anchors and ({DEFAULT_SUITE})"
+    session.run("pytest", *PARALLEL, "-m", selection, *session.posargs, env=env)
 
 
 @nox.session

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tqdm.auto import tqdm
 
+from rome_fast.hparams.defaults import hparams_for
 from rome_fast.model.loader import LoadedModel, load_model
 from rome_fast.stats import corpus as corpora
 from tests.conftest import FIXTURE_WIKITEXT
+from tests.models import require_smollm2
 
 # The release's layout: every line ends with a space, blank lines hold one space.
 WIKITEXT_SAMPLE = "".join(
@@ -121,6 +124,23 @@ def test_model_samples_are_seeded_and_leave_the_global_rng_alone(tiny: LoadedMod
     assert len(first) == 3
 
 
+def test_sampling_progress_moves_with_every_token(
+    tiny: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback's bar counts generated tokens as they come (a bar that sits at 0 texts
+    for minutes and then jumps reads as a hang)."""
+    updates: list[int] = []
+
+    class Recorder(tqdm):  # type: ignore[type-arg]
+        def update(self, n: float | None = 1) -> bool | None:
+            updates.append(int(n or 0))
+            return super().update(n)
+
+    monkeypatch.setattr(corpora, "tqdm", Recorder)
+    corpora.sample_texts(tiny, n_texts=3, n_tokens=5, seed=0, batch_size=2)
+    assert updates == [2] * 5 + [1] * 5  # two batches of texts, one update per token step
+
+
 def test_model_samples_identifier_records_the_choices(tiny: LoadedModel) -> None:
     one = corpora.model_samples(tiny, n_texts=3, n_tokens=6, seed=1)
     assert one.identifier == corpora.model_samples(tiny, n_texts=3, n_tokens=6, seed=1).identifier
@@ -177,3 +197,21 @@ def test_shipped_wikitext_is_whole_articles_openings() -> None:
 def test_hf_dataset_without_datasets_says_what_to_install() -> None:
     with pytest.raises(ImportError, match="pip install datasets"):
         corpora.hf_dataset("wikipedia")
+
+
+@pytest.mark.smollm2
+def test_shipped_openings_cover_smollm2s_statistics_window() -> None:
+    """SmolLM2's statistics read the first mom2_max_length tokens of a document: each cut
+    article's opening holds more, so C from the shipped excerpt is C from the full WikiText-2
+    files (docs/results/embedded-corpus.md measures both)."""
+    require_smollm2()
+    tokenizer = load_model("smollm2").tokenizer
+    cap = hparams_for("smollm2").mom2_max_length
+    assert cap is not None
+    raw = gzip.decompress(corpora.EMBEDDED_WIKITEXT.read_bytes()).decode("utf-8")
+    for opening, document in zip(
+        corpora.split_wikitext(raw), corpora.embedded_wikitext(), strict=True
+    ):
+        # Cut at OPENING_CHARS; stripping the cut line drops at most its last space or newline.
+        if len(opening) >= corpora.OPENING_CHARS - 1:
+            assert len(tokenizer(document)["input_ids"]) > cap, opening.splitlines()[0]

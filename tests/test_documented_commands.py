@@ -66,7 +66,7 @@ class Reader:
         # The README's relative paths are written from the checkout's root.
         (folder / "fixtures").symlink_to(REPO / "fixtures")
         shared = folder.parent / "shared"
-        if not shared.exists():
+        if not shared.is_symlink():  # dangling in a bare clone: the readers share one link
             shared.symlink_to(REPO.parent / "shared")
         self.folder = folder
         self.commands = commands
