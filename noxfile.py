@@ -357,8 +357,8 @@ def regression(session: nox.Session) -> None:
         fresh_folder(out)
     if model == "smollm2":
         # Its baseline was measured on the full files: the slice's GLUE draws read all of them.
-        data = outside_the_clone(session, "ROME_DATA_DIR", "data", REGRESSION_SLICE[1])
-        env = {"ROME_DATA_DIR": data}
+        full_data = outside_the_clone(session, "ROME_DATA_DIR", "data", REGRESSION_SLICE[1])
+        env = {"ROME_DATA_DIR": full_data}
         session.run(
             "rome", "eval", "--model", "smollm2", *REGRESSION_SLICE, *cluster, "--out", out, env=env
         )
