@@ -208,6 +208,14 @@ json.dump(summary, open(sys.argv[1], "w"))
 """
 
 
+# The key statistics' text ships in the wheel: `rome edit --model smollm2` needs no data folder.
+SHIPPED_TEXT = """
+from rome_fast.stats.corpus import EMBEDDED_WIKITEXT, embedded_wikitext
+assert EMBEDDED_WIKITEXT.is_file(), f"the wheel lacks {EMBEDDED_WIKITEXT}"
+print(embedded_wikitext().description)
+"""
+
+
 @nox.session(default=False)
 def wheel(session: nox.Session) -> None:
     """Build the wheel, install it into a fresh environment outside the checkout (torch from
@@ -237,6 +245,7 @@ def wheel(session: nox.Session) -> None:
                 f"import rome_fast; assert {str(checkout)!r} not in rome_fast.__file__",
                 external=True,
             )
+            session.run(python, "-c", SHIPPED_TEXT, external=True)
             session.run(
                 rome,
                 "edit",
