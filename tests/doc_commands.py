@@ -136,6 +136,25 @@ def python_blocks(text: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
 
 
+# What the README writes for a third-party checkout, as a user would; the folder holding it
+# in the project's anchors for each public editor.
+CHECKOUT = "path/to/your/checkout"
+CHECKOUT_FOLDERS = {
+    "rebuilding-rome": "rebuilding-rome",
+    "easyedit-rome": "easyedit",
+    "easyedit-r-rome": "easyedit",
+}
+
+
+def with_checkout(argv: tuple[str, ...], anchors: Path) -> tuple[str, ...]:
+    """``argv`` with ``--editor-path path/to/your/checkout`` made the public editor's real
+    checkout under ``anchors``."""
+    if CHECKOUT not in argv:
+        return argv
+    editor = argv[argv.index("--editor") + 1]
+    return tuple(str(anchors / CHECKOUT_FOLDERS[editor]) if a == CHECKOUT else a for a in argv)
+
+
 def loads_a_model(argv: tuple[str, ...]) -> str | None:
     """The model a command loads (its ``--model`` or the default), or None if it loads none."""
     sub = subparsers(build_parser())[argv[0]]

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.anchors import anchors_root
+from tests.conftest import FIXTURE_DATA
 from tests.pipeline_mutants import MUTANTS, Mutant
-from tests.public_evaluator import anchor_dir
 
 REPO = Path(__file__).resolve().parents[1]
 IGNORED = shutil.ignore_patterns(
@@ -63,8 +63,8 @@ def run_selection(root: Path, selection: tuple[str, ...]) -> subprocess.Complete
         **os.environ,
         "PYTHONPATH": str(root),
         "OMP_NUM_THREADS": "1",
-        "ROME_DATA_DIR": os.environ.get("ROME_DATA_DIR", str(SHARED_DATA)),
-        "ROME_ANCHORS_DIR": str(anchor_dir().parent),
+        "ROME_DATA_DIR": os.environ.get("ROME_DATA_DIR", str(FIXTURE_DATA)),
+        "ROME_ANCHORS_DIR": str(anchors_root()),
     }
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-rf", "-p", "no:cacheprovider"]
     return subprocess.run(

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import pytest
 import torch
 from transformers import BatchEncoding
 
 from rome_fast.eval.data import EvalCase
+from tests.anchors import checkout
 
 REPO = Path(__file__).resolve().parents[1]
 STUBBED = {
@@ -50,12 +50,6 @@ SUMMARY_KEYS = {
     "post_neighborhood_diff": "NM",
     "post_score": "S",
 }
-
-
-def anchor_dir() -> Path:
-    root = os.environ.get("ROME_ANCHORS_DIR")
-    base = Path(root) if root else REPO.parent / "shared" / "anchors"
-    return base / "rebuilding-rome"
 
 
 @dataclass(frozen=True)
@@ -100,9 +94,7 @@ def _load(path: Path, name: str) -> types.ModuleType:
 
 
 def public_evaluator() -> PublicEvaluator:
-    root = anchor_dir()
-    if not (root / "experiments" / "summarize.py").exists():
-        pytest.skip(f"the rebuilding-rome evaluator is not at {root} (set ROME_ANCHORS_DIR)")
+    root = checkout("rebuilding-rome")
     with _import_context(root):
         return PublicEvaluator(
             counterfact=_load(root / "experiments/py/eval_utils_counterfact.py", "public_cf_eval"),

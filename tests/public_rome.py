@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import BatchEncoding
 
-ANCHOR = Path(__file__).resolve().parents[1].parent / "shared" / "anchors" / "rebuilding-rome"
+from tests.anchors import checkout
 
 
 class RecordedAdam(torch.optim.Adam):
@@ -83,8 +83,9 @@ class CpuTokenizer:
 def public_compute_v() -> Iterator[ModuleType]:
     """``rome.compute_v`` of the public code, CPU-patched; every module it imported and the
     path entry are removed on exit."""
+    anchor = checkout("rebuilding-rome")
     before = set(sys.modules)
-    sys.path.insert(0, str(ANCHOR))
+    sys.path.insert(0, str(anchor))
     if importlib.util.find_spec("datasets") is None:
         stand_in = ModuleType("datasets")
         stand_in.load_dataset = None  # type: ignore[attr-defined]
@@ -92,7 +93,7 @@ def public_compute_v() -> Iterator[ModuleType]:
     RecordedAdam.instances.clear()
     cwd = Path.cwd()
     try:
-        os.chdir(ANCHOR)  # util/globals.py reads globals.yml from the working directory
+        os.chdir(anchor)  # util/globals.py reads globals.yml from the working directory
         try:
             module = importlib.import_module("rome.compute_v")
         finally:
@@ -100,6 +101,6 @@ def public_compute_v() -> Iterator[ModuleType]:
         module.torch = CpuTorch()  # type: ignore[attr-defined]
         yield module
     finally:
-        sys.path.remove(str(ANCHOR))
+        sys.path.remove(str(anchor))
         for name in set(sys.modules) - before:
             del sys.modules[name]

@@ -18,10 +18,7 @@ EDIT = ["edit", *TINY, "--prompt", "{} is in", "--subject", "Paris", "--target-n
 
 
 def counterfact() -> Path:
-    path = default_data_dir() / "counterfact" / "counterfact-val.json"
-    if not path.is_file():
-        pytest.skip(f"CounterFact not found in {default_data_dir()}; set ROME_DATA_DIR")
-    return path
+    return default_data_dir() / "counterfact" / "counterfact-val.json"
 
 
 def refused(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> str:
@@ -104,9 +101,6 @@ def test_missing_glue_data_is_refused_before_a_folder_is_made(
 def test_glue_prompts_beyond_the_context_are_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    glue = default_data_dir() / "glue"
-    if not (glue / "sst2.jsonl").is_file():
-        pytest.skip(f"GLUE data not found in {default_data_dir()}; set ROME_DATA_DIR")
     out = tmp_path / "run"
     # tiny-gpt2 has a context of 256 tokens: 40 shots do not fit.
     argv = ["eval", *TINY, "--data", str(counterfact()), "--limit", "1", "--sequential"]

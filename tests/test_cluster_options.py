@@ -12,7 +12,6 @@ import pytest
 
 from rome_fast.cli.main import main
 from rome_fast.infra.cluster import Cluster
-from rome_fast.infra.datadir import default_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = "counterfact/counterfact-rome-schema-sample.json"
@@ -48,8 +47,6 @@ def test_workers_must_be_positive() -> None:
 
 @pytest.mark.slow
 def test_a_plain_run_never_imports_ray(tmp_path: Path) -> None:
-    if not (default_data_dir() / SAMPLE).is_file():
-        pytest.skip(f"CounterFact sample not found in {default_data_dir()}; set ROME_DATA_DIR")
     check = (
         "import sys; from rome_fast.cli.main import main; code = main(sys.argv[1:]); "
         "assert 'ray' not in sys.modules, 'a run without --workers imported ray'; "

@@ -17,7 +17,8 @@ from rome_fast.conform.protocol import CallableEditor
 from rome_fast.conform.public import LAYOUTS, PublicEditor
 from rome_ref.update import rank_one_update, solve_c
 from tests import conform_editors
-from tests.conform_setup import anchor, conform, conform_on, failed
+from tests.anchors import checkout
+from tests.conform_setup import conform, conform_on, failed
 from tests.models import FAMILIES, changed_parameters, fresh_model, weights_of
 
 VARIANTS = ("rome", "r-rome", "p-rome")
@@ -33,8 +34,9 @@ def test_our_variants_are_recognised_and_pass(variant: str) -> None:
 
 @pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-gptj"])
 @pytest.mark.parametrize("config", VARIANTS)
+@pytest.mark.anchors
 def test_paper_code_flags_give_each_variant(family: str, config: str) -> None:
-    editor = PublicEditor(LAYOUTS["rebuilding-rome"], anchor("rebuilding-rome"), config)
+    editor = PublicEditor(LAYOUTS["rebuilding-rome"], checkout("rebuilding-rome"), config)
     report = conform(editor, family, expect=config)
     assert report.verdict == config, str(report)
     assert report.ok, str(report)
@@ -44,14 +46,16 @@ def test_paper_code_flags_give_each_variant(family: str, config: str) -> None:
     ("spec", "verdict"), [("easyedit-rome", "rome"), ("easyedit-r-rome", "r-rome")]
 )
 @pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-gptj"])
+@pytest.mark.anchors
 def test_easyedit_editors(spec: str, verdict: str, family: str) -> None:
-    report = conform(PublicEditor(LAYOUTS[spec], anchor("easyedit")), family, expect=verdict)
+    report = conform(PublicEditor(LAYOUTS[spec], checkout("easyedit")), family, expect=verdict)
     assert report.verdict == verdict, str(report)
     assert report.ok, str(report)
 
 
+@pytest.mark.anchors
 def test_original_config_misses_k_star() -> None:
-    editor = PublicEditor(LAYOUTS["rebuilding-rome"], anchor("rebuilding-rome"), "rome")
+    editor = PublicEditor(LAYOUTS["rebuilding-rome"], checkout("rebuilding-rome"), "rome")
     report = conform(editor, expect="rome")
     (case,) = report.cases
     residual = case.identification.insertion_residual
@@ -59,8 +63,9 @@ def test_original_config_misses_k_star() -> None:
     assert "asymmetric" in report.description
 
 
+@pytest.mark.anchors
 def test_public_editor_leaves_the_process_as_it_was() -> None:
-    editor = PublicEditor(LAYOUTS["rebuilding-rome"], anchor("rebuilding-rome"), "r-rome")
+    editor = PublicEditor(LAYOUTS["rebuilding-rome"], checkout("rebuilding-rome"), "r-rome")
     conform(editor)
     main = sys.modules["rome.rome_main"]
     assert main.CONTEXT_TEMPLATES_CACHE is None  # the injected templates were taken back
@@ -94,9 +99,10 @@ def test_planted_revert_by_rounding_fails_revert_exact() -> None:
     assert report.properties()["revert_exact"]["value"] > 0
 
 
+@pytest.mark.anchors
 def test_easyedit_shipped_setting_without_c_is_not_rome(monkeypatch: pytest.MonkeyPatch) -> None:
     """EasyEdit's shipped yaml files set mom2_adjustment: false: the direction is k*, not C⁻¹k*."""
-    editor = PublicEditor(LAYOUTS["easyedit-r-rome"], anchor("easyedit"))
+    editor = PublicEditor(LAYOUTS["easyedit-r-rome"], checkout("easyedit"))
     adapted = editor.hparams
     monkeypatch.setattr(
         editor,

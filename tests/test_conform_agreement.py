@@ -11,7 +11,8 @@ import pytest
 
 from rome_fast.conform.agreement import QUANTITIES, measure_agreement
 from rome_fast.conform.cases import conformance_cases
-from tests.conform_setup import TEMPLATES, anchor
+from tests.anchors import checkout
+from tests.conform_setup import TEMPLATES
 from tests.models import key_dim, random_spd, tiny_hparams, tiny_model
 
 # Relative differences below this are float32 rounding of a single vector (keys: ~1e-7).
@@ -19,6 +20,7 @@ ROUNDING = 1e-6
 FULL = pytest.mark.conform
 
 
+@pytest.mark.anchors
 @pytest.mark.parametrize(
     ("family", "variant", "steps"),
     [("tiny-gpt2", "r-rome", 5)]
@@ -34,7 +36,7 @@ def test_public_code_agrees_within_the_float32_floor(family: str, variant: str, 
     table = measure_agreement(
         family,
         variant,
-        anchor("rebuilding-rome"),
+        checkout("rebuilding-rome"),
         conformance_cases(1)[0],
         hparams,
         TEMPLATES,

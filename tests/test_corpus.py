@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from tqdm.auto import tqdm
 
-from rome_fast.infra.datadir import default_data_dir
+from rome_fast.hparams.defaults import hparams_for
 from rome_fast.model.loader import LoadedModel, load_model
 from rome_fast.stats import corpus as corpora
+from tests.conftest import FIXTURE_WIKITEXT
+from tests.models import require_smollm2
 
 # The release's layout: every line ends with a space, blank lines hold one space.
 WIKITEXT_SAMPLE = "".join(
@@ -77,9 +81,7 @@ def test_wikitext_missing_folder_names_the_files(tmp_path: Path) -> None:
 
 
 def test_shared_wikitext_has_one_document_per_title() -> None:
-    folder = default_data_dir() / corpora.WIKITEXT_DIR
-    if not (folder / "valid.txt").is_file():
-        pytest.skip(f"no WikiText-2 under {folder} (set ROME_DATA_DIR)")
+    folder = FIXTURE_WIKITEXT
     lines = [
         ln
         for split in ("valid", "test")
@@ -122,6 +124,23 @@ def test_model_samples_are_seeded_and_leave_the_global_rng_alone(tiny: LoadedMod
     assert len(first) == 3
 
 
+def test_sampling_progress_moves_with_every_token(
+    tiny: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback's bar counts generated tokens as they come (a bar that sits at 0 texts
+    for minutes and then jumps reads as a hang)."""
+    updates: list[int] = []
+
+    class Recorder(tqdm):  # type: ignore[type-arg]
+        def update(self, n: float | None = 1) -> bool | None:
+            updates.append(int(n or 0))
+            return super().update(n)
+
+    monkeypatch.setattr(corpora, "tqdm", Recorder)
+    corpora.sample_texts(tiny, n_texts=3, n_tokens=5, seed=0, batch_size=2)
+    assert updates == [2] * 5 + [1] * 5  # two batches of texts, one update per token step
+
+
 def test_model_samples_identifier_records_the_choices(tiny: LoadedModel) -> None:
     one = corpora.model_samples(tiny, n_texts=3, n_tokens=6, seed=1)
     assert one.identifier == corpora.model_samples(tiny, n_texts=3, n_tokens=6, seed=1).identifier
@@ -133,15 +152,43 @@ def test_model_samples_identifier_records_the_choices(tiny: LoadedModel) -> None
         assert other.identifier != one.identifier
 
 
-def test_default_corpus_falls_back_to_model_samples(
+def test_default_corpus_prefers_the_data_folder_then_the_shipped_text_then_samples(
     tiny: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ROME_DATA_DIR", str(tmp_path))
-    assert corpora.default_corpus(tiny).identifier.startswith("model-samples:")
+    assert corpora.default_corpus(tiny).identifier.startswith("wikitext-openings:")
     (tmp_path / "wikitext-2").mkdir()
     for split in ("valid", "test"):
         (tmp_path / "wikitext-2" / f"{split}.txt").write_text(WIKITEXT_SAMPLE, encoding="utf-8")
     assert corpora.default_corpus(tiny).identifier.startswith("wikitext:")
+    monkeypatch.setenv("ROME_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setattr(corpora, "EMBEDDED_WIKITEXT", tmp_path / "not-shipped.txt.gz")
+    assert corpora.default_corpus(tiny).identifier.startswith("model-samples:")
+
+
+@pytest.mark.parametrize("chars", [40, 300, corpora.OPENING_CHARS])
+def test_article_openings_are_each_article_cut_to_length(chars: int) -> None:
+    text = "".join(
+        (FIXTURE_WIKITEXT / f"{s}.txt").read_text(encoding="utf-8") for s in ("valid", "test")
+    )
+    articles = corpora.split_wikitext(text)
+    openings = corpora.split_wikitext(corpora.article_openings(text, chars))
+    # rstrip: split_wikitext strips the cut line, and drops it when the cut left it empty.
+    assert openings == [article[:chars].rstrip() for article in articles]
+    assert any(len(a) > chars for a in articles), "no article long enough to be cut"
+
+
+def test_shipped_wikitext_is_whole_articles_openings() -> None:
+    """The package's excerpt: one document per article, from its title, none longer than the
+    cut (the rest of each article is not shipped)."""
+    shipped = corpora.embedded_wikitext()
+    raw = gzip.decompress(corpora.EMBEDDED_WIKITEXT.read_bytes()).decode("utf-8")
+    articles = corpora.split_wikitext(raw)
+    assert len(list(shipped)) == shipped.size == len(articles)
+    assert all(corpora._ARTICLE_HEADING.match(f" {a.splitlines()[0]} ") for a in articles)
+    assert max(len(article) for article in articles) <= corpora.OPENING_CHARS
+    assert "shipped" in shipped.description
+    assert shipped.identifier == corpora.embedded_wikitext().identifier
 
 
 @pytest.mark.skipif(
@@ -150,3 +197,21 @@ def test_default_corpus_falls_back_to_model_samples(
 def test_hf_dataset_without_datasets_says_what_to_install() -> None:
     with pytest.raises(ImportError, match="pip install datasets"):
         corpora.hf_dataset("wikipedia")
+
+
+@pytest.mark.smollm2
+def test_shipped_openings_cover_smollm2s_statistics_window() -> None:
+    """SmolLM2's statistics read the first mom2_max_length tokens of a document: each cut
+    article's opening holds more, so C from the shipped excerpt is C from the full WikiText-2
+    files (docs/results/embedded-corpus.md measures both)."""
+    require_smollm2()
+    tokenizer = load_model("smollm2").tokenizer
+    cap = hparams_for("smollm2").mom2_max_length
+    assert cap is not None
+    raw = gzip.decompress(corpora.EMBEDDED_WIKITEXT.read_bytes()).decode("utf-8")
+    for opening, document in zip(
+        corpora.split_wikitext(raw), corpora.embedded_wikitext(), strict=True
+    ):
+        # Cut at OPENING_CHARS; stripping the cut line drops at most its last space or newline.
+        if len(opening) >= corpora.OPENING_CHARS - 1:
+            assert len(tokenizer(document)["input_ids"]) > cap, opening.splitlines()[0]

@@ -24,6 +24,7 @@ import pytest
 from rome_fast.cli.main import build_parser
 from rome_fast.infra.datadir import default_data_dir
 from rome_fast.model.precision import cpu_bf16_is_emulated
+from tests.anchors import anchors_root
 from tests.doc_commands import (
     DOC_FILES,
     REPO,
@@ -31,6 +32,7 @@ from tests.doc_commands import (
     documented_commands,
     loads_a_model,
     python_blocks,
+    with_checkout,
 )
 
 # The documented line (continuations joined, comments dropped) -> why the suite does not run it.
@@ -74,7 +76,7 @@ class Reader:
         # The README's relative paths are written from the checkout's root.
         (folder / "fixtures").symlink_to(REPO / "fixtures")
         shared = folder.parent / "shared"
-        if not shared.exists():
+        if not shared.is_symlink():  # dangling in a bare clone: the readers share one link
             shared.symlink_to(REPO.parent / "shared")
         self.folder = folder
         self.commands = commands
@@ -85,7 +87,7 @@ class Reader:
         for i, earlier in enumerate(self.commands):
             if i not in self.results:
                 self.results[i] = subprocess.run(
-                    [*rome_script(), *earlier.argv],
+                    [*rome_script(), *with_checkout(earlier.argv, anchors_root())],
                     cwd=self.folder,
                     env={**env, **dict(earlier.env)},
                     capture_output=True,
@@ -129,10 +131,12 @@ def params() -> Iterator[object]:
     for c in COMMANDS:
         if runnable(c):
             marks = {"smollm2": [pytest.mark.smollm2], "ray": [pytest.mark.ray], "tests": []}
+            # A public editor's checkout: third-party code, absent from a bare clone.
+            public = [pytest.mark.anchors] if "--editor-path" in c.argv else []
             # A reader's commands stay on one worker (tests/conftest.py), in order.
             group = pytest.mark.xdist_group(f"documented: {reader_of(c)}")
             yield pytest.param(
-                c, marks=[*marks[session(c)], group], id=f"{c.source}: {c.text}"[:120]
+                c, marks=[*marks[session(c)], *public, group], id=f"{c.source}: {c.text}"[:120]
             )
 
 

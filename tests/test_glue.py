@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from rome_fast.eval.glue import TASKS, UNPARSED, build_prompts, evaluate_task, load_task
-from rome_fast.infra.datadir import default_data_dir
 
 RECORDS = [{"sentence": f"sentence {i}", "label": i % 2, "idx": i} for i in range(10)]
 
@@ -38,8 +37,6 @@ def test_asking_for_too_many_examples_is_an_error() -> None:
 
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_shared_task_files_load(task: str) -> None:
-    if not (default_data_dir() / "glue" / f"{task}.jsonl").is_file():
-        pytest.skip(f"GLUE data not found in {default_data_dir()}; set ROME_DATA_DIR")
     records = load_task(task)
     assert {r["label"] for r in records} == {0, 1}
 

@@ -18,25 +18,24 @@ from rome_fast.hparams.files import (
     variant_from_flags,
 )
 from rome_fast.stats.covariance import StatsSource, default_covariance
+from tests.anchors import checkout
 from tests.models import REQUEST, TEMPLATES, fresh_model, tiny_hparams, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-ANCHORS = ROOT.parent / "shared" / "anchors"
-PUBLIC_JSON = sorted((ANCHORS / "rebuilding-rome" / "hparams" / "ROME").glob("*.json"))
 # The ROME-family folders: the batched editors' files (MEMIT, EMMET, AlphaEdit) sit beside
 # them in the same checkout and are read by their own tests.
 ROME_FOLDERS = ("ROME", "R-ROME")
-EASYEDIT_YAML = sorted(
-    path
+# EasyEdit's files, relative to its hparams/ folder (named here: the checkout may be absent).
+EASYEDIT_YAML = [
+    f"{folder}/{model}.yaml"
     for folder in ROME_FOLDERS
-    for path in (ANCHORS / "easyedit" / "hparams" / folder).glob("*.yaml")
-)
+    for model in ("gpt-j-6B", "gpt2-xl", "llama3.2-3b")
+]
 FIXTURES = ROOT / "fixtures" / "inputs"
 
 
-def require(files: list[Path]) -> None:
-    if not files:
-        pytest.skip(f"the third-party hparams files are not under {ANCHORS}")
+def easyedit_hparams() -> Path:
+    return checkout("easyedit") / "hparams"
 
 
 def write(tmp_path: Path, fields: dict[str, object], suffix: str = ".json") -> Path:
@@ -46,11 +45,11 @@ def write(tmp_path: Path, fields: dict[str, object], suffix: str = ".json") -> P
 
 
 @pytest.mark.parametrize("name", ["EleutherAI_gpt-j-6B", "gpt2-large", "gpt2-medium", "gpt2-xl"])
+@pytest.mark.anchors
 def test_public_json_gives_the_public_values_and_r_rome(name: str) -> None:
     """The shipped files state no variant flag, so the public code runs its defaults
     (original_implementation and enable_random_prefix_keys true): k* on both sides."""
-    require(PUBLIC_JSON)
-    path = ANCHORS / "rebuilding-rome" / "hparams" / "ROME" / f"{name}.json"
+    path = checkout("rebuilding-rome") / "hparams" / "ROME" / f"{name}.json"
     raw = json.loads(path.read_text())
     hfile = read_hparams_file(path)
     hp = hfile.apply(HParams(layer=0))
@@ -69,12 +68,14 @@ def test_public_json_gives_the_public_values_and_r_rome(name: str) -> None:
     assert hp == hparams_for(name.removeprefix("EleutherAI_").lower())
 
 
-@pytest.mark.parametrize("path", EASYEDIT_YAML, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_easyedit_yaml_is_read_whole(path: Path) -> None:
+@pytest.mark.anchors
+@pytest.mark.parametrize("name", EASYEDIT_YAML)
+def test_easyedit_yaml_is_read_whole(name: str) -> None:
     """Every field is known; ``5e-1`` (a string to YAML 1.1) is the number 0.5; the shipped
     files turn C off; ``alg_name`` picks the variant."""
     import yaml
 
+    path = easyedit_hparams() / name
     raw = yaml.safe_load(path.read_text())
     assert set(raw) <= set(FIELDS), sorted(set(raw) - set(FIELDS))
     hfile = read_hparams_file(path)
@@ -87,9 +88,14 @@ def test_easyedit_yaml_is_read_whole(path: Path) -> None:
     assert "device" in hfile.notes[0]  # set by --device, said so
 
 
+@pytest.mark.anchors
 def test_easyedit_files_are_present() -> None:
-    require(EASYEDIT_YAML)
-    assert len(EASYEDIT_YAML) == 6
+    found = [
+        p.relative_to(easyedit_hparams())
+        for f in ROME_FOLDERS
+        for p in (easyedit_hparams() / f).glob("*.yaml")
+    ]
+    assert sorted(str(p) for p in found) == sorted(EASYEDIT_YAML)
 
 
 @pytest.mark.parametrize(
@@ -175,10 +181,10 @@ def test_missing_and_malformed_files_name_the_file(tmp_path: Path) -> None:
         read_hparams_file(bad_yaml)
 
 
+@pytest.mark.anchors
 def test_module_names_must_be_the_models() -> None:
-    require(EASYEDIT_YAML)
     gpt2 = tiny_model("tiny-gpt2")
-    llama_file = read_hparams_file(ANCHORS / "easyedit" / "hparams" / "ROME" / "llama3.2-3b.yaml")
+    llama_file = read_hparams_file(easyedit_hparams() / "ROME" / "llama3.2-3b.yaml")
     with pytest.raises(ValueError, match="another architecture"):
         check_against_model(llama_file, gpt2.model, gpt2.adapter, 1)
     llama = tiny_model("tiny-llama")

@@ -21,7 +21,7 @@ from rome_fast.methods.rome.update import RankOne, UpdateInputs, insertion_updat
 from rome_fast.model.loader import LoadedModel, load_model, random_model
 from rome_fast.model.weights import module_bias, weight_matrix
 from tests.models import at, pretrained, require_smollm2
-from tests.public_rome import ANCHOR, CpuTokenizer, RecordedAdam, public_compute_v
+from tests.public_rome import CpuTokenizer, RecordedAdam, public_compute_v
 
 REQUEST = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
 N_TEMPLATES = 4  # "{}" and three sampled ones: enough to make k* differ from k_prompt
@@ -112,8 +112,6 @@ def public_delta(
     loaded: LoadedModel, hparams: HParams, request: EditRequest, templates: list[str]
 ) -> tuple[torch.Tensor, int]:
     """δ and the Adam step count of the public ``compute_v`` on the same inputs (CPU-patched)."""
-    if not ANCHOR.is_dir():
-        pytest.skip(f"the public r-ROME code is not at {ANCHOR}")
     adapter, layer = loaded.adapter, hparams.layer
     layers = f"{adapter.layers_path}.{{}}"
     config: Any = pretrained(loaded).config  # given GPT-2's n_embd below, whatever the family
@@ -172,6 +170,7 @@ def assert_same_loop_as_the_public_code(
     return steps
 
 
+@pytest.mark.anchors
 def test_naive_value_is_the_public_loop_on_a_tiny_model() -> None:
     loaded, hparams, _ = tiny("tiny-gpt2")
     templates = ["{}", "Once upon a time. {}"]  # the public code formats them: no braces
@@ -180,6 +179,7 @@ def test_naive_value_is_the_public_loop_on_a_tiny_model() -> None:
 
 
 @pytest.mark.smollm2
+@pytest.mark.anchors
 def test_naive_value_stops_early_where_the_public_code_stops() -> None:
     require_smollm2()
     loaded = load_model("smollm2")

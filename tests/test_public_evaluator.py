@@ -23,7 +23,6 @@ from rome_fast.edit.editor import Editor
 from rome_fast.eval.case_scoring import metrics_of, score_case
 from rome_fast.eval.data import EvalCase, load_cases
 from rome_fast.eval.score import mean_token_nll
-from rome_fast.infra.datadir import default_data_dir
 from rome_fast.model.loader import LoadedModel, load_model
 from rome_ref import metrics as ref
 from tests.models import TEMPLATES, fresh_model, key_dim, random_spd, require_smollm2, tiny_hparams
@@ -36,15 +35,15 @@ from tests.public_evaluator import (
 )
 from tests.test_handworked import fixture
 
+# Every test here runs the paper's evaluator (third-party code, tests/anchors.py).
+pytestmark = pytest.mark.anchors
+
 SAMPLE = "counterfact/counterfact-rome-schema-sample.json"
 NLL_TOLERANCE = 1e-5  # float32 logits; the public code sums per-token NLLs in float32
 FAMILIES = ("tiny-gpt2", "tiny-gptj")
 
 
 def sample_cases() -> list[EvalCase]:
-    path = default_data_dir() / SAMPLE
-    if not path.exists():
-        pytest.skip(f"{SAMPLE} not found in {default_data_dir()}; set ROME_DATA_DIR")
     return load_cases(SAMPLE)
 
 

@@ -289,8 +289,6 @@ def test_degraded_editor_fails_the_gate_that_the_real_one_passes(
 
 
 def test_report_writes_table_and_plots(loaded: LoadedModel, tmp_path: Path) -> None:
-    if not (default_data_dir() / "glue" / "sst2.jsonl").is_file():
-        pytest.skip(f"GLUE data not found in {default_data_dir()}; set ROME_DATA_DIR")
     cfg = config(modes=("single", "sequential"), glue_every=2, glue_n=2, glue_shots=1)
     summary = Runner(loaded, FakeEditor(loaded), make_cases(3), cfg, tmp_path).run()
     paths = write_report(tmp_path, summary)
@@ -307,8 +305,6 @@ def test_report_writes_table_and_plots(loaded: LoadedModel, tmp_path: Path) -> N
 @pytest.mark.slow
 def test_runs_with_the_real_editor_on_a_tiny_model(tmp_path: Path) -> None:
     path = default_data_dir() / "counterfact" / "counterfact-rome-schema-sample.json"
-    if not path.is_file():
-        pytest.skip(f"CounterFact sample not found in {default_data_dir()}; set ROME_DATA_DIR")
     lm = random_model("tiny-gpt2")
     hp = hparams_for("random:tiny-gpt2").replace(
         context_template_schedule=((5, 2),), v_num_grad_steps=5

@@ -236,7 +236,7 @@ def resolve_data_path(spec: str | os.PathLike[str]) -> Path:
     looked = str(path) if path.is_absolute() else f"{path} and {candidate}"
     raise FileNotFoundError(
         f"data file {str(spec)!r} not found: looked at {looked} (data folder "
-        f"{describe_data_dir()}); pass an existing path, or {HOW_TO_GET}"
+        f"{describe_data_dir()}); pass --data with an existing file, or {HOW_TO_GET}"
     )
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from rome_fast.eval.score import generate
-from rome_fast.infra.datadir import default_data_dir
+from rome_fast.infra.datadir import DATA_ENV, default_data_dir
 from rome_fast.model.context import check_fits
 from rome_ref.metrics import accuracy, f1_score, matthews_corrcoef
 
@@ -81,7 +81,10 @@ def task_file(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path
         (p for p in (base / f"{name}.jsonl", base / "glue" / f"{name}.jsonl") if p.is_file()), None
     )
     if path is None:
-        raise FileNotFoundError(f"{name}.jsonl not found in {base}; pass --glue-data DIR")
+        raise FileNotFoundError(
+            f"{name}.jsonl not found in {base}; pass --glue-data DIR, or set {DATA_ENV} to a "
+            f"folder holding glue/{name}.jsonl"
+        )
     return path
 
 

@@ -7,13 +7,17 @@ A :class:`Corpus` is a named, re-iterable stream of documents with a stable
   at their `` = Title = `` headings (or into paragraphs), optionally detokenized;
 * :func:`text_files` — a user's own plain-text files (one document per file, paragraph or line);
 * :func:`hf_dataset` — a Hugging Face dataset already on this machine (never downloaded);
+* :func:`embedded_wikitext` — the opening of each WikiText-2 article, shipped in the package
+  (``rome_fast/stats/data/``, CC BY-SA 3.0, docs/DATA.md): real text with no data folder;
 * :func:`model_samples` — text sampled from the model itself, seeded, when nothing else exists.
 
-:func:`default_corpus` picks WikiText-2 from the data folder when present, else model samples.
+:func:`default_corpus` picks WikiText-2 from the data folder when present, else the shipped
+openings, else model samples.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import importlib.util
 import logging
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+from tqdm.auto import tqdm
 
 from rome_fast.infra.datadir import default_data_dir
 
@@ -35,6 +40,12 @@ log = logging.getLogger(__name__)
 
 WIKITEXT_DIR = "wikitext-2"
 WIKITEXT_SPLITS = ("valid", "test")
+# The shipped excerpt: the first OPENING_CHARS characters of every article of WikiText-2 valid
+# and test, in the tokenized release form (built by `article_openings`; docs/DATA.md). 2,000
+# characters hold more than SmolLM2's 256-token window (mom2_max_length) of every article
+# (docs/results/embedded-corpus.md), so its C equals the full files' C.
+EMBEDDED_WIKITEXT = Path(__file__).parent / "data" / "wikitext-2-openings.txt.gz"
+OPENING_CHARS = 2000
 
 # An article title is a line " = Title = "; sections are " = = Section = = " and deeper.
 _ARTICLE_HEADING = re.compile(r"^ = [^=].* = $")
@@ -110,6 +121,28 @@ def split_wikitext(text: str, unit: Literal["article", "paragraph"] = "article")
     return ["\n".join(article) for article in articles]
 
 
+def article_openings(text: str, chars: int = OPENING_CHARS) -> str:
+    """Raw WikiText holding the first ``chars`` characters of each article of ``text``, in the
+    same form: ``split_wikitext`` of the result gives each article of ``text`` cut to ``chars``
+    characters (its lines stripped, as ``split_wikitext`` gives them)."""
+    openings = (article[:chars] for article in split_wikitext(text, "article"))
+    # " line " per line: split_wikitext strips it back and finds the " = Title = " headings.
+    return "".join(f" {line} \n" for opening in openings for line in opening.splitlines())
+
+
+def embedded_wikitext(path: str | os.PathLike[str] = EMBEDDED_WIKITEXT) -> Corpus:
+    """The opening of each WikiText-2 (valid+test) article shipped with the package, detokenized
+    (gzip-compressed raw WikiText; see :data:`EMBEDDED_WIKITEXT`)."""
+    raw = gzip.decompress(Path(path).read_bytes()).decode("utf-8")
+    documents = [detokenize_wikitext(doc) for doc in split_wikitext(raw, "article")]
+    identifier = f"wikitext-openings:{OPENING_CHARS}:{_content_hash([raw.encode()])}"
+    description = (
+        f"WikiText-2 valid+test, the first {OPENING_CHARS} characters of its "
+        f"{len(documents)} articles (shipped with rome-verify)"
+    )
+    return _from_texts(identifier, description, documents)
+
+
 def wikitext(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -127,7 +160,8 @@ def wikitext(
     if missing:
         raise FileNotFoundError(
             f"WikiText file(s) not found: {', '.join(missing)}; pass the folder holding "
-            f"{', '.join(f'{s}.txt' for s in splits)} or set ROME_DATA_DIR"
+            f"{', '.join(f'{s}.txt' for s in splits)} (e.g. --stats-corpus FOLDER) or set "
+            f"ROME_DATA_DIR to a folder with {WIKITEXT_DIR}/ in it"
         )
     raw = [f.read_text(encoding="utf-8") for f in files]
     documents = [doc for text in raw for doc in split_wikitext(text, unit)]
@@ -238,7 +272,9 @@ def sample_texts(
         raise ValueError("the tokenizer has neither a BOS nor an EOS token to start sampling from")
     generator = torch.Generator(device="cpu").manual_seed(seed)
     texts: list[str] = []
-    with torch.inference_mode():
+    # Counts tokens, not texts: a batch of texts finishes all at once, after n_tokens steps.
+    bar = tqdm(total=n_texts * n_tokens, desc=f"sampling texts from {loaded.name}", unit="tok")
+    with torch.inference_mode(), bar:
         for first in range(0, n_texts, batch_size):
             rows = min(batch_size, n_texts - first)
             ids = torch.full((rows, 1), start, dtype=torch.long, device=loaded.device)
@@ -252,6 +288,7 @@ def sample_texts(
                 choice = torch.multinomial(top_logits.softmax(-1), 1, generator=generator)
                 step_ids = top_ids.gather(-1, choice).to(loaded.device)  # (rows, 1)
                 ids = torch.cat([ids, step_ids], dim=1)
+                bar.update(rows)
             texts.extend(tokenizer.batch_decode(ids[:, 1:], skip_special_tokens=True))
     return texts
 
@@ -286,16 +323,22 @@ def model_samples(
 
 
 def default_corpus(loaded: LoadedModel) -> Corpus:
-    """WikiText-2 (valid+test articles) from the data folder if present, else model samples."""
+    """WikiText-2 (valid+test articles) from the data folder if present, else the article
+    openings shipped in the package, else (a package without them) model samples; one line
+    says which."""
     folder = default_data_dir() / WIKITEXT_DIR
     if all((folder / f"{split}.txt").is_file() for split in WIKITEXT_SPLITS):
         corpus = wikitext(folder)
+    elif EMBEDDED_WIKITEXT.is_file():
+        corpus = embedded_wikitext()
     else:
         corpus = model_samples(loaded)
         log.warning(
-            "no WikiText-2 under %s (set ROME_DATA_DIR or pass corpus=); "
-            "using text sampled from the model instead",
+            "key statistics from text sampled from the model: no %s under %s and no shipped "
+            "excerpt at %s (set ROME_DATA_DIR or pass --stats-corpus)",
+            WIKITEXT_DIR,
             folder,
+            EMBEDDED_WIKITEXT,
         )
     log.info("key statistics corpus: %s", corpus.description)
     return corpus
