@@ -19,7 +19,8 @@ from rome_fast.conform.protocol import CallableEditor, EditorUnderTest
 from rome_fast.conform.public import LAYOUTS, PublicEditor
 from rome_fast.conform.run import ConformReport
 from tests import conform_editors
-from tests.conform_setup import ANCHORS_ENV, conform, failed
+from tests.anchors import ANCHORS_ENV
+from tests.conform_setup import conform, failed
 from tests.models import FAMILIES
 
 Factory = Callable[[], EditorUnderTest]

@@ -33,7 +33,7 @@ from rome_fast.testing_batch.battery import (
 from rome_fast.testing_batch.cases import Batch, BatchParams, make_batch
 from rome_ref import batched as rb
 from tests import batch_strategies as bs
-from tests.test_hparams_files import ANCHORS, require
+from tests.anchors import checkout
 
 MARGIN = 16
 DTYPES = {"float64": (torch.float64, bs.batches, bs.null_space_batches)}
@@ -177,14 +177,15 @@ PUBLIC_FILES: dict[str, tuple[Mapping[str, Any], tuple[str, ...]]] = {
 }
 
 
+@pytest.mark.anchors
 @pytest.mark.parametrize("method", sorted(PUBLIC_FILES))
 def test_the_public_tables_hold_easyedits_values(method: str) -> None:
     """Each ``PUBLIC`` entry against EasyEdit's yaml of the same name, field by field."""
     import yaml
 
     table, fields = PUBLIC_FILES[method]
-    paths = {name: ANCHORS / "easyedit" / "hparams" / method / f"{name}.yaml" for name in table}
-    require([path for path in paths.values() if path.exists()])
+    folder = checkout("easyedit") / "hparams" / method
+    paths = {name: folder / f"{name}.yaml" for name in table}
     for name, hparams in table.items():
         raw = yaml.safe_load(paths[name].read_text())
         assert hparams.layers == tuple(raw["layers"]), name

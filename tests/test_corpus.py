@@ -201,12 +201,12 @@ def test_hf_dataset_without_datasets_says_what_to_install() -> None:
 
 @pytest.mark.smollm2
 def test_shipped_openings_cover_smollm2s_statistics_window() -> None:
-    """SmolLM2's statistics read the first mom2_max_length tokens of a document: each cut
+    """SmolLM2's statistics read the first ``stats.max_length`` tokens of a document: each cut
     article's opening holds more, so C from the shipped excerpt is C from the full WikiText-2
     files (docs/results/embedded-corpus.md measures both)."""
     require_smollm2()
     tokenizer = load_model("smollm2").tokenizer
-    cap = hparams_for("smollm2").mom2_max_length
+    cap = hparams_for("smollm2").stats.max_length
     assert cap is not None
     raw = gzip.decompress(corpora.EMBEDDED_WIKITEXT.read_bytes()).decode("utf-8")
     for opening, document in zip(

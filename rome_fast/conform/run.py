@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from rome_fast.conform.floors import float64_truth, measured_floors
-from rome_fast.conform.invoke import DEFAULT_TIMEOUT, EditorHung, call_editor
+from rome_fast.conform.invoke import EditorHung, call_editor
 from rome_fast.conform.ours import editor_for
 from rome_fast.conform.properties import (
     DESCRIPTIONS,
@@ -27,6 +27,7 @@ from rome_fast.conform.properties import (
 )
 from rome_fast.conform.protocol import ConformInputs, EditorUnderTest
 from rome_fast.conform.state import differences, reset, snapshot
+from rome_fast.conform.timeouts import DEFAULT_TIMEOUT
 from rome_fast.edit.request import EditRequest
 from rome_fast.hparams.defaults import HParams
 from rome_fast.model.loader import LoadedModel

@@ -27,7 +27,7 @@ from rome_fast.conform.run import ConformReport
 
 def _settings() -> argparse.Namespace:
     from rome_fast.cli.conform import PATH_VARIABLE
-    from rome_fast.conform.invoke import DEFAULT_TIMEOUT
+    from rome_fast.conform.timeouts import DEFAULT_TIMEOUT
 
     editor = os.environ.get("ROME_CONFORM_EDITOR")
     if not editor:
