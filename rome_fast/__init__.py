@@ -30,7 +30,7 @@ _EXPORTS = {
     "EditResult": "rome_fast.edit.request",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605  the lazy exports' names, from their table
 
 
 def __getattr__(name: str) -> Any:

@@ -40,7 +40,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypedDict
 
 import numpy as np
 import torch
@@ -76,6 +76,17 @@ class UpdateFn(Protocol):
     ) -> RankOne: ...
 
 
+class UpdateArgs(TypedDict):
+    """A case's inputs as tensors: ``rank_one_update(**args, variant=...)``."""
+
+    W0: torch.Tensor  # (d_out, d_in)
+    C: torch.Tensor  # (d_in, d_in)
+    k_star: torch.Tensor  # (d_in,)
+    k_prompt: torch.Tensor  # (d_in,)
+    v_star: torch.Tensor  # (d_out,)
+    bias: torch.Tensor | None  # (d_out,)
+
+
 @dataclass(frozen=True)
 class CaseParams:
     """Everything that determines a test case; ``make_case`` builds the arrays from it."""
@@ -103,18 +114,20 @@ class Case:
     def key(self, name: KeyName) -> F64:
         return self.k_star if name == "k_star" else self.k_prompt
 
-    def torch_args(self, dtype: torch.dtype, device: str = "cpu") -> dict[str, torch.Tensor | None]:
-        def t(x: F64 | None) -> torch.Tensor | None:
-            return None if x is None else torch.tensor(x, dtype=dtype, device=device)
+    def torch_args(self, dtype: torch.dtype, device: str = "cpu") -> UpdateArgs:
+        """The inputs as tensors under ``rank_one_update``'s parameter names."""
 
-        return {
-            "W0": t(self.W0),
-            "C": t(self.C),
-            "k_star": t(self.k_star),
-            "k_prompt": t(self.k_prompt),
-            "v_star": t(self.v_star),
-            "bias": t(self.bias),
-        }
+        def t(x: F64) -> torch.Tensor:
+            return torch.tensor(x, dtype=dtype, device=device)
+
+        return UpdateArgs(
+            W0=t(self.W0),
+            C=t(self.C),
+            k_star=t(self.k_star),
+            k_prompt=t(self.k_prompt),
+            v_star=t(self.v_star),
+            bias=None if self.bias is None else t(self.bias),
+        )
 
 
 def make_case(p: CaseParams) -> Case:
@@ -204,9 +217,7 @@ class UpdateUnderTest:
         return _f64(r.delta())
 
     def factors(self, case: Case) -> RankOne:
-        t = case.torch_args(self.dtype)
-        bias = t.pop("bias")
-        return self.update(**t, bias=bias)  # type: ignore[arg-type]
+        return self.update(**case.torch_args(self.dtype))
 
     def tol(self, case: Case) -> float:
         p = case.params

@@ -67,7 +67,7 @@ def table() -> str:
             for seed in range(SEEDS):
                 p = BatchParams(seed, D_IN, D_OUT, N, log10_cond, log10_key_cond, 0, False)
                 b, nb = make_batch(p), make_batch(BatchParams(**{**p.__dict__, "null_dim": 96}))
-                for dtype in ratios:
+                for dtype in tuple(ratios):
                     for name, (error, ratio) in errors(b, nb, dtype).items():
                         worst[name, dtype] = max(worst.get((name, dtype), 0.0), error)
                         ratios[dtype] = max(ratios[dtype], ratio)

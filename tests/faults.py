@@ -110,7 +110,9 @@ def records(out: Path) -> dict[str, Any]:
     return found
 
 
-def first_difference(expected: Any, got: Any, where: str = "") -> str | None:
+def first_difference(  # noqa: PLR0911  one return per kind of node
+    expected: Any, got: Any, where: str = ""
+) -> str | None:
     """Where two record trees first differ (a readable failure message), or None."""
     if isinstance(expected, dict) and isinstance(got, dict):
         if expected.keys() != got.keys():

@@ -59,7 +59,8 @@ def test_original_config_misses_k_star() -> None:
     report = conform(editor, expect="rome")
     (case,) = report.cases
     residual = case.identification.insertion_residual
-    assert residual["k_prompt"] < 1e-4 < 1e-2 < residual["k_star"], str(report)
+    assert residual["k_prompt"] < 1e-4, str(report)
+    assert residual["k_star"] > 1e-2, str(report)
     assert "asymmetric" in report.description
 
 

@@ -29,8 +29,8 @@ def test_low_precision_matches_reference(
 def test_reused_covariance_factor_gives_the_same_update(params: CaseParams, variant: str) -> None:
     case = make_case(params)
     t = case.torch_args(torch.float64)
-    factor = CovarianceFactor.from_matrix(t.pop("C"))  # type: ignore[arg-type]
-    bias = t.pop("bias")
-    from_factor = rank_one_update(C=factor, **t, variant=variant, bias=bias)  # type: ignore[arg-type]
-    from_matrix = rank_one_update(C=torch.tensor(case.C), **t, variant=variant, bias=bias)  # type: ignore[arg-type]
+    W0, C, k_star, k_prompt, v_star = t["W0"], t["C"], t["k_star"], t["k_prompt"], t["v_star"]
+    factor = CovarianceFactor.from_matrix(C)
+    from_factor = rank_one_update(W0, factor, k_star, k_prompt, v_star, variant, bias=t["bias"])
+    from_matrix = rank_one_update(W0, C, k_star, k_prompt, v_star, variant, bias=t["bias"])
     assert torch.equal(from_factor, from_matrix)

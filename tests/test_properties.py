@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from numpy.typing import NDArray
 
 import rome_ref
 from rome_fast.infra.reproducer import reproducible
@@ -31,12 +32,20 @@ from tests.strategies import cases, misaligned_cases, small_cases, variants
 F64 = torch.float64
 
 
-def fast_delta(case: Case, variant: str, **overrides: np.ndarray | None) -> np.ndarray:
-    """rome_fast's ΔW (float64 numpy) for ``case`` with some inputs replaced."""
-    args = dict(case.torch_args(F64))
-    args.update({k: None if v is None else torch.tensor(v) for k, v in overrides.items()})
-    bias = args.pop("bias")
-    return to_numpy(rank_one_update(**args, variant=variant, bias=bias))  # type: ignore[arg-type]
+def fast_delta(
+    case: Case,
+    variant: str,
+    *,
+    W0: NDArray[np.float64] | None = None,
+    k_prompt: NDArray[np.float64] | None = None,
+) -> np.ndarray:
+    """rome_fast's ΔW (float64 numpy) for ``case``, optionally with another W0 or k_prompt."""
+    changed = replace(
+        case,
+        W0=case.W0 if W0 is None else W0,
+        k_prompt=case.k_prompt if k_prompt is None else k_prompt,
+    )
+    return to_numpy(rank_one_update(**changed.torch_args(F64), variant=variant))
 
 
 def tol(case: Case, variant: str) -> float:
@@ -124,12 +133,12 @@ class _ScaledSolve(CovarianceFactor):
 def test_rescaling_u_leaves_update_unchanged(params: CaseParams, variant: str, s: float) -> None:
     case = make_case(params)
     t = case.torch_args(F64)
-    cholesky = CovarianceFactor.from_matrix(t["C"]).cholesky  # type: ignore[arg-type]
-    v = t["v_star"] if case.bias is None else t["v_star"] - t["bias"]  # type: ignore[operator]
+    cholesky = CovarianceFactor.from_matrix(t["C"]).cholesky
+    v = t["v_star"] if t["bias"] is None else t["v_star"] - t["bias"]
     variant_fn = get_variant(variant)
 
     def delta(cov: CovarianceFactor) -> np.ndarray:
-        inp = UpdateInputs(t["W0"], cov, t["k_star"], t["k_prompt"], v)  # type: ignore[arg-type]
+        inp = UpdateInputs(t["W0"], cov, t["k_star"], t["k_prompt"], v)
         return to_numpy(variant_fn(inp).delta())
 
     unscaled = delta(CovarianceFactor(cholesky))

@@ -315,7 +315,7 @@ def _worst(first: float | None, second: float | None) -> float | None:
     return max(first, second)
 
 
-def run_conformance(
+def run_conformance(  # noqa: PLR0913  keyword-only: the harness settings of `rome conform`
     editor: EditorUnderTest,
     loaded: LoadedModel,
     requests: list[EditRequest],

@@ -145,7 +145,7 @@ def check_fits_context(
         )
 
 
-def evaluate_task(
+def evaluate_task(  # noqa: PLR0913  keyword-only: the few-shot settings a run records
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     name: str,
@@ -174,7 +174,7 @@ def evaluate_task(
     }
 
 
-def evaluate_glue(
+def evaluate_glue(  # noqa: PLR0913  keyword-only: the few-shot settings a run records
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     *,

@@ -251,13 +251,13 @@ def read_hparams_file(path: str | Path) -> HParamsFile:
         )
     changes: dict[str, Any] = {}
     set_by: dict[str, str] = {}
-    for name, value in data.items():
+    for name, raw in data.items():
         if name in MAPPED:
             target, parse = MAPPED[name]
-            value = parse(name, value)
+            value = parse(name, raw)
         elif name in OUR_FIELDS:
             target = name
-            value = tuple(map(tuple, value)) if isinstance(value, list) else value
+            value = tuple(map(tuple, raw)) if isinstance(raw, list) else raw
         else:
             continue
         if target in set_by:

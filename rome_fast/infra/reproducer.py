@@ -45,7 +45,7 @@ class Source:
     imports: frozenset[tuple[str, str]] = frozenset()  # (module, name): from module import name
 
 
-def python_source(value: object) -> Source:
+def python_source(value: object) -> Source:  # noqa: PLR0911  one return per kind of value
     """The source of ``value`` for a fresh interpreter; ``Unreproducible`` if there is none."""
     if value is None or isinstance(value, bool | int | str | bytes):
         return Source(repr(value))

@@ -106,7 +106,7 @@ def pin_onednn(choice: bool) -> None:
     """Use ``choice`` instead of measuring: a worker follows its driver's measured choice,
     so that the two kernels' different roundings never make a distributed run differ from
     the same run in one process."""
-    global _pinned
+    global _pinned  # noqa: PLW0603  one process-wide choice, as the measured one is
     if choice and not onednn_available():
         raise RuntimeError("this worker's torch build has no oneDNN linear operator")
     _pinned = choice

@@ -371,7 +371,7 @@ def _public_candidates(
     return [public_stats_path(stats_dir, name, module_name, dtype, n_samples) for name in names]
 
 
-def layer_stats(
+def layer_stats(  # noqa: PLR0913  keyword-only: the options of `rome stats`, one by one
     loaded: LoadedModel,
     layer: int,
     *,
@@ -442,7 +442,7 @@ def set_aside(path: Path) -> Path:
     return aside
 
 
-def layer_second_moment(
+def layer_second_moment(  # noqa: PLR0913  keyword-only: as layer_stats
     loaded: LoadedModel,
     layer: int,
     *,
