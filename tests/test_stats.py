@@ -22,7 +22,7 @@ from rome_fast.model.weights import weight_matrix
 from rome_fast.solve.rank_one import CovarianceFactor
 from rome_fast.stats import collect as stats
 from rome_fast.stats.corpus import Corpus, from_texts
-from rome_fast.stats.covariance import default_covariance
+from rome_fast.stats.covariance import StatsSource, default_covariance
 from tests.models import key_dim
 
 LAYER = 1
@@ -330,7 +330,7 @@ def test_one_provider_gives_each_layer_its_own_C(
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     hparams = hparams_for(gpt2.name).replace(mom2_max_length=64)
     options: dict[str, Any] = {"corpus": from_texts(varied_texts(20)), "n_samples": 20}
-    provider = default_covariance(hparams, **options)
+    provider = default_covariance(hparams, StatsSource(**options))
     editor = Editor(gpt2, hparams=hparams, stats=provider)
     layers = (LAYER, LAYER + 1, LAYER)
     own = {

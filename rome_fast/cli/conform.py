@@ -127,14 +127,15 @@ def add_conform_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="N edits in a row without restoring between them (the first N cases), each "
-        "checked on the weights as they are then, reverted in reverse order at the end",
+        "checked on the weights as they are then, reverted in reverse order at the end "
+        "(default: none: each case starts from the original weights)",
     )
     p.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
-        help=f"per edit; a slower editor fails edit_completed (default {DEFAULT_TIMEOUT:g})",
+        help="per edit; a slower editor fails edit_completed",
     )
     add_stats_arguments(p)
 
