@@ -82,30 +82,28 @@ def test_conform_bad_usage_exits_2_with_one_line(
     assert len(err.strip().splitlines()) == 1, err
 
 
-def test_pytest_entry_reports_each_property() -> None:
-    env = {
-        **os.environ,
-        "ROME_CONFORM_EDITOR": "tests.conform_editors:revert_by_rounding",
-        "ROME_CONFORM_EXPECT": "r-rome",
-        "ROME_CONFORM_CASES": "1",
-        "ROME_CONFORM_STEPS": "3",
-    }
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--pyargs",
-            "rome_fast.conform.test_conformance",
-        ],
-        env=env,
+def run_pytest_entry(settings: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``pytest --pyargs rome_fast.conform.test_conformance`` with ``settings`` in its
+    environment, as a user's CI runs it."""
+    entry = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "--pyargs"]
+    return subprocess.run(
+        [sys.executable, *entry, "rome_fast.conform.test_conformance", *args],
+        env={**os.environ, **settings},
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
+    )
+
+
+def test_pytest_entry_reports_each_property() -> None:
+    run = run_pytest_entry(
+        {
+            "ROME_CONFORM_EDITOR": "tests.conform_editors:revert_by_rounding",
+            "ROME_CONFORM_EXPECT": "r-rome",
+            "ROME_CONFORM_CASES": "1",
+            "ROME_CONFORM_STEPS": "3",
+        }
     )
     assert run.returncode == 1, run.stdout + run.stderr
     assert "FAILED rome_fast/conform/test_conformance.py::test_property[revert_exact]" in run.stdout
@@ -158,31 +156,15 @@ def test_conform_timeout_must_be_positive(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_pytest_entry_runs_edits_in_sequence() -> None:
-    env = {
-        **os.environ,
-        "ROME_CONFORM_EDITOR": "tests.conform_editors:StaleWeight",
-        "ROME_CONFORM_EXPECT": "r-rome",
-        "ROME_CONFORM_SEQUENTIAL": "2",
-        "ROME_CONFORM_STEPS": "3",
-    }
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--pyargs",
-            "rome_fast.conform.test_conformance",
-            "-k",
-            "insertion_key",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    run = run_pytest_entry(
+        {
+            "ROME_CONFORM_EDITOR": "tests.conform_editors:StaleWeight",
+            "ROME_CONFORM_EXPECT": "r-rome",
+            "ROME_CONFORM_SEQUENTIAL": "2",
+            "ROME_CONFORM_STEPS": "3",
+        },
+        "-k",
+        "insertion_key",
     )
     assert run.returncode == 1, run.stdout + run.stderr
     assert (
