@@ -40,7 +40,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypedDict
+from typing import Protocol, TypedDict
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
 import rome_ref
+from rome_fast.infra import property_report
 from rome_fast.infra.reproducer import reproducer_note, reproducible
 from rome_fast.methods.rome.update import CovarianceFactor, RankOne, Variant, rank_one_factors
 from rome_fast.methods.rome.variants import KEY_NAMES, KeyName, RegisteredVariant
@@ -413,16 +414,8 @@ def run_property(
 
 # --- the report ------------------------------------------------------------------------------
 
-Status = Literal["passed", "failed", "skipped", "noted"]
-
-
-@dataclass(frozen=True)
-class PropertyResult:
-    name: str
-    status: Status
-    message: str = ""
-    params: CaseParams | None = None  # the smallest failing case found
-    reproducer: str = ""  # "reproduce with:" and a snippet that runs as pasted, or why none
+# A row's reproducer: "reproduce with:" and a snippet that runs as pasted, or why there is none.
+PropertyResult = property_report.PropertyResult[CaseParams]
 
 
 class VariantCheckError(AssertionError):
@@ -439,25 +432,18 @@ class VariantReport:
 
     @property
     def ok(self) -> bool:
-        return all(r.status != "failed" for r in self.results)
+        return property_report.all_passed(self.results)
 
     @property
     def failed(self) -> tuple[str, ...]:
-        return tuple(r.name for r in self.results if r.status == "failed")
+        return property_report.failed_names(self.results)
 
     def __str__(self) -> str:
         head = (
             f"variant {self.name}: inserts at {self.inserts_at}, direction C⁻¹{self.direction_at} "
             f"({', '.join(f'{k}={v}' for k, v in self.settings.items())})"
         )
-        width = max(len(r.name) for r in self.results)
-        rows = [f"  {r.name:<{width}}  {r.status:<7}  {r.message}".rstrip() for r in self.results]
-        failures = [
-            f"\n{r.name} fails on {r.params}; {r.reproducer}"
-            for r in self.results
-            if r.status == "failed"
-        ]
-        return "\n".join([head, *rows, *failures])
+        return property_report.report_text(head, self.results)
 
     def raise_if_failed(self) -> None:
         if not self.ok:

@@ -40,7 +40,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -48,6 +48,7 @@ from hypothesis import HealthCheck, Phase, find, settings
 from hypothesis.errors import NoSuchExample
 from torch import Tensor
 
+from rome_fast.infra import property_report
 from rome_fast.solve.low_rank import Factors
 from rome_fast.solve.schedule import ScheduleLayer
 from rome_fast.testing_batch.cases import (
@@ -470,16 +471,7 @@ def _describe_failure(run: Run, name: str, params: BatchParams) -> str:
     return "flaky: the shrunk case passes on rerun"
 
 
-Status = Literal["passed", "failed", "skipped"]
-
-
-@dataclass(frozen=True)
-class BatchPropertyResult:
-    name: str
-    status: Status
-    message: str = ""
-    params: BatchParams | None = None  # the smallest failing case found
-    reproducer: str = ""
+BatchPropertyResult = property_report.PropertyResult[BatchParams]
 
 
 class BatchCheckError(AssertionError):
@@ -496,23 +488,16 @@ class BatchReport:
 
     @property
     def ok(self) -> bool:
-        return all(r.status != "failed" for r in self.results)
+        return property_report.all_passed(self.results)
 
     @property
     def failed(self) -> tuple[str, ...]:
-        return tuple(r.name for r in self.results if r.status == "failed")
+        return property_report.failed_names(self.results)
 
     def __str__(self) -> str:
         setting = ", ".join(f"{k}={v}" for k, v in self.settings.items())
         head = f"batched method {self.name} ({setting})"
-        width = max(len(r.name) for r in self.results)
-        rows = [f"  {r.name:<{width}}  {r.status:<7}  {r.message}".rstrip() for r in self.results]
-        failures = [
-            f"\n{r.name} fails on {r.params}; reproduce with:\n{r.reproducer}"
-            for r in self.results
-            if r.status == "failed"
-        ]
-        return "\n".join([head, *rows, *failures])
+        return property_report.report_text(head, self.results, lead="reproduce with:\n")
 
     def raise_if_failed(self) -> None:
         if not self.ok:
