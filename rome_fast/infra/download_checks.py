@@ -9,12 +9,10 @@ statistics ``.npz`` must open with the arrays the public format holds.
 from __future__ import annotations
 
 import json
-import zipfile
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
+from rome_fast.infra.npz import NPZ_ERRORS, read_npz
 
 
 class IncompleteDownload(ValueError):
@@ -53,18 +51,12 @@ def check_npz_arrays(path: Path, arrays: Sequence[str]) -> None:
     """``path`` opens as an ``.npz`` whose ``arrays`` all read back."""
     size = path.stat().st_size
     try:
-        with path.open("rb") as handle:
-            loaded = np.load(handle, allow_pickle=False)
-            if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy: one array
-                raise ValueError("it holds a single array")
-            with loaded as data:
-                missing = [a for a in arrays if a not in data.files]
-                # reading each array checks its bytes against the zip's CRC
-                _ = [data[a] for a in arrays if a not in missing]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        held = read_npz(path)
+    except NPZ_ERRORS as err:
         raise IncompleteDownload(
             f"the {size} bytes that arrived are not a readable .npz ({type(err).__name__}: {err})"
         ) from None
+    missing = [a for a in arrays if a not in held]
     if missing:
         raise IncompleteDownload(
             f"the .npz that arrived ({size} bytes) lacks the arrays {', '.join(missing)}"

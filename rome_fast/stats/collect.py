@@ -23,8 +23,6 @@ import logging
 import os
 import re
 import time
-import zipfile
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -37,6 +35,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from rome_fast.infra.datadir import cache_dir
+from rome_fast.infra.npz import NPZ_ERRORS, read_npz
 from rome_fast.model.context import context_length
 from rome_fast.model.hooks import capture, run_until
 from rome_fast.model.linear import onednn_linears
@@ -107,14 +106,8 @@ def load_npz_stats(path: str | os.PathLike[str]) -> SecondMomentStats:
     if not source.is_file():
         raise FileNotFoundError(f"statistics file {source} does not exist")
     try:
-        # Our own handle: np.load leaks its handle when a damaged zip fails to open.
-        with source.open("rb") as handle:
-            loaded = np.load(handle, allow_pickle=False)
-            if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy: one array
-                raise ValueError("it holds a single array")
-            with loaded as data:
-                arrays = {key: data[key] for key in data.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        arrays = read_npz(source)
+    except NPZ_ERRORS as err:
         raise ValueError(
             f"{source} is not a readable .npz statistics file ({type(err).__name__}: {err}); "
             "it is empty, truncated or not a .npz: pass a complete file, or omit it to "
