@@ -6,6 +6,7 @@ the correct controls and the planted-bug editors of tests/conform_editors.py).""
 from __future__ import annotations
 
 import argparse
+import datetime
 import functools
 import math
 import platform
@@ -135,7 +136,8 @@ def write(
         "",
         f"Written by `python -m tests.conform_bounds_report --out {args.out} --families "
         f"{args.families} --steps {args.steps} --cases {args.cases}` ({platform.machine()} "
-        f"CPU, commit {commit}): the harness of tests/conform_setup.py (fixed templates, a "
+        f"CPU, commit {commit}, {datetime.date.today().isoformat()}): the harness of "
+        "tests/conform_setup.py (fixed templates, a "
         f"seeded random SPD C), {args.steps} v* steps, {args.cases} case(s) per run (two, "
         "in sequence, for StaleWeight). A numeric property's bound is MARGIN × floor with "
         f"MARGIN = {MARGIN:g}; its floor is the largest value a correct float32 editor reaches "
