@@ -127,9 +127,20 @@ def reader_of(command: DocCommand) -> str:
     return f"{command.source} | {session(command)}"
 
 
+def run_so_far(command: DocCommand) -> tuple[str, ...]:
+    """What running ``command`` does: its reader's commands up to it, in a fresh folder."""
+    same_reader = [c for c in filter(runnable, COMMANDS) if reader_of(c) == reader_of(command)]
+    return tuple(c.text for c in same_reader[: same_reader.index(command) + 1])
+
+
 def params() -> Iterator[object]:
+    # A line shown in several places with the same lines before it (the examples of
+    # `rome gate --help` and `rome baseline --help`) runs once: a second run would repeat
+    # the first exactly.
+    seen = set()
     for c in COMMANDS:
-        if runnable(c):
+        if runnable(c) and run_so_far(c) not in seen:
+            seen.add(run_so_far(c))
             marks = {"smollm2": [pytest.mark.smollm2], "ray": [pytest.mark.ray], "tests": []}
             # A public editor's checkout: third-party code, absent from a bare clone.
             public = [pytest.mark.anchors] if "--editor-path" in c.argv else []
