@@ -82,9 +82,8 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def anchors(session: nox.Session) -> None:
-    """The default suite's tests of the third-party code under test (marker anchors) alone:
-    CI runs the suite from a bare copy of the clone, where they are one group skip, then
-    these where the code is."""
+    """The default suite's tests of the third-party code under test (marker anchors) alone,
+    for a clone whose `tests` session ran without that code (one group skip there)."""
     folder = outside_the_clone(session, "ROME_ANCHORS_DIR", "anchors", "rebuilding-rome")
     install(session, "test")
     env = {**ONE_THREAD, **FIXTURE_DATA, "ROME_ANCHORS_DIR": folder}
