@@ -28,6 +28,7 @@ BATCH_BATTERY = ("tests/test_batch_battery.py", "-k", "pass_the_battery and floa
 SITES = "tests/test_update_sites.py"
 HPARAMS = "tests/test_hparams.py"
 CONFORM = "tests/test_conform.py"
+BATCH_FILES = "tests/test_batch_hparams_files.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # ---------------------------------------------------------------- metrics
@@ -1115,6 +1116,34 @@ MUTANTS: tuple[Mutant, ...] = (
         "",
         "the sampling fallback's progress bar sits at zero until the end",
         ("tests/test_corpus.py", "-k", "progress"),
+    ),
+    # ------------------------------------------------------ batched hparams files
+    Mutant(
+        "batch_hparams_first_layer",
+        "batched hparams files",
+        "rome_fast/hparams/batch_files.py",
+        '"layer": method_hparams.layers[-1],',
+        '"layer": method_hparams.layers[0],',
+        "the target optimization runs at the first edited layer, not the last (compute_z's)",
+        (BATCH_FILES, "-k", "last_edited"),
+    ),
+    Mutant(
+        "batch_hparams_unread_applied",
+        "batched hparams files",
+        "rome_fast/hparams/batch_files.py",
+        "read = {name: value for name, value in data.items() if name not in ignored}",
+        "read = dict(data)",
+        "a field the public code never reads (mom2_adjustment) is applied",
+        (BATCH_FILES, "-k", "never_reads"),
+    ),
+    Mutant(
+        "batch_hparams_alphaedit_weight_read",
+        "batched hparams files",
+        "rome_fast/hparams/batch_files.py",
+        'ALPHAEDIT_NOT_READ if method == "alphaedit" else {}',
+        "{}",
+        "AlphaEdit's unread mom2_update_weight is refused as another method's field",
+        (BATCH_FILES, "-k", "alphaedit"),
     ),
     Mutant(
         "data_skip_passes",

@@ -28,7 +28,7 @@ YAML (``5e-1`` is a string to YAML 1.1; EasyEdit converts it), numbers are parse
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,7 @@ def variant_from_flags(flags: Mapping[str, bool]) -> str:
     return "rome" if direction_k_star else "p-rome"
 
 
-def _number(kind: type) -> Callable[[str, Any], Any]:
+def parse_number(kind: type) -> Callable[[str, Any], Any]:
     def parse(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise ValueError(f"field {name!r} must be a number, got {value!r}")
@@ -103,7 +103,7 @@ def _layer(name: str, value: Any) -> int:
             f"field {name!r} lists {len(layers)} layers ({value!r}); this editor edits one "
             "layer per edit: keep one layer in the file or pass --layer"
         )
-    parsed: int = _number(int)(name, layers[0])
+    parsed: int = parse_number(int)(name, layers[0])
     return parsed
 
 
@@ -112,7 +112,7 @@ def _schedule(name: str, value: Any) -> tuple[tuple[int, int], ...]:
         isinstance(pair, list) and len(pair) == 2 for pair in value
     ):
         raise ValueError(f"field {name!r} must be a list of [length, count] pairs, got {value!r}")
-    to_int = _number(int)
+    to_int = parse_number(int)
     return tuple((to_int(name, length), to_int(name, count)) for length, count in value)
 
 
@@ -136,14 +136,14 @@ def _mom2_dataset(name: str, value: Any) -> str:
 # Field name -> (HParams field it sets, parser). The parser returns the value to set.
 MAPPED: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "layers": ("layer", _layer),
-    "v_num_grad_steps": ("v_num_grad_steps", _number(int)),
-    "v_lr": ("v_lr", _number(float)),
-    "v_weight_decay": ("v_weight_decay", _number(float)),
-    "clamp_norm_factor": ("clamp_norm_factor", _number(float)),
-    "kl_factor": ("kl_factor", _number(float)),
+    "v_num_grad_steps": ("v_num_grad_steps", parse_number(int)),
+    "v_lr": ("v_lr", parse_number(float)),
+    "v_weight_decay": ("v_weight_decay", parse_number(float)),
+    "clamp_norm_factor": ("clamp_norm_factor", parse_number(float)),
+    "kl_factor": ("kl_factor", parse_number(float)),
     "mom2_adjustment": ("mom2_adjustment", _bool),
     "context_template_length_params": ("context_template_schedule", _schedule),
-    "mom2_n_samples": ("mom2_n_samples", _number(int)),
+    "mom2_n_samples": ("mom2_n_samples", parse_number(int)),
     "mom2_dtype": ("mom2_dtype", _string),
     "mom2_dataset": ("stats_corpus", _mom2_dataset),
 }
@@ -243,17 +243,34 @@ def _variant(data: Mapping[str, Any]) -> str | None:
 def read_hparams_file(path: str | Path) -> HParamsFile:
     """The file's values, its variant and notes on what the file sets elsewhere."""
     data = read_mapping(path)
-    unknown = sorted(set(data) - set(FIELDS) - set(OUR_FIELDS))
+    refuse_unknown(path, data, FIELDS)
+    changes = mapped_values(path, data, MAPPED)
+    modules, notes = checked_fields(path, data, OWNED_ELSEWHERE)
+    return HParamsFile(str(path), changes, _variant(data), modules, notes)
+
+
+def refuse_unknown(path: str | Path, data: Mapping[str, Any], known: Sequence[str]) -> None:
+    """Every field must be one of ``known`` (the public code's) or ours by name."""
+    unknown = sorted(set(data) - set(known) - set(OUR_FIELDS))
     if unknown:
         raise ValueError(
             f"hparams file {str(path)!r}: unknown fields {unknown}; known: the public "
-            f"code's {sorted(FIELDS)} and ours {sorted(OUR_FIELDS)}"
+            f"code's {sorted(known)} and ours {sorted(OUR_FIELDS)}"
         )
+
+
+def mapped_values(
+    path: str | Path,
+    data: Mapping[str, Any],
+    mapped: Mapping[str, tuple[str, Callable[[str, Any], Any]]],
+) -> dict[str, Any]:
+    """``HParams`` field -> value for the fields of ``mapped`` and ours by name; two fields
+    that set one value are refused."""
     changes: dict[str, Any] = {}
     set_by: dict[str, str] = {}
     for name, raw in data.items():
-        if name in MAPPED:
-            target, parse = MAPPED[name]
+        if name in mapped:
+            target, parse = mapped[name]
             value = parse(name, raw)
         elif name in OUR_FIELDS:
             target = name
@@ -266,19 +283,27 @@ def read_hparams_file(path: str | Path) -> HParamsFile:
                 f"{target}; keep one"
             )
         changes[target], set_by[target] = value, name
+    return changes
+
+
+def checked_fields(
+    path: str | Path, data: Mapping[str, Any], owned_elsewhere: Mapping[str, str]
+) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The fields checked without effect (refused when we cannot honour them), the module
+    names (``MODULE_FIELDS`` present) and a note naming the fields another option owns."""
     if "fact_token" in data:
         _fact_token("fact_token", data["fact_token"])
     if "v_loss_layer" in data:
         # compute_v.py traces this layer's output but never reads it: the loss uses the logits.
-        _number(int)("v_loss_layer", data["v_loss_layer"])
+        parse_number(int)("v_loss_layer", data["v_loss_layer"])
     modules = {name: _string(name, data[name]) for name in MODULE_FIELDS if name in data}
-    elsewhere = [f"{name} ({owner})" for name, owner in OWNED_ELSEWHERE.items() if name in data]
+    elsewhere = [f"{name} ({owner})" for name, owner in owned_elsewhere.items() if name in data]
     notes: tuple[str, ...] = (
         (f"{path}: not applied, other options set them: {', '.join(elsewhere)}",)
         if elsewhere
         else ()
     )
-    return HParamsFile(str(path), changes, _variant(data), modules, notes)
+    return modules, notes
 
 
 def check_against_model(hfile: HParamsFile, model: nn.Module, adapter: Adapter, layer: int) -> None:
