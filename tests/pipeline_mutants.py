@@ -1134,4 +1134,32 @@ MUTANTS: tuple[Mutant, ...] = (
         "without the third-party code, each of its tests is a skip of its own, not one group",
         ("tests/test_bare_clone.py", "-k", "group_skip"),
     ),
+    # ---------------------------------------------------------------- batched targets
+    Mutant(
+        "batch_targets_shared_early_stop",
+        "batched targets",
+        "rome_fast/edit/value.py",
+        "if not bool(running.any()):",
+        "if not bool(running.all()):",
+        "the n-fact loop stops every fact as soon as one fact's loss is below the threshold",
+        ("tests/test_batch_targets.py", "-k", "stop_early and tiny-gpt2"),
+    ),
+    Mutant(
+        "batch_targets_delta_of_another_fact",
+        "batched targets",
+        "rome_fast/edit/value.py",
+        "per_row = delta[:, None].expand(",
+        "per_row = delta.roll(1, 0)[:, None].expand(",
+        "fact i's δ is added to the rows of fact i + 1",
+        ("tests/test_batch_targets.py", "-k", "one_fact_at_a_time and tiny-gpt2 and public"),
+    ),
+    Mutant(
+        "batch_targets_radius_of_v_init",
+        "batched targets",
+        "rome_fast/edit/value.py",
+        "torch.linalg.vector_norm(scale, dim=-1).double()",
+        "torch.linalg.vector_norm(module_init, dim=-1).double()",
+        "the clamp radius of MEMIT's z from ‖v_init‖ (the MLP output, ROME's) instead of ‖h‖",
+        ("tests/test_batch_targets.py", "-k", "own_ball and tiny-gpt2"),
+    ),
 )
