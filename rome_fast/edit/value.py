@@ -504,12 +504,15 @@ def optimize_facts(
                 forward_precision(),
             ):
                 logits = readout_logits(model, prefix.suffix_inputs(), reads.rows, reads.positions)
-            log_probs = torch.log_softmax(logits, dim=-1)
+            # Split, not sliced: the backward of a slice fills a zero (reads, V) gradient
+            # per slice, and at n facts those tensors are much of the loop's time.
+            target_logits, essence_logits = logits.split([n_read, vb.n_facts])
+            essence = torch.log_softmax(essence_logits, dim=-1)  # (n_facts, V)
             if initial_kl is None:  # the first pass has δ = 0
-                initial_kl = log_probs[n_read:].detach()
+                initial_kl = essence.detach()
             terms = LossTerms(
-                nll=rewriting_nll(log_probs[:n_read], vb),
-                kl=options.kl_factor * essence_kl(log_probs[n_read:], initial_kl),
+                nll=rewriting_nll(torch.log_softmax(target_logits, dim=-1), vb),
+                kl=options.kl_factor * essence_kl(essence, initial_kl),
                 weight_decay=options.weight_decay * weight_decay(delta, scale),
             )
             # The one host synchronization per iteration: the trace and the early-stop decision.
