@@ -10,6 +10,7 @@ import itertools
 import pytest
 import torch
 
+from rome_fast.edit import value
 from rome_fast.edit.batch import hidden_at_subjects
 from rome_fast.edit.batch_targets import BatchTargets, compute_batch_targets
 from rome_fast.edit.request import EditRequest
@@ -108,6 +109,22 @@ def test_the_batch_equals_one_fact_at_a_time(family: str, loss: str) -> None:
     opts = options(family, **LOSSES[loss])
     batch = compute_batch_targets(tiny_model(family), LAYER, REQUESTS, TEMPLATES, opts)
     assert_same_facts(batch, one_at_a_time(family, opts))
+
+
+# Read-out group budgets, in reads of tiny Llama's float32 logits (50257 tokens). The facts
+# have 4, 4, 13 and 4 reads (3 templates × target tokens, plus the essence prompt): each fact
+# alone; facts 0 and 1 together, then 2 and 3 each alone; all four together.
+READOUT_BUDGETS = {"fact by fact": 0, "mixed": 8, "all": 25}
+
+
+@pytest.mark.parametrize("budget", list(READOUT_BUDGETS))
+def test_the_read_out_groups_change_nothing(monkeypatch: pytest.MonkeyPatch, budget: str) -> None:
+    """The unembedding and log-softmax run per group of facts; any grouping gives the same
+    targets as one fact at a time."""
+    monkeypatch.setattr(value, "READOUT_GROUP_BYTES", READOUT_BUDGETS[budget] * 50257 * 4)
+    opts = options("tiny-llama")
+    batch = compute_batch_targets(tiny_model("tiny-llama"), LAYER, REQUESTS, TEMPLATES, opts)
+    assert_same_facts(batch, one_at_a_time("tiny-llama", opts))
 
 
 @pytest.mark.parametrize("family", TARGET_FAMILIES)
