@@ -208,6 +208,23 @@ def test_each_fact_is_clamped_to_its_own_ball_of_h(family: str) -> None:
     assert batch.deltas.norm(dim=0).tolist() == pytest.approx(radii.tolist(), rel=1e-4)
 
 
+def test_a_layout_wider_than_the_context_is_not_refused() -> None:
+    """Each prompt fits tiny GPT-2's 256 tokens, but aligning one subject near the start with
+    one near the end makes the batch 368 columns wide: positions count real tokens, so the
+    facts are optimized as one at a time."""
+    early = EditRequest("{} is " + "very " * 180 + "near", "Paris", "Rome")
+    late = EditRequest("word " * 180 + "{} is in", "Paris", "Rome")
+    opts = options("tiny-gpt2")
+    batch = compute_batch_targets(tiny_model("tiny-gpt2"), LAYER, [early, late], TEMPLATES, opts)
+    alone = [
+        compute_batch_targets(tiny_model("tiny-gpt2"), LAYER, [r], TEMPLATES, opts)
+        for r in (early, late)
+    ]
+    assert batch.adam_steps == [a.adam_steps[0] for a in alone]
+    errors = relative_errors(batch.deltas, torch.cat([a.deltas for a in alone], 1))
+    assert max(errors) <= DELTA_TOLERANCE, errors
+
+
 def test_no_request_is_refused() -> None:
     with pytest.raises(ValueError, match="no requests"):
         compute_batch_targets(tiny_model("tiny-gpt2"), LAYER, [], TEMPLATES, options("tiny-gpt2"))
