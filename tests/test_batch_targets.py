@@ -242,6 +242,16 @@ def test_a_prompt_without_its_slot_names_the_fact() -> None:
         )
 
 
+def test_a_subject_no_token_ends_names_the_fact() -> None:
+    """The batch tokenizes every fact's prompts at once; its failure is traced to the fact."""
+    merged = EditRequest("{}s are found in", "Paris", "Rome")  # "Paris" + "s" is one token
+    requests = [*REQUESTS[:3], merged]
+    with pytest.raises(ValueError, match=r"fact 3 \(subject 'Paris'\): cannot locate"):
+        compute_batch_targets(
+            tiny_model("tiny-gpt2"), LAYER, requests, TEMPLATES, options("tiny-gpt2")
+        )
+
+
 def test_prompts_beyond_the_context_name_their_facts() -> None:
     loaded = tiny_model("tiny-gpt2")  # a context of 256 tokens
     long = EditRequest("word " * 300 + "{} is in", "Paris", "Rome")
