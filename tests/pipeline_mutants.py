@@ -1171,4 +1171,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "in a read-out group of several facts, each fact's KL is read at another's essence prompt",
         ("tests/test_batch_targets.py", "-k", "read_out and all"),
     ),
+    Mutant(
+        "batch_targets_weight_decay_of_v_init",
+        "batched targets",
+        "rome_fast/edit/value.py",
+        "weight_decay(delta, scale)",
+        "weight_decay(delta, module_init)",
+        "the weight decay of MEMIT's z relative to ‖v_init‖ (ROME's) instead of ‖h‖",
+        ("tests/test_batch_targets.py", "-k", "romes_delta and tiny-gpt2 and public"),
+    ),
 )
