@@ -327,10 +327,11 @@ def _fact_groups(vb: ValueBatch, vocab: int) -> list[range]:
 
 
 def _reads(vb: ValueBatch, split: int, mlps: Sequence[nn.Module], layer: int, vocab: int) -> _Reads:
-    ends = (vb.target_lengths * vb.n_prompts).cumsum(0).tolist()  # each fact's last target read
+    # where each fact's target reads start (fact-major), and where the last one's end
+    starts = [0, *(vb.target_lengths * vb.n_prompts).cumsum(0).tolist()]
     rows, positions, groups = [], [], []
     for facts in _fact_groups(vb, vocab):
-        first, last = ([0, *ends][facts.start], ends[facts.stop - 1])  # its target reads
+        first, last = starts[facts.start], starts[facts.stop]  # the group's target reads
         essences = vb.essence_rows[facts.start : facts.stop]
         rows += [vb.target_rows[first:last], essences]
         positions += [vb.target_positions[first:last], vb.batch.positions[essences]]
@@ -375,9 +376,7 @@ def optimize_facts(
     prefix = PrefixCache(model, vb.batch, device, mlps)  # columns before the subject-last tokens
     # Every row's subject-last token is column 0 of the suffix the loop runs.
     delta_index = (vb.batch.rows.to(device), torch.zeros_like(vb.batch.rows).to(device))
-    unembedding = cast(PreTrainedModel, model).get_output_embeddings()
-    assert unembedding is not None, "the model has no output embeddings"
-    vocab = int(cast(Tensor, unembedding.weight).shape[0])
+    vocab = int(cast(PreTrainedModel, model).config.vocab_size)  # sizes the read-out groups
     reads = _reads(vb, prefix.split, mlps, site.layer, vocab)
     read_rows, read_positions = reads.rows.to(device), reads.positions.to(device)
 
