@@ -110,7 +110,7 @@ def test_diagnostics_describe_the_applied_update() -> None:
 
 
 @pytest.mark.parametrize(
-    "target", ["compute_v_star", "_relative_residual", "_require_finite_weights"]
+    "target", ["compute_v_star", "relative_residual", "require_finite_weights"]
 )
 def test_a_failed_edit_leaves_every_weight_bit_identical(
     monkeypatch: pytest.MonkeyPatch, target: str
