@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol, get_args
+from typing import Any, Protocol, get_args
 
 import torch
 from torch import Tensor
@@ -93,11 +93,14 @@ class BatchStatistics:
         for layer in self._null.values():
             layer.earlier = None
         for result in log:
-            if isinstance(result, BatchResult) and result.method == "alphaedit":
+            if isinstance(result, BatchResult):
                 self.remember(result)
 
     def remember(self, result: BatchResult) -> None:
-        """Add an applied AlphaEdit batch's keys to the null spaces of its layers."""
+        """Add an applied AlphaEdit batch's keys to the null spaces of its layers (other
+        methods' batches are not remembered: the public code keeps Kₚ for AlphaEdit only)."""
+        if result.method != "alphaedit":
+            return
         threshold = result.method_hparams["nullspace_threshold"]
         for site, keys in zip(result.update, result.keys, strict=True):
             layer = self._null.get((site.layer, threshold))
@@ -171,7 +174,7 @@ def edit_batch(
                 update=_on_cpu(written.update),
                 facts=_fact_records(editor, written, targets, facts),
                 conditioning=tuple(conditioning[layer] for layer in hp.layers),
-                method_hparams=dataclasses.asdict(hp),
+                method_hparams=_as_record(hp),
                 templates=templates,
                 seed=editor.seed,
                 # The statistics are computed once per layer and cached: not part of an edit.
@@ -261,9 +264,20 @@ def _naming_requests(err: SingularBatchError, facts: list[EditRequest]) -> Singu
     return SingularBatchError(f"refused the batch (model unchanged): {err} ({named})", err.facts)
 
 
+def _as_record(hp: MethodHParams) -> dict[str, Any]:
+    """The hyperparameters as JSON values (the layers as a list), as the log reads them back."""
+    fields = dataclasses.asdict(hp).items()
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in fields}
+
+
 def _on_cpu(update: Update) -> Update:
-    """The update as the result and the log hold it: CPU factors in the accumulation dtype."""
-    return Update(tuple(SiteUpdate(s.layer, s.module_name, s.factors.to("cpu")) for s in update))
+    """The update as the result and the log hold it: contiguous CPU factors in the
+    accumulation dtype (as the log reads them back)."""
+    return Update(tuple(SiteUpdate(s.layer, s.module_name, _cpu(s.factors)) for s in update))
+
+
+def _cpu(factors: Factors) -> Factors:
+    return Factors(factors.left.cpu().contiguous(), factors.right.cpu().contiguous())
 
 
 def _fact_records(
