@@ -45,9 +45,10 @@ CPU kernel (``rome_fast.model.linear``). The layout makes padding irrelevant her
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,7 @@ from rome_fast.model.tokens import (
     PromptBatch,
     apply_template,
     pad_id,
+    subject_last_index,
     subject_last_positions,
     target_token_ids,
 )
@@ -77,22 +79,60 @@ ESSENCE_PROMPT = "{} is a"
 
 @dataclass(frozen=True)
 class ValueBatch:
-    """The prompts of the v* optimization and the positions the loss reads."""
+    """The prompts of the target optimization of one or more facts and the positions the loss
+    reads. Rows are fact-major: fact i's ``n_prompts`` rewriting prompts (template order), then
+    its essence prompt. The one-fact accessors (``target_ids``, ``essence_row``, ...) are
+    ROME's."""
 
-    batch: PromptBatch  # n_prompts rewriting prompts, then the essence prompt
-    n_prompts: int
-    target_ids: Tensor  # (n_target,)
-    target_rows: Tensor  # (n_prompts * n_target,)
-    target_positions: Tensor  # (n_prompts * n_target,): logits there predict target_ids
-    bare_row: int  # the rewriting prompt built from the bare template
+    batch: PromptBatch  # n_facts * (n_prompts + 1) rows
+    n_prompts: int  # rewriting prompts per fact: one per template
+    targets: tuple[Tensor, ...]  # per fact (n_target_i,): the target's ids
+    target_rows: Tensor  # (n_reads,) fact-major, each prompt's target tokens in order
+    target_positions: Tensor  # (n_reads,): logits there predict read_ids
+    read_ids: Tensor  # (n_reads,)
+    read_slots: Tensor  # (n_reads,): (prompt · longest target + token) in the NLL's grid
+    bare_index: int  # the template index of the bare template "{}"
 
     @property
-    def essence_row(self) -> int:
-        return self.n_prompts
+    def n_facts(self) -> int:
+        return len(self.targets)
+
+    @property
+    def rows_per_fact(self) -> int:
+        return self.n_prompts + 1
+
+    @property
+    def essence_rows(self) -> Tensor:
+        return torch.arange(self.n_facts) * self.rows_per_fact + self.n_prompts  # (n_facts,)
+
+    @property
+    def bare_rows(self) -> Tensor:
+        return torch.arange(self.n_facts) * self.rows_per_fact + self.bare_index  # (n_facts,)
+
+    @property
+    def target_lengths(self) -> Tensor:
+        return torch.tensor([t.numel() for t in self.targets])  # (n_facts,)
+
+    @property
+    def target_ids(self) -> Tensor:
+        return self._one_fact().targets[0]  # (n_target,)
 
     @property
     def n_target(self) -> int:
         return int(self.target_ids.numel())
+
+    @property
+    def essence_row(self) -> int:
+        return self._one_fact().n_prompts
+
+    @property
+    def bare_row(self) -> int:
+        return self._one_fact().bare_index
+
+    def _one_fact(self) -> ValueBatch:
+        if self.n_facts != 1:
+            raise ValueError(f"this batch holds {self.n_facts} facts; read it per fact")
+        return self
 
 
 def build_value_batch(
@@ -101,34 +141,94 @@ def build_value_batch(
     templates: Sequence[str],
     padding_side: str = "right",
 ) -> ValueBatch:
-    target_ids = target_token_ids(tokenizer, request.target_new)  # quirk 1
-    rewriting = [apply_template(t, request.prompt) for t in templates]  # quirk 2
-    n = len(rewriting)
-    batch = subject_last_positions(
-        tokenizer,
-        [*rewriting, ESSENCE_PROMPT],
-        [request.subject] * (n + 1),
-        padding_side,
-        continuations=[target_ids[:-1]] * n + [[]],
+    """ROME's batch: one fact."""
+    return build_facts_batch(tokenizer, [request], templates, padding_side)
+
+
+def build_facts_batch(
+    tokenizer: PreTrainedTokenizerBase,
+    requests: Sequence[EditRequest],
+    templates: Sequence[str],
+    padding_side: str = "right",
+) -> ValueBatch:
+    """The rewriting and essence prompts of every request in one batch; an input error names
+    the fact it comes from."""
+    if not requests:
+        raise ValueError("no requests: the target optimization needs at least one fact")
+    bare = bare_template_index(templates)
+    targets: list[list[int]] = []
+    prompts: list[str] = []
+    subjects: list[str] = []
+    continuations: list[list[int]] = []
+    for fact, request in enumerate(requests):
+        with _naming_fact(fact, request):
+            target_ids = target_token_ids(tokenizer, request.target_new)  # quirk 1
+            rewriting = [apply_template(t, request.prompt) for t in templates]  # quirk 2
+        targets.append(target_ids)
+        prompts += [*rewriting, ESSENCE_PROMPT]
+        subjects += [request.subject] * (len(rewriting) + 1)
+        continuations += [target_ids[:-1]] * len(rewriting) + [[]]
+    try:
+        batch = subject_last_positions(
+            tokenizer, prompts, subjects, padding_side, continuations=continuations
+        )
+    except ValueError:
+        _locate_failing_fact(tokenizer, requests, templates)
+        raise
+    return _with_read_positions(
+        batch, len(templates), tuple(torch.tensor(t) for t in targets), bare
     )
-    return _with_read_positions(batch, n, torch.tensor(target_ids), bare_template_index(templates))
+
+
+@contextmanager
+def _naming_fact(fact: int, request: EditRequest) -> Iterator[None]:
+    try:
+        yield
+    except ValueError as err:
+        raise ValueError(f"fact {fact} (subject {request.subject!r}): {err}") from None
+
+
+def _locate_failing_fact(
+    tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest], templates: Sequence[str]
+) -> None:
+    """Raise the error of the first fact whose subject cannot be located (the batch failed)."""
+    for fact, request in enumerate(requests):
+        with _naming_fact(fact, request):
+            for prompt in [*(apply_template(t, request.prompt) for t in templates), ESSENCE_PROMPT]:
+                subject_last_index(tokenizer, prompt, request.subject)
 
 
 def align_value_batch(vb: ValueBatch, pad_id: int) -> ValueBatch:
     """``vb`` laid out with every subject-last token in one column (``rome_fast.edit.prefix``)."""
     aligned = align_subject_last(vb.batch, pad_id)
-    return _with_read_positions(aligned, vb.n_prompts, vb.target_ids, vb.bare_row)
+    return _with_read_positions(aligned, vb.n_prompts, vb.targets, vb.bare_index)
 
 
 def _with_read_positions(
-    batch: PromptBatch, n_prompts: int, target_ids: Tensor, bare_row: int
+    batch: PromptBatch, n_prompts: int, targets: tuple[Tensor, ...], bare_index: int
 ) -> ValueBatch:
-    n_target = int(target_ids.numel())
-    # The logits at a prompt's last token predict the target's first token, and so on.
-    first = batch.offsets[:n_prompts] + batch.prompt_lengths[:n_prompts] - 1  # (n_prompts,)
-    target_positions = (first[:, None] + torch.arange(n_target)).reshape(-1)
-    target_rows = torch.arange(n_prompts).repeat_interleave(n_target)
-    return ValueBatch(batch, n_prompts, target_ids, target_rows, target_positions, bare_row)
+    longest = max(t.numel() for t in targets)
+    rows, positions, ids, slots = [], [], [], []
+    for fact, target in enumerate(targets):
+        n_target = target.numel()
+        fact_rows = fact * (n_prompts + 1) + torch.arange(n_prompts)  # (n_prompts,)
+        # The logits at a prompt's last token predict the target's first token, and so on.
+        first = batch.offsets[fact_rows] + batch.prompt_lengths[fact_rows] - 1  # (n_prompts,)
+        positions.append((first[:, None] + torch.arange(n_target)).reshape(-1))
+        rows.append(fact_rows.repeat_interleave(n_target))
+        ids.append(target.repeat(n_prompts))
+        prompt_index = fact * n_prompts + torch.arange(n_prompts)  # (n_prompts,)
+        slots.append((prompt_index[:, None] * longest + torch.arange(n_target)).reshape(-1))
+    return ValueBatch(
+        batch,
+        n_prompts,
+        targets,
+        torch.cat(rows),
+        torch.cat(positions),
+        torch.cat(ids),
+        torch.cat(slots),
+        bare_index,
+    )
 
 
 def readout_logits(
@@ -149,6 +249,10 @@ def readout_logits(
 
 @dataclass(frozen=True)
 class LossTerms:
+    """Each fact's loss terms: (n_facts,) each. The facts' rows never meet (attention stays
+    inside a row), so fact i's terms depend on δ_i only and the gradient of their sum is each
+    fact's own: with Adam elementwise, one optimization of the sum is n separate ones."""
+
     nll: Tensor
     kl: Tensor
     weight_decay: Tensor
@@ -164,44 +268,63 @@ class LossTerms:
 LOSS_PARTS = ("nll", "kl", "weight_decay", "total", "delta_norm")
 
 
-def loss_step(terms: LossTerms, loss: Tensor, delta: Tensor) -> dict[str, float]:
-    """One iteration's parts (``LOSS_PARTS``), read with one host synchronization."""
+def loss_steps(terms: LossTerms, delta: Tensor) -> list[dict[str, float]]:
+    """One iteration's parts (``LOSS_PARTS``) per fact, read with one host synchronization."""
     parts = torch.stack(
-        [terms.nll, terms.kl, terms.weight_decay, loss, torch.linalg.vector_norm(delta)]
-    )
-    return dict(zip(LOSS_PARTS, parts.detach().float().tolist(), strict=True))
+        [
+            terms.nll,
+            terms.kl,
+            terms.weight_decay,
+            terms.total,
+            torch.linalg.vector_norm(delta, dim=-1),
+        ]
+    )  # (len(LOSS_PARTS), n_facts)
+    return [dict(zip(LOSS_PARTS, fact, strict=True)) for fact in parts.detach().float().T.tolist()]
 
 
-def rewriting_nll(log_probs: Tensor, target_ids: Tensor, n_prompts: int) -> Tensor:
-    """Mean over prompts of (summed target-token NLL / target length) (quirk 4).
+def rewriting_nll(log_probs: Tensor, vb: ValueBatch) -> Tensor:
+    """Per fact, the mean over its prompts of (summed target-token NLL / target length)
+    (quirk 4): (n_facts,).
 
-    ``log_probs`` (n_prompts * n_target, V) in the order of ``ValueBatch.target_rows``.
+    ``log_probs`` (n_reads, V) in the order of ``vb.target_rows``; the reads are laid into a
+    (prompt, target token) grid padded with zeros to the longest target.
     """
-    n_target = target_ids.numel()
-    picked = log_probs.gather(-1, target_ids.repeat(n_prompts)[:, None].to(log_probs.device))
-    per_prompt = -picked.view(n_prompts, n_target).sum(1) / n_target  # (n_prompts,)
-    return per_prompt.mean()
+    picked = log_probs.gather(-1, vb.read_ids[:, None].to(log_probs.device))[:, 0]  # (n_reads,)
+    longest = int(vb.target_lengths.max())
+    grid = picked.new_zeros(vb.n_facts * vb.n_prompts * longest)
+    grid = grid.index_put((vb.read_slots.to(grid.device),), picked)
+    lengths = vb.target_lengths.repeat_interleave(vb.n_prompts).to(grid)  # (n_facts·n_prompts,)
+    per_prompt = -grid.view(-1, longest).sum(1) / lengths
+    return per_prompt.view(vb.n_facts, vb.n_prompts).mean(1)
 
 
 def essence_kl(log_probs: Tensor, initial_log_probs: Tensor) -> Tensor:
-    """KL(p_current ‖ p_initial), batch-mean over the essence prompts (quirk 5)."""
-    return F.kl_div(initial_log_probs, log_probs, log_target=True, reduction="batchmean")
+    """KL(p_current ‖ p_initial) of each fact's essence prompt (quirk 5): (n_facts,)."""
+    kl = F.kl_div(initial_log_probs, log_probs, log_target=True, reduction="none")  # (n, V)
+    return kl.sum(-1)
 
 
-def weight_decay(delta: Tensor, v_init: Tensor) -> Tensor:
-    """‖δ‖ / ‖v_init‖², unsquared as in the public code (quirk 6)."""
-    decay: Tensor = torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(v_init) ** 2
+def weight_decay(delta: Tensor, scale: Tensor) -> Tensor:
+    """‖δ_i‖ / ‖scale_i‖² per fact, unsquared as in the public code (quirk 6): (n_facts,).
+
+    ``scale`` (n_facts, d): v_init for ROME, the block output h for MEMIT's z."""
+    decay: Tensor = (
+        torch.linalg.vector_norm(delta, dim=-1) / torch.linalg.vector_norm(scale, dim=-1) ** 2
+    )
     return decay
 
 
-def clamp_to_ball(delta: Tensor, radius: float) -> None:
-    """Project δ into the ball of ``radius`` in place (quirk 8).
+def clamp_to_ball(delta: Tensor, radius: Tensor) -> None:
+    """Project each fact's δ (a row) into its ball of ``radius`` (n_facts,) in place (quirk 8).
 
     The scale is computed on δ's device (no host synchronization); inside the ball it is
-    exactly 1, so δ is untouched there.
+    exactly 1, so δ is untouched there. It is the radius times 1/‖δ‖: that is how torch
+    evaluates a Python float over a tensor, as this loop did for one fact, and ROME's v* stays
+    bit-identical to that loop's.
     """
     with torch.no_grad():
-        delta.mul_((radius / torch.linalg.vector_norm(delta)).clamp(max=1.0))
+        inverse_norms = torch.linalg.vector_norm(delta, dim=-1, keepdim=True).reciprocal()
+        delta.mul_((radius[:, None] * inverse_norms).clamp(max=1.0))  # (n_facts, 1) scales
 
 
 @dataclass(frozen=True)
@@ -213,6 +336,27 @@ class ValueResult:
     adam_steps: int
     keys: Tensor  # (n_templates, d_in) float32: the edited module's input at each subject-last
     loss_steps: list[dict[str, float]]  # per iteration: LOSS_PARTS
+
+
+@dataclass(frozen=True)
+class FactsResult:
+    """What the loop found for each of n facts (rows in the batch's fact order)."""
+
+    module_init: Tensor  # (n, d_out) float32: the edited module's output at each bare prompt
+    block_init: Tensor  # (n, d_model) float32: the edited layer's block output there (h)
+    delta: Tensor  # (n, d_out) float32
+    keys: Tensor  # (n, n_templates, d_in) float32: the edited module's input at each subject-last
+    loss_steps: list[list[dict[str, float]]]  # per fact, per iteration it ran: LOSS_PARTS
+    adam_steps: list[int]
+
+    @property
+    def loss_traces(self) -> list[list[float]]:
+        return [[step["total"] for step in steps] for steps in self.loss_steps]
+
+
+# Which vector's norm scales a fact's clamp radius and weight decay: ROME's v_init (the edited
+# module's output), or MEMIT's h (the block output the target z is written as; SPEC §7).
+ScaleBy = Literal["module", "block"]
 
 
 @dataclass(frozen=True)
@@ -264,92 +408,132 @@ def compute_v_star(
     templates: Sequence[str],
     options: VStarOptions,
 ) -> ValueResult:
-    """Optimize δ at the edited module's output; see the module docstring."""
+    """Optimize δ at the edited module's output; see the module docstring. ROME's v* is the
+    one-fact case of :func:`optimize_facts`, scaled by ‖v_init‖."""
     vb = align_value_batch(
         build_value_batch(loaded.tokenizer, request, templates, options.padding_side),
         pad_id(loaded.tokenizer),
     )
     with onednn_linears(loaded.model):
-        return _optimize(loaded, site, vb, options)
+        found = optimize_facts(loaded, site, vb, options, scale_by="module")
+    v_init, delta = found.module_init[0], found.delta[0]
+    return ValueResult(
+        v_star=v_init + delta,
+        v_init=v_init,
+        delta=delta,
+        loss_trace=found.loss_traces[0],
+        adam_steps=found.adam_steps[0],
+        keys=found.keys[0],
+        loss_steps=found.loss_steps[0],
+    )
 
 
-def _optimize(
-    loaded: LoadedModel, site: EditedSite, vb: ValueBatch, options: VStarOptions
-) -> ValueResult:
-    """The loop of :func:`compute_v_star` on its aligned batch."""
+@dataclass(frozen=True)
+class _Reads:
+    """Where the loss reads the logits, in suffix columns, and the MLP positions it needs."""
+
+    rows: Tensor  # (n_reads + n_facts,): every target read, then each essence prompt
+    positions: Tensor  # (n_reads + n_facts,)
+    keep: dict[nn.Module, Tensor]  # per MLP above the edited layer, for only_at
+
+
+def _reads(
+    vb: ValueBatch, split: int, mlps: Sequence[nn.Module], layer: int, device: torch.device
+) -> _Reads:
+    read_rows = torch.cat([vb.target_rows, vb.essence_rows])
+    read_positions = torch.cat([vb.target_positions, vb.batch.positions[vb.essence_rows]])
+    read_positions = read_positions - split  # suffix columns
+    n_rows, width = vb.batch.input_ids.shape
+    below, top = read_mlp_positions(read_rows, read_positions, n_rows, width - split)
+    # the MLPs above the edited layer run only where the loss depends on their output
+    keep = dict.fromkeys(mlps[layer + 1 : -1], below)
+    keep |= dict.fromkeys(mlps[layer + 1 :][-1:], top)
+    return _Reads(read_rows.to(device), read_positions.to(device), keep)
+
+
+def optimize_facts(
+    loaded: LoadedModel,
+    site: EditedSite,
+    vb: ValueBatch,
+    options: VStarOptions,
+    scale_by: ScaleBy,
+) -> FactsResult:
+    """One optimization of every fact's δ (a row of δ (n, d)) on the aligned batch ``vb``:
+    the loss is the sum of the facts' losses, each fact stops on its own loss (its δ frozen
+    exactly from then on) and is clamped to its own ball."""
     model = loaded.model
     device = loaded.device
-    n_layers = loaded.adapter.n_layers(model)
-    mlps = [loaded.adapter.mlp(model, i) for i in range(n_layers)]
+    mlps = [loaded.adapter.mlp(model, i) for i in range(loaded.adapter.n_layers(model))]
     prefix = PrefixCache(model, vb.batch, device, mlps)  # columns before the subject-last tokens
     # Every row's subject-last token is column 0 of the suffix the loop runs.
     delta_index = (vb.batch.rows.to(device), torch.zeros_like(vb.batch.rows).to(device))
-    read_rows = torch.cat([vb.target_rows, torch.tensor([vb.essence_row])])
-    read_positions = torch.cat([vb.target_positions, vb.batch.positions[vb.essence_row :]])
-    read_positions = read_positions - prefix.split  # suffix columns
-    n_rows, width = vb.batch.input_ids.shape
-    below, top = read_mlp_positions(read_rows, read_positions, n_rows, width - prefix.split)
-    # the MLPs above the edited layer run only where the loss depends on their output
-    keep = dict.fromkeys(mlps[site.layer + 1 : -1], below)
-    keep |= dict.fromkeys(mlps[site.layer + 1 :][-1:], top)
-    read_rows, read_positions = read_rows.to(device), read_positions.to(device)
+    reads = _reads(vb, prefix.split, mlps, site.layer, device)
     n_read = vb.target_rows.numel()
 
     clean = clean_suffix_pass(loaded, site, prefix)
-    v_init = clean.module_output[vb.bare_row, 0].float()  # quirk 9
+    bare_rows = vb.bare_rows.to(device)
+    module_init = clean.module_output[bare_rows, 0].float()  # (n, d_out), quirk 9
+    block_init = clean.block_output[bare_rows, 0].float()  # (n, d_model): h
     # The keys come free: a rewriting prompt up to its subject-last token is the key prompt.
-    keys = clean.module_input[: vb.n_prompts, 0].float()  # (n_prompts, d_in), template order
+    keys = clean.module_input[:, 0].float().view(vb.n_facts, vb.rows_per_fact, -1)
     clean_block = clean.block_output  # (B, W - split, d_model)
-    radius = options.clamp_norm_factor * float(torch.linalg.vector_norm(v_init))
+    scale = block_init if scale_by == "block" else module_init  # (n, d)
+    # the product in float64 as the public code's Python float, then float32 as it is used
+    radius = (options.clamp_norm_factor * torch.linalg.vector_norm(scale, dim=-1).double()).float()
 
-    delta = torch.zeros_like(v_init, requires_grad=True)  # (d_out,) float32
+    delta = torch.zeros_like(module_init, requires_grad=True)  # (n, d_out) float32
     optimizer = torch.optim.Adam([delta], lr=options.lr)
     initial_kl: Tensor | None = None
-    trace: list[float] = []
-    steps_record: list[dict[str, float]] = []
-    steps = 0
+    records: list[list[dict[str, float]]] = [[] for _ in range(vb.n_facts)]
+    steps = [0] * vb.n_facts
+    running = torch.ones(vb.n_facts, dtype=torch.bool)  # facts still optimized
     blocks = loaded.adapter.layers(model)
     with (
         loop_precision(options.precision, device) as forward_precision,
-        only_at(keep, device),
+        only_at(reads.keep, device),
         grouped_kv_attention(model, device),
     ):
         for iteration in range(options.num_grad_steps):  # quirk 7
             # δ on the MLP output is δ on the block output: every family adds the MLP output
-            # straight into the residual stream (quirk 3).
-            shifted = clean_block[delta_index] + delta.to(clean_block.dtype)
+            # straight into the residual stream (quirk 3). Each row gets its own fact's δ.
+            per_row = delta[:, None].expand(-1, vb.rows_per_fact, -1).reshape(-1, delta.shape[1])
+            shifted = clean_block[delta_index] + per_row.to(clean_block.dtype)
             edited_block = clean_block.index_put(delta_index, shifted)
             with (
                 replay_blocks(blocks, site.layer, edited_block, as_tuple=clean.block_is_tuple),
                 forward_precision(),
             ):
-                logits = readout_logits(model, prefix.suffix_inputs(), read_rows, read_positions)
+                logits = readout_logits(model, prefix.suffix_inputs(), reads.rows, reads.positions)
             log_probs = torch.log_softmax(logits, dim=-1)
             if initial_kl is None:  # the first pass has δ = 0
                 initial_kl = log_probs[n_read:].detach()
             terms = LossTerms(
-                nll=rewriting_nll(log_probs[:n_read], vb.target_ids, vb.n_prompts),
+                nll=rewriting_nll(log_probs[:n_read], vb),
                 kl=options.kl_factor * essence_kl(log_probs[n_read:], initial_kl),
-                weight_decay=options.weight_decay * weight_decay(delta, v_init),
+                weight_decay=options.weight_decay * weight_decay(delta, scale),
             )
-            loss = terms.total
             # The one host synchronization per iteration: the trace and the early-stop decision.
-            steps_record.append(loss_step(terms, loss, delta))
-            trace.append(steps_record[-1]["total"])
-            if trace[-1] < options.early_stop_loss or iteration == options.num_grad_steps - 1:
+            last = iteration == options.num_grad_steps - 1
+            for fact, step in enumerate(loss_steps(terms, delta)):
+                if running[fact]:
+                    records[fact].append(step)
+                    running[fact] = not (step["total"] < options.early_stop_loss or last)
+            if not bool(running.any()):
                 break
             optimizer.zero_grad()
-            (delta.grad,) = torch.autograd.grad(loss, [delta])  # grads of δ only, never the model's
+            # grads of δ only, never the model's
+            (delta.grad,) = torch.autograd.grad(terms.total.sum(), [delta])
+            before = delta.detach().clone()
             optimizer.step()
-            steps += 1
             clamp_to_ball(delta, radius)
-    final = delta.detach().clone()
-    return ValueResult(
-        v_star=v_init + final,
-        v_init=v_init,
-        delta=final,
-        loss_trace=trace,
+            with torch.no_grad():  # a stopped fact's δ stays exactly where it stopped
+                delta.copy_(torch.where(running[:, None].to(device), delta, before))
+            steps = [n + int(on) for n, on in zip(steps, running.tolist(), strict=True)]
+    return FactsResult(
+        module_init=module_init,
+        block_init=block_init,
+        delta=delta.detach().clone(),
+        keys=keys[:, : vb.n_prompts],
+        loss_steps=records,
         adam_steps=steps,
-        keys=keys,
-        loss_steps=steps_record,
     )

@@ -1,0 +1,92 @@
+"""The targets z of n facts for a batched method (MEMIT, EMMET, AlphaEdit): one optimization.
+
+The public MEMIT code (``compute_z``) runs ROME's target optimization once per fact, on the
+output of block ``layer`` (SPEC §7): z_i = h_i + δ_i with h_i the block's output at fact i's
+bare prompt's subject-last token, the clamp radius ``clamp_norm_factor · ‖h_i‖`` and the weight
+decay ``‖δ_i‖ / ‖h_i‖²`` (where ROME scales by ‖v_init‖, the MLP output). Here every fact's
+prompts run in one batch with δ (n, d), each row adding its own fact's δ
+(``rome_fast.edit.value.optimize_facts``, whose one-fact case is ROME's v*): the loss is the sum
+of the facts' losses, whose gradients are disjoint, and Adam is elementwise, so the result is
+that of n separate runs up to float rounding; each fact stops on its own loss (its δ frozen
+exactly) and is clamped to its own ball. Every speed trick of ROME's loop (prefix cache,
+replayed blocks, MLPs run only where read) holds for the n facts' rows as for one fact's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from rome_fast.edit.request import EditRequest
+from rome_fast.edit.value import (
+    ValueBatch,
+    align_value_batch,
+    build_facts_batch,
+    optimize_facts,
+)
+from rome_fast.hparams.defaults import VStarOptions
+from rome_fast.model.context import context_limit
+from rome_fast.model.linear import onednn_linears
+from rome_fast.model.loader import LoadedModel
+from rome_fast.model.tokens import pad_id
+
+
+@dataclass(frozen=True)
+class BatchTargets:
+    """What the target optimization found for each fact (column i: request i)."""
+
+    targets: Tensor  # (d, n) float32: z = hidden + deltas
+    deltas: Tensor  # (d, n) float32
+    hidden: Tensor  # (d, n) float32: block ``layer``'s output at each bare prompt (h)
+    loss_traces: list[list[float]]  # per fact: the total loss at every iteration it ran
+    loss_steps: list[list[dict[str, float]]]  # per fact, per iteration: value.LOSS_PARTS
+    adam_steps: list[int]
+    seconds: float
+
+
+def compute_batch_targets(
+    loaded: LoadedModel,
+    layer: int,
+    requests: Sequence[EditRequest],
+    templates: Sequence[str],
+    options: VStarOptions,
+) -> BatchTargets:
+    """MEMIT's z for every request at block ``layer``; see the module docstring. Bad input
+    (no request, a prompt without its slot, prompts beyond the context) raises ValueError
+    naming the facts."""
+    start = time.perf_counter()
+    vb = build_facts_batch(loaded.tokenizer, requests, templates, options.padding_side)
+    check_facts_fit(loaded, vb)
+    aligned = align_value_batch(vb, pad_id(loaded.tokenizer))
+    site = loaded.adapter.edited_site(loaded.model, layer)
+    with onednn_linears(loaded.model):
+        found = optimize_facts(loaded, site, aligned, options, scale_by="block")
+    hidden, deltas = found.block_init.mT, found.delta.mT  # (d, n)
+    return BatchTargets(
+        targets=hidden + deltas,
+        deltas=deltas,
+        hidden=hidden,
+        loss_traces=found.loss_traces,
+        loss_steps=found.loss_steps,
+        adam_steps=found.adam_steps,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def check_facts_fit(loaded: LoadedModel, vb: ValueBatch) -> None:
+    """Refuse, naming them, the facts whose longest prompt (with its target) exceeds the
+    model's context; the count is of the batch's own tokens, as the model reads them."""
+    limit = context_limit(loaded.model)
+    if limit is None:
+        return
+    tokens = vb.batch.attention_mask.sum(1).view(vb.n_facts, vb.rows_per_fact).amax(1)  # (n,)
+    over = [fact for fact, n in enumerate(tokens.tolist()) if n > limit]
+    if over:
+        needs = ", ".join(f"fact {fact} needs {int(tokens[fact])}" for fact in over)
+        raise ValueError(
+            f"{needs} tokens (a rewriting prompt with its target), more than this model's "
+            f"context of {limit} tokens; shorten those prompts or templates"
+        )
