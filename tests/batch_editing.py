@@ -39,7 +39,8 @@ class GivenTargets:
 
     targets: Tensor  # (d, n)
     loss_traces: list[list[float]]
-    adam_steps: int = 0
+    loss_steps: list[list[dict[str, float]]]
+    adam_steps: list[int]
 
 
 def shifted_targets(loaded: LoadedModel, requests: Sequence[EditRequest], layer: int) -> Tensor:
@@ -47,7 +48,8 @@ def shifted_targets(loaded: LoadedModel, requests: Sequence[EditRequest], layer:
     direction: (d, n)."""
     H = hidden_at_subjects(loaded, layer, requests)
     noise = torch.randn(H.shape, generator=torch.Generator().manual_seed(len(requests)))
-    return H + noise * H.norm(dim=0) / H.shape[0] ** 0.5
+    shifted: Tensor = H + noise * H.norm(dim=0) / H.shape[0] ** 0.5
+    return shifted
 
 
 class GivenTargetsEditor(Editor):
@@ -60,7 +62,9 @@ class GivenTargetsEditor(Editor):
         self, requests: Sequence[EditRequest], _templates: list[str], layer: int
     ) -> GivenTargets:
         targets = type(self).targets_fn(self.loaded, requests, layer)
-        return GivenTargets(targets, [[] for _ in requests])
+        return GivenTargets(
+            targets, [[] for _ in requests], [[] for _ in requests], [0] * len(requests)
+        )
 
 
 def spd_per_layer(loaded: LoadedModel, layer: int) -> Tensor:

@@ -25,13 +25,16 @@ class FactRecord:
     """One fact of a batch after the edit: residuals ``‖Ŵk + b − v‖ / ‖v‖`` of the last edited
     module at the fact's k* (mean over the templates) and k_prompt (bare prompt), v the
     output the fact asks for at its written key (``rome_fast.edit.batch.BatchWrite.values``);
-    the cosine of its two keys; its target optimization's loss per iteration."""
+    the cosine of its two keys; its target optimization's loss per iteration (total, and
+    its parts as ``EditResult.loss_steps``) and Adam steps."""
 
     request: EditRequest
     relative_residual_k_star: float
     relative_residual_k_prompt: float
     key_cosine: float
     loss_trace: list[float]
+    adam_steps: int
+    loss_steps: list[dict[str, float]]
 
     def as_record(self) -> dict[str, Any]:
         record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -60,7 +63,6 @@ class BatchResult:
     seed: int
     edit_seconds: float
     timings: dict[str, float]
-    adam_steps: int
     keys: tuple[Tensor, ...] = field(repr=False)
 
     @property

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from rome_fast.edit import batch_edit
 from rome_fast.edit.batch_edit import BatchStatistics, BatchTargetsLike
 from rome_fast.edit.batch_result import Applied, BatchResult
+from rome_fast.edit.batch_targets import compute_batch_targets
 from rome_fast.edit.guard import Guard
 from rome_fast.edit.keys import Keys
 from rome_fast.edit.log import read_replayable, write_log
@@ -442,11 +443,7 @@ class Editor:
         self, requests: Sequence[EditRequest], templates: list[str], layer: int
     ) -> BatchTargetsLike:
         """The n facts' targets at ``layer``, one optimization on the model as it is now."""
-        raise NotImplementedError(
-            "the n-fact target optimization (rome_fast.edit.value.compute_batch_targets) is "
-            f"not merged yet; cannot optimize {len(requests)} targets at layer {layer} over "
-            f"{len(templates)} templates"
-        )
+        return compute_batch_targets(self.loaded, layer, requests, templates, self.hparams.v_star)
 
     # -- the edit log -----------------------------------------------------------------------
 
