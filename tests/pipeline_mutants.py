@@ -376,7 +376,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "replay_skips_guard",
         "editor",
         "rome_fast/edit/log.py",
-        "            guard.check(result.update, result.denominator)",
+        "            guard.check(result.update, denominator)",
         "            pass",
         "replay_log applies a saved log without consulting the guard",
         ("tests/test_editor.py", "-k", "guard_holds"),

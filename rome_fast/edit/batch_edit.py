@@ -19,13 +19,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, get_args
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from rome_fast.edit.batch import BatchWrite, LayerSolve, write_batch
-from rome_fast.edit.batch_keys import KeyChoice
+from rome_fast.edit.batch_keys import check_key_choice
 from rome_fast.edit.batch_result import Applied, BatchResult, FactRecord
 from rome_fast.edit.guard import Guard
 from rome_fast.edit.ownership import require_finite_weights
@@ -42,7 +42,6 @@ from rome_fast.solve.batch import Conditioning, SingularBatchError
 from rome_fast.solve.low_rank import Factors, SiteUpdate, Update
 from rome_fast.solve.rank_one import CovarianceFactor
 
-KEY_CHOICES: tuple[KeyChoice, ...] = get_args(KeyChoice)
 _HPARAMS_TYPES: dict[Method, type] = {
     "memit": MemitHParams,
     "emmet": EmmetHParams,
@@ -52,7 +51,7 @@ MethodSolve = Callable[[Tensor, Tensor], tuple[Factors, Conditioning]]
 
 
 class BatchTargetsLike(Protocol):
-    """What a batch needs of its target optimization (``rome_fast.edit.value``)."""
+    """What a batch needs of its target optimization (``batch_targets.BatchTargets``)."""
 
     @property
     def targets(self) -> Tensor: ...  # (d, n): the last edited layer's desired hidden states
@@ -61,7 +60,10 @@ class BatchTargetsLike(Protocol):
     def loss_traces(self) -> list[list[float]]: ...  # per fact, per iteration
 
     @property
-    def adam_steps(self) -> int: ...
+    def loss_steps(self) -> list[list[dict[str, float]]]: ...  # per fact, per iteration
+
+    @property
+    def adam_steps(self) -> list[int]: ...  # per fact
 
 
 class BatchStatistics:
@@ -144,7 +146,7 @@ def edit_batch(
     """``Editor.edit_batch``'s work (see the module docstring)."""
     start = time.perf_counter()
     known = check_method(method)
-    keys = _check_key_choice(key_choice)
+    keys = check_key_choice(key_choice)
     hp = _check_hparams(editor, known, method_hparams)
     facts = _check_requests(editor, requests)
     timer = PhaseTimer()
@@ -180,7 +182,6 @@ def edit_batch(
                 # The statistics are computed once per layer and cached: not part of an edit.
                 edit_seconds=time.perf_counter() - start - timer.timings["stats"],
                 timings=timer.timings,
-                adam_steps=targets.adam_steps,
                 keys=tuple(K.detach().cpu() for K in written.keys),
             )
             editor._record(result, written.pre_edit)
@@ -189,16 +190,6 @@ def edit_batch(
             raise
     editor._batch_statistics.remember(result)
     return result
-
-
-def _check_key_choice(choice: str) -> KeyChoice:
-    for known in KEY_CHOICES:
-        if choice == known:
-            return known
-    raise ValueError(
-        f"unknown key choice {choice!r}; choose one of {', '.join(KEY_CHOICES)} (memit: the "
-        "public code's ½ bare prompt + ½ prefix mean)"
-    )
 
 
 def _check_hparams(editor: BatchHost, method: Method, hp: MethodHParams | None) -> MethodHParams:
@@ -298,6 +289,8 @@ def _fact_records(
                     torch.nn.functional.cosine_similarity(keys.k_star, keys.k_prompt, dim=0)
                 ),
                 loss_trace=targets.loss_traces[i],
+                adam_steps=targets.adam_steps[i],
+                loss_steps=targets.loss_steps[i],
             )
         )
     return tuple(records)

@@ -45,13 +45,16 @@ def check_method(method: str) -> Method:
     raise ValueError(f"unknown batched method {method!r}; choose one of {', '.join(METHODS)}")
 
 
-def method_hparams_for(method: str, model: str) -> MethodHParams:
-    """The hyperparameters of ``method`` for model ``model`` (a ``load_model`` spec)."""
+def method_hparams_for(method: str, model: str, *, layer: int | None = None) -> MethodHParams:
+    """The hyperparameters of ``method`` for model ``model`` (a ``load_model`` spec); ``layer``
+    (ROME's edited layer, e.g. ``--layer``) places the layers by the rule above instead of
+    the public files' choice."""
     known = check_method(method)
     public = _PUBLIC_NAMES.get(short_model_name(model))
-    if public is not None and public in _PUBLIC[known]:
+    if layer is None and public is not None and public in _PUBLIC[known]:
         return _PUBLIC[known][public]
-    rome_layer = hparams_for(model).layer  # ValueError naming the fix for an unknown model
+    # ValueError naming the fix for an unknown model without ``layer``
+    rome_layer = hparams_for(model, layer=layer).layer
     if known == "emmet":
         layers: tuple[int, ...] = (rome_layer,)
     else:
