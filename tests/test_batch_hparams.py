@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from rome_fast.hparams.batched import METHODS, method_hparams_for
+from rome_fast.hparams.batched import METHODS, MethodHParams, method_hparams_for
 from rome_fast.hparams.defaults import hparams_for
 from rome_fast.methods.alphaedit.update import PUBLIC as ALPHAEDIT
 from rome_fast.methods.emmet.update import PUBLIC as EMMET
 from rome_fast.methods.memit.update import PUBLIC as MEMIT
 
-PUBLIC = {"memit": MEMIT, "emmet": EMMET, "alphaedit": ALPHAEDIT}
+PUBLIC: dict[str, dict[str, MethodHParams]] = {
+    "memit": dict(MEMIT),
+    "emmet": dict(EMMET),
+    "alphaedit": dict(ALPHAEDIT),
+}
 
 
 @pytest.mark.parametrize("method", METHODS)
