@@ -5,26 +5,29 @@ the target optimization is tested on its own."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from rome_fast.edit import batch_edit
+from rome_fast.edit import batch, batch_edit
 from rome_fast.edit.batch import hidden_at_subjects, module_outputs
 from rome_fast.edit.batch_result import BatchResult
 from rome_fast.edit.batch_targets import compute_batch_targets
 from rome_fast.edit.editor import Editor
 from rome_fast.edit.guard import DisablingEditError, Guard
+from rome_fast.edit.log import BATCH_LOG_VERSION, LOG_JSON, LOG_VERSION, write_log
 from rome_fast.edit.request import EditRequest
 from rome_fast.hparams.batched import MethodHParams
 from rome_fast.methods.alphaedit.update import AlphaEditHParams
 from rome_fast.methods.emmet.update import EmmetHParams
 from rome_fast.methods.memit.update import MemitHParams, memit_factors
 from rome_fast.model.loader import LoadedModel
+from rome_fast.model.weights import apply_factors, weight_matrix
 from rome_fast.solve.batch import Conditioning, SingularBatchError
 from rome_fast.solve.low_rank import Factors
 from rome_fast.solve.rank_one import CovarianceFactor
@@ -188,6 +191,28 @@ def test_a_guard_refusal_after_writing_restores_the_model() -> None:
     assert editor.log == []
 
 
+def test_a_batch_that_makes_a_weight_non_finite_is_rolled_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An overflow in the last layer's write (planted: an inf entry) is caught after the whole
+    schedule wrote, and every layer is restored."""
+    loaded, editor = batch_editor()
+    before = weights_of(loaded)
+    real = apply_factors
+
+    def overflowing(module: nn.Module, factors: Factors) -> None:
+        real(module, factors)
+        if module is loaded.adapter.edited_module(loaded.model, 1):
+            with torch.no_grad():
+                weight_matrix(module)[0, 0] = float("inf")
+
+    monkeypatch.setattr(batch, "apply_factors", overflowing)
+    with pytest.raises(ValueError, match="non-finite"):
+        editor.edit_batch(FACTS, "memit", method_hparams=TWO_LAYERS)
+    assert changed_parameters(loaded, before) == []
+    assert editor.log == []
+
+
 def test_a_singular_batch_is_refused_naming_its_two_facts() -> None:
     """One subject with two targets under EMMET λₑ = 0: D is singular."""
     loaded, editor = batch_editor()
@@ -246,6 +271,17 @@ def test_the_log_replays_batches_bit_identically(tmp_path: Path) -> None:
     editor.edit_batch(FACTS[1:8], "memit", method_hparams=TWO_LAYERS)
     editor.edit_batch(FACTS[8:12], "alphaedit", method_hparams=NULL_SPACE)
     folder = editor.save_log(tmp_path / "log")
+    assert json.loads((folder / LOG_JSON).read_text())["version"] == BATCH_LOG_VERSION
+    single = editor.log[:1]
+    assert (
+        json.loads(
+            (
+                write_log(tmp_path / "one", single, model="m", seed=0, hparams=editor.hparams)
+                / LOG_JSON
+            ).read_text()
+        )["version"]
+        == LOG_VERSION
+    )
     copy, replayer = batch_editor(stats=low_rank_spd)
     replayed = replayer.replay_log(folder)
     assert changed_parameters(copy, weights_of(loaded)) == []
