@@ -1163,6 +1163,15 @@ MUTANTS: tuple[Mutant, ...] = (
         "the clamp radius of MEMIT's z from ‖v_init‖ (the MLP output, ROME's) instead of ‖h‖",
         ("tests/test_batch_targets.py", "-k", "own_ball and tiny-gpt2"),
     ),
+    Mutant(
+        "batch_targets_read_out_group_mixes_essences",
+        "batched targets",
+        "rome_fast/edit/value.py",
+        "essences = vb.essence_rows[facts.start : facts.stop]",
+        "essences = vb.essence_rows[facts.start : facts.stop].flip(0)",
+        "in a read-out group of several facts, each fact's KL is read at another's essence prompt",
+        ("tests/test_batch_targets.py", "-k", "read_out and all"),
+    ),
     # ---------------------------------------------------------------- batched editor
     Mutant(
         "batch_revert_leaves_a_layer",

@@ -10,6 +10,7 @@ import itertools
 import pytest
 import torch
 
+from rome_fast.edit import value
 from rome_fast.edit.batch import hidden_at_subjects
 from rome_fast.edit.batch_targets import BatchTargets, compute_batch_targets
 from rome_fast.edit.request import EditRequest
@@ -110,6 +111,22 @@ def test_the_batch_equals_one_fact_at_a_time(family: str, loss: str) -> None:
     assert_same_facts(batch, one_at_a_time(family, opts))
 
 
+# Read-out group budgets, in reads of tiny Llama's float32 logits (50257 tokens). The facts
+# have 4, 4, 13 and 4 reads (3 templates × target tokens, plus the essence prompt): each fact
+# alone; facts 0 and 1 together, then 2 and 3 each alone; all four together.
+READOUT_BUDGETS = {"fact by fact": 0, "mixed": 8, "all": 25}
+
+
+@pytest.mark.parametrize("budget", list(READOUT_BUDGETS))
+def test_the_read_out_groups_change_nothing(monkeypatch: pytest.MonkeyPatch, budget: str) -> None:
+    """The unembedding and log-softmax run per group of facts; any grouping gives the same
+    targets as one fact at a time."""
+    monkeypatch.setattr(value, "READOUT_GROUP_BYTES", READOUT_BUDGETS[budget] * 50257 * 4)
+    opts = options("tiny-llama")
+    batch = compute_batch_targets(tiny_model("tiny-llama"), LAYER, REQUESTS, TEMPLATES, opts)
+    assert_same_facts(batch, one_at_a_time("tiny-llama", opts))
+
+
 @pytest.mark.parametrize("family", TARGET_FAMILIES)
 def test_facts_stop_early_each_on_its_own_loss(family: str) -> None:
     """A threshold that stops the facts at different steps: a stopped fact's δ stays where it
@@ -191,6 +208,23 @@ def test_each_fact_is_clamped_to_its_own_ball_of_h(family: str) -> None:
     assert batch.deltas.norm(dim=0).tolist() == pytest.approx(radii.tolist(), rel=1e-4)
 
 
+def test_a_layout_wider_than_the_context_is_not_refused() -> None:
+    """Each prompt fits tiny GPT-2's 256 tokens, but aligning one subject near the start with
+    one near the end makes the batch 368 columns wide: positions count real tokens, so the
+    facts are optimized as one at a time."""
+    early = EditRequest("{} is " + "very " * 180 + "near", "Paris", "Rome")
+    late = EditRequest("word " * 180 + "{} is in", "Paris", "Rome")
+    opts = options("tiny-gpt2")
+    batch = compute_batch_targets(tiny_model("tiny-gpt2"), LAYER, [early, late], TEMPLATES, opts)
+    alone = [
+        compute_batch_targets(tiny_model("tiny-gpt2"), LAYER, [r], TEMPLATES, opts)
+        for r in (early, late)
+    ]
+    assert batch.adam_steps == [a.adam_steps[0] for a in alone]
+    errors = relative_errors(batch.deltas, torch.cat([a.deltas for a in alone], 1))
+    assert max(errors) <= DELTA_TOLERANCE, errors
+
+
 def test_no_request_is_refused() -> None:
     with pytest.raises(ValueError, match="no requests"):
         compute_batch_targets(tiny_model("tiny-gpt2"), LAYER, [], TEMPLATES, options("tiny-gpt2"))
@@ -203,6 +237,16 @@ def test_a_prompt_without_its_slot_names_the_fact() -> None:
     object.__setattr__(broken, "prompt", "Miles Davis plays the")
     requests = [*REQUESTS[:2], broken, REQUESTS[3]]
     with pytest.raises(ValueError, match=r"fact 2 \(subject 'Miles Davis'\).*exactly one"):
+        compute_batch_targets(
+            tiny_model("tiny-gpt2"), LAYER, requests, TEMPLATES, options("tiny-gpt2")
+        )
+
+
+def test_a_subject_no_token_ends_names_the_fact() -> None:
+    """The batch tokenizes every fact's prompts at once; its failure is traced to the fact."""
+    merged = EditRequest("{}s are found in", "Paris", "Rome")  # "Paris" + "s" is one token
+    requests = [*REQUESTS[:3], merged]
+    with pytest.raises(ValueError, match=r"fact 3 \(subject 'Paris'\): cannot locate"):
         compute_batch_targets(
             tiny_model("tiny-gpt2"), LAYER, requests, TEMPLATES, options("tiny-gpt2")
         )

@@ -7,7 +7,8 @@ statistics); ``write_batch`` reads the keys of every request in one pass per lay
 weights, spreads the residual over the layers (``rome_fast.solve.schedule``) and applies each
 layer's factors in place (``BatchWrite``: what it wrote, and what an exact undo and the facts'
 residuals need). If any step fails, every touched weight is restored from its saved
-copy (bit-identical) and the error propagates. The target optimization for n facts is not here.
+copy (bit-identical) and the error propagates. The targets come from
+``rome_fast.edit.batch_targets.compute_batch_targets`` (one optimization of the n facts).
 """
 
 from __future__ import annotations

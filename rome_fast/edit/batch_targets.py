@@ -21,12 +21,8 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from rome_fast.edit.request import EditRequest
-from rome_fast.edit.value import (
-    ValueBatch,
-    align_value_batch,
-    build_facts_batch,
-    optimize_facts,
-)
+from rome_fast.edit.value import optimize_facts
+from rome_fast.edit.value_batch import ValueBatch, align_value_batch, build_facts_batch
 from rome_fast.hparams.defaults import VStarOptions
 from rome_fast.model.context import context_limit
 from rome_fast.model.linear import onednn_linears
