@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from rome_fast.hparams.batched import METHODS, MethodHParams, method_hparams_for
+from rome_fast.hparams.batched import (
+    METHODS,
+    MethodHParams,
+    method_hparams_at,
+    method_hparams_for,
+)
 from rome_fast.hparams.defaults import hparams_for
 from rome_fast.methods.alphaedit.update import PUBLIC as ALPHAEDIT
 from rome_fast.methods.emmet.update import PUBLIC as EMMET
@@ -46,3 +51,11 @@ def test_an_unknown_method_or_model_names_the_fix() -> None:
         method_hparams_for("rome", "smollm2")
     with pytest.raises(ValueError, match="pass layer="):
         method_hparams_for("memit", "some/unknown-model")
+
+
+def test_an_editor_at_another_layer_places_the_methods_there() -> None:
+    """The model's own ROME layer keeps the per-model (public) values; another layer, or a
+    model without per-model values, places the layers at the editor's layer."""
+    assert method_hparams_at("memit", "gpt2-xl", 17) == method_hparams_for("memit", "gpt2-xl")
+    assert method_hparams_at("memit", "gpt2-xl", 10).layers == (6, 7, 8, 9, 10)
+    assert method_hparams_at("emmet", "some/local-model", 3).layers == (3,)

@@ -23,7 +23,7 @@ from rome_fast.edit.batch_keys import check_key_choice
 from rome_fast.edit.editor import Editor
 from rome_fast.edit.request import EditRequest
 from rome_fast.eval.score import mean_token_nll
-from rome_fast.hparams.batched import check_method, method_hparams_for
+from rome_fast.hparams.batched import check_method
 
 REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(EditRequest))
 REQUIRED_FIELDS = ("prompt", "subject", "target_new")
@@ -112,11 +112,9 @@ def run_batch_edit(args: argparse.Namespace) -> int:
         check_out_file(args.json)
     editor = build_editor(args)
     editor.warm_up()
-    hparams = method_hparams_for(args.method, editor.loaded.name, layer=args.layer)
     before = _probabilities(editor, requests)
-    result = editor.edit_batch(
-        requests, args.method, keys=args.keys or "memit", method_hparams=hparams
-    )
+    # the method's per-model hyperparameters, placed at --layer (or the file's) where given
+    result = editor.edit_batch(requests, args.method, keys=args.keys or "memit")
     after = _probabilities(editor, requests)
     editor.restore()
     facts = [

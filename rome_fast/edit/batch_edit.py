@@ -31,7 +31,8 @@ from rome_fast.edit.guard import Guard
 from rome_fast.edit.ownership import require_finite_weights
 from rome_fast.edit.request import EditRequest
 from rome_fast.edit.residuals import relative_residual
-from rome_fast.hparams.batched import Method, MethodHParams, check_method, method_hparams_for
+from rome_fast.hparams.batched import Method, MethodHParams, check_method, method_hparams_at
+from rome_fast.hparams.defaults import HParams
 from rome_fast.infra.timer import PhaseTimer
 from rome_fast.methods.alphaedit.update import AlphaEditHParams, NullSpaceLayer
 from rome_fast.methods.emmet.update import EmmetHParams, emmet_covariance, emmet_factors
@@ -115,6 +116,7 @@ class BatchHost(Protocol):
     editor imports this module)."""
 
     loaded: LoadedModel
+    hparams: HParams
     seed: int
     _batch_statistics: BatchStatistics
 
@@ -193,9 +195,13 @@ def edit_batch(
 
 
 def _check_hparams(editor: BatchHost, method: Method, hp: MethodHParams | None) -> MethodHParams:
-    """The method's hyperparameters (per model when None), of the method's own type, with
-    layers the model has."""
-    chosen = hp if hp is not None else method_hparams_for(method, editor.loaded.name)
+    """The method's hyperparameters (when None: per model, placed at the editor's ROME layer
+    where that is not the model's own), of the method's own type, with layers the model has."""
+    chosen = (
+        hp
+        if hp is not None
+        else method_hparams_at(method, editor.loaded.name, editor.hparams.layer)
+    )
     expected = _HPARAMS_TYPES[method]
     if not isinstance(chosen, expected):
         raise ValueError(

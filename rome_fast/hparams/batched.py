@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, get_args
 
-from rome_fast.hparams.defaults import hparams_for, short_model_name
+from rome_fast.hparams.defaults import HPARAMS, hparams_for, short_model_name
 from rome_fast.methods.alphaedit import update as alphaedit
 from rome_fast.methods.emmet import update as emmet
 from rome_fast.methods.memit import update as memit
@@ -60,3 +60,13 @@ def method_hparams_for(method: str, model: str, *, layer: int | None = None) -> 
     else:
         layers = tuple(range(max(0, rome_layer - WINDOW + 1), rome_layer + 1))
     return dataclasses.replace(_DEFAULTS[known], layers=layers)
+
+
+def method_hparams_at(method: str, model: str, rome_layer: int) -> MethodHParams:
+    """The hyperparameters of ``method`` for an editor whose ROME layer is ``rome_layer``:
+    the model's own (``method_hparams_for``) when that is the model's ROME layer, else placed
+    at ``rome_layer`` by the same rule (a user's ``--layer`` or ``HParams(layer=...)``, or a
+    model without per-model values)."""
+    known = HPARAMS.get(short_model_name(model))
+    own = known is not None and known.layer == rome_layer
+    return method_hparams_for(method, model, layer=None if own else rome_layer)
