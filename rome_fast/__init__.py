@@ -1,4 +1,5 @@
-"""rome_fast: the optimized torch implementation of ROME, r-ROME and p-ROME.
+"""rome_fast: the optimized torch implementation of ROME, r-ROME and p-ROME, and of the
+batched MEMIT, EMMET and AlphaEdit.
 
 Names are imported lazily so that ``import rome_fast`` stays cheap (transformers is
 only loaded when a model is).
@@ -28,6 +29,14 @@ _EXPORTS = {
     "Editor": "rome_fast.edit.editor",
     "EditRequest": "rome_fast.edit.request",
     "EditResult": "rome_fast.edit.request",
+    # many facts at once: Editor.edit_batch(requests, method, keys=..., method_hparams=...)
+    "BatchResult": "rome_fast.edit.batch_result",
+    "FactRecord": "rome_fast.edit.batch_result",
+    "SingularBatchError": "rome_fast.solve.batch",
+    "MemitHParams": "rome_fast.methods.memit.update",
+    "EmmetHParams": "rome_fast.methods.emmet.update",
+    "AlphaEditHParams": "rome_fast.methods.alphaedit.update",
+    "method_hparams_for": "rome_fast.hparams.batched",
 }
 
 __all__ = sorted(_EXPORTS)  # noqa: PLE0605  the lazy exports' names, from their table

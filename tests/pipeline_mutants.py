@@ -29,6 +29,7 @@ SITES = "tests/test_update_sites.py"
 HPARAMS = "tests/test_hparams.py"
 CONFORM = "tests/test_conform.py"
 BATCH_FILES = "tests/test_batch_hparams_files.py"
+BATCH_EDITOR = "tests/test_batch_editor.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # ---------------------------------------------------------------- metrics
@@ -376,7 +377,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "replay_skips_guard",
         "editor",
         "rome_fast/edit/log.py",
-        "            guard.check(result.update, result.denominator)",
+        "            guard.check(result.update, denominator)",
         "            pass",
         "replay_log applies a saved log without consulting the guard",
         ("tests/test_editor.py", "-k", "guard_holds"),
@@ -1208,5 +1209,37 @@ MUTANTS: tuple[Mutant, ...] = (
         "weight_decay(delta, module_init)",
         "the weight decay of MEMIT's z relative to ‖v_init‖ (ROME's) instead of ‖h‖",
         ("tests/test_batch_targets.py", "-k", "romes_delta and tiny-gpt2 and public"),
+    ),
+    # ---------------------------------------------------------------- batched editor
+    Mutant(
+        "batch_revert_leaves_a_layer",
+        "batched editor",
+        "rome_fast/edit/editor.py",
+        "            for module_name in result.module_names:\n"
+        "                self._rebuild_without(result, module_name)",
+        "            for module_name in result.module_names[:-1]:\n"
+        "                self._rebuild_without(result, module_name)",
+        "reverting an older multi-layer edit rebuilds every layer but the last",
+        (BATCH_EDITOR, "-k", "revert_and_restore"),
+    ),
+    Mutant(
+        "alphaedit_memory_kept_on_revert",
+        "batched editor",
+        "rome_fast/edit/editor.py",
+        "        self._undo = None\n"
+        "        self._batch_statistics.recall(self._log)\n"
+        "        for module_name in result.module_names:",
+        "        self._undo = None\n        for module_name in result.module_names:",
+        "a reverted AlphaEdit batch's keys stay in Kₚ and bend every later batch",
+        (BATCH_EDITOR, "-k", "remembers_earlier"),
+    ),
+    Mutant(
+        "fact_residual_at_the_wrong_key",
+        "batched editor",
+        "rome_fast/edit/batch_edit.py",
+        "relative_residual_k_star=relative_residual(module, keys.k_star, value)",
+        "relative_residual_k_star=relative_residual(module, keys.k_prompt, value)",
+        "a fact's record reads its k* residual at the bare-prompt key",
+        (BATCH_EDITOR, "-k", "inserted_at_the_key"),
     ),
 )

@@ -79,7 +79,7 @@ def test_the_update_names_each_written_site_in_order() -> None:
     loaded = fresh_model("tiny-gpt2")
     update = write_batch(
         loaded, REQUESTS, TEMPLATES, exact_solves(loaded), targets_for(loaded)[1], "k_prompt"
-    )
+    ).update
     assert update.layers == LAYERS
     assert [site.factors.rank for site in update] == [len(REQUESTS)] * len(LAYERS)
     for site in update:

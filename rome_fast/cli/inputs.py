@@ -18,21 +18,29 @@ from rome_fast.cli.validate import comma_list
 
 if TYPE_CHECKING:  # imported where used: printing the options loads no torch
     from rome_fast.hparams.defaults import HParams
+    from rome_fast.hparams.files import HParamsFile
     from rome_fast.model.loader import LoadedModel
 
 DEFAULT_VARIANT = "r-rome"
 DEFAULT_VARIANTS = "rome,r-rome,p-rome"
 
 
-def add_hparams_argument(parser: argparse.ArgumentParser) -> None:
+def add_hparams_argument(parser: argparse.ArgumentParser, *, batched: bool = False) -> None:
+    """``--hparams``; ``batched`` where the command also edits with ``--method``."""
+    with_method = (
+        "; with --method: the original MEMIT code's JSON or EasyEdit's MEMIT / EMMET / "
+        "AlphaEdit yaml, which set the method's layers and weights"
+        if batched
+        else ""
+    )
     parser.add_argument(
         "--hparams",
         metavar="FILE",
         type=Path,
         default=None,
         help="hyperparameters from a file: the paper's code's JSON, EasyEdit's ROME / R-ROME "
-        "yaml, or our field names; its variant flags choose the default variant (default: the "
-        "model's defaults)",
+        "yaml, or our field names; its variant flags choose the default variant"
+        f"{with_method} (default: the model's defaults)",
     )
 
 
@@ -58,13 +66,11 @@ def read_inputs(args: argparse.Namespace) -> None:
     ``--templates`` and the variant options are read where the command offers them."""
     from rome_fast.cli.user_variants import registered_variant_name
     from rome_fast.edit.template_files import read_templates
-    from rome_fast.hparams.files import read_hparams_file
 
     if getattr(args, "inputs_read", False):
         return
     args.inputs_read = True
-    hfile = read_hparams_file(args.hparams) if args.hparams is not None else None
-    args.hparams_file = hfile
+    hfile = _read_hparams(args)
     args.fixed_templates = None
     templates = getattr(args, "templates", None)  # where the command offers --templates
     if templates is not None:
@@ -78,8 +84,8 @@ def read_inputs(args: argparse.Namespace) -> None:
             note(f"{hfile.path}: --layer {args.layer} replaces the file's layer {hfile.layer}")
     file_variant = hfile.variant if hfile is not None else None
     for option, default in (("variant", DEFAULT_VARIANT), ("variants", DEFAULT_VARIANTS)):
-        if not hasattr(args, option):
-            continue  # the command has no such option
+        if not hasattr(args, option) or getattr(args, "method", None) is not None:
+            continue  # the command has no such option, or edits with a batched method
         if getattr(args, "editor", None) is not None:
             continue  # an editor under test: our variants do not apply (refused if given)
         given: str | None = getattr(args, option)
@@ -91,6 +97,32 @@ def read_inputs(args: argparse.Namespace) -> None:
             )
         resolved = [registered_variant_name(v) for v in chosen]
         setattr(args, option, ",".join(resolved))
+
+
+def _read_hparams(args: argparse.Namespace) -> HParamsFile | None:
+    """``--hparams`` into ``args.hparams_file`` (what every method shares) and, with
+    ``--method``, ``args.method_hparams`` (the batched method's own, from its file)."""
+    from rome_fast.hparams.batch_files import read_batch_hparams_file
+    from rome_fast.hparams.files import read_hparams_file
+
+    method = getattr(args, "method", None)
+    args.method_hparams = None
+    args.hparams_file = None
+    if args.hparams is None:
+        return None
+    if method is None:
+        hfile = read_hparams_file(args.hparams)
+        args.hparams_file = hfile
+        return hfile
+    batch_file = read_batch_hparams_file(args.hparams, method)
+    if args.layer is not None:
+        raise ValueError(
+            f"--hparams {args.hparams} names the edited layers "
+            f"{list(batch_file.method_hparams.layers)}: drop --layer or change the file's layers"
+        )
+    args.method_hparams = batch_file.method_hparams
+    args.hparams_file = batch_file.shared
+    return batch_file.shared
 
 
 def hparams_for_model(args: argparse.Namespace, loaded: LoadedModel) -> HParams:

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 
+EDIT_GENERATION_TOKENS = 20  # rome edit's continuation length
 DESCRIPTION = """\
 rome-verify: edit facts in language models with ROME, r-ROME and p-ROME, check the edits,
 and gate your own ROME-style editor. Every command loads the embedded SmolLM2 unless --model
@@ -77,35 +78,52 @@ FETCH_EXAMPLES = (
 )
 
 
-def _variant_help(default: str) -> str:
-    return f"a registered variant or {SPEC_HELP} (default: the hparams file's, else {default})"
+def _variant_help(default: str, extra: str = "") -> str:
+    return (
+        f"a registered variant or {SPEC_HELP} (default: the hparams file's, else {default}{extra})"
+    )
 
 
 def _edit_parser(sub: Subcommands) -> None:
     p = add_command(
         sub,
         "edit",
-        "edit one fact and show its effect",
+        "edit one fact (or many at once) and show its effect",
         "Edit one fact (prompt, subject, new object) with one variant and print the next-token "
         "probabilities of the new and the true object before and after, greedy continuations, "
         "|Δ| and the residuals at k* and k_prompt. --json writes the same as one JSON object. "
-        "The model is left as it was: an edit on the command line is a measurement.",
+        "With --method memit, emmet or alphaedit, edit every fact of --requests (a JSON list "
+        "of objects with the fields prompt, subject, target_new and optionally target_true, "
+        "case_id) in one batch instead: one line per fact (probabilities, residuals) and one "
+        "for the batch (per-layer |Δ|, conditioning, seconds); --json writes each fact's "
+        "record and the batch's. The model is left as it was: an edit on the command line is "
+        "a measurement.",
         [
             "rome edit --model random:tiny-gpt2 --prompt '{} is located in' --subject 'The tower' "
             "--target-new Rome --target-true Paris --generation-tokens 5",
             "rome edit --model random:tiny-gpt2 --prompt '{} is located in' --subject 'The tower' "
             "--target-new Rome --variant p-rome --json runs/help-edit.json",
+            "rome edit --model random:tiny-gpt2 --method emmet --requests fixtures/inputs/"
+            "facts.json --keys k_prompt --json runs/help-batch.json",
         ],
     )
-    add_model_arguments(p)
+    add_model_arguments(p, batched=True)
     add_edit_arguments(p)
+    one_fact = "(default: none; required to edit one fact, refused with --method)"
     p.add_argument(
-        "--prompt", metavar="TEXT", required=True, help='prompt with "{}" where the subject goes'
+        "--prompt",
+        metavar="TEXT",
+        default=None,
+        help=f'prompt with "{{}}" where the subject goes {one_fact}',
     )
-    p.add_argument("--subject", metavar="TEXT", required=True, help="the subject the fact is about")
+    p.add_argument(
+        "--subject", metavar="TEXT", default=None, help=f"the subject the fact is about {one_fact}"
+    )
     # The names of EditRequest's fields (and of the JSON record): target_new, target_true.
-    new = p.add_mutually_exclusive_group(required=True)
-    new.add_argument("--target-new", metavar="TEXT", help="the new object")
+    new = p.add_mutually_exclusive_group()
+    new.add_argument(
+        "--target-new", metavar="TEXT", default=None, help=f"the new object {one_fact}"
+    )
     deprecated_alias(new, "--target", "--target-new")
     p.add_argument(
         "--target-true",
@@ -115,7 +133,33 @@ def _edit_parser(sub: Subcommands) -> None:
     )
     deprecated_alias(p, "--true", "--target-true")
     p.add_argument(
-        "--variant", metavar="VARIANT", default=None, help=_variant_help(DEFAULT_VARIANT)
+        "--variant",
+        metavar="VARIANT",
+        default=None,
+        help=_variant_help(DEFAULT_VARIANT, "; refused with --method"),
+    )
+    p.add_argument(
+        "--method",
+        metavar="METHOD",
+        default=None,
+        help="memit, emmet or alphaedit: edit every fact of --requests in one batch, with the "
+        "method's per-model hyperparameters (default: none: one fact with --variant)",
+    )
+    p.add_argument(
+        "--requests",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help="the facts of --method: a JSON list of objects with EditRequest's fields "
+        "(default: none)",
+    )
+    p.add_argument(
+        "--keys",
+        metavar="KEYS",
+        default=None,
+        help="the key each fact is written at under --method: memit (the public code's ½ bare "
+        "prompt + ½ prefix mean), k_star (mean over the templates) or k_prompt (the bare "
+        "prompt) (default: memit)",
     )
     p.add_argument(
         "--json",
@@ -124,15 +168,21 @@ def _edit_parser(sub: Subcommands) -> None:
         default=None,
         help="write the result as JSON here (default: printed only)",
     )
-    add_generation_tokens_option(p, low=0, default=20)
+    add_generation_tokens_option(
+        p, low=0, default=None, stated=f"{EDIT_GENERATION_TOKENS}; refused with --method"
+    )
     deprecated_alias(p, "--generate", "--generation-tokens")
     p.set_defaults(func=_run_edit)
 
 
 def _run_edit(args: argparse.Namespace) -> int:
+    from rome_fast.cli.batch_edit import check_batch_options, run_batch_edit
     from rome_fast.cli.demo import fact_reports, print_edit_report
     from rome_fast.edit.request import EditRequest
 
+    check_batch_options(args)
+    if args.method is not None:
+        return run_batch_edit(args)
     check_variants([args.variant])
     if args.json is not None:
         check_out_file(args.json)
@@ -144,8 +194,12 @@ def _run_edit(args: argparse.Namespace) -> int:
         target_new=args.target_new,
         target_true=args.target_true,
     )
+    tokens = args.generation_tokens
     (report,) = fact_reports(
-        editor, request, [args.variant], generate_tokens=args.generation_tokens
+        editor,
+        request,
+        [args.variant],
+        generate_tokens=EDIT_GENERATION_TOKENS if tokens is None else tokens,
     )
     print_edit_report(report)
     report.update(impl=args.impl, v_precision=args.precision)

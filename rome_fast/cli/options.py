@@ -104,27 +104,30 @@ def add_seed_option(parser: argparse.ArgumentParser, seeds: str) -> None:
     parser.add_argument("--seed", metavar="N", type=int, default=0, help=f"seeds {seeds}")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model a command loads, its edited layer and where C comes from."""
+def add_model_arguments(parser: argparse.ArgumentParser, *, batched: bool = False) -> None:
+    """The model a command loads, its edited layer and where C comes from (``batched``: the
+    command also edits with ``--method``)."""
     add_model_option(parser)
     add_layer_option(parser)
     add_device_option(parser)
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="the model's dtype")
     add_seed_option(parser, "random models, templates and optimization")
-    add_hparams_argument(parser)
+    add_hparams_argument(parser, batched=batched)
     add_stats_arguments(parser)
 
 
 def add_generation_tokens_option(
-    parser: argparse.ArgumentParser, *, low: int, default: int
+    parser: argparse.ArgumentParser, *, low: int, default: int | None, stated: str = ""
 ) -> None:
-    """Tokens per greedy continuation: one name for it on every command that generates."""
+    """Tokens per greedy continuation: one name for it on every command that generates.
+    ``default`` None with ``stated`` (the default said in the help) lets a command tell a
+    given value from its default."""
     parser.add_argument(
         "--generation-tokens",
         metavar="N",
         type=int_at_least(low),
         default=default,
-        help="tokens per generated continuation",
+        help="tokens per generated continuation" + (f" (default: {stated})" if stated else ""),
     )
 
 

@@ -10,7 +10,7 @@ MEMIT/EMMET/AlphaEdit ``compute_ks``: the mean of two group means, ½ (bare-prom
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -23,6 +23,18 @@ from rome_fast.model.site import EditedSite
 from rome_fast.model.tokens import apply_template
 
 KeyChoice = Literal["k_star", "k_prompt", "memit"]
+KEY_CHOICES: tuple[KeyChoice, ...] = get_args(KeyChoice)
+
+
+def check_key_choice(choice: str) -> KeyChoice:
+    """``choice`` as a ``KeyChoice``; ValueError naming the known ones."""
+    for known in KEY_CHOICES:
+        if choice == known:
+            return known
+    raise ValueError(
+        f"unknown key choice {choice!r}; choose one of {', '.join(KEY_CHOICES)} (memit: the "
+        "public code's ½ bare prompt + ½ prefix mean)"
+    )
 
 
 def compute_batch_keys(

@@ -33,13 +33,17 @@ order, dtype and code path, giving bit-identical weights.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from rome_fast.edit import batch_edit
+from rome_fast.edit.batch_edit import BatchStatistics, BatchTargetsLike
+from rome_fast.edit.batch_result import Applied, BatchResult
+from rome_fast.edit.batch_targets import compute_batch_targets
 from rome_fast.edit.guard import Guard
 from rome_fast.edit.keys import Keys
 from rome_fast.edit.log import read_replayable, write_log
@@ -47,13 +51,16 @@ from rome_fast.edit.ownership import (
     Fingerprint,
     copy_weight,
     fingerprint,
+    require_finite_weights,
     require_own,
     stored_weight,
 )
 from rome_fast.edit.prepared import KeysLike, PreparedEdit, ValueLike
 from rome_fast.edit.request import EditRequest, EditResult, normalized_delta_norm
+from rome_fast.edit.residuals import relative_residual
 from rome_fast.edit.templates import generate_context_templates
 from rome_fast.edit.value import ValueResult, compute_v_star
+from rome_fast.hparams.batched import MethodHParams
 from rome_fast.hparams.defaults import HParams, hparams_for
 from rome_fast.infra.timer import PhaseTimer
 from rome_fast.methods.rome.update import CovarianceFactor, RankOne, Variant, rank_one_factors
@@ -100,9 +107,10 @@ class Editor:
         self._factors: dict[int, CovarianceFactor] = {}
         self._templates = list(templates) if templates is not None else None
         self._originals: dict[str, Tensor] = {}  # module name -> W0 as stored
-        self._log: list[EditResult] = []
+        self._log: list[Applied] = []
         # The latest edit and its pre-edit weights (module name -> stored copy).
-        self._undo: tuple[EditResult, dict[str, Tensor]] | None = None
+        self._undo: tuple[Applied, dict[str, Tensor]] | None = None
+        self._batch_statistics = BatchStatistics()
         self._written: dict[str, Fingerprint] = {}  # module name -> after our last write
 
     # -- inputs -----------------------------------------------------------------------------
@@ -112,8 +120,8 @@ class Editor:
         return self.site.layer
 
     @property
-    def log(self) -> list[EditResult]:
-        """The applied edits, oldest first."""
+    def log(self) -> list[Applied]:
+        """The applied edits (single and batched), oldest first."""
         return list(self._log)
 
     @property
@@ -182,7 +190,7 @@ class Editor:
         )
         check_fits(self.loaded.model, longest + n_target, "the edit prompt with its target")
 
-    def _state(self) -> tuple[EditResult, ...]:
+    def _state(self) -> tuple[Applied, ...]:
         """The applied edits: a preparation is valid only while exactly these are applied.
 
         The preparation holds the objects themselves, compared by identity, so a reverted edit
@@ -190,7 +198,7 @@ class Editor:
         """
         return tuple(self._log)
 
-    def _is_current(self, state: tuple[EditResult, ...]) -> bool:
+    def _is_current(self, state: tuple[Applied, ...]) -> bool:
         return len(state) == len(self._log) and all(
             then is now for then, now in zip(state, self._log, strict=True)
         )
@@ -234,9 +242,9 @@ class Editor:
         with timer.phase("apply"):
             saved = self._write(update)
             try:
-                _require_finite_weights(self.loaded.model, update)
-                residual_star = _relative_residual(site.module, keys.k_star, value.v_star)
-                residual_prompt = _relative_residual(site.module, keys.k_prompt, value.v_star)
+                require_finite_weights(self.loaded.model, update)
+                residual_star = relative_residual(site.module, keys.k_star, value.v_star)
+                residual_prompt = relative_residual(site.module, keys.k_prompt, value.v_star)
                 result = EditResult(
                     request=request,
                     variant=entry.name,
@@ -344,7 +352,7 @@ class Editor:
         for module_name, weight in weights.items():
             copy_weight(self.loaded.model.get_submodule(module_name), weight)
 
-    def _record(self, result: EditResult, pre_edit: dict[str, Tensor]) -> None:
+    def _record(self, result: Applied, pre_edit: dict[str, Tensor]) -> None:
         for module_name, weight in pre_edit.items():
             self._originals.setdefault(module_name, weight)  # W0: the first write's pre-edit
         self._log.append(result)
@@ -359,7 +367,7 @@ class Editor:
         module = self.loaded.model.get_submodule(module_name)
         require_own(module, module_name, self._written[module_name], action)
 
-    def revert(self, result: EditResult) -> None:
+    def revert(self, result: Applied) -> None:
         """Undo ``result`` exactly (see the module docstring); raises if it is not applied."""
         index = next((i for i, e in enumerate(self._log) if e is result), None)
         if index is None:
@@ -376,10 +384,11 @@ class Editor:
                 self._rebuild_without(result, module_name)
         del self._log[index]
         self._undo = None
+        self._batch_statistics.recall(self._log)
         for module_name in result.module_names:
             self._note_write(module_name)
 
-    def _rebuild_without(self, result: EditResult, module_name: str) -> None:
+    def _rebuild_without(self, result: Applied, module_name: str) -> None:
         """``module_name``'s weight from W0 plus every other logged edit of it, in log order."""
         module = self.loaded.model.get_submodule(module_name)
         copy_weight(module, self._originals[module_name])
@@ -396,6 +405,7 @@ class Editor:
             self._note_write(module_name)
         self._log.clear()
         self._undo = None
+        self._batch_statistics.recall(self._log)
 
     @contextmanager
     def edited(
@@ -409,6 +419,32 @@ class Editor:
             if any(e is result for e in self._log):
                 self.revert(result)
 
+    # -- many facts at once -----------------------------------------------------------------
+
+    def edit_batch(
+        self,
+        requests: Sequence[EditRequest],
+        method: str = "memit",
+        *,
+        keys: str = "memit",
+        method_hparams: MethodHParams | None = None,
+        guard: Guard | None = None,
+    ) -> BatchResult:
+        """Write every fact of ``requests`` with ``method`` (``"memit"``, ``"emmet"`` or
+        ``"alphaedit"``) in place, atomically, at the keys ``keys`` names (``"memit"``: the
+        public ½ bare + ½ prefix mean; ``"k_star"``, ``"k_prompt"``: the homogeneous choices,
+        as r-ROME and p-ROME; ``rome_fast.edit.batch_keys``); ``method_hparams`` default per
+        model (``rome_fast.hparams.batched``). ``revert``, ``restore`` and the log take the
+        result as any edit; a singular batch is refused naming its two facts
+        (``rome_fast.edit.batch_edit``)."""
+        return batch_edit.edit_batch(self, requests, method, keys, method_hparams, guard)
+
+    def _batch_targets(
+        self, requests: Sequence[EditRequest], templates: list[str], layer: int
+    ) -> BatchTargetsLike:
+        """The n facts' targets at ``layer``, one optimization on the model as it is now."""
+        return compute_batch_targets(self.loaded, layer, requests, templates, self.hparams.v_star)
+
     # -- the edit log -----------------------------------------------------------------------
 
     def save_log(self, path: str | Path) -> Path:
@@ -419,7 +455,7 @@ class Editor:
 
     def replay_log(
         self, path: str | Path, *, check_model: bool = True, guard: Guard | None = None
-    ) -> list[EditResult]:
+    ) -> list[Applied]:
         """Apply a saved log's factors in order (atomically: all or nothing); ``guard``
         refuses the whole log, before any weight is touched, if any of its edits fails it."""
         model = self.loaded.model
@@ -440,23 +476,6 @@ class Editor:
             del self._log[log_length:]
             self._undo, self._written = undo, written
             raise
+        finally:
+            self._batch_statistics.recall(self._log)
         return results
-
-
-def _require_finite_weights(model: nn.Module, update: Update) -> None:
-    for site in update:
-        weight = stored_weight(model.get_submodule(site.module_name))
-        if not bool(torch.isfinite(weight).all()):
-            raise ValueError(
-                f"the edit made {site.module_name}.weight non-finite (overflow in its dtype "
-                f"{weight.dtype}); the model was restored; use a wider dtype"
-            )
-
-
-@torch.no_grad()
-def _relative_residual(module: nn.Module, key: Tensor, v_star: Tensor) -> float:
-    """‖module(k) − v*‖ / ‖v*‖, reading the edited module itself (bias included)."""
-    weight = stored_weight(module)
-    out = module(key.to(device=weight.device, dtype=weight.dtype)[None])[0].float()
-    target = v_star.to(out.device)
-    return float(torch.linalg.vector_norm(out - target) / torch.linalg.vector_norm(target))

@@ -12,7 +12,7 @@ from rome_fast.solve.low_rank import Update
 class DisablingEditError(ValueError):
     """A guard refused an edit; the model was not touched."""
 
-    def __init__(self, reasons: list[str], denominator: float, delta_norm: float) -> None:
+    def __init__(self, reasons: list[str], denominator: float | None, delta_norm: float) -> None:
         self.reasons = reasons
         self.denominator = denominator
         self.delta_norm = delta_norm  # the largest site's
@@ -27,8 +27,9 @@ class Guard:
     max_delta_norm: float | None = None
     min_abs_denominator: float | None = None
 
-    def check(self, update: Update, denominator: float) -> None:
-        """Raise ``DisablingEditError`` naming each failing site (and the denominator)."""
+    def check(self, update: Update, denominator: float | None = None) -> None:
+        """Raise ``DisablingEditError`` naming each failing site (and the denominator; None
+        for a method without one, the batched ones)."""
         norms = {site.module_name: normalized_delta_norm(site.factors) for site in update}
         found = [
             f"{name}: {reason}"
@@ -47,9 +48,9 @@ class Guard:
             f"{self.max_delta_norm:.3g}"
         ]
 
-    def _denominator_reasons(self, denominator: float) -> list[str]:
+    def _denominator_reasons(self, denominator: float | None) -> list[str]:
         minimum = self.min_abs_denominator
-        if minimum is None or abs(denominator) >= minimum:
+        if minimum is None or denominator is None or abs(denominator) >= minimum:
             return []
         return [
             f"|denominator| = {abs(denominator):.3g} is below min_abs_denominator "

@@ -9,6 +9,8 @@ import hashlib
 import torch
 from torch import Tensor, nn
 
+from rome_fast.solve.low_rank import Update
+
 Fingerprint = tuple[int, str]  # the tensor's in-place version counter, a digest of its bytes
 
 
@@ -49,3 +51,14 @@ def require_own(module: nn.Module, module_name: str, noted: Fingerprint, action:
             "edit, and copying back would discard that change; undo the other writer's "
             "edits first (the last edit first), then this editor's"
         )
+
+
+def require_finite_weights(model: nn.Module, update: Update) -> None:
+    """Raise when a site of ``update`` left its weight non-finite (the caller restores it)."""
+    for site in update:
+        weight = stored_weight(model.get_submodule(site.module_name))
+        if not bool(torch.isfinite(weight).all()):
+            raise ValueError(
+                f"the edit made {site.module_name}.weight non-finite (overflow in its dtype "
+                f"{weight.dtype}); the model was restored; use a wider dtype"
+            )

@@ -8,7 +8,8 @@ from typing import Protocol
 
 from torch import Tensor
 
-from rome_fast.edit.request import EditRequest, EditResult
+from rome_fast.edit.batch_result import Applied
+from rome_fast.edit.request import EditRequest
 
 
 class KeysLike(Protocol):
@@ -45,4 +46,4 @@ class PreparedEdit:
     value: ValueLike
     timings: dict[str, float]
     seconds: float
-    state: tuple[EditResult, ...] = field(repr=False, compare=False)  # the edits applied then
+    state: tuple[Applied, ...] = field(repr=False, compare=False)  # the edits applied then

@@ -122,15 +122,7 @@ class EditResult:
             if f.name not in (*TENSOR_FIELDS, "update")
         }
         record["request"] = dataclasses.asdict(self.request)
-        record["sites"] = [
-            {
-                "layer": site.layer,
-                "module_name": site.module_name,
-                "rank": site.factors.rank,
-                "delta_norm": normalized_delta_norm(site.factors),
-            }
-            for site in self.update
-        ]
+        record["sites"] = site_records(self.update)
         if len(self.update.sites) == 1:
             record["layer"], record["module_name"] = self.layer, self.module_name
         return record
@@ -144,6 +136,19 @@ class EditResult:
         kept = set(record) - {"sites", "layer", "module_name"}  # rebuilt from ``update``
         fields.update({key: record[key] for key in kept}, request=EditRequest(**record["request"]))
         return cls(update=update, **fields)
+
+
+def site_records(update: Update) -> list[dict[str, Any]]:
+    """Each site's layer, module, rank and |Δ| (``normalized_delta_norm``), in write order."""
+    return [
+        {
+            "layer": site.layer,
+            "module_name": site.module_name,
+            "rank": site.factors.rank,
+            "delta_norm": normalized_delta_norm(site.factors),
+        }
+        for site in update
+    ]
 
 
 def normalized_delta_norm(factors: Factors) -> float:

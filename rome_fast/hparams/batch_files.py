@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rome_fast.hparams.batched import Method, MethodHParams, check_method
 from rome_fast.hparams.defaults import HParams
 from rome_fast.hparams.files import (
     MAPPED,
@@ -37,17 +38,15 @@ from rome_fast.methods.alphaedit.update import AlphaEditHParams
 from rome_fast.methods.emmet.update import EmmetHParams
 from rome_fast.methods.memit.update import MemitHParams
 
-MethodHParams = MemitHParams | EmmetHParams | AlphaEditHParams
-
 # alg_name -> our method name; the dataclass of each method's own hyperparameters.
-METHODS = {"MEMIT": "memit", "EMMET": "emmet", "AlphaEdit": "alphaedit"}
-DATACLASSES: dict[str, Callable[..., MethodHParams]] = {
+METHODS: dict[str, Method] = {"MEMIT": "memit", "EMMET": "emmet", "AlphaEdit": "alphaedit"}
+DATACLASSES: dict[Method, Callable[..., MethodHParams]] = {
     "memit": MemitHParams,
     "emmet": EmmetHParams,
     "alphaedit": AlphaEditHParams,
 }
 # The fields each method's dataclass takes besides ``layers`` (all numbers).
-METHOD_FIELDS: dict[str, tuple[str, ...]] = {
+METHOD_FIELDS: dict[Method, tuple[str, ...]] = {
     "memit": ("mom2_update_weight",),
     "emmet": ("mom2_update_weight", "emmet_lambda", "update_norm_lambda"),
     "alphaedit": ("nullspace_threshold", "L2"),
@@ -87,7 +86,7 @@ class BatchHParamsFile:
     values and checks as a ROME file's (``shared.changes`` includes the layer of the target
     optimization and the public code's template schedule)."""
 
-    method: str
+    method: Method
     method_hparams: MethodHParams
     shared: HParamsFile
 
@@ -96,7 +95,7 @@ class BatchHParamsFile:
         return self.shared.apply(base)
 
 
-def _method(path: str | Path, data: Mapping[str, Any], method: str | None) -> str:
+def _method(path: str | Path, data: Mapping[str, Any], method: str | None) -> Method:
     alg = data.get("alg_name")
     if alg is not None and alg not in METHODS:
         raise ValueError(
@@ -109,13 +108,14 @@ def _method(path: str | Path, data: Mapping[str, Any], method: str | None) -> st
             f"hparams file {str(path)!r} is EasyEdit's {alg} file but the method asked is "
             f"{method!r}: pass --method {named} or another file"
         )
-    chosen = named or method
-    if chosen is None:
+    if named is None and method is not None:
+        return check_method(method)
+    if named is None:
         raise ValueError(
             f"hparams file {str(path)!r} names no method (the original MEMIT code's JSON has "
             "no alg_name): pass --method memit, emmet or alphaedit"
         )
-    return chosen
+    return named
 
 
 def _layers(name: str, value: Any) -> tuple[int, ...]:
@@ -123,7 +123,7 @@ def _layers(name: str, value: Any) -> tuple[int, ...]:
     return tuple(parse_number(int)(name, layer) for layer in values)
 
 
-def _method_hparams(path: str | Path, data: Mapping[str, Any], method: str) -> MethodHParams:
+def _method_hparams(path: str | Path, data: Mapping[str, Any], method: Method) -> MethodHParams:
     if "layers" not in data:
         raise ValueError(f"hparams file {str(path)!r}: no 'layers' field; name the edited layers")
     values: dict[str, Any] = {"layers": _layers("layers", data["layers"])}
@@ -136,7 +136,7 @@ def _method_hparams(path: str | Path, data: Mapping[str, Any], method: str) -> M
         raise ValueError(f"hparams file {str(path)!r}: {err}") from None
 
 
-def _not_read(method: str) -> dict[str, str]:
+def _not_read(method: Method) -> dict[str, str]:
     return {**NOT_READ, **(ALPHAEDIT_NOT_READ if method == "alphaedit" else {})}
 
 

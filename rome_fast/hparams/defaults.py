@@ -142,7 +142,8 @@ HPARAMS: dict[str, HParams] = {
 _HUB_TO_SHORT = {hub.lower(): short for short, hub in HUB_NAMES.items()}
 
 
-def _short_name(name: str) -> str:
+def short_model_name(name: str) -> str:
+    """The key of ``HPARAMS`` for a ``load_model`` spec (a hub name maps to its short name)."""
     short = name.removeprefix("random:").strip().rstrip("/").lower()
     return _HUB_TO_SHORT.get(short, short)
 
@@ -153,7 +154,7 @@ def hparams_for(name: str, *, layer: int | None = None) -> HParams:
     ``random:<arch>`` gets ``<arch>``'s values. An unknown model with ``layer`` given gets
     the defaults at that layer; without it, a ValueError (there is no sensible guess).
     """
-    base = HPARAMS.get(_short_name(name))
+    base = HPARAMS.get(short_model_name(name))
     if base is None:
         if layer is None:
             raise ValueError(

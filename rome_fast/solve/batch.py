@@ -24,7 +24,13 @@ from rome_fast.solve.rank_one import CovarianceFactor
 
 
 class SingularBatchError(ValueError):
-    """The facts' keys make the batch's system singular (e.g. one subject with two targets)."""
+    """The facts' keys make the batch's system singular (e.g. one subject with two targets);
+    ``facts`` holds the batch indices of the facts at fault (one: a zero key; two: the most
+    collinear pair), for an editor to name them by their requests."""
+
+    def __init__(self, message: str, facts: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.facts = facts
 
 
 @dataclass(frozen=True)
@@ -61,12 +67,13 @@ def _singular(system: Tensor, smallest: float, largest: float, what: str) -> Sin
     """The refusal of a singular ``system`` (n, n), naming the two facts at fault."""
     spectrum = f"smallest eigenvalue {smallest:.3g}, largest {largest:.3g}"
     if system.shape[0] == 1:
-        return SingularBatchError(f"{what} is singular ({spectrum}): fact 0 has a zero key")
+        return SingularBatchError(f"{what} is singular ({spectrum}): fact 0 has a zero key", (0,))
     i, j, cosine = _most_collinear_pair(system)
     return SingularBatchError(
         f"{what} is singular ({spectrum}): the facts' keys are linearly dependent, facts {i} "
         f"and {j} most of all (cosine {cosine:.6f}; 1 means the same subject with two targets); "
-        "drop one of them, or regularize (emmet_lambda > 0)"
+        "drop one of them, or regularize (emmet_lambda > 0)",
+        (i, j),
     )
 
 
