@@ -26,7 +26,7 @@ from tests.doc_commands import REPO, subparsers
 
 CLI = REPO / "rome_fast" / "cli"
 # Set on the parsed options by read_inputs (rome_fast.cli.inputs), not by an option.
-DERIVED = {"hparams_file", "fixed_templates", "inputs_read"}
+DERIVED = {"hparams_file", "method_hparams", "fixed_templates", "inputs_read"}
 NOT_OPTIONS = {"help", "version", "func", "command", "action"}
 
 
