@@ -1134,4 +1134,34 @@ MUTANTS: tuple[Mutant, ...] = (
         "without the third-party code, each of its tests is a skip of its own, not one group",
         ("tests/test_bare_clone.py", "-k", "group_skip"),
     ),
+    # check_variant's bounds: each numeric property within MARGIN × the floor that correct
+    # computations of the same keys reach on the same case, in the same dtype (issue 21).
+    Mutant(
+        "variant_floor_from_the_update_under_test",
+        "check_variant",
+        "rome_fast/testing.py",
+        "floors = [misfit(correct, case) for correct in b.correct()]",
+        "floors = [misfit(b, case)]",
+        "the floor is measured on the update under test, so every update is within its bound",
+        ("tests/test_mutation.py", "-k", "precision_mutant"),
+    ),
+    Mutant(
+        "variant_bound_is_the_floor",
+        "check_variant",
+        "rome_fast/testing.py",
+        "        return MARGIN * self.floor",
+        "        return self.floor",
+        "no margin over the floor: rounding alone fails correct updates",
+        ("tests/test_mutation.py", "-k", "computed_otherwise"),
+    ),
+    Mutant(
+        "explicit_inverse_skips_c",
+        "check_variant",
+        "rome_fast/solve/explicit_inverse.py",
+        "solved: Tensor = self.inverse @ k.to(self.inverse.dtype)",
+        "solved: Tensor = k.to(self.inverse.dtype)",
+        "the explicit-inverse floor computation forgets C⁻¹: the floors of the properties "
+        "that need C⁻¹ (null space, minimality, denominator) become O(1) and pass no_c_inverse",
+        ("tests/test_mutation.py", "-k", "no_c_inverse"),
+    ),
 )
