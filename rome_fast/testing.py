@@ -211,30 +211,7 @@ class PropertyFailure(AssertionError):
 MARGIN = 31.0
 
 
-@dataclass(frozen=True)
-class Reading:
-    """One numeric property on one case."""
-
-    value: float  # the misfit of the update under test
-    floor: float  # the largest misfit of a correct computation on this case, in this dtype
-
-    @property
-    def bound(self) -> float:
-        return MARGIN * self.floor
-
-    @property
-    def passed(self) -> bool:
-        return self.value <= self.bound  # a NaN misfit fails
-
-    @property
-    def ratio(self) -> float:
-        return self.value / self.floor
-
-    def describe(self) -> str:
-        return (
-            f"{self.value:.3g} (floor {self.floor:.3g}, bound {self.bound:.3g} = "
-            f"{MARGIN:g} × floor; value/floor {self.ratio:.3g})"
-        )
+Reading = property_report.Reading
 
 
 @dataclass(frozen=True)
@@ -409,7 +386,7 @@ def measure(misfit: Misfit, b: UpdateUnderTest, case: Case) -> Reading:
     the correct computations there, and never below ε of the dtype (rounding the inputs to it
     already costs that much)."""
     floors = [misfit(correct, case) for correct in b.correct()]
-    return Reading(misfit(b, case), max([float(torch.finfo(b.dtype).eps), *floors]))
+    return Reading(misfit(b, case), max([float(torch.finfo(b.dtype).eps), *floors]), MARGIN)
 
 
 @dataclass(frozen=True)
@@ -536,14 +513,6 @@ def _describe_failure(battery: UpdateUnderTest, name: str, params: CaseParams) -
     return "flaky: the shrunk case passes on rerun"
 
 
-def _worst(readings: list[Reading]) -> str:
-    """The passing case closest to its bound, or "" for a property without a floor."""
-    if not readings:
-        return ""
-    worst = max(readings, key=lambda r: r.ratio)
-    return f"worst of {len(readings)} cases: {worst.describe()}"
-
-
 def other_key_row(battery: UpdateUnderTest, seed: int) -> PropertyResult:
     """What the update does at the key it does not promise to insert at (status noted): it
     also inserts there when its misfit at that key is within the bound of exact insertion."""
@@ -623,7 +592,7 @@ def check_update(
         try:
             smallest = find(strategy, fails, settings=config, random=random.Random(seed))
         except NoSuchExample:
-            results.append(PropertyResult(prop_name, "passed", _worst(readings)))
+            results.append(PropertyResult(prop_name, "passed", property_report.worst(readings)))
             continue
         results.append(
             PropertyResult(

@@ -1148,8 +1148,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "variant_bound_is_the_floor",
         "check_variant",
-        "rome_fast/testing.py",
-        "        return MARGIN * self.floor",
+        "rome_fast/infra/property_report.py",
+        "        return self.margin * self.floor",
         "        return self.floor",
         "no margin over the floor: rounding alone fails correct updates",
         ("tests/test_mutation.py", "-k", "computed_otherwise"),
@@ -1163,5 +1163,26 @@ MUTANTS: tuple[Mutant, ...] = (
         "the explicit-inverse floor computation forgets C⁻¹: the floors of the properties "
         "that need C⁻¹ (null space, minimality, denominator) become O(1) and pass no_c_inverse",
         ("tests/test_mutation.py", "-k", "no_c_inverse"),
+    ),
+    # check_batched's bounds: each numeric property within MARGIN × the floor of the float64
+    # reference on inputs perturbed by ε(dtype) (issue 21).
+    Mutant(
+        "batch_floor_from_the_solves_under_test",
+        "batched battery",
+        "rome_fast/testing_batch/battery.py",
+        "floors = [misfit(PerturbedReference(run.dtype, [p.seed, 5, d]), p) for d in draws]",
+        "floors = [misfit(run, p) for d in draws]",
+        "the floor is measured on the solves under test, so every solve is within its bound",
+        ("tests/test_batch_battery.py", "-k", "catches_mutant and lambda_wrong_side"),
+    ),
+    Mutant(
+        "batch_floor_without_gram_rounding",
+        "batched battery",
+        "rome_fast/testing_batch/battery.py",
+        "gram_noise = G * math.sqrt(self.eps) * _norm(K) / _norm(G)",
+        "gram_noise = G * 0.0",
+        "the reference's floor for AlphaEdit leaves out the rounding of the Gram KKᵀ, which "
+        "the solve amplifies by ‖KKᵀ‖/α: correct float32 solves fail batch_order",
+        (*BATCH_BATTERY[:2], "pass_the_battery and float32"),
     ),
 )
