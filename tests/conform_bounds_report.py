@@ -231,6 +231,13 @@ def main() -> None:
             if name == "rome-verify[r-rome]":
                 floors.append(floor_row(family, report))
             print(family, name, report.ok, flush=True)
+            write(
+                args,
+                [*done, family],
+                (floors, control_table, planted_table),
+                worst_control,
+                least_planted,
+            )
         for name, (target, options) in PLANTED.items():
             if only and name not in only:
                 continue
@@ -242,9 +249,14 @@ def main() -> None:
             least_planted = min(least_planted, math.inf if math.isnan(ratio) else ratio)
             planted_table.append(planted_row(family, name, target, report))
             print(family, name, target, report.ok, flush=True)
+            write(
+                args,
+                [*done, family],
+                (floors, control_table, planted_table),
+                worst_control,
+                least_planted,
+            )
         done.append(family)
-        tables = (floors, control_table, planted_table)
-        write(args, done, tables, worst_control, least_planted)  # after each family
 
 
 if __name__ == "__main__":
