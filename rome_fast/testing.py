@@ -552,7 +552,7 @@ def check_update(
 
     Each property gets its own seeded hypothesis search (``max_examples`` cases); a failing
     case is shrunk to the smallest ``CaseParams`` hypothesis finds. For float32 and lower the
-    condition numbers are limited to 10² so that the tolerances stay meaningful.
+    condition numbers are limited to 10² (the range MARGIN was measured over).
     ``shrink=False`` reports the first failing case found instead (much faster on failure).
     """
     direction = direction_at or inserts_at
