@@ -7,15 +7,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rome_fast.testing_batch.battery import (
-    alphaedit_kappa,
-    emmet_kappa,
-    memit_kappa,
-    null_threshold,
-)
+from rome_fast.testing_batch.battery import null_threshold
 from rome_fast.testing_batch.cases import Batch, BatchParams, make_batch
 from rome_fast.testing_batch.ours import alphaedit, emmet, memit
 from rome_ref import batched as rb
+from tests.batch_strategies import alphaedit_kappa, emmet_kappa, memit_kappa
 
 D_IN, D_OUT, N, SEEDS = 256, 128, 32, 5
 LAM, LAM_M, ALPHA = 15000.0, 1e4, 10.0  # MEMIT's λ (GPT-J), EMMET's λₘ with λₑ = 0, AlphaEdit's α

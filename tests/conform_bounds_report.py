@@ -6,6 +6,7 @@ the correct controls and the planted-bug editors of tests/conform_editors.py).""
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import functools
 import math
@@ -13,15 +14,17 @@ import platform
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rome_fast.conform.ours import OurEditor
 from rome_fast.conform.properties import MARGIN, NUMERIC
 from rome_fast.conform.protocol import CallableEditor, EditorUnderTest
 from rome_fast.conform.public import LAYOUTS, PublicEditor
 from rome_fast.conform.run import ConformReport
+from rome_fast.model.loader import LoadedModel, load_model
 from tests import conform_editors
 from tests.anchors import ANCHORS_ENV
-from tests.conform_setup import conform, failed
+from tests.conform_setup import conform, conform_on, failed
 from tests.models import FAMILIES
 
 Factory = Callable[[], EditorUnderTest]
@@ -67,6 +70,25 @@ PLANTED: dict[str, tuple[str, dict[str, object]]] = {  # name -> (targeted prope
     "raises_midway": ("edit_completed", {}),
     "hangs": ("edit_completed", {"timeout": 2.0}),
 }
+
+
+PRETRAINED = ("smollm2",)  # families that are real models: load_model(name), not random
+
+
+@functools.cache
+def _pretrained(name: str) -> LoadedModel:
+    return load_model(name)
+
+
+def run(editor: EditorUnderTest, family: str, **options: Any) -> ConformReport:
+    """The harness on a fresh copy of ``family``: a tiny random model, or a real one."""
+    if family not in PRETRAINED:
+        return conform(editor, family, **options)
+    shared = _pretrained(family)
+    model = copy.deepcopy(shared.model)
+    return conform_on(
+        LoadedModel(model, shared.tokenizer, shared.adapter, shared.name), editor, **options
+    )
 
 
 def _make(name: str) -> EditorUnderTest:
@@ -135,7 +157,8 @@ def write(
         "# Conformance bounds: measured floors, correct controls, planted bugs",
         "",
         f"Written by `python -m tests.conform_bounds_report --out {args.out} --families "
-        f"{args.families} --steps {args.steps} --cases {args.cases}` ({platform.machine()} "
+        f"{args.families} --steps {args.steps} --cases {args.cases}"
+        f"{f' --only {args.only}' if args.only else ''}` ({platform.machine()} "
         f"CPU, commit {commit}, {datetime.date.today().isoformat()}): the harness of "
         "tests/conform_setup.py (fixed templates, a "
         f"seeded random SPD C), {args.steps} v* steps, {args.cases} case(s) per run (two, "
@@ -178,7 +201,11 @@ def main() -> None:
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cases", type=int, default=1)
+    parser.add_argument(
+        "--only", default="", help="comma-separated editors to run (default: every one)"
+    )
     args = parser.parse_args()
+    only = set(args.only.split(",")) - {""}
     floors = _header("family", *(f"{p} floor (bound)" for p in NUMERIC))
     control_table = _header("family", "editor", "verdict", *(f"{p} value/floor" for p in NUMERIC))
     planted_table = _header(
@@ -196,24 +223,40 @@ def main() -> None:
     done: list[str] = []
     for family in args.families.split(","):
         for name, (factory, expect) in controls(args.anchors, family).items():
-            report = conform(factory(), family, expect=expect, cases=args.cases, steps=args.steps)
+            if only and name not in only:
+                continue
+            report = run(factory(), family, expect=expect, cases=args.cases, steps=args.steps)
             worst_control = max(worst_control, *_required_ratios(report).values())
             control_table.append(control_row(family, name, report))
             if name == "rome-verify[r-rome]":
                 floors.append(floor_row(family, report))
             print(family, name, report.ok, flush=True)
+            write(
+                args,
+                [*done, family],
+                (floors, control_table, planted_table),
+                worst_control,
+                least_planted,
+            )
         for name, (target, options) in PLANTED.items():
+            if only and name not in only:
+                continue
             cases = max(args.cases, 2) if options.get("sequential") else args.cases
-            report = conform(
+            report = run(
                 _make(name), family, expect="r-rome", cases=cases, steps=args.steps, **options
             )
             ratio = _ratio(report.properties()[target])
             least_planted = min(least_planted, math.inf if math.isnan(ratio) else ratio)
             planted_table.append(planted_row(family, name, target, report))
             print(family, name, target, report.ok, flush=True)
+            write(
+                args,
+                [*done, family],
+                (floors, control_table, planted_table),
+                worst_control,
+                least_planted,
+            )
         done.append(family)
-        tables = (floors, control_table, planted_table)
-        write(args, done, tables, worst_control, least_planted)  # after each family
 
 
 if __name__ == "__main__":

@@ -3,6 +3,10 @@
 - ``VARIANT_MUTANTS``: variants passed off as r-ROME (declared ``inserts_at="k_star"``).
 - ``UPDATE_MUTANTS``: whole update rules with ``rank_one_factors``' signature.
 - ``APPLY_MUTANTS``: versions of ``apply_rank_one``.
+- ``PRECISION_MUTANTS``: r-ROME with an error of the size the old analytic bounds let through
+  in float32 (a ΔW off by 0.5%, factors rounded through bfloat16).
+- ``CORRECT_ALTERNATIVES``: correct r-ROME computed otherwise than the battery's floor
+  computations, which must pass with margin.
 """
 
 from __future__ import annotations
@@ -54,6 +58,44 @@ def transposed(inp: UpdateInputs) -> RankOne:
     return RankOne(r.right, r.left, r.denominator)
 
 
+def scaled_update(inp: UpdateInputs) -> RankOne:
+    """ΔW off by 0.5% (a stray factor in the numerator)."""
+    r = insertion_update(inp, inp.k_star, inp.k_star)
+    return RankOne(0.995 * r.left, r.right, r.denominator)
+
+
+def bf16_factors(inp: UpdateInputs) -> RankOne:
+    """The factors rounded through bfloat16 (an update computed in low precision)."""
+    r = insertion_update(inp, inp.k_star, inp.k_star)
+    dtype = r.left.dtype
+    return RankOne(r.left.bfloat16().to(dtype), r.right.bfloat16().to(dtype), r.denominator)
+
+
+def unit_u(inp: UpdateInputs) -> RankOne:
+    """The public code's form: u normalized to unit length, the scale moved to the left."""
+    r = insertion_update(inp, inp.k_star, inp.k_star)
+    scale = torch.linalg.norm(r.right)
+    return RankOne(r.left * scale, r.right / scale, r.denominator)
+
+
+def lu_solve(inp: UpdateInputs) -> RankOne:
+    """u = C⁻¹k* by an LU solve of C = L Lᵀ rebuilt from the factor (no triangular solves)."""
+    L = inp.cov.cholesky
+    u = torch.linalg.solve(L @ L.T, inp.k_star)
+    denominator = u @ inp.k_star
+    return RankOne((inp.v_star - inp.W0 @ inp.k_star) / denominator, u, denominator)
+
+
+PRECISION_MUTANTS: dict[str, Callable[[UpdateInputs], RankOne]] = {
+    "scaled_update": scaled_update,
+    "bf16_factors": bf16_factors,
+}
+
+CORRECT_ALTERNATIVES: dict[str, Callable[[UpdateInputs], RankOne]] = {
+    "unit_u": unit_u,
+    "lu_solve": lu_solve,
+}
+
 VARIANT_MUTANTS: dict[str, Callable[[UpdateInputs], RankOne]] = {
     "asymmetric_keys": asymmetric_keys,
     "sign_flip": sign_flip,
@@ -92,6 +134,7 @@ def bias_added(
 
 UPDATE_MUTANTS: dict[str, UpdateFn] = {
     **{name: variant_update(fn) for name, fn in VARIANT_MUTANTS.items()},
+    **{name: variant_update(fn) for name, fn in PRECISION_MUTANTS.items()},
     "bias_ignored": bias_ignored,
     "bias_added": bias_added,
 }

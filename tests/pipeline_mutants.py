@@ -1260,4 +1260,55 @@ MUTANTS: tuple[Mutant, ...] = (
         "a fact's record reads its k* residual at the bare-prompt key",
         (BATCH_EDITOR, "-k", "inserted_at_the_key"),
     ),
+    # check_variant's bounds: each numeric property within MARGIN × the floor that correct
+    # computations of the same keys reach on the same case, in the same dtype (issue 21).
+    Mutant(
+        "variant_floor_from_the_update_under_test",
+        "check_variant",
+        "rome_fast/testing.py",
+        "floors = [misfit(correct, case) for correct in b.correct()]",
+        "floors = [misfit(b, case)]",
+        "the floor is measured on the update under test, so every update is within its bound",
+        ("tests/test_mutation.py", "-k", "precision_mutant"),
+    ),
+    Mutant(
+        "variant_bound_is_the_floor",
+        "check_variant",
+        "rome_fast/infra/property_report.py",
+        "        return self.margin * self.floor",
+        "        return self.floor",
+        "no margin over the floor: rounding alone fails correct updates",
+        ("tests/test_mutation.py", "-k", "computed_otherwise"),
+    ),
+    Mutant(
+        "explicit_inverse_skips_c",
+        "check_variant",
+        "rome_fast/solve/explicit_inverse.py",
+        "solved: Tensor = self.inverse @ k.to(self.inverse.dtype)",
+        "solved: Tensor = k.to(self.inverse.dtype)",
+        "the explicit-inverse floor computation forgets C⁻¹: the floors of the properties "
+        "that need C⁻¹ (null space, minimality, denominator) become O(1) and pass no_c_inverse",
+        ("tests/test_mutation.py", "-k", "no_c_inverse"),
+    ),
+    # check_batched's bounds: each numeric property within MARGIN × the floor of the float64
+    # reference on inputs perturbed by ε(dtype) (issue 21).
+    Mutant(
+        "batch_floor_from_the_solves_under_test",
+        "batched battery",
+        "rome_fast/testing_batch/battery.py",
+        "floors = [misfit(PerturbedReference(run.dtype, [p.seed, 5, d]), p) for d in draws]",
+        "floors = [misfit(run, p) for d in draws]",
+        "the floor is measured on the solves under test, so every solve is within its bound",
+        ("tests/test_batch_battery.py", "-k", "catches_mutant and lambda_wrong_side"),
+    ),
+    Mutant(
+        "batch_floor_without_gram_rounding",
+        "batched battery",
+        "rome_fast/testing_batch/battery.py",
+        "gram_noise = G * math.sqrt(self.eps) * _norm(K) / _norm(G)",
+        "gram_noise = G * 0.0",
+        "the reference's floor for AlphaEdit leaves out the rounding of the Gram KKᵀ, which "
+        "the solve amplifies by ‖KKᵀ‖/α: correct float32 solves fail batch_order",
+        (*BATCH_BATTERY[:2], "pass_the_battery and float32"),
+    ),
 )

@@ -3,11 +3,13 @@ tests/batch_mutants.py by the property that targets it."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 from rome_fast.testing import BatchedMethod, check_batched, run_batched_property
-from rome_fast.testing_batch.battery import PROPERTIES, PropertyFailure
+from rome_fast.testing_batch.battery import MARGIN, PROPERTIES, PropertyFailure
 from rome_fast.testing_batch.ours import OURS
 from tests.batch_mutants import MUTANTS
 
@@ -19,6 +21,18 @@ def test_our_solves_pass_the_battery(dtype: torch.dtype) -> None:
     report = check_batched(OURS, name="ours", max_examples=40, dtype=dtype)
     assert report.ok, str(report)
     assert not [r for r in report.results if r.status == "skipped"], str(report)
+
+
+def test_passed_rows_state_the_worst_value_its_floor_and_bound() -> None:
+    report = check_batched(OURS, max_examples=5, dtype=torch.float32, only=["push_through"])
+    (row,) = report.results
+    value, floor, bound = (
+        float(x)
+        for x in re.findall(r"worst of 5 cases: (\S+) \(floor (\S+), bound (\S+) =", row.message)[0]
+    )
+    assert floor >= 0.99 * torch.finfo(torch.float32).eps, row.message  # printed to 3 digits
+    assert bound == pytest.approx(MARGIN * floor, rel=1e-2), row.message
+    assert value <= bound, row.message
 
 
 @pytest.mark.parametrize("name", sorted(MUTANTS))

@@ -24,16 +24,12 @@ from rome_fast.methods.memit.update import PUBLIC as MEMIT_PUBLIC
 from rome_fast.methods.memit.update import MemitHParams, memit_factors
 from rome_fast.solve.batch import SingularBatchError
 from rome_fast.solve.rank_one import CovarianceFactor
-from rome_fast.testing_batch.battery import (
-    alphaedit_kappa,
-    emmet_kappa,
-    memit_kappa,
-    null_threshold,
-)
+from rome_fast.testing_batch.battery import null_threshold
 from rome_fast.testing_batch.cases import Batch, BatchParams, make_batch
 from rome_ref import batched as rb
 from tests import batch_strategies as bs
 from tests.anchors import checkout
+from tests.batch_strategies import alphaedit_kappa, emmet_kappa, memit_kappa
 
 MARGIN = 16
 DTYPES = {"float64": (torch.float64, bs.batches, bs.null_space_batches)}

@@ -4,12 +4,14 @@ their failures."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from hypothesis import settings
 
 import rome_ref
-from rome_fast.methods.rome.update import RankOne, UpdateInputs, insertion_update
+from rome_fast.methods.rome.update import RankOne, UpdateInputs
 from rome_fast.methods.rome.variants import (
     BUILTIN_KEYS,
     available_variants,
@@ -17,7 +19,8 @@ from rome_fast.methods.rome.variants import (
     register_variant,
     unregister_variant,
 )
-from rome_fast.testing import PropertyFailure, VariantCheckError, check_variant
+from rome_fast.testing import MARGIN, PropertyFailure, VariantCheckError, check_variant
+from tests.mutants import unit_u
 
 # The built-ins get as many cases per property as the hypothesis profile gives a test (the
 # properties' own tests they replace ran under it: 25 in CI, 300 with HYPOTHESIS_PROFILE=dev).
@@ -65,6 +68,21 @@ def test_float32_check_of_r_rome_passes() -> None:
     assert report.ok, str(report)
 
 
+def test_passed_rows_state_the_worst_value_its_floor_and_bound() -> None:
+    report = check_variant(get_variant("p-rome"), dtype=torch.float32, max_examples=5)
+    numeric = [r for r in report.results if r.name not in ("finite", "rank_one")]
+    for row in numeric[:-1]:  # the last row is the noted miss at the other key
+        value, floor, bound = (
+            float(x)
+            for x in re.findall(
+                r"worst of 5 cases: (\S+) \(floor (\S+), bound (\S+) =", row.message
+            )[0]
+        )
+        assert floor >= 0.99 * torch.finfo(torch.float32).eps, row.message  # printed to 3 digits
+        assert bound == pytest.approx(MARGIN * floor, rel=1e-2), row.message
+        assert value <= bound, row.message
+
+
 def test_original_declared_at_k_star_fails_and_reproduces() -> None:
     my_variant = get_variant("rome")
     report = check_variant(my_variant, inserts_at="k_star", max_examples=20)
@@ -73,6 +91,9 @@ def test_original_declared_at_k_star_fails_and_reproduces() -> None:
     assert failure.params is not None
     text = str(report)
     assert "exact_insertion    failed" in text
+    # the failure states its value, the floor measured on its case and the bound
+    stated = rf"= \S+ \(floor \S+, bound \S+ = {MARGIN:g} × floor; value/floor \S+\)"
+    assert re.search(stated, failure.message), failure.message
     assert failure.reproducer in text
     snippet = failure.reproducer.removeprefix("reproduce with:\n")
     with pytest.raises(PropertyFailure, match=r"‖Ŵ k_star \+ b − v\*‖"):
@@ -82,12 +103,7 @@ def test_original_declared_at_k_star_fails_and_reproduces() -> None:
 
 
 def test_registered_user_variant_is_checked_with_its_metadata() -> None:
-    def unit_u(inp: UpdateInputs) -> RankOne:
-        # the public code normalizes u to unit length; that must not change anything
-        r = insertion_update(inp, inp.k_star, inp.k_star)
-        scale = torch.linalg.norm(r.right)
-        return RankOne(r.left * scale, r.right / scale, r.denominator)
-
+    # the public code normalizes u to unit length; that must not change anything
     entry = register_variant("unit-u", unit_u, inserts_at="k_star")
     try:
         assert entry.direction_at == "k_star"  # defaults to the insert key

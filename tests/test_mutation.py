@@ -10,8 +10,14 @@ from functools import cache
 import pytest
 import torch
 
-from rome_fast.testing import VariantReport, check_update
-from tests.mutants import APPLY_MUTANTS, CORRECT_UPDATE, UPDATE_MUTANTS
+from rome_fast.testing import VariantReport, check_update, variant_update
+from tests.mutants import (
+    APPLY_MUTANTS,
+    CORRECT_ALTERNATIVES,
+    CORRECT_UPDATE,
+    PRECISION_MUTANTS,
+    UPDATE_MUTANTS,
+)
 from tests.test_weights import assert_output_moves_by_delta, make_module, random_rank_one
 
 MAX_EXAMPLES = 20  # every mutant is caught well within this; unshrunk for speed
@@ -46,6 +52,35 @@ def test_correct_update_passes_the_battery() -> None:
 def test_battery_catches_update_mutant(name: str) -> None:
     result = report(name)
     assert not result.ok, f"mutant {name} passed every property:\n{result}"
+
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("name", sorted(CORRECT_ALTERNATIVES))
+def test_correct_updates_computed_otherwise_pass(name: str, dtype: str) -> None:
+    """Correct r-ROME whose rounding differs from the floor's computations stays within
+    MARGIN × floor (docs/results/check-variant-bounds.md)."""
+    update = variant_update(CORRECT_ALTERNATIVES[name])
+    result = check_update(
+        update, inserts_at="k_star", name=name, max_examples=MAX_EXAMPLES, dtype=DTYPES[dtype]
+    )
+    assert result.ok, str(result)
+
+
+@pytest.mark.parametrize("name", sorted(PRECISION_MUTANTS))
+def test_float32_battery_catches_precision_mutant(name: str) -> None:
+    """An error of 0.5% or of bfloat16 rounding is far above a float32 floor."""
+    result = check_update(
+        UPDATE_MUTANTS[name],
+        inserts_at="k_star",
+        name=name,
+        max_examples=MAX_EXAMPLES,
+        dtype=torch.float32,
+        shrink=False,
+    )
+    assert "exact_insertion" in result.failed, str(result)
 
 
 @pytest.mark.parametrize("name", sorted(APPLY_MUTANTS))

@@ -5,8 +5,9 @@ checks what any rank-one update must satisfy: finite rank-one factors, exact ins
 the registered key, invariance to scaling C, no change orthogonal to C⁻¹d, minimality,
 bias cancellation, the denominator. Here: what tells the built-ins apart (the original
 misses k*, by how much, and blows up as the keys turn orthogonal; r-ROME is the batched
-closed form; rescaling u changes nothing), with the battery's tolerance model
-(``UpdateUnderTest.tol``). The inputs come from ``make_case``; each failure carries a reproducer.
+closed form; rescaling u changes nothing), with the analytic tolerance model
+(``tests.assertions.analytic_tolerance``). The inputs come from ``make_case``; each failure
+carries a reproducer.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import rome_ref
 from rome_fast.infra.reproducer import reproducible
 from rome_fast.methods.rome.update import CovarianceFactor, UpdateInputs, rank_one_update
 from rome_fast.methods.rome.variants import get_variant
-from rome_fast.testing import Case, CaseParams, UpdateUnderTest, make_case, variant_update
-from tests.assertions import assert_small, to_numpy
+from rome_fast.testing import Case, CaseParams, make_case
+from tests.assertions import analytic_tolerance, assert_small, to_numpy
 from tests.strategies import cases, misaligned_cases, small_cases, variants
 
 F64 = torch.float64
@@ -48,11 +49,9 @@ def fast_delta(
     return to_numpy(rank_one_update(**changed.torch_args(F64), variant=variant))
 
 
-def tol(case: Case, variant: str) -> float:
-    """The battery's tolerance for ``variant`` on ``case`` (float64)."""
-    entry = get_variant(variant)
-    battery = UpdateUnderTest(variant_update(entry), entry.inserts_at, entry.direction_at, F64)
-    return battery.tol(case)
+def tol(case: Case) -> float:
+    """The analytic float64 tolerance on ``case`` (``tests.assertions.analytic_tolerance``)."""
+    return analytic_tolerance(case, F64)
 
 
 def insertion_residual(case: Case, delta: np.ndarray, key: np.ndarray) -> float:
@@ -70,7 +69,7 @@ def test_original_misses_k_star_when_keys_differ(params: CaseParams) -> None:
     case = make_case(params)  # whitened key angle ≥ 1°
     residual = insertion_residual(case, fast_delta(case, "rome"), case.k_star)
     # the miss is a·(v − W0k_s) − (v − W0k*) with a = ‖z*‖²/(z*ᵀz_s): order one, far above noise
-    assert residual > 1e3 * tol(case, "rome"), (
+    assert residual > 1e3 * tol(case), (
         f"the original ROME inserted at k* (relative residual {residual:.3g}) with keys "
         f"{params.angle_deg:.1f}° apart; it should only insert at k_prompt"
     )
@@ -102,11 +101,11 @@ def test_original_k_star_miss_grows_with_the_key_angle(params: CaseParams) -> No
         delta = fast_delta(case, "rome", W0=W0, k_prompt=k_prompt)
         miss = float(np.linalg.norm((W0 + delta) @ case.k_star - v))
         expected = float(np.linalg.norm(v)) * (1 / math.cos(math.radians(angle)) - 1)
-        # Measured over 400 random cases × these angles: at most 0.02 of the battery's tol
-        # (3.6e-14 relative); the battery's tol leaves a margin of 50.
+        # Measured over 400 random cases × these angles: at most 0.02 of the analytic tol
+        # (3.6e-14 relative); the analytic tol leaves a margin of 50.
         assert_small(
             abs(miss - expected),
-            tol(case, "rome") * (float(np.linalg.norm(v)) + expected),
+            tol(case) * (float(np.linalg.norm(v)) + expected),
             what=f"|miss − ‖v‖(1/cos θ − 1)| at θ = {angle}°",
         )
         misses.append(miss)
@@ -144,7 +143,7 @@ def test_rescaling_u_leaves_update_unchanged(params: CaseParams, variant: str, s
     unscaled = delta(CovarianceFactor(cholesky))
     difference = float(np.linalg.norm(delta(_ScaledSolve(cholesky, s)) - unscaled))
     # As the battery's invariances; measured over 300 cases: at most 0.004 of this bound.
-    bound = tol(case, variant) * float(np.linalg.norm(unscaled))
+    bound = tol(case) * float(np.linalg.norm(unscaled))
     assert_small(difference, bound, what=f"‖ΔW(s·u) − ΔW(u)‖ for s = {s:.3g}")
 
 
@@ -157,7 +156,7 @@ def test_r_rome_equals_batched_closed_form(params: CaseParams) -> None:
     )
     difference = float(np.linalg.norm(fast_delta(case, "r-rome") - closed))
     # As the battery's invariances; measured over 300 cases (dims to 200): at most 0.006 of it.
-    bound = tol(case, "r-rome") * float(np.linalg.norm(closed))
+    bound = tol(case) * float(np.linalg.norm(closed))
     assert_small(difference, bound, what="‖ΔW_r-ROME − ΔW_closed form‖")
 
 

@@ -25,7 +25,7 @@ from rome_fast.conform.properties import NUMERIC, VARIANTS, Observation, measure
 from rome_fast.conform.protocol import ConformInputs
 from rome_fast.methods.rome.update import rank_one_update
 from rome_fast.model.loader import LoadedModel
-from rome_fast.solve.rank_one import CovarianceFactor
+from rome_fast.solve.explicit_inverse import ExplicitInverse
 
 # A floor below float32's resolution would make a bound that rounding alone exceeds.
 EPS32 = float(np.finfo(np.float32).eps)
@@ -57,25 +57,6 @@ def float64_truth(inputs: ConformInputs) -> Truth:
         return x.detach().to("cpu", torch.float64).numpy()
 
     return Truth(f64(prepared.keys.k_star), f64(prepared.keys.k_prompt), f64(prepared.value.v_star))
-
-
-class ExplicitInverse(CovarianceFactor):
-    """C⁻¹k through a float32 ``torch.linalg.inv(C)``, as the public code computes it."""
-
-    def __init__(self, C: Tensor) -> None:
-        super().__init__(CovarianceFactor.from_matrix(C).cholesky)
-        self.inverse = torch.linalg.inv(C)  # (d_in, d_in)
-
-    def to(
-        self,
-        device: torch.device | str | None = None,  # noqa: ARG002
-        dtype: torch.dtype | None = None,  # noqa: ARG002
-    ) -> CovarianceFactor:
-        return self  # used on the CPU in float32, where it was made
-
-    def solve(self, k: Tensor) -> Tensor:
-        solved: Tensor = self.inverse @ k.to(self.inverse.dtype)
-        return solved
 
 
 def _float32_delta(obs: Observation, variant: str, explicit_inverse: bool) -> np.ndarray:

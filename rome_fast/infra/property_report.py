@@ -1,5 +1,6 @@
 """The report of a property battery, shared by ``check_variant`` and ``check_batched``: one
-row per property, then each failure with the smallest case found and its reproducer."""
+row per property, then each failure with the smallest case found and its reproducer; the
+reading of a numeric property (its value, the floor measured on the same case, the bound)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,41 @@ from typing import Generic, Literal, TypeVar
 
 Status = Literal["passed", "failed", "skipped", "noted"]
 P = TypeVar("P")  # the parameters a battery draws a case from
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One numeric property on one case: passes when ``value ≤ margin × floor``."""
+
+    value: float  # the misfit of what is checked
+    floor: float  # the largest misfit a correct computation reaches on this case, in this dtype
+    margin: float  # the battery's MARGIN, justified by its measured table
+
+    @property
+    def bound(self) -> float:
+        return self.margin * self.floor
+
+    @property
+    def passed(self) -> bool:
+        return self.value <= self.bound  # a NaN misfit fails
+
+    @property
+    def ratio(self) -> float:
+        return self.value / self.floor
+
+    def describe(self) -> str:
+        return (
+            f"{self.value:.3g} (floor {self.floor:.3g}, bound {self.bound:.3g} = "
+            f"{self.margin:g} × floor; value/floor {self.ratio:.3g})"
+        )
+
+
+def worst(readings: Sequence[Reading]) -> str:
+    """The passing case closest to its bound, or "" for a property without a floor."""
+    if not readings:
+        return ""
+    closest = max(readings, key=lambda r: r.ratio)
+    return f"worst of {len(readings)} cases: {closest.describe()}"
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ __all__ = [
     "RankOne",
     "UpdateInputs",
     "Variant",
+    "accumulation_dtype",
     "insertion_update",
     "rank_one_factors",
     "rank_one_update",
@@ -38,7 +39,9 @@ def _require_shape(name: str, x: Tensor, shape: tuple[int, ...], meaning: str) -
         raise ValueError(f"{name} must have shape {shape} {meaning}, got {tuple(x.shape)}")
 
 
-def _accumulation_dtype(W0: Tensor, accum_dtype: torch.dtype | None) -> torch.dtype:
+def accumulation_dtype(W0: Tensor, accum_dtype: torch.dtype | None = None) -> torch.dtype:
+    """The dtype a variant runs in: ``accum_dtype`` if given, else float64 for a float64 W0
+    and float32 otherwise."""
     if accum_dtype is not None:
         return accum_dtype
     return torch.float64 if W0.dtype == torch.float64 else torch.float32
@@ -91,7 +94,7 @@ def rank_one_factors(
     for name, tensor in named.items():
         require_finite(name, tensor)
 
-    dtype = _accumulation_dtype(W0, accum_dtype)
+    dtype = accumulation_dtype(W0, accum_dtype)
     device = W0.device
 
     def cast(x: Tensor) -> Tensor:
