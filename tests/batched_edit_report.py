@@ -107,7 +107,7 @@ def methods_table(editor: SharedTargets, cases: Sequence[EvalCase]) -> list[str]
     """One row per method with the public keys: ES/PS/NS, then each edited layer's |ΔW| and
     conditioning (smallest and largest eigenvalue of the Gram matrix, κ of the solved system)."""
     lines = [
-        "| method | layers | ES (%) | PS (%) | NS (%) | seconds per fact | per layer: |ΔW| "
+        "| method | layers | ES (%) | PS (%) | NS (%) | seconds per fact | per layer: \\|ΔW\\| "
         "(‖ΔW‖_F / numel), Gram eigenvalues min–max, κ(system) |",
         "|---|---|---|---|---|---|---|",
     ]
