@@ -104,7 +104,7 @@ def _edit_parser(sub: Subcommands) -> None:
             "rome edit --model random:tiny-gpt2 --prompt '{} is located in' --subject 'The tower' "
             "--target-new Rome --variant p-rome --json runs/help-edit.json",
             "rome edit --model random:tiny-gpt2 --method emmet --requests fixtures/inputs/"
-            "facts.json --keys k_prompt --json runs/help-batch.json",
+            "facts.json --keys k_prompt --stats-samples 8 --json runs/help-batch.json",
         ],
     )
     add_model_arguments(p, batched=True)
