@@ -46,6 +46,8 @@ from rome_fast.conform.patches import (
     working_directory,
 )
 from rome_fast.conform.protocol import ConformInputs, importable_from
+from rome_fast.hparams.defaults import HParams
+from rome_fast.model.loader import LoadedModel
 
 KEY_FLAGS = ("original_implementation", "enable_random_prefix_keys", "enable_prompt_keys")
 FLAGS: dict[str, tuple[bool, bool, bool]] = {
@@ -151,30 +153,12 @@ class PublicEditor:
     def hparams(self, inputs: ConformInputs) -> Any:
         """The code's own hyperparameter dataclass, filled from the harness's inputs."""
         loaded, hp = inputs.loaded, inputs.hparams
-        adapter = loaded.adapter
-        block = f"{adapter.layers_path}.{{}}"
         values: dict[str, Any] = {
             "layers": [inputs.layer],
-            "fact_token": "subject_last",
-            "v_num_grad_steps": hp.v_star.num_grad_steps,
-            "v_lr": hp.v_star.lr,
-            "v_loss_layer": adapter.n_layers(loaded.model) - 1,
-            "v_weight_decay": hp.v_star.weight_decay,
-            "clamp_norm_factor": hp.v_star.clamp_norm_factor,
-            "kl_factor": hp.v_star.kl_factor,
-            "mom2_adjustment": True,
+            **shared_fields(loaded, hp),
             "context_template_length_params": [
                 list(p) for p in hp.v_star.context_template_schedule
             ],
-            "rewrite_module_tmp": f"{block}.{adapter.mlp_name}.{adapter.proj_name}",
-            "layer_module_tmp": block,
-            "mlp_module_tmp": f"{block}.{adapter.mlp_name}",
-            "attn_module_tmp": f"{block}.attn",
-            "ln_f_module": adapter.final_norm_path,
-            "lm_head_module": "lm_head",
-            "mom2_dataset": hp.stats.corpus,
-            "mom2_n_samples": hp.stats.n_samples,
-            "mom2_dtype": hp.stats.dtype,
             "alg_name": "R-ROME" if "r_rome" in self.layout.package else "ROME",
             "device": str(loaded.device),
             "model_name": loaded.name,
@@ -231,6 +215,44 @@ class PublicEditor:
             for name, weight in self._saved.items():
                 self._model.get_parameter(name)[...] = weight
         self._model, self._saved = None, {}
+
+
+def shared_fields(loaded: LoadedModel, hp: HParams) -> dict[str, Any]:
+    """The hyperparameter fields the public ROME and MEMIT dataclasses share, from the harness's
+    settings: the target optimization, C's collection, and the module name templates (the
+    code formats ``layer`` into them), which come from the model's adapter."""
+    adapter = loaded.adapter
+    block = f"{adapter.layers_path}.{{}}"
+    return {
+        "fact_token": "subject_last",
+        "v_num_grad_steps": hp.v_star.num_grad_steps,
+        "v_lr": hp.v_star.lr,
+        "v_loss_layer": adapter.n_layers(loaded.model) - 1,
+        "v_weight_decay": hp.v_star.weight_decay,
+        "clamp_norm_factor": hp.v_star.clamp_norm_factor,
+        "kl_factor": hp.v_star.kl_factor,
+        "mom2_adjustment": True,
+        "rewrite_module_tmp": f"{block}.{adapter.mlp_name}.{adapter.proj_name}",
+        "layer_module_tmp": block,
+        "mlp_module_tmp": f"{block}.{adapter.mlp_name}",
+        "attn_module_tmp": f"{block}.attn",
+        "ln_f_module": adapter.final_norm_path,
+        "lm_head_module": _output_embedding(loaded.model),
+        "mom2_dataset": hp.stats.corpus,
+        "mom2_n_samples": hp.stats.n_samples,
+        "mom2_dtype": hp.stats.dtype,
+    }
+
+
+def _output_embedding(model: nn.Module) -> str:
+    """The module name under which ``named_parameters`` lists the unembedding's weight: the
+    code looks ``lm_head.weight`` up there, which a tied model lists as the input embedding's
+    (GPT-2: ``transformer.wte``)."""
+    unembedding = model.get_output_embeddings()
+    assert isinstance(unembedding, nn.Module)
+    weight = unembedding.weight
+    name = next(n for n, p in model.named_parameters() if p is weight)
+    return name.removesuffix(".weight")
 
 
 def _import(layout: Layout, path: Path, uncontrolled: list[str]) -> dict[str, types.ModuleType]:
