@@ -29,6 +29,7 @@ SITES = "tests/test_update_sites.py"
 HPARAMS = "tests/test_hparams.py"
 CONFORM = "tests/test_conform.py"
 BATCH_EDITOR = "tests/test_batch_editor.py"
+PUBLIC_MEMIT = "tests/test_public_memit.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # ---------------------------------------------------------------- metrics
@@ -1203,5 +1204,43 @@ MUTANTS: tuple[Mutant, ...] = (
         "relative_residual_k_star=relative_residual(module, keys.k_prompt, value)",
         "a fact's record reads its k* residual at the bare-prompt key",
         (BATCH_EDITOR, "-k", "inserted_at_the_key"),
+    ),
+    # ---------------------------------------------------------------- the public MEMIT code
+    Mutant(
+        "public_memit_stale_residual",
+        "public MEMIT",
+        "rome_fast/conform/public_memit.py",
+        "return [Z - H for H in self.outputs]",
+        "return [Z - self.outputs[0] for _ in self.outputs]",
+        "the captured residual of every layer is the first layer's (H not re-measured)",
+        (PUBLIC_MEMIT, "-k", "reference_on_its_own"),
+    ),
+    Mutant(
+        "public_memit_one_template_group",
+        "public MEMIT",
+        "rome_fast/conform/public_memit.py",
+        'groups = [["{}"], [t for t in inputs.templates if t != "{}"]]',
+        "groups = [list(inputs.templates)]",
+        "the templates handed over as one group: the code then writes at the plain mean (k*)",
+        (PUBLIC_MEMIT, "-k", "half_bare"),
+    ),
+    Mutant(
+        "public_memit_packages_leak",
+        "public MEMIT",
+        "rome_fast/conform/patches.py",
+        "        for name in [name for name in sys.modules if ours(name)]:\n"
+        "            del sys.modules[name]\n",
+        "",
+        "the MEMIT checkout's rome/util stay imported and shadow the ROME checkout's",
+        (PUBLIC_MEMIT, "-k", "leak"),
+    ),
+    Mutant(
+        "tuple_outputs_reach_the_model",
+        "public MEMIT",
+        "rome_fast/conform/patches.py",
+        "return made.pop(id(output))[0] if id(output) in made else output",
+        "return output",
+        "the model gets the 1-tuple shown to hooks instead of the block's tensor",
+        (PUBLIC_MEMIT, "-k", "tuple_block_outputs"),
     ),
 )

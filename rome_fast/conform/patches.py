@@ -204,7 +204,7 @@ def isolated_packages(*names: str) -> Iterator[None]:
     """
 
     def ours(module: str) -> bool:
-        return module.split(".")[0] in names
+        return module.split(".", maxsplit=1)[0] in names
 
     stashed = {name: module for name, module in sys.modules.items() if ours(name)}
     for name in stashed:
@@ -215,7 +215,6 @@ def isolated_packages(*names: str) -> Iterator[None]:
         for name in [name for name in sys.modules if ours(name)]:
             del sys.modules[name]
         sys.modules.update(stashed)
-
 
 
 @contextlib.contextmanager

@@ -32,10 +32,11 @@ import importlib
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+from transformers import PreTrainedModel
 
 from rome_fast.conform.patches import (
     captured_stdout,
@@ -248,7 +249,7 @@ def _output_embedding(model: nn.Module) -> str:
     """The module name under which ``named_parameters`` lists the unembedding's weight: the
     code looks ``lm_head.weight`` up there, which a tied model lists as the input embedding's
     (GPT-2: ``transformer.wte``)."""
-    unembedding = model.get_output_embeddings()
+    unembedding = cast(PreTrainedModel, model).get_output_embeddings()
     assert isinstance(unembedding, nn.Module)
     weight = unembedding.weight
     name = next(n for n, p in model.named_parameters() if p is weight)
