@@ -1243,4 +1243,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "the model gets the 1-tuple shown to hooks instead of the block's tensor",
         (PUBLIC_MEMIT, "-k", "tuple_block_outputs"),
     ),
+    Mutant(
+        "public_revert_misses_a_layer",
+        "public MEMIT",
+        "rome_fast/conform/public.py",
+        "        for name, weight in saved.items():",
+        "        for name, weight in list(saved.items())[1:]:",
+        "reverting a public edit writes back every saved weight but the first layer's",
+        (PUBLIC_MEMIT, "-k", "reverts_bit_identical"),
+    ),
 )

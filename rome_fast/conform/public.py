@@ -210,12 +210,17 @@ class PublicEditor:
 
     def revert(self) -> None:
         """Write back the original weights the code returned (``return_orig_weights``)."""
-        if self._model is None:
-            raise ValueError("nothing to revert: no edit was made")
-        with torch.no_grad():
-            for name, weight in self._saved.items():
-                self._model.get_parameter(name)[...] = weight
+        write_back(self._model, self._saved)
         self._model, self._saved = None, {}
+
+
+def write_back(model: nn.Module | None, saved: dict[str, Tensor]) -> None:
+    """Write back the original weights a public code returned (``return_orig_weights``)."""
+    if model is None:
+        raise ValueError("nothing to revert: no edit was made")
+    with torch.no_grad():
+        for name, weight in saved.items():
+            model.get_parameter(name)[...] = weight
 
 
 def shared_fields(loaded: LoadedModel, hp: HParams) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from rome_fast.conform.patches import (
     working_directory,
 )
 from rome_fast.conform.protocol import importable_from
-from rome_fast.conform.public import IMPORT_ONLY, shared_fields
+from rome_fast.conform.public import IMPORT_ONLY, shared_fields, write_back
 from rome_fast.edit.request import EditRequest
 from rome_fast.hparams.defaults import HParams
 from rome_fast.methods.memit.update import MemitHParams
@@ -138,11 +138,7 @@ class PublicMemit:
 
     def revert(self) -> None:
         """Write back the original weights the code returned (``return_orig_weights``)."""
-        if self._model is None:
-            raise ValueError("nothing to revert: no edit was made")
-        with torch.no_grad():
-            for name, weight in self._saved.items():
-                self._model.get_parameter(name)[...] = weight
+        write_back(self._model, self._saved)
         self._model, self._saved = None, {}
 
     def _capturing(self, main: types.ModuleType) -> contextlib.AbstractContextManager[None]:
