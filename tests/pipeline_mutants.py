@@ -1252,4 +1252,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "reverting a public edit writes back every saved weight but the first layer's",
         (PUBLIC_MEMIT, "-k", "reverts_bit_identical"),
     ),
+    Mutant(
+        "public_memit_family_unchecked",
+        "public MEMIT",
+        "rome_fast/conform/public_memit.py",
+        'if not hasattr(loaded.model.config, "n_embd"):',
+        "if False:",
+        "a Llama model reaches the public code, which fails inside with an AttributeError",
+        (PUBLIC_MEMIT, "-k", "refuses"),
+    ),
 )

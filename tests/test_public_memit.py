@@ -132,6 +132,19 @@ def test_public_edit_writes_only_its_layers_and_reverts_bit_identical(run: Publi
 
 
 @pytest.mark.anchors
+def test_public_code_refuses_a_family_it_cannot_run_before_touching_it() -> None:
+    loaded = fresh_model("tiny-llama")
+    before = weights_of(loaded)
+    C = {layer: random_spd(key_dim(loaded, layer)) for layer in LAYERS}
+    inputs = MemitInputs(
+        loaded, FACTS[:2], TEMPLATES, C, tiny_hparams("tiny-llama"), MemitHParams(LAYERS), 0
+    )
+    with pytest.raises(ValueError, match="GPT-2 and GPT-J layouts only"):
+        PublicMemit(checkout("memit")).edit(inputs)
+    assert all(torch.equal(w, before[name]) for name, w in weights_of(loaded).items())
+
+
+@pytest.mark.anchors
 def test_public_packages_do_not_leak_into_sys_modules() -> None:
     """The MEMIT checkout's ``rome`` and ``util`` must not shadow the ROME checkout's."""
     PublicMemit(checkout("memit"))

@@ -111,6 +111,12 @@ class PublicMemit:
     def edit(self, inputs: MemitInputs) -> None:
         """Apply the batch in place; ``revert`` undoes it."""
         loaded, main = inputs.loaded, self._modules["main"]
+        if not hasattr(loaded.model.config, "n_embd"):
+            raise ValueError(
+                f"the public MEMIT code reads config.n_embd, which {loaded.name} "
+                f"({loaded.adapter.family}) lacks: it runs GPT-2 and GPT-J layouts only; pass "
+                "such a model (random:tiny-gpt2, random:gpt2-medium, ...)"
+            )
         hparams = self.hparams(inputs)
         C_by_module = {
             hparams.rewrite_module_tmp.format(layer): C.to(loaded.device, torch.float32)
