@@ -1261,4 +1261,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "a Llama model reaches the public code, which fails inside with an AttributeError",
         (PUBLIC_MEMIT, "-k", "refuses"),
     ),
+    Mutant(
+        "patched_leaves_an_inherited_attribute",
+        "public MEMIT",
+        "rome_fast/conform/patches.py",
+        "old = {name: vars(target).get(name, _MISSING) for name in values}",
+        "old = {name: getattr(target, name, _MISSING) for name in values}",
+        "a patch of an inherited attribute (a block class's __call__) stays on the class after",
+        (PUBLIC_MEMIT, "-k", "tuple_block_outputs"),
+    ),
 )

@@ -167,3 +167,5 @@ def test_tuple_block_outputs_show_tuples_to_hooks_and_tensors_to_the_model() -> 
     assert type(seen[0]) is tuple
     assert len(seen[0]) == 1
     assert torch.equal(shown, plain)
+    assert "__call__" not in vars(type(blocks[1]))  # the class is as it was, not re-patched
+    assert not blocks[1]._forward_hooks

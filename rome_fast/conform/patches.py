@@ -26,7 +26,8 @@ T = TypeVar("T")
 @contextlib.contextmanager
 def patched(target: Any, **values: Any) -> Iterator[None]:
     """Set attributes of ``target`` (a module, class or object); put the old ones back."""
-    old = {name: getattr(target, name, _MISSING) for name in values}
+    # its own attributes only: one inherited (a class's __call__) is deleted again on exit
+    old = {name: vars(target).get(name, _MISSING) for name in values}
     try:
         for name, value in values.items():
             setattr(target, name, value)

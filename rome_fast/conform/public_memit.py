@@ -92,10 +92,10 @@ class PublicMemit:
     _saved: dict[str, Tensor] = field(default_factory=dict, repr=False)
     _model: nn.Module | None = field(default=None, repr=False)
 
+    name = "memit"
+
     def __post_init__(self) -> None:
         self._modules = _import(Path(self.path), self.uncontrolled)
-
-    name = "memit"
 
     def hparams(self, inputs: MemitInputs) -> Any:
         """The code's ``MEMITHyperParams``, filled from the harness's inputs."""
