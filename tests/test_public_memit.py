@@ -145,6 +145,27 @@ def test_public_code_refuses_a_family_it_cannot_run_before_touching_it() -> None
 
 
 @pytest.mark.anchors
+@pytest.mark.parametrize(
+    ("templates", "layers", "message"),
+    [
+        (["{}", "He said {{hi}}. {}"], LAYERS, "escaped braces"),
+        (TEMPLATES, (*LAYERS, 3), r"no C for edited layers \[3\]"),
+    ],
+)
+def test_public_inputs_it_cannot_take_are_refused_by_name(
+    templates: list[str], layers: tuple[int, ...], message: str
+) -> None:
+    loaded = fresh_model("tiny-gpt2")
+    before = weights_of(loaded)
+    C = {layer: random_spd(key_dim(loaded, layer)) for layer in LAYERS}
+    method = MemitHParams(layers)
+    inputs = MemitInputs(loaded, FACTS[:2], templates, C, tiny_hparams("tiny-gpt2"), method, 0)
+    with pytest.raises(ValueError, match=message):
+        PublicMemit(checkout("memit")).edit(inputs)
+    assert all(torch.equal(w, before[name]) for name, w in weights_of(loaded).items())
+
+
+@pytest.mark.anchors
 def test_public_packages_do_not_leak_into_sys_modules() -> None:
     """The MEMIT checkout's ``rome`` and ``util`` must not shadow the ROME checkout's."""
     PublicMemit(checkout("memit"))

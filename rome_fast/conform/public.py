@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import importlib
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -182,13 +183,7 @@ class PublicEditor:
         }
 
     def edit(self, inputs: ConformInputs) -> None:
-        braced = [t for t in inputs.templates if "{{" in t or "}}" in t]
-        if braced:
-            raise ValueError(
-                f"templates {braced} hold escaped braces: the public code formats each template "
-                "twice (template, then subject), which fails on them; pass templates without "
-                "braces (rome conform strips them from generated templates)"
-            )
+        refuse_braced(inputs.templates)
         loaded = inputs.loaded
         apply = getattr(self._modules["main"], self.layout.apply)
         C = inputs.C.to(device=loaded.device, dtype=torch.float32)
@@ -212,6 +207,17 @@ class PublicEditor:
         """Write back the original weights the code returned (``return_orig_weights``)."""
         write_back(self._model, self._saved)
         self._model, self._saved = None, {}
+
+
+def refuse_braced(templates: Sequence[str]) -> None:
+    """ValueError for templates with escaped braces, which the public codes cannot format."""
+    braced = [t for t in templates if "{{" in t or "}}" in t]
+    if braced:
+        raise ValueError(
+            f"templates {braced} hold escaped braces: the public code formats each template "
+            "twice (template, then subject), which fails on them; pass templates without "
+            "braces (rome conform strips them from generated templates)"
+        )
 
 
 def write_back(model: nn.Module | None, saved: dict[str, Tensor]) -> None:

@@ -44,7 +44,7 @@ from rome_fast.conform.patches import (
     working_directory,
 )
 from rome_fast.conform.protocol import importable_from
-from rome_fast.conform.public import IMPORT_ONLY, shared_fields, write_back
+from rome_fast.conform.public import IMPORT_ONLY, refuse_braced, shared_fields, write_back
 from rome_fast.edit.request import EditRequest
 from rome_fast.hparams.defaults import HParams
 from rome_fast.methods.memit.update import MemitHParams
@@ -117,12 +117,17 @@ class PublicMemit:
                 f"({loaded.adapter.family}) lacks: it runs GPT-2 and GPT-J layouts only; pass "
                 "such a model (random:tiny-gpt2, random:gpt2-medium, ...)"
             )
+        refuse_braced(inputs.templates)
+        missing = sorted(set(inputs.method.layers) - set(inputs.C))
+        if missing:
+            raise ValueError(f"no C for edited layers {missing}; pass one per layer in C")
         hparams = self.hparams(inputs)
         C_by_module = {
             hparams.rewrite_module_tmp.format(layer): C.to(loaded.device, torch.float32)
             for layer, C in inputs.C.items()
         }
-        groups = [["{}"], [t for t in inputs.templates if t != "{}"]]
+        prefixed = [t for t in inputs.templates if t != "{}"]
+        groups = [["{}"], prefixed] if prefixed else [["{}"]]  # an empty group's mean is NaN
         self.captured = Captured()
         torch.manual_seed(inputs.seed)
         with contextlib.ExitStack() as stack:
