@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-# the impls a group's speedups are measured against; "per-fact": n facts one at a time
-BASELINES = ("naive", "ref", "per-fact")
+# the impls a group's speedups are measured against; "per-fact": n facts one at a time;
+# "public": the public code itself (bench_public_memit)
+BASELINES = ("naive", "ref", "per-fact", "public")
 
 T = TypeVar("T")
 

@@ -30,6 +30,7 @@ HPARAMS = "tests/test_hparams.py"
 CONFORM = "tests/test_conform.py"
 BATCH_FILES = "tests/test_batch_hparams_files.py"
 BATCH_EDITOR = "tests/test_batch_editor.py"
+PUBLIC_MEMIT = "tests/test_public_memit.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # ---------------------------------------------------------------- metrics
@@ -1310,5 +1311,88 @@ MUTANTS: tuple[Mutant, ...] = (
         "the reference's floor for AlphaEdit leaves out the rounding of the Gram KKᵀ, which "
         "the solve amplifies by ‖KKᵀ‖/α: correct float32 solves fail batch_order",
         (*BATCH_BATTERY[:2], "pass_the_battery and float32"),
+    ),
+    # ---------------------------------------------------------------- the public MEMIT code
+    Mutant(
+        "public_memit_stale_residual",
+        "public MEMIT",
+        "rome_fast/conform/public_memit.py",
+        "return [Z - H for H in self.outputs]",
+        "return [Z - self.outputs[0] for _ in self.outputs]",
+        "the captured residual of every layer is the first layer's (H not re-measured)",
+        (PUBLIC_MEMIT, "-k", "reference_on_its_own"),
+    ),
+    Mutant(
+        "public_memit_one_template_group",
+        "public MEMIT",
+        "rome_fast/conform/public_memit.py",
+        'groups = [["{}"], prefixed] if prefixed else [["{}"]]',
+        "groups = [list(inputs.templates)]",
+        "the templates handed over as one group: the code then writes at the plain mean (k*)",
+        (PUBLIC_MEMIT, "-k", "half_bare"),
+    ),
+    Mutant(
+        "public_memit_packages_leak",
+        "public MEMIT",
+        "rome_fast/conform/patches.py",
+        "        for name in [name for name in sys.modules if ours(name)]:\n"
+        "            del sys.modules[name]\n",
+        "",
+        "the MEMIT checkout's rome/util stay imported and shadow the ROME checkout's",
+        (PUBLIC_MEMIT, "-k", "leak"),
+    ),
+    Mutant(
+        "tuple_outputs_reach_the_model",
+        "public MEMIT",
+        "rome_fast/conform/patches.py",
+        "return made.pop(id(output))[0] if id(output) in made else output",
+        "return output",
+        "the model gets the 1-tuple shown to hooks instead of the block's tensor",
+        (PUBLIC_MEMIT, "-k", "tuple_block_outputs"),
+    ),
+    Mutant(
+        "public_revert_misses_a_layer",
+        "public MEMIT",
+        "rome_fast/conform/public.py",
+        "        for name, weight in saved.items():",
+        "        for name, weight in list(saved.items())[1:]:",
+        "reverting a public edit writes back every saved weight but the first layer's",
+        (PUBLIC_MEMIT, "-k", "reverts_bit_identical"),
+    ),
+    Mutant(
+        "public_memit_family_unchecked",
+        "public MEMIT",
+        "rome_fast/conform/public_memit.py",
+        'if not hasattr(loaded.model.config, "n_embd"):',
+        "if False:",
+        "a Llama model reaches the public code, which fails inside with an AttributeError",
+        (PUBLIC_MEMIT, "-k", "refuses"),
+    ),
+    Mutant(
+        "patched_leaves_an_inherited_attribute",
+        "public MEMIT",
+        "rome_fast/conform/patches.py",
+        "old = {name: vars(target).get(name, _MISSING) for name in values}",
+        "old = {name: getattr(target, name, _MISSING) for name in values}",
+        "a patch of an inherited attribute (a block class's __call__) stays on the class after",
+        (PUBLIC_MEMIT, "-k", "tuple_block_outputs"),
+    ),
+    Mutant(
+        "public_memit_layer_without_c",
+        "public MEMIT",
+        "rome_fast/conform/public_memit.py",
+        "missing = sorted(set(inputs.method.layers) - set(inputs.C))",
+        "missing: list[int] = []",
+        "an edited layer without C reaches the code, which fails inside with a KeyError",
+        (PUBLIC_MEMIT, "-k", "refused_by_name"),
+    ),
+    Mutant(
+        "public_braces_unchecked",
+        "public MEMIT",
+        "rome_fast/conform/public.py",
+        '    braced = [t for t in templates if "{{" in t or "}}" in t]',
+        "    braced: list[str] = []",
+        "a braced template reaches the public code, which fails inside formatting it twice",
+        (PUBLIC_MEMIT, "-k", "refused_by_name"),
     ),
 )

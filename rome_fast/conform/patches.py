@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import BatchEncoding
 
 _MISSING = object()
@@ -26,7 +26,8 @@ T = TypeVar("T")
 @contextlib.contextmanager
 def patched(target: Any, **values: Any) -> Iterator[None]:
     """Set attributes of ``target`` (a module, class or object); put the old ones back."""
-    old = {name: getattr(target, name, _MISSING) for name in values}
+    # its own attributes only: one inherited (a class's __call__) is deleted again on exit
+    old = {name: vars(target).get(name, _MISSING) for name in values}
     try:
         for name, value in values.items():
             setattr(target, name, value)
@@ -180,3 +181,70 @@ def injected_templates(
 ) -> contextlib.AbstractContextManager[None]:
     """The code's module-global template cache holds the harness's templates."""
     return patched(main, CONTEXT_TEMPLATES_CACHE=list(templates))
+
+
+def injected_layer_statistics(
+    main: types.ModuleType, C_by_module: dict[str, Tensor]
+) -> contextlib.AbstractContextManager[None]:
+    """The public MEMIT ``get_cov`` sees ``C_by_module[name]`` as the second moment collected
+    at module ``name`` (its ``layer_stats`` gets the module name third) and starts from an
+    empty ``COV_CACHE`` (keyed by model name, so it would hand one model's C to another)."""
+
+    def statistics(_model: Any, _tok: Any, module_name: str, *_args: Any, **_kwargs: Any) -> Any:
+        return _Moment(C_by_module[module_name])
+
+    return patched(main, layer_stats=statistics, COV_CACHE={})
+
+
+@contextlib.contextmanager
+def isolated_packages(*names: str) -> Iterator[None]:
+    """Import top-level packages ``names`` afresh, then put back whatever held those names.
+
+    Two public checkouts ship different packages under the same names (``rome``, ``util``);
+    modules already imported keep their own references, so each checkout sees its own.
+    """
+
+    def ours(module: str) -> bool:
+        return module.split(".", maxsplit=1)[0] in names
+
+    stashed = {name: module for name, module in sys.modules.items() if ours(name)}
+    for name in stashed:
+        del sys.modules[name]
+    try:
+        yield
+    finally:
+        for name in [name for name in sys.modules if ours(name)]:
+            del sys.modules[name]
+        sys.modules.update(stashed)
+
+
+@contextlib.contextmanager
+def tuple_block_outputs(blocks: nn.ModuleList) -> Iterator[None]:
+    """Hooks on ``blocks`` see their output as ``(hidden,)``, while the model still gets the
+    tensor: code written for transformers 4 indexes a block's output with ``[0]`` (MEMIT's
+    ``compute_z``), which on a transformers 5 tensor would pick the first sequence instead.
+
+    A hook placed before every other turns the tensor into a plain 1-tuple (the code tests
+    ``type(x) is tuple``), remembered by identity; the blocks' class ``__call__`` hands the
+    model back its element. Blocks that return tuples themselves are left as they are.
+    """
+    made: dict[int, tuple[Tensor]] = {}  # id -> the tuple, kept alive until handed back
+
+    def as_tuple(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+        if not isinstance(output, Tensor):
+            return output
+        wrapped = (output,)
+        made[id(wrapped)] = wrapped
+        return wrapped
+
+    def untupled_call(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        output = nn.Module.__call__(self, *args, **kwargs)
+        return made.pop(id(output))[0] if id(output) in made else output
+
+    with contextlib.ExitStack() as stack:
+        for cls in {type(block) for block in blocks}:
+            stack.enter_context(patched(cls, __call__=untupled_call))
+        for block in blocks:
+            handle = block.register_forward_hook(as_tuple, prepend=True)
+            stack.callback(handle.remove)
+        yield

@@ -30,12 +30,14 @@ import contextlib
 import dataclasses
 import importlib
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+from transformers import PreTrainedModel
 
 from rome_fast.conform.patches import (
     captured_stdout,
@@ -46,6 +48,8 @@ from rome_fast.conform.patches import (
     working_directory,
 )
 from rome_fast.conform.protocol import ConformInputs, importable_from
+from rome_fast.hparams.defaults import HParams
+from rome_fast.model.loader import LoadedModel
 
 KEY_FLAGS = ("original_implementation", "enable_random_prefix_keys", "enable_prompt_keys")
 FLAGS: dict[str, tuple[bool, bool, bool]] = {
@@ -151,30 +155,12 @@ class PublicEditor:
     def hparams(self, inputs: ConformInputs) -> Any:
         """The code's own hyperparameter dataclass, filled from the harness's inputs."""
         loaded, hp = inputs.loaded, inputs.hparams
-        adapter = loaded.adapter
-        block = f"{adapter.layers_path}.{{}}"
         values: dict[str, Any] = {
             "layers": [inputs.layer],
-            "fact_token": "subject_last",
-            "v_num_grad_steps": hp.v_star.num_grad_steps,
-            "v_lr": hp.v_star.lr,
-            "v_loss_layer": adapter.n_layers(loaded.model) - 1,
-            "v_weight_decay": hp.v_star.weight_decay,
-            "clamp_norm_factor": hp.v_star.clamp_norm_factor,
-            "kl_factor": hp.v_star.kl_factor,
-            "mom2_adjustment": True,
+            **shared_fields(loaded, hp),
             "context_template_length_params": [
                 list(p) for p in hp.v_star.context_template_schedule
             ],
-            "rewrite_module_tmp": f"{block}.{adapter.mlp_name}.{adapter.proj_name}",
-            "layer_module_tmp": block,
-            "mlp_module_tmp": f"{block}.{adapter.mlp_name}",
-            "attn_module_tmp": f"{block}.attn",
-            "ln_f_module": adapter.final_norm_path,
-            "lm_head_module": "lm_head",
-            "mom2_dataset": hp.stats.corpus,
-            "mom2_n_samples": hp.stats.n_samples,
-            "mom2_dtype": hp.stats.dtype,
             "alg_name": "R-ROME" if "r_rome" in self.layout.package else "ROME",
             "device": str(loaded.device),
             "model_name": loaded.name,
@@ -197,13 +183,7 @@ class PublicEditor:
         }
 
     def edit(self, inputs: ConformInputs) -> None:
-        braced = [t for t in inputs.templates if "{{" in t or "}}" in t]
-        if braced:
-            raise ValueError(
-                f"templates {braced} hold escaped braces: the public code formats each template "
-                "twice (template, then subject), which fails on them; pass templates without "
-                "braces (rome conform strips them from generated templates)"
-            )
+        refuse_braced(inputs.templates)
         loaded = inputs.loaded
         apply = getattr(self._modules["main"], self.layout.apply)
         C = inputs.C.to(device=loaded.device, dtype=torch.float32)
@@ -225,12 +205,66 @@ class PublicEditor:
 
     def revert(self) -> None:
         """Write back the original weights the code returned (``return_orig_weights``)."""
-        if self._model is None:
-            raise ValueError("nothing to revert: no edit was made")
-        with torch.no_grad():
-            for name, weight in self._saved.items():
-                self._model.get_parameter(name)[...] = weight
+        write_back(self._model, self._saved)
         self._model, self._saved = None, {}
+
+
+def refuse_braced(templates: Sequence[str]) -> None:
+    """ValueError for templates with escaped braces, which the public codes cannot format."""
+    braced = [t for t in templates if "{{" in t or "}}" in t]
+    if braced:
+        raise ValueError(
+            f"templates {braced} hold escaped braces: the public code formats each template "
+            "twice (template, then subject), which fails on them; pass templates without "
+            "braces (rome conform strips them from generated templates)"
+        )
+
+
+def write_back(model: nn.Module | None, saved: dict[str, Tensor]) -> None:
+    """Write back the original weights a public code returned (``return_orig_weights``)."""
+    if model is None:
+        raise ValueError("nothing to revert: no edit was made")
+    with torch.no_grad():
+        for name, weight in saved.items():
+            model.get_parameter(name)[...] = weight
+
+
+def shared_fields(loaded: LoadedModel, hp: HParams) -> dict[str, Any]:
+    """The hyperparameter fields the public ROME and MEMIT dataclasses share, from the harness's
+    settings: the target optimization, C's collection, and the module name templates (the
+    code formats ``layer`` into them), which come from the model's adapter."""
+    adapter = loaded.adapter
+    block = f"{adapter.layers_path}.{{}}"
+    return {
+        "fact_token": "subject_last",
+        "v_num_grad_steps": hp.v_star.num_grad_steps,
+        "v_lr": hp.v_star.lr,
+        "v_loss_layer": adapter.n_layers(loaded.model) - 1,
+        "v_weight_decay": hp.v_star.weight_decay,
+        "clamp_norm_factor": hp.v_star.clamp_norm_factor,
+        "kl_factor": hp.v_star.kl_factor,
+        "mom2_adjustment": True,
+        "rewrite_module_tmp": f"{block}.{adapter.mlp_name}.{adapter.proj_name}",
+        "layer_module_tmp": block,
+        "mlp_module_tmp": f"{block}.{adapter.mlp_name}",
+        "attn_module_tmp": f"{block}.attn",
+        "ln_f_module": adapter.final_norm_path,
+        "lm_head_module": _output_embedding(loaded.model),
+        "mom2_dataset": hp.stats.corpus,
+        "mom2_n_samples": hp.stats.n_samples,
+        "mom2_dtype": hp.stats.dtype,
+    }
+
+
+def _output_embedding(model: nn.Module) -> str:
+    """The module name under which ``named_parameters`` lists the unembedding's weight: the
+    code looks ``lm_head.weight`` up there, which a tied model lists as the input embedding's
+    (GPT-2: ``transformer.wte``)."""
+    unembedding = cast(PreTrainedModel, model).get_output_embeddings()
+    assert isinstance(unembedding, nn.Module)
+    weight = unembedding.weight
+    name = next(n for n, p in model.named_parameters() if p is weight)
+    return name.removesuffix(".weight")
 
 
 def _import(layout: Layout, path: Path, uncontrolled: list[str]) -> dict[str, types.ModuleType]:
