@@ -1342,6 +1342,15 @@ MUTANTS: tuple[Mutant, ...] = (
         (PUBLIC_MEMIT, "-k", "leak"),
     ),
     Mutant(
+        "public_memit_packages_not_restored",
+        "public MEMIT",
+        "rome_fast/conform/patches.py",
+        "        sys.modules.update(stashed)\n",
+        "",
+        "the ROME checkout's rome/util, imported before, are dropped from sys.modules after",
+        (PUBLIC_MEMIT, "-k", "leak"),
+    ),
+    Mutant(
         "tuple_outputs_reach_the_model",
         "public MEMIT",
         "rome_fast/conform/patches.py",

@@ -5,6 +5,7 @@ and its key/residual mismatch (SPEC §7) measured. Findings: docs/results/public
 from __future__ import annotations
 
 import sys
+import types
 from dataclasses import dataclass
 
 import pytest
@@ -166,10 +167,20 @@ def test_public_inputs_it_cannot_take_are_refused_by_name(
 
 
 @pytest.mark.anchors
-def test_public_packages_do_not_leak_into_sys_modules() -> None:
-    """The MEMIT checkout's ``rome`` and ``util`` must not shadow the ROME checkout's."""
+def test_public_packages_do_not_leak_into_sys_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MEMIT checkout's ``rome`` and ``util`` must not shadow the ROME checkout's: whatever
+    held those names before (here stand-ins for the ROME checkout's) holds them after."""
+
+    def holders() -> dict[str, object]:
+        return {n: m for n, m in sys.modules.items() if n.split(".", maxsplit=1)[0] in PACKAGES}
+
+    for name in ("rome", "util", "util.nethook"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    before = holders()
     PublicMemit(checkout("memit"))
-    assert not [name for name in sys.modules if name.split(".", maxsplit=1)[0] in PACKAGES]
+    after = holders()
+    assert after.keys() == before.keys()
+    assert all(after[name] is module for name, module in before.items())
 
 
 def test_tuple_block_outputs_show_tuples_to_hooks_and_tensors_to_the_model() -> None:
