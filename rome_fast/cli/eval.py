@@ -33,7 +33,9 @@ from rome_fast.infra.digests import sha256_of
 
 if TYPE_CHECKING:  # the rest is imported where used: `rome eval --help` loads no torch
     from rome_fast.edit.editor import Editor
+    from rome_fast.eval.batch_runs import BatchRuns
     from rome_fast.eval.runner import Runner
+    from rome_fast.hparams.batched import MethodHParams
     from rome_fast.hparams.defaults import HParams
     from rome_fast.model.loader import LoadedModel
     from rome_fast.solve.rank_one import CovarianceFactor
@@ -41,7 +43,7 @@ if TYPE_CHECKING:  # the rest is imported where used: `rome eval --help` loads n
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Model and edit options (``rome_fast.cli.options``) and the evaluation's own."""
-    add_model_arguments(parser)
+    add_model_arguments(parser, batched=True)
     add_edit_arguments(parser)
     parser.add_argument(
         "--data",
@@ -51,6 +53,22 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "relative path is also looked up in the data folder",
     )
     parser.add_argument("--variants", metavar="VARIANTS", default=None, help=VARIANTS_HELP)
+    batched = parser.add_argument_group("a batched method instead of ROME's variants")
+    batched.add_argument(
+        "--method",
+        metavar="METHOD",
+        default=None,
+        help="memit, emmet or alphaedit: the cases edited --batch-size at a time with "
+        "Editor.edit_batch, each fact scored after its batch (default: none: --variants)",
+    )
+    batched.add_argument(
+        "--batch-size",
+        metavar="N",
+        dest="facts_per_batch",
+        type=int_at_least(1),
+        default=None,
+        help="facts per batch of --method, in case order (required with --method)",
+    )
     add_editor_arguments(
         parser.add_argument_group("an editor under test instead of ours"), required=False
     )
@@ -100,7 +118,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="solved examples before each GLUE question",
     )
     parser.add_argument(
-        "--batch-size", metavar="N", type=int_at_least(1), default=16, help="prompts per forward"
+        "--score-batch",
+        metavar="N",
+        dest="batch_size",
+        type=int_at_least(1),
+        default=16,
+        help="prompts per forward when scoring",
     )
     parser.add_argument(
         "--generations",
@@ -141,13 +164,28 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add_cluster_arguments(parser)
 
 
-def config_from_args(args: argparse.Namespace, model_name: str, hparams: HParams) -> RunConfig:
-    """The run's options; layer and v* precision as the editor's ``hparams`` hold them."""
+def config_from_args(
+    args: argparse.Namespace,
+    model_name: str,
+    hparams: HParams,
+    method_hparams: MethodHParams | None = None,
+) -> RunConfig:
+    """The run's options; layer and v* precision as the editor's ``hparams`` hold them, and
+    with ``--method`` the method, its ``method_hparams`` and the facts per batch."""
     read_inputs(args)
+    method = (
+        {}
+        if method_hparams is None
+        else {
+            "method": args.method,
+            "facts_per_batch": args.facts_per_batch,
+            "method_hparams": dataclasses.asdict(method_hparams),
+        }
+    )
     return RunConfig(
         model=model_name,
         data=str(args.data),
-        variants=tuple(comma_list(args.variants or DEFAULT_VARIANTS)),
+        variants=(args.method,) if method else tuple(comma_list(args.variants or DEFAULT_VARIANTS)),
         layer=hparams.layer,
         impl=args.impl,
         v_precision=hparams.v_star.precision,
@@ -173,6 +211,7 @@ def config_from_args(args: argparse.Namespace, model_name: str, hparams: HParams
         hparams=hparams.as_record(),
         templates=None if args.fixed_templates is None else tuple(args.fixed_templates),
         input_digests=input_digests(args),
+        **method,
     )
 
 
@@ -226,6 +265,66 @@ def fresh_editors(editor: Editor) -> Callable[[], Editor]:
     return lambda: recipe(editor.loaded)
 
 
+def batch_runs(args: argparse.Namespace, editor: Editor) -> BatchRuns:
+    """``--method``'s runs: the ``--hparams`` file's method hyperparameters, else the
+    per-model ones placed at the editor's layer (as ``Editor.edit_batch`` places them)."""
+    from rome_fast.eval.batch_runs import BatchRuns
+    from rome_fast.hparams.batched import method_hparams_at
+
+    chosen = args.method_hparams or method_hparams_at(
+        args.method, editor.loaded.name, editor.hparams.layer
+    )
+    return BatchRuns(args.method, chosen, args.facts_per_batch)
+
+
+def batch_editors(editor: Editor, runs: BatchRuns) -> Callable[[], Editor]:
+    """New editors like ``editor`` of its model, sharing its templates and the C of each of
+    the method's layers, computed here on the unedited model (a resumed stream replays its
+    batches first, and C must not see them)."""
+    templates = editor.templates
+    factors = {layer: editor.covariance(layer) for layer in runs.hparams.layers}
+
+    def covariance(_loaded: LoadedModel, layer: int) -> CovarianceFactor:
+        return factors[layer]
+
+    return lambda: type(editor)(
+        editor.loaded,
+        hparams=editor.hparams,
+        seed=editor.seed,
+        stats=covariance,
+        templates=templates,
+    )
+
+
+def check_batched_options(args: argparse.Namespace, cluster: Cluster | None) -> None:
+    """``--method`` with ``--batch-size``, and without what batched runs do not do (yet)."""
+    from rome_fast.hparams.batched import check_method
+
+    if args.method is None:
+        if args.facts_per_batch is not None:
+            raise ValueError(
+                "--batch-size counts the facts of one batch of a batched method: add --method "
+                "memit|emmet|alphaedit (the prompts per forward are --score-batch)"
+            )
+        return
+    check_method(args.method)
+    if args.facts_per_batch is None:
+        raise ValueError("--method edits the cases in batches: add --batch-size N")
+    refused = {
+        "--variants": args.variants is not None,
+        "--editor": args.editor is not None,
+        "--workers/--ray-address": cluster is not None,
+        "--impl naive": args.impl == "naive",
+        "--degrade": args.degrade != "none",
+    }
+    given = [flag for flag, present in refused.items() if present]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} not supported with --method (our batched editor, in one "
+            "process, the method its one variant): drop them"
+        )
+
+
 def _run_locked(args: argparse.Namespace, cluster: Cluster | None) -> dict[str, Any]:
     from rome_fast.eval.glue import evaluate_glue
     from rome_fast.eval.runner import Runner
@@ -235,7 +334,10 @@ def _run_locked(args: argparse.Namespace, cluster: Cluster | None) -> dict[str, 
         return _external_runner(args, cases).run()
     editor = build_editor(args)
     loaded = editor.loaded
-    cfg = config_from_args(args, loaded.name, editor.hparams)
+    batched = None if args.method is None else batch_runs(args, editor)
+    cfg = config_from_args(
+        args, loaded.name, editor.hparams, None if batched is None else batched.hparams
+    )
     if cfg.glue_every and "sequential" in cfg.modes:
         evaluate_glue(
             loaded.model,
@@ -252,8 +354,9 @@ def _run_locked(args: argparse.Namespace, cluster: Cluster | None) -> dict[str, 
         cases,
         cfg,
         args.out,
-        fresh_editor=fresh_editors(editor),
+        fresh_editor=fresh_editors(editor) if batched is None else batch_editors(editor, batched),
         progress=cluster is None,
+        batched=batched,
     )
     if cluster is None:
         return runner.run()
@@ -275,9 +378,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
     # Every option is checked before the model loads and before anything is written.
     read_inputs(args)
-    if args.editor is None:
-        check_variants(comma_list(args.variants))
     cluster = cluster_from_args(args)  # a missing Ray is reported here
+    check_batched_options(args, cluster)
+    if args.editor is None and args.method is None:
+        check_variants(comma_list(args.variants))
     if cluster is not None and args.editor is not None:
         raise ValueError("--workers/--ray-address shard our editor's runs; drop them with --editor")
     check_out_folder(args.out)

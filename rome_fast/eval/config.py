@@ -46,6 +46,11 @@ class RunConfig:
     # What the files named above hold (SHA-256; the corpus's content identifier): a file
     # changed under the same path is another run.
     input_digests: dict[str, str] | None = None
+    # A batched method (``--method``): its facts are edited ``facts_per_batch`` at a time
+    # with these hyperparameters, the run's one variant named after it. None: ROME variants.
+    method: str | None = None
+    facts_per_batch: int | None = None
+    method_hparams: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in MODES]
@@ -59,6 +64,10 @@ class RunConfig:
             raise ValueError("glue_every >= 0, checkpoint_every >= 1 and n_generations >= 1")
         if self.offset < 0 or (self.limit is not None and self.limit < 1):
             raise ValueError(f"offset >= 0 and limit >= 1, got {self.offset} and {self.limit}")
+        if (self.method is None) != (self.facts_per_batch is None):
+            raise ValueError("a batched method and its facts per batch are given together")
+        if self.facts_per_batch is not None and self.facts_per_batch < 1:
+            raise ValueError(f"facts_per_batch must be at least 1, got {self.facts_per_batch}")
         if self.batch_size < 1 or self.generation_tokens < 1 or self.glue_n < 1:
             raise ValueError("batch_size, generation_tokens and glue_n must be at least 1")
 

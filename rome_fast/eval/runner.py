@@ -64,6 +64,18 @@ T = TypeVar("T")
 RECORD_PATTERNS = ("single-*", "sequential-*", "glue-*", "reference.json", "summary.json")
 
 
+def case_row(case: EvalCase, index: int, variant: str) -> dict[str, Any]:
+    """The fields that name a row's case and variant."""
+    return {
+        "case_id": case.case_id,
+        "index": index,
+        "variant": variant,
+        "subject": case.subject,
+        "target_new": case.target_new,
+        "target_true": case.target_true,
+    }
+
+
 def refuse_records_without_identity(out: Path) -> None:
     """A ValueError if ``out`` holds run records but no config.json: the options they were
     computed with are unknown, so a run must not adopt them under its own."""
@@ -92,6 +104,8 @@ class Runner:
     # editor never saw, so its record of W0 must not outlive that run.
     fresh_editor: Callable[[], AnyEditor] | None = None
     progress: bool = True  # per-variant bars; a distributed driver shows one bar instead
+    # A batched method's run of one mode (``rome_fast.eval.batch_runs``), instead of variants.
+    batched: Callable[[Runner, str], object] | None = None
     # Single-edit mode: per case index, what every variant shares (see _edit_and_score).
     _pre_scores: dict[int, dict[str, Any]] = field(init=False, default_factory=dict)
     _prepared: dict[int, Any] = field(init=False, default_factory=dict)  # the editor's own type
@@ -99,8 +113,9 @@ class Runner:
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         self.editor = self._wrap(self.editor)
+        layers = None if self.cfg.method_hparams is None else self.cfg.method_hparams["layers"]
         self.snapshots = WeightSnapshots(
-            self.model, editable_module_names(self.loaded, self.editor)
+            self.model, editable_module_names(self.loaded, self.editor, layers)
         )
 
     def _wrap(self, editor: AnyEditor) -> AnyEditor:
@@ -179,26 +194,13 @@ class Runner:
         scores and the variant-independent part of the edit (keys, v*) are computed once per
         case and reused by the other variants.
         """
-        tokenizer, bs = self.loaded.tokenizer, self.cfg.batch_size
         timer = PhaseTimer()
-        row: dict[str, Any] = {
-            "case_id": case.case_id,
-            "index": index,
-            "variant": variant,
-            "subject": case.subject,
-            "target_new": case.target_new,
-            "target_true": case.target_true,
-        }
+        row = case_row(case, index, variant)
         with timer.phase("score_pre"):
             if single:
-                row["pre"] = self._once(
-                    self._pre_scores,
-                    index,
-                    variant,
-                    lambda: score_case(self.model, tokenizer, case, bs),
-                )
+                row["pre"] = self._once(self._pre_scores, index, variant, lambda: self.scores(case))
             else:
-                row["pre"] = score_case(self.model, tokenizer, case, bs)
+                row["pre"] = self.scores(case)
         row["metrics_pre"] = metrics_of(row["pre"])
         result = None
         with timer.phase("edit"):
@@ -209,19 +211,27 @@ class Runner:
         row["diagnostics"] = result.as_record() if result is not None else None
         for module_name in result.module_names if result is not None else ():
             self.snapshots.require(module_name)
+        self.score_after(row, case, timer)
+        return row, result
+
+    def scores(self, case: EvalCase) -> dict[str, Any]:
+        """``case``'s prompts scored on the model as it is now."""
+        return score_case(self.model, self.loaded.tokenizer, case, self.cfg.batch_size)
+
+    def score_after(self, row: dict[str, Any], case: EvalCase, timer: PhaseTimer) -> None:
+        """``row``'s scores and generation check on the edited model, and its timings."""
         with timer.phase("score_post"):
-            row["post"] = score_case(self.model, tokenizer, case, bs)
+            row["post"] = self.scores(case)
         row["metrics_post"] = metrics_of(row["post"])
         with timer.phase("generate"):
             row["generation"] = generation_check(
                 self.model,
-                tokenizer,
+                self.loaded.tokenizer,
                 generation_prompts(case, self.cfg.n_generations),
                 self.cfg,
-                self._case_seed(index),
+                self._case_seed(row["index"]),
             )
         row["timings"] = timer.timings
-        return row, result
 
     def _edit(self, case: EvalCase, index: int, variant: str, single: bool) -> EditOutcome:
         if single:
@@ -243,7 +253,9 @@ class Runner:
             cache[index] = value
         return value
 
-    def _flag(self, row: dict[str, Any], history: list[float]) -> None:
+    def flag(self, row: dict[str, Any], history: list[float], remember: bool = True) -> None:
+        """The collapse rule on ``row`` against the |Δ| ``history``, to which its |Δ| is added
+        unless ``remember`` is False (the facts of one batch share one |Δ|, counted once)."""
         delta = row["diagnostics"]["delta_norm"] if row["diagnostics"] else None
         reasons = collapse_reasons(
             delta,
@@ -254,7 +266,7 @@ class Runner:
         )
         row["collapse"] = bool(reasons)
         row["collapse_reasons"] = reasons
-        if delta is not None:
+        if delta is not None and remember:
             history.append(float(delta))
         if reasons:
             tqdm.write(
@@ -299,7 +311,7 @@ class Runner:
         self.snapshots.check_restored(f"single {variant}: before case {len(rows)}")
         for index in self._todo("single", variant, len(rows)):
             row = work.single_row(variant, index)
-            self._flag(row, history)
+            self.flag(row, history)
             append_line(path, row)
             rows.append(row)
         return rows
@@ -315,13 +327,13 @@ class Runner:
             batch_size=self.cfg.batch_size,
         )
 
-    def _glue(self, work: StreamWork, variant: str, step: int, done: set[int]) -> None:
+    def glue_at(self, work: StreamWork, variant: str, step: int, done: set[int]) -> None:
         if self.cfg.glue_every == 0 or step in done:
             return
         append_line(self.out / f"glue-{variant}.jsonl", {"step": step, "tasks": work.glue_scores()})
         done.add(step)
 
-    def _glue_done(self, variant: str, n_done: int) -> set[int]:
+    def glue_on_file(self, variant: str, n_done: int) -> set[int]:
         """The steps whose GLUE checks are on file, the file cut to its complete lines so
         that the next check is not appended to a torn one. A check after the checkpoint
         (written, then killed before the next checkpoint) is dropped: it is redone."""
@@ -369,28 +381,28 @@ class Runner:
             n_done, weights = int(state["n_done"]), state["weights"]
         work.begin_stream(variant, weights)
         rows = resume_rows(path, self.cases, keep=n_done)
-        glue_done = self._glue_done(variant, n_done)
+        glue_done = self.glue_on_file(variant, n_done)
         every = self.cfg.glue_every
         if every and (n_done % every == 0 or n_done == len(self.cases)):
-            self._glue(work, variant, n_done, glue_done)
+            self.glue_at(work, variant, n_done, glue_done)
         history = [r["diagnostics"]["delta_norm"] for r in rows if r["diagnostics"]]
         for index in self._todo("sequential", variant, n_done):
             row = work.stream_row(variant, index)
-            self._flag(row, history)
+            self.flag(row, history)
             append_line(path, row)
             rows.append(row)
             if (index + 1) % self.cfg.checkpoint_every == 0 or index + 1 == len(self.cases):
                 self._checkpoint(state_path, index + 1, work.edited_weights())
             if every and ((index + 1) % every == 0 or index + 1 == len(self.cases)):
-                self._glue(work, variant, index + 1, glue_done)
-        final = self._final_scores(variant, work)
+                self.glue_at(work, variant, index + 1, glue_done)
+        final = self.final_scores(variant, work)
         work.end_stream()
         return rows, final
 
     def final_row(self, index: int) -> dict[str, Any]:
         """Case ``index`` scored on the model as the whole stream left it."""
         case = self.cases[index]
-        scores = score_case(self.model, self.loaded.tokenizer, case, self.cfg.batch_size)
+        scores = self.scores(case)
         return {
             "case_id": case.case_id,
             "index": index,
@@ -398,7 +410,7 @@ class Runner:
             "metrics_post": metrics_of(scores),
         }
 
-    def _final_scores(self, variant: str, work: StreamWork) -> list[dict[str, Any]]:
+    def final_scores(self, variant: str, work: StreamWork) -> list[dict[str, Any]]:
         path = self.out / f"sequential-{variant}-final.jsonl"
         rows = resume_rows(path, self.cases)
         for index in self._bar(len(rows), f"final {variant}"):
@@ -432,7 +444,9 @@ class Runner:
         for mode in self.cfg.modes:
             for variant in self.cfg.variants:
                 self.renew_editor()
-                if mode == "single":
+                if self.batched is not None:
+                    self.batched(self, mode)
+                elif mode == "single":
                     self.run_single(variant)
                 else:
                     self.run_sequential(variant)

@@ -4,7 +4,7 @@ exact-restore checks, cumulative ‖W − W0‖ and a last-resort reset."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -67,8 +67,12 @@ class WeightSnapshots:
         self.load(self.original)
 
 
-def editable_module_names(loaded: LoadedModel, editor: AnyEditor) -> list[str]:
-    """The editor's layer if it states one (``editor.hparams.layer``), else every layer's."""
-    layer = getattr(getattr(editor, "hparams", None), "layer", None)
-    layers = [layer] if isinstance(layer, int) else range(loaded.adapter.n_layers(loaded.model))
+def editable_module_names(
+    loaded: LoadedModel, editor: AnyEditor, layers: Sequence[int] | None = None
+) -> list[str]:
+    """The modules of ``layers`` (a batched method's) if given, else the editor's layer if it
+    states one (``editor.hparams.layer``), else every layer's."""
+    if layers is None:
+        layer = getattr(getattr(editor, "hparams", None), "layer", None)
+        layers = [layer] if isinstance(layer, int) else range(loaded.adapter.n_layers(loaded.model))
     return [loaded.adapter.edited_module_name(i) for i in layers]

@@ -62,7 +62,31 @@ def _variant_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "edit_seconds_mean": float(np.mean([r["timings"]["edit"] for r in rows])),
         }
     )
+    if rows and "batch" in rows[0]:
+        out["batches"] = _batch_summaries(rows)
     return out
+
+
+def _batch_summaries(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per batch of a batched method's run: its facts, whether it failed, seconds per fact,
+    per-layer |Δ| and conditioning, and (sequential) ‖W − W0‖ after it."""
+    batches: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        entry = batches.setdefault(
+            row["batch"],
+            {
+                "batch": row["batch"],
+                "facts": 0,
+                "failed": "error" in row,
+                "seconds_per_fact": row["timings"]["edit"],
+            },
+        )
+        entry["facts"] += 1
+        if row["diagnostics"]:
+            entry["sites"] = row["diagnostics"]["batch"]["sites"]
+        if "cumulative_norm" in row:
+            entry["cumulative_norm"] = row["cumulative_norm"]
+    return list(batches.values())
 
 
 def summarize(
