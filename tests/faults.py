@@ -34,7 +34,7 @@ KINDS: dict[str, str] = {
     "summary": r"summary\.json",
 }
 # Fields that measure time: they differ between any two runs.
-VOLATILE = {"timings", "edit_seconds", "edit_seconds_mean", "wall_seconds"}
+VOLATILE = {"timings", "edit_seconds", "edit_seconds_mean", "wall_seconds", "seconds_per_fact"}
 
 
 class Killed(BaseException):

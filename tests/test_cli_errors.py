@@ -14,6 +14,8 @@ from rome_fast.eval.gates import baselines_dir
 from rome_fast.infra.datadir import default_data_dir
 
 TINY = ["--model", "random:tiny-gpt2"]
+# A batched run refused before it loads; were it not, it would stay short.
+BATCHED = ["--method", "memit", "--batch-size", "2", "--limit", "2", "--generations", "1"]
 EDIT = ["edit", *TINY, "--prompt", "{} is in", "--subject", "Paris", "--target-new", "Rome"]
 
 
@@ -43,7 +45,16 @@ def refused(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) 
         (["eval", *TINY, "--limit", "0"], "--limit"),
         (["eval", *TINY, "--limit", "-3"], "--limit"),
         (["eval", *TINY, "--offset", "-1"], "--offset"),
-        (["eval", *TINY, "--batch-size", "0"], "--batch-size"),
+        (["eval", *TINY, "--score-batch", "0"], "--score-batch"),
+        (["eval", *TINY, "--batch-size", "2"], "--method"),
+        (["eval", *TINY, "--method", "memit"], "--batch-size"),
+        (["eval", *TINY, "--method", "memit", "--batch-size", "0"], "--batch-size"),
+        (["eval", *TINY, "--method", "rome", "--batch-size", "2"], "'rome'"),
+        (["eval", *TINY, *BATCHED, "--variants", "rome"], "--variants"),
+        (["eval", *TINY, *BATCHED, "--editor", "memit"], "--editor"),
+        (["eval", *TINY, *BATCHED, "--workers", "2"], "--workers"),
+        (["eval", *TINY, *BATCHED, "--impl", "naive"], "--impl naive"),
+        (["eval", *TINY, *BATCHED, "--degrade", "zero"], "--degrade"),
         (["eval", *TINY, "--stats-samples", "0"], "--stats-samples"),
         (["eval", *TINY, "--workers", "0"], "--workers"),
         (["eval", *TINY, "--variants", "nonsense"], "nonsense"),

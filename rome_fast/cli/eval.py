@@ -296,7 +296,7 @@ def batch_editors(editor: Editor, runs: BatchRuns) -> Callable[[], Editor]:
     )
 
 
-def check_batched_options(args: argparse.Namespace, cluster: Cluster | None) -> None:
+def check_batched_options(args: argparse.Namespace) -> None:
     """``--method`` with ``--batch-size``, and without what batched runs do not do (yet)."""
     from rome_fast.hparams.batched import check_method
 
@@ -313,7 +313,7 @@ def check_batched_options(args: argparse.Namespace, cluster: Cluster | None) -> 
     refused = {
         "--variants": args.variants is not None,
         "--editor": args.editor is not None,
-        "--workers/--ray-address": cluster is not None,
+        "--workers/--ray-address": args.workers is not None or args.ray_address is not None,
         "--impl naive": args.impl == "naive",
         "--degrade": args.degrade != "none",
     }
@@ -378,8 +378,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     # Every option is checked before the model loads and before anything is written.
     read_inputs(args)
+    check_batched_options(args)
     cluster = cluster_from_args(args)  # a missing Ray is reported here
-    check_batched_options(args, cluster)
     if args.editor is None and args.method is None:
         check_variants(comma_list(args.variants))
     if cluster is not None and args.editor is not None:

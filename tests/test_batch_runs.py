@@ -1,0 +1,233 @@
+"""Runs of a batched method (``rome_fast.eval.batch_runs``) on tiny GPT-2 with the fixture
+facts, 2-fact batches and 3 target steps: what each row scores is checked against the batches
+written again by a second editor on a second copy of the model (restored between batches, or
+not), and a killed stream resumes to the records of an uninterrupted one."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from rome_fast.cli.eval import batch_editors, config_from_args
+from rome_fast.cli.main import build_parser
+from rome_fast.edit.editor import Editor
+from rome_fast.eval import batch_runs
+from rome_fast.eval.batch_runs import BatchRuns, batch_spans, finished_facts
+from rome_fast.eval.case_scoring import score_case
+from rome_fast.eval.config import RunConfig
+from rome_fast.eval.data import EvalCase, load_cases
+from rome_fast.eval.files import read_lines
+from rome_fast.eval.runner import Runner
+from rome_fast.hparams.batched import MethodHParams
+from rome_fast.hparams.defaults import hparams_for
+from rome_fast.methods.alphaedit.update import AlphaEditHParams
+from rome_fast.methods.memit.update import MemitHParams
+from rome_fast.model.loader import LoadedModel
+from tests.batch_editing import low_rank_spd
+from tests.faults import Killed, first_difference, records
+from tests.models import TEMPLATES, changed_parameters, fresh_model, tiny_hparams, weights_of
+
+DATA = "counterfact/counterfact-rome-schema-sample.json"
+FAMILY = "tiny-gpt2"
+N_CASES, SIZE = 4, 2
+METHODS: dict[str, MethodHParams] = {
+    "memit": MemitHParams(layers=(0, 1), mom2_update_weight=1.0),
+    "alphaedit": AlphaEditHParams(layers=(0, 1)),
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()  # tiny models only lose from intra-op threads
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def cases() -> list[EvalCase]:
+    return load_cases(DATA, limit=N_CASES)
+
+
+def new_editor(loaded: LoadedModel) -> Editor:
+    return Editor(loaded, hparams=tiny_hparams(FAMILY), templates=TEMPLATES, stats=low_rank_spd)
+
+
+def config(method: str, mode: str) -> RunConfig:
+    return RunConfig(
+        model=f"random:{FAMILY}",
+        data=DATA,
+        variants=(method,),
+        modes=(mode,),
+        n_generations=1,
+        generation_tokens=4,
+        method=method,
+        facts_per_batch=SIZE,
+        method_hparams=dataclasses.asdict(METHODS[method]),
+        # The |Δ| rule with a factor far below 1 flags every batch once the history holds
+        # one batch: which rows are flagged shows how the history counts batches. No
+        # generation entropy is below -1: the entropy rule never fires.
+        collapse_min_history=1,
+        collapse_factor=1e-3,
+        collapse_entropy=-1.0,
+    )
+
+
+def batch_runner(out: Path, method: str, mode: str) -> Runner:
+    loaded = fresh_model(FAMILY)
+    editor = new_editor(loaded)
+    runs = BatchRuns(method, METHODS[method], SIZE)
+    return Runner(
+        loaded,
+        editor,
+        cases(),
+        config(method, mode),
+        out,
+        fresh_editor=batch_editors(editor, runs),
+        progress=False,
+        batched=runs,
+    )
+
+
+def written_again(method: str, restore_between: bool) -> list[tuple[dict[str, Any], ...]]:
+    """Per batch, (scores before it, scores after it) of its facts, from the batches written
+    by another editor on another copy of the model."""
+    loaded = fresh_model(FAMILY)
+    editor = new_editor(loaded)
+    scored = []
+    for span in batch_spans(N_CASES, SIZE):
+        facts = [cases()[i] for i in span]
+        before = [score_case(loaded.model, loaded.tokenizer, case, 16) for case in facts]
+        editor.edit_batch([c.request() for c in facts], method, method_hparams=METHODS[method])
+        after = [score_case(loaded.model, loaded.tokenizer, case, 16) for case in facts]
+        scored += list(zip(before, after, strict=True))
+        if restore_between:
+            editor.restore()
+    return scored
+
+
+@pytest.fixture(scope="module")
+def sequential_memit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sequential-memit")
+    batch_runner(out, "memit", "sequential").run()
+    return out
+
+
+def test_batch_spans_cover_the_cases_in_order() -> None:
+    assert batch_spans(5, 2) == [range(0, 2), range(2, 4), range(4, 5)]
+    assert [finished_facts(n, batch_spans(5, 2)) for n in range(6)] == [0, 0, 2, 2, 4, 5]
+
+
+def test_single_batches_are_each_scored_after_them_on_the_unedited_model(tmp_path: Path) -> None:
+    runner = batch_runner(tmp_path, "memit", "single")
+    unedited = weights_of(runner.loaded)
+    runner.run()
+    assert changed_parameters(runner.loaded, unedited) == []
+    rows = read_lines(tmp_path / "single-memit.jsonl")
+    expected = written_again("memit", restore_between=True)
+    assert [(r["pre"], r["post"]) for r in rows] == expected
+    assert [r["batch"] for r in rows] == [0, 0, 1, 1]
+    assert all(r["diagnostics"]["batch"]["size"] == SIZE for r in rows)
+
+
+def test_sequential_batches_accumulate_each_scored_after_it(sequential_memit: Path) -> None:
+    rows = read_lines(sequential_memit / "sequential-memit.jsonl")
+    expected = written_again("memit", restore_between=False)
+    # Batch 1's facts are scored before it on the model batch 0 left, and after it.
+    assert [(r["pre"], r["post"]) for r in rows] == expected
+    final = read_lines(sequential_memit / "sequential-memit-final.jsonl")
+    assert [r["post"] for r in final[SIZE:]] == [after for _, after in expected[SIZE:]]
+
+
+def test_the_collapse_rule_counts_each_batch_once(sequential_memit: Path) -> None:
+    rows = read_lines(sequential_memit / "sequential-memit.jsonl")
+    assert [r["collapse"] for r in rows] == [False, False, True, True]
+    cumulative = [r["cumulative_norm"] for r in rows]
+    assert cumulative[0] == cumulative[1] < cumulative[2] == cumulative[3]
+
+
+def test_the_summary_holds_each_batch(sequential_memit: Path) -> None:
+    rows = read_lines(sequential_memit / "sequential-memit.jsonl")
+    summary = json.loads((sequential_memit / "summary.json").read_text())
+    batches = summary["results"]["sequential"]["memit"]["batches"]
+    assert [b["facts"] for b in batches] == [SIZE, SIZE]
+    assert [b["cumulative_norm"] for b in batches] == [
+        rows[1]["cumulative_norm"],
+        rows[3]["cumulative_norm"],
+    ]
+    assert [[s["layer"] for s in b["sites"]] for b in batches] == [[0, 1], [0, 1]]
+
+
+def killer(monkeypatch: pytest.MonkeyPatch, kind: str, at: int) -> None:
+    """Kill the run at its ``at``-th write of ``kind``: a fact's line (left half-written), or
+    the checkpoint (after the batch's rows and log, before its state is saved)."""
+    seen = {"row": 0, "checkpoint": 0}
+    append_line, checkpoint = batch_runs.append_line, Runner._checkpoint
+
+    def count(what: str) -> None:
+        seen[what] += 1
+        if (what, seen[what]) == (kind, at):
+            raise Killed(f"at {what} write {at}")
+
+    def torn_append(path: Path, row: dict[str, Any]) -> None:
+        if (kind, seen["row"] + 1) == ("row", at):
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row)[:40])
+        count("row")
+        append_line(path, row)
+
+    def killed_checkpoint(self: Runner, path: Path, n_done: int, weights: Any) -> None:
+        count("checkpoint")
+        checkpoint(self, path, n_done, weights)
+
+    monkeypatch.setattr(batch_runs, "append_line", torn_append)
+    monkeypatch.setattr(Runner, "_checkpoint", killed_checkpoint)
+
+
+@pytest.mark.parametrize(
+    ("method", "kind", "at"),
+    [
+        ("memit", "row", SIZE + 1),  # batch 1's first line half-written
+        ("memit", "checkpoint", 2),  # batch 1 scored and logged, its state not saved
+        ("alphaedit", "checkpoint", 2),  # AlphaEdit's memory of batch 0 rebuilt by replay
+    ],
+)
+def test_a_stream_killed_in_its_second_batch_resumes_to_the_same_records(
+    method: str, kind: str, at: int, tmp_path: Path, sequential_memit: Path
+) -> None:
+    """The resumed run replays batch 0 from its log and redoes batch 1 whole."""
+    killed = tmp_path / "killed"
+    with pytest.MonkeyPatch.context() as patch:
+        killer(patch, kind, at)
+        with pytest.raises(Killed):
+            batch_runner(killed, method, "sequential").run()
+    batch_runner(killed, method, "sequential").run()
+    whole = sequential_memit
+    if method != "memit":
+        whole = tmp_path / "whole"
+        batch_runner(whole, method, "sequential").run()
+    assert first_difference(records(whole), records(killed)) is None
+    logs = sorted(p.name for p in (killed / f"sequential-{method}.batches").iterdir())
+    assert logs == ["batch-00000", "batch-00001"]
+
+
+def identity(size: str, method_hparams: MethodHParams) -> dict[str, Any]:
+    argv = ["eval", "--model", f"random:{FAMILY}", "--method", "memit", "--batch-size", size]
+    args = build_parser().parse_args([*argv, "--out", "unused"])
+    return config_from_args(args, "m", hparams_for(FAMILY), method_hparams).comparable()
+
+
+def test_the_batch_size_and_the_method_hparams_are_part_of_the_run_identity() -> None:
+    base = identity("2", METHODS["memit"])
+    heavier = dataclasses.replace(METHODS["memit"], mom2_update_weight=2.0)
+    for other, field in (
+        (identity("3", METHODS["memit"]), "facts_per_batch"),
+        (identity("2", heavier), "method_hparams"),
+    ):
+        assert {k for k in base if base[k] != other[k]} == {field}
+    assert (base["method"], base["variants"]) == ("memit", ("memit",))
