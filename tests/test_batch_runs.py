@@ -17,7 +17,7 @@ import torch
 from rome_fast.cli.eval import batch_editors, config_from_args
 from rome_fast.cli.main import build_parser
 from rome_fast.edit.editor import Editor
-from rome_fast.eval import batch_runs
+from rome_fast.eval import batch_runs, files
 from rome_fast.eval.batch_runs import BatchRuns, batch_spans, finished_facts
 from rome_fast.eval.case_scoring import score_case
 from rome_fast.eval.config import RunConfig
@@ -36,8 +36,9 @@ from tests.models import TEMPLATES, changed_parameters, fresh_model, tiny_hparam
 DATA = "counterfact/counterfact-rome-schema-sample.json"
 FAMILY = "tiny-gpt2"
 N_CASES, SIZE = 4, 2
+MEMIT = MemitHParams(layers=(0, 1), mom2_update_weight=1.0)
 METHODS: dict[str, MethodHParams] = {
-    "memit": MemitHParams(layers=(0, 1), mom2_update_weight=1.0),
+    "memit": MEMIT,
     "alphaedit": AlphaEditHParams(layers=(0, 1)),
 }
 
@@ -94,12 +95,15 @@ def batch_runner(out: Path, method: str, mode: str) -> Runner:
     )
 
 
-def written_again(method: str, restore_between: bool) -> list[tuple[dict[str, Any], ...]]:
-    """Per batch, (scores before it, scores after it) of its facts, from the batches written
-    by another editor on another copy of the model."""
+Scores = dict[str, Any]
+
+
+def written_again(method: str, restore_between: bool) -> list[tuple[Scores, Scores]]:
+    """Per fact, (scores before its batch, scores after it), from the batches written by
+    another editor on another copy of the model."""
     loaded = fresh_model(FAMILY)
     editor = new_editor(loaded)
-    scored = []
+    scored: list[tuple[Scores, Scores]] = []
     for span in batch_spans(N_CASES, SIZE):
         facts = [cases()[i] for i in span]
         before = [score_case(loaded.model, loaded.tokenizer, case, 16) for case in facts]
@@ -167,7 +171,7 @@ def killer(monkeypatch: pytest.MonkeyPatch, kind: str, at: int) -> None:
     """Kill the run at its ``at``-th write of ``kind``: a fact's line (left half-written), or
     the checkpoint (after the batch's rows and log, before its state is saved)."""
     seen = {"row": 0, "checkpoint": 0}
-    append_line, checkpoint = batch_runs.append_line, Runner._checkpoint
+    append_line, checkpoint = files.append_line, Runner._checkpoint
 
     def count(what: str) -> None:
         seen[what] += 1
@@ -224,7 +228,7 @@ def identity(size: str, method_hparams: MethodHParams) -> dict[str, Any]:
 
 def test_the_batch_size_and_the_method_hparams_are_part_of_the_run_identity() -> None:
     base = identity("2", METHODS["memit"])
-    heavier = dataclasses.replace(METHODS["memit"], mom2_update_weight=2.0)
+    heavier = dataclasses.replace(MEMIT, mom2_update_weight=2.0)
     for other, field in (
         (identity("3", METHODS["memit"]), "facts_per_batch"),
         (identity("2", heavier), "method_hparams"),

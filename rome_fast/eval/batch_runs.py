@@ -90,33 +90,36 @@ class BatchRuns:
         written, each fact scored and generated from after it. The model is left edited."""
         if runner.on_case is not None:
             runner.on_case(mode, self.method, span.start)
-        cases = [runner.cases[i] for i in span]
         rows = [case_row(runner.cases[i], i, self.method) for i in span]
         timers = [PhaseTimer() for _ in span]
-        for row, case, timer in zip(rows, cases, timers, strict=True):
+        for row, timer in zip(rows, timers, strict=True):
             with timer.phase("score_pre"):
-                row["pre"] = runner.scores(case)
+                row["pre"] = runner.scores(runner.cases[row["index"]])
             row["metrics_pre"] = metrics_of(row["pre"])
-        result, error = None, None
-        start = time.perf_counter()
-        try:
-            result = self._editor(runner).edit_batch(
-                [case.request() for case in cases], self.method, method_hparams=self.hparams
-            )
-        except ValueError as err:  # a refused batch leaves the model as it was
-            error = f"{type(err).__name__}: {err}"
-        per_fact = (time.perf_counter() - start) / len(span)
+        result, error, seconds = self._write(runner, span)
         record = result.as_record() if result is not None else None
-        for module_name in result.module_names if result is not None else ():
-            runner.snapshots.require(module_name)
-        for fact, (row, case, timer) in enumerate(zip(rows, cases, timers, strict=True)):
+        for fact, (row, timer) in enumerate(zip(rows, timers, strict=True)):
             row["batch"] = batch
             if error is not None:
                 row["error"] = error
             row["diagnostics"] = None if record is None else fact_diagnostics(record, fact, batch)
-            timer.timings["edit"] = per_fact  # the batch's wall time, shared by its facts
-            runner.score_after(row, case, timer)
+            timer.timings["edit"] = seconds / len(span)  # the batch's time, shared by its facts
+            runner.score_after(row, runner.cases[row["index"]], timer)
         return rows, result
+
+    def _write(self, runner: Runner, span: range) -> tuple[BatchResult | None, str | None, float]:
+        """The batch written (or the error that refused it, the model unchanged) and the
+        seconds it took."""
+        start = time.perf_counter()
+        try:
+            result = self._editor(runner).edit_batch(
+                [runner.cases[i].request() for i in span], self.method, method_hparams=self.hparams
+            )
+        except ValueError as err:  # a refused batch leaves the model as it was
+            return None, f"{type(err).__name__}: {err}", time.perf_counter() - start
+        for module_name in result.module_names:
+            runner.snapshots.require(module_name)
+        return result, None, time.perf_counter() - start
 
     def _append(
         self, runner: Runner, path: Path, rows: list[dict[str, Any]], history: list[float]
