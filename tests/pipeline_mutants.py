@@ -23,6 +23,7 @@ HANDWORKED = "tests/test_handworked.py"
 PROPERTIES = "tests/test_metric_properties.py"
 PUBLIC_GPT2 = ("tests/test_public_evaluator.py", "-k", "agree and tiny-gpt2")
 RUNS = "tests/test_runs.py"
+BATCH_RUNS = "tests/test_batch_runs.py"
 SURFACE = "tests/test_cli_surface.py"
 BATCH_BATTERY = ("tests/test_batch_battery.py", "-k", "pass_the_battery and float64")
 SITES = "tests/test_update_sites.py"
@@ -1403,5 +1404,91 @@ MUTANTS: tuple[Mutant, ...] = (
         "    braced: list[str] = []",
         "a braced template reaches the public code, which fails inside formatting it twice",
         (PUBLIC_MEMIT, "-k", "refused_by_name"),
+    ),
+    # -- batched runs (rome eval --method M --batch-size N [--sequential]) -----------------
+    Mutant(
+        "batches_restored_in_a_stream",
+        "batched runs",
+        "rome_fast/eval/batch_runs.py",
+        'batch_rows, result = self._batch_rows(runner, "sequential", batch, span)',
+        'batch_rows, result = self._batch_rows(runner, "sequential", batch, span)\n'
+        "            self._editor(runner).restore()",
+        "a sequential batched run restores the model after each batch: batches never accumulate",
+        (BATCH_RUNS, "-k", "accumulate"),
+    ),
+    Mutant(
+        "batch_pre_scored_after_the_write",
+        "batched runs",
+        "rome_fast/eval/batch_runs.py",
+        "        self._score_before(runner, rows, timers)\n"
+        "        result, error, seconds = self._write(runner, span)\n",
+        "        result, error, seconds = self._write(runner, span)\n"
+        "        self._score_before(runner, rows, timers)\n",
+        "a batch's facts are scored 'before' it on the model it has already edited",
+        (BATCH_RUNS, "-k", "scored_after"),
+    ),
+    Mutant(
+        "batch_delta_counted_per_fact",
+        "batched runs",
+        "rome_fast/eval/batch_runs.py",
+        "runner.flag(row, history, remember=False)",
+        "runner.flag(row, history)",
+        "the collapse rule's |Δ| history holds a batch's |Δ| once per fact (and once more)",
+        (BATCH_RUNS, "-k", "counts_each_batch_once"),
+    ),
+    Mutant(
+        "batch_resumed_from_weights_only",
+        "batched runs",
+        "rome_fast/eval/batch_runs.py",
+        "                self._editor(runner).replay_log(folder)",
+        "                runner.snapshots.load(torch.load(state_path, weights_only=True)"
+        '["weights"])',
+        "a resumed stream loads the checkpoint's weights: AlphaEdit forgets the earlier keys",
+        (BATCH_RUNS, "-k", "resumes and alphaedit"),
+    ),
+    Mutant(
+        "batch_log_after_the_checkpoint_kept",
+        "batched runs",
+        "rome_fast/eval/batch_runs.py",
+        "                shutil.rmtree(folder)",
+        "                pass",
+        "a batch logged after the last checkpoint stays on file when the run resumes",
+        (BATCH_RUNS, "-k", "resumes and checkpoint"),
+    ),
+    Mutant(
+        "batch_half_finished_counted",
+        "batched runs",
+        "rome_fast/eval/batch_runs.py",
+        "return max((span.stop for span in spans if span.stop <= n_rows), default=0)",
+        "return max((span.stop for span in spans if span.start < n_rows), default=0)",
+        "a batch cut short by a kill counts as finished: its missing facts are never run",
+        (BATCH_RUNS, "-k", "spans"),
+    ),
+    Mutant(
+        "batch_size_outside_the_identity",
+        "batched runs",
+        "rome_fast/cli/eval.py",
+        '            "facts_per_batch": args.facts_per_batch,\n',
+        "",
+        "a resume with another --batch-size is taken for the same run",
+        (BATCH_RUNS, "-k", "identity"),
+    ),
+    Mutant(
+        "batch_size_without_method_accepted",
+        "batched runs",
+        "rome_fast/cli/eval.py",
+        "        if args.facts_per_batch is not None:\n            raise",
+        "        if False:\n            raise",
+        "--batch-size without --method is ignored: a ROME run where batches were asked for",
+        ("tests/test_cli_errors.py", "-k", "before_a_folder and method"),
+    ),
+    Mutant(
+        "batch_variants_ignored",
+        "batched runs",
+        "rome_fast/cli/eval.py",
+        '        "--variants": args.variants is not None,\n',
+        "",
+        "--variants with --method is silently ignored",
+        ("tests/test_cli_errors.py", "-k", "before_a_folder and variants"),
     ),
 )

@@ -92,10 +92,7 @@ class BatchRuns:
             runner.on_case(mode, self.method, span.start)
         rows = [case_row(runner.cases[i], i, self.method) for i in span]
         timers = [PhaseTimer() for _ in span]
-        for row, timer in zip(rows, timers, strict=True):
-            with timer.phase("score_pre"):
-                row["pre"] = runner.scores(runner.cases[row["index"]])
-            row["metrics_pre"] = metrics_of(row["pre"])
+        self._score_before(runner, rows, timers)
         result, error, seconds = self._write(runner, span)
         record = result.as_record() if result is not None else None
         for fact, (row, timer) in enumerate(zip(rows, timers, strict=True)):
@@ -106,6 +103,14 @@ class BatchRuns:
             timer.timings["edit"] = seconds / len(span)  # the batch's time, shared by its facts
             runner.score_after(row, runner.cases[row["index"]], timer)
         return rows, result
+
+    @staticmethod
+    def _score_before(runner: Runner, rows: list[dict[str, Any]], timers: list[PhaseTimer]) -> None:
+        """Each row's scores on the model as it is, before its batch."""
+        for row, timer in zip(rows, timers, strict=True):
+            with timer.phase("score_pre"):
+                row["pre"] = runner.scores(runner.cases[row["index"]])
+            row["metrics_pre"] = metrics_of(row["pre"])
 
     def _write(self, runner: Runner, span: range) -> tuple[BatchResult | None, str | None, float]:
         """The batch written (or the error that refused it, the model unchanged) and the
