@@ -67,7 +67,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         dest="facts_per_batch",
         type=int_at_least(1),
         default=None,
-        help="facts per batch of --method, in case order (required with --method)",
+        help="facts per batch of --method, in case order (default: none; required with --method)",
     )
     add_editor_arguments(
         parser.add_argument_group("an editor under test instead of ours"), required=False
