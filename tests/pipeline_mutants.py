@@ -1491,4 +1491,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "--variants with --method is silently ignored",
         ("tests/test_cli_errors.py", "-k", "before_a_folder and variants"),
     ),
+    Mutant(
+        "batch_refusal_unrecorded",
+        "batched runs",
+        "rome_fast/eval/batch_runs.py",
+        '                row["error"] = error',
+        "                pass",
+        "a refused batch's facts are not marked failed: they count as edits that did nothing",
+        (BATCH_RUNS, "-k", "refused"),
+    ),
 )

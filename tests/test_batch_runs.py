@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,9 @@ import torch
 
 from rome_fast.cli.eval import batch_editors, config_from_args
 from rome_fast.cli.main import build_parser
+from rome_fast.edit.batch_result import BatchResult
 from rome_fast.edit.editor import Editor
+from rome_fast.edit.request import EditRequest
 from rome_fast.eval import batch_runs, files
 from rome_fast.eval.batch_runs import BatchRuns, batch_spans, finished_facts
 from rome_fast.eval.case_scoring import score_case
@@ -55,8 +57,8 @@ def cases() -> list[EvalCase]:
     return load_cases(DATA, limit=N_CASES)
 
 
-def new_editor(loaded: LoadedModel) -> Editor:
-    return Editor(loaded, hparams=tiny_hparams(FAMILY), templates=TEMPLATES, stats=low_rank_spd)
+def new_editor(loaded: LoadedModel, cls: type[Editor] = Editor) -> Editor:
+    return cls(loaded, hparams=tiny_hparams(FAMILY), templates=TEMPLATES, stats=low_rank_spd)
 
 
 def config(method: str, mode: str) -> RunConfig:
@@ -79,9 +81,9 @@ def config(method: str, mode: str) -> RunConfig:
     )
 
 
-def batch_runner(out: Path, method: str, mode: str) -> Runner:
+def batch_runner(out: Path, method: str, mode: str, cls: type[Editor] = Editor) -> Runner:
     loaded = fresh_model(FAMILY)
-    editor = new_editor(loaded)
+    editor = new_editor(loaded, cls)
     runs = BatchRuns(method, METHODS[method], SIZE)
     return Runner(
         loaded,
@@ -235,3 +237,28 @@ def test_the_batch_size_and_the_method_hparams_are_part_of_the_run_identity() ->
     ):
         assert {k for k in base if base[k] != other[k]} == {field}
     assert (base["method"], base["variants"]) == ("memit", ("memit",))
+
+
+class RefusingEditor(Editor):
+    """Refuses the second batch (the one holding case ``SIZE``), as a singular batch is."""
+
+    def edit_batch(
+        self, requests: Sequence[EditRequest], method: str = "memit", **options: Any
+    ) -> BatchResult:
+        if cases()[SIZE].case_id in [r.case_id for r in requests]:
+            raise ValueError("refused for the test")
+        return super().edit_batch(requests, method, **options)
+
+
+def test_a_refused_batch_fails_its_facts_and_leaves_the_stream_as_it_was(tmp_path: Path) -> None:
+    batch_runner(tmp_path, "memit", "sequential", RefusingEditor).run()
+    rows = read_lines(tmp_path / "sequential-memit.jsonl")
+    refused = rows[SIZE:]
+    assert all("refused for the test" in r["error"] and r["diagnostics"] is None for r in refused)
+    assert [r["pre"] for r in refused] == [r["post"] for r in refused]  # nothing was written
+    summary = json.loads((tmp_path / "summary.json").read_text())["results"]["sequential"]
+    assert summary["memit"]["failed"] == SIZE
+    assert [b["failed"] for b in summary["memit"]["batches"]] == [False, True]
+    assert sorted(p.name for p in (tmp_path / "sequential-memit.batches").iterdir()) == [
+        "batch-00000"
+    ]
