@@ -9,6 +9,8 @@ Run folder layout (``out``)::
     sequential-<variant>.state.pt  edited weights after the last finished case (resume point)
     sequential-<variant>-final.jsonl  every case scored again after the last edit
     glue-<variant>.jsonl           downstream checks before the first edit and every K edits
+    sequential-<method>.batches/   a batched method's stream: one edit log per batch
+                                   (``rome_fast.eval.batch_runs``; <method> is the variant)
     summary.json                   per mode and variant: ES … S, collapses, failures
     .lock                          the writing process (``rome_fast.eval.lock``)
 
