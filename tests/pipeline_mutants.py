@@ -1500,4 +1500,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "a refused batch's facts are not marked failed: they count as edits that did nothing",
         (BATCH_RUNS, "-k", "refused"),
     ),
+    Mutant(
+        "batch_glue_step_in_batches",
+        "batched runs",
+        "rome_fast/eval/batch_runs.py",
+        "runner.glue_at(runner, self.method, span.stop, glue_done)",
+        "runner.glue_at(runner, self.method, batch + 1, glue_done)",
+        "a batched stream's GLUE steps count batches, not the facts edited as every other step",
+        (BATCH_RUNS, "-k", "glue"),
+    ),
 )

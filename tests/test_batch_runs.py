@@ -78,6 +78,9 @@ def config(method: str, mode: str) -> RunConfig:
         collapse_min_history=1,
         collapse_factor=1e-3,
         collapse_entropy=-1.0,
+        glue_every=1,  # after every batch
+        glue_n=2,
+        glue_shots=0,
     )
 
 
@@ -155,6 +158,13 @@ def test_the_collapse_rule_counts_each_batch_once(sequential_memit: Path) -> Non
     assert [r["collapse"] for r in rows] == [False, False, True, True]
     cumulative = [r["cumulative_norm"] for r in rows]
     assert cumulative[0] == cumulative[1] < cumulative[2] == cumulative[3]
+
+
+def test_the_glue_checks_come_before_the_first_batch_and_after_each(
+    sequential_memit: Path,
+) -> None:
+    steps = [r["step"] for r in read_lines(sequential_memit / "glue-memit.jsonl")]
+    assert steps == [0, SIZE, 2 * SIZE]  # counted in facts
 
 
 def test_the_summary_holds_each_batch(sequential_memit: Path) -> None:
