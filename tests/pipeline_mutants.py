@@ -1316,7 +1316,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "public_memit_stale_residual",
         "public MEMIT",
-        "rome_fast/conform/public_memit.py",
+        "rome_fast/conform/patches.py",
         "return [Z - H for H in self.outputs]",
         "return [Z - self.outputs[0] for _ in self.outputs]",
         "the captured residual of every layer is the first layer's (H not re-measured)",
@@ -1325,9 +1325,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "public_memit_one_template_group",
         "public MEMIT",
-        "rome_fast/conform/public_memit.py",
-        'groups = [["{}"], prefixed] if prefixed else [["{}"]]',
-        "groups = [list(inputs.templates)]",
+        "rome_fast/conform/patches.py",
+        'return [["{}"], prefixed] if prefixed else [["{}"]]',
+        "return [list(templates)]",
         "the templates handed over as one group: the code then writes at the plain mean (k*)",
         (PUBLIC_MEMIT, "-k", "half_bare"),
     ),
