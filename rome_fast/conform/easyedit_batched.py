@@ -161,6 +161,8 @@ class EasyEditBatched:
     stdout: str = ""  # the code's prints during the latest edit
     captured: Captured = field(default_factory=Captured)
     alphaedit: AlphaEditState | None = None  # AlphaEdit's state in the latest edit
+    workdir: Path | None = None  # the latest edit's temporary working directory, removed after
+    written: list[str] = field(default_factory=list)  # the files the code left in it
     _layout: Layout = field(init=False, repr=False)
     _modules: dict[str, types.ModuleType] = field(default_factory=dict, repr=False)
     _saved: dict[str, Tensor] = field(default_factory=dict, repr=False)
@@ -175,6 +177,12 @@ class EasyEditBatched:
     @property
     def name(self) -> str:
         return self.spec
+
+    @property
+    def main(self) -> types.ModuleType:
+        """The code's main module as this adapter imported it: its globals are the code's
+        state (AlphaEdit's ``P`` and ``cache_c``)."""
+        return self._modules["main"]
 
     def hparams(self, inputs: EasyEditInputs, workdir: Path) -> Any:
         """The code's own hyperparameter dataclass, filled from the harness's inputs."""
@@ -204,6 +212,7 @@ class EasyEditBatched:
         torch.manual_seed(inputs.seed)
         with contextlib.ExitStack() as stack:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            stack.callback(self._note_written, workdir)
             stack.enter_context(working_directory(workdir))
             hparams = self.hparams(inputs, workdir)
             C_by_module = {
@@ -222,6 +231,9 @@ class EasyEditBatched:
             apply(loaded.model, loaded.tokenizer, _requests(inputs.requests), hparams)
         self.stdout = out.getvalue()
         self._model, self._saved = loaded.model, saved
+
+    def _note_written(self, workdir: Path) -> None:
+        self.workdir, self.written = workdir, sorted(p.name for p in workdir.iterdir())
 
     def revert(self) -> None:
         """Write back the edited layers' weights as they were before the latest edit."""
@@ -284,7 +296,10 @@ class EasyEditBatched:
         execute: Callable[..., Any] = getattr(main, self._layout.execute)
 
         def recorded(*args: Any, **kwargs: Any) -> Any:
-            read.update(P=main.P.clone(), cache_c=main.cache_c.clone())
+            # what is unset is left for the code to fail on, by name (AlphaEdit_main.py:230-233)
+            read.update(
+                {name: vars(main)[name].clone() for name in ("P", "cache_c") if name in vars(main)}
+            )
             return execute(*args, **kwargs)
 
         return patched(main, **{self._layout.execute: recorded})
