@@ -251,7 +251,7 @@ class EasyEditBatched:
         missing = sorted(set(inputs.method.layers) - set(inputs.C))
         if missing:
             raise ValueError(f"no C for edited layers {missing}; pass one per layer in C")
-        handed = [name for name in ("projector", "key_cache") if getattr(inputs, name)]
+        handed = [name for name in ("projector", "key_cache") if getattr(inputs, name) is not None]
         if handed and self._layout.alg_name != "AlphaEdit":
             raise ValueError(f"{self.spec} keeps no {' or '.join(handed)}; pass them to AlphaEdit")
 
