@@ -173,6 +173,17 @@ class EasyEditBatched:
             raise ValueError(f"unknown editor {self.spec!r}; choose one of {', '.join(LAYOUTS)}")
         self._layout = LAYOUTS[self.spec]
         self._modules = _import(self._layout, Path(self.path), self.uncontrolled)
+        if self._layout.alg_name == "AlphaEdit":
+            chosen = self.model_name or "gpt2-xl for a Conv1D weight, llama for a Linear"
+            self.uncontrolled.append(
+                f"model_name {chosen}: AlphaEdit sizes P and cache_c by the name "
+                "(AlphaEdit_main.py:64-71, 85-88), not by the model"
+            )
+        if not self.isolate_state:
+            self.uncontrolled.append(
+                "module globals kept across edits (isolate_state=False): AlphaEdit's P and "
+                "cache_c carry over, as in a user's process"
+            )
 
     @property
     def name(self) -> str:
@@ -206,7 +217,7 @@ class EasyEditBatched:
     def edit(self, inputs: EasyEditInputs) -> None:
         """Apply the batch in place; ``revert`` undoes it."""
         self._check(inputs)
-        loaded, main = inputs.loaded, self._modules["main"]
+        loaded, main = inputs.loaded, self.main
         apply = getattr(main, self._layout.apply)
         self.captured, self.alphaedit = Captured(), None
         torch.manual_seed(inputs.seed)
@@ -296,7 +307,7 @@ class EasyEditBatched:
         execute: Callable[..., Any] = getattr(main, self._layout.execute)
 
         def recorded(*args: Any, **kwargs: Any) -> Any:
-            # what is unset is left for the code to fail on, by name (AlphaEdit_main.py:230-233)
+            # a cache_c the code never set is left for it to fail on by name (AlphaEdit_main.py:233)
             read.update(
                 {name: vars(main)[name].clone() for name in ("P", "cache_c") if name in vars(main)}
             )
