@@ -51,7 +51,10 @@ CASES: dict[str, tuple[Method, Stats]] = {
     "easyedit-emmet": (EmmetHParams(LAYERS, mom2_update_weight=100.0), spd_per_layer),
     "easyedit-alphaedit": (AlphaEditHParams(LAYERS), low_rank_spd),
 }
-FAMILIES = ("tiny-gpt2", "tiny-gptj")
+FAMILIES = ("tiny-gpt2", "tiny-gptj", "tiny-llama")
+# AlphaEdit's float32 error on tiny Llama is 3-7× ours (docs/results/easyedit-batched.md): not
+# within the floor below, and no floor that explains it is measured yet
+ALPHAEDIT_FAMILIES = ("tiny-gpt2", "tiny-gptj")
 
 
 @dataclass
@@ -141,8 +144,8 @@ def test_memit_and_emmet_delta_is_the_reference_on_their_own_keys_and_targets(
     """MEMIT ``memit_main.py:212-217`` and EMMET ``emmet_main.py:216-235`` solve in float64
     (EMMET through explicit inverses of C' and D), cast ΔW to float32 and add it to the
     float32 W0: two roundings (``public_batched.rounding_ratio``). Measured (2 model seeds ×
-    tiny GPT-2 and GPT-J × MEMIT λ 100, 15000 × EMMET λₘ 100, 10000 × 2 layers): at most 0.9992
-    of that bound; the margin 1.05 covers the two float64 solves' difference (κ ε₆₄)."""
+    tiny GPT-2, GPT-J and Llama × MEMIT λ 100, 15000 × EMMET λₘ 100, 10000 × 2 layers): at most
+    0.9992 of that bound; the margin 1.05 covers the two float64 solves' difference (κ ε₆₄)."""
     deltas = reference_deltas(run)
     assert [layer for layer, _ in deltas] == list(LAYERS)
     for layer, reference in deltas:
@@ -153,7 +156,7 @@ def test_memit_and_emmet_delta_is_the_reference_on_their_own_keys_and_targets(
 
 @pytest.mark.anchors
 @pytest.mark.parametrize(
-    "run", [("easyedit-alphaedit", f) for f in FAMILIES], indirect=True, ids="-".join
+    "run", [("easyedit-alphaedit", f) for f in ALPHAEDIT_FAMILIES], indirect=True, ids="-".join
 )
 def test_alphaedit_delta_is_the_reference_at_the_float32_floor(run: EasyRun) -> None:
     """AlphaEdit solves in float32 (``AlphaEdit_main.py:229-237``), so its floor is a correct
