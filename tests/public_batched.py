@@ -17,22 +17,13 @@ from rome_fast.edit.batch import hidden_at_subjects
 from rome_fast.edit.batch_keys import compute_batch_keys, key_matrix
 from rome_fast.edit.request import EditRequest
 from rome_fast.model.loader import LoadedModel
-from rome_fast.model.weights import stores_transposed, weight_matrix
+from rome_fast.model.weights import weight_matrix
 from tests.models import tiny_model
 
 TEMPLATES = ["{}", "Once upon a time. {}", "He said hello. {}"]
 LAYERS = (1, 2)
 EPS32 = torch.finfo(torch.float32).eps
 LAYOUT_FLOOR = 4 * EPS32  # relative to the largest entry: see check_memit_keys
-
-
-def weight_change(loaded: LoadedModel, before: dict[str, Tensor], layer: int) -> Tensor:
-    """``W1 − W0`` at ``layer``'s edited module, (d_out, d_in) float64 (exact: both float32)."""
-    module = loaded.adapter.edited_module(loaded.model, layer)
-    name = loaded.adapter.edited_site(loaded.model, layer).module_name
-    stored = before[f"{name}.weight"]
-    W0 = stored.T if stores_transposed(module) else stored
-    return weight_matrix(module).detach().double() - W0.double()
 
 
 def rounding_ratio(W1: Tensor, delta: Tensor, reference: Tensor) -> float:

@@ -21,6 +21,7 @@ from rome_fast.conform.easyedit_batched import (
     EasyEditBatched,
     EasyEditInputs,
 )
+from rome_fast.conform.public import weight_change
 from rome_fast.edit.request import EditRequest
 from rome_fast.methods.alphaedit.update import AlphaEditHParams
 from rome_fast.methods.emmet.update import EmmetHParams
@@ -39,7 +40,6 @@ from tests.public_batched import (
     check_packages_put_back,
     edited_weight,
     rounding_ratio,
-    weight_change,
 )
 
 Method = MemitHParams | EmmetHParams | AlphaEditHParams
@@ -355,6 +355,9 @@ def test_edit_writes_only_its_layers_and_reverts_bit_identical(spec: str) -> Non
     changed = {name for name, w in after.items() if not torch.equal(w, run.before[name])}
     sites = [run.loaded.adapter.edited_site(run.loaded.model, layer) for layer in LAYERS]
     assert changed == {f"{site.module_name}.weight" for site in sites}
+    for layer in LAYERS:  # the ΔW the adapter reports is what the weights show
+        delta = weight_change(run.loaded, run.before, layer)
+        assert torch.equal(run.editor.captured.deltas[layer], delta)
     run.editor.revert()
     assert all(torch.equal(w, run.before[name]) for name, w in weights_of(run.loaded).items())
 

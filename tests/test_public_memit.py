@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from rome_fast.conform.patches import tuple_block_outputs
+from rome_fast.conform.public import weight_change
 from rome_fast.conform.public_memit import MemitInputs, PublicMemit
 from rome_fast.methods.memit.update import MemitHParams
 from rome_fast.model.loader import LoadedModel
@@ -25,7 +26,6 @@ from tests.public_batched import (
     check_packages_put_back,
     edited_weight,
     rounding_ratio,
-    weight_change,
 )
 
 
@@ -105,6 +105,9 @@ def test_public_edit_writes_only_its_layers_and_reverts_bit_identical(run: Publi
     after = weights_of(run.loaded)
     changed = {name for name, w in after.items() if not torch.equal(w, run.before[name])}
     assert changed == {f"{module_name(run, layer)}.weight" for layer in LAYERS}
+    for layer in LAYERS:  # the ΔW the adapter reports is what the weights show
+        delta = weight_change(run.loaded, run.before, layer)
+        assert torch.equal(run.editor.captured.deltas[layer], delta)
     editor = PublicMemit(checkout("memit"))
     editor.edit(run.inputs)  # a second batch on top, then undone alone
     editor.revert()

@@ -19,7 +19,8 @@ original MEMIT code:
   unless ``keep_original_weight``, ``emmet_main.py:63``).
 
 What the code computed on the way (its keys per layer, its targets z, the outputs it measured
-the residual at) is captured as for the original MEMIT code (``patches.capturing``).
+the residual at) is captured as for the original MEMIT code (``patches.capturing``), and the
+ΔW it wrote at each layer after it.
 """
 
 from __future__ import annotations
@@ -50,7 +51,13 @@ from rome_fast.conform.patches import (
     working_directory,
 )
 from rome_fast.conform.protocol import importable_from
-from rome_fast.conform.public import IMPORT_ONLY, refuse_braced, shared_fields, write_back
+from rome_fast.conform.public import (
+    IMPORT_ONLY,
+    refuse_braced,
+    shared_fields,
+    weight_change,
+    write_back,
+)
 from rome_fast.edit.request import EditRequest
 from rome_fast.hparams.defaults import HParams
 from rome_fast.methods.alphaedit.update import AlphaEditHParams
@@ -241,6 +248,9 @@ class EasyEditBatched:
             out = stack.enter_context(captured_stdout())
             apply(loaded.model, loaded.tokenizer, _requests(inputs.requests), hparams)
         self.stdout = out.getvalue()
+        self.captured.deltas = {
+            layer: weight_change(loaded, saved, layer) for layer in inputs.method.layers
+        }
         self._model, self._saved = loaded.model, saved
 
     def _note_written(self, workdir: Path) -> None:

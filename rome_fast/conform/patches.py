@@ -282,6 +282,7 @@ class Captured:
     keys: list[tuple[int, Tensor]] = field(default_factory=list)  # (layer, K (d_in, n))
     outputs: list[Tensor] = field(default_factory=list)  # per layer: H (d, n) before its solve
     targets: list[Tensor] = field(default_factory=list)  # per fact: z (d,)
+    deltas: dict[int, Tensor] = field(default_factory=dict)  # per layer: ΔW (d_out, d_in) written
 
     def residuals(self) -> list[Tensor]:
         """Per edited layer: Z − H (d, n), the residual before dividing by the layers left."""

@@ -47,7 +47,13 @@ from rome_fast.conform.patches import (
     working_directory,
 )
 from rome_fast.conform.protocol import importable_from
-from rome_fast.conform.public import IMPORT_ONLY, refuse_braced, shared_fields, write_back
+from rome_fast.conform.public import (
+    IMPORT_ONLY,
+    refuse_braced,
+    shared_fields,
+    weight_change,
+    write_back,
+)
 from rome_fast.edit.request import EditRequest
 from rome_fast.hparams.defaults import HParams
 from rome_fast.methods.memit.update import MemitHParams
@@ -134,6 +140,9 @@ class PublicMemit:
                 return_orig_weights=True,
             )
         self.stdout = out.getvalue()
+        self.captured.deltas = {
+            layer: weight_change(loaded, saved, layer) for layer in inputs.method.layers
+        }
         self._model, self._saved = loaded.model, dict(saved)
 
     def revert(self) -> None:
