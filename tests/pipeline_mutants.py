@@ -1513,4 +1513,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "the model_name asked for never reaches AlphaEdit, so its name branches go untested",
         ("tests/test_easyedit_batched.py", "-k", "model_names"),
     ),
+    Mutant(
+        "easyedit_reported_delta_of_the_first_layer",
+        "EasyEdit batched",
+        "rome_fast/conform/easyedit_batched.py",
+        "layer: weight_change(loaded, saved, layer) for layer in inputs.method.layers",
+        "layer: weight_change(loaded, saved, inputs.method.layers[0])"
+        " for layer in inputs.method.layers",
+        "every layer's reported ΔW is the first edited layer's",
+        ("tests/test_easyedit_batched.py", "-k", "reverts_bit_identical"),
+    ),
 )
