@@ -4,8 +4,6 @@ and its key/residual mismatch (SPEC §7) measured. Findings: docs/results/public
 
 from __future__ import annotations
 
-import sys
-import types
 from dataclasses import dataclass
 
 import pytest
@@ -13,21 +11,22 @@ import torch
 from torch import Tensor
 
 from rome_fast.conform.patches import tuple_block_outputs
-from rome_fast.conform.public_memit import PACKAGES, MemitInputs, PublicMemit
-from rome_fast.edit.batch import hidden_at_subjects
-from rome_fast.edit.batch_keys import compute_batch_keys, key_matrix
+from rome_fast.conform.public import weight_change
+from rome_fast.conform.public_memit import MemitInputs, PublicMemit
 from rome_fast.methods.memit.update import MemitHParams
 from rome_fast.model.loader import LoadedModel
-from rome_fast.model.weights import stores_transposed, weight_matrix
 from rome_ref.batched import memit_delta
 from tests.anchors import checkout
 from tests.batch_editing import FACTS
 from tests.models import fresh_model, key_dim, random_spd, tiny_hparams, tiny_model, weights_of
-
-TEMPLATES = ["{}", "Once upon a time. {}", "He said hello. {}"]
-LAYERS = (1, 2)
-EPS32 = torch.finfo(torch.float32).eps
-LAYOUT_FLOOR = 4 * EPS32  # relative to the largest entry: see the keys' test
+from tests.public_batched import (
+    LAYERS,
+    TEMPLATES,
+    check_memit_keys,
+    check_packages_put_back,
+    edited_weight,
+    rounding_ratio,
+)
 
 
 @dataclass
@@ -76,10 +75,6 @@ def test_public_delta_per_layer_is_the_reference_on_its_own_keys_and_targets(
     captured, method = run.editor.captured, run.inputs.method
     assert [layer for layer, _ in captured.keys] == list(LAYERS)
     for i, ((layer, K), R) in enumerate(zip(captured.keys, captured.residuals(), strict=True)):
-        module = run.loaded.adapter.edited_module(run.loaded.model, layer)
-        W1 = weight_matrix(module).detach().double()  # (d_out, d_in)
-        stored = run.before[f"{module_name(run, layer)}.weight"]
-        W0 = (stored.T if stores_transposed(module) else stored).double()
         reference = memit_delta(
             run.inputs.C[layer].double().numpy(),
             K.double().numpy(),
@@ -87,9 +82,8 @@ def test_public_delta_per_layer_is_the_reference_on_its_own_keys_and_targets(
             method.mom2_update_weight,
         )
         delta = torch.from_numpy(reference)  # (d_out, d_in) float64
-        error = (W1 - W0 - delta).abs()
-        bound = EPS32 / 2 * (W1.abs() + delta.abs())
-        worst = (error / bound).max().item()
+        W1 = edited_weight(run.loaded, layer)
+        worst = rounding_ratio(W1, weight_change(run.loaded, run.before, layer), delta)
         assert worst <= 1.05, f"layer {layer}: ΔW off the reference by {worst:.3g}× rounding"
 
 
@@ -100,24 +94,9 @@ def module_name(run: PublicRun, layer: int) -> str:
 @pytest.mark.anchors
 def test_public_keys_are_half_bare_half_prefix_mean_and_residuals_bare(run: PublicRun) -> None:
     """SPEC §7's mismatch, confirmed: ``compute_ks`` writes at ½ bare-prompt key + ½ the mean
-    over the prefixed templates (our ``"memit"`` key choice), while the residual it divides
-    over the layers is measured at the bare prompt only. Compared on an unedited copy (the
-    first layer's keys and the residual before any layer's write). Floor: our own keys in two
-    batch layouts (together or one request at a time, right or left padding) differ by up to
-    1.44 ε₃₂·max|K| (layers 1, 2); the public code's keys by 1.21 and its H by 0; tolerance
-    ``LAYOUT_FLOOR`` = 4 ε₃₂ of the largest entry (margin 2.8). The mismatch itself: the
-    written key is ≈ 0.47 (relative) from the bare-prompt key at layer 1."""
-    unedited = tiny_model("tiny-gpt2")
-    site = unedited.adapter.edited_site(unedited.model, LAYERS[0])
-    keys = compute_batch_keys(unedited, site, run.inputs.requests, TEMPLATES)
-    public_K = run.editor.captured.keys[0][1]  # (d_in, n) at the first edited layer
-    ours, bare = key_matrix(keys, TEMPLATES, "memit"), key_matrix(keys, TEMPLATES, "k_prompt")
-    floor = LAYOUT_FLOOR * ours.abs().max().item()
-    assert (public_K - ours).abs().max().item() <= floor
-    assert (public_K - bare).norm().item() > 1e3 * floor * ours.numel() ** 0.5
-    H = hidden_at_subjects(unedited, LAYERS[-1], run.inputs.requests)  # (d, n), bare prompts
-    H_public = run.editor.captured.outputs[0]
-    assert (H_public - H).abs().max().item() <= LAYOUT_FLOOR * H.abs().max().item()
+    over the prefixed templates, while the residual it divides over the layers is measured at
+    the bare prompt only (``public_batched.check_memit_keys``: floors and tolerance)."""
+    check_memit_keys("tiny-gpt2", list(run.inputs.requests), run.editor.captured)
 
 
 @pytest.mark.anchors
@@ -126,6 +105,9 @@ def test_public_edit_writes_only_its_layers_and_reverts_bit_identical(run: Publi
     after = weights_of(run.loaded)
     changed = {name for name, w in after.items() if not torch.equal(w, run.before[name])}
     assert changed == {f"{module_name(run, layer)}.weight" for layer in LAYERS}
+    for layer in LAYERS:  # the ΔW the adapter reports is what the weights show
+        delta = weight_change(run.loaded, run.before, layer)
+        assert torch.equal(run.editor.captured.deltas[layer], delta)
     editor = PublicMemit(checkout("memit"))
     editor.edit(run.inputs)  # a second batch on top, then undone alone
     editor.revert()
@@ -168,19 +150,10 @@ def test_public_inputs_it_cannot_take_are_refused_by_name(
 
 @pytest.mark.anchors
 def test_public_packages_do_not_leak_into_sys_modules(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The MEMIT checkout's ``rome`` and ``util`` must not shadow the ROME checkout's: whatever
-    held those names before (here stand-ins for the ROME checkout's) holds them after."""
-
-    def holders() -> dict[str, object]:
-        return {n: m for n, m in sys.modules.items() if n.split(".", maxsplit=1)[0] in PACKAGES}
-
-    for name in ("rome", "util", "util.nethook"):
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    before = holders()
-    PublicMemit(checkout("memit"))
-    after = holders()
-    assert after.keys() == before.keys()
-    assert all(after[name] is module for name, module in before.items())
+    """The MEMIT checkout's ``rome`` and ``util`` must not shadow the ROME checkout's."""
+    check_packages_put_back(
+        monkeypatch, ("rome", "util", "util.nethook"), lambda: PublicMemit(checkout("memit"))
+    )
 
 
 def test_tuple_block_outputs_show_tuples_to_hooks_and_tensors_to_the_model() -> None:

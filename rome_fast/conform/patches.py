@@ -11,7 +11,8 @@ import io
 import os
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -197,6 +198,22 @@ def injected_layer_statistics(
 
 
 @contextlib.contextmanager
+def module_globals(module: types.ModuleType, names: Sequence[str], **values: Any) -> Iterator[None]:
+    """The module-level globals ``names`` as a fresh import has them: absent, or set to
+    ``values``; on exit each is put back as it was (absent again if it was). For code that
+    keeps state in globals across calls (AlphaEdit's projector and key cache)."""
+    namespace = vars(module)
+    old = {name: namespace.pop(name, _MISSING) for name in names}
+    namespace.update(values)
+    try:
+        yield
+    finally:
+        for name in names:
+            namespace.pop(name, None)
+        namespace.update({name: value for name, value in old.items() if value is not _MISSING})
+
+
+@contextlib.contextmanager
 def isolated_packages(*names: str) -> Iterator[None]:
     """Import top-level packages ``names`` afresh, then put back whatever held those names.
 
@@ -248,3 +265,67 @@ def tuple_block_outputs(blocks: nn.ModuleList) -> Iterator[None]:
             handle = block.register_forward_hook(as_tuple, prepend=True)
             stack.callback(handle.remove)
         yield
+
+
+def template_groups(templates: Sequence[str]) -> list[list[str]]:
+    """The harness's templates as the two groups the MEMIT-family codes cache,
+    ``[["{}"], [the prefixed templates]]`` (their ``compute_ks`` averages within, then across,
+    groups); a single ``[["{}"]]`` without prefixes, since an empty group's mean is NaN."""
+    prefixed = [t for t in templates if t != "{}"]
+    return [["{}"], prefixed] if prefixed else [["{}"]]
+
+
+@dataclass
+class Captured:
+    """What a MEMIT-family code computed during one edit, in the order it computed it."""
+
+    keys: list[tuple[int, Tensor]] = field(default_factory=list)  # (layer, K (d_in, n))
+    outputs: list[Tensor] = field(default_factory=list)  # per layer: H (d, n) before its solve
+    targets: list[Tensor] = field(default_factory=list)  # per fact: z (d,)
+    deltas: dict[int, Tensor] = field(default_factory=dict)  # per layer: ΔW (d_out, d_in) written
+
+    def residuals(self) -> list[Tensor]:
+        """Per edited layer: Z − H (d, n), the residual before dividing by the layers left."""
+        Z = torch.stack(self.targets, dim=1)
+        return [Z - H for H in self.outputs]
+
+
+def capturing(
+    main: types.ModuleType, captured: Captured
+) -> contextlib.AbstractContextManager[None]:
+    """The main module's calls of ``compute_ks``, ``compute_z`` and the residual's outputs
+    (``get_module_input_output_at_words``: ``(inputs, outputs)``, or the outputs alone when
+    called with ``track="out"``), recorded into ``captured`` on their way back (detached
+    copies; the code sees its own results)."""
+
+    def keys(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        def wrapper(*args: Any, **kwargs: Any) -> Tensor:
+            K = fn(*args, **kwargs)  # (n, d_in)
+            captured.keys.append((int(args[4]), K.detach().T.clone()))
+            return K
+
+        return wrapper
+
+    def target(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        def wrapper(*args: Any, **kwargs: Any) -> Tensor:
+            z = fn(*args, **kwargs)  # (d,)
+            captured.targets.append(z.detach().clone())
+            return z
+
+        return wrapper
+
+    def outputs(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            result = fn(*args, **kwargs)
+            outs = result[1] if isinstance(result, tuple) else result  # (n, d)
+            captured.outputs.append(outs.detach().T.clone())
+            return result
+
+        return wrapper
+
+    return patched(
+        main,
+        compute_ks=keys(main.compute_ks),
+        compute_z=target(main.compute_z),
+        get_module_input_output_at_words=outputs(main.get_module_input_output_at_words),
+    )

@@ -50,6 +50,7 @@ from rome_fast.conform.patches import (
 from rome_fast.conform.protocol import ConformInputs, importable_from
 from rome_fast.hparams.defaults import HParams
 from rome_fast.model.loader import LoadedModel
+from rome_fast.model.weights import stores_transposed, weight_matrix
 
 KEY_FLAGS = ("original_implementation", "enable_random_prefix_keys", "enable_prompt_keys")
 FLAGS: dict[str, tuple[bool, bool, bool]] = {
@@ -227,6 +228,16 @@ def write_back(model: nn.Module | None, saved: dict[str, Tensor]) -> None:
     with torch.no_grad():
         for name, weight in saved.items():
             model.get_parameter(name)[...] = weight
+
+
+def weight_change(loaded: LoadedModel, before: dict[str, Tensor], layer: int) -> Tensor:
+    """``W1 − W0`` at ``layer``'s edited module, (d_out, d_in) float64 (exact: both float32);
+    ``before`` holds W0 under the parameter's name, as a public code returns it."""
+    module = loaded.adapter.edited_module(loaded.model, layer)
+    name = loaded.adapter.edited_site(loaded.model, layer).module_name
+    stored = before[f"{name}.weight"]
+    W0 = stored.T if stores_transposed(module) else stored
+    return weight_matrix(module).detach().double() - W0.double()
 
 
 def shared_fields(loaded: LoadedModel, hp: HParams) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import contextlib
 import dataclasses
 import importlib
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,17 +34,26 @@ import torch
 from torch import Tensor, nn
 
 from rome_fast.conform.patches import (
+    Captured,
     captured_stdout,
+    capturing,
     cuda_calls_to,
     injected_layer_statistics,
     isolated_packages,
     patched,
     stubbed_modules,
+    template_groups,
     tuple_block_outputs,
     working_directory,
 )
 from rome_fast.conform.protocol import importable_from
-from rome_fast.conform.public import IMPORT_ONLY, refuse_braced, shared_fields, write_back
+from rome_fast.conform.public import (
+    IMPORT_ONLY,
+    refuse_braced,
+    shared_fields,
+    weight_change,
+    write_back,
+)
 from rome_fast.edit.request import EditRequest
 from rome_fast.hparams.defaults import HParams
 from rome_fast.methods.memit.update import MemitHParams
@@ -64,20 +73,6 @@ class MemitInputs:
     hparams: HParams  # the target optimization's settings (v_star) and C's (stats)
     method: MemitHParams  # the edited layers and λ
     seed: int
-
-
-@dataclass
-class Captured:
-    """What the code computed during one edit, in the order it computed it."""
-
-    keys: list[tuple[int, Tensor]] = field(default_factory=list)  # (layer, K (d_in, n))
-    outputs: list[Tensor] = field(default_factory=list)  # per layer: H (d, n) before its solve
-    targets: list[Tensor] = field(default_factory=list)  # per fact: z (d,)
-
-    def residuals(self) -> list[Tensor]:
-        """Per edited layer: Z − H (d, n), the residual before dividing by the layers left."""
-        Z = torch.stack(self.targets, dim=1)
-        return [Z - H for H in self.outputs]
 
 
 @dataclass
@@ -126,14 +121,14 @@ class PublicMemit:
             hparams.rewrite_module_tmp.format(layer): C.to(loaded.device, torch.float32)
             for layer, C in inputs.C.items()
         }
-        prefixed = [t for t in inputs.templates if t != "{}"]
-        groups = [["{}"], prefixed] if prefixed else [["{}"]]  # an empty group's mean is NaN
         self.captured = Captured()
         torch.manual_seed(inputs.seed)
         with contextlib.ExitStack() as stack:
-            stack.enter_context(patched(main, CONTEXT_TEMPLATES_CACHE=groups))
+            stack.enter_context(
+                patched(main, CONTEXT_TEMPLATES_CACHE=template_groups(inputs.templates))
+            )
             stack.enter_context(injected_layer_statistics(main, C_by_module))
-            stack.enter_context(self._capturing(main))
+            stack.enter_context(capturing(main, self.captured))
             stack.enter_context(tuple_block_outputs(loaded.adapter.layers(loaded.model)))
             stack.enter_context(cuda_calls_to(loaded.device))
             out = stack.enter_context(captured_stdout())
@@ -145,48 +140,15 @@ class PublicMemit:
                 return_orig_weights=True,
             )
         self.stdout = out.getvalue()
+        self.captured.deltas = {
+            layer: weight_change(loaded, saved, layer) for layer in inputs.method.layers
+        }
         self._model, self._saved = loaded.model, dict(saved)
 
     def revert(self) -> None:
         """Write back the original weights the code returned (``return_orig_weights``)."""
         write_back(self._model, self._saved)
         self._model, self._saved = None, {}
-
-    def _capturing(self, main: types.ModuleType) -> contextlib.AbstractContextManager[None]:
-        """``memit_main``'s calls of ``compute_ks``, ``compute_z`` and the residual's outputs,
-        recorded on their way back (detached copies; the code sees its own results)."""
-        captured = self.captured
-
-        def keys(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-            def wrapper(*args: Any, **kwargs: Any) -> Tensor:
-                K = fn(*args, **kwargs)  # (n, d_in)
-                captured.keys.append((int(args[4]), K.detach().T.clone()))
-                return K
-
-            return wrapper
-
-        def target(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-            def wrapper(*args: Any, **kwargs: Any) -> Tensor:
-                z = fn(*args, **kwargs)  # (d,)
-                captured.targets.append(z.detach().clone())
-                return z
-
-            return wrapper
-
-        def outputs(fn: Callable[..., tuple[Tensor, Tensor]]) -> Callable[..., Any]:
-            def wrapper(*args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-                inputs, outs = fn(*args, **kwargs)  # (n, d_in), (n, d)
-                captured.outputs.append(outs.detach().T.clone())
-                return inputs, outs
-
-            return wrapper
-
-        return patched(
-            main,
-            compute_ks=keys(main.compute_ks),
-            compute_z=target(main.compute_z),
-            get_module_input_output_at_words=outputs(main.get_module_input_output_at_words),
-        )
 
 
 def _request(request: EditRequest, index: int) -> dict[str, Any]:
