@@ -8,6 +8,7 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rome_fast.cli.conform_inputs import context_templates
 from rome_fast.cli.options import (
     add_device_option,
     add_layer_option,
@@ -217,26 +218,6 @@ def harness_inputs(
     # the statistics options give C itself (a Cholesky factor only when a caller passes one)
     assert isinstance(C, torch.Tensor), f"expected the matrix C, got a {type(C).__name__}"
     return C, context_templates(args, loaded, hparams)
-
-
-def context_templates(args: argparse.Namespace, loaded: LoadedModel, hparams: HParams) -> list[str]:
-    """The seeded context templates (``--templates FILE``'s where the command has it), the
-    same for every editor; braces stripped from the sampled text (see ``harness_inputs``)."""
-    from rome_fast.edit.templates import generate_context_templates
-
-    fixed = getattr(args, "fixed_templates", None)  # --templates FILE, where the command has it
-    if fixed is not None:
-        return list(fixed)
-    return [
-        t.replace("{{", "").replace("}}", "")
-        for t in generate_context_templates(
-            loaded.model,
-            loaded.tokenizer,
-            hparams.v_star.context_template_schedule,
-            seed=args.seed,
-            top_k=hparams.v_star.context_template_top_k,
-        )
-    ]
 
 
 def conformance_report(args: argparse.Namespace) -> ConformReport:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rome_fast.cli.conform_inputs import context_templates
 from rome_fast.cli.options import stats_provider
 
 if TYPE_CHECKING:
@@ -74,7 +75,6 @@ def batch_conformance_report(args: argparse.Namespace, reproducer: str) -> Batch
     """Load what the options name and run every batched property."""
     import torch
 
-    from rome_fast.cli.conform import context_templates
     from rome_fast.conform.batch_properties import KEY_DESCRIPTIONS
     from rome_fast.conform.batch_run import BatchSettings, run_batch_conformance
     from rome_fast.hparams.batched import method_hparams_for
