@@ -18,6 +18,7 @@ from rome_fast.edit.batch_keys import compute_batch_keys, key_matrix
 from rome_fast.edit.batch_targets import compute_batch_targets
 from rome_fast.methods.memit.update import MemitHParams
 
+SEED = 0  # the extra rank-one term's random directions
 Fault = Callable[[Tensor], Tensor]  # what a planted bug does to a layer's ΔW (d_out, d_in)
 
 
@@ -96,6 +97,19 @@ def bf16_update() -> PlainMemit:
     return PlainMemit("bf16-update", fault=lambda delta: delta.bfloat16().double())
 
 
+def _plus_rank_one(delta: Tensor) -> Tensor:
+    """ΔW plus a seeded random rank-one term at 1e-4 of ‖ΔW‖ (beyond the n facts' span)."""
+    g = torch.Generator().manual_seed(SEED)
+    u = torch.randn(delta.shape[0], 1, generator=g, dtype=delta.dtype)
+    v = torch.randn(1, delta.shape[1], generator=g, dtype=delta.dtype)
+    term = u @ v
+    return delta + 1e-4 * delta.norm() / term.norm() * term
+
+
+def extra_rank() -> PlainMemit:
+    return PlainMemit("extra-rank", fault=_plus_rank_one)
+
+
 def first_fact_favoured() -> PlainMemit:
     return PlainMemit("first-fact-favoured", first_fact_weight=1.01)
 
@@ -108,6 +122,7 @@ PLANTED: dict[str, tuple[Callable[[], PlainMemit], str]] = {
     "scaled-0.995": (scaled_update, "matches_reference"),
     "bf16-update": (bf16_update, "matches_reference"),
     "first-fact-favoured": (first_fact_favoured, "order_invariant"),
+    "extra-rank": (extra_rank, "rank_per_layer"),
 }
 
 

@@ -12,57 +12,19 @@ import pytest
 
 from rome_fast.cli.main import main
 from rome_fast.conform.batch_protocol import (
-    BatchEditorUnderTest,
     BatchInputs,
     CallableBatchEditor,
     OurBatchEditor,
     shaped_like_public,
 )
-from rome_fast.conform.batch_run import BatchReport, BatchSettings, run_batch_conformance
-from rome_fast.conform.cases import CASES
 from rome_fast.hparams.batched import MethodHParams
 from rome_fast.methods.alphaedit.update import AlphaEditHParams
 from rome_fast.methods.emmet.update import EmmetHParams
-from rome_fast.methods.memit.update import MemitHParams
 from tests.anchors import checkout
 from tests.batch_conform_editors import PLANTED, PlainMemit, plain_memit
-from tests.conform_setup import TEMPLATES
-from tests.models import fresh_model, key_dim, random_spd, tiny_hparams, weights_of
+from tests.batch_conform_setup import LAYERS, conform_batches, failed
 
-LAYERS = (0, 1)
-# λ = 100 lets the batch's keys dominate the random unit-scale C (as test_public_memit): with
-# the public 15000, ΔW is ~1e-4 of W and the float32 write's rounding hides a bf16 update
-MEMIT = MemitHParams(layers=LAYERS, mom2_update_weight=100.0)
-TWO_BATCHES = [list(CASES[:3]), list(CASES[3:6])]
 FAST = ["--model", "random:tiny-gpt2", "--steps", "3", "--stats-samples", "8"]
-
-
-def conform_batches(
-    editor: BatchEditorUnderTest,
-    family: str = "tiny-gpt2",
-    method: MethodHParams = MEMIT,
-    **options: object,
-) -> BatchReport:
-    """Two batches of three facts in sequence on a fresh tiny model, random SPD C per layer."""
-    loaded = fresh_model(family)
-    C = {layer: random_spd(key_dim(loaded, layer), seed=layer + 1) for layer in LAYERS}
-    settings = BatchSettings(tiny_hparams(family), method, C, TEMPLATES)
-    before = weights_of(loaded)
-    report = run_batch_conformance(
-        editor,
-        loaded,
-        TWO_BATCHES,
-        settings,
-        sequential=True,
-        **options,  # type: ignore[arg-type]
-    )
-    after = weights_of(loaded)
-    assert all(bool((after[n] == before[n]).all()) for n in before), "the model left changed"
-    return report
-
-
-def failed(report: BatchReport) -> set[str]:
-    return {name for name, p in report.properties().items() if p["passed"] is False}
 
 
 @pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-llama"])
@@ -108,11 +70,7 @@ def test_each_planted_bug_fails_the_property_that_targets_it(name: str) -> None:
 def test_stale_weights_need_a_sequence_to_be_seen() -> None:
     """Each batch from the original weights, the stale W0 is the right one: caught only when
     the second batch is written over the first."""
-    make = PLANTED["stale-w0"][0]
-    loaded = fresh_model("tiny-gpt2")
-    C = {layer: random_spd(key_dim(loaded, layer), seed=layer + 1) for layer in LAYERS}
-    settings = BatchSettings(tiny_hparams("tiny-gpt2"), MEMIT, C, TEMPLATES)
-    apart = run_batch_conformance(make(), loaded, TWO_BATCHES, settings, expect="memit")
+    apart = conform_batches(PLANTED["stale-w0"][0](), expect="memit", sequential=False)
     assert apart.ok, str(apart)
 
 
