@@ -23,6 +23,7 @@ from rome_fast.methods.emmet.update import EmmetHParams
 from tests.anchors import checkout
 from tests.batch_conform_editors import PLANTED, PlainMemit, plain_memit
 from tests.batch_conform_setup import LAYERS, conform_batches, failed
+from tests.test_conform_cli import run_pytest_entry
 
 FAST = ["--model", "random:tiny-gpt2", "--steps", "3", "--stats-samples", "8"]
 
@@ -166,6 +167,23 @@ def test_cli_exit_1_on_a_planted_bug_with_valid_json(
     assert report["properties"]["matches_reference"]["passed"] is False
     assert "--batch 2" in report["reproducer"]
     assert "--method" not in report["reproducer"]
+
+
+def test_pytest_entry_reports_each_batched_property() -> None:
+    run = run_pytest_entry(
+        {
+            "ROME_CONFORM_EDITOR": "tests.batch_conform_editors:scaled",
+            "ROME_CONFORM_BATCH": "2",
+            "ROME_CONFORM_CASES": "1",
+            "ROME_CONFORM_STEPS": "3",
+            "ROME_CONFORM_EXPECT": "memit",
+        },
+        module="rome_fast.conform.test_batch_conformance",
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    entry = "rome_fast/conform/test_batch_conformance.py"
+    assert f"FAILED {entry}::test_batch_property[matches_reference]" in run.stdout, run.stdout
+    assert f"FAILED {entry}::test_batch_verdict" in run.stdout, run.stdout
 
 
 @pytest.mark.parametrize(
