@@ -6,6 +6,7 @@ planted bugs, each that editor with one thing wrong."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ from rome_fast.edit.batch_targets import compute_batch_targets
 from rome_fast.methods.memit.update import MemitHParams
 
 SEED = 0  # the extra rank-one term's random directions
+HANG_SECONDS = 10.0  # how long ``hangs`` waits: far past the 0.5 s limit its test sets
 Fault = Callable[[Tensor], Tensor]  # what a planted bug does to a layer's ΔW (d_out, d_in)
 
 
@@ -136,6 +138,11 @@ def training_mode(inputs: BatchInputs) -> None:
     """A correct batch that leaves the model in training mode."""
     PlainMemit().edit(inputs)
     inputs.loaded.model.train()
+
+
+def hangs(_inputs: BatchInputs) -> None:
+    """Never returns within the tests' time limit (and writes nothing)."""
+    threading.Event().wait(HANG_SECONDS)
 
 
 def touches_embedding(inputs: BatchInputs) -> None:

@@ -26,6 +26,7 @@ def conform_batches(
     *,
     expect: KeyChoice | None = None,
     sequential: bool = True,
+    timeout: float | None = None,
 ) -> BatchReport:
     """The harness on a fresh ``family`` model; checks that the model leaves as it came."""
     loaded = fresh_model(family)
@@ -33,7 +34,13 @@ def conform_batches(
     settings = BatchSettings(tiny_hparams(family), method, C, TEMPLATES)
     before = weights_of(loaded)
     report = run_batch_conformance(
-        editor, loaded, TWO_BATCHES, settings, expect=expect, sequential=sequential
+        editor,
+        loaded,
+        TWO_BATCHES,
+        settings,
+        expect=expect,
+        sequential=sequential,
+        timeout=timeout,
     )
     after = weights_of(loaded)
     assert all(bool((after[n] == before[n]).all()) for n in before), "the model left changed"

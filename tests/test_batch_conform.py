@@ -91,6 +91,16 @@ def test_editor_failures_are_verdicts(editor: str, caught: str) -> None:
     json.dumps(report.to_json(), allow_nan=False)
 
 
+def test_a_hung_editor_is_a_failed_property_and_ends_the_run() -> None:
+    import tests.batch_conform_editors as editors
+
+    report = conform_batches(CallableBatchEditor(editors.hangs, "hangs"), timeout=0.5)
+    assert failed(report) == {"edit_completed"}, str(report)
+    assert len(report.cases) == 1
+    assert "did not return within 0.5 s" in report.settings["stopped"]
+    json.dumps(report.to_json(), allow_nan=False)
+
+
 @dataclasses.dataclass(frozen=True)
 class DriverInputs:
     """Another code's inputs with ``BatchInputs``' fields, as ``MemitInputs``."""
