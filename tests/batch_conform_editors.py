@@ -104,8 +104,9 @@ def _plus_rank_one(delta: Tensor) -> Tensor:
     g = torch.Generator().manual_seed(SEED)
     u = torch.randn(delta.shape[0], 1, generator=g, dtype=delta.dtype)
     v = torch.randn(1, delta.shape[1], generator=g, dtype=delta.dtype)
-    term = u @ v
-    return delta + 1e-4 * delta.norm() / term.norm() * term
+    term = u @ v  # (d_out, d_in)
+    scaled: Tensor = 1e-4 * delta.norm() / term.norm() * term
+    return delta + scaled
 
 
 def extra_rank() -> PlainMemit:
