@@ -191,6 +191,8 @@ class BatchSession:
         return failure, layer_deltas(inputs.loaded, W0)
 
     def observe(self, inputs: BatchInputs, *, keep: bool) -> BatchObservation:
+        """The reference and floors on the weights as they are; the batch, its revert, the
+        batch reversed, the batch again (kept applied with ``keep``, else undone)."""
         model = inputs.loaded.model
         refs = references(inputs)
         floors = measured_floors(inputs, refs)
