@@ -143,6 +143,10 @@ CHECKOUT_FOLDERS = {
     "rebuilding-rome": "rebuilding-rome",
     "easyedit-rome": "easyedit",
     "easyedit-r-rome": "easyedit",
+    "memit": "memit",
+    "easyedit-memit": "easyedit",
+    "easyedit-emmet": "easyedit",
+    "easyedit-alphaedit": "easyedit",
 }
 
 

@@ -31,6 +31,7 @@ HPARAMS = "tests/test_hparams.py"
 CONFORM = "tests/test_conform.py"
 BATCH_FILES = "tests/test_batch_hparams_files.py"
 BATCH_EDITOR = "tests/test_batch_editor.py"
+BATCH_CONFORM = "tests/test_batch_conform.py"
 PUBLIC_MEMIT = "tests/test_public_memit.py"
 
 MUTANTS: tuple[Mutant, ...] = (
@@ -1627,5 +1628,90 @@ MUTANTS: tuple[Mutant, ...] = (
         " for layer in inputs.method.layers",
         "every layer's reported ΔW is the first edited layer's",
         ("tests/test_easyedit_batched.py", "-k", "reverts_bit_identical"),
+    ),
+    # --- batched conformance (rome conform --batch): the harness's own modules ---------------
+    Mutant(
+        "batch_rank_off_by_one",
+        "batched conformance",
+        "rome_fast/conform/batch_properties.py",
+        "worst = max(worst, float(s[n] / s[0]))",
+        "worst = max(worst, float(s[n - 1] / s[0]))",
+        "the rank property reads σₙ instead of σₙ₊₁ (in the floor too, so a correct editor "
+        "passes): a rank-(n+1) update passes",
+        (BATCH_CONFORM, "-k", "planted and extra"),
+    ),
+    Mutant(
+        "batch_reference_emmet_without_lambda_e",
+        "batched conformance",
+        "rome_fast/conform/batch_reference.py",
+        "C, K, R, hp.mom2_update_weight, hp.emmet_lambda, hp.update_norm_lambda",
+        "C, K, R, hp.mom2_update_weight, 0.0, hp.update_norm_lambda",
+        "the EMMET reference drops λₑ (exact insertion): a correct EMMET editor fails agreement",
+        (BATCH_CONFORM, "-k", "each_method and emmet"),
+    ),
+    Mutant(
+        "batch_floor_against_another_key_choice",
+        "batched conformance",
+        "rome_fast/conform/batch_floors.py",
+        'seen["matches_reference"].append(layer_misfit(deltas, refs[choice].deltas))',
+        'seen["matches_reference"].append(layer_misfit(deltas, refs["k_star"].deltas))',
+        "the agreement floor is measured against another key choice's reference: a floor of "
+        "the key difference, so a bf16 update passes",
+        (BATCH_CONFORM, "-k", "planted and bf16"),
+    ),
+    Mutant(
+        "batch_order_not_reversed",
+        "batched conformance",
+        "rome_fast/conform/batch_run.py",
+        "reversed_inputs = _reversed(inputs)",
+        "reversed_inputs = inputs",
+        "the order check writes the batch in its own order: an order-dependent editor passes",
+        (BATCH_CONFORM, "-k", "planted and first"),
+    ),
+    Mutant(
+        "batch_sequence_not_kept",
+        "batched conformance",
+        "rome_fast/conform/batch_run.py",
+        'keep = sequential and method != "alphaedit"',
+        "keep = False",
+        "a sequential run restores between batches: a stale cached W0 passes",
+        (BATCH_CONFORM, "-k", "planted and stale"),
+    ),
+    Mutant(
+        "batch_ours_ignores_key_choice",
+        "batched conformance",
+        "rome_fast/conform/batch_protocol.py",
+        "inputs.requests, inputs.method_name, keys=self.keys, method_hparams=inputs.method",
+        'inputs.requests, inputs.method_name, keys="memit", method_hparams=inputs.method',
+        "rome conform --batch --variant k_prompt runs ours at the public keys regardless",
+        (BATCH_CONFORM, "-k", "each_method and alphaedit"),
+    ),
+    Mutant(
+        "batch_expect_variant_unchecked",
+        "batched conformance",
+        "rome_fast/cli/conform_batch.py",
+        "if args.expect is not None and args.expect not in KEY_DESCRIPTIONS:",
+        "if False:",
+        "--batch --expect r-rome runs a whole batched run that can never pass, exit 1 not 2",
+        (BATCH_CONFORM, "-k", "misuse and argv3"),
+    ),
+    # -- EasyEdit's batched drivers under rome conform --batch (cli/conform_batch) -----------
+    Mutant(
+        "easyedit_driver_method_unchecked",
+        "batched conformance",
+        "rome_fast/cli/conform_batch.py",
+        "    if method != its_method:",
+        "    if False:",
+        "EasyEdit's EMMET driver handed MEMIT's hyperparameters fails inside the third-party code",
+        ("tests/test_batch_conform.py", "-k", "misuse"),
+    ),
+    Mutant(
+        "driver_inputs_extra_required_field_accepted",
+        "batched conformance",
+        "rome_fast/conform/batch_protocol.py",
+        "    if not expected <= names or required_extra:",
+        "    if not expected <= names:",
+        "a driver whose inputs need a field the harness never fills is accepted, and fails later",
+        ("tests/test_batch_conform.py", "-k", "driver"),
     ),
 )

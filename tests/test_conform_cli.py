@@ -82,12 +82,14 @@ def test_conform_bad_usage_exits_2_with_one_line(
     assert len(err.strip().splitlines()) == 1, err
 
 
-def run_pytest_entry(settings: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """``pytest --pyargs rome_fast.conform.test_conformance`` with ``settings`` in its
+def run_pytest_entry(
+    settings: dict[str, str], *args: str, module: str = "rome_fast.conform.test_conformance"
+) -> subprocess.CompletedProcess[str]:
+    """``pytest --pyargs MODULE`` (the conformance entry) with ``settings`` in its
     environment, as a user's CI runs it."""
     entry = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "--pyargs"]
     return subprocess.run(
-        [sys.executable, *entry, "rome_fast.conform.test_conformance", *args],
+        [sys.executable, *entry, module, *args],
         env={**os.environ, **settings},
         capture_output=True,
         text=True,

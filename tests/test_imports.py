@@ -35,7 +35,10 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("testing_batch",),
     ("cli", "testing", ""),
 )
-COMMANDS = {"rome_fast.conform.test_conformance": "cli"}
+COMMANDS = {
+    "rome_fast.conform.test_conformance": "cli",
+    "rome_fast.conform.test_batch_conformance": "cli",
+}
 EDIT_PATH = ("rome_fast.edit.editor", "rome_fast.edit.naive")  # and everything they import
 
 

@@ -8,6 +8,8 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rome_fast.cli.conform_batch import BATCH_EDITORS
+from rome_fast.cli.conform_inputs import context_templates
 from rome_fast.cli.options import (
     add_device_option,
     add_layer_option,
@@ -24,6 +26,7 @@ from rome_fast.conform.timeouts import DEFAULT_TIMEOUT
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from rome_fast.conform.batch_run import BatchReport
     from rome_fast.conform.protocol import EditorUnderTest
     from rome_fast.conform.run import ConformReport
     from rome_fast.hparams.defaults import HParams
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
 PATH_VARIABLE = "ROME_EDITOR_PATH"
 BUILT_IN = ("rome-verify", "rebuilding-rome", "easyedit-rome", "easyedit-r-rome")
 VERDICTS = ("rome", "r-rome", "p-rome", "other")
+KEY_VERDICTS = ("memit", "k_star", "k_prompt")  # with --batch: the key choice written at
+METHODS = ("memit", "emmet", "alphaedit")
 OPTION_OF = {"editor_variant": "--variant"}  # a destination not named after its option
 
 
@@ -100,7 +105,7 @@ def add_conform_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--expect",
-        choices=VERDICTS,
+        choices=VERDICTS + KEY_VERDICTS,
         default=None,
         help="the variant it must behave as (default: none: the verdict is reported, not required)",
     )
@@ -131,6 +136,24 @@ def add_conform_arguments(p: argparse.ArgumentParser) -> None:
         "(default: none: each case starts from the original weights)",
     )
     p.add_argument(
+        "--method",
+        choices=METHODS,
+        default=None,
+        help="with --batch: the batched method the editor runs (default: memit; an "
+        "easyedit-<method> editor's own method)",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="check a batched editor: batches of N facts written at the method's layers "
+        "(--cases: how many batches; --variant: ours' key choice memit, k_star or k_prompt; "
+        "--expect: the key choice required; --editor: "
+        f"{', '.join(BATCH_EDITORS)} or module:callable) (default: none: single-fact ROME "
+        "editors)",
+    )
+    p.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_TIMEOUT,
@@ -154,6 +177,8 @@ def command_line(args: argparse.Namespace) -> str:
         "stats_samples",
         "sequential",
         "timeout",
+        "method",
+        "batch",
     ):
         value = getattr(args, flag)
         if value is not None:
@@ -167,7 +192,15 @@ def run_conform(args: argparse.Namespace) -> int:
     the property that caught it); misuse of ``rome conform`` raises ValueError (exit 2)."""
     if args.json is not None:
         check_out_file(args.json)
-    report = conformance_report(args)
+    if not args.timeout > 0:
+        raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    report: ConformReport | BatchReport
+    if args.batch is None:
+        report = conformance_report(args)
+    else:
+        from rome_fast.cli.conform_batch import batch_conformance_report
+
+        report = batch_conformance_report(args, command_line(args))
     print(report)
     if args.json is not None:
         write_json_output(args.json, report.to_json())
@@ -184,26 +217,11 @@ def harness_inputs(
     """
     import torch
 
-    from rome_fast.edit.templates import generate_context_templates
-
     loaded.adapter.check_layer(loaded.model, hparams.layer)
     C = stats_provider(args, hparams)(loaded, hparams.layer)
     # the statistics options give C itself (a Cholesky factor only when a caller passes one)
     assert isinstance(C, torch.Tensor), f"expected the matrix C, got a {type(C).__name__}"
-    fixed = getattr(args, "fixed_templates", None)  # --templates FILE, where the command has it
-    if fixed is not None:
-        return C, list(fixed)
-    templates = [
-        t.replace("{{", "").replace("}}", "")
-        for t in generate_context_templates(
-            loaded.model,
-            loaded.tokenizer,
-            hparams.v_star.context_template_schedule,
-            seed=args.seed,
-            top_k=hparams.v_star.context_template_top_k,
-        )
-    ]
-    return C, templates
+    return C, context_templates(args, loaded, hparams)
 
 
 def conformance_report(args: argparse.Namespace) -> ConformReport:
@@ -213,8 +231,9 @@ def conformance_report(args: argparse.Namespace) -> ConformReport:
     from rome_fast.hparams.defaults import hparams_for
     from rome_fast.model.loader import load_model
 
-    if not args.timeout > 0:
-        raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if args.method is not None or args.expect in KEY_VERDICTS:
+        what = f"--method {args.method}" if args.method else f"--expect {args.expect}"
+        raise ValueError(f"{what} applies to batched editors: add --batch N")
     requests = conformance_cases(args.sequential or args.cases)
     editor = editor_from_spec(args.editor, args.editor_path, args.editor_variant)
     loaded = load_model(args.model, device=args.device, seed=args.seed)

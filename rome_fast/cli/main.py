@@ -400,10 +400,15 @@ def _conform_parser(sub: Subcommands) -> None:
         "Run black-box conformance properties on a ROME-style editor (ours, the paper's code, "
         "EasyEdit's, or your module:callable) with the same model, request, layer, templates, "
         "C and seed as our reference, and name the variant it behaves as. Exit 0 when the "
-        "verdict equals --expect and every required property passes, 1 when not.",
+        "verdict equals --expect and every required property passes, 1 when not. With --batch "
+        "N, a batched editor (--method memit, emmet or alphaedit; ours, the original MEMIT "
+        "code, EasyEdit's, or your module:callable) on batches of N facts, and the key choice "
+        "it writes at.",
         [
             "rome conform --editor rome-verify --variant p-rome --model random:tiny-gpt2 "
             "--cases 1 --expect p-rome --json runs/help-conform.json",
+            "rome conform --editor rome-verify --method emmet --batch 2 --cases 1 --steps 3 "
+            "--stats-samples 8 --model random:tiny-gpt2 --expect memit",
         ],
     )
     add_conform_arguments(p)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import traceback
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -28,35 +29,55 @@ def _where(error: BaseException) -> str:
     return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
+def run_timed(work: Callable[[], object], name: str, timeout: float | None, hung: str) -> object:
+    """``work()`` in a thread named ``name``: what it returned; raises what it raised, and
+    :class:`EditorHung` with the message ``hung`` after ``timeout`` seconds (None: no limit)."""
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = work()
+        except Exception as error:
+            box["error"] = error
+
+    # a daemon thread: a hung editor cannot keep the process alive after the report
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise EditorHung(f"{hung} (raise --timeout if it is only slow)")
+    error = box.get("error")
+    if isinstance(error, BaseException):
+        raise error
+    return box.get("value")
+
+
+def seconds(timeout: float | None) -> str:
+    return "∞" if timeout is None else f"{timeout:g}"
+
+
+def describe_raise(name: str, error: BaseException, where: str) -> str:
+    """One line naming the editor, what it raised, the line of its code, and the input."""
+    return f"{name} raised {type(error).__name__}: {error}{_where(error)} on {where}"
+
+
 def call_editor(
     editor: EditorUnderTest, inputs: ConformInputs, W: Tensor, timeout: float | None
 ) -> str | None:
     """Run one edit (a returned ΔW (d_out, d_in) is added to ``W``); the reason it failed,
     or None. Raises :class:`EditorHung` after ``timeout`` seconds (None: no limit)."""
-    box: dict[str, object] = {}
-
-    def work() -> None:
-        try:
-            box["delta"] = editor.edit(inputs)
-        except Exception as error:
-            box["error"] = error
-
-    # a daemon thread: a hung editor cannot keep the process alive after the report
-    thread = threading.Thread(target=work, name=f"editor {editor.name}", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise EditorHung(
-            f"{editor.name} did not return within {timeout:g} s on {inputs.loaded.name} for "
-            f"{inputs.request.subject!r} (raise --timeout if it is only slow)"
+    where = f"{inputs.loaded.name} for {inputs.request.subject!r}"
+    try:
+        delta = run_timed(
+            lambda: editor.edit(inputs),
+            f"editor {editor.name}",
+            timeout,
+            f"{editor.name} did not return within {seconds(timeout)} s on {where}",
         )
-    error = box.get("error")
-    if isinstance(error, BaseException):
-        return (
-            f"{editor.name} raised {type(error).__name__}: {error}{_where(error)} on "
-            f"{inputs.loaded.name} for {inputs.request.subject!r}"
-        )
-    delta = box.get("delta")
+    except EditorHung:
+        raise
+    except Exception as error:
+        return describe_raise(editor.name, error, where)
     if delta is None:
         return None
     if not isinstance(delta, Tensor) or tuple(delta.shape) != tuple(W.shape):

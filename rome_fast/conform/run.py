@@ -66,22 +66,8 @@ class ConformReport:
         )
 
     def properties(self) -> dict[str, dict[str, Any]]:
-        """Per property over all cases: passed (False if any case failed it, None if no case
-        required it) and the worst case's value, floor, bound and detail (a failed case
-        first, then the largest value)."""
-        merged: dict[str, dict[str, Any]] = {}
-        for case in self.cases:
-            for m in case.properties:
-                entry = merged.setdefault(m.name, {"passed": None, "value": math.nan})
-                if m.passed is not None:
-                    entry["passed"] = m.passed and entry["passed"] is not False
-                if _worse(m, entry):
-                    entry.update(value=m.value, floor=m.floor, bound=m.bound, detail=m.detail)
-                    entry["failed_here"] = m.passed is False
-                entry.setdefault("detail", m.detail)
-        for entry in merged.values():
-            entry.pop("failed_here", None)
-        return merged
+        """Per property over all cases (``merge_properties``)."""
+        return merge_properties([c.properties for c in self.cases])
 
     @property
     def ok(self) -> bool:
@@ -96,7 +82,7 @@ class ConformReport:
         """The report as JSON data; a non-finite number is written as the string "inf",
         "-inf" or "nan" (so the file stays valid JSON: an unmeasured value is "nan", a failed
         edit's misfit "inf")."""
-        data: dict[str, Any] = _json_safe(
+        data: dict[str, Any] = json_safe(
             {
                 "editor": self.editor,
                 "model": self.model,
@@ -115,16 +101,7 @@ class ConformReport:
                         "request": asdict(c.request),
                         "verdict": c.identification.variant,
                         "description": c.identification.describe(),
-                        "properties": {
-                            m.name: {
-                                "passed": m.passed,
-                                "value": m.value,
-                                "floor": m.floor,
-                                "bound": m.bound,
-                                "detail": m.detail,
-                            }
-                            for m in c.properties
-                        },
+                        "properties": measured_json(c.properties),
                     }
                     for c in self.cases
                 ],
@@ -139,21 +116,59 @@ class ConformReport:
             f"verdict: {self.verdict} — {self.description}"
             + (f" (expected {self.expect})" if self.expect else ""),
         ]
-        props = self.properties()
-        width = max(len(n) for n in props)
-        rows = []
-        for name, p in props.items():
-            status = {True: "passed", False: "FAILED", None: "info"}[p["passed"]]
-            numbers = f"value {p['value']:<9.3g}"
-            if not math.isnan(p.get("bound", math.nan)):
-                numbers += f" floor {p['floor']:<9.3g} bound {p['bound']:<9.3g}"
-            rows.append(f"  {name:<{width}}  {status:<6}  {numbers:<44}  {p['detail']}")
+        rows = property_rows(self.properties())
         tail = [f"not controlled: {u}" for u in self.uncontrolled]
         if self.settings.get("stopped"):
             tail.append(str(self.settings["stopped"]))
         if not self.ok:
             tail.append(f"reproduce: {self.reproducer}")
         return "\n".join(head + rows + tail)
+
+
+def merge_properties(cases: list[list[Measured]]) -> dict[str, dict[str, Any]]:
+    """Per property over all cases: passed (False if any case failed it, None if no case
+    required it) and the worst case's value, floor, bound and detail (a failed case first,
+    then the largest value)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for properties in cases:
+        for m in properties:
+            entry = merged.setdefault(m.name, {"passed": None, "value": math.nan})
+            if m.passed is not None:
+                entry["passed"] = m.passed and entry["passed"] is not False
+            if _worse(m, entry):
+                entry.update(value=m.value, floor=m.floor, bound=m.bound, detail=m.detail)
+                entry["failed_here"] = m.passed is False
+            entry.setdefault("detail", m.detail)
+    for entry in merged.values():
+        entry.pop("failed_here", None)
+    return merged
+
+
+def property_rows(props: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per merged property: status, value, floor and bound, detail."""
+    width = max(len(n) for n in props)
+    rows = []
+    for name, p in props.items():
+        status = {True: "passed", False: "FAILED", None: "info"}[p["passed"]]
+        numbers = f"value {p['value']:<9.3g}"
+        if not math.isnan(p.get("bound", math.nan)):
+            numbers += f" floor {p['floor']:<9.3g} bound {p['bound']:<9.3g}"
+        rows.append(f"  {name:<{width}}  {status:<6}  {numbers:<44}  {p['detail']}")
+    return rows
+
+
+def measured_json(properties: list[Measured]) -> dict[str, dict[str, Any]]:
+    """One case's properties as JSON data (before ``json_safe``)."""
+    return {
+        m.name: {
+            "passed": m.passed,
+            "value": m.value,
+            "floor": m.floor,
+            "bound": m.bound,
+            "detail": m.detail,
+        }
+        for m in properties
+    }
 
 
 def _worse(m: Measured, entry: dict[str, Any]) -> bool:
@@ -166,14 +181,14 @@ def _worse(m: Measured, entry: dict[str, Any]) -> bool:
     return not math.isnan(m.value) and (math.isnan(entry["value"]) or m.value > entry["value"])
 
 
-def _json_safe(data: Any) -> Any:
+def json_safe(data: Any) -> Any:
     """``data`` with every non-finite float as a string ("inf", "-inf", "nan")."""
     if isinstance(data, float) and not math.isfinite(data):
         return str(data)
     if isinstance(data, dict):
-        return {key: _json_safe(value) for key, value in data.items()}
+        return {key: json_safe(value) for key, value in data.items()}
     if isinstance(data, list | tuple):
-        return [_json_safe(value) for value in data]
+        return [json_safe(value) for value in data]
     return data
 
 
@@ -181,17 +196,17 @@ def _f64(x: Tensor) -> np.ndarray:
     return x.detach().to("cpu", torch.float64).numpy()
 
 
-def _parameters(model: torch.nn.Module) -> dict[str, Tensor]:
+def parameters_of(model: torch.nn.Module) -> dict[str, Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def _put_back(model: torch.nn.Module, saved: dict[str, Tensor]) -> None:
+def put_back(model: torch.nn.Module, saved: dict[str, Tensor]) -> None:
     with torch.no_grad():
         for n, p in model.named_parameters():
             p.copy_(saved[n])
 
 
-def _max_diff(model: torch.nn.Module, saved: dict[str, Tensor]) -> float:
+def max_diff(model: torch.nn.Module, saved: dict[str, Tensor]) -> float:
     return max(
         float((p.detach().double() - saved[n].double()).abs().max())
         for n, p in model.named_parameters()
@@ -201,14 +216,14 @@ def _max_diff(model: torch.nn.Module, saved: dict[str, Tensor]) -> float:
 @contextmanager
 def restored(model: torch.nn.Module) -> Iterator[dict[str, Tensor]]:
     """Yield a copy of every parameter; on exit, write it back (the model leaves as it came)."""
-    saved = _parameters(model)
+    saved = parameters_of(model)
     try:
         yield saved
     finally:
-        _put_back(model, saved)
+        put_back(model, saved)
 
 
-def _revert(name: str, revert: Callable[[], object]) -> str | None:
+def call_revert(name: str, revert: Callable[[], object]) -> str | None:
     """Call an editor's revert; why it failed, or None."""
     try:
         revert()
@@ -248,9 +263,9 @@ class Session:
         ``before``): (max difference after the editor's revert, its failure)."""
         diff, failure = None, None
         if self.revert is not None:
-            failure = _revert(self.editor.name, self.revert)
-            diff = None if failure else _max_diff(model, before)
-        _put_back(model, before)
+            failure = call_revert(self.editor.name, self.revert)
+            diff = None if failure else max_diff(model, before)
+        put_back(model, before)
         return diff, failure
 
     def observe(self, inputs: ConformInputs, *, keep: bool) -> Observation:
@@ -262,7 +277,7 @@ class Session:
         truth = float64_truth(inputs)
         W = inputs.site.weight
         edited_name = inputs.site.module_name + ".weight"
-        before = _parameters(model)
+        before = parameters_of(model)
         W0 = W.detach().clone()  # (d_out, d_in), the parameter may be stored transposed
         failure, changes = self.edit(inputs)
         delta = W.detach().double() - W0.double()

@@ -9,8 +9,9 @@ Settings (environment): ``ROME_CONFORM_EDITOR`` (required: a ``rome conform --ed
 ``random:tiny-gpt2``), ``ROME_CONFORM_EXPECT``, ``ROME_CONFORM_CASES`` (default 2),
 ``ROME_CONFORM_STEPS``, ``ROME_CONFORM_SEED`` (default 0), ``ROME_CONFORM_SEQUENTIAL`` (N: the
 edits in sequence of ``rome conform --sequential N``), ``ROME_CONFORM_TIMEOUT`` (seconds per
-edit). One test per property, and one for the verdict; each failure prints the measured
-numbers and the ``rome conform`` reproducer.
+edit), ``ROME_CONFORM_METHOD`` and ``ROME_CONFORM_BATCH`` (for the batched entry,
+``rome_fast.conform.test_batch_conformance``). One test per property, and one for the
+verdict; each failure prints the measured numbers and the ``rome conform`` reproducer.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from rome_fast.conform.properties import PROPERTY_NAMES
 from rome_fast.conform.run import ConformReport
 
 
-def _settings() -> argparse.Namespace:
+def settings() -> argparse.Namespace:
     from rome_fast.cli.conform import PATH_VARIABLE
     from rome_fast.conform.timeouts import DEFAULT_TIMEOUT
 
@@ -54,6 +55,8 @@ def _settings() -> argparse.Namespace:
         stats_samples=None,
         sequential=number("ROME_CONFORM_SEQUENTIAL"),
         timeout=float(os.environ.get("ROME_CONFORM_TIMEOUT", DEFAULT_TIMEOUT)),
+        method=os.environ.get("ROME_CONFORM_METHOD"),
+        batch=number("ROME_CONFORM_BATCH"),
     )
 
 
@@ -61,7 +64,10 @@ def _settings() -> argparse.Namespace:
 def _report() -> ConformReport:
     from rome_fast.cli.conform import conformance_report
 
-    return conformance_report(_settings())
+    chosen = settings()
+    if chosen.batch is not None:
+        pytest.skip("ROME_CONFORM_BATCH is set: run rome_fast.conform.test_batch_conformance")
+    return conformance_report(chosen)
 
 
 @pytest.mark.parametrize("name", PROPERTY_NAMES)

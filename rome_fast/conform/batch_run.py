@@ -1,0 +1,341 @@
+"""The batched conformance run: each batch given to the editor under test and to our float64
+reference on the same inputs, the weights compared before and after, every batched property
+measured per batch (``batch_properties``), and a verdict naming the method and key choice.
+
+Per batch: the reference and the floors on the weights as they are; the editor's edit (in a
+thread with a time limit, the model's state put back after it); its revert; the batch in
+reverse order (order invariance); the batch again (determinism), kept applied in a sequential
+run, else undone. A sequential run's batches are reverted in reverse order at the end. AlphaEdit
+batches are never kept: the harness gives no Kₚ of earlier batches, so each is a first edit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rome_fast.conform.batch_floors import (
+    layer_deltas,
+    layer_weights,
+    measured_floors,
+    order_difference,
+)
+from rome_fast.conform.batch_properties import (
+    KEY_DESCRIPTIONS,
+    MARGIN,
+    BatchObservation,
+    measure,
+)
+from rome_fast.conform.batch_protocol import BatchEditorUnderTest, BatchInputs, method_of
+from rome_fast.conform.batch_reference import F64, references
+from rome_fast.conform.invoke import EditorHung, describe_raise, run_timed, seconds
+from rome_fast.conform.properties import Measured
+from rome_fast.conform.run import (
+    call_revert,
+    json_safe,
+    max_diff,
+    measured_json,
+    merge_properties,
+    parameters_of,
+    property_rows,
+    put_back,
+    restored,
+)
+from rome_fast.conform.state import differences, reset, snapshot
+from rome_fast.edit.batch_keys import KeyChoice
+from rome_fast.edit.request import EditRequest
+from rome_fast.hparams.batched import MethodHParams
+from rome_fast.hparams.defaults import HParams
+from rome_fast.model.loader import LoadedModel
+
+ALPHAEDIT_KP = "AlphaEdit's Kₚ: none given; each batch is checked as a first edit, never kept"
+
+
+@dataclass(frozen=True)
+class BatchCase:
+    requests: list[EditRequest]
+    key: KeyChoice | None  # the key choice identified (None: none)
+    properties: list[Measured]
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    editor: str
+    model: str
+    method: str
+    layers: tuple[int, ...]
+    seed: int
+    expect: KeyChoice | None
+    cases: list[BatchCase]
+    uncontrolled: list[str]
+    reproducer: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str:
+        """The key choice every batch was written at, or "other"."""
+        keys = {c.key for c in self.cases}
+        key = keys.pop() if len(keys) == 1 else None
+        return key or "other"
+
+    @property
+    def description(self) -> str:
+        if self.verdict == "other":
+            found = ", ".join(str(c.key or "none") for c in self.cases)
+            return f"{self.method}: no single key choice (per batch: {found})"
+        return f"{self.method}: {KEY_DESCRIPTIONS[self.verdict]}"
+
+    def properties(self) -> dict[str, dict[str, Any]]:
+        return merge_properties([c.properties for c in self.cases])
+
+    @property
+    def ok(self) -> bool:
+        """Every required property passes and the batches were written at the expected key
+        choice (without an expectation: at one key choice)."""
+        passed = all(p["passed"] is not False for p in self.properties().values())
+        wanted = self.verdict == self.expect if self.expect else self.verdict != "other"
+        return passed and wanted
+
+    def to_json(self) -> dict[str, Any]:
+        """As ``ConformReport.to_json``: non-finite numbers written as strings."""
+        data: dict[str, Any] = json_safe(
+            {
+                "editor": self.editor,
+                "model": self.model,
+                "method": self.method,
+                "layers": list(self.layers),
+                "seed": self.seed,
+                "expect": self.expect,
+                "verdict": self.verdict,
+                "description": self.description,
+                "ok": self.ok,
+                "properties": self.properties(),
+                "uncontrolled": self.uncontrolled,
+                "reproducer": self.reproducer,
+                "settings": self.settings,
+                "cases": [
+                    {
+                        "requests": [asdict(r) for r in c.requests],
+                        "verdict": c.key or "other",
+                        "properties": measured_json(c.properties),
+                    }
+                    for c in self.cases
+                ],
+            }
+        )
+        return data
+
+    def __str__(self) -> str:
+        head = [
+            f"editor {self.editor} on {self.model} ({self.method}, layers "
+            f"{list(self.layers)}, seed {self.seed}, {len(self.cases)} batches of "
+            f"{len(self.cases[0].requests)})",
+            f"verdict: {self.verdict} — {self.description}"
+            + (f" (expected {self.expect})" if self.expect else ""),
+        ]
+        tail = [f"not controlled: {u}" for u in self.uncontrolled]
+        if self.settings.get("stopped"):
+            tail.append(str(self.settings["stopped"]))
+        if not self.ok:
+            tail.append(f"reproduce: {self.reproducer}")
+        return "\n".join(head + property_rows(self.properties()) + tail)
+
+
+@dataclass
+class BatchSession:
+    """One batched conformance run: the editor, its time limit and the batches kept."""
+
+    editor: BatchEditorUnderTest
+    timeout: float | None
+    kept: list[dict[str, Tensor]] = field(default_factory=list)  # weights before each kept batch
+
+    def edit(self, inputs: BatchInputs) -> tuple[str | None, tuple[str, ...]]:
+        """One batch, the model state put back after it: (failure, state left changed)."""
+        model, name = inputs.loaded.model, self.editor.name
+        where = f"{inputs.loaded.name} for a batch of {len(inputs.requests)}"
+        state = snapshot(model)
+        failure = None
+        try:
+            hung = f"{name} did not return within {seconds(self.timeout)} s on {where}"
+            run_timed(lambda: self.editor.edit(inputs), f"editor {name}", self.timeout, hung)
+        except EditorHung:
+            raise
+        except Exception as error:
+            failure = describe_raise(name, error, where)
+        finally:
+            changes = differences(state, model)
+            reset(state, model)
+        return failure, changes
+
+    def undo(
+        self, before: dict[str, Tensor], model: torch.nn.Module
+    ) -> tuple[float | None, str | None]:
+        """Revert the latest batch (the editor's revert where offered; always back to
+        ``before``): (max difference after the editor's revert, its failure)."""
+        revert = getattr(self.editor, "revert", None)
+        diff, failure = None, None
+        if callable(revert):
+            failure = call_revert(self.editor.name, revert)
+            diff = None if failure else max_diff(model, before)
+        put_back(model, before)
+        return diff, failure
+
+    def rewrite(
+        self, inputs: BatchInputs, W0: dict[int, Tensor]
+    ) -> tuple[str | None, dict[int, F64]]:
+        """The batch written again from the same weights: (failure, ΔW per layer)."""
+        failure, _ = self.edit(inputs)
+        return failure, layer_deltas(inputs.loaded, W0)
+
+    def observe(self, inputs: BatchInputs, *, keep: bool) -> BatchObservation:
+        """The reference and floors on the weights as they are; the batch, its revert, the
+        batch reversed, the batch again (kept applied with ``keep``, else undone)."""
+        model = inputs.loaded.model
+        refs = references(inputs)
+        floors = measured_floors(inputs, refs)
+        edited = {
+            inputs.loaded.adapter.edited_site(model, layer).module_name + ".weight"
+            for layer in inputs.method.layers
+        }
+        before = parameters_of(model)
+        W0 = layer_weights(inputs.loaded, inputs.method.layers)
+        failure, changes = self.edit(inputs)
+        deltas = layer_deltas(inputs.loaded, W0)
+        changed = tuple(
+            n
+            for n, p in model.named_parameters()
+            if n not in edited and not torch.equal(p, before[n])
+        )
+        revert_diff, revert_failure = self.undo(before, model)
+        failure = failure or revert_failure
+        order_diff = repeat_diff = None
+        if failure is None:
+            reversed_inputs = _reversed(inputs)
+            failure, backward = self.rewrite(reversed_inputs, W0)
+            order_diff = None if failure else order_difference(deltas, backward)
+            failure = failure or self.undo(before, model)[1]
+        if failure is None:
+            failure, again = self.rewrite(inputs, W0)
+            repeat_diff = max(float(abs(again[layer] - deltas[layer]).max()) for layer in deltas)
+            if keep and failure is None:
+                self.kept.append(before)
+            else:
+                failure = failure or self.undo(before, model)[1]
+        return BatchObservation(
+            n_facts=len(inputs.requests),
+            deltas=deltas,
+            references=refs,
+            changed_others=changed,
+            revert_diff=revert_diff,
+            repeat_diff=None if failure else repeat_diff,
+            order_diff=order_diff,
+            failure=failure,
+            state_changes=changes,
+            floors=floors,
+        )
+
+    def unwind(self, model: torch.nn.Module) -> list[float | None]:
+        """Revert the kept batches in reverse order: per batch (in edit order), the max
+        difference from the weights before it (None: no revert offered); always restored."""
+        diffs: list[float | None] = []
+        while self.kept:
+            diffs.append(self.undo(self.kept.pop(), model)[0])
+        return diffs[::-1]
+
+
+def _reversed(inputs: BatchInputs) -> BatchInputs:
+    return replace(inputs, requests=list(inputs.requests)[::-1])
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """What the harness controls in a batched run, besides the editor and the batches."""
+
+    hparams: HParams  # the target optimization's settings
+    method: MethodHParams  # layers and the method's weights
+    C: dict[int, Tensor]  # per edited layer (d_in, d_in)
+    templates: list[str]
+    seed: int = 0
+
+
+def run_batch_conformance(
+    editor: BatchEditorUnderTest,
+    loaded: LoadedModel,
+    batches: list[list[EditRequest]],
+    settings: BatchSettings,
+    *,
+    expect: KeyChoice | None = None,
+    reproducer: str = "",
+    sequential: bool = False,
+    timeout: float | None = None,
+) -> BatchReport:
+    """Every batched property of ``editor`` on each batch. With ``sequential`` (not for
+    AlphaEdit) the batches stay applied one after the other, each checked against the
+    reference on the weights as they are then, and are reverted in reverse order at the end.
+    A hung editor ends the run; the model leaves as it came."""
+    method = method_of(settings.method)
+    keep = sequential and method != "alphaedit"
+    session = BatchSession(editor, timeout)
+    observations: list[tuple[list[EditRequest], BatchObservation]] = []
+    stopped = ""
+    with restored(loaded.model):
+        for batch in batches:
+            inputs = BatchInputs(
+                loaded,
+                batch,
+                settings.templates,
+                settings.C,
+                settings.hparams,
+                settings.method,
+                settings.seed,
+            )
+            try:
+                observations.append((batch, session.observe(inputs, keep=keep)))
+            except EditorHung as hung:
+                observations.append((batch, _hung(settings.method.layers, str(hung))))
+                stopped = f"stopped at a batch starting with case {batch[0].case_id}: {hung}"
+                break
+        if not stopped:
+            for i, diff in enumerate(session.unwind(loaded.model)):
+                batch, obs = observations[i]
+                worst = obs.revert_diff if diff is None else max(diff, obs.revert_diff or 0.0)
+                observations[i] = (batch, replace(obs, revert_diff=worst))
+    cases = [BatchCase(batch, *measure(obs, expect)) for batch, obs in observations]
+    uncontrolled = list(editor.uncontrolled) + ([ALPHAEDIT_KP] if method == "alphaedit" else [])
+    return BatchReport(
+        editor=editor.name,
+        model=loaded.name,
+        method=method,
+        layers=settings.method.layers,
+        seed=settings.seed,
+        expect=expect,
+        cases=cases,
+        uncontrolled=uncontrolled,
+        reproducer=reproducer,
+        settings={
+            "templates": settings.templates,
+            "method_hparams": asdict(settings.method),
+            "v_num_grad_steps": settings.hparams.v_star.num_grad_steps,
+            "sequential": keep,
+            "timeout": timeout,
+            "margin": MARGIN,
+            "stopped": stopped,
+        },
+    )
+
+
+def _hung(layers: tuple[int, ...], failure: str) -> BatchObservation:
+    """The observation of a batch that never returned: nothing measured."""
+    return BatchObservation(
+        n_facts=0,
+        deltas={layer: torch.zeros(1, 1, dtype=torch.float64).numpy() for layer in layers},
+        references={},
+        changed_others=(),
+        revert_diff=None,
+        repeat_diff=None,
+        order_diff=None,
+        failure=failure,
+    )

@@ -1,0 +1,86 @@
+"""The table of docs/results/batched-conformance.md, printed by
+``python -m tests.batched_conformance_report`` (the
+harness of tests/batch_conform_setup.py on tiny GPT-2 and tiny Llama, MEMIT at layers 0–1, two
+batches of three facts in sequence, with the correct controls and the planted-bug editors of
+tests/batch_conform_editors.py)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from rome_fast.conform.batch_properties import MARGIN, NUMERIC
+from rome_fast.conform.batch_protocol import (
+    BatchEditorUnderTest,
+    OurBatchEditor,
+    shaped_like_public,
+)
+from rome_fast.conform.batch_run import BatchReport
+from rome_fast.conform.public_memit import MemitInputs, PublicMemit
+from tests.anchors import checkout
+from tests.batch_conform_editors import PLANTED, plain_memit
+from tests.batch_conform_setup import conform_batches
+
+FAMILIES = ("tiny-gpt2", "tiny-llama")
+Factory = Callable[[], BatchEditorUnderTest]
+
+
+def controls(family: str) -> dict[str, Factory]:
+    found: dict[str, Factory] = {"rome-verify[memit]": OurBatchEditor, "plain-memit": plain_memit}
+    if family == "tiny-gpt2":  # the public code reads config.n_embd
+        found["memit (public code)"] = lambda: shaped_like_public(
+            PublicMemit(checkout("memit")), MemitInputs
+        )
+    return found
+
+
+def _cell(report: BatchReport, name: str) -> str:
+    p = report.properties()[name]
+    mark = {True: "", False: " **F**", None: " (info)"}[p["passed"]]
+    if math.isnan(p.get("floor", math.nan)):
+        return f"{p['value']:.2g}{mark}"
+    return f"{p['value']:.2g} / {p['floor']:.2g}{mark}"
+
+
+def rows(family: str) -> tuple[list[str], list[float], list[float]]:
+    """Table lines, the controls' worst value/floor, the planted editors' value/floor on the
+    property that targets each."""
+    lines, correct, planted = [], [], []
+    editors: dict[str, tuple[Factory, str | None]] = {
+        name: (make, None) for name, make in controls(family).items()
+    }
+    editors |= {name: (make, caught) for name, (make, caught) in PLANTED.items()}
+    for name, (make, caught) in editors.items():
+        report = conform_batches(make(), family, expect="memit")
+        props = report.properties()
+        if caught is None:
+            correct += [
+                props[n]["value"] / props[n]["floor"] for n in NUMERIC if props[n]["passed"]
+            ]
+        else:
+            planted.append(props[caught]["value"] / props[caught]["floor"])
+        cells = " | ".join(_cell(report, n) for n in NUMERIC)
+        verdict = ("ok" if report.ok else "FAILS") + f" ({report.verdict})"
+        lines.append(f"| {family} | {name} | {verdict} | {cells} |")
+    return lines, correct, planted
+
+
+def table() -> str:
+    head = "| family | editor | verdict | " + " | ".join(NUMERIC) + " |"
+    lines, correct, planted = [head, "|" + "---|" * (len(NUMERIC) + 3)], [], []
+    for family in FAMILIES:
+        found = rows(family)
+        lines += found[0]
+        correct += found[1]
+        planted += found[2]
+    lines.append("")
+    lines.append(
+        f"Bound = {MARGIN:g} × floor. Correct controls: at most {max(correct):.2f}× the floor on "
+        f"any required property; planted bugs: at least {min(planted):.3g}× the floor on the "
+        "property that targets them."
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table())

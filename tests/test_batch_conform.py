@@ -1,0 +1,235 @@
+"""Batched editors under the harness (``rome_fast.conform.batch_run``): correct editors pass at
+the floor, each planted bug fails the property that targets it, editor failures are verdicts
+(exit 1, valid JSON), misuse exits 2. Table: docs/results/batched-conformance.md."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from rome_fast.cli.main import main
+from rome_fast.conform.batch_protocol import (
+    BatchInputs,
+    CallableBatchEditor,
+    OurBatchEditor,
+    shaped_like_public,
+)
+from rome_fast.hparams.batched import MethodHParams
+from rome_fast.methods.alphaedit.update import AlphaEditHParams
+from rome_fast.methods.emmet.update import EmmetHParams
+from tests.anchors import checkout
+from tests.batch_conform_editors import PLANTED, PlainMemit, plain_memit
+from tests.batch_conform_setup import LAYERS, conform_batches, failed
+from tests.test_conform_cli import run_pytest_entry
+
+FAST = ["--model", "random:tiny-gpt2", "--steps", "3", "--stats-samples", "8"]
+
+
+@pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-llama"])
+@pytest.mark.parametrize("make", [OurBatchEditor, plain_memit], ids=["ours", "plain"])
+def test_correct_memit_editors_pass_at_the_public_keys(family: str, make: type) -> None:
+    report = conform_batches(make(), family, expect="memit")
+    assert report.ok, str(report)
+    assert report.verdict == "memit"
+    assert failed(report) == set()
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        EmmetHParams(layers=LAYERS, mom2_update_weight=1e4),
+        AlphaEditHParams(layers=LAYERS, nullspace_threshold=0.5),
+    ],
+    ids=["emmet", "alphaedit"],
+)
+def test_ours_passes_each_method_and_is_named_by_its_key_choice(method: MethodHParams) -> None:
+    report = conform_batches(OurBatchEditor("k_prompt"), method=method)
+    assert report.ok, str(report)
+    assert report.verdict == "k_prompt"
+    assert report.method in report.description
+
+
+def test_a_key_choice_other_than_expected_fails_its_residual() -> None:
+    report = conform_batches(OurBatchEditor("k_star"), expect="memit")
+    assert not report.ok
+    assert report.verdict == "k_star"
+    assert {"residual_memit", "matches_reference"} <= failed(report)
+
+
+@pytest.mark.parametrize("name", sorted(PLANTED))
+def test_each_planted_bug_fails_the_property_that_targets_it(name: str) -> None:
+    make, caught = PLANTED[name]
+    report = conform_batches(make(), expect="memit")
+    assert not report.ok
+    assert caught in failed(report), str(report)
+    json.dumps(report.to_json(), allow_nan=False)
+
+
+def test_stale_weights_need_a_sequence_to_be_seen() -> None:
+    """Each batch from the original weights, the stale W0 is the right one: caught only when
+    the second batch is written over the first."""
+    apart = conform_batches(PLANTED["stale-w0"][0](), expect="memit", sequential=False)
+    assert apart.ok, str(apart)
+
+
+@pytest.mark.parametrize(
+    ("editor", "caught"),
+    [
+        ("raises_midway", "edit_completed"),
+        ("training_mode", "model_state"),
+        ("touches_embedding", "only_edited_layers"),
+    ],
+)
+def test_editor_failures_are_verdicts(editor: str, caught: str) -> None:
+    import tests.batch_conform_editors as editors
+
+    report = conform_batches(CallableBatchEditor(getattr(editors, editor), editor))
+    assert caught in failed(report), str(report)
+    json.dumps(report.to_json(), allow_nan=False)
+
+
+def test_a_hung_editor_is_a_failed_property_and_ends_the_run() -> None:
+    import tests.batch_conform_editors as editors
+
+    report = conform_batches(CallableBatchEditor(editors.hangs, "hangs"), timeout=0.5)
+    assert failed(report) == {"edit_completed"}, str(report)
+    assert len(report.cases) == 1
+    assert "did not return within 0.5 s" in report.settings["stopped"]
+    json.dumps(report.to_json(), allow_nan=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class DriverInputs:
+    """Another code's inputs with ``BatchInputs``' fields, as ``MemitInputs``."""
+
+    loaded: object
+    requests: object
+    templates: object
+    C: object
+    hparams: object
+    method: object
+    seed: int
+
+
+@dataclasses.dataclass
+class Driver:
+    """A public-code driver's shape (``PublicMemit``): name, uncontrolled, edit, revert."""
+
+    name: str = "driver"
+    uncontrolled: list[str] = dataclasses.field(default_factory=list)
+    seen: list[DriverInputs] = dataclasses.field(default_factory=list)
+
+    def edit(self, inputs: DriverInputs) -> None:
+        self.seen.append(inputs)
+        fields = {f.name: getattr(inputs, f.name) for f in dataclasses.fields(inputs)}
+        PlainMemit().edit(BatchInputs(**fields))
+
+    def revert(self) -> None:
+        raise NotImplementedError("this driver keeps no copy")
+
+
+def test_a_driver_shaped_like_public_memit_plugs_in_through_one_adapter() -> None:
+    driver = Driver()
+    report = conform_batches(shaped_like_public(driver, DriverInputs), expect="memit")
+    assert all(isinstance(seen, DriverInputs) for seen in driver.seen)
+    assert driver.seen
+    assert failed(report) == {"edit_completed"}, str(report)
+    assert (
+        "driver's revert raised NotImplementedError"
+        in report.properties()["edit_completed"]["detail"]
+    )
+
+
+def test_a_driver_with_other_inputs_is_refused_naming_the_fields() -> None:
+    @dataclasses.dataclass
+    class Other:
+        loaded: object
+
+    with pytest.raises(TypeError, match="any other field with a default"):
+        shaped_like_public(Driver(), Other)
+
+
+def test_a_driver_may_take_more_inputs_with_defaults_but_not_required_ones() -> None:
+    fields = [(f.name, f.type) for f in dataclasses.fields(DriverInputs)]
+    more = dataclasses.make_dataclass("More", [*fields, ("projector", object, None)])
+    required = dataclasses.make_dataclass("Required", [*fields, ("projector", object)])
+    assert shaped_like_public(Driver(), more).name == "driver"
+    with pytest.raises(TypeError, match=r"'projector'.*any other field with a default"):
+        shaped_like_public(Driver(), required)
+
+
+@pytest.mark.anchors
+@pytest.mark.parametrize(("editor", "folder"), [("memit", "memit"), ("easyedit-emmet", "easyedit")])
+def test_the_public_codes_pass_at_their_own_keys(tmp_path: Path, editor: str, folder: str) -> None:
+    out = tmp_path / "public.json"
+    path = str(checkout(folder))
+    argv = ["conform", "--editor", editor, "--editor-path", path, "--batch", "2"]
+    code = main([*argv, "--cases", "1", "--expect", "memit", "--json", str(out), *FAST])
+    report = json.loads(out.read_text())
+    assert code == 0, report
+    assert report["verdict"] == "memit"
+
+
+def test_cli_exit_1_on_a_planted_bug_with_valid_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "batch.json"
+    editor = "tests.batch_conform_editors:scaled"
+    argv = ["conform", "--editor", editor, "--batch", "2", "--cases", "1", "--expect", "memit"]
+    code = main([*argv, "--json", str(out), *FAST])
+    printed = capsys.readouterr().out
+    assert code == 1, printed
+    assert "matches_reference   FAILED" in printed
+    report = json.loads(out.read_text(), parse_constant=pytest.fail)
+    assert report["properties"]["matches_reference"]["passed"] is False
+    assert "--batch 2" in report["reproducer"]
+    assert "--method" not in report["reproducer"]
+
+
+def test_pytest_entry_reports_each_batched_property() -> None:
+    run = run_pytest_entry(
+        {
+            "ROME_CONFORM_EDITOR": "tests.batch_conform_editors:scaled",
+            "ROME_CONFORM_BATCH": "2",
+            "ROME_CONFORM_CASES": "1",
+            "ROME_CONFORM_STEPS": "3",
+            "ROME_CONFORM_EXPECT": "memit",
+        },
+        module="rome_fast.conform.test_batch_conformance",
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    entry = "rome_fast/conform/test_batch_conformance.py"
+    assert f"FAILED {entry}::test_batch_property[matches_reference]" in run.stdout, run.stdout
+    assert f"FAILED {entry}::test_batch_verdict" in run.stdout, run.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--editor", "rome-verify", "--method", "emmet"], "add --batch N"),
+        (["--editor", "rome-verify", "--expect", "k_star"], "add --batch N"),
+        (["--editor", "rome-verify", "--batch", "5", "--cases", "2"], "hold 8"),
+        (["--editor", "rome-verify", "--batch", "2", "--expect", "r-rome"], "key choice"),
+        (["--editor", "rome-verify", "--batch", "2", "--variant", "r-rome"], "unknown key choice"),
+        (["--editor", "memit", "--batch", "2", "--method", "emmet"], "runs --method memit"),
+        (["--editor", "memit", "--batch", "2"], "--editor-path"),
+        (["--editor", "rebuilding-rome", "--batch", "2"], "unknown --editor"),
+        (["--editor", "easyedit-emmet", "--batch", "2", "--method", "memit"], "--method emmet"),
+        (["--editor", "easyedit-alphaedit", "--batch", "2"], "EasyEdit's checkout"),
+    ],
+)
+def test_cli_batch_misuse_exits_2_with_one_line(
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ROME_EDITOR_PATH", raising=False)
+    code = main(["conform", *argv, "--model", "random:tiny-gpt2"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1, err
