@@ -8,6 +8,12 @@ measured number and a one-line explanation. Key identification works on the upda
   points along k; the misfit is the sine of the angle between ``C·right`` and each key;
 * insertion: ``‖Ŵk + b − v*‖ / ‖v*‖`` at each key against our v*.
 
+``essence_drift`` targets the v* loop's KL term: the KL of the essence prompt's next-token
+distribution after the edit against before it, relative to the same KL after the reference's
+update (``rome_fast.conform.essence``). v* written without its KL term differs from ours by a
+part that sits beside the NLL's in ``insertion_key`` and ``matches_reference``; on the
+essence prompt it is the first-order change.
+
 A key is identified when its misfit is within the case's bound and the other key's is
 ``SEPARATION`` times larger (otherwise the keys are too close to tell apart on this case).
 
@@ -19,6 +25,7 @@ sorting a report by value finds the failures.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -38,7 +45,14 @@ SEPARATION = 10.0
 # the planted bugs reach at least 6.3× on the property that targets them (the v* loop without
 # its KL term on tiny-llama; every other bug ≥ 100×). 3 leaves a factor ≥ 2 on either side.
 MARGIN = 3.0
-NUMERIC = ("rank_one", "direction_key", "insertion_key", "c_norm_minimal", "matches_reference")
+NUMERIC = (
+    "rank_one",
+    "direction_key",
+    "insertion_key",
+    "c_norm_minimal",
+    "matches_reference",
+    "essence_drift",
+)
 
 
 PROPERTY_NAMES = (
@@ -51,6 +65,7 @@ PROPERTY_NAMES = (
     "insertion_key",
     "c_norm_minimal",
     "matches_reference",
+    "essence_drift",
     "denominator",
     "revert_exact",
     "deterministic",
@@ -87,6 +102,9 @@ class Observation:
     failure: str | None = None  # the editor raised, hung or returned nonsense: what happened
     state_changes: tuple[str, ...] = ()  # model state the edit left changed (mode, hooks, ...)
     floors: dict[str, float] | None = None  # per NUMERIC property; None: every bound infinite
+    # the essence prompt's log-probabilities (V,) with the edited weight set to a given
+    # (d_out, d_in) value (rome_fast.conform.essence); None: essence_drift not measured
+    essence: Callable[[F64], F64] | None = None
 
     def key(self, name: str) -> F64:
         return self.k_star if name == "k_star" else self.k_prompt
@@ -193,6 +211,7 @@ def measure(obs: Observation, expect: str | None) -> tuple[Identification, list[
         _insertion_key(obs, ident, want[0]),
         _minimality(obs, ident, target),
         _reference(obs, target),
+        _essence_drift(obs, target),
         _denominator(obs, target),
         *_exact_pair(obs),
     ]
@@ -322,15 +341,41 @@ def _minimality(obs: Observation, ident: Identification, target: str) -> Measure
     )
 
 
+def _reference_delta(obs: Observation, target: str) -> F64:
+    """The reference's ΔW (d_out, d_in) of ``target`` on the observed inputs (float64)."""
+    return rank_one_update(
+        obs.W0, obs.C, obs.k_star, obs.k_prompt, obs.v_star, target, bias=obs.bias
+    )
+
+
 def _reference(obs: Observation, target: str) -> Measured:
     if target not in VARIANTS:
         return Measured("matches_reference", None, float("nan"), "no ROME variant to compare")
-    ref = rank_one_update(
-        obs.W0, obs.C, obs.k_star, obs.k_prompt, obs.v_star, target, bias=obs.bias
-    )
+    ref = _reference_delta(obs, target)
     diff = float(np.linalg.norm(obs.delta - ref) / np.linalg.norm(ref))
     detail = f"‖ΔW − ΔW_ref({target})‖/‖ΔW_ref‖ = {diff:.3g} (our v*, float64)"
     return _bounded(obs, "matches_reference", diff, detail, True)
+
+
+def _kl(log_p: F64, log_q: F64) -> float:
+    """KL(p ‖ q) from log-probabilities (the v* loop's direction: p edited, q before)."""
+    return float(np.sum(np.exp(log_p) * (log_p - log_q)))
+
+
+def _essence_drift(obs: Observation, target: str) -> Measured:
+    """|KL_edited − KL_reference| / KL_reference on the essence prompt, each the KL of the
+    edited model's distribution against the unedited one."""
+    if obs.essence is None or target not in VARIANTS:
+        return Measured("essence_drift", None, float("nan"), "no essence read-out or variant")
+    before = obs.essence(obs.W0)
+    edited = _kl(obs.essence(obs.W0 + obs.delta), before)
+    expected = _kl(obs.essence(obs.W0 + _reference_delta(obs, target)), before)
+    drift = abs(edited - expected) / expected
+    detail = (
+        f"KL(p_edited ‖ p_before) on '{{subject}} is a' = {edited:.4g}, "
+        f"after the reference's {target} update {expected:.4g}: relative difference {drift:.3g}"
+    )
+    return _bounded(obs, "essence_drift", drift, detail, True)
 
 
 def _denominator(obs: Observation, target: str) -> Measured:

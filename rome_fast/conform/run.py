@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rome_fast.conform.essence import essence_readout
 from rome_fast.conform.floors import float64_truth, measured_floors
 from rome_fast.conform.invoke import EditorHung, call_editor
 from rome_fast.conform.ours import editor_for
@@ -295,6 +296,7 @@ class Session:
             repeat_diff=None if failure or not bool(delta.isfinite().all()) else repeat_diff,
             failure=failure,
             state_changes=changes,
+            essence=essence_readout(inputs.loaded, inputs.site, inputs.request),
         )
         if failure is not None or not np.isfinite(observed.delta).all():
             return observed
