@@ -1404,4 +1404,32 @@ MUTANTS: tuple[Mutant, ...] = (
         "a braced template reaches the public code, which fails inside formatting it twice",
         (PUBLIC_MEMIT, "-k", "refused_by_name"),
     ),
+    # ---------------------------------------------------------------- tighter gates (issue 21)
+    Mutant(
+        "essence_drift_against_itself",
+        "conformance gates",
+        "rome_fast/conform/properties.py",
+        "expected = _kl(obs.essence(obs.W0 + _reference_delta(obs, target)), before)",
+        "expected = _kl(obs.essence(obs.W0 + obs.delta), before)",
+        "the essence drift compared with the editor's own update: a v* loop without KL passes",
+        (CONFORM, "-k", "kl_term"),
+    ),
+    Mutant(
+        "essence_readout_ignores_the_weight",
+        "conformance gates",
+        "rome_fast/conform/essence.py",
+        "                weight.copy_(torch.from_numpy(W).to(weight.dtype))\n",
+        "",
+        "the essence read-out runs the model as it is, not with the weight it is given",
+        (CONFORM, "-k", "kl_term or our_variants"),
+    ),
+    Mutant(
+        "essence_floor_skipped",
+        "conformance gates",
+        "rome_fast/conform/floors.py",
+        "if m.name in NUMERIC and m.passed is not None:",
+        'if m.name in NUMERIC and m.passed is not None and m.name != "essence_drift":',
+        "essence_drift's floor left at ε₃₂: an independent correct r-ROME fails it",
+        (CONFORM, "-k", "amplify_rounding"),
+    ),
 )
