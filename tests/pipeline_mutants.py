@@ -1432,4 +1432,22 @@ MUTANTS: tuple[Mutant, ...] = (
         "essence_drift's floor left at ε₃₂: an independent correct r-ROME fails it",
         (CONFORM, "-k", "amplify_rounding"),
     ),
+    Mutant(
+        "battery_sequential_without_earlier_keys",
+        "conformance gates",
+        "rome_fast/testing_batch/battery.py",
+        "earlier = fixed.K[:, : 3 * edit] if edit else None",
+        "earlier = None",
+        "the sequential property never passes the earlier keys: its floor moves as the bug does",
+        ("tests/test_batch_battery.py", "-k", "catches_mutant and earlier_ignored"),
+    ),
+    Mutant(
+        "battery_schedule_keys_never_move",
+        "conformance gates",
+        "rome_fast/testing_batch/battery.py",
+        "layers, output, _ = _toy_layers(run, p.seed, keys_from_input=False)",
+        "layers, output, _ = _toy_layers(run, p.seed, keys_from_input=True)",
+        "schedule_ends_at_targets on a stack whose keys no edit moves: stale keys pass",
+        ("tests/test_batch_battery.py", "-k", "catches_mutant and schedule"),
+    ),
 )
