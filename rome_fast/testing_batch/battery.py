@@ -69,7 +69,8 @@ Reading = property_report.Reading
 # bound = MARGIN × floor (``measure``). Measured over 200 batches per dtype drawn by the
 # battery's strategy (docs/results/batched-solve.md, "Battery bounds"): this package's solves
 # reach at most 8× the floor (float32 minimality; 2.2× in float64), the mutant targeting each
-# property at least 8.2e6×; 4 × 8 leaves room for the larger draws of a longer search.
+# property at least 5.9e4× (float32 sequential, whose floor holds AlphaEdit's own α pinning
+# error; 8.2e6× elsewhere); 4 × 8 leaves room for the larger draws of a longer search.
 MARGIN = 32.0
 
 
