@@ -17,8 +17,9 @@ essence prompt it is the first-order change.
 A key is identified when its misfit is within the case's bound and the other key's is
 ``SEPARATION`` times larger (otherwise the keys are too close to tell apart on this case).
 
-Bounds are measured, not chosen: each numeric property's bound is ``MARGIN`` times its floor,
-the value a correct float32 editor reaches on the same case (``rome_fast.conform.floors``).
+Bounds are measured, not chosen: each numeric property's bound is its margin (``MARGINS``)
+times its floor, the value a correct float32 editor reaches on the same case
+(``rome_fast.conform.floors``).
 A failed property's value is its measured misfit (at the expected key where there is one), so
 sorting a report by value finds the failures.
 """
@@ -41,10 +42,15 @@ VARIANTS = ("rome", "r-rome", "p-rome")
 SEPARATION = 10.0
 # bound = MARGIN × floor. Measured at 20 v* steps on the four tiny families
 # (docs/results/conformance-bounds.md, first run with MARGIN 10): the correct controls (ours,
-# the naive r-ROME, the public codes) reach at most 1.3× the floor on every numeric property;
-# the planted bugs reach at least 6.3× on the property that targets them (the v* loop without
-# its KL term on tiny-llama; every other bug ≥ 100×). 3 leaves a factor ≥ 2 on either side.
+# the naive r-ROME, the public codes) reach at most 1.3× the floor on every numeric property
+# but essence_drift; the planted bugs reach at least 40× on the property that targets them
+# (a ΔW 0.5% short on tiny-gptj; every other bug ≥ 100×). 3 leaves a factor ≥ 2 on either side.
 MARGIN = 3.0
+# essence_drift reads v*'s float32 drift along one direction (the KL's gradient), and the
+# floor holds one sample of that drift (our v*'s): the correct controls reach up to 2.4× it
+# (EasyEdit's r-ROME on tiny-neox), the v* loops without or with a tenth of their KL term at
+# least 49× (tiny-llama). 4 × 2.4, as the other batteries size theirs, rounded up.
+ESSENCE_MARGIN = 10.0
 NUMERIC = (
     "rank_one",
     "direction_key",
@@ -53,6 +59,7 @@ NUMERIC = (
     "matches_reference",
     "essence_drift",
 )
+MARGINS = {name: ESSENCE_MARGIN if name == "essence_drift" else MARGIN for name in NUMERIC}
 
 
 PROPERTY_NAMES = (
@@ -110,7 +117,7 @@ class Observation:
         return self.k_star if name == "k_star" else self.k_prompt
 
     def bound(self, name: str) -> float:
-        return float("inf") if self.floors is None else MARGIN * self.floors[name]
+        return float("inf") if self.floors is None else MARGINS[name] * self.floors[name]
 
     def floor(self, name: str) -> float:
         return float("nan") if self.floors is None else self.floors[name]
@@ -123,7 +130,7 @@ class Measured:
     value: float  # the measured misfit (for an exact property, the difference; must be 0)
     detail: str
     floor: float = float("nan")  # a correct float32 editor's value on this case
-    bound: float = float("nan")  # MARGIN × floor: the largest value that passes
+    bound: float = float("nan")  # margin × floor: the largest value that passes
 
 
 @dataclass(frozen=True)
@@ -270,7 +277,7 @@ def _only_edited_weight(obs: Observation) -> Measured:
 
 
 def _bounded(obs: Observation, name: str, value: float, detail: str, required: bool) -> Measured:
-    """A numeric property: passes when ``value`` is within its bound (``MARGIN`` × floor)."""
+    """A numeric property: passes when ``value`` is within its bound (margin × floor)."""
     floor, bound = obs.floor(name), obs.bound(name)
     return Measured(name, value <= bound if required else None, value, detail, floor, bound)
 

@@ -20,7 +20,7 @@ from rome_fast.conform.invoke import EditorHung, call_editor
 from rome_fast.conform.ours import editor_for
 from rome_fast.conform.properties import (
     DESCRIPTIONS,
-    MARGIN,
+    MARGINS,
     Identification,
     Measured,
     Observation,
@@ -370,7 +370,7 @@ def run_conformance(  # noqa: PLR0913  keyword-only: the harness settings of `ro
             "v_num_grad_steps": hparams.v_star.num_grad_steps,
             "sequential": sequential,
             "timeout": timeout,
-            "margin": MARGIN,
+            "margins": MARGINS,
             "stopped": stopped,
         },
     )
