@@ -42,14 +42,15 @@ VARIANTS = ("rome", "r-rome", "p-rome")
 SEPARATION = 10.0
 # bound = MARGIN × floor. Measured at 20 v* steps on the four tiny families
 # (docs/results/conformance-bounds.md, first run with MARGIN 10): the correct controls (ours,
-# the naive r-ROME, the public codes) reach at most 1.3× the floor on every numeric property
-# but essence_drift; the planted bugs reach at least 40× on the property that targets them
-# (a ΔW 0.5% short on tiny-gptj; every other bug ≥ 100×). 3 leaves a factor ≥ 2 on either side.
+# the naive r-ROME, the public codes) reach at most 1.25× the floor on every numeric property
+# but essence_drift; the planted bugs at least 39.5× on the property that targets them (a ΔW
+# 0.5% short on tiny-gptj; every other bug ≥ 48×). 3 leaves a factor ≥ 2 on either side.
 MARGIN = 3.0
-# essence_drift reads v*'s float32 drift along one direction (the KL's gradient), and the
-# floor holds one sample of that drift (our v*'s): the correct controls reach up to 2.4× it
-# (EasyEdit's r-ROME on tiny-neox), the v* loops without or with a tenth of their KL term at
-# least 49× (tiny-llama). 4 × 2.4, as the other batteries size theirs, rounded up.
+# essence_drift reads v*'s float32 drift along one direction (the KL's gradient), so its floor
+# varies more from case to case: the correct controls reach up to 3.2× it (EasyEdit's r-ROME
+# on tiny-llama, and on tiny-gpt2 over 4 cases), the v* loops without or with a tenth of their
+# KL term at least 21.8× (tiny-llama, 4 cases; 54× on the first case). 10 leaves a factor
+# ≥ 2 on either side.
 ESSENCE_MARGIN = 10.0
 NUMERIC = (
     "rank_one",
