@@ -1039,7 +1039,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "conform_bound_from_a_constant",
         "conformance",
         "rome_fast/conform/properties.py",
-        'return float("inf") if self.floors is None else MARGIN * self.floors[name]',
+        'return float("inf") if self.floors is None else MARGINS[name] * self.floors[name]',
         'return float("inf") if self.floors is None else 1e-2',
         "a numeric property's bound is a round constant instead of MARGIN × the measured floor",
         (CONFORM, "-k", "planted_bug_fails_its_property and bf16"),
