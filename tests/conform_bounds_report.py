@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rome_fast.conform.ours import OurEditor
-from rome_fast.conform.properties import MARGIN, NUMERIC
+from rome_fast.conform.properties import ESSENCE_MARGIN, MARGIN, NUMERIC
 from rome_fast.conform.protocol import CallableEditor, EditorUnderTest
 from rome_fast.conform.public import LAYOUTS, PublicEditor
 from rome_fast.conform.run import ConformReport
@@ -61,7 +61,8 @@ PLANTED: dict[str, tuple[str, dict[str, object]]] = {  # name -> (targeted prope
     "bf16_update": ("rank_one", {}),
     "scaled_update": ("matches_reference", {}),
     "rank_two_term": ("rank_one", {}),
-    "no_kl_term": ("insertion_key", {}),
+    "no_kl_term": ("essence_drift", {}),
+    "tenth_kl_term": ("essence_drift", {}),
     "wrong_layer": ("only_edited_weight", {}),
     "training_mode": ("model_state", {}),
     "hook_left": ("model_state", {}),
@@ -70,6 +71,14 @@ PLANTED: dict[str, tuple[str, dict[str, object]]] = {  # name -> (targeted prope
     "raises_midway": ("edit_completed", {}),
     "hangs": ("edit_completed", {"timeout": 2.0}),
 }
+
+
+# The properties by margin: essence_drift has its own (rome_fast/conform/properties.py).
+ESSENCE, OTHERS = "essence_drift", "others"
+
+
+def _group(prop: str) -> str:
+    return ESSENCE if prop == ESSENCE else OTHERS
 
 
 PRETRAINED = ("smollm2",)  # families that are real models: load_model(name), not random
@@ -146,8 +155,8 @@ def write(
     args: argparse.Namespace,
     done: list[str],
     tables: tuple[list[str], list[str], list[str]],
-    worst_control: float,
-    least_planted: float,
+    worst_control: dict[str, float],
+    least_planted: dict[str, float],
 ) -> None:
     floors, control_table, planted_table = tables
     commit = subprocess.run(
@@ -163,7 +172,8 @@ def write(
         "tests/conform_setup.py (fixed templates, a "
         f"seeded random SPD C), {args.steps} v* steps, {args.cases} case(s) per run (two, "
         "in sequence, for StaleWeight). A numeric property's bound is MARGIN × floor with "
-        f"MARGIN = {MARGIN:g}; its floor is the largest value a correct float32 editor reaches "
+        f"MARGIN = {MARGIN:g} ({ESSENCE_MARGIN:g} for essence_drift); its floor is the largest "
+        "value a correct float32 editor reaches "
         "on the same case against the float64 truth (rome_fast/conform/floors.py). Exact "
         "properties (revert, determinism) have bound 0; the others are checks without a "
         "tolerance (completed, finite, model state, only the edited weight, denominator). "
@@ -181,8 +191,10 @@ def write(
         "",
         *planted_table,
         "",
-        f"Largest value/floor of a correct control: {worst_control:.3g}. Smallest value/floor "
-        f"of a planted bug on its numeric target: {least_planted:.3g}. MARGIN = {MARGIN:g}.",
+        f"Largest value/floor of a correct control: {worst_control[OTHERS]:.3g} "
+        f"({worst_control[ESSENCE]:.3g} on essence_drift). Smallest value/floor of a planted "
+        f"bug on its numeric target: {least_planted[OTHERS]:.3g} ({least_planted[ESSENCE]:.3g} "
+        f"on essence_drift). MARGIN = {MARGIN:g} ({ESSENCE_MARGIN:g} for essence_drift).",
         "",
     ]
     args.out.write_text("\n".join(lines))
@@ -219,14 +231,16 @@ def main() -> None:
         "failed properties",
         "ok",
     )
-    worst_control, least_planted = 0.0, math.inf
+    worst_control = {OTHERS: 0.0, ESSENCE: 0.0}
+    least_planted = {OTHERS: math.inf, ESSENCE: math.inf}
     done: list[str] = []
     for family in args.families.split(","):
         for name, (factory, expect) in controls(args.anchors, family).items():
             if only and name not in only:
                 continue
             report = run(factory(), family, expect=expect, cases=args.cases, steps=args.steps)
-            worst_control = max(worst_control, *_required_ratios(report).values())
+            for prop, ratio in _required_ratios(report).items():
+                worst_control[_group(prop)] = max(worst_control[_group(prop)], ratio)
             control_table.append(control_row(family, name, report))
             if name == "rome-verify[r-rome]":
                 floors.append(floor_row(family, report))
@@ -246,7 +260,8 @@ def main() -> None:
                 _make(name), family, expect="r-rome", cases=cases, steps=args.steps, **options
             )
             ratio = _ratio(report.properties()[target])
-            least_planted = min(least_planted, math.inf if math.isnan(ratio) else ratio)
+            if not math.isnan(ratio):
+                least_planted[_group(target)] = min(least_planted[_group(target)], ratio)
             planted_table.append(planted_row(family, name, target, report))
             print(family, name, target, report.ok, flush=True)
             write(

@@ -74,11 +74,21 @@ def rank_two_term(inputs: ConformInputs) -> Tensor:
     return delta + 1e-4 * float(torch.linalg.norm(delta)) * second
 
 
+def _kl_scaled(inputs: ConformInputs, factor: float) -> None:
+    """r-ROME whose v* loop weighs its KL term ``factor`` times the given KL factor."""
+    kl_factor = factor * inputs.hparams.v_star.kl_factor
+    hparams = inputs.hparams.replace(kl_factor=kl_factor)
+    editor_for(dataclasses.replace(inputs, hparams=hparams)).edit(inputs.request, "r-rome")
+
+
 def no_kl_term(inputs: ConformInputs) -> None:
     """r-ROME whose v* loop drops the KL term (essence drift) of its loss."""
-    editor_for(dataclasses.replace(inputs, hparams=inputs.hparams.replace(kl_factor=0.0))).edit(
-        inputs.request, "r-rome"
-    )
+    _kl_scaled(inputs, 0.0)
+
+
+def tenth_kl_term(inputs: ConformInputs) -> None:
+    """r-ROME whose v* loop weighs the KL term a tenth of the given factor."""
+    _kl_scaled(inputs, 0.1)
 
 
 def wrong_layer(inputs: ConformInputs) -> None:

@@ -128,7 +128,8 @@ PLANTED = {  # editor -> (the property that targets it, v* steps it needs to sho
     "bf16_update": ("rank_one", 3),
     "scaled_update": ("matches_reference", 3),
     "rank_two_term": ("rank_one", 3),
-    "no_kl_term": ("insertion_key", 20),  # the KL term is zero at step 0 and small just after
+    "no_kl_term": ("essence_drift", 20),  # the KL term is zero at step 0 and small just after
+    "tenth_kl_term": ("essence_drift", 20),
     "wrong_layer": ("only_edited_weight", 3),
     "training_mode": ("model_state", 3),
     "hook_left": ("model_state", 3),

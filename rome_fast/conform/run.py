@@ -14,12 +14,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rome_fast.conform.essence import essence_readout
 from rome_fast.conform.floors import float64_truth, measured_floors
 from rome_fast.conform.invoke import EditorHung, call_editor
 from rome_fast.conform.ours import editor_for
 from rome_fast.conform.properties import (
     DESCRIPTIONS,
-    MARGIN,
+    MARGINS,
     Identification,
     Measured,
     Observation,
@@ -310,6 +311,7 @@ class Session:
             repeat_diff=None if failure or not bool(delta.isfinite().all()) else repeat_diff,
             failure=failure,
             state_changes=changes,
+            essence=essence_readout(inputs.loaded, inputs.site, inputs.request),
         )
         if failure is not None or not np.isfinite(observed.delta).all():
             return observed
@@ -383,7 +385,7 @@ def run_conformance(  # noqa: PLR0913  keyword-only: the harness settings of `ro
             "v_num_grad_steps": hparams.v_star.num_grad_steps,
             "sequential": sequential,
             "timeout": timeout,
-            "margin": MARGIN,
+            "margins": MARGINS,
             "stopped": stopped,
         },
     )
