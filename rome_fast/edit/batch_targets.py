@@ -18,16 +18,27 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from rome_fast.edit.request import EditRequest
-from rome_fast.edit.value import optimize_facts
-from rome_fast.edit.value_batch import ValueBatch, align_value_batch, build_facts_batch
+from rome_fast.edit.value import FactsResult, optimize_facts
+from rome_fast.edit.value_batch import (
+    ValueBatch,
+    align_value_batch,
+    build_facts_batch,
+    select_facts,
+    suffix_widths,
+)
+from rome_fast.edit.width_groups import width_groups
 from rome_fast.hparams.defaults import VStarOptions
 from rome_fast.model.context import context_limit
 from rome_fast.model.linear import onednn_linears
 from rome_fast.model.loader import LoadedModel
 from rome_fast.model.tokens import pad_id
+
+# A batch's own cost in suffix cells (a row's column through the loop): see width_groups.
+GROUP_COST_CELLS = 0.0
 
 
 @dataclass(frozen=True)
@@ -56,18 +67,28 @@ def compute_batch_targets(
     start = time.perf_counter()
     vb = build_facts_batch(loaded.tokenizer, requests, templates, options.padding_side)
     check_facts_fit(loaded, vb)
-    aligned = align_value_batch(vb, pad_id(loaded.tokenizer))
     site = loaded.adapter.edited_site(loaded.model, layer)
+    groups = width_groups(suffix_widths(vb).tolist(), vb.rows_per_fact, GROUP_COST_CELLS)
+    found: list[FactsResult] = []
     with onednn_linears(loaded.model):
-        found = optimize_facts(loaded, site, aligned, options, scale_by="block")
-    hidden, deltas = found.block_init.mT, found.delta.mT  # (d, n)
+        for facts in groups:
+            aligned = align_value_batch(
+                select_facts(vb, torch.tensor(facts)), pad_id(loaded.tokenizer)
+            )
+            found.append(optimize_facts(loaded, site, aligned, options, scale_by="block"))
+    # back to the requests' order: fact i is the back[i]-th of the groups' concatenation
+    back = torch.tensor([fact for facts in groups for fact in facts]).argsort().tolist()
+    hidden = torch.cat([f.block_init for f in found])[back].mT  # (d, n)
+    deltas = torch.cat([f.delta for f in found])[back].mT  # (d, n)
+    steps = [step for f in found for step in f.loss_steps]
+    adam_steps = [n for f in found for n in f.adam_steps]
     return BatchTargets(
         targets=hidden + deltas,
         deltas=deltas,
         hidden=hidden,
-        loss_traces=found.loss_traces,
-        loss_steps=found.loss_steps,
-        adam_steps=found.adam_steps,
+        loss_traces=[[step["total"] for step in steps[i]] for i in back],
+        loss_steps=[steps[i] for i in back],
+        adam_steps=[adam_steps[i] for i in back],
         seconds=time.perf_counter() - start,
     )
 
