@@ -371,9 +371,7 @@ class _Running:
     clean_block: Tensor  # (m · rows_per_fact, W - split, d_model)
     reads: _Reads
 
-    def forward(
-        self, loop: _Loop, blocks: Sequence[nn.Module], delta: Tensor
-    ) -> tuple[Tensor, Tensor]:
+    def forward(self, loop: _Loop, blocks: nn.ModuleList, delta: Tensor) -> tuple[Tensor, Tensor]:
         """``(picked, essence)`` of ``_read_out`` with each row's fact's δ (m, d) added at its
         subject-last token, column 0 of the suffix."""
         device = self.clean_block.device
