@@ -1422,7 +1422,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "initial_kl[: len(facts_here)]",
         "after a fact stops, the running facts' KL compares with the first facts' initial "
         "distributions, not their own",
-        ("tests/test_batch_targets.py", "-k", "stop_early and tiny-llama"),
+        ("tests/test_batch_targets.py", "-k", "stop_early and tiny-llama and one"),
     ),
     Mutant(
         "width_group_at_its_narrowest",

@@ -128,10 +128,19 @@ def test_the_read_out_groups_change_nothing(monkeypatch: pytest.MonkeyPatch, bud
     assert_same_facts(batch, one_at_a_time("tiny-llama", opts))
 
 
+# How the facts are batched: by suffix width (the default), or all in one batch, where the
+# stopped facts leave the passes of the others.
+BATCHING = {"by width": batch_targets.GROUP_COST_CELLS, "one batch": float("inf")}
+
+
+@pytest.mark.parametrize("batching", list(BATCHING))
 @pytest.mark.parametrize("family", TARGET_FAMILIES)
-def test_facts_stop_early_each_on_its_own_loss(family: str) -> None:
+def test_facts_stop_early_each_on_its_own_loss(
+    monkeypatch: pytest.MonkeyPatch, family: str, batching: str
+) -> None:
     """A threshold that stops the facts at different steps: a stopped fact's δ stays where it
     stopped while the others go on, as if it had run alone."""
+    monkeypatch.setattr(batch_targets, "GROUP_COST_CELLS", BATCHING[batching])
     never = compute_batch_targets(
         tiny_model(family), LAYER, REQUESTS, TEMPLATES, options(family, v_weight_decay=0.0)
     )
@@ -269,7 +278,7 @@ def test_a_stopped_fact_leaves_the_forward_passes(monkeypatch: pytest.MonkeyPatc
     all of the batch's rows in the prefix pass, then at iteration i the rows of the facts
     whose loops run to i. One batch (a group cost no grouping pays)."""
     family = "tiny-llama"
-    monkeypatch.setattr(batch_targets, "GROUP_COST_CELLS", float("inf"))
+    monkeypatch.setattr(batch_targets, "GROUP_COST_CELLS", BATCHING["one batch"])
     loaded = tiny_model(family)
     never = compute_batch_targets(
         loaded, LAYER, REQUESTS, TEMPLATES, options(family, v_weight_decay=0.0)
