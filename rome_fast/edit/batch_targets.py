@@ -1,4 +1,4 @@
-"""The targets z of n facts for a batched method (MEMIT, EMMET, AlphaEdit): one optimization.
+"""The targets z of n facts for a batched method (MEMIT, EMMET, AlphaEdit), optimized together.
 
 The public MEMIT code (``compute_z``) runs ROME's target optimization once per fact, on the
 output of block ``layer`` (SPEC §7): z_i = h_i + δ_i with h_i the block's output at fact i's
@@ -8,8 +8,11 @@ prompts run in one batch with δ (n, d), each row adding its own fact's δ
 (``rome_fast.edit.value.optimize_facts``, whose one-fact case is ROME's v*): the loss is the sum
 of the facts' losses, whose gradients are disjoint, and Adam is elementwise, so the result is
 that of n separate runs up to float rounding; each fact stops on its own loss (its δ frozen
-exactly) and is clamped to its own ball. Every speed trick of ROME's loop (prefix cache,
-replayed blocks, MLPs run only where read) holds for the n facts' rows as for one fact's.
+exactly, its rows dropped from the passes) and is clamped to its own ball. Every speed trick
+of ROME's loop (prefix cache, replayed blocks, MLPs run only where read) holds for the n facts'
+rows as for one fact's. Being independent, the facts run in several such batches, grouped by
+the suffix columns they need (``rome_fast.edit.width_groups``): fewer padded columns, and a cap
+on a batch's cells.
 """
 
 from __future__ import annotations
