@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+from benchmarks.naive_batch import naive_targets
 from rome_fast.edit import batch_targets, value
 from rome_fast.edit.batch import hidden_at_subjects
 from rome_fast.edit.batch_targets import BatchTargets, compute_batch_targets
@@ -301,3 +302,13 @@ def test_a_stopped_fact_leaves_the_forward_passes(monkeypatch: pytest.MonkeyPatc
         handle.remove()
     running = [sum(stop >= i for stop in stops) for i in range(max(stops) + 1)]
     assert seen == [len(REQUESTS) * rows_per_fact] + [rows_per_fact * n for n in running]
+
+
+def test_the_yardstick_computes_the_same_targets() -> None:
+    """The benchmarks' yardstick (one δ per fact, full forward passes, ROME's loop with MEMIT's
+    norms) finds the batched loop's targets: equal work on both sides of its ratio."""
+    family = "tiny-gpt2"
+    loaded, opts = tiny_model(family), options(family)
+    naive = naive_targets(loaded, LAYER, REQUESTS[:2], TEMPLATES, opts)
+    batch = compute_batch_targets(loaded, LAYER, REQUESTS[:2], TEMPLATES, opts)
+    assert_same_facts(batch, naive)  # type: ignore[arg-type]  # NaiveTargets: the same fields
