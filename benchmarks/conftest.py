@@ -179,6 +179,16 @@ def run_bench(benchmark: Any, request: pytest.FixtureRequest) -> Callable[..., A
     return run
 
 
+def speedup_in_run(group: str, impl: str) -> float | None:
+    """The baseline's mean over ``impl``'s, both measured in this run in ``group``; None when
+    either is not (deselected, or skipped)."""
+    for name, base, members in grouped(_MEASURED, lambda m: m.group, lambda m: m.impl):
+        mine = [m for m in members if m.impl == impl]
+        if name == group and base is not None and mine:
+            return base.mean / mine[-1].mean
+    return None
+
+
 def pytest_benchmark_update_json(output_json: dict[str, Any]) -> None:
     """Add ``speedup_vs_baseline`` and ``floor_fraction`` to each result's extra_info, and
     the run's conditions (measured peaks, load) at the top level."""

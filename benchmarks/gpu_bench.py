@@ -15,7 +15,10 @@ Sections, each written to ``results.json`` and ``summary.md`` in ``--out`` as so
 5. edits on random-weight GPT-J-6B and GPT2-XL shapes (stats and templates cached): the naive
    yardstick and the fast editor in the same run (float32, then the v* loop in TF32 and in
    bf16), each one's ratio to naive, the floor, and ΔW against the float32 fast edit;
-6. statistics collection at GPT-J's layer 5 vs a full forward pass, tokens/s.
+6. batch edits: the batched editor (MEMIT at GPT-J's public layers 3–8) on 1000 facts against
+   its yardstick (one δ per fact, full forward passes) on 16, seconds per fact
+   (``benchmarks.gpu_batch``);
+7. statistics collection at GPT-J's layer 5 vs a full forward pass, tokens/s.
 
 Every random choice is seeded (``--seed``). Nothing is downloaded: models are random
 (``rome_fast.model.loader.random_model``) and C is a synthetic SPD matrix (timing does not depend
@@ -52,7 +55,9 @@ from benchmarks.floors import (
     rank_one_apply_floor,
     stats_floor,
 )
+from benchmarks.gpu_batch import batch_edits
 from benchmarks.precision import delta_w_error
+from benchmarks.timing import timed
 from rome_fast.edit.editor import Editor
 from rome_fast.edit.naive import NaiveEditor, naive_inverse
 from rome_fast.edit.templates import generate_context_templates
@@ -77,40 +82,25 @@ class Plan:
     stats_docs: int
     stats_length: int
     fast_rounds: int
+    batch_facts: tuple[int, int]  # the batched section's facts: (yardstick, batched editor)
+    batch_steps: int | None  # its target iterations (None: the model's own)
 
 
 FULL = Plan(
-    ("gpt-j-6b", "gpt2-xl"), "gpt-j-6b", (1600, 6400), (6400, 16384), (4096, 16384), 32, 1024, 3
+    ("gpt-j-6b", "gpt2-xl"),
+    "gpt-j-6b",
+    (1600, 6400),
+    (6400, 16384),
+    (4096, 16384),
+    32,
+    1024,
+    3,
+    (16, 1000),
+    None,
 )
-TINY = Plan(("tiny-gptj", "tiny-gpt2"), "tiny-gptj", (64, 256), (256,), (256, 1024), 8, 64, 2)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(
-    fn: Callable[[], Any], device: torch.device, rounds: int, warmup: int = 1
-) -> dict[str, Any]:
-    """Seconds of each round (after ``warmup`` untimed calls) and the last result."""
-    result = None
-    for _ in range(warmup):
-        result = fn()
-    sync(device)
-    seconds = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        result = fn()
-        sync(device)
-        seconds.append(time.perf_counter() - start)
-    # The median resists a stall caused by another process; every round is kept in the JSON.
-    return {
-        "seconds": seconds,
-        "median": float(np.median(seconds)),
-        "min": min(seconds),
-        "result": result,
-    }
+TINY = Plan(
+    ("tiny-gptj", "tiny-gpt2"), "tiny-gptj", (64, 256), (256,), (256, 1024), 8, 64, 2, (2, 8), 3
+)
 
 
 class Report:
@@ -576,6 +566,12 @@ def main(argv: list[str] | None = None) -> int:
         ("in-place update", lambda: apply_bandwidth(device, plan.apply_shape, peaks)),
         ("edits", lambda: edits(device, plan.edit_models, peaks, args.seed, plan.fast_rounds)),
         (
+            "batch edits",
+            lambda: batch_edits(
+                device, plan.stats_model, plan.batch_facts, plan.batch_steps, peaks, args.seed
+            ),
+        ),
+        (
             "stats",
             lambda: stats(
                 device, plan.stats_model, peaks, args.seed, plan.stats_docs, plan.stats_length
@@ -597,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
         lines.append(f"\n({time.perf_counter() - start:.1f} s)")
         report.add(name, data, lines)
+        print(f"## {name}", *lines, sep="\n", flush=True)  # what the run records, as it goes
     return 1 if failed else 0
 
 

@@ -1760,4 +1760,42 @@ MUTANTS: tuple[Mutant, ...] = (
         "schedule_ends_at_targets on a stack whose keys no edit moves: stale keys pass",
         ("tests/test_batch_battery.py", "-k", "catches_mutant and schedule"),
     ),
+    # -- speed of the targets of n facts: stopped facts leave the passes, batches by width --
+    Mutant(
+        "stopped_fact_stays_in_the_passes",
+        "batch speed",
+        "rome_fast/edit/value.py",
+        "if active.facts.numel() != int(running.sum()):",
+        "if active.facts.numel() < int(running.sum()):",
+        "a stopped fact's rows keep running in every forward pass (and its loss is recorded)",
+        ("tests/test_batch_targets.py", "-k", "leaves_the_forward_passes"),
+    ),
+    Mutant(
+        "dropped_facts_read_the_first_initial_kl",
+        "batch speed",
+        "rome_fast/edit/value.py",
+        "initial_kl[facts_here]",
+        "initial_kl[: len(facts_here)]",
+        "after a fact stops, the running facts' KL compares with the first facts' initial "
+        "distributions, not their own",
+        ("tests/test_batch_targets.py", "-k", "stop_early and tiny-llama and one"),
+    ),
+    Mutant(
+        "width_group_at_its_narrowest",
+        "batch speed",
+        "rome_fast/edit/width_groups.py",
+        "widest = widths[order[end - 1]]",
+        "widest = widths[order[0]]",
+        "a group's cells counted at the narrowest width of all, so the widths are never split",
+        ("tests/test_width_groups.py",),
+    ),
+    Mutant(
+        "width_groups_not_put_back",
+        "batch speed",
+        "rome_fast/edit/batch_targets.py",
+        "for facts in groups for fact in facts]).argsort().tolist()",
+        "for facts in groups for fact in facts]).tolist()",
+        "the groups' results put back by the grouping's order instead of its inverse",
+        ("tests/test_batch_targets.py", "-k", "one_fact_at_a_time and tiny-gpt2 and public"),
+    ),
 )

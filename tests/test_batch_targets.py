@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from typing import Any
 
 import pytest
 import torch
 
-from rome_fast.edit import value
+from benchmarks.naive_batch import naive_targets
+from rome_fast.edit import batch_targets, value
 from rome_fast.edit.batch import hidden_at_subjects
 from rome_fast.edit.batch_targets import BatchTargets, compute_batch_targets
 from rome_fast.edit.request import EditRequest
@@ -127,10 +129,19 @@ def test_the_read_out_groups_change_nothing(monkeypatch: pytest.MonkeyPatch, bud
     assert_same_facts(batch, one_at_a_time("tiny-llama", opts))
 
 
+# How the facts are batched: by suffix width (the default), or all in one batch, where the
+# stopped facts leave the passes of the others.
+BATCHING = {"by width": batch_targets.GROUP_COST_CELLS, "one batch": float("inf")}
+
+
+@pytest.mark.parametrize("batching", list(BATCHING))
 @pytest.mark.parametrize("family", TARGET_FAMILIES)
-def test_facts_stop_early_each_on_its_own_loss(family: str) -> None:
+def test_facts_stop_early_each_on_its_own_loss(
+    monkeypatch: pytest.MonkeyPatch, family: str, batching: str
+) -> None:
     """A threshold that stops the facts at different steps: a stopped fact's δ stays where it
     stopped while the others go on, as if it had run alone."""
+    monkeypatch.setattr(batch_targets, "GROUP_COST_CELLS", BATCHING[batching])
     never = compute_batch_targets(
         tiny_model(family), LAYER, REQUESTS, TEMPLATES, options(family, v_weight_decay=0.0)
     )
@@ -261,3 +272,43 @@ def test_prompts_beyond_the_context_name_their_facts() -> None:
     assert "context of 256 tokens" in str(err.value)
     assert "fact 0" not in str(err.value)
     assert "fact 2" not in str(err.value)
+
+
+def test_a_stopped_fact_leaves_the_forward_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a fact stops, the passes run the running facts' rows only: the top block sees
+    all of the batch's rows in the prefix pass, then at iteration i the rows of the facts
+    whose loops run to i. One batch (a group cost no grouping pays)."""
+    family = "tiny-llama"
+    monkeypatch.setattr(batch_targets, "GROUP_COST_CELLS", BATCHING["one batch"])
+    loaded = tiny_model(family)
+    never = compute_batch_targets(
+        loaded, LAYER, REQUESTS, TEMPLATES, options(family, v_weight_decay=0.0)
+    )
+    threshold = staggered_threshold(never.loss_traces)
+    stops = [first_below(trace, threshold) for trace in never.loss_traces]
+    assert len(set(stops)) >= 3, stops
+    rows_per_fact = len(TEMPLATES) + 1
+    seen: list[int] = []  # the batch size of every pass through the top block
+
+    def count(_m: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        seen.append(int((args[0] if args else kwargs["hidden_states"]).shape[0]))
+
+    top = loaded.adapter.block(loaded.model, loaded.adapter.n_layers(loaded.model) - 1)
+    handle = top.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        opts = options(family, v_weight_decay=0.0, v_early_stop_loss=threshold)
+        compute_batch_targets(loaded, LAYER, REQUESTS, TEMPLATES, opts)
+    finally:
+        handle.remove()
+    running = [sum(stop >= i for stop in stops) for i in range(max(stops) + 1)]
+    assert seen == [len(REQUESTS) * rows_per_fact] + [rows_per_fact * n for n in running]
+
+
+def test_the_yardstick_computes_the_same_targets() -> None:
+    """The benchmarks' yardstick (one δ per fact, full forward passes, ROME's loop with MEMIT's
+    norms) finds the batched loop's targets: equal work on both sides of its ratio."""
+    family = "tiny-gpt2"
+    loaded, opts = tiny_model(family), options(family)
+    naive = naive_targets(loaded, LAYER, REQUESTS[:2], TEMPLATES, opts)
+    batch = compute_batch_targets(loaded, LAYER, REQUESTS[:2], TEMPLATES, opts)
+    assert_same_facts(batch, naive)  # type: ignore[arg-type]  # NaiveTargets: the same fields

@@ -65,7 +65,7 @@ class NaiveKeys:
         return self.out_star if name == "k_star" else self.out_prompt
 
 
-def _module_io_at_subject(
+def module_io_at_subject(
     loaded: LoadedModel, site: EditedSite, prompt: str, subject: str
 ) -> tuple[Tensor, Tensor]:
     """One full forward pass (logits included): the edited module's (input, output) there."""
@@ -85,9 +85,9 @@ def naive_keys(
     bare_template_index(templates)  # same contract as the fast path
     prompt, subject = request.prompt, request.subject
     pairs = [
-        _module_io_at_subject(loaded, site, apply_template(t, prompt), subject) for t in templates
+        module_io_at_subject(loaded, site, apply_template(t, prompt), subject) for t in templates
     ]
-    k_prompt, out_prompt = _module_io_at_subject(loaded, site, prompt, subject)
+    k_prompt, out_prompt = module_io_at_subject(loaded, site, prompt, subject)
     return NaiveKeys(
         k_star=torch.stack([k for k, _ in pairs]).mean(0),
         k_prompt=k_prompt,

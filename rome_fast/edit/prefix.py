@@ -18,6 +18,7 @@ forward of every supported family, nothing family-specific.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -87,6 +88,17 @@ class PrefixCache:
                     use_cache=True,
                 )
             self._layers = [(keys, values) for keys, values, _sliding in cache]
+
+    def select_rows(self, rows: Tensor) -> PrefixCache:
+        """The cache of the batch's ``rows`` (m,) only, sliced, never recomputed."""
+        selected = copy.copy(self)
+        index = rows.to(self._attention_mask.device)
+        selected._attention_mask = self._attention_mask[index]
+        selected._suffix_ids = self._suffix_ids[index]
+        selected._suffix_positions = self._suffix_positions[index]
+        # keys, values: (B, heads, split, head_dim)
+        selected._layers = [(keys[index], values[index]) for keys, values in self._layers]
+        return selected
 
     def suffix_inputs(self) -> dict[str, Any]:
         inputs: dict[str, Any] = {

@@ -64,7 +64,7 @@ from transformers import PreTrainedModel
 
 from rome_fast.edit.prefix import PrefixCache
 from rome_fast.edit.request import EditRequest
-from rome_fast.edit.value_batch import ValueBatch, align_value_batch
+from rome_fast.edit.value_batch import ValueBatch, align_value_batch, fact_rows, select_facts
 from rome_fast.edit.value_batch import build_value_batch as build_value_batch
 from rome_fast.hparams.defaults import VStarOptions
 from rome_fast.model.attention import grouped_kv_attention
@@ -360,6 +360,68 @@ def _read_out(model: nn.Module, hidden: Tensor, groups: list[_ReadGroup]) -> tup
     return torch.cat(picked), torch.cat(essence)
 
 
+@dataclass(frozen=True)
+class _Running:
+    """The loop's batch cut to the facts still optimized (a stopped fact's rows run no more):
+    their rows of the batch, of the prefix cache and of the clean pass, and their reads."""
+
+    facts: Tensor  # (m,) ascending indices into the whole batch's facts
+    vb: ValueBatch  # their rows, the same columns
+    prefix: PrefixCache
+    clean_block: Tensor  # (m · rows_per_fact, W - split, d_model)
+    reads: _Reads
+
+    def forward(self, loop: _Loop, blocks: nn.ModuleList, delta: Tensor) -> tuple[Tensor, Tensor]:
+        """``(picked, essence)`` of ``_read_out`` with each row's fact's δ (m, d) added at its
+        subject-last token, column 0 of the suffix."""
+        device = self.clean_block.device
+        rows = self.vb.batch.rows.to(device)
+        delta_index = (rows, torch.zeros_like(rows))
+        # δ on the MLP output is δ on the block output: every family adds the MLP output
+        # straight into the residual stream (quirk 3). Each row gets its own fact's δ.
+        per_row = delta[:, None].expand(-1, self.vb.rows_per_fact, -1).reshape(-1, delta.shape[1])
+        shifted = self.clean_block[delta_index] + per_row.to(self.clean_block.dtype)
+        edited_block = self.clean_block.index_put(delta_index, shifted)
+        with (
+            replay_blocks(blocks, loop.layer, edited_block, as_tuple=loop.block_is_tuple),
+            only_at(self.reads.keep, device),
+        ):
+            inputs = self.prefix.suffix_inputs()
+            read_rows, read_positions = self.reads.rows.to(device), self.reads.positions.to(device)
+            hidden = final_hidden(loop.model, inputs, read_rows, read_positions)
+            return _read_out(loop.model, hidden, self.reads.groups)
+
+
+@dataclass(frozen=True)
+class _Loop:
+    """What every iteration reads, whichever facts still run."""
+
+    model: nn.Module
+    vb: ValueBatch
+    prefix: PrefixCache
+    clean: CleanPass
+    mlps: Sequence[nn.Module]
+    layer: int
+
+    def running(self, facts: Tensor) -> _Running:
+        """The batch of ``facts`` (m,) only: sliced, nothing recomputed."""
+        rows = fact_rows(facts, self.vb.rows_per_fact)
+        selected = select_facts(self.vb, facts)
+        block_output = self.clean.block_output
+        vocab = int(cast(PreTrainedModel, self.model).config.vocab_size)  # sizes read groups
+        return _Running(
+            facts,
+            selected,
+            self.prefix.select_rows(rows),
+            block_output[rows.to(block_output.device)],
+            _reads(selected, self.prefix.split, self.mlps, self.layer, vocab),
+        )
+
+    @property
+    def block_is_tuple(self) -> bool:
+        return self.clean.block_is_tuple
+
+
 def optimize_facts(
     loaded: LoadedModel,
     site: EditedSite,
@@ -374,19 +436,12 @@ def optimize_facts(
     device = loaded.device
     mlps = [loaded.adapter.mlp(model, i) for i in range(loaded.adapter.n_layers(model))]
     prefix = PrefixCache(model, vb.batch, device, mlps)  # columns before the subject-last tokens
-    # Every row's subject-last token is column 0 of the suffix the loop runs.
-    delta_index = (vb.batch.rows.to(device), torch.zeros_like(vb.batch.rows).to(device))
-    vocab = int(cast(PreTrainedModel, model).config.vocab_size)  # sizes the read-out groups
-    reads = _reads(vb, prefix.split, mlps, site.layer, vocab)
-    read_rows, read_positions = reads.rows.to(device), reads.positions.to(device)
-
     clean = clean_suffix_pass(loaded, site, prefix)
     bare_rows = vb.bare_rows.to(device)
     module_init = clean.module_output[bare_rows, 0].float()  # (n, d_out), quirk 9
     block_init = clean.block_output[bare_rows, 0].float()  # (n, d_model): h
     # The keys come free: a rewriting prompt up to its subject-last token is the key prompt.
     keys = clean.module_input[:, 0].float().view(vb.n_facts, vb.rows_per_fact, -1)
-    clean_block = clean.block_output  # (B, W - split, d_model)
     scale = block_init if scale_by == "block" else module_init  # (n, d)
     # the product in float64 as the public code's Python float, then float32 as it is used
     radius = (options.clamp_norm_factor * torch.linalg.vector_norm(scale, dim=-1).double()).float()
@@ -397,37 +452,33 @@ def optimize_facts(
     records: list[list[dict[str, float]]] = [[] for _ in range(vb.n_facts)]
     steps = [0] * vb.n_facts
     running = torch.ones(vb.n_facts, dtype=torch.bool)  # facts still optimized
+    loop = _Loop(model, vb, prefix, clean, mlps, site.layer)
+    active = loop.running(torch.arange(vb.n_facts))
     blocks = loaded.adapter.layers(model)
     with (
         loop_precision(options.precision, device) as forward_precision,
-        only_at(reads.keep, device),
         grouped_kv_attention(model, device),
     ):
         for iteration in range(options.num_grad_steps):  # quirk 7
-            # δ on the MLP output is δ on the block output: every family adds the MLP output
-            # straight into the residual stream (quirk 3). Each row gets its own fact's δ.
-            per_row = delta[:, None].expand(-1, vb.rows_per_fact, -1).reshape(-1, delta.shape[1])
-            shifted = clean_block[delta_index] + per_row.to(clean_block.dtype)
-            edited_block = clean_block.index_put(delta_index, shifted)
-            with (
-                replay_blocks(blocks, site.layer, edited_block, as_tuple=clean.block_is_tuple),
-                forward_precision(),
-            ):
-                hidden = final_hidden(model, prefix.suffix_inputs(), read_rows, read_positions)
-                picked, essence = _read_out(model, hidden, reads.groups)
-            if initial_kl is None:  # the first pass has δ = 0
+            if active.facts.numel() != int(running.sum()):  # a fact stopped: drop its rows
+                facts = running.nonzero().squeeze(1)
+                active = loop.running(facts)
+            facts_here = active.facts.to(device)
+            own = delta[facts_here]  # (m, d_out): the running facts' δ
+            with forward_precision():
+                picked, essence = active.forward(loop, blocks, own)
+            if initial_kl is None:  # the first pass has δ = 0, every fact running
                 initial_kl = essence.detach()
             terms = LossTerms(
-                nll=rewriting_nll(picked, vb),
-                kl=options.kl_factor * essence_kl(essence, initial_kl),
-                weight_decay=options.weight_decay * weight_decay(delta, scale),
+                nll=rewriting_nll(picked, active.vb),
+                kl=options.kl_factor * essence_kl(essence, initial_kl[facts_here]),
+                weight_decay=options.weight_decay * weight_decay(own, scale[facts_here]),
             )
             # The one host synchronization per iteration: the trace and the early-stop decision.
             last = iteration == options.num_grad_steps - 1
-            for fact, step in enumerate(loss_steps(terms, delta)):
-                if running[fact]:
-                    records[fact].append(step)
-                    running[fact] = not (step["total"] < options.early_stop_loss or last)
+            for fact, step in zip(active.facts.tolist(), loss_steps(terms, own), strict=True):
+                records[fact].append(step)
+                running[fact] = not (step["total"] < options.early_stop_loss or last)
             if not bool(running.any()):
                 break
             optimizer.zero_grad()

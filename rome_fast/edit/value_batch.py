@@ -158,6 +158,32 @@ def align_value_batch(vb: ValueBatch, pad_id: int) -> ValueBatch:
     return _with_read_positions(aligned, vb.n_prompts, vb.targets, vb.bare_index)
 
 
+def select_facts(vb: ValueBatch, facts: Tensor) -> ValueBatch:
+    """The rows of ``facts`` (m,), in that order, with their read positions: the same columns
+    (an aligned batch stays aligned; align again to drop columns no selected row uses)."""
+    rows = fact_rows(facts, vb.rows_per_fact)
+    batch = vb.batch
+    selected = PromptBatch(
+        *(t[rows] for t in (batch.input_ids, batch.attention_mask, batch.position_ids)),
+        *(t[rows] for t in (batch.positions, batch.offsets, batch.prompt_lengths)),
+    )
+    targets = tuple(vb.targets[fact] for fact in facts.tolist())
+    return _with_read_positions(selected, vb.n_prompts, targets, vb.bare_index)
+
+
+def fact_rows(facts: Tensor, rows_per_fact: int) -> Tensor:
+    """The batch rows of ``facts`` (m,), fact-major: (m · rows_per_fact,)."""
+    return (facts[:, None] * rows_per_fact + torch.arange(rows_per_fact)).flatten()
+
+
+def suffix_widths(vb: ValueBatch) -> Tensor:
+    """Per fact, the most tokens any of its rows has from its subject-last token on: the
+    columns the target loop runs for it (n_facts,)."""
+    batch = vb.batch
+    ends = batch.offsets + batch.attention_mask.sum(1)  # (B,) one past each row's last token
+    return (ends - batch.positions).view(vb.n_facts, vb.rows_per_fact).amax(1)
+
+
 def _with_read_positions(
     batch: PromptBatch, n_prompts: int, targets: tuple[Tensor, ...], bare_index: int
 ) -> ValueBatch:
