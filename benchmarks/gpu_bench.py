@@ -547,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no CUDA device: the full shapes need a GPU; pass --tiny to rehearse on CPU")
     torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 unless a row says TF32
     torch.backends.cudnn.allow_tf32 = False
-    peaks = machine_peaks(device)
+    peaks = machine_peaks(device, quick=args.tiny)  # a rehearsal: the shapes' peaks, not the card's
     report = Report(
         args.out,
         {
