@@ -112,7 +112,9 @@ def test_score_is_the_harmonic_mean_of_es_ps_ns(recs: list[Any]) -> None:
         assert table["S"] == 0
     else:
         assert table["S"] == pytest.approx(3 / sum(1 / p for p in parts), rel=1e-12)
-        assert min(parts) <= table["S"] <= max(parts)
+        # the harmonic mean of equal parts may round one ulp outside them (66.66…66 of three
+        # 66.66…64 was found): the bound is the relative tolerance of the line above
+        assert min(parts) * (1 - 1e-12) <= table["S"] <= max(parts) * (1 + 1e-12)
 
 
 @given(records)
