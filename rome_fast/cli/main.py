@@ -59,13 +59,14 @@ and examples."""
 EXAMPLES = (
     "rome edit --model random:tiny-gpt2 --prompt '{} is located in' --subject 'The tower' "
     "--target-new Rome",
-    "rome conform --editor rome-verify --model random:tiny-gpt2 --cases 1 --expect r-rome",
+    "rome conform --editor rome-verify --model random:tiny-gpt2 --cases 1 --steps 5 "
+    "--expect r-rome",
 )
 
 # A run, a baseline written from it and the gate against it, in seconds on a tiny model.
 MEASURE_AND_GATE = (
     "rome eval --model random:tiny-gpt2 --data counterfact/counterfact-rome-schema-sample.json "
-    "--limit 2 --generations 2 --generation-tokens 8 --out runs/tiny",
+    "--limit 2 --modes single --generations 2 --generation-tokens 8 --out runs/tiny",
     "rome baseline --summary runs/tiny/summary.json --mode single --name tiny "
     "--source 'rome eval on random:tiny-gpt2, 2 cases' --tolerance 1 "
     "--json runs/tiny-baseline.json",
@@ -406,7 +407,7 @@ def _conform_parser(sub: Subcommands) -> None:
         "it writes at.",
         [
             "rome conform --editor rome-verify --variant p-rome --model random:tiny-gpt2 "
-            "--cases 1 --expect p-rome --json runs/help-conform.json",
+            "--cases 1 --steps 5 --expect p-rome --json runs/help-conform.json",
             "rome conform --editor rome-verify --method emmet --batch 2 --cases 1 --steps 3 "
             "--stats-samples 8 --model random:tiny-gpt2 --expect memit",
         ],
