@@ -1516,7 +1516,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "external_batch_failure_left_applied",
         "batched runs",
         "rome_fast/conform/batch_external.py",
-        "        if failure is not None or outside:\n            _put_back(modules, params, before)\n",
+        "        if failure is not None or outside:\n"
+        "            _put_back(modules, params, before)\n",
         "        if outside:\n            _put_back(modules, params, before)\n",
         "a batch the editor under test raised on (after writing) stays half-applied",
         (BATCH_EVAL_EDITOR, "-k", "failing_editor and raises"),
