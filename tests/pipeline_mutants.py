@@ -24,6 +24,7 @@ PROPERTIES = "tests/test_metric_properties.py"
 PUBLIC_GPT2 = ("tests/test_public_evaluator.py", "-k", "agree and tiny-gpt2")
 RUNS = "tests/test_runs.py"
 BATCH_RUNS = "tests/test_batch_runs.py"
+BATCH_EVAL_EDITOR = "tests/test_batch_eval_editor.py"
 SURFACE = "tests/test_cli_surface.py"
 BATCH_BATTERY = ("tests/test_batch_battery.py", "-k", "pass_the_battery and float64")
 SITES = "tests/test_update_sites.py"
@@ -1411,9 +1412,9 @@ MUTANTS: tuple[Mutant, ...] = (
         "batches_restored_in_a_stream",
         "batched runs",
         "rome_fast/eval/batch_runs.py",
-        'batch_rows, result = self._batch_rows(runner, "sequential", batch, span)',
-        'batch_rows, result = self._batch_rows(runner, "sequential", batch, span)\n'
-        "            self._editor(runner).restore()",
+        'batch_rows, result = self._batch_rows(runner, writer, "sequential", batch, span)',
+        'batch_rows, result = self._batch_rows(runner, writer, "sequential", batch, span)\n'
+        "            writer.restore()",
         "a sequential batched run restores the model after each batch: batches never accumulate",
         (BATCH_RUNS, "-k", "accumulate"),
     ),
@@ -1422,8 +1423,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "batched runs",
         "rome_fast/eval/batch_runs.py",
         "        self._score_before(runner, rows, timers)\n"
-        "        result, error, seconds = self._write(runner, span)\n",
-        "        result, error, seconds = self._write(runner, span)\n"
+        "        result, error, seconds = self._write(runner, writer, span)\n",
+        "        result, error, seconds = self._write(runner, writer, span)\n"
         "        self._score_before(runner, rows, timers)\n",
         "a batch's facts are scored 'before' it on the model it has already edited",
         (BATCH_RUNS, "-k", "scored_after"),
@@ -1505,10 +1506,48 @@ MUTANTS: tuple[Mutant, ...] = (
         "batch_glue_step_in_batches",
         "batched runs",
         "rome_fast/eval/batch_runs.py",
-        "runner.glue_at(runner, self.method, span.stop, glue_done)",
-        "runner.glue_at(runner, self.method, batch + 1, glue_done)",
+        "runner.glue_at(runner, self.variant, span.stop, glue_done)",
+        "runner.glue_at(runner, self.variant, batch + 1, glue_done)",
         "a batched stream's GLUE steps count batches, not the facts edited as every other step",
         (BATCH_RUNS, "-k", "glue"),
+    ),
+    # -- an editor under test's batches (rome eval --editor SPEC --method M, issue 23) --------
+    Mutant(
+        "external_batch_failure_left_applied",
+        "batched runs",
+        "rome_fast/conform/batch_external.py",
+        "        if failure is not None or outside:\n"
+        "            _put_back(modules, params, before)\n",
+        "        if outside:\n            _put_back(modules, params, before)\n",
+        "a batch the editor under test raised on (after writing) stays half-applied",
+        (BATCH_EVAL_EDITOR, "-k", "failing_editor and raises"),
+    ),
+    Mutant(
+        "external_batch_restore_skipped",
+        "batched runs",
+        "rome_fast/conform/batch_external.py",
+        "                stored_weight(self.loaded.model.get_submodule(name)).copy_(weight)",
+        "                pass",
+        "single mode's restore after an editor under test's batch copies nothing back",
+        (BATCH_EVAL_EDITOR, "-k", "restores_the_weights"),
+    ),
+    Mutant(
+        "external_batch_nan_accepted",
+        "batched runs",
+        "rome_fast/conform/batch_external.py",
+        "        if not bool(torch.isfinite(weight).all()):",
+        "        if False:",
+        "an editor under test's non-finite weights are scored as an edit",
+        (BATCH_EVAL_EDITOR, "-k", "failing_editor and nan"),
+    ),
+    Mutant(
+        "external_batch_identity_without_editor",
+        "batched runs",
+        "rome_fast/cli/eval.py",
+        "variants=(label,), editor=editor",
+        "variants=(label,)",
+        "a resume with another editor under test (another checkout) is taken for the same run",
+        (BATCH_EVAL_EDITOR, "-k", "identity"),
     ),
     # ------------------------------------ EasyEdit's MEMIT, EMMET and AlphaEdit (easyedit_batched)
     Mutant(

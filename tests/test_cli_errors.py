@@ -51,7 +51,7 @@ def refused(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) 
         (["eval", *TINY, "--method", "memit", "--batch-size", "0"], "--batch-size"),
         (["eval", *TINY, "--method", "rome", "--batch-size", "2"], "'rome'"),
         (["eval", *TINY, *BATCHED, "--variants", "rome"], "--variants"),
-        (["eval", *TINY, *BATCHED, "--editor", "memit"], "--editor"),
+        (["eval", *TINY, *BATCHED, "--editor", "memit"], "--editor-path"),  # its checkout
         (["eval", *TINY, *BATCHED, "--workers", "2"], "--workers"),
         (["eval", *TINY, *BATCHED, "--impl", "naive"], "--impl naive"),
         (["eval", *TINY, *BATCHED, "--degrade", "zero"], "--degrade"),

@@ -10,11 +10,15 @@ from rome_fast.cli.conform_inputs import context_templates
 from rome_fast.cli.options import stats_provider
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from torch import Tensor
 
     from rome_fast.conform.batch_protocol import BatchEditorUnderTest
     from rome_fast.conform.batch_run import BatchReport
     from rome_fast.edit.request import EditRequest
+    from rome_fast.hparams.defaults import HParams
+    from rome_fast.model.loader import LoadedModel
 
 BATCH_EDITORS = (
     "rome-verify",
@@ -98,10 +102,25 @@ def batches_of(size: int, count: int) -> list[list[EditRequest]]:
     return [list(CASES[i * size : (i + 1) * size]) for i in range(count)]
 
 
-def batch_conformance_report(args: argparse.Namespace, reproducer: str) -> BatchReport:
-    """Load what the options name and run every batched property."""
+def layer_covariances(
+    args: argparse.Namespace, loaded: LoadedModel, hparams: HParams, layers: Sequence[int]
+) -> dict[int, Tensor]:
+    """C of each edited layer from the statistics options: what every batched editor under
+    test gets (``rome conform --batch``, ``rome eval --editor --method``)."""
     import torch
 
+    C: dict[int, Tensor] = {}
+    for layer in layers:
+        loaded.adapter.check_layer(loaded.model, layer)
+        found = stats_provider(args, hparams.replace(layer=layer))(loaded, layer)
+        # the statistics options give C itself (a Cholesky factor only when a caller passes one)
+        assert isinstance(found, torch.Tensor), f"expected the matrix C, got {type(found).__name__}"
+        C[layer] = found
+    return C
+
+
+def batch_conformance_report(args: argparse.Namespace, reproducer: str) -> BatchReport:
+    """Load what the options name and run every batched property."""
     from rome_fast.conform.batch_properties import KEY_DESCRIPTIONS
     from rome_fast.conform.batch_run import BatchSettings, run_batch_conformance
     from rome_fast.hparams.batched import method_hparams_for
@@ -124,15 +143,12 @@ def batch_conformance_report(args: argparse.Namespace, reproducer: str) -> Batch
     if args.steps is not None:
         hparams = hparams.replace(v_num_grad_steps=args.steps)
     method = method_hparams_for(method_name, args.model, layer=args.layer)
-    C: dict[int, Tensor] = {}
-    for layer in method.layers:
-        loaded.adapter.check_layer(loaded.model, layer)
-        found = stats_provider(args, hparams.replace(layer=layer))(loaded, layer)
-        # the statistics options give C itself (a Cholesky factor only when a caller passes one)
-        assert isinstance(found, torch.Tensor), f"expected the matrix C, got {type(found).__name__}"
-        C[layer] = found
     settings = BatchSettings(
-        hparams, method, C, context_templates(args, loaded, hparams), args.seed
+        hparams,
+        method,
+        layer_covariances(args, loaded, hparams, method.layers),
+        context_templates(args, loaded, hparams),
+        args.seed,
     )
     return run_batch_conformance(
         editor,

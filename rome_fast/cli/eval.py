@@ -32,6 +32,7 @@ from rome_fast.infra.cluster import Cluster
 from rome_fast.infra.digests import sha256_of
 
 if TYPE_CHECKING:  # the rest is imported where used: `rome eval --help` loads no torch
+    from rome_fast.conform.batch_protocol import BatchEditorUnderTest
     from rome_fast.edit.editor import Editor
     from rome_fast.eval.batch_runs import BatchRuns
     from rome_fast.eval.runner import Runner
@@ -69,8 +70,15 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="facts per batch of --method, in case order (default: none; required with --method)",
     )
-    add_editor_arguments(
-        parser.add_argument_group("an editor under test instead of ours"), required=False
+    under_test = parser.add_argument_group("an editor under test instead of ours")
+    add_editor_arguments(under_test, required=False)
+    under_test.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help="with --editor and --method: per batch; a batch not written in time fails, and "
+        "the editor gets no later batch (default: 600)",
     )
     parser.add_argument(
         "--limit", metavar="N", type=int_at_least(1), default=100, help="cases to run"
@@ -312,17 +320,28 @@ def check_batched_options(args: argparse.Namespace) -> None:
         raise ValueError("--method edits the cases in batches: add --batch-size N")
     refused = {
         "--variants": args.variants is not None,
-        "--editor": args.editor is not None,
         "--workers/--ray-address": args.workers is not None or args.ray_address is not None,
         "--impl naive": args.impl == "naive",
         "--degrade": args.degrade != "none",
+        # our v* loop's precision: an editor under test optimizes its own targets
+        "--precision": args.editor is not None and args.precision != "fp32",
     }
     given = [flag for flag, present in refused.items() if present]
     if given:
         raise ValueError(
-            f"{', '.join(given)} not supported with --method (our batched editor, in one "
-            "process, the method its one variant): drop them"
+            f"{', '.join(given)} not supported with --method (batches in one process, the "
+            "method its one variant): drop them"
         )
+    if args.timeout is not None and args.editor is None:
+        raise ValueError("--timeout limits an editor under test's batches: add --editor or drop it")
+    if args.timeout is not None and not args.timeout > 0:
+        raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+
+
+def check_timeout_applies(args: argparse.Namespace) -> None:
+    """``--timeout`` is a batched editor under test's: refused without ``--method``."""
+    if args.method is None and args.timeout is not None:
+        raise ValueError("--timeout limits the batches of --editor with --method; drop it")
 
 
 def _run_locked(args: argparse.Namespace, cluster: Cluster | None) -> dict[str, Any]:
@@ -330,6 +349,8 @@ def _run_locked(args: argparse.Namespace, cluster: Cluster | None) -> dict[str, 
     from rome_fast.eval.runner import Runner
 
     cases = load_cases(args.data, limit=args.limit, offset=args.offset)
+    if args.editor is not None and args.method is not None:
+        return _external_batch_runner(args, cases).run()
     if args.editor is not None:
         return _external_runner(args, cases).run()
     editor = build_editor(args)
@@ -379,6 +400,7 @@ def run_eval(args: argparse.Namespace) -> int:
     # Every option is checked before the model loads and before anything is written.
     read_inputs(args)
     check_batched_options(args)
+    check_timeout_applies(args)
     cluster = cluster_from_args(args)  # a missing Ray is reported here
     if args.editor is None and args.method is None:
         check_variants(comma_list(args.variants))
@@ -429,3 +451,50 @@ def _external_runner(args: argparse.Namespace, cases: list[EvalCase]) -> Runner:
     config = config_from_args(args, loaded.name, hparams)
     config = dataclasses.replace(config, variants=(editor.label,))
     return Runner(loaded, editor, cases, config, args.out)
+
+
+def _external_batch_runner(args: argparse.Namespace, cases: list[EvalCase]) -> Runner:
+    """The batched run on an editor under test (``--editor --method``): each batch through
+    the adapter ``rome conform --batch`` uses, with the same harness inputs (templates, C per
+    layer, the target settings, the method's hyperparameters as ours get them, seed)."""
+    from rome_fast.cli.conform_batch import batch_editor_from_spec, layer_covariances
+    from rome_fast.cli.conform_inputs import context_templates
+    from rome_fast.conform.batch_external import ExternalBatchEditor
+    from rome_fast.conform.batch_run import BatchSettings
+    from rome_fast.conform.external import run_label
+    from rome_fast.conform.timeouts import DEFAULT_TIMEOUT
+    from rome_fast.eval.batch_runs import BatchesOnly, BatchRuns
+    from rome_fast.eval.runner import Runner
+    from rome_fast.hparams.batched import method_hparams_at
+
+    def under_test() -> BatchEditorUnderTest:
+        return batch_editor_from_spec(
+            args.editor, args.editor_path, args.method, args.editor_variant
+        )
+
+    first = under_test()  # a spec that names no editor is refused before the model loads
+    loaded = load_from_args(args)
+    hparams = hparams_for_model(args, loaded)
+    method = args.method_hparams or method_hparams_at(args.method, loaded.name, hparams.layer)
+    C = layer_covariances(args, loaded, hparams, method.layers)
+    settings = BatchSettings(
+        hparams, method, C, context_templates(args, loaded, hparams), args.seed
+    )
+    timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+    made = [first]
+
+    def writer() -> ExternalBatchEditor:  # a new editor under test per mode
+        return ExternalBatchEditor(made.pop() if made else under_test(), loaded, settings, timeout)
+
+    label = f"{args.method}-{run_label(first)}"
+    runs = BatchRuns(args.method, method, args.facts_per_batch, external=writer, label=label)
+    editor = {
+        "spec": args.editor,
+        "variant": args.editor_variant,
+        "path": None if args.editor_path is None else str(Path(args.editor_path).resolve()),
+        "name": first.name,
+    }
+    config = dataclasses.replace(
+        config_from_args(args, loaded.name, hparams, method), variants=(label,), editor=editor
+    )
+    return Runner(loaded, BatchesOnly(), cases, config, args.out, progress=True, batched=runs)

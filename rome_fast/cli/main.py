@@ -347,13 +347,17 @@ def _eval_parser(sub: Subcommands) -> None:
         "collapse detection and optional GLUE checks. --out is the run folder: summary.json, "
         "a table and plots; rerunning the same command resumes an interrupted run. With "
         "--method memit|emmet|alphaedit --batch-size N the cases are edited N at a time, "
-        "each fact scored after its batch (alone, or batches in sequence with --sequential).",
+        "each fact scored after its batch (alone, or batches in sequence with --sequential); "
+        "--editor SPEC has an editor under test write them (as rome conform --batch does).",
         [
             "rome eval --model random:tiny-gpt2 --data counterfact/counterfact-rome-schema-sample"
             ".json --limit 2 --generations 2 --generation-tokens 8 --out runs/help-eval",
             "rome eval --model random:tiny-gpt2 --data counterfact/counterfact-rome-schema-sample"
             ".json --method emmet --batch-size 2 --limit 2 --generations 1 --generation-tokens 4 "
             "--stats-samples 8 --out runs/help-eval-batches",
+            "rome eval --model random:tiny-gpt2 --data counterfact/counterfact-rome-schema-sample"
+            ".json --editor rome-verify --method memit --batch-size 2 --limit 2 --generations 1 "
+            "--generation-tokens 4 --stats-samples 8 --out runs/help-eval-editor-batches",
         ],
     )
     add_eval_arguments(p)

@@ -5,7 +5,7 @@ gates run on it as on ours."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -18,7 +18,12 @@ from rome_fast.model.loader import LoadedModel
 from rome_fast.model.site import EditedSite
 
 
-def run_label(editor: EditorUnderTest) -> str:
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+def run_label(editor: Named) -> str:
     """The editor's name as a run's variant label (it names files): no ':' or brackets."""
     return editor.name.replace(":", ".").replace("[", "-").replace("]", "")
 

@@ -15,13 +15,20 @@ short by a kill are dropped and the batch is redone, in both modes.
 Each row's ``diagnostics`` is its fact's record (``FactRecord``) with the batch's |Δ| (the
 largest edited layer's, as a single edit's) and ``batch``: the batch's own record (method,
 keys, per-layer |Δ| and conditioning, seconds) with its index and size.
+
+An editor under test (``BatchRuns.external``: ``rome eval --editor SPEC --method M``) writes
+the batches instead of ours, a new one per mode, scored the same way; its record is what its
+weights show (per-layer |Δ|). A batch it fails is restored and its facts recorded failed. It
+keeps no edit log: a resumed stream loads the checkpoint's weights (its batches depend on the
+weights and the harness's inputs only, as MEMIT's and EMMET's do); AlphaEdit's memory of
+earlier batches is the editor's own, so such a stream is refused when batches are left.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +40,16 @@ from rome_fast.edit.editor import Editor
 from rome_fast.edit.log import write_log
 from rome_fast.eval.case_scoring import metrics_of
 from rome_fast.eval.files import append_line
+from rome_fast.eval.protocols import BatchWriter, EditOutcome
 from rome_fast.eval.resume import resume_rows
 from rome_fast.eval.runner import Runner, case_row
 from rome_fast.hparams.batched import MethodHParams
 from rome_fast.infra.timer import PhaseTimer
+
+EXTERNAL_ALPHAEDIT_RESUME = (
+    "{state} holds a sequential alphaedit stream of an editor under test, which cannot be "
+    "resumed: its memory of earlier batches (Kₚ) is the editor's own; rerun with a new --out"
+)
 
 
 def batch_spans(n_cases: int, size: int) -> list[range]:
@@ -63,20 +76,42 @@ def fact_diagnostics(record: dict[str, Any], fact: int, batch: int) -> dict[str,
     return {**record["facts"][fact], "delta_norm": delta, "batch": own}
 
 
+class BatchesOnly:
+    """The runner's editor when an editor under test writes the batches
+    (``BatchRuns.external``): it makes no single edit."""
+
+    def _refuse(self, *_: object, **__: object) -> Any:
+        raise TypeError("this run's edits are batches, written by the editor under test")
+
+    edit = prepare = apply = revert = _refuse
+
+    def restore(self) -> None:
+        """Nothing to restore: it wrote nothing."""
+
+
 @dataclass(frozen=True)
 class BatchRuns:
     """A batched method's runs of a ``Runner`` (its ``batched`` hook): ``method`` with
-    ``hparams``, ``size`` facts per batch."""
+    ``hparams``, ``size`` facts per batch, written by the runner's editor (ours) or by a new
+    ``external()`` per mode (an editor under test), under the variant name ``label`` (default:
+    the method's)."""
 
     method: str
     hparams: MethodHParams
     size: int
+    external: Callable[[], BatchWriter] | None = None
+    label: str | None = None
+
+    @property
+    def variant(self) -> str:
+        return self.label or self.method
 
     def __call__(self, runner: Runner, mode: str) -> None:
+        writer = self.external() if self.external is not None else self._editor(runner)
         if mode == "single":
-            self.run_single(runner)
+            self.run_single(runner, writer)
         else:
-            self.run_sequential(runner)
+            self.run_sequential(runner, writer)
 
     def _editor(self, runner: Runner) -> Editor:
         if not isinstance(runner.editor, Editor):
@@ -84,16 +119,16 @@ class BatchRuns:
         return runner.editor
 
     def _batch_rows(
-        self, runner: Runner, mode: str, batch: int, span: range
-    ) -> tuple[list[dict[str, Any]], BatchResult | None]:
+        self, runner: Runner, writer: BatchWriter, mode: str, batch: int, span: range
+    ) -> tuple[list[dict[str, Any]], EditOutcome | None]:
         """The rows of batch ``batch``: each fact scored on the model as it is, the batch
         written, each fact scored and generated from after it. The model is left edited."""
         if runner.on_case is not None:
-            runner.on_case(mode, self.method, span.start)
-        rows = [case_row(runner.cases[i], i, self.method) for i in span]
+            runner.on_case(mode, self.variant, span.start)
+        rows = [case_row(runner.cases[i], i, self.variant) for i in span]
         timers = [PhaseTimer() for _ in span]
         self._score_before(runner, rows, timers)
-        result, error, seconds = self._write(runner, span)
+        result, error, seconds = self._write(runner, writer, span)
         record = result.as_record() if result is not None else None
         for fact, (row, timer) in enumerate(zip(rows, timers, strict=True)):
             row["batch"] = batch
@@ -112,12 +147,14 @@ class BatchRuns:
                 row["pre"] = runner.scores(runner.cases[row["index"]])
             row["metrics_pre"] = metrics_of(row["pre"])
 
-    def _write(self, runner: Runner, span: range) -> tuple[BatchResult | None, str | None, float]:
+    def _write(
+        self, runner: Runner, writer: BatchWriter, span: range
+    ) -> tuple[EditOutcome | None, str | None, float]:
         """The batch written (or the error that refused it, the model unchanged) and the
         seconds it took."""
         start = time.perf_counter()
         try:
-            result = self._editor(runner).edit_batch(
+            result = writer.edit_batch(
                 [runner.cases[i].request() for i in span], self.method, method_hparams=self.hparams
             )
         except ValueError as err:  # a refused batch leaves the model as it was
@@ -136,9 +173,9 @@ class BatchRuns:
         for row in rows:
             append_line(path, row)
 
-    def run_single(self, runner: Runner) -> list[dict[str, Any]]:
+    def run_single(self, runner: Runner, writer: BatchWriter) -> list[dict[str, Any]]:
         """Each batch on the unedited model, restored bit-exactly after its facts are scored."""
-        path = runner.out / f"single-{self.method}.jsonl"
+        path = runner.out / f"single-{self.variant}.jsonl"
         spans = batch_spans(len(runner.cases), self.size)
         done = finished_facts(len(resume_rows(path, runner.cases)), spans)
         rows = resume_rows(path, runner.cases, keep=done)
@@ -146,32 +183,32 @@ class BatchRuns:
         for batch, span in enumerate(spans):
             if span.stop <= done:
                 continue
-            runner.snapshots.check_restored(f"single {self.method}: before batch {batch}")
-            batch_rows, _ = self._batch_rows(runner, "single", batch, span)
-            self._editor(runner).restore()
-            runner.snapshots.check_restored(f"single {self.method}: after batch {batch}")
+            runner.snapshots.check_restored(f"single {self.variant}: before batch {batch}")
+            batch_rows, _ = self._batch_rows(runner, writer, "single", batch, span)
+            writer.restore()
+            runner.snapshots.check_restored(f"single {self.variant}: after batch {batch}")
             self._append(runner, path, batch_rows, history)
             rows += batch_rows
         return rows
 
-    def run_sequential(self, runner: Runner) -> list[dict[str, Any]]:
+    def run_sequential(self, runner: Runner, writer: BatchWriter) -> list[dict[str, Any]]:
         """Batches accumulate on one model; returns the rows (each fact right after its
         batch); the final scores of every case are written as for ROME."""
-        path = runner.out / f"sequential-{self.method}.jsonl"
-        state_path = runner.out / f"sequential-{self.method}.state.pt"
-        logs = runner.out / f"sequential-{self.method}.batches"
+        path = runner.out / f"sequential-{self.variant}.jsonl"
+        state_path = runner.out / f"sequential-{self.variant}.state.pt"
+        logs = runner.out / f"sequential-{self.variant}.batches"
         spans = batch_spans(len(runner.cases), self.size)
-        runner.snapshots.check_restored(f"sequential {self.method}: before the first batch")
+        runner.snapshots.check_restored(f"sequential {self.variant}: before the first batch")
         done = self._resume(runner, state_path, logs, spans)
         rows = resume_rows(path, runner.cases, keep=done)
-        glue_done = runner.glue_on_file(self.method, done)
+        glue_done = runner.glue_on_file(self.variant, done)
         every = runner.cfg.glue_every
         n_batches = sum(span.stop <= done for span in spans)
         if every and (n_batches % every == 0 or done == len(runner.cases)):
-            runner.glue_at(runner, self.method, done, glue_done)
+            runner.glue_at(runner, self.variant, done, glue_done)
         history = batch_deltas(rows)
         for batch, span in enumerate(spans[n_batches:], start=n_batches):
-            batch_rows, result = self._batch_rows(runner, "sequential", batch, span)
+            batch_rows, result = self._batch_rows(runner, writer, "sequential", batch, span)
             cumulative = runner.snapshots.distance()
             for row in batch_rows:  # normalized like |Δ|, by the elements of one weight
                 row.update(
@@ -179,12 +216,12 @@ class BatchRuns:
                 )
             self._append(runner, path, batch_rows, history)
             rows += batch_rows
-            if result is not None:
+            if isinstance(result, BatchResult):  # ours; an editor under test keeps no log
                 self._log_batch(runner, logs, batch, result)
             runner._checkpoint(state_path, span.stop, runner.snapshots.current())
             if every and ((batch + 1) % every == 0 or span.stop == len(runner.cases)):
-                runner.glue_at(runner, self.method, span.stop, glue_done)
-        runner.final_scores(self.method, runner)
+                runner.glue_at(runner, self.variant, span.stop, glue_done)
+        runner.final_scores(self.variant, runner)
         runner.end_stream()
         return rows
 
@@ -207,6 +244,11 @@ class BatchRuns:
             return 0
         state = torch.load(state_path, weights_only=True)
         done = int(state["n_done"])
+        if self.external is not None:  # no log to replay: the weights are the stream's state
+            if self.method == "alphaedit" and done < len(runner.cases):
+                raise ValueError(EXTERNAL_ALPHAEDIT_RESUME.format(state=state_path))
+            runner.snapshots.load(state["weights"])
+            return done
         kept = {f"batch-{b:05d}" for b, span in enumerate(spans) if span.stop <= done}
         for folder in sorted(logs.iterdir()) if logs.exists() else ():
             if folder.name in kept:

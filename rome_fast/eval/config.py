@@ -51,6 +51,9 @@ class RunConfig:
     method: str | None = None
     facts_per_batch: int | None = None
     method_hparams: dict[str, Any] | None = None
+    # The editor under test writing a batched method's batches (--editor: its spec, --variant,
+    # --editor-path and the name it gives); None: ours.
+    editor: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in MODES]

@@ -3,13 +3,14 @@ model-side work of its loops (:class:`SingleWork`, :class:`StreamWork`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import torch
 
 from rome_fast.edit.prepared import PreparedEdit
 from rome_fast.edit.request import EditRequest, EditResult
+from rome_fast.hparams.batched import MethodHParams
 
 
 class SingleWork(Protocol):
@@ -70,3 +71,17 @@ class EditorLike(Protocol[PreparedT, ResultT]):
 OurEditor = EditorLike[PreparedEdit, EditResult]
 # Any editor a run drives: the runner reads only ``EditOutcome`` of its results.
 AnyEditor = EditorLike[Any, Any]
+
+
+class BatchWriter(Protocol):
+    """What a batched method's run writes its batches with (``rome_fast.eval.batch_runs``):
+    ours (:class:`rome_fast.edit.editor.Editor`, whose ``BatchResult`` is logged and replayed)
+    or an editor under test (``rome_fast.conform.batch_external``, whose result records what
+    its weights show). ``edit_batch`` writes in place or raises ValueError with the model as it
+    was; ``restore`` puts every weight it wrote back as it found it."""
+
+    def edit_batch(
+        self, requests: Sequence[EditRequest], method: str = ..., *, method_hparams: MethodHParams
+    ) -> EditOutcome: ...
+
+    def restore(self) -> None: ...
