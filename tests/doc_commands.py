@@ -16,6 +16,7 @@ placeholders have a defined expansion, the one docs/COMMANDS.md states:
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import shlex
 from dataclasses import dataclass
@@ -159,9 +160,17 @@ def with_checkout(argv: tuple[str, ...], anchors: Path) -> tuple[str, ...]:
     return tuple(str(anchors / CHECKOUT_FOLDERS[editor]) if a == CHECKOUT else a for a in argv)
 
 
+@functools.cache
+def command_parsers() -> dict[str, argparse.ArgumentParser]:
+    """``rome``'s subcommand parsers, built once: collecting the documented commands asks
+    for them thousands of times (built each time, that was most of the suite's collection)."""
+    return subparsers(build_parser())
+
+
+@functools.cache
 def loads_a_model(argv: tuple[str, ...]) -> str | None:
     """The model a command loads (its ``--model`` or the default), or None if it loads none."""
-    sub = subparsers(build_parser())[argv[0]]
+    sub = command_parsers()[argv[0]]
     if not any("--model" in a.option_strings for a in sub._actions):
         return None
     return str(sub.parse_known_args(list(argv[1:]))[0].model)
