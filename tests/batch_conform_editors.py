@@ -2,20 +2,26 @@
 write (``--editor tests.batch_conform_editors:NAME --batch N``): ``plain_memit``, a correct MEMIT
 written plainly here (the closed form ``ΔW = R Kᵀ (λC + KKᵀ)⁻¹`` by a dense float64 solve, the
 schedule as a loop; only the keys and the targets' optimization are the package's steps), and
-planted bugs, each that editor with one thing wrong."""
+planted bugs, each that editor with one thing wrong; and AlphaEdit's memory of earlier edits
+(Kₚ) gone wrong around our editor: never kept (``forgets_kp``), kept past a revert in a
+module-level editor (``leaky_kp``), or kept per fact in a module-level cache (``kp_by_fact``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from rome_fast.conform.batch_protocol import BatchInputs
+from rome_fast.conform.batch_protocol import BatchInputs, OurBatchEditor, our_batch_editor_for
+from rome_fast.conform.run import parameters_of, put_back
 from rome_fast.edit.batch import hidden_at_subjects
 from rome_fast.edit.batch_keys import compute_batch_keys, key_matrix
+from rome_fast.edit.batch_result import BatchResult
 from rome_fast.edit.batch_targets import compute_batch_targets
 from rome_fast.methods.memit.update import MemitHParams
 
@@ -156,3 +162,87 @@ def touches_embedding(inputs: BatchInputs) -> None:
 
 # for `rome conform --editor tests.batch_conform_editors:scaled` (one process, one instance)
 scaled = scaled_update()
+
+
+@dataclass
+class ForgetsKp(OurBatchEditor):
+    """Ours with a fresh editor for every batch: AlphaEdit's Kₚ never holds the batches kept
+    before (each solved as a first edit), as the harness's ours did before issue 23."""
+
+    @property
+    def name(self) -> str:
+        return "forgets-kp"
+
+    def edit(self, inputs: BatchInputs) -> None:
+        editor = our_batch_editor_for(inputs)
+        result = editor.edit_batch(
+            inputs.requests, inputs.method_name, keys=self.keys, method_hparams=inputs.method
+        )
+        self._applied.append((editor, result))
+
+
+# one editor per model for the life of the process (a module-level cache, as AlphaEdit_main.py's
+# cache_c): its log, and so its Kₚ, keeps every batch it wrote
+_EDITORS: weakref.WeakKeyDictionary[nn.Module, OurBatchEditor] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class LeakyKp:
+    """Ours through a module-level editor per model whose revert writes the weights back but
+    leaves the batch in the editor's log: Kₚ keeps the keys of every batch ever written."""
+
+    name: str = "leaky-kp"
+    uncontrolled: list[str] = field(default_factory=list)
+    _before: list[tuple[nn.Module, dict[str, Tensor]]] = field(default_factory=list)
+
+    def edit(self, inputs: BatchInputs) -> None:
+        model = inputs.loaded.model
+        kept = _EDITORS.setdefault(model, OurBatchEditor("memit"))
+        self._before.append((model, parameters_of(model)))
+        editor = kept._applied[-1][0] if kept._applied else our_batch_editor_for(inputs)
+        result = editor.edit_batch(
+            inputs.requests, inputs.method_name, keys="memit", method_hparams=inputs.method
+        )
+        kept._applied.append((editor, result))  # never popped
+
+    def revert(self) -> None:
+        put_back(*self._before.pop())
+
+
+# per model, per fact: the batch it was last written in and its column there
+_FACT_KEYS: weakref.WeakKeyDictionary[nn.Module, dict[object, tuple[BatchResult, int]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@dataclass
+class KpByFact(OurBatchEditor):
+    """Ours with Kₚ from a module-level cache of every fact ever written, keyed by fact: a fact
+    written again replaces its entry (so the batch written twice writes the same ΔW), and a
+    revert removes nothing (so another batch's facts stay in Kₚ)."""
+
+    @property
+    def name(self) -> str:
+        return "kp-by-fact"
+
+    def edit(self, inputs: BatchInputs) -> None:
+        cache = _FACT_KEYS.setdefault(inputs.loaded.model, {})
+        facts = [r.case_id if r.case_id is not None else r.subject for r in inputs.requests]
+        columns: dict[int, tuple[BatchResult, list[int]]] = {}
+        for fact, (written, column) in cache.items():
+            if fact not in facts:
+                columns.setdefault(id(written), (written, []))[1].append(column)
+        earlier = [
+            dataclasses.replace(written, keys=tuple(K[:, cols] for K in written.keys))
+            for written, cols in columns.values()
+        ]
+        editor = our_batch_editor_for(inputs, earlier)
+        result = editor.edit_batch(
+            inputs.requests, inputs.method_name, keys=self.keys, method_hparams=inputs.method
+        )
+        cache.update({fact: (result, i) for i, fact in enumerate(facts)})
+        self._applied.append((editor, result))
+
+
+# for `rome conform --editor tests.batch_conform_editors:leaky --method alphaedit`
+leaky = LeakyKp()

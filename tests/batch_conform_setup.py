@@ -7,6 +7,7 @@ from rome_fast.conform.batch_protocol import BatchEditorUnderTest
 from rome_fast.conform.batch_run import BatchReport, BatchSettings, run_batch_conformance
 from rome_fast.conform.cases import CASES
 from rome_fast.edit.batch_keys import KeyChoice
+from rome_fast.edit.request import EditRequest
 from rome_fast.hparams.batched import MethodHParams
 from rome_fast.methods.memit.update import MemitHParams
 from tests.conform_setup import TEMPLATES
@@ -27,8 +28,10 @@ def conform_batches(
     expect: KeyChoice | None = None,
     sequential: bool = True,
     timeout: float | None = None,
+    batches: list[list[EditRequest]] | None = None,
 ) -> BatchReport:
-    """The harness on a fresh ``family`` model; checks that the model leaves as it came."""
+    """The harness on a fresh ``family`` model (``batches``: ``TWO_BATCHES`` unless given);
+    checks that the model leaves as it came."""
     loaded = fresh_model(family)
     C = {layer: random_spd(key_dim(loaded, layer), seed=layer + 1) for layer in LAYERS}
     settings = BatchSettings(tiny_hparams(family), method, C, TEMPLATES)
@@ -36,7 +39,7 @@ def conform_batches(
     report = run_batch_conformance(
         editor,
         loaded,
-        TWO_BATCHES,
+        TWO_BATCHES if batches is None else batches,
         settings,
         expect=expect,
         sequential=sequential,

@@ -1,12 +1,14 @@
-"""The table of docs/results/batched-conformance.md, printed by
+"""The tables of docs/results/batched-conformance.md, printed by
 ``python -m tests.batched_conformance_report`` (the
 harness of tests/batch_conform_setup.py on tiny GPT-2 and tiny Llama, MEMIT at layers 0–1, two
 batches of three facts in sequence, with the correct controls and the planted-bug editors of
-tests/batch_conform_editors.py)."""
+tests/batch_conform_editors.py) and ``python -m tests.batched_conformance_report alphaedit``
+(AlphaEdit's two batches in sequence, per batch: ours, EasyEdit's and the Kₚ bugs)."""
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 
 from rome_fast.conform.batch_properties import MARGIN, NUMERIC
@@ -16,10 +18,12 @@ from rome_fast.conform.batch_protocol import (
     shaped_like_public,
 )
 from rome_fast.conform.batch_run import BatchReport
+from rome_fast.conform.properties import Measured
 from rome_fast.conform.public_memit import MemitInputs, PublicMemit
 from tests.anchors import checkout
-from tests.batch_conform_editors import PLANTED, plain_memit
+from tests.batch_conform_editors import PLANTED, ForgetsKp, KpByFact, LeakyKp, plain_memit
 from tests.batch_conform_setup import conform_batches
+from tests.test_batch_conform import ALPHAEDIT
 
 FAMILIES = ("tiny-gpt2", "tiny-llama")
 Factory = Callable[[], BatchEditorUnderTest]
@@ -82,5 +86,53 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def alphaedit_editors() -> dict[str, tuple[Factory, bool]]:
+    """AlphaEdit editors in sequence: (factory, correct)."""
+    from rome_fast.conform.easyedit_batched import EasyEditBatched, EasyEditInputs
+
+    def easyedit(isolate: bool) -> Factory:
+        return lambda: shaped_like_public(
+            EasyEditBatched("easyedit-alphaedit", checkout("easyedit"), isolate_state=isolate),
+            EasyEditInputs,
+        )
+
+    return {
+        "rome-verify[k_prompt]": (lambda: OurBatchEditor("k_prompt"), True),
+        "easyedit-alphaedit": (easyedit(True), True),
+        "forgets-kp": (lambda: ForgetsKp("k_prompt"), False),
+        "leaky-kp": (LeakyKp, False),
+        "kp-by-fact": (lambda: KpByFact("k_prompt"), False),
+        "easyedit-alphaedit, isolate_state=False": (easyedit(False), False),
+    }
+
+
+ALPHAEDIT_COLUMNS = ("residual_memit", "residual_k_prompt", "matches_reference", "order_invariant")
+EXACT = ("deterministic", "no_trace")
+
+
+def _case_cell(props: dict[str, Measured], name: str) -> str:
+    m = props[name]
+    mark = {True: "", False: " **F**", None: " (info)"}[m.passed]
+    if math.isnan(m.floor) or m.floor == 0:
+        return f"{m.value:.2g}{mark}"
+    return f"{m.value:.2g} ({m.value / m.floor:.2g}×){mark}"
+
+
+def alphaedit_table() -> str:
+    """Per family, editor and batch: value (value/floor) of the properties a Kₚ bug moves."""
+    columns = (*ALPHAEDIT_COLUMNS, *EXACT)
+    head = "| family | editor | verdict | batch | " + " | ".join(columns) + " |"
+    lines = [head, "|" + "---|" * (len(columns) + 4)]
+    for family in FAMILIES:
+        for name, (make, _) in alphaedit_editors().items():
+            report = conform_batches(make(), family, ALPHAEDIT)
+            verdict = ("ok" if report.ok else "FAILS") + f" ({report.verdict})"
+            for i, case in enumerate(report.cases):
+                props = {m.name: m for m in case.properties}
+                cells = " | ".join(_case_cell(props, c) if c in props else "" for c in columns)
+                lines.append(f"| {family} | {name} | {verdict} | {i + 1} | {cells} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(table())
+    print(alphaedit_table() if sys.argv[1:] == ["alphaedit"] else table())

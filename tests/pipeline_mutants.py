@@ -1711,10 +1711,50 @@ MUTANTS: tuple[Mutant, ...] = (
         "batch_sequence_not_kept",
         "batched conformance",
         "rome_fast/conform/batch_run.py",
-        'keep = sequential and method != "alphaedit"',
-        "keep = False",
+        "keep = sequential\n",
+        "keep = False\n",
         "a sequential run restores between batches: a stale cached W0 passes",
         (BATCH_CONFORM, "-k", "planted and stale"),
+    ),
+    Mutant(
+        "batch_reference_alphaedit_without_kp",
+        "batched conformance",
+        "rome_fast/conform/batch_reference.py",
+        "return lambda K, R: rb.alphaedit_delta(P, K, R, hp.L2, K_p)",
+        "return lambda K, R: rb.alphaedit_delta(P, K, R, hp.L2)",
+        "the AlphaEdit reference solves every batch of a sequence as a first edit: a correct "
+        "editor, which keeps Kₚ, fails its second batch",
+        (BATCH_CONFORM, "-k", "each_method and alphaedit"),
+    ),
+    Mutant(
+        "batch_floor_alphaedit_without_kp",
+        "batched conformance",
+        "rome_fast/conform/batch_floors.py",
+        "deltas, results[choice] = our_deltas(inputs, choice, requests, before)",
+        "deltas, results[choice] = our_deltas(inputs, choice, requests)",
+        "the floor of a sequential AlphaEdit batch is our editor's first edit: a floor holding "
+        "the missing Kₚ, so an editor that forgets Kₚ passes",
+        (BATCH_CONFORM, "-k", "forgets"),
+    ),
+    Mutant(
+        "batch_trace_compares_the_rewrite_with_itself",
+        "batched conformance",
+        "rome_fast/conform/batch_run.py",
+        "abs(again[layer] - first[layer])",
+        "abs(again[layer] - again[layer])",
+        "no_trace compares the first batch written again with itself: a key cache kept past a "
+        "revert passes",
+        (BATCH_CONFORM, "-k", "trace and kp-by-fact"),
+    ),
+    Mutant(
+        "easyedit_alphaedit_key_cache_not_carried",
+        "batched conformance",
+        "rome_fast/conform/easyedit_batched.py",
+        "elif carried is not None:",
+        "elif False:",
+        "EasyEdit's AlphaEdit under the adapter starts every batch of a sequence from an empty "
+        "key cache (each solved as a first edit)",
+        (BATCH_CONFORM, "-k", "easyedit_alphaedit_carries"),
     ),
     Mutant(
         "batch_ours_ignores_key_choice",

@@ -17,15 +17,25 @@ from rome_fast.conform.batch_protocol import (
     OurBatchEditor,
     shaped_like_public,
 )
+from rome_fast.conform.batch_run import BatchReport
+from rome_fast.edit.request import EditRequest
 from rome_fast.hparams.batched import MethodHParams
 from rome_fast.methods.alphaedit.update import AlphaEditHParams
 from rome_fast.methods.emmet.update import EmmetHParams
 from tests.anchors import checkout
-from tests.batch_conform_editors import PLANTED, PlainMemit, plain_memit
-from tests.batch_conform_setup import LAYERS, conform_batches, failed
+from tests.batch_conform_editors import (
+    PLANTED,
+    ForgetsKp,
+    KpByFact,
+    LeakyKp,
+    PlainMemit,
+    plain_memit,
+)
+from tests.batch_conform_setup import LAYERS, TWO_BATCHES, conform_batches, failed
 from tests.test_conform_cli import run_pytest_entry
 
 FAST = ["--model", "random:tiny-gpt2", "--steps", "3", "--stats-samples", "8"]
+ALPHAEDIT = AlphaEditHParams(layers=LAYERS, nullspace_threshold=0.5)
 
 
 @pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-llama"])
@@ -41,15 +51,47 @@ def test_correct_memit_editors_pass_at_the_public_keys(family: str, make: type) 
     "method",
     [
         EmmetHParams(layers=LAYERS, mom2_update_weight=1e4),
-        AlphaEditHParams(layers=LAYERS, nullspace_threshold=0.5),
+        ALPHAEDIT,
     ],
     ids=["emmet", "alphaedit"],
 )
 def test_ours_passes_each_method_and_is_named_by_its_key_choice(method: MethodHParams) -> None:
+    """Two batches in sequence: AlphaEdit's second checked with the first's keys as Kₚ."""
     report = conform_batches(OurBatchEditor("k_prompt"), method=method)
     assert report.ok, str(report)
     assert report.verdict == "k_prompt"
     assert report.method in report.description
+
+
+def test_alphaedit_that_forgets_earlier_batches_fails_the_second_batch() -> None:
+    """The second batch is written over the first and checked against the reference with the
+    first batch's keys as Kₚ (ours, one editor for the batches applied, passes there: the test
+    above). One that solves every batch as a first edit fails the second batch only (tiny
+    GPT-2: 4.7e4× the floor on matches_reference; tiny Llama 18.7×,
+    docs/results/batched-conformance.md)."""
+    forgets = conform_batches(ForgetsKp("k_prompt"), method=ALPHAEDIT, expect="k_prompt")
+    first, second = ({m.name: m.passed for m in c.properties} for c in forgets.cases)
+    assert False not in first.values(), str(forgets)
+    assert second["matches_reference"] is False, str(forgets)
+    assert failed(forgets) == {"matches_reference", "residual_k_prompt"}, str(forgets)
+
+
+@pytest.mark.parametrize(
+    ("make", "only"),
+    [(LeakyKp, False), (lambda: KpByFact("k_prompt"), True)],
+    ids=["leaky-kp", "kp-by-fact"],
+)
+def test_an_undone_batch_that_leaves_a_trace_fails_no_trace(make: type, only: bool) -> None:
+    """Kₚ kept in a module-level cache past a revert. ``leaky-kp`` (every batch ever written:
+    what EasyEdit's ``cache_c`` does) also fails determinism and the sequence; ``kp-by-fact``
+    (a fact written again replaces its own entry) writes the batch twice alike and checks the
+    sequence right, and only ``no_trace`` sees the second batch's keys in the first's Kₚ."""
+    report = conform_batches(make(), method=ALPHAEDIT)
+    assert "no_trace" in failed(report), str(report)
+    if only:
+        assert failed(report) == {"no_trace"}, str(report)
+    assert report.properties()["no_trace"]["value"] > 0
+    json.dumps(report.to_json(), allow_nan=False)
 
 
 def test_a_key_choice_other_than_expected_fails_its_residual() -> None:
@@ -73,6 +115,11 @@ def test_stale_weights_need_a_sequence_to_be_seen() -> None:
     the second batch is written over the first."""
     apart = conform_batches(PLANTED["stale-w0"][0](), expect="memit", sequential=False)
     assert apart.ok, str(apart)
+    # no_trace: once per run, on the first batch
+    names = [[m.name for m in c.properties] for c in apart.cases]
+    assert "no_trace" in names[0]
+    assert all("no_trace" not in n for n in names[1:])
+    assert apart.to_json()["properties"]["no_trace"]["passed"] is True
 
 
 @pytest.mark.parametrize(
@@ -189,6 +236,21 @@ def test_cli_exit_1_on_a_planted_bug_with_valid_json(
     assert "--method" not in report["reproducer"]
 
 
+def test_cli_exit_1_on_a_module_level_key_cache_with_valid_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "leaky.json"
+    editor = "tests.batch_conform_editors:leaky"
+    argv = ["conform", "--editor", editor, "--method", "alphaedit", "--batch", "2", "--cases", "1"]
+    code = main([*argv, "--json", str(out), *FAST])
+    printed = capsys.readouterr().out
+    assert code == 1, printed
+    assert "no_trace            FAILED" in printed
+    report = json.loads(out.read_text(), parse_constant=pytest.fail)
+    assert report["properties"]["no_trace"]["passed"] is False
+    assert report["cases"][0]["properties"]["no_trace"]["value"] > 0
+
+
 def test_pytest_entry_reports_each_batched_property() -> None:
     run = run_pytest_entry(
         {
@@ -204,6 +266,37 @@ def test_pytest_entry_reports_each_batched_property() -> None:
     entry = "rome_fast/conform/test_batch_conformance.py"
     assert f"FAILED {entry}::test_batch_property[matches_reference]" in run.stdout, run.stdout
     assert f"FAILED {entry}::test_batch_verdict" in run.stdout, run.stdout
+
+
+def easyedit_alphaedit(isolate: bool, batches: list[list[EditRequest]]) -> BatchReport:
+    """EasyEdit's AlphaEdit under the harness, ``batches`` kept in sequence."""
+    from rome_fast.conform.easyedit_batched import EasyEditBatched, EasyEditInputs
+
+    code = EasyEditBatched("easyedit-alphaedit", checkout("easyedit"), isolate_state=isolate)
+    editor = shaped_like_public(code, EasyEditInputs)
+    return conform_batches(editor, method=ALPHAEDIT, batches=batches)
+
+
+@pytest.mark.anchors
+def test_easyedit_alphaedit_carries_its_key_cache_in_a_sequence_and_leaves_no_trace() -> None:
+    """EasyEdit's AlphaEdit under the adapter (each edit from fresh module globals, ``cache_c``
+    carried from the batches applied and dropped with a reverted one): the second batch of a
+    sequence is solved with the first's keys (its misfit that of the first batch, the code's
+    float32 solve over the full width, docs/results/easyedit-batched.md; solved as a first
+    edit it would be 4.7e4× the floor) and no trace is left."""
+    report = easyedit_alphaedit(True, [batch[:2] for batch in TWO_BATCHES])
+    first, second = ({m.name: m for m in c.properties}["matches_reference"] for c in report.cases)
+    assert second.value < 2 * first.value, str(report)
+    assert {"no_trace", "deterministic", "revert_exact"}.isdisjoint(failed(report))
+    assert report.properties()["no_trace"]["passed"] is True
+
+
+@pytest.mark.anchors
+def test_easyedit_alphaedit_as_in_a_users_process_fails_no_trace() -> None:
+    """``isolate_state=False``: the code's own ``cache_c`` keeps an undone batch's keys."""
+    report = easyedit_alphaedit(False, [TWO_BATCHES[0][:2]])
+    assert "no_trace" in failed(report), str(report)
+    json.dumps(report.to_json(), allow_nan=False)
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from rome_fast.conform.protocol import CallableEditor, load_callable
 from rome_fast.edit.batch_keys import KeyChoice
-from rome_fast.edit.batch_result import BatchResult
+from rome_fast.edit.batch_result import Applied, BatchResult
 from rome_fast.edit.editor import Editor
 from rome_fast.edit.request import EditRequest
 from rome_fast.hparams.batched import Method, MethodHParams
@@ -141,26 +141,43 @@ def shaped_like_public(target: Any, inputs_type: type) -> BatchEditorUnderTest:
     return ShapedLikePublic(target, inputs_type)
 
 
-def our_batch_editor_for(inputs: BatchInputs) -> Editor:
-    """Our editor with exactly the harness's inputs (templates, C per layer, settings, seed)."""
+class _AfterEarlier(Editor):
+    """Our editor continuing a sequential run another editor wrote: AlphaEdit's Kₚ starts
+    with the keys of ``earlier`` (batches whose weights are not this editor's to revert)."""
+
+    def __init__(self, earlier: Sequence[BatchResult], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._earlier = list(earlier)
+
+    @property
+    def log(self) -> list[Applied]:
+        """The earlier batches, then this editor's own edits (what Kₚ is recalled from)."""
+        return [*self._earlier, *super().log]
+
+
+def our_batch_editor_for(inputs: BatchInputs, earlier: Sequence[BatchResult] = ()) -> Editor:
+    """Our editor with exactly the harness's inputs (templates, C per layer, settings, seed);
+    ``earlier``: AlphaEdit batches written before, whose keys its Kₚ starts with."""
     C = inputs.C
 
     def per_layer(_: LoadedModel, layer: int) -> Tensor:
         return C[layer]
 
-    return Editor(
-        inputs.loaded,
-        hparams=inputs.hparams.replace(layer=inputs.method.layers[-1]),
-        seed=inputs.seed,
-        stats=per_layer,
-        templates=list(inputs.templates),
-    )
+    options: dict[str, Any] = {
+        "loaded": inputs.loaded,
+        "hparams": inputs.hparams.replace(layer=inputs.method.layers[-1]),
+        "seed": inputs.seed,
+        "stats": per_layer,
+        "templates": list(inputs.templates),
+    }
+    return _AfterEarlier(earlier, **options) if earlier else Editor(**options)
 
 
 @dataclass
 class OurBatchEditor:
-    """``Editor.edit_batch`` at the key choice ``keys``, one fresh editor per batch (so that
-    nothing carries over between batches but the weights)."""
+    """``Editor.edit_batch`` at the key choice ``keys``: one editor for the batches applied in
+    a row (AlphaEdit's Kₚ holds their keys, and a reverted batch's leave it), a fresh one
+    when none is applied (so that nothing carries over between runs but the weights)."""
 
     keys: KeyChoice = "memit"
     uncontrolled: list[str] = field(default_factory=list)
@@ -171,7 +188,7 @@ class OurBatchEditor:
         return f"rome-verify[{self.keys}]"
 
     def edit(self, inputs: BatchInputs) -> None:
-        editor = our_batch_editor_for(inputs)
+        editor = self._applied[-1][0] if self._applied else our_batch_editor_for(inputs)
         result = editor.edit_batch(
             inputs.requests, inputs.method_name, keys=self.keys, method_hparams=inputs.method
         )

@@ -7,6 +7,8 @@ is part of every floor, since the float32 editors measured there carry it too). 
 (``KEY_CHOICES``: the public ½ bare + ½ prefix mean, the template average k*, the bare prompt)
 the schedule runs on its own copy: layer i reads its keys after the earlier layers were
 written and writes ``(Z − H) / (L − i)`` through the method's closed form with its float64 C.
+AlphaEdit's closed form takes Kₚ per layer: in a sequential run, the keys this reference wrote at
+that layer for the batches kept before (per key choice: ``Reference.keys``; none: a first edit).
 """
 
 from __future__ import annotations
@@ -36,22 +38,32 @@ LayerSolve = Callable[[F64, F64], F64]  # (K (d_in, n), R (d_out, n)) -> ΔW (d_
 
 @dataclass(frozen=True)
 class Reference:
-    """One key choice's schedule: per edited layer ΔW (d_out, d_in), and the keys K (d_in, n)
-    it wrote at at the last layer."""
+    """One key choice's schedule: per edited layer ΔW (d_out, d_in) and the keys K (d_in, n) it
+    wrote at there."""
 
     deltas: dict[int, F64]
-    last_keys: F64
+    keys: dict[int, F64]
+
+    @property
+    def last_keys(self) -> F64:
+        """The keys at the last edited layer (d_in, n)."""
+        return self.keys[max(self.keys)]
 
 
-def closed_form(hp: MethodHParams, C: F64) -> LayerSolve:
-    """The method's float64 solve at one layer with that layer's C (SPEC §7)."""
+# per key choice, per edited layer: Kₚ (d_in, m), the keys of the earlier batches of a run
+EarlierKeys = dict[KeyChoice, dict[int, F64]]
+
+
+def closed_form(hp: MethodHParams, C: F64, K_p: F64 | None = None) -> LayerSolve:
+    """The method's float64 solve at one layer with that layer's C (SPEC §7); ``K_p``:
+    AlphaEdit's keys of earlier edits at that layer (None: a first edit)."""
     if isinstance(hp, EmmetHParams):
         return lambda K, R: rb.emmet_delta(
             C, K, R, hp.mom2_update_weight, hp.emmet_lambda, hp.update_norm_lambda
         )
     if isinstance(hp, AlphaEditHParams):
         P = rb.null_space_projector(C, hp.nullspace_threshold)
-        return lambda K, R: rb.alphaedit_delta(P, K, R, hp.L2)
+        return lambda K, R: rb.alphaedit_delta(P, K, R, hp.L2, K_p)
     return lambda K, R: rb.memit_delta(C, K, R, hp.mom2_update_weight)
 
 
@@ -59,13 +71,15 @@ def _f64(x: torch.Tensor) -> F64:
     return np.asarray(x.detach().to("cpu", torch.float64).numpy(), dtype=np.float64)
 
 
-def _schedule(twin: LoadedModel, inputs: BatchInputs, choice: KeyChoice, Z: F64) -> Reference:
+def _schedule(
+    twin: LoadedModel, inputs: BatchInputs, choice: KeyChoice, Z: F64, K_p: dict[int, F64]
+) -> Reference:
     layers = inputs.method.layers
     read: dict[int, F64] = {}
 
     def step(layer: int) -> rb.ScheduleLayer:
         site = twin.adapter.edited_site(twin.model, layer)
-        solve = closed_form(inputs.method, _f64(inputs.C[layer]))
+        solve = closed_form(inputs.method, _f64(inputs.C[layer]), K_p.get(layer))
 
         def keys() -> F64:
             found = compute_batch_keys(twin, site, inputs.requests, inputs.templates)
@@ -83,11 +97,14 @@ def _schedule(twin: LoadedModel, inputs: BatchInputs, choice: KeyChoice, Z: F64)
         lambda: _f64(hidden_at_subjects(twin, layers[-1], inputs.requests)),
         Z,
     )
-    return Reference(dict(zip(layers, deltas, strict=True)), read[layers[-1]])
+    return Reference(dict(zip(layers, deltas, strict=True)), read)
 
 
-def references(inputs: BatchInputs) -> dict[KeyChoice, Reference]:
-    """The float64 reference of the batch for every key choice, on the weights as they are."""
+def references(
+    inputs: BatchInputs, earlier: EarlierKeys | None = None
+) -> dict[KeyChoice, Reference]:
+    """The float64 reference of the batch for every key choice, on the weights as they are;
+    ``earlier``: AlphaEdit's Kₚ per key choice and layer (None: a first edit)."""
     twin = in_dtype(inputs.loaded, torch.float64)
     found = compute_batch_targets(
         twin, inputs.method.layers[-1], inputs.requests, inputs.templates, inputs.hparams.v_star
@@ -95,6 +112,8 @@ def references(inputs: BatchInputs) -> dict[KeyChoice, Reference]:
     Z = _f64(found.targets)  # (d, n)
     return {
         # each choice on its own copy: the schedule writes into the weights it reads
-        choice: _schedule(in_dtype(twin, torch.float64), inputs, choice, Z)
+        choice: _schedule(
+            in_dtype(twin, torch.float64), inputs, choice, Z, (earlier or {}).get(choice, {})
+        )
         for choice in KEY_CHOICES
     }

@@ -5,8 +5,13 @@ measured per batch (``batch_properties``), and a verdict naming the method and k
 Per batch: the reference and the floors on the weights as they are; the editor's edit (in a
 thread with a time limit, the model's state put back after it); its revert; the batch in
 reverse order (order invariance); the batch again (determinism), kept applied in a sequential
-run, else undone. A sequential run's batches are reverted in reverse order at the end. AlphaEdit
-batches are never kept: the harness gives no Kₚ of earlier batches, so each is a first edit.
+run, else undone. A sequential run's batches are reverted in reverse order at the end. Then the
+first batch is written once more on the original weights (``no_trace``: every other write of
+the run undone, it must write what it wrote first) and undone.
+
+AlphaEdit keeps the keys of earlier edits (Kₚ) itself: in a sequential run batch i is checked
+against the reference with Kₚ = the keys of batches 1..i−1 at each layer (each key choice's
+reference its own keys; the floor our editor's, ``batch_floors``), outside one as a first edit.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from rome_fast.conform.batch_floors import (
+    OurEarlier,
     layer_deltas,
     layer_weights,
     measured_floors,
@@ -28,9 +35,11 @@ from rome_fast.conform.batch_properties import (
     MARGIN,
     BatchObservation,
     measure,
+    no_trace,
+    trace_failed,
 )
 from rome_fast.conform.batch_protocol import BatchEditorUnderTest, BatchInputs, method_of
-from rome_fast.conform.batch_reference import F64, references
+from rome_fast.conform.batch_reference import F64, EarlierKeys, Reference, references
 from rome_fast.conform.invoke import EditorHung, describe_raise, run_timed, seconds
 from rome_fast.conform.properties import Measured
 from rome_fast.conform.run import (
@@ -45,13 +54,16 @@ from rome_fast.conform.run import (
     restored,
 )
 from rome_fast.conform.state import differences, reset, snapshot
-from rome_fast.edit.batch_keys import KeyChoice
+from rome_fast.edit.batch_keys import KEY_CHOICES, KeyChoice
 from rome_fast.edit.request import EditRequest
 from rome_fast.hparams.batched import MethodHParams
 from rome_fast.hparams.defaults import HParams
 from rome_fast.model.loader import LoadedModel
 
-ALPHAEDIT_KP = "AlphaEdit's Kₚ: none given; each batch is checked as a first edit, never kept"
+ALPHAEDIT_KP = (
+    "AlphaEdit's Kₚ: the editor's own, not handed in; each batch is checked against the "
+    "reference with the keys of the batches kept before it as Kₚ (none outside --sequential)"
+)
 
 
 @dataclass(frozen=True)
@@ -145,12 +157,36 @@ class BatchReport:
 
 
 @dataclass
+class KeptKeys:
+    """AlphaEdit's earlier edits in a sequential run: per key choice, the reference's keys per
+    layer and our floor editor's edit of each batch kept so far."""
+
+    reference: dict[KeyChoice, list[dict[int, F64]]] = field(default_factory=dict)
+    ours: OurEarlier = field(default_factory=dict)
+
+    def keep(self, refs: dict[KeyChoice, Reference], ours: OurEarlier) -> None:
+        for choice in KEY_CHOICES:
+            self.reference.setdefault(choice, []).append(refs[choice].keys)
+            self.ours.setdefault(choice, []).extend(ours.get(choice, []))
+
+    def earlier(self) -> EarlierKeys:
+        """Kₚ per key choice and layer: the kept batches' keys side by side (d_in, m)."""
+        return {
+            choice: {layer: np.concatenate([k[layer] for k in kept], axis=1) for layer in kept[0]}
+            for choice, kept in self.reference.items()
+            if kept
+        }
+
+
+@dataclass
 class BatchSession:
     """One batched conformance run: the editor, its time limit and the batches kept."""
 
     editor: BatchEditorUnderTest
     timeout: float | None
+    remembers: bool = False  # AlphaEdit: the kept batches' keys are Kₚ of the later ones
     kept: list[dict[str, Tensor]] = field(default_factory=list)  # weights before each kept batch
+    kept_keys: KeptKeys = field(default_factory=KeptKeys)
 
     def edit(self, inputs: BatchInputs) -> tuple[str | None, tuple[str, ...]]:
         """One batch, the model state put back after it: (failure, state left changed)."""
@@ -194,8 +230,8 @@ class BatchSession:
         """The reference and floors on the weights as they are; the batch, its revert, the
         batch reversed, the batch again (kept applied with ``keep``, else undone)."""
         model = inputs.loaded.model
-        refs = references(inputs)
-        floors = measured_floors(inputs, refs)
+        refs = references(inputs, self.kept_keys.earlier())
+        floors, ours = measured_floors(inputs, refs, self.kept_keys.ours)
         edited = {
             inputs.loaded.adapter.edited_site(model, layer).module_name + ".weight"
             for layer in inputs.method.layers
@@ -222,6 +258,8 @@ class BatchSession:
             repeat_diff = max(float(abs(again[layer] - deltas[layer]).max()) for layer in deltas)
             if keep and failure is None:
                 self.kept.append(before)
+                if self.remembers:
+                    self.kept_keys.keep(refs, {c: [r] for c, r in ours.items()})
             else:
                 failure = failure or self.undo(before, model)[1]
         return BatchObservation(
@@ -244,6 +282,22 @@ class BatchSession:
         while self.kept:
             diffs.append(self.undo(self.kept.pop(), model)[0])
         return diffs[::-1]
+
+    def trace(self, inputs: BatchInputs, first: dict[int, F64]) -> Measured:
+        """``no_trace``: the batch written again on the weights as they are (the original
+        ones, every other write undone) against ``first``, its ΔW there; then undone."""
+        model = inputs.loaded.model
+        before = parameters_of(model)
+        W0 = layer_weights(inputs.loaded, inputs.method.layers)
+        try:
+            failure, again = self.rewrite(inputs, W0)
+        except EditorHung as hung:
+            put_back(model, before)
+            return trace_failed(str(hung))
+        self.undo(before, model)
+        if failure is not None:
+            return trace_failed(failure)
+        return no_trace(max(float(abs(again[layer] - first[layer]).max()) for layer in first), "")
 
 
 def _reversed(inputs: BatchInputs) -> BatchInputs:
@@ -272,26 +326,32 @@ def run_batch_conformance(
     sequential: bool = False,
     timeout: float | None = None,
 ) -> BatchReport:
-    """Every batched property of ``editor`` on each batch. With ``sequential`` (not for
-    AlphaEdit) the batches stay applied one after the other, each checked against the
-    reference on the weights as they are then, and are reverted in reverse order at the end.
-    A hung editor ends the run; the model leaves as it came."""
+    """Every batched property of ``editor`` on each batch. With ``sequential`` the batches stay
+    applied one after the other, each checked against the reference on the weights as they are
+    then (AlphaEdit's with the earlier batches' keys as Kₚ), and are reverted in reverse order
+    at the end. Then ``no_trace`` on the first batch. A hung editor ends the run; the model
+    leaves as it came."""
     method = method_of(settings.method)
-    keep = sequential and method != "alphaedit"
-    session = BatchSession(editor, timeout)
+    keep = sequential
+    session = BatchSession(editor, timeout, remembers=method == "alphaedit")
     observations: list[tuple[list[EditRequest], BatchObservation]] = []
     stopped = ""
+
+    def inputs_of(batch: list[EditRequest]) -> BatchInputs:
+        return BatchInputs(
+            loaded,
+            batch,
+            settings.templates,
+            settings.C,
+            settings.hparams,
+            settings.method,
+            settings.seed,
+        )
+
+    trace = no_trace(None, "not measured: the run stopped")
     with restored(loaded.model):
         for batch in batches:
-            inputs = BatchInputs(
-                loaded,
-                batch,
-                settings.templates,
-                settings.C,
-                settings.hparams,
-                settings.method,
-                settings.seed,
-            )
+            inputs = inputs_of(batch)
             try:
                 observations.append((batch, session.observe(inputs, keep=keep)))
             except EditorHung as hung:
@@ -303,7 +363,13 @@ def run_batch_conformance(
                 batch, obs = observations[i]
                 worst = obs.revert_diff if diff is None else max(diff, obs.revert_diff or 0.0)
                 observations[i] = (batch, replace(obs, revert_diff=worst))
+            batch, first = observations[0]
+            if first.failure is None:
+                trace = session.trace(inputs_of(batch), first.deltas)
+            else:
+                trace = no_trace(None, "not measured: the first batch did not complete")
     cases = [BatchCase(batch, *measure(obs, expect)) for batch, obs in observations]
+    cases[0] = replace(cases[0], properties=[*cases[0].properties, trace])
     uncontrolled = list(editor.uncontrolled) + ([ALPHAEDIT_KP] if method == "alphaedit" else [])
     return BatchReport(
         editor=editor.name,

@@ -14,9 +14,14 @@ original MEMIT code:
   import has them for every edit (``isolate_state``), the projector and the key cache
   ``Kₚ Kₚᵀ`` handed in (``EasyEditInputs.projector``, ``key_cache``) or left to the code and
   captured (``AlphaEditState``); the code runs in a temporary working directory, removed
-  after, since it saves its projector there (``AlphaEdit_main.py:75``);
+  after, since it saves its projector there (``AlphaEdit_main.py:75``). Left to the code, the
+  key cache an edit starts from is the one the code left after the latest batch this adapter
+  applied and has not reverted (zeros when none is applied): a sequential run carries it from
+  batch to batch, as the code's own process does, and ``revert`` drops the reverted batch's
+  keys, which the code itself never does (docs/results/easyedit-batched.md, finding (c));
 * the weights of the edited layers, copied before the call for ``revert`` (EMMET returns none
-  unless ``keep_original_weight``, ``emmet_main.py:63``).
+  unless ``keep_original_weight``, ``emmet_main.py:63``); ``revert`` undoes the latest batch
+  not yet reverted.
 
 What the code computed on the way (its keys per layer, its targets z, the outputs it measured
 the residual at) is captured as for the original MEMIT code (``patches.capturing``), and the
@@ -172,8 +177,11 @@ class EasyEditBatched:
     written: list[str] = field(default_factory=list)  # the files the code left in it
     _layout: Layout = field(init=False, repr=False)
     _modules: dict[str, types.ModuleType] = field(default_factory=dict, repr=False)
-    _saved: dict[str, Tensor] = field(default_factory=dict, repr=False)
-    _model: nn.Module | None = field(default=None, repr=False)
+    # per batch applied and not reverted: its model, the weights before it and (AlphaEdit
+    # with isolate_state) the key cache the code left after it
+    _applied: list[tuple[nn.Module, dict[str, Tensor], Tensor | None]] = field(
+        default_factory=list, repr=False
+    )
 
     def __post_init__(self) -> None:
         if self.spec not in LAYOUTS:
@@ -251,15 +259,26 @@ class EasyEditBatched:
         self.captured.deltas = {
             layer: weight_change(loaded, saved, layer) for layer in inputs.method.layers
         }
-        self._model, self._saved = loaded.model, saved
+        self._applied.append((loaded.model, saved, self._key_cache_left()))
 
     def _note_written(self, workdir: Path) -> None:
         self.workdir, self.written = workdir, sorted(p.name for p in workdir.iterdir())
 
     def revert(self) -> None:
-        """Write back the edited layers' weights as they were before the latest edit."""
-        write_back(self._model, self._saved)
-        self._model, self._saved = None, {}
+        """Write back the edited layers' weights as they were before the latest edit not yet
+        reverted (and drop the key cache it left)."""
+        model, saved, _ = self._applied.pop() if self._applied else (None, {}, None)
+        write_back(model, saved)
+
+    def _key_cache_left(self) -> Tensor | None:
+        """The key cache the latest edit left, where this adapter carries it."""
+        state = self.alphaedit
+        return state.key_cache_after if state is not None and self.isolate_state else None
+
+    def carried_key_cache(self) -> Tensor | None:
+        """AlphaEdit's key cache (L, d_in, d_in) after the latest batch applied and not reverted
+        (None: none applied, or ``isolate_state`` off: the code's own global carries it)."""
+        return self._applied[-1][2] if self._applied else None
 
     def _check(self, inputs: EasyEditInputs) -> None:
         expected = METHOD_OF[self.spec]
@@ -297,11 +316,14 @@ class EasyEditBatched:
         if inputs.projector is not None:  # the code loads it from P_loc itself
             torch.save(torch.stack([inputs.projector[layer] for layer in layers]), workdir / P_FILE)
             given["P_loaded"] = False
+        carried = self.carried_key_cache()
         if inputs.key_cache is not None:
             given |= {
                 "cache_c": torch.stack([inputs.key_cache[layer] for layer in layers]),
                 "cache_c_new": True,
             }
+        elif carried is not None:  # a copy: the code adds to cache_c in place (:261-263)
+            given |= {"cache_c": carried.clone(), "cache_c_new": True}
         fresh = {"P_loaded": False, "cache_c_new": False} if self.isolate_state else {}
         state = module_globals(main, ALPHAEDIT_GLOBALS if self.isolate_state else (), **fresh)
         read: dict[str, Tensor] = {}
