@@ -36,7 +36,11 @@ def tiny_model(family: str, seed: int = 0) -> LoadedModel:
 
 def fresh_model(family: str, seed: int = 0) -> LoadedModel:
     """A private, editable copy of ``tiny_model(family, seed)``."""
-    shared = tiny_model(family, seed)
+    return fresh_copy(tiny_model(family, seed))
+
+
+def fresh_copy(shared: LoadedModel) -> LoadedModel:
+    """A private, editable copy of ``shared`` (its weights copied, its tokenizer shared)."""
     return LoadedModel(copy.deepcopy(shared.model), shared.tokenizer, shared.adapter, shared.name)
 
 
