@@ -2,11 +2,14 @@
 (``benchmarks.naive_batch.NaiveBatchEditor``: the public MEMIT code's compute flow for the
 targets, one δ per fact, full forward passes; the group's baseline) on the same n facts,
 model, templates, C and settings: n = 1, 16, 64, 256 on tiny GPT-2, seconds per fact
-(``extra_info``). The yardstick's cost per fact does not depend on n, so at n = 64 and 256
-(minutes each) it is ``slow``. Each batched row asserts its floor: the least speed-up over the
-yardstick measured in the same run (``MIN_SPEEDUP``); without the yardstick in the run (``-m
-"not slow"``), there is nothing to compare and no assertion. The physical floor counts the
-targets' work only (``floors.value_floor`` over every fact's suffix tokens and reads)."""
+(``extra_info``, wall). The yardstick's cost per fact does not depend on n beyond n = 1, so
+at n = 64 and 256 (minutes each) it is ``slow``. Each batched row asserts its floor: the least
+speed-up over the yardstick measured in the same run (``MIN_SPEEDUP``); without the yardstick
+in the run (``-m "not slow"``), there is nothing to compare and no assertion. On a machine
+shared with other jobs, time both sides in process CPU time (``--benchmark-timer
+time.process_time``): one round of wall time takes whatever share of the cores the load
+leaves it, which swung the ratio by more than 2× (BENCHMARKS.md). The physical floor counts
+the targets' work only (``floors.value_floor`` over every fact's suffix tokens and reads)."""
 
 from __future__ import annotations
 
@@ -31,12 +34,15 @@ STEPS = 5  # 4 Adam steps per fact, on both sides
 _PROMPTS = ("{} is located in", "The native language of {} is", "{} works in the field of")
 _SUBJECTS = ("The Eiffel Tower", "Danielle Darrieux", "Toyota", "Miles Davis", "Autonomous")
 _TARGETS = ("Rome", "English", "physics", "the city of Lyon")
-# Least speed-up of the batched editor over the yardstick, per n, where it was measured: the
-# ratio measured on the 2-core machine, one round each, 1 torch thread, load average 3.3-4.9
-# (2026-12-07 13:12-13:19 UTC, and 13:24-13:29 for n = 64, BENCHMARKS.md): 13.25× at n = 1,
-# 22.35× at n = 16, 20.04× at n = 64, divided by a margin of 2 for a shared machine's swings.
-# n = 256: the yardstick not run yet.
-MIN_SPEEDUP: dict[int, float] = {1: 13.25 / 2, 16: 22.35 / 2, 64: 20.04 / 2}
+# Least speed-up of the batched editor over the yardstick, per n: the ratio of process CPU
+# times measured side by side at every n in one run on the 2-core machine, one round each,
+# 1 torch thread, load average 4.6 -> 4.0 (2026-12-07 15:53-16:05 UTC, BENCHMARKS.md):
+# 6.91× at n = 1, 9.16× at n = 16, 12.28× at n = 64, 12.74× at n = 256, divided by a margin of
+# 2. The earlier floors (halves of the wall-time ratios 13.3×, 22.4×, 20.0× at 13:12-13:29)
+# were inflated by the load: the yardstick's wall time then at n = 16 (22.7 s) was 2.8× its
+# CPU time here (8.09 s), the batched side's (1.02 s) near its own (0.88 s); a wall-time rerun
+# at load 3.2 -> 5.4 (15:43-15:51) read 5.3×, 5.5×, 7.7× and failed all three.
+MIN_SPEEDUP: dict[int, float] = {1: 6.91 / 2, 16: 9.16 / 2, 64: 12.28 / 2, 256: 12.74 / 2}
 
 
 def facts(n: int) -> list[EditRequest]:

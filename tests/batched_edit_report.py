@@ -33,9 +33,10 @@ from rome_fast.edit.batch_result import BatchResult
 from rome_fast.edit.editor import Editor
 from rome_fast.edit.request import EditRequest
 from rome_fast.eval.case_scoring import metrics_of, score_case
-from rome_fast.eval.data import EvalCase, load_cases
+from rome_fast.eval.data import EvalCase, load_cases, resolve_data_path
 from rome_fast.hparams.batched import METHODS
 from rome_fast.hparams.defaults import HParams, hparams_for
+from rome_fast.infra.datadir import DATA_ENV
 from rome_fast.model.loader import LoadedModel, load_model
 
 SCORE_BATCH = 16  # prompts per forward pass when scoring
@@ -155,16 +156,28 @@ def _commit() -> str:
     return found.stdout.strip() or "unknown"
 
 
+def data_source(spec: str) -> tuple[str, str]:
+    """The command's prefix and a description of where ``--data`` was found: as given, or under
+    ``$ROME_DATA_DIR`` (named, not its path), and how many records the file holds, which tells
+    the full file from a sample of it."""
+    file = resolve_data_path(spec)
+    records = f"{len(load_cases(file)):,} records"
+    if file == Path(spec):
+        return "", f"`{spec}` ({records})"
+    return f"{DATA_ENV}=<data folder> ", f"`{spec}` under `${DATA_ENV}` ({records})"
+
+
 def provenance(args: argparse.Namespace) -> str:
     """The command, the machine, the commit and the date, as the table's first paragraph."""
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     steps = "" if args.v_steps is None else f" --v-steps {args.v_steps}"
+    prefix, data = data_source(args.data)
     return (
-        f"Written by `python -m tests.batched_edit_report --table {args.table} --model "
+        f"Written by `{prefix}python -m tests.batched_edit_report --table {args.table} --model "
         f"{args.model} --facts {args.facts} --data {args.data}{steps} --out {args.out}` "
         f"({platform.machine()} CPU, {os.cpu_count()} cores shared with other work, load "
         f"average {load} at the end; commit {_commit()}, {datetime.date.today().isoformat()}). "
-        f"One batch of the first {args.facts} facts of `{args.data}`, written on the unedited "
+        f"One batch of the first {args.facts} facts of {data}, written on the unedited "
         "model, editor seed 0, the model's default hyperparameters (ROME's `HParams` for the "
         "targets, `rome_fast.hparams.batched` for each method)."
     )

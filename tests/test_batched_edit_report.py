@@ -3,6 +3,7 @@ a tiny model with 4 facts, so that the command of docs/results/batched-*.md cann
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,9 @@ def test_report_writes_one_row_per_choice(table: str, tmp_path: Path) -> None:
     batched_edit_report.main(argv)
     text = out.read_text()
     assert f"--table {table} --model random:tiny-gpt2 --facts 4" in text  # the command
+    # the data folder is named, not its path, with the file's size: sample or full CounterFact
+    assert re.search(r"`ROME_DATA_DIR=<data folder> python -m", text)
+    assert re.search(r"under `\$ROME_DATA_DIR` \([\d,]+ records\)", text)
 
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     firsts = [row.split(" | ")[0].removeprefix("| ") for row in rows[1:]]
