@@ -246,3 +246,25 @@ class KpByFact(OurBatchEditor):
 
 # for `rome conform --editor tests.batch_conform_editors:leaky --method alphaedit`
 leaky = LeakyKp()
+
+
+@dataclass
+class OneDeepRevert(PlainMemit):
+    """A correct MEMIT whose ``revert`` undoes only the latest batch (it keeps one copy of the
+    weights before, as the original MEMIT code's ``return_orig_weights`` gives one): a
+    sequence of two cannot be unwound."""
+
+    name: str = "one-deep-revert"
+    _before: dict[str, Tensor] | None = field(default=None, repr=False)
+    _model: nn.Module | None = field(default=None, repr=False)
+
+    def edit(self, inputs: BatchInputs) -> None:
+        self._model = inputs.loaded.model
+        self._before = parameters_of(self._model)
+        super().edit(inputs)
+
+    def revert(self) -> None:
+        if self._before is None or self._model is None:
+            raise RuntimeError("nothing to revert: only the latest edit is kept")
+        put_back(self._model, self._before)
+        self._before = None

@@ -1747,6 +1747,27 @@ MUTANTS: tuple[Mutant, ...] = (
         (BATCH_CONFORM, "-k", "trace and kp-by-fact"),
     ),
     Mutant(
+        "batch_unwind_revert_failure_ignored",
+        "batched conformance",
+        "rome_fast/conform/batch_run.py",
+        "failure=obs.failure or failure)",
+        "failure=obs.failure)",
+        "a revert that raises while a sequence unwinds is dropped: an editor that can undo only "
+        "its latest batch passes with the earlier batches' revert unchecked",
+        (BATCH_CONFORM, "-k", "unwinds"),
+    ),
+    Mutant(
+        "public_memit_reverts_only_its_latest_edit",
+        "batched conformance",
+        "rome_fast/conform/public_memit.py",
+        "model, saved = self._applied.pop() if self._applied else (None, {})",
+        "model, saved = self._applied.pop() if self._applied else (None, {}); "
+        "self._applied.clear()",
+        "the original MEMIT code's driver keeps only the latest edit's weights: a sequence of "
+        "batches cannot be unwound",
+        (BATCH_CONFORM, "-k", "unwinds_a_sequence"),
+    ),
+    Mutant(
         "easyedit_alphaedit_key_cache_not_carried",
         "batched conformance",
         "rome_fast/conform/easyedit_batched.py",

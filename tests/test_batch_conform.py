@@ -138,6 +138,20 @@ def test_editor_failures_are_verdicts(editor: str, caught: str) -> None:
     json.dumps(report.to_json(), allow_nan=False)
 
 
+def test_a_revert_that_fails_while_a_sequence_unwinds_fails_its_batch() -> None:
+    """The kept batches are reverted in reverse order at the end: an editor that can undo
+    only its latest batch fails on the first one (its revert raised), never passes unchecked."""
+    from tests.batch_conform_editors import OneDeepRevert
+
+    report = conform_batches(OneDeepRevert(), expect="memit")
+    assert not report.ok
+    assert "edit_completed" in {m.name for m in report.cases[0].properties if not m.passed}
+    second = {m.name: m.passed for m in report.cases[1].properties}
+    assert second["edit_completed"], str(report)
+    assert second["revert_exact"], str(report)
+    assert "nothing to revert" in json.dumps(report.to_json(), allow_nan=False)
+
+
 def test_a_hung_editor_is_a_failed_property_and_ends_the_run() -> None:
     import tests.batch_conform_editors as editors
 
@@ -218,6 +232,18 @@ def test_the_public_codes_pass_at_their_own_keys(tmp_path: Path, editor: str, fo
     report = json.loads(out.read_text())
     assert code == 0, report
     assert report["verdict"] == "memit"
+
+
+@pytest.mark.anchors
+def test_the_original_memit_code_unwinds_a_sequence_of_batches() -> None:
+    """Two batches kept in a row, then reverted in reverse order: the driver keeps the
+    weights each edit returned, so both reverts are checked exact (it kept only the latest)."""
+    from rome_fast.cli.conform_batch import batch_editor_from_spec
+
+    editor = batch_editor_from_spec("memit", checkout("memit"), "memit", None)
+    report = conform_batches(editor, expect="memit")
+    assert report.ok, str(report)
+    assert all({m.name: m.passed for m in case.properties}["revert_exact"] for case in report.cases)
 
 
 def test_cli_exit_1_on_a_planted_bug_with_valid_json(

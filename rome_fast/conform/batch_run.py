@@ -275,13 +275,14 @@ class BatchSession:
             floors=floors,
         )
 
-    def unwind(self, model: torch.nn.Module) -> list[float | None]:
+    def unwind(self, model: torch.nn.Module) -> list[tuple[float | None, str | None]]:
         """Revert the kept batches in reverse order: per batch (in edit order), the max
-        difference from the weights before it (None: no revert offered); always restored."""
-        diffs: list[float | None] = []
+        difference from the weights before it (None: no revert offered, or it failed) and the
+        revert's failure; always restored."""
+        undone: list[tuple[float | None, str | None]] = []
         while self.kept:
-            diffs.append(self.undo(self.kept.pop(), model)[0])
-        return diffs[::-1]
+            undone.append(self.undo(self.kept.pop(), model))
+        return undone[::-1]
 
     def trace(self, inputs: BatchInputs, first: dict[int, F64]) -> Measured:
         """``no_trace``: the batch written again on the weights as they are (the original
@@ -359,10 +360,14 @@ def run_batch_conformance(
                 stopped = f"stopped at a batch starting with case {batch[0].case_id}: {hung}"
                 break
         if not stopped:
-            for i, diff in enumerate(session.unwind(loaded.model)):
+            for i, (diff, failure) in enumerate(session.unwind(loaded.model)):
                 batch, obs = observations[i]
                 worst = obs.revert_diff if diff is None else max(diff, obs.revert_diff or 0.0)
-                observations[i] = (batch, replace(obs, revert_diff=worst))
+                # a revert that fails while the sequence unwinds fails its batch, as in observe
+                observations[i] = (
+                    batch,
+                    replace(obs, revert_diff=worst, failure=obs.failure or failure),
+                )
             batch, first = observations[0]
             if first.failure is None:
                 trace = session.trace(inputs_of(batch), first.deltas)

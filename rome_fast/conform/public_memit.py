@@ -84,8 +84,9 @@ class PublicMemit:
     stdout: str = ""  # the code's prints during the latest edit
     captured: Captured = field(default_factory=Captured)
     _modules: dict[str, types.ModuleType] = field(default_factory=dict, repr=False)
-    _saved: dict[str, Tensor] = field(default_factory=dict, repr=False)
-    _model: nn.Module | None = field(default=None, repr=False)
+    # (model, the weights before) of each edit applied and not reverted, the latest last: a
+    # sequential run reverts its batches in reverse order
+    _applied: list[tuple[nn.Module, dict[str, Tensor]]] = field(default_factory=list, repr=False)
 
     name = "memit"
 
@@ -143,12 +144,13 @@ class PublicMemit:
         self.captured.deltas = {
             layer: weight_change(loaded, saved, layer) for layer in inputs.method.layers
         }
-        self._model, self._saved = loaded.model, dict(saved)
+        self._applied.append((loaded.model, dict(saved)))
 
     def revert(self) -> None:
-        """Write back the original weights the code returned (``return_orig_weights``)."""
-        write_back(self._model, self._saved)
-        self._model, self._saved = None, {}
+        """Write back the weights the code returned (``return_orig_weights``) for the latest
+        edit not yet reverted."""
+        model, saved = self._applied.pop() if self._applied else (None, {})
+        write_back(model, saved)
 
 
 def _request(request: EditRequest, index: int) -> dict[str, Any]:
