@@ -69,12 +69,14 @@ PARALLEL = ("-n", "auto", "--dist", "loadgroup")
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
-DEFAULT_SUITE = "not smollm2 and not gpu and not faults and not conform and not ray"
+# The embedded model's end-to-end tests are part of it: they need only the clone and the pip
+# package, and in one run with the rest they share its workers and its collection.
+DEFAULT_SUITE = "not gpu and not faults and not conform and not ray"
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The default suite: properties, mutation check, tiny models of every family."""
+    """The default suite: properties, mutation check, tiny models of every family, SmolLM2."""
     install(session, "test")
     env = {**ONE_THREAD, **FIXTURE_DATA}
     session.run("pytest", *PARALLEL, "-m", DEFAULT_SUITE, *session.posargs, env=env)
@@ -102,7 +104,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def smollm2(session: nox.Session) -> None:
-    """End-to-end edits on the embedded SmolLM2 model (CI runs it too)."""
+    """The embedded SmolLM2 model's end-to-end tests alone (the default suite runs them too)."""
     install(session, "test")
     env = {**ONE_THREAD, **FIXTURE_DATA}
     session.run("pytest", *PARALLEL, "-m", "smollm2", *session.posargs, env=env)

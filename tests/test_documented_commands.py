@@ -5,8 +5,9 @@ Each command runs in a subprocess (the ``rome`` console script), with its docume
 source (a reader follows a README in order; each SmolLM2 line has a folder of its own) that
 stands in for the checkout's root (its ``fixtures/`` and a ``../shared`` beside it are links
 to the real ones), with the data folder as ``$ROME_DATA_DIR``. Commands that load SmolLM2 (by
-name or as the default model) run in the ``smollm2`` session, those on Ray (``--workers``,
-``--ray-address``) in the ``ray`` session, the rest in the default suite. A command that
+name or as the default model) are marked ``smollm2`` (in the default suite; ``nox -s smollm2``
+runs them alone), those on Ray (``--workers``, ``--ray-address``) run in the ``ray`` session,
+the rest in the default suite. A command that
 cannot run here is listed in ``NOT_RUN`` with the reason; it is still parsed by the real
 argument parser. A new command that is not listed and fails fails its test.
 """
