@@ -111,3 +111,15 @@ def clean_registry() -> Iterator[None]:
     yield
     for name in set(available_variants()) - before:
         unregister_variant(name)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread, as in each worker of a run (one CPU each): tiny models only lose
+    from intra-op threads, and a run's records equal its workers' only on the same count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -246,35 +246,33 @@ def test_the_original_memit_code_unwinds_a_sequence_of_batches() -> None:
     assert all({m.name: m.passed for m in case.properties}["revert_exact"] for case in report.cases)
 
 
+@pytest.mark.parametrize(
+    ("editor", "method", "caught"),
+    [
+        ("scaled", None, "matches_reference"),  # the default method: MEMIT
+        ("leaky", "alphaedit", "no_trace"),  # a module-level key cache kept past a revert
+    ],
+)
 def test_cli_exit_1_on_a_planted_bug_with_valid_json(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    editor: str,
+    method: str | None,
+    caught: str,
 ) -> None:
     out = tmp_path / "batch.json"
-    editor = "tests.batch_conform_editors:scaled"
-    argv = ["conform", "--editor", editor, "--batch", "2", "--cases", "1", "--expect", "memit"]
+    spec = f"tests.batch_conform_editors:{editor}"
+    chosen = [] if method is None else ["--method", method]
+    argv = ["conform", "--editor", spec, *chosen, "--batch", "2", "--cases", "1"]
     code = main([*argv, "--json", str(out), *FAST])
     printed = capsys.readouterr().out
     assert code == 1, printed
-    assert "matches_reference   FAILED" in printed
+    assert f"{caught:<19} FAILED" in printed
     report = json.loads(out.read_text(), parse_constant=pytest.fail)
-    assert report["properties"]["matches_reference"]["passed"] is False
+    assert report["properties"][caught]["passed"] is False
+    assert report["cases"][0]["properties"][caught]["value"] > 0
     assert "--batch 2" in report["reproducer"]
-    assert "--method" not in report["reproducer"]
-
-
-def test_cli_exit_1_on_a_module_level_key_cache_with_valid_json(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = tmp_path / "leaky.json"
-    editor = "tests.batch_conform_editors:leaky"
-    argv = ["conform", "--editor", editor, "--method", "alphaedit", "--batch", "2", "--cases", "1"]
-    code = main([*argv, "--json", str(out), *FAST])
-    printed = capsys.readouterr().out
-    assert code == 1, printed
-    assert "no_trace            FAILED" in printed
-    report = json.loads(out.read_text(), parse_constant=pytest.fail)
-    assert report["properties"]["no_trace"]["passed"] is False
-    assert report["cases"][0]["properties"]["no_trace"]["value"] > 0
+    assert ("--method" in report["reproducer"]) == (method is not None)
 
 
 def test_pytest_entry_reports_each_batched_property() -> None:

@@ -36,7 +36,7 @@ from tests.models import key_dim
 from tests.test_stats import varied_texts
 
 ray = pytest.importorskip("ray")
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("one_torch_thread")]
 
 MODEL = "random:tiny-gpt2"
 N_CASES = 4
@@ -50,15 +50,6 @@ def cluster() -> Iterator[ModuleType]:
     yield ray
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # As in each worker (one CPU each): tiny models only lose from intra-op threads.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_cases(n: int) -> list[EvalCase]:
