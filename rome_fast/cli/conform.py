@@ -20,7 +20,7 @@ from rome_fast.cli.options import (
 )
 from rome_fast.cli.outputs import write_json_output
 from rome_fast.cli.parsing import deprecated_alias
-from rome_fast.cli.validate import check_out_file
+from rome_fast.cli.validate import check_out_file, check_timeout
 from rome_fast.conform.timeouts import DEFAULT_TIMEOUT
 
 if TYPE_CHECKING:
@@ -192,8 +192,7 @@ def run_conform(args: argparse.Namespace) -> int:
     the property that caught it); misuse of ``rome conform`` raises ValueError (exit 2)."""
     if args.json is not None:
         check_out_file(args.json)
-    if not args.timeout > 0:
-        raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    check_timeout(args.timeout)
     report: ConformReport | BatchReport
     if args.batch is None:
         report = conformance_report(args)

@@ -24,7 +24,13 @@ from rome_fast.cli.options import (
     load_from_args,
     torch_dtype,
 )
-from rome_fast.cli.validate import check_out_folder, check_variants, comma_list, int_at_least
+from rome_fast.cli.validate import (
+    check_out_folder,
+    check_timeout,
+    check_variants,
+    comma_list,
+    int_at_least,
+)
 from rome_fast.eval.config import DEGRADE_MODES, RunConfig
 from rome_fast.eval.data import EvalCase, load_cases, resolve_data_path
 from rome_fast.eval.lock import FolderLockedError, run_folder_lock
@@ -332,16 +338,18 @@ def check_batched_options(args: argparse.Namespace) -> None:
             f"{', '.join(given)} not supported with --method (batches in one process, the "
             "method its one variant): drop them"
         )
-    if args.timeout is not None and args.editor is None:
-        raise ValueError("--timeout limits an editor under test's batches: add --editor or drop it")
-    if args.timeout is not None and not args.timeout > 0:
-        raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout}")
 
 
-def check_timeout_applies(args: argparse.Namespace) -> None:
-    """``--timeout`` is a batched editor under test's: refused without ``--method``."""
-    if args.method is None and args.timeout is not None:
+def check_batch_timeout(args: argparse.Namespace) -> None:
+    """``--timeout`` limits a batched editor under test's batches: refused without
+    ``--method`` or without ``--editor``, and positive."""
+    if args.timeout is None:
+        return
+    if args.method is None:
         raise ValueError("--timeout limits the batches of --editor with --method; drop it")
+    if args.editor is None:
+        raise ValueError("--timeout limits an editor under test's batches: add --editor or drop it")
+    check_timeout(args.timeout)
 
 
 def _run_locked(args: argparse.Namespace, cluster: Cluster | None) -> dict[str, Any]:
@@ -400,7 +408,7 @@ def run_eval(args: argparse.Namespace) -> int:
     # Every option is checked before the model loads and before anything is written.
     read_inputs(args)
     check_batched_options(args)
-    check_timeout_applies(args)
+    check_batch_timeout(args)
     cluster = cluster_from_args(args)  # a missing Ray is reported here
     if args.editor is None and args.method is None:
         check_variants(comma_list(args.variants))

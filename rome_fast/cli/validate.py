@@ -94,3 +94,9 @@ def check_layers(layers: Sequence[int], n_layers: int) -> None:
             f"layers {bad} are out of range for a model with {n_layers} layers; "
             f"choose layers in 0..{n_layers - 1}"
         )
+
+
+def check_timeout(timeout: float) -> None:
+    """A time limit in seconds (``--timeout``) must be positive."""
+    if not timeout > 0:
+        raise ValueError(f"--timeout must be a positive number of seconds, got {timeout}")
