@@ -1232,6 +1232,15 @@ MUTANTS: tuple[Mutant, ...] = (
         "the weight decay of MEMIT's z relative to ‖v_init‖ (ROME's) instead of ‖h‖",
         ("tests/test_batch_targets.py", "-k", "romes_delta and tiny-gpt2 and public"),
     ),
+    Mutant(
+        "batch_targets_progress_stalls_on_early_stop",
+        "batched targets",
+        "rome_fast/edit/batch_targets.py",
+        "bar.update((group + 1) * steps_each - bar.n)",
+        "bar.update(0)",
+        "a group whose facts stop early leaves the progress bar short of its total",
+        ("tests/test_batch_targets.py", "-k", "progress_bar"),
+    ),
     # ---------------------------------------------------------------- batched editor
     Mutant(
         "batch_revert_leaves_a_layer",

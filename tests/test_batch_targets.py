@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -312,3 +312,49 @@ def test_the_yardstick_computes_the_same_targets() -> None:
     naive = naive_targets(loaded, LAYER, REQUESTS[:2], TEMPLATES, opts)
     batch = compute_batch_targets(loaded, LAYER, REQUESTS[:2], TEMPLATES, opts)
     assert_same_facts(batch, naive)  # type: ignore[arg-type]  # NaiveTargets: the same fields
+
+
+class RecordingBar:
+    """A stand-in for tqdm that records its total and every update."""
+
+    made: ClassVar[list[RecordingBar]] = []
+
+    def __init__(self, *, total: int, **_: object) -> None:
+        self.total, self.n = total, 0
+        self.updates: list[int] = []
+        RecordingBar.made.append(self)
+
+    def __enter__(self) -> RecordingBar:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        self.updates.append(n)
+        self.n += n
+
+
+def test_the_progress_bar_ticks_each_iteration_and_ends_full(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bar ticks once per iteration run (every fact stopping by the third iteration, one
+    batch), then the group's skipped iterations complete it."""
+    family = "tiny-llama"
+    monkeypatch.setattr(batch_targets, "GROUP_COST_CELLS", BATCHING["one batch"])
+    monkeypatch.setattr(batch_targets, "tqdm", RecordingBar)
+    RecordingBar.made.clear()
+    loaded = tiny_model(family)
+    never = compute_batch_targets(
+        loaded, LAYER, REQUESTS, TEMPLATES, options(family, v_weight_decay=0.0)
+    )
+    threshold = 1.5 * max(trace[2] for trace in never.loss_traces)
+    opts = options(family, v_weight_decay=0.0, v_early_stop_loss=threshold)
+    stopped = compute_batch_targets(loaded, LAYER, REQUESTS, TEMPLATES, opts)
+    full, early = RecordingBar.made
+    assert full.updates == [1] * STEPS + [0]
+    assert full.n == full.total == STEPS
+    iterations = max(len(trace) for trace in stopped.loss_traces)
+    assert iterations <= 3, stopped.loss_traces
+    assert early.updates == [1] * iterations + [STEPS - iterations]
+    assert early.n == early.total

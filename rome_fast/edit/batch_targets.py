@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from rome_fast.edit.request import EditRequest
 from rome_fast.edit.value import FactsResult, optimize_facts
@@ -82,12 +83,27 @@ def compute_batch_targets(
     widths = suffix_widths(vb).tolist()
     groups = width_groups(widths, vb.rows_per_fact, GROUP_COST_CELLS, MAX_GROUP_CELLS)
     found: list[FactsResult] = []
-    with onednn_linears(loaded.model):
-        for facts in groups:
+    steps_each = options.num_grad_steps
+    # Minutes per batch on a real model: a bar over every group's iterations, shown on a
+    # terminal only; a group that stops early skips its remaining iterations on the bar.
+    with (
+        onednn_linears(loaded.model),
+        tqdm(
+            total=len(groups) * steps_each,
+            desc=f"targets of {len(requests)} facts",
+            unit="it",
+            leave=False,
+            disable=None,
+        ) as bar,
+    ):
+        for group, facts in enumerate(groups):
             aligned = align_value_batch(
                 select_facts(vb, torch.tensor(facts)), pad_id(loaded.tokenizer)
             )
-            found.append(optimize_facts(loaded, site, aligned, options, scale_by="block"))
+            found.append(
+                optimize_facts(loaded, site, aligned, options, "block", on_iteration=bar.update)
+            )
+            bar.update((group + 1) * steps_each - bar.n)
     # back to the requests' order: fact i is the back[i]-th of the groups' concatenation
     back = torch.tensor([fact for facts in groups for fact in facts]).argsort().tolist()
     hidden = torch.cat([f.block_init for f in found])[back].mT  # (d, n)

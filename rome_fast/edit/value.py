@@ -53,7 +53,7 @@ CPU kernel (``rome_fast.model.linear``). The layout makes padding irrelevant her
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -428,10 +428,12 @@ def optimize_facts(
     vb: ValueBatch,
     options: VStarOptions,
     scale_by: ScaleBy,
+    on_iteration: Callable[[], object] | None = None,
 ) -> FactsResult:
     """One optimization of every fact's δ (a row of δ (n, d)) on the aligned batch ``vb``:
     the loss is the sum of the facts' losses, each fact stops on its own loss (its δ frozen
-    exactly from then on) and is clamped to its own ball."""
+    exactly from then on) and is clamped to its own ball. ``on_iteration`` is called after
+    each iteration's forward pass (a progress bar's tick)."""
     model = loaded.model
     device = loaded.device
     mlps = [loaded.adapter.mlp(model, i) for i in range(loaded.adapter.n_layers(model))]
@@ -479,6 +481,8 @@ def optimize_facts(
             for fact, step in zip(active.facts.tolist(), loss_steps(terms, own), strict=True):
                 records[fact].append(step)
                 running[fact] = not (step["total"] < options.early_stop_loss or last)
+            if on_iteration is not None:
+                on_iteration()
             if not bool(running.any()):
                 break
             optimizer.zero_grad()
