@@ -1256,6 +1256,16 @@ MUTANTS: tuple[Mutant, ...] = (
         (BATCH_EDITOR, "-k", "remembers_earlier"),
     ),
     Mutant(
+        "alphaedit_earlier_batches_ignored",
+        "batched editor",
+        "rome_fast/edit/batch_edit.py",
+        "for result in (*self._earlier, *log):",
+        "for result in log:",
+        "Editor(earlier_batches=...) is dropped: AlphaEdit's Kₚ holds the editor's own log only "
+        "(the conformance floor of a sequential batch then holds the missing Kₚ)",
+        (BATCH_EDITOR, "-k", "another_editor"),
+    ),
+    Mutant(
         "fact_residual_at_the_wrong_key",
         "batched editor",
         "rome_fast/edit/batch_edit.py",
@@ -1740,11 +1750,21 @@ MUTANTS: tuple[Mutant, ...] = (
         "batch_trace_compares_the_rewrite_with_itself",
         "batched conformance",
         "rome_fast/conform/batch_run.py",
-        "abs(again[layer] - first[layer])",
-        "abs(again[layer] - again[layer])",
-        "no_trace compares the first batch written again with itself: a key cache kept past a "
+        'found.append(no_trace(_max_layer_diff(again, first), ""))',
+        'found.append(no_trace(_max_layer_diff(again, again), ""))',
+        "no_trace compares each batch written again with itself: a key cache kept past a "
         "revert passes",
         (BATCH_CONFORM, "-k", "trace and kp-by-fact"),
+    ),
+    Mutant(
+        "batch_trace_of_the_first_batch_only",
+        "batched conformance",
+        "rome_fast/conform/batch_run.py",
+        "        for inputs, first in written:\n",
+        "        for inputs, first in written[:1]:\n",
+        "no_trace writes only the first batch again after the run (as before issue 23): a state "
+        "that bends only later batches (a fact cache read over another batch) passes",
+        (BATCH_CONFORM, "-k", "later_batches"),
     ),
     Mutant(
         "batch_unwind_revert_failure_ignored",

@@ -27,11 +27,18 @@ from tests.batch_conform_editors import (
     PLANTED,
     ForgetsKp,
     KpByFact,
+    KpByFactPastFirst,
     LeakyKp,
     PlainMemit,
     plain_memit,
 )
-from tests.batch_conform_setup import LAYERS, TWO_BATCHES, conform_batches, failed
+from tests.batch_conform_setup import (
+    LAYERS,
+    THREE_BATCHES,
+    TWO_BATCHES,
+    conform_batches,
+    failed,
+)
 from tests.test_conform_cli import run_pytest_entry
 
 FAST = ["--model", "random:tiny-gpt2", "--steps", "3", "--stats-samples", "8"]
@@ -94,6 +101,17 @@ def test_an_undone_batch_that_leaves_a_trace_fails_no_trace(make: type, only: bo
     json.dumps(report.to_json(), allow_nan=False)
 
 
+def test_a_trace_that_bends_only_later_batches_fails_no_trace_from_the_second_on() -> None:
+    """``kp-by-fact-past-first`` (the fact cache read only over another batch) in a sequence of
+    three: the first batch written again after the run is clean, so a ``no_trace`` of the first
+    batch alone passes it; the sequence written again finds the third batch's keys in the
+    second's Kₚ (and the third then stands on another second batch)."""
+    report = conform_batches(KpByFactPastFirst("k_prompt"), method=ALPHAEDIT, batches=THREE_BATCHES)
+    traces = [{m.name: m for m in c.properties}["no_trace"] for c in report.cases]
+    assert [t.passed for t in traces] == [True, False, False], str(report)
+    assert failed(report) == {"no_trace"}, str(report)
+
+
 def test_a_key_choice_other_than_expected_fails_its_residual() -> None:
     report = conform_batches(OurBatchEditor("k_star"), expect="memit")
     assert not report.ok
@@ -115,11 +133,9 @@ def test_stale_weights_need_a_sequence_to_be_seen() -> None:
     the second batch is written over the first."""
     apart = conform_batches(PLANTED["stale-w0"][0](), expect="memit", sequential=False)
     assert apart.ok, str(apart)
-    # no_trace: once per run, on the first batch
-    names = [[m.name for m in c.properties] for c in apart.cases]
-    assert "no_trace" in names[0]
-    assert all("no_trace" not in n for n in names[1:])
-    assert apart.to_json()["properties"]["no_trace"]["passed"] is True
+    # no_trace: every batch written again alone on the original weights, each as it was first
+    traces = [{m.name: m for m in c.properties}["no_trace"] for c in apart.cases]
+    assert [(t.passed, t.value) for t in traces] == [(True, 0.0)] * len(TWO_BATCHES)
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,11 @@ our float64 reference of the same batch per key choice (``batch_reference``).
 * ``matches_reference``: ``‖ΔW_l − ΔW_l^ref‖_F / ‖ΔW_l^ref‖_F``, the worst layer, at the
   expected (else the identified) key choice: the method, its weights and the layer schedule;
 * ``order_invariant``: the batch in reverse order against the batch, the worst layer;
-* ``no_trace`` (once per run, on the first batch): that batch written again on the original
-  weights after every other batch of the run was written and undone must write the ΔW it wrote
-  first, bit for bit: an undone edit leaves nothing in any state the editor keeps (AlphaEdit's
-  key cache, a memoized C or W0, module globals).
+* ``no_trace`` (each batch, at the end of the run): every batch written again after every
+  write of the run was undone (a sequential run's batches one after the other again, as the
+  first time; else each on the original weights) must write the ΔW it wrote first, bit for
+  bit: an undone edit leaves nothing in any state the editor keeps (AlphaEdit's key cache, a
+  memoized C or W0, module globals), whichever batch that state would bend.
 
 Each numeric bound is ``MARGIN`` × the value a correct float32 editor reaches on the same batch
 (``batch_floors``); the exact properties (only the edited layers changed, revert, determinism,
@@ -240,16 +241,16 @@ def _exact_pair(obs: BatchObservation) -> list[Measured]:
     ]
 
 
-NO_TRACE = "max |ΔW_B' − ΔW_B| of the first batch again, every other write of the run undone"
+NO_TRACE = "max |ΔW_B' − ΔW_B| of the batch written again, every write of the run undone"
 
 
 def no_trace(diff: float | None, absent: str) -> Measured:
-    """The first batch written again at the end of the run (``diff``: max |ΔW_B' − ΔW_B| over
-    the edited layers; None: not measured, ``absent`` says why)."""
+    """A batch written again at the end of the run (``diff``: max |ΔW_B' − ΔW_B| over the
+    edited layers; None: not measured, ``absent`` says why)."""
     return exact("no_trace", diff, absent, NO_TRACE)
 
 
 def trace_failed(failure: str) -> Measured:
-    """The first batch, written at the start, failed when written again at the end."""
-    detail = f"the first batch written again at the end of the run failed: {failure}"
+    """A batch that completed in the run failed when written again at the end."""
+    detail = f"the batch written again at the end of the run failed: {failure}"
     return Measured("no_trace", False, float("inf"), detail, 0.0, 0.0)
