@@ -1737,6 +1737,17 @@ MUTANTS: tuple[Mutant, ...] = (
         (BATCH_CONFORM, "-k", "each_method and alphaedit"),
     ),
     Mutant(
+        "batch_reference_kp_not_recorded",
+        "batched conformance",
+        "rome_fast/conform/batch_reference.py",
+        "return Reference(dict(zip(layers, deltas, strict=True)), read, K_p)",
+        "return Reference(dict(zip(layers, deltas, strict=True)), read, {})",
+        "the reference keeps no record of the Kₚ it solved with: preserves_earlier is never "
+        "measured, and an AlphaEdit that keeps half of the earlier keys reads 10-15× on the "
+        "whole ΔW alone",
+        (BATCH_CONFORM, "-k", "half_of_the_earlier"),
+    ),
+    Mutant(
         "batch_floor_alphaedit_without_kp",
         "batched conformance",
         "rome_fast/conform/batch_floors.py",
