@@ -1778,6 +1778,16 @@ MUTANTS: tuple[Mutant, ...] = (
         (BATCH_CONFORM, "-k", "later_batches"),
     ),
     Mutant(
+        "batch_replay_goes_on_after_a_failure",
+        "batched conformance",
+        "rome_fast/conform/batch_run.py",
+        "                found.append(trace_failed(failure))\n                break",
+        "                found.append(trace_failed(failure))\n                continue",
+        "a batch that fails when written again after the run does not end the replay: the next "
+        "is written over weights the sequence never had and judged there",
+        (BATCH_CONFORM, "-k", "written_again"),
+    ),
+    Mutant(
         "batch_unwind_revert_failure_ignored",
         "batched conformance",
         "rome_fast/conform/batch_run.py",

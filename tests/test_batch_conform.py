@@ -5,6 +5,7 @@ the floor, each planted bug fails the property that targets it, editor failures 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -183,6 +184,27 @@ def test_a_revert_that_fails_while_a_sequence_unwinds_fails_its_batch() -> None:
     assert second["edit_completed"], str(report)
     assert second["revert_exact"], str(report)
     assert "nothing to revert" in json.dumps(report.to_json(), allow_nan=False)
+
+
+def test_an_editor_that_fails_when_written_again_fails_no_trace_and_ends_the_replay() -> None:
+    """Two batches kept in sequence take six writes (each batch, reversed, again); the seventh,
+    the first batch written again after the run, raises: its ``no_trace`` fails naming the
+    error, the second is not measured (it would stand on other weights), the model leaves as
+    it came (``conform_batches`` checks)."""
+    writes = itertools.count(1)
+
+    def fails_from_the_seventh(inputs: BatchInputs) -> None:
+        if next(writes) >= 7:
+            raise RuntimeError("planted failure on the seventh write")
+        PlainMemit().edit(inputs)
+
+    report = conform_batches(CallableBatchEditor(fails_from_the_seventh, "seventh"))
+    first, second = ({m.name: m for m in c.properties}["no_trace"] for c in report.cases)
+    assert first.passed is False, str(report)
+    assert "planted failure on the seventh write" in first.detail
+    assert second.passed is None, str(report)
+    assert "earlier batch failed when written again" in second.detail
+    assert failed(report) == {"no_trace"}, str(report)
 
 
 def test_a_hung_editor_is_a_failed_property_and_ends_the_run() -> None:

@@ -286,7 +286,11 @@ class BatchSession:
         return undone[::-1]
 
     def replay(
-        self, written: list[tuple[BatchInputs, dict[int, F64]]], *, keep: bool
+        self,
+        model: torch.nn.Module,
+        written: list[tuple[BatchInputs, dict[int, F64]]],
+        *,
+        keep: bool,
     ) -> list[Measured]:
         """``no_trace`` of each batch of ``written`` (its inputs and the ΔW it wrote first),
         written again from the weights as they are (the original ones, every write undone):
@@ -296,7 +300,6 @@ class BatchSession:
         found: list[Measured] = []
         kept: list[dict[str, Tensor]] = []  # weights before each batch kept applied
         for inputs, first in written:
-            model = inputs.loaded.model
             before = parameters_of(model)
             W0 = layer_weights(inputs.loaded, inputs.method.layers)
             try:
@@ -313,7 +316,7 @@ class BatchSession:
             if not keep:
                 self.undo(kept.pop(), model)
         while kept:
-            self.undo(kept.pop(), written[0][0].loaded.model)
+            self.undo(kept.pop(), model)
         return _padded(found, len(written))
 
 
@@ -401,7 +404,9 @@ def run_batch_conformance(
                 )
             firsts = [observations[i] for i in completed]
             written = [(inputs_of(batch), obs.deltas) for batch, obs in firsts]
-            traces = dict(zip(completed, session.replay(written, keep=keep), strict=True))
+            traces = dict(
+                zip(completed, session.replay(loaded.model, written, keep=keep), strict=True)
+            )
     absent = "not measured: " + ("the run stopped" if stopped else "the batch did not complete")
     cases = []
     for i, (batch, obs) in enumerate(observations):
