@@ -3,16 +3,18 @@ write (``--editor tests.batch_conform_editors:NAME --batch N``): ``plain_memit``
 written plainly here (the closed form ``ΔW = R Kᵀ (λC + KKᵀ)⁻¹`` by a dense float64 solve, the
 schedule as a loop; only the keys and the targets' optimization are the package's steps), and
 planted bugs, each that editor with one thing wrong; and AlphaEdit's memory of earlier edits
-(Kₚ) gone wrong around our editor: never kept (``forgets_kp``), kept past a revert in a
-module-level editor (``leaky_kp``), or kept per fact in a module-level cache (``kp_by_fact``)."""
+(Kₚ) gone wrong around our editor: never kept (``forgets_kp``), kept in part (``PartialKp``),
+kept past a revert in a module-level editor (``leaky_kp``), or kept per fact in a module-level
+cache (``kp_by_fact``; read only over another batch, ``kp_by_fact_past_first``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -181,6 +183,31 @@ class ForgetsKp(OurBatchEditor):
         self._applied.append((editor, result))
 
 
+@dataclass
+class PartialKp(OurBatchEditor):
+    """Ours with AlphaEdit's Kₚ holding part of the batches applied before: every other key of
+    each (``part="half"``), or the latest batch's alone (``part="latest"``)."""
+
+    part: Literal["half", "latest"] = "half"
+
+    @property
+    def name(self) -> str:
+        return f"partial-kp[{self.part}]"
+
+    def edit(self, inputs: BatchInputs) -> None:
+        applied = [result for _, result in self._applied]
+        earlier = (
+            applied[-1:]
+            if self.part == "latest"
+            else [dataclasses.replace(r, keys=tuple(K[:, ::2] for K in r.keys)) for r in applied]
+        )
+        editor = our_batch_editor_for(inputs, earlier)
+        result = editor.edit_batch(
+            inputs.requests, inputs.method_name, keys=self.keys, method_hparams=inputs.method
+        )
+        self._applied.append((editor, result))
+
+
 # one editor per model for the life of the process (a module-level cache, as AlphaEdit_main.py's
 # cache_c): its log, and so its Kₚ, keeps every batch it wrote
 _EDITORS: weakref.WeakKeyDictionary[nn.Module, OurBatchEditor] = weakref.WeakKeyDictionary()
@@ -228,20 +255,42 @@ class KpByFact(OurBatchEditor):
     def edit(self, inputs: BatchInputs) -> None:
         cache = _FACT_KEYS.setdefault(inputs.loaded.model, {})
         facts = [r.case_id if r.case_id is not None else r.subject for r in inputs.requests]
-        columns: dict[int, tuple[BatchResult, list[int]]] = {}
-        for fact, (written, column) in cache.items():
-            if fact not in facts:
-                columns.setdefault(id(written), (written, []))[1].append(column)
-        earlier = [
-            dataclasses.replace(written, keys=tuple(K[:, cols] for K in written.keys))
-            for written, cols in columns.values()
-        ]
-        editor = our_batch_editor_for(inputs, earlier)
+        editor = our_batch_editor_for(inputs, self._earlier(cache, facts))
         result = editor.edit_batch(
             inputs.requests, inputs.method_name, keys=self.keys, method_hparams=inputs.method
         )
         cache.update({fact: (result, i) for i, fact in enumerate(facts)})
         self._applied.append((editor, result))
+
+    def _earlier(
+        self, cache: dict[object, tuple[BatchResult, int]], facts: Sequence[object]
+    ) -> list[BatchResult]:
+        """Every cached fact but ``facts``, as the batches it was written in (its columns)."""
+        columns: dict[int, tuple[BatchResult, list[int]]] = {}
+        for fact, (written, column) in cache.items():
+            if fact not in facts:
+                columns.setdefault(id(written), (written, []))[1].append(column)
+        return [
+            dataclasses.replace(written, keys=tuple(K[:, cols] for K in written.keys))
+            for written, cols in columns.values()
+        ]
+
+
+@dataclass
+class KpByFactPastFirst(KpByFact):
+    """``kp-by-fact`` for a batch written over another only: a first batch (none applied) is
+    solved as a first edit, as it must be, so it is written again clean after any run; a later
+    batch reads the cache and, written again after the run, finds there the facts of a batch
+    written after it and undone: the trace bends the second batch of a sequence of three on."""
+
+    @property
+    def name(self) -> str:
+        return "kp-by-fact-past-first"
+
+    def _earlier(
+        self, cache: dict[object, tuple[BatchResult, int]], facts: Sequence[object]
+    ) -> list[BatchResult]:
+        return super()._earlier(cache, facts) if self._applied else []
 
 
 # for `rome conform --editor tests.batch_conform_editors:leaky --method alphaedit`

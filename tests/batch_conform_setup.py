@@ -18,6 +18,7 @@ LAYERS = (0, 1)
 # the public 15000, ΔW is ~1e-4 of W and the float32 write's rounding hides a bf16 update
 MEMIT = MemitHParams(layers=LAYERS, mom2_update_weight=100.0)
 TWO_BATCHES = [list(CASES[:3]), list(CASES[3:6])]
+THREE_BATCHES = [list(CASES[i : i + 2]) for i in (0, 2, 4)]  # a trace bending a later batch
 
 
 def conform_batches(

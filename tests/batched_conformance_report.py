@@ -11,7 +11,7 @@ import math
 import sys
 from collections.abc import Callable
 
-from rome_fast.conform.batch_properties import MARGIN, NUMERIC
+from rome_fast.conform.batch_properties import MARGIN, NUMERIC, PRESERVES
 from rome_fast.conform.batch_protocol import (
     BatchEditorUnderTest,
     OurBatchEditor,
@@ -20,13 +20,23 @@ from rome_fast.conform.batch_protocol import (
 from rome_fast.conform.batch_run import BatchReport
 from rome_fast.conform.properties import Measured
 from rome_fast.conform.public_memit import MemitInputs, PublicMemit
+from rome_fast.edit.request import EditRequest
 from tests.anchors import checkout
-from tests.batch_conform_editors import PLANTED, ForgetsKp, KpByFact, LeakyKp, plain_memit
-from tests.batch_conform_setup import conform_batches
+from tests.batch_conform_editors import (
+    PLANTED,
+    ForgetsKp,
+    KpByFact,
+    KpByFactPastFirst,
+    LeakyKp,
+    PartialKp,
+    plain_memit,
+)
+from tests.batch_conform_setup import THREE_BATCHES, TWO_BATCHES, conform_batches
 from tests.test_batch_conform import ALPHAEDIT
 
 FAMILIES = ("tiny-gpt2", "tiny-llama")
 Factory = Callable[[], BatchEditorUnderTest]
+COLUMNS = tuple(n for n in NUMERIC if n != PRESERVES)  # MEMIT keeps no Kₚ
 
 
 def controls(family: str) -> dict[str, Factory]:
@@ -59,19 +69,19 @@ def rows(family: str) -> tuple[list[str], list[float], list[float]]:
         props = report.properties()
         if caught is None:
             correct += [
-                props[n]["value"] / props[n]["floor"] for n in NUMERIC if props[n]["passed"]
+                props[n]["value"] / props[n]["floor"] for n in COLUMNS if props[n]["passed"]
             ]
         else:
             planted.append(props[caught]["value"] / props[caught]["floor"])
-        cells = " | ".join(_cell(report, n) for n in NUMERIC)
+        cells = " | ".join(_cell(report, n) for n in COLUMNS)
         verdict = ("ok" if report.ok else "FAILS") + f" ({report.verdict})"
         lines.append(f"| {family} | {name} | {verdict} | {cells} |")
     return lines, correct, planted
 
 
 def table() -> str:
-    head = "| family | editor | verdict | " + " | ".join(NUMERIC) + " |"
-    lines, correct, planted = [head, "|" + "---|" * (len(NUMERIC) + 3)], [], []
+    head = "| family | editor | verdict | " + " | ".join(COLUMNS) + " |"
+    lines, correct, planted = [head, "|" + "---|" * (len(COLUMNS) + 3)], [], []
     for family in FAMILIES:
         found = rows(family)
         lines += found[0]
@@ -86,8 +96,8 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def alphaedit_editors() -> dict[str, tuple[Factory, bool]]:
-    """AlphaEdit editors in sequence: (factory, correct)."""
+def alphaedit_editors() -> dict[str, tuple[Factory, list[list[EditRequest]]]]:
+    """AlphaEdit editors in sequence: (factory, the batches)."""
     from rome_fast.conform.easyedit_batched import EasyEditBatched, EasyEditInputs
 
     def easyedit(isolate: bool) -> Factory:
@@ -96,23 +106,37 @@ def alphaedit_editors() -> dict[str, tuple[Factory, bool]]:
             EasyEditInputs,
         )
 
+    two, three = TWO_BATCHES, THREE_BATCHES
     return {
-        "rome-verify[k_prompt]": (lambda: OurBatchEditor("k_prompt"), True),
-        "easyedit-alphaedit": (easyedit(True), True),
-        "forgets-kp": (lambda: ForgetsKp("k_prompt"), False),
-        "leaky-kp": (LeakyKp, False),
-        "kp-by-fact": (lambda: KpByFact("k_prompt"), False),
-        "easyedit-alphaedit, isolate_state=False": (easyedit(False), False),
+        "rome-verify[k_prompt]": (lambda: OurBatchEditor("k_prompt"), two),
+        "easyedit-alphaedit": (easyedit(True), two),
+        "forgets-kp": (lambda: ForgetsKp("k_prompt"), two),
+        "partial-kp[half]": (lambda: PartialKp("k_prompt", part="half"), two),
+        "rome-verify[k_prompt], three batches": (lambda: OurBatchEditor("k_prompt"), three),
+        "partial-kp[half], three batches": (lambda: PartialKp("k_prompt", part="half"), three),
+        "partial-kp[latest], three batches": (lambda: PartialKp("k_prompt", part="latest"), three),
+        "leaky-kp": (LeakyKp, two),
+        "kp-by-fact": (lambda: KpByFact("k_prompt"), two),
+        "kp-by-fact-past-first, three batches": (lambda: KpByFactPastFirst("k_prompt"), three),
+        "easyedit-alphaedit, isolate_state=False": (easyedit(False), two),
     }
 
 
-ALPHAEDIT_COLUMNS = ("residual_memit", "residual_k_prompt", "matches_reference", "order_invariant")
+ALPHAEDIT_COLUMNS = (
+    "residual_memit",
+    "residual_k_prompt",
+    "matches_reference",
+    PRESERVES,
+    "order_invariant",
+)
 EXACT = ("deterministic", "no_trace")
 
 
 def _case_cell(props: dict[str, Measured], name: str) -> str:
     m = props[name]
     mark = {True: "", False: " **F**", None: " (info)"}[m.passed]
+    if math.isnan(m.value):
+        return "—"
     if math.isnan(m.floor) or m.floor == 0:
         return f"{m.value:.2g}{mark}"
     return f"{m.value:.2g} ({m.value / m.floor:.2g}×){mark}"
@@ -124,8 +148,8 @@ def alphaedit_table() -> str:
     head = "| family | editor | verdict | batch | " + " | ".join(columns) + " |"
     lines = [head, "|" + "---|" * (len(columns) + 4)]
     for family in FAMILIES:
-        for name, (make, _) in alphaedit_editors().items():
-            report = conform_batches(make(), family, ALPHAEDIT)
+        for name, (make, batches) in alphaedit_editors().items():
+            report = conform_batches(make(), family, ALPHAEDIT, batches=batches)
             verdict = ("ok" if report.ok else "FAILS") + f" ({report.verdict})"
             for i, case in enumerate(report.cases):
                 props = {m.name: m for m in case.properties}

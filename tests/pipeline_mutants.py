@@ -1265,6 +1265,16 @@ MUTANTS: tuple[Mutant, ...] = (
         (BATCH_EDITOR, "-k", "remembers_earlier"),
     ),
     Mutant(
+        "alphaedit_earlier_batches_ignored",
+        "batched editor",
+        "rome_fast/edit/batch_edit.py",
+        "for result in (*self._earlier, *log):",
+        "for result in log:",
+        "Editor(earlier_batches=...) is dropped: AlphaEdit's Kₚ holds the editor's own log only "
+        "(the conformance floor of a sequential batch then holds the missing Kₚ)",
+        (BATCH_EDITOR, "-k", "another_editor"),
+    ),
+    Mutant(
         "fact_residual_at_the_wrong_key",
         "batched editor",
         "rome_fast/edit/batch_edit.py",
@@ -1736,6 +1746,17 @@ MUTANTS: tuple[Mutant, ...] = (
         (BATCH_CONFORM, "-k", "each_method and alphaedit"),
     ),
     Mutant(
+        "batch_reference_kp_not_recorded",
+        "batched conformance",
+        "rome_fast/conform/batch_reference.py",
+        "return Reference(dict(zip(layers, deltas, strict=True)), read, K_p)",
+        "return Reference(dict(zip(layers, deltas, strict=True)), read, {})",
+        "the reference keeps no record of the Kₚ it solved with: preserves_earlier is never "
+        "measured, and an AlphaEdit that keeps half of the earlier keys reads 10-15× on the "
+        "whole ΔW alone",
+        (BATCH_CONFORM, "-k", "half_of_the_earlier"),
+    ),
+    Mutant(
         "batch_floor_alphaedit_without_kp",
         "batched conformance",
         "rome_fast/conform/batch_floors.py",
@@ -1749,11 +1770,31 @@ MUTANTS: tuple[Mutant, ...] = (
         "batch_trace_compares_the_rewrite_with_itself",
         "batched conformance",
         "rome_fast/conform/batch_run.py",
-        "abs(again[layer] - first[layer])",
-        "abs(again[layer] - again[layer])",
-        "no_trace compares the first batch written again with itself: a key cache kept past a "
+        'found.append(no_trace(_max_layer_diff(again, first), ""))',
+        'found.append(no_trace(_max_layer_diff(again, again), ""))',
+        "no_trace compares each batch written again with itself: a key cache kept past a "
         "revert passes",
         (BATCH_CONFORM, "-k", "trace and kp-by-fact"),
+    ),
+    Mutant(
+        "batch_trace_of_the_first_batch_only",
+        "batched conformance",
+        "rome_fast/conform/batch_run.py",
+        "        for inputs, first in written:\n",
+        "        for inputs, first in written[:1]:\n",
+        "no_trace writes only the first batch again after the run (as before issue 23): a state "
+        "that bends only later batches (a fact cache read over another batch) passes",
+        (BATCH_CONFORM, "-k", "later_batches"),
+    ),
+    Mutant(
+        "batch_replay_goes_on_after_a_failure",
+        "batched conformance",
+        "rome_fast/conform/batch_run.py",
+        "                found.append(trace_failed(failure))\n                break",
+        "                found.append(trace_failed(failure))\n                continue",
+        "a batch that fails when written again after the run does not end the replay: the next "
+        "is written over weights the sequence never had and judged there",
+        (BATCH_CONFORM, "-k", "written_again"),
     ),
     Mutant(
         "batch_unwind_revert_failure_ignored",

@@ -208,6 +208,31 @@ def test_alphaedit_remembers_earlier_batches_until_they_are_reverted() -> None:
     assert not any(torch.equal(a, b) for a, b in zip(first, kept, strict=True))
 
 
+def test_alphaedit_memory_starts_with_batches_another_editor_wrote() -> None:
+    """``Editor(earlier_batches=...)``: a second editor over the weights the first wrote solves
+    the next batch with the first's keys as Kₚ, bit for bit as the first would; they stay
+    after its own batch is reverted (they are not in its log, which holds its own edits)."""
+    loaded, first = batch_editor(stats=low_rank_spd)
+    earlier = first.edit_batch(FACTS[:8], "alphaedit", method_hparams=NULL_SPACE)
+    second = type(first)(
+        loaded,
+        hparams=first.hparams,
+        templates=TEMPLATES,
+        stats=low_rank_spd,
+        earlier_batches=[earlier],
+    )
+
+    def next_batch(editor: Editor) -> list[Tensor]:
+        result = editor.edit_batch(FACTS[8:], "alphaedit", method_hparams=NULL_SPACE)
+        editor.revert(result)
+        return [site.factors.right for site in result.update]
+
+    expected = next_batch(first)
+    for _ in range(2):  # the second time after its own revert
+        assert all(torch.equal(a, b) for a, b in zip(expected, next_batch(second), strict=True))
+    assert second.log == []
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_alphaedit_leaves_the_preserved_keys_outputs(family: str) -> None:
     """ΔW lies in C's null space: a key in C's dominant subspace keeps its output (measured

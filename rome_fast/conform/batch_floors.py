@@ -17,7 +17,9 @@ from torch import Tensor
 
 from rome_fast.conform.batch_properties import (
     NUMERIC,
+    PRESERVES,
     RESIDUALS,
+    earlier_misfit,
     key_residual,
     layer_misfit,
     rank_excess,
@@ -87,7 +89,9 @@ def measured_floors(
         seen["rank_per_layer"].append(rank_excess(deltas, len(requests)))
         seen[RESIDUALS[choice]].append(key_residual(deltas, refs[choice]))
         seen["matches_reference"].append(layer_misfit(deltas, refs[choice].deltas))
+        seen[PRESERVES].append(earlier_misfit(deltas, refs[choice]))
         if choice == KEY_CHOICES[-1]:
             backward, _ = our_deltas(inputs, choice, requests[::-1], before)
             seen["order_invariant"].append(order_difference(deltas, backward))
-    return {name: max(values) for name, values in seen.items()}, results
+    # fmax: NaN (no Kₚ, preserves_earlier not measured) leaves the floor at EPS32
+    return {name: float(np.fmax.reduce(values)) for name, values in seen.items()}, results

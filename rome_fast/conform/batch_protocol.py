@@ -24,7 +24,7 @@ from torch import Tensor
 
 from rome_fast.conform.protocol import CallableEditor, load_callable
 from rome_fast.edit.batch_keys import KeyChoice
-from rome_fast.edit.batch_result import Applied, BatchResult
+from rome_fast.edit.batch_result import BatchResult
 from rome_fast.edit.editor import Editor
 from rome_fast.edit.request import EditRequest
 from rome_fast.hparams.batched import Method, MethodHParams
@@ -141,20 +141,6 @@ def shaped_like_public(target: Any, inputs_type: type) -> BatchEditorUnderTest:
     return ShapedLikePublic(target, inputs_type)
 
 
-class _AfterEarlier(Editor):
-    """Our editor continuing a sequential run another editor wrote: AlphaEdit's Kₚ starts
-    with the keys of ``earlier`` (batches whose weights are not this editor's to revert)."""
-
-    def __init__(self, earlier: Sequence[BatchResult], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._earlier = list(earlier)
-
-    @property
-    def log(self) -> list[Applied]:
-        """The earlier batches, then this editor's own edits (what Kₚ is recalled from)."""
-        return [*self._earlier, *super().log]
-
-
 def our_batch_editor_for(inputs: BatchInputs, earlier: Sequence[BatchResult] = ()) -> Editor:
     """Our editor with exactly the harness's inputs (templates, C per layer, settings, seed);
     ``earlier``: AlphaEdit batches written before, whose keys its Kₚ starts with."""
@@ -163,14 +149,14 @@ def our_batch_editor_for(inputs: BatchInputs, earlier: Sequence[BatchResult] = (
     def per_layer(_: LoadedModel, layer: int) -> Tensor:
         return C[layer]
 
-    options: dict[str, Any] = {
-        "loaded": inputs.loaded,
-        "hparams": inputs.hparams.replace(layer=inputs.method.layers[-1]),
-        "seed": inputs.seed,
-        "stats": per_layer,
-        "templates": list(inputs.templates),
-    }
-    return _AfterEarlier(earlier, **options) if earlier else Editor(**options)
+    return Editor(
+        inputs.loaded,
+        hparams=inputs.hparams.replace(layer=inputs.method.layers[-1]),
+        seed=inputs.seed,
+        stats=per_layer,
+        templates=list(inputs.templates),
+        earlier_batches=earlier,
+    )
 
 
 @dataclass

@@ -38,11 +38,12 @@ LayerSolve = Callable[[F64, F64], F64]  # (K (d_in, n), R (d_out, n)) -> ΔW (d_
 
 @dataclass(frozen=True)
 class Reference:
-    """One key choice's schedule: per edited layer ΔW (d_out, d_in) and the keys K (d_in, n) it
-    wrote at there."""
+    """One key choice's schedule: per edited layer ΔW (d_out, d_in), the keys K (d_in, n) it
+    wrote at there and AlphaEdit's Kₚ (d_in, m) it was solved with there (none: a first edit)."""
 
     deltas: dict[int, F64]
     keys: dict[int, F64]
+    preserved: dict[int, F64]
 
     @property
     def last_keys(self) -> F64:
@@ -97,7 +98,7 @@ def _schedule(
         lambda: _f64(hidden_at_subjects(twin, layers[-1], inputs.requests)),
         Z,
     )
-    return Reference(dict(zip(layers, deltas, strict=True)), read)
+    return Reference(dict(zip(layers, deltas, strict=True)), read, K_p)
 
 
 def references(

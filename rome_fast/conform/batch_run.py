@@ -5,9 +5,10 @@ measured per batch (``batch_properties``), and a verdict naming the method and k
 Per batch: the reference and the floors on the weights as they are; the editor's edit (in a
 thread with a time limit, the model's state put back after it); its revert; the batch in
 reverse order (order invariance); the batch again (determinism), kept applied in a sequential
-run, else undone. A sequential run's batches are reverted in reverse order at the end. Then the
-first batch is written once more on the original weights (``no_trace``: every other write of
-the run undone, it must write what it wrote first) and undone.
+run, else undone. A sequential run's batches are reverted in reverse order at the end. Then
+every batch that completed is written once more (``no_trace``: every write of the run undone,
+each must write what it wrote first): a sequential run's kept one after the other again, as
+the first time, then reverted in reverse order; else each on the original weights and undone.
 
 AlphaEdit keeps the keys of earlier edits (Kₚ) itself: in a sequential run batch i is checked
 against the reference with Kₚ = the keys of batches 1..i−1 at each layer (each key choice's
@@ -255,7 +256,7 @@ class BatchSession:
             failure = failure or self.undo(before, model)[1]
         if failure is None:
             failure, again = self.rewrite(inputs, W0)
-            repeat_diff = max(float(abs(again[layer] - deltas[layer]).max()) for layer in deltas)
+            repeat_diff = _max_layer_diff(again, deltas)
             if keep and failure is None:
                 self.kept.append(before)
                 if self.remembers:
@@ -284,21 +285,50 @@ class BatchSession:
             undone.append(self.undo(self.kept.pop(), model))
         return undone[::-1]
 
-    def trace(self, inputs: BatchInputs, first: dict[int, F64]) -> Measured:
-        """``no_trace``: the batch written again on the weights as they are (the original
-        ones, every other write undone) against ``first``, its ΔW there; then undone."""
-        model = inputs.loaded.model
-        before = parameters_of(model)
-        W0 = layer_weights(inputs.loaded, inputs.method.layers)
-        try:
-            failure, again = self.rewrite(inputs, W0)
-        except EditorHung as hung:
-            put_back(model, before)
-            return trace_failed(str(hung))
-        self.undo(before, model)
-        if failure is not None:
-            return trace_failed(failure)
-        return no_trace(max(float(abs(again[layer] - first[layer]).max()) for layer in first), "")
+    def replay(
+        self,
+        model: torch.nn.Module,
+        written: list[tuple[BatchInputs, dict[int, F64]]],
+        *,
+        keep: bool,
+    ) -> list[Measured]:
+        """``no_trace`` of each batch of ``written`` (its inputs and the ΔW it wrote first),
+        written again from the weights as they are (the original ones, every write undone):
+        with ``keep`` each kept applied for the next, as in the sequence, and all reverted in
+        reverse order at the end; else each undone before the next. A failed or hung write
+        ends the replay (the batches after it are not measured)."""
+        found: list[Measured] = []
+        kept: list[dict[str, Tensor]] = []  # weights before each batch kept applied
+        for inputs, first in written:
+            before = parameters_of(model)
+            W0 = layer_weights(inputs.loaded, inputs.method.layers)
+            try:
+                failure, again = self.rewrite(inputs, W0)
+            except EditorHung as hung:  # not called again: the weights put back as they came
+                put_back(model, kept[0] if kept else before)
+                return _padded([*found, trace_failed(str(hung))], len(written))
+            if failure is not None:
+                put_back(model, before)
+                found.append(trace_failed(failure))
+                break
+            found.append(no_trace(_max_layer_diff(again, first), ""))
+            kept.append(before)
+            if not keep:
+                self.undo(kept.pop(), model)
+        while kept:
+            self.undo(kept.pop(), model)
+        return _padded(found, len(written))
+
+
+def _max_layer_diff(again: dict[int, F64], first: dict[int, F64]) -> float:
+    """max |ΔW' − ΔW| over the edited layers."""
+    return max(float(abs(again[layer] - first[layer]).max()) for layer in first)
+
+
+def _padded(found: list[Measured], n: int) -> list[Measured]:
+    """``found`` and, up to ``n``, the batches a failed replay did not reach."""
+    absent = no_trace(None, "not measured: an earlier batch failed when written again")
+    return found + [absent] * (n - len(found))
 
 
 def _reversed(inputs: BatchInputs) -> BatchInputs:
@@ -330,7 +360,8 @@ def run_batch_conformance(
     """Every batched property of ``editor`` on each batch. With ``sequential`` the batches stay
     applied one after the other, each checked against the reference on the weights as they are
     then (AlphaEdit's with the earlier batches' keys as Kₚ), and are reverted in reverse order
-    at the end. Then ``no_trace`` on the first batch. A hung editor ends the run; the model
+    at the end. Then ``no_trace`` of every completed batch (``BatchSession.replay``: the
+    sequence written again, else each batch alone). A hung editor ends the run; the model
     leaves as it came."""
     method = method_of(settings.method)
     keep = sequential
@@ -349,7 +380,7 @@ def run_batch_conformance(
             settings.seed,
         )
 
-    trace = no_trace(None, "not measured: the run stopped")
+    traces: dict[int, Measured] = {}  # per completed batch; the others not measured
     with restored(loaded.model):
         for batch in batches:
             inputs = inputs_of(batch)
@@ -360,7 +391,10 @@ def run_batch_conformance(
                 stopped = f"stopped at a batch starting with case {batch[0].case_id}: {hung}"
                 break
         if not stopped:
-            for i, (diff, failure) in enumerate(session.unwind(loaded.model)):
+            # in a sequential run the kept batches: each completed batch stays applied
+            completed = [i for i, (_, obs) in enumerate(observations) if obs.failure is None]
+            undone = session.unwind(loaded.model)
+            for i, (diff, failure) in zip(completed if keep else [], undone, strict=True):
                 batch, obs = observations[i]
                 worst = obs.revert_diff if diff is None else max(diff, obs.revert_diff or 0.0)
                 # a revert that fails while the sequence unwinds fails its batch, as in observe
@@ -368,13 +402,16 @@ def run_batch_conformance(
                     batch,
                     replace(obs, revert_diff=worst, failure=obs.failure or failure),
                 )
-            batch, first = observations[0]
-            if first.failure is None:
-                trace = session.trace(inputs_of(batch), first.deltas)
-            else:
-                trace = no_trace(None, "not measured: the first batch did not complete")
-    cases = [BatchCase(batch, *measure(obs, expect)) for batch, obs in observations]
-    cases[0] = replace(cases[0], properties=[*cases[0].properties, trace])
+            firsts = [observations[i] for i in completed]
+            written = [(inputs_of(batch), obs.deltas) for batch, obs in firsts]
+            traces = dict(
+                zip(completed, session.replay(loaded.model, written, keep=keep), strict=True)
+            )
+    absent = "not measured: " + ("the run stopped" if stopped else "the batch did not complete")
+    cases = []
+    for i, (batch, obs) in enumerate(observations):
+        key, found = measure(obs, expect)
+        cases.append(BatchCase(batch, key, [*found, traces.get(i, no_trace(None, absent))]))
     uncontrolled = list(editor.uncontrolled) + ([ALPHAEDIT_KP] if method == "alphaedit" else [])
     return BatchReport(
         editor=editor.name,

@@ -10,8 +10,10 @@ batch is refused naming its two facts by their requests. The result enters the e
 so ``revert``, ``restore``, ``save_log`` and ``replay_log`` treat it as any edit.
 
 AlphaEdit's memory of earlier edits (Kₚ, per layer: ``NullSpaceLayer.earlier``) holds the keys
-of the AlphaEdit batches in the editor's log: added after each such batch, rebuilt from the
-log (in log order, so bit-identical) when an edit leaves it (``BatchStatistics.recall``).
+of the AlphaEdit batches written before the editor (``Editor(earlier_batches=...)``: another
+editor's, not in this one's log), then of those in the editor's log: added after each such
+batch, rebuilt in that order (so bit-identical) when an edit leaves the log
+(``BatchStatistics.recall``).
 """
 
 from __future__ import annotations
@@ -70,11 +72,13 @@ class BatchTargetsLike(Protocol):
 class BatchStatistics:
     """One editor's per-layer matrices of the batched methods, each computed once from the
     editor's C of that layer (``Editor.covariance``): EMMET's factor of C' = λₘC + λᵤI, and
-    AlphaEdit's null space with its memory of the logged batches' keys."""
+    AlphaEdit's null space with its memory of the earlier batches' keys (``earlier``: those
+    written before the editor, then the logged ones)."""
 
-    def __init__(self) -> None:
+    def __init__(self, earlier: Sequence[BatchResult] = ()) -> None:
         self._emmet: dict[tuple[int, float, float], CovarianceFactor] = {}
         self._null: dict[tuple[int, float], NullSpaceLayer] = {}
+        self._earlier = tuple(earlier)
 
     def emmet(self, C: Callable[[], Tensor], layer: int, hp: EmmetHParams) -> CovarianceFactor:
         key = (layer, hp.mom2_update_weight, hp.update_norm_lambda)
@@ -92,10 +96,11 @@ class BatchStatistics:
         return self._null[key]
 
     def recall(self, log: Sequence[Applied]) -> None:
-        """Kₚ of every null space from the AlphaEdit batches in ``log``, in log order."""
+        """Kₚ of every null space from the earlier AlphaEdit batches, then those in ``log``,
+        in that order."""
         for layer in self._null.values():
             layer.earlier = None
-        for result in log:
+        for result in (*self._earlier, *log):
             if isinstance(result, BatchResult):
                 self.remember(result)
 

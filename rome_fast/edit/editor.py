@@ -82,6 +82,8 @@ class Editor:
     ``CovarianceFactor``, or a callable ``(loaded, layer) -> either``; by default
     ``rome_fast.stats.collect.layer_second_moment``. Its Cholesky factor is computed once per layer.
     ``templates`` replaces the generated context templates (they must include ``"{}"``).
+    ``earlier_batches``: AlphaEdit batches written before this editor by another one (their
+    weights not this editor's to revert, and not in its log): its Kₚ starts with their keys.
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class Editor:
         seed: int = 0,
         stats: Covariance | CovarianceProvider | None = None,
         templates: list[str] | None = None,
+        earlier_batches: Sequence[BatchResult] = (),
     ) -> None:
         if loaded.model.training:
             raise ValueError(
@@ -110,7 +113,7 @@ class Editor:
         self._log: list[Applied] = []
         # The latest edit and its pre-edit weights (module name -> stored copy).
         self._undo: tuple[Applied, dict[str, Tensor]] | None = None
-        self._batch_statistics = BatchStatistics()
+        self._batch_statistics = BatchStatistics(earlier_batches)
         self._written: dict[str, Fingerprint] = {}  # module name -> after our last write
 
     # -- inputs -----------------------------------------------------------------------------
