@@ -1541,6 +1541,15 @@ MUTANTS: tuple[Mutant, ...] = (
         (BATCH_EVAL_EDITOR, "-k", "failing_editor and nan"),
     ),
     Mutant(
+        "external_batch_editor_kept_after_restore",
+        "batched runs",
+        "rome_fast/conform/batch_external.py",
+        "        self._noted.clear()\n        self.editor = self.make()\n",
+        "        self._noted.clear()\n",
+        "single mode keeps one editor under test: AlphaEdit's Kₚ holds the undone batches' keys",
+        (BATCH_EVAL_EDITOR, "-k", "ours_under_test and alphaedit"),
+    ),
+    Mutant(
         "external_batch_identity_without_editor",
         "batched runs",
         "rome_fast/cli/eval.py",

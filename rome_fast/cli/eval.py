@@ -491,8 +491,11 @@ def _external_batch_runner(args: argparse.Namespace, cases: list[EvalCase]) -> R
     timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
     made = [first]
 
-    def writer() -> ExternalBatchEditor:  # a new editor under test per mode
-        return ExternalBatchEditor(made.pop() if made else under_test(), loaded, settings, timeout)
+    def next_under_test() -> BatchEditorUnderTest:  # the one made first, then new ones
+        return made.pop() if made else under_test()
+
+    def writer() -> ExternalBatchEditor:  # per mode; a new editor under test per single batch
+        return ExternalBatchEditor(next_under_test, loaded, settings, timeout)
 
     label = f"{args.method}-{run_label(first)}"
     runs = BatchRuns(args.method, method, args.facts_per_batch, external=writer, label=label)

@@ -11,13 +11,17 @@ is then refused with ValueError (its facts fail). A write outside the method's l
 undone (those weights are not copied): it stops the run (RuntimeError). A hung editor's thread
 may still be running: its later batches are refused without calling it, and a weight changed
 after a batch returned is found before the next batch and before a restore (RuntimeError).
+
+A restore (single mode, after each batch) also replaces the editor under test by a new one:
+what it remembers of the undone batches (AlphaEdit's keys of earlier batches, Kₚ) does not
+carry over into the next, as our ``Editor.restore`` empties its log.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,15 +68,20 @@ class ExternalBatchResult:
 
 @dataclass
 class ExternalBatchEditor:
-    """Writes batches through ``editor`` with ``settings`` on ``loaded`` (see the module)."""
+    """Writes batches through an editor under test from ``make`` (a new one after each
+    restore) with ``settings`` on ``loaded`` (see the module)."""
 
-    editor: BatchEditorUnderTest
+    make: Callable[[], BatchEditorUnderTest]
     loaded: LoadedModel
     settings: BatchSettings
     timeout: float | None = DEFAULT_TIMEOUT
+    editor: BatchEditorUnderTest = field(init=False)
     _originals: dict[str, Tensor] = field(default_factory=dict, repr=False)
     _noted: dict[str, Fingerprint] = field(default_factory=dict, repr=False)
     _hung: str | None = None
+
+    def __post_init__(self) -> None:
+        self.editor = self.make()
 
     @property
     def name(self) -> str:
@@ -155,13 +164,15 @@ class ExternalBatchEditor:
         return ExternalBatchResult(method, self.name, tuple(requests), tuple(sites), elapsed)
 
     def restore(self) -> None:
-        """Every weight a batch wrote back as it was before the first batch, bit for bit."""
+        """Every weight a batch wrote back as it was before the first batch, bit for bit, and
+        a new editor under test for the next batch (it remembers none of the undone ones)."""
         self._require_own("restore the weights")
         with torch.no_grad():
             for name, weight in self._originals.items():
                 stored_weight(self.loaded.model.get_submodule(name)).copy_(weight)
         self._originals.clear()
         self._noted.clear()
+        self.editor = self.make()
 
 
 def _bad_weights(
