@@ -1558,6 +1558,24 @@ MUTANTS: tuple[Mutant, ...] = (
         "a resume with another editor under test (another checkout) is taken for the same run",
         (BATCH_EVAL_EDITOR, "-k", "identity"),
     ),
+    Mutant(
+        "eval_editor_timeout_not_applied",
+        "conformance",
+        "rome_fast/cli/eval.py",
+        "under_test, loaded, hparams, C, templates, args.seed, editor_timeout(args)",
+        "under_test, loaded, hparams, C, templates, args.seed",
+        "rome eval --editor --timeout is checked but the single edits run under the default",
+        ("tests/test_conform_eval.py", "-k", "timeout and single"),
+    ),
+    Mutant(
+        "hung_edit_taken_as_done",
+        "conformance",
+        "rome_fast/conform/invoke.py",
+        "    except EditorHung:\n        raise\n",
+        "    except EditorHung:\n        return None\n",
+        "an edit that did not return in time is taken for one that wrote nothing: scored as done",
+        ("tests/test_conform_eval.py", "-k", "timeout and single"),
+    ),
     # ------------------------------------ EasyEdit's MEMIT, EMMET and AlphaEdit (easyedit_batched)
     Mutant(
         "easyedit_alphaedit_state_kept",
