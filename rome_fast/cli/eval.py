@@ -113,7 +113,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="K",
         type=int_at_least(0),
         default=0,
-        help="sequential runs: downstream checks before the first edit and every K edits (0: off)",
+        help="sequential runs: downstream checks before the first edit and every K edits "
+        "(with --method: every K batches) (0: off)",
     )
     parser.add_argument(
         "--glue-data",
