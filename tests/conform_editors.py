@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 
 import torch
 from torch import Tensor
@@ -152,6 +153,18 @@ def non_finite(inputs: ConformInputs) -> Tensor:
 def hangs(_inputs: ConformInputs) -> None:
     """Never returns (waits on an event nobody sets)."""
     threading.Event().wait()
+
+
+# Well over the --timeout the tests give it, so that it is late however busy the machine is.
+SLOW_SECONDS = 1.5
+slow_calls: list[str] = []  # the subject of each call of `slow` (tests read and clear it)
+
+
+def slow(inputs: ConformInputs) -> Tensor:
+    """A ΔW that changes every element of the weight, returned after ``SLOW_SECONDS``."""
+    slow_calls.append(inputs.request.subject)
+    time.sleep(SLOW_SECONDS)
+    return torch.full(tuple(inputs.site.weight.shape), 1e-3)
 
 
 def fails_on_second_case(inputs: ConformInputs) -> Tensor:

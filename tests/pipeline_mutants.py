@@ -1560,6 +1560,15 @@ MUTANTS: tuple[Mutant, ...] = (
         (BATCH_EVAL_EDITOR, "-k", "failing_editor and nan"),
     ),
     Mutant(
+        "external_batch_editor_kept_after_restore",
+        "batched runs",
+        "rome_fast/conform/batch_external.py",
+        "        self._noted.clear()\n        self.editor = self.make()\n",
+        "        self._noted.clear()\n",
+        "single mode keeps one editor under test: AlphaEdit's Kₚ holds the undone batches' keys",
+        (BATCH_EVAL_EDITOR, "-k", "ours_under_test and alphaedit"),
+    ),
+    Mutant(
         "external_batch_identity_without_editor",
         "batched runs",
         "rome_fast/cli/eval.py",
@@ -1567,6 +1576,24 @@ MUTANTS: tuple[Mutant, ...] = (
         "variants=(label,)",
         "a resume with another editor under test (another checkout) is taken for the same run",
         (BATCH_EVAL_EDITOR, "-k", "identity"),
+    ),
+    Mutant(
+        "eval_editor_timeout_not_applied",
+        "conformance",
+        "rome_fast/cli/eval.py",
+        "under_test, loaded, hparams, C, templates, args.seed, editor_timeout(args)",
+        "under_test, loaded, hparams, C, templates, args.seed",
+        "rome eval --editor --timeout is checked but the single edits run under the default",
+        ("tests/test_conform_eval.py", "-k", "timeout and single"),
+    ),
+    Mutant(
+        "hung_edit_taken_as_done",
+        "conformance",
+        "rome_fast/conform/invoke.py",
+        "    except EditorHung:\n        raise\n",
+        "    except EditorHung:\n        return None\n",
+        "an edit that did not return in time is taken for one that wrote nothing: scored as done",
+        ("tests/test_conform_eval.py", "-k", "timeout and single"),
     ),
     # ------------------------------------ EasyEdit's MEMIT, EMMET and AlphaEdit (easyedit_batched)
     Mutant(

@@ -66,7 +66,7 @@ def external_runner(
         method,
         hparams,
         SIZE,
-        external=lambda: ExternalBatchEditor(make(), loaded, settings, timeout),
+        external=lambda: ExternalBatchEditor(make, loaded, settings, timeout),
         label=method,  # the built-in run's file names, so that whole folders compare
     )
     cases = load_cases(DATA, limit=N_CASES)
@@ -93,12 +93,15 @@ def without_diagnostics(found: dict[str, Any]) -> tuple[dict[str, Any], list[flo
     return found, deltas
 
 
-@pytest.mark.parametrize("mode", ["single", "sequential"])
-def test_ours_under_test_gives_our_batched_records(mode: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("method", "mode"), [("memit", "single"), ("memit", "sequential"), ("alphaedit", "single")]
+)
+def test_ours_under_test_gives_our_batched_records(method: str, mode: str, tmp_path: Path) -> None:
     """The same computation through the protocol: every score, generation, collapse flag, GLUE
-    check and final score bit-identical; |Δ| to the floor of measuring it from the weights."""
-    batch_runner(tmp_path / "ours", "memit", mode).run()
-    external_runner(tmp_path / "under-test", "memit", mode).run()
+    check and final score bit-identical; |Δ| to the floor of measuring it from the weights.
+    AlphaEdit's: its memory of earlier batches (Kₚ) as ours has it, none in single mode."""
+    batch_runner(tmp_path / "ours", method, mode).run()
+    external_runner(tmp_path / "under-test", method, mode).run()
     ours, our_deltas = without_diagnostics(records(tmp_path / "ours"))
     theirs, their_deltas = without_diagnostics(records(tmp_path / "under-test"))
     assert first_difference(ours, theirs) is None
@@ -241,7 +244,8 @@ UNDER_TEST = ["--editor", "rome-verify", "--method", "memit", "--batch-size", "2
         ([*UNDER_TEST, "--workers", "2"], "--workers"),
         ([*UNDER_TEST, "--timeout", "0"], "--timeout"),
         (["--method", "memit", "--batch-size", "2", "--timeout", "5"], "--timeout"),
-        (["--editor", "rome-verify", "--timeout", "5"], "--timeout"),
+        (["--editor", "rome-verify", "--timeout", "-1"], "--timeout"),
+        (["--timeout", "5"], "--timeout"),
         ([*UNDER_TEST, "--editor-path", "."], "--editor-path"),
         (["--editor", "memit", "--method", "emmet", "--batch-size", "2"], "--method memit"),
     ],

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from rome_fast.cli.main import main
+from tests import conform_editors
 
 QUICK = [
     "--model",
@@ -67,3 +68,33 @@ def test_eval_editor_refuses_our_editors_options(
     code = main(["eval", "--editor", "rome-verify", *option, *QUICK, "--out", str(tmp_path)])
     assert code == 2
     assert named in capsys.readouterr().err
+
+
+# Under conform_editors.SLOW_SECONDS (1.5 s): the slow editor is late by 1.2 s.
+TIMEOUT = 0.3
+
+
+@pytest.mark.parametrize("mode", ["single", "sequential"])
+def test_eval_editor_timeout_fails_a_slow_edit_and_ends_the_editors_edits(
+    mode: str, tmp_path: Path
+) -> None:
+    """--timeout per edit: the late edit fails its case, on the model as it was (the runner
+    checks single mode's weights bit for bit; the stream's ‖W − W0‖ stays 0), and the editor,
+    whose thread cannot be killed, is not called again: the next case fails unrun."""
+    spec = "tests.conform_editors:slow"
+    conform_editors.slow_calls.clear()
+    argv = ["eval", "--editor", spec, *QUICK, "--limit", "2", "--modes", mode]
+    assert main([*argv, "--timeout", str(TIMEOUT), "--out", str(tmp_path)]) == 0
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / f"{mode}-{spec.replace(':', '.')}.jsonl").read_text().splitlines()
+    ]
+    assert f"did not return within {TIMEOUT:g} s" in rows[0]["error"]
+    assert "not run: an earlier edit hung" in rows[1]["error"]
+    assert conform_editors.slow_calls == [rows[0]["subject"]]
+    assert [r["post"] for r in rows] == [r["pre"] for r in rows]
+    assert all(r["diagnostics"] is None for r in rows)
+    if mode == "sequential":
+        assert [r["cumulative_norm"] for r in rows] == [0.0, 0.0]
+    summary = json.loads((tmp_path / "summary.json").read_text())["results"][mode]
+    assert summary[spec.replace(":", ".")]["failed"] == 2

@@ -83,8 +83,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         type=float,
         default=None,
-        help="with --editor and --method: per batch; a batch not written in time fails, and "
-        "the editor gets no later batch (default: 600)",
+        help="with --editor: per edit (with --method: per batch); an edit not done in time "
+        "fails its cases, and the editor gets no later one (default: 600)",
     )
     parser.add_argument(
         "--limit", metavar="N", type=int_at_least(1), default=100, help="cases to run"
@@ -113,7 +113,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="K",
         type=int_at_least(0),
         default=0,
-        help="sequential runs: downstream checks before the first edit and every K edits (0: off)",
+        help="sequential runs: downstream checks before the first edit and every K edits "
+        "(with --method: every K batches) (0: off)",
     )
     parser.add_argument(
         "--glue-data",
@@ -340,16 +341,21 @@ def check_batched_options(args: argparse.Namespace) -> None:
         )
 
 
-def check_batch_timeout(args: argparse.Namespace) -> None:
-    """``--timeout`` limits a batched editor under test's batches: refused without
-    ``--method`` or without ``--editor``, and positive."""
+def check_editor_timeout(args: argparse.Namespace) -> None:
+    """``--timeout`` limits an editor under test's edits (its batches with ``--method``):
+    refused without ``--editor``, and positive."""
     if args.timeout is None:
         return
-    if args.method is None:
-        raise ValueError("--timeout limits the batches of --editor with --method; drop it")
     if args.editor is None:
-        raise ValueError("--timeout limits an editor under test's batches: add --editor or drop it")
+        raise ValueError("--timeout limits an editor under test's edits: add --editor or drop it")
     check_timeout(args.timeout)
+
+
+def editor_timeout(args: argparse.Namespace) -> float:
+    """The time limit of each edit (or batch) of ``--editor``."""
+    from rome_fast.conform.timeouts import DEFAULT_TIMEOUT
+
+    return DEFAULT_TIMEOUT if args.timeout is None else float(args.timeout)
 
 
 def _run_locked(args: argparse.Namespace, cluster: Cluster | None) -> dict[str, Any]:
@@ -408,7 +414,7 @@ def run_eval(args: argparse.Namespace) -> int:
     # Every option is checked before the model loads and before anything is written.
     read_inputs(args)
     check_batched_options(args)
-    check_batch_timeout(args)
+    check_editor_timeout(args)
     cluster = cluster_from_args(args)  # a missing Ray is reported here
     if args.editor is None and args.method is None:
         check_variants(comma_list(args.variants))
@@ -455,7 +461,9 @@ def _external_runner(args: argparse.Namespace, cases: list[EvalCase]) -> Runner:
     loaded = load_from_args(args)
     hparams = hparams_for_model(args, loaded)
     C, templates = harness_inputs(args, loaded, hparams)
-    editor = ExternalEditor(under_test, loaded, hparams, C, templates, args.seed)
+    editor = ExternalEditor(
+        under_test, loaded, hparams, C, templates, args.seed, editor_timeout(args)
+    )
     config = config_from_args(args, loaded.name, hparams)
     config = dataclasses.replace(config, variants=(editor.label,))
     return Runner(loaded, editor, cases, config, args.out)
@@ -470,7 +478,6 @@ def _external_batch_runner(args: argparse.Namespace, cases: list[EvalCase]) -> R
     from rome_fast.conform.batch_external import ExternalBatchEditor
     from rome_fast.conform.batch_run import BatchSettings
     from rome_fast.conform.external import run_label
-    from rome_fast.conform.timeouts import DEFAULT_TIMEOUT
     from rome_fast.eval.batch_runs import BatchesOnly, BatchRuns
     from rome_fast.eval.runner import Runner
     from rome_fast.hparams.batched import method_hparams_at
@@ -488,11 +495,14 @@ def _external_batch_runner(args: argparse.Namespace, cases: list[EvalCase]) -> R
     settings = BatchSettings(
         hparams, method, C, context_templates(args, loaded, hparams), args.seed
     )
-    timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+    timeout = editor_timeout(args)
     made = [first]
 
-    def writer() -> ExternalBatchEditor:  # a new editor under test per mode
-        return ExternalBatchEditor(made.pop() if made else under_test(), loaded, settings, timeout)
+    def next_under_test() -> BatchEditorUnderTest:  # the one made first, then new ones
+        return made.pop() if made else under_test()
+
+    def writer() -> ExternalBatchEditor:  # per mode; a new editor under test per single batch
+        return ExternalBatchEditor(next_under_test, loaded, settings, timeout)
 
     label = f"{args.method}-{run_label(first)}"
     runs = BatchRuns(args.method, method, args.facts_per_batch, external=writer, label=label)

@@ -2,7 +2,7 @@
 batches with (``eval.protocols.BatchWriter``): each batch handed to the editor through the batch
 protocol (``batch_protocol.BatchInputs``) with the harness's inputs (``batch_run.BatchSettings``:
 templates, C per layer, the target optimization's settings, the method's hyperparameters, seed),
-as ``rome conform --batch`` hands them, in a thread with a time limit (``invoke.run_timed``).
+as ``rome conform --batch`` hands them, in a thread with a time limit (``invoke.TimeLimit``).
 
 Nothing is left half-applied. The edited layers' weights are copied before each batch and put
 back, and the model's flags, hooks and buffers reset (``state``), when the editor raises, hangs,
@@ -11,13 +11,17 @@ is then refused with ValueError (its facts fail). A write outside the method's l
 undone (those weights are not copied): it stops the run (RuntimeError). A hung editor's thread
 may still be running: its later batches are refused without calling it, and a weight changed
 after a batch returned is found before the next batch and before a restore (RuntimeError).
+
+A restore (single mode, after each batch) also replaces the editor under test by a new one:
+what it remembers of the undone batches (AlphaEdit's keys of earlier batches, Kₚ) does not
+carry over into the next, as our ``Editor.restore`` empties its log.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +30,7 @@ from torch import Tensor, nn
 
 from rome_fast.conform.batch_protocol import BatchEditorUnderTest, BatchInputs, method_of
 from rome_fast.conform.batch_run import BatchSettings
-from rome_fast.conform.invoke import EditorHung, describe_raise, run_timed, seconds
+from rome_fast.conform.invoke import EditorHung, TimeLimit, describe_raise, seconds
 from rome_fast.conform.state import reset, snapshot
 from rome_fast.conform.timeouts import DEFAULT_TIMEOUT
 from rome_fast.edit.ownership import Fingerprint, fingerprint, require_own, stored_weight
@@ -64,15 +68,21 @@ class ExternalBatchResult:
 
 @dataclass
 class ExternalBatchEditor:
-    """Writes batches through ``editor`` with ``settings`` on ``loaded`` (see the module)."""
+    """Writes batches through an editor under test from ``make`` (a new one after each
+    restore) with ``settings`` on ``loaded`` (see the module)."""
 
-    editor: BatchEditorUnderTest
+    make: Callable[[], BatchEditorUnderTest]
     loaded: LoadedModel
     settings: BatchSettings
     timeout: float | None = DEFAULT_TIMEOUT
+    editor: BatchEditorUnderTest = field(init=False)
     _originals: dict[str, Tensor] = field(default_factory=dict, repr=False)
     _noted: dict[str, Fingerprint] = field(default_factory=dict, repr=False)
-    _hung: str | None = None
+    _limit: TimeLimit = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.editor = self.make()
+        self._limit = TimeLimit(self.timeout, "batch")
 
     @property
     def name(self) -> str:
@@ -98,8 +108,6 @@ class ExternalBatchEditor:
     ) -> ExternalBatchResult:
         """Write the batch in place through the editor under test; on any failure the model
         is as it was and ValueError says what the editor did."""
-        if self._hung is not None:
-            raise ValueError(f"not run: an earlier batch hung ({self._hung})")
         if method_of(method_hparams) != method:
             raise ValueError(f"{method} given {type(method_hparams).__name__}")
         self._require_own("write the next batch")
@@ -121,9 +129,9 @@ class ExternalBatchEditor:
         start = time.perf_counter()
         failure = None
         try:
-            run_timed(lambda: self.editor.edit(inputs), f"editor {self.name}", self.timeout, hung)
+            self._limit.run(lambda: self.editor.edit(inputs), f"editor {self.name}", hung)
         except EditorHung as error:
-            failure = self._hung = str(error)
+            failure = str(error)
         except Exception as error:
             failure = describe_raise(self.name, error, where)
         elapsed = time.perf_counter() - start
@@ -155,13 +163,15 @@ class ExternalBatchEditor:
         return ExternalBatchResult(method, self.name, tuple(requests), tuple(sites), elapsed)
 
     def restore(self) -> None:
-        """Every weight a batch wrote back as it was before the first batch, bit for bit."""
+        """Every weight a batch wrote back as it was before the first batch, bit for bit, and
+        a new editor under test for the next batch (it remembers none of the undone ones)."""
         self._require_own("restore the weights")
         with torch.no_grad():
             for name, weight in self._originals.items():
                 stored_weight(self.loaded.model.get_submodule(name)).copy_(weight)
         self._originals.clear()
         self._noted.clear()
+        self.editor = self.make()
 
 
 def _bad_weights(

@@ -1,6 +1,13 @@
 """An editor under test behind the interface ``rome eval`` drives
 (``eval.protocols.EditorLike``), so CounterFact metrics, sequential collapse detection and
-gates run on it as on ours."""
+gates run on it as on ours.
+
+Each edit runs in a thread with a time limit (``invoke.TimeLimit``, ``rome eval --editor
+--timeout``). An edit that fails, raises or does not return in time leaves the edited weight
+as it was (ValueError: its case fails); after one that hung, whose thread cannot be killed,
+the editor gets no later edit (each refused the same way), as a hung batch ends the batches
+of ``batch_external``.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +17,9 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from rome_fast.conform.invoke import EditorFailed, edit_in_place
+from rome_fast.conform.invoke import EditorFailed, TimeLimit, edit_in_place
 from rome_fast.conform.protocol import ConformInputs, EditorUnderTest
+from rome_fast.conform.timeouts import DEFAULT_TIMEOUT
 from rome_fast.edit.request import EditRequest
 from rome_fast.hparams.defaults import HParams
 from rome_fast.model.loader import LoadedModel
@@ -55,7 +63,8 @@ class ExternalResult:
 
 @dataclass
 class ExternalEditor:
-    """Edits through ``editor`` with the harness's templates, C, hyperparameters and seed."""
+    """Edits through ``editor`` with the harness's templates, C, hyperparameters and seed,
+    ``timeout`` seconds each (None: no limit)."""
 
     editor: EditorUnderTest
     loaded: LoadedModel
@@ -63,11 +72,14 @@ class ExternalEditor:
     C: Tensor
     templates: list[str]
     seed: int = 0
+    timeout: float | None = DEFAULT_TIMEOUT
     _originals: dict[str, Tensor] = field(default_factory=dict, repr=False)
     site: EditedSite = field(init=False, repr=False)
+    _limit: TimeLimit = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.site = self.loaded.adapter.edited_site(self.loaded.model, self.hparams.layer)
+        self._limit = TimeLimit(self.timeout, "edit")
 
     @property
     def label(self) -> str:
@@ -86,7 +98,7 @@ class ExternalEditor:
             self.loaded, request, site, self.templates, self.C, self.hparams, self.seed
         )
         try:
-            edit_in_place(self.editor, inputs, W)
+            edit_in_place(self.editor, inputs, W, self._limit)
             if not bool(torch.isfinite(W).all()):
                 raise EditorFailed(f"{self.editor.name} wrote non-finite weights into {name}")
         except EditorFailed as failure:

@@ -1,11 +1,14 @@
 """Calling the editor under test: in a thread with a time limit, its failures caught and
-described (they are verdicts, never errors of the harness)."""
+described (they are verdicts, never errors of the harness). A call that hangs cannot be killed
+and its thread may still write into the model: over one run (:class:`TimeLimit`) the editor
+then gets no later call."""
 
 from __future__ import annotations
 
 import threading
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -52,6 +55,27 @@ def run_timed(work: Callable[[], object], name: str, timeout: float | None, hung
     return box.get("value")
 
 
+@dataclass
+class TimeLimit:
+    """``timeout`` seconds (None: no limit) for each call of one editor under test over a run,
+    each call doing one ``per`` (edit, batch); after a call that hung, every later one is
+    refused without running (:class:`EditorHung`, naming the call that hung)."""
+
+    timeout: float | None
+    per: str
+    hung: str | None = None
+
+    def run(self, work: Callable[[], object], name: str, hung: str) -> object:
+        """:func:`run_timed` within the limit, unless an earlier call hung."""
+        if self.hung is not None:
+            raise EditorHung(f"not run: an earlier {self.per} hung ({self.hung})")
+        try:
+            return run_timed(work, name, self.timeout, hung)
+        except EditorHung as error:
+            self.hung = str(error)
+            raise
+
+
 def seconds(timeout: float | None) -> str:
     return "∞" if timeout is None else f"{timeout:g}"
 
@@ -62,17 +86,16 @@ def describe_raise(name: str, error: BaseException, where: str) -> str:
 
 
 def call_editor(
-    editor: EditorUnderTest, inputs: ConformInputs, W: Tensor, timeout: float | None
+    editor: EditorUnderTest, inputs: ConformInputs, W: Tensor, limit: TimeLimit
 ) -> str | None:
     """Run one edit (a returned ΔW (d_out, d_in) is added to ``W``); the reason it failed,
-    or None. Raises :class:`EditorHung` after ``timeout`` seconds (None: no limit)."""
+    or None. Raises :class:`EditorHung` when it hangs or an earlier call hung (``limit``)."""
     where = f"{inputs.loaded.name} for {inputs.request.subject!r}"
     try:
-        delta = run_timed(
+        delta = limit.run(
             lambda: editor.edit(inputs),
             f"editor {editor.name}",
-            timeout,
-            f"{editor.name} did not return within {seconds(timeout)} s on {where}",
+            f"{editor.name} did not return within {seconds(limit.timeout)} s on {where}",
         )
     except EditorHung:
         raise
@@ -92,9 +115,9 @@ def call_editor(
 
 
 def edit_in_place(
-    editor: EditorUnderTest, inputs: ConformInputs, W: Tensor, timeout: float | None = None
+    editor: EditorUnderTest, inputs: ConformInputs, W: Tensor, limit: TimeLimit
 ) -> None:
     """:func:`call_editor` for callers that stop on a failure: raises :class:`EditorFailed`."""
-    failure = call_editor(editor, inputs, W, timeout)
+    failure = call_editor(editor, inputs, W, limit)
     if failure is not None:
         raise EditorFailed(failure)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from rome_fast.conform.essence import essence_readout
 from rome_fast.conform.floors import float64_truth, measured_floors
-from rome_fast.conform.invoke import EditorHung, call_editor
+from rome_fast.conform.invoke import EditorHung, TimeLimit, call_editor
 from rome_fast.conform.ours import editor_for
 from rome_fast.conform.properties import (
     DESCRIPTIONS,
@@ -240,6 +240,10 @@ class Session:
     editor: EditorUnderTest
     timeout: float | None
     kept: list[dict[str, Tensor]] = field(default_factory=list)  # weights before each kept edit
+    limit: TimeLimit = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limit = TimeLimit(self.timeout, "edit")
 
     @property
     def revert(self) -> Callable[[], object] | None:
@@ -251,7 +255,7 @@ class Session:
         model = inputs.loaded.model
         state = snapshot(model)
         try:
-            failure = call_editor(self.editor, inputs, inputs.site.weight, self.timeout)
+            failure = call_editor(self.editor, inputs, inputs.site.weight, self.limit)
         finally:
             changes = differences(state, model)
             reset(state, model)

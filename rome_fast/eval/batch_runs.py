@@ -17,11 +17,13 @@ largest edited layer's, as a single edit's) and ``batch``: the batch's own recor
 keys, per-layer |Δ| and conditioning, seconds) with its index and size.
 
 An editor under test (``BatchRuns.external``: ``rome eval --editor SPEC --method M``) writes
-the batches instead of ours, a new one per mode, scored the same way; its record is what its
-weights show (per-layer |Δ|). A batch it fails is restored and its facts recorded failed. It
-keeps no edit log: a resumed stream loads the checkpoint's weights (its batches depend on the
-weights and the harness's inputs only, as MEMIT's and EMMET's do); AlphaEdit's memory of
-earlier batches is the editor's own, so such a stream is refused when batches are left.
+the batches instead of ours, a new one per mode (and in single mode per batch: the restore
+brings a new one, so that AlphaEdit's memory of an undone batch goes, as ours empties its log),
+scored the same way; its record is what its weights show (per-layer |Δ|). A batch it fails is
+restored and its facts recorded failed. It keeps no edit log: a resumed stream loads the
+checkpoint's weights (its batches depend on the weights and the harness's inputs only, as
+MEMIT's and EMMET's do); AlphaEdit's memory of earlier batches is the editor's own, so such a
+stream is refused when batches are left.
 """
 
 from __future__ import annotations
