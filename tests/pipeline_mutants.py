@@ -1412,9 +1412,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "batches_restored_in_a_stream",
         "batched runs",
         "rome_fast/eval/batch_runs.py",
-        'batch_rows, result = self._batch_rows(runner, writer, "sequential", batch, span)',
-        'batch_rows, result = self._batch_rows(runner, writer, "sequential", batch, span)\n'
-        "            writer.restore()",
+        "rows, result = self._batch_rows(batch)",
+        "rows, result = self._batch_rows(batch)\n        self.writer.restore()",
         "a sequential batched run restores the model after each batch: batches never accumulate",
         (BATCH_RUNS, "-k", "accumulate"),
     ),
@@ -1422,10 +1421,10 @@ MUTANTS: tuple[Mutant, ...] = (
         "batch_pre_scored_after_the_write",
         "batched runs",
         "rome_fast/eval/batch_runs.py",
-        "        self._score_before(runner, rows, timers)\n"
-        "        result, error, seconds = self._write(runner, writer, span)\n",
-        "        result, error, seconds = self._write(runner, writer, span)\n"
-        "        self._score_before(runner, rows, timers)\n",
+        "        self._score_before(rows, timers)\n"
+        "        result, error, seconds = self._write(span)\n",
+        "        result, error, seconds = self._write(span)\n"
+        "        self._score_before(rows, timers)\n",
         "a batch's facts are scored 'before' it on the model it has already edited",
         (BATCH_RUNS, "-k", "scored_after"),
     ),
@@ -1442,9 +1441,9 @@ MUTANTS: tuple[Mutant, ...] = (
         "batch_resumed_from_weights_only",
         "batched runs",
         "rome_fast/eval/batch_runs.py",
-        "                self._editor(runner).replay_log(folder)",
-        "                runner.snapshots.load(torch.load(state_path, weights_only=True)"
-        '["weights"])',
+        "        work.replay(self._logged(runner, logs, spans, done))",
+        "        self._logged(runner, logs, spans, done)\n"
+        '        work.begin_stream(self.variant, state["weights"])',
         "a resumed stream loads the checkpoint's weights: AlphaEdit forgets the earlier keys",
         (BATCH_RUNS, "-k", "resumes and alphaedit"),
     ),
@@ -1506,8 +1505,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "batch_glue_step_in_batches",
         "batched runs",
         "rome_fast/eval/batch_runs.py",
-        "runner.glue_at(runner, self.variant, span.stop, glue_done)",
-        "runner.glue_at(runner, self.variant, batch + 1, glue_done)",
+        "runner.glue_at(work, self.variant, span.stop, glue_done)",
+        "runner.glue_at(work, self.variant, batch + 1, glue_done)",
         "a batched stream's GLUE steps count batches, not the facts edited as every other step",
         (BATCH_RUNS, "-k", "glue"),
     ),

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from rome_fast.cli.eval import batch_editors, config_from_args
+from rome_fast.cli.eval import EditorRecipe, config_from_args
 from rome_fast.cli.main import build_parser
 from rome_fast.edit.batch_result import BatchResult
 from rome_fast.edit.editor import Editor
@@ -88,13 +88,14 @@ def batch_runner(out: Path, method: str, mode: str, cls: type[Editor] = Editor) 
     loaded = fresh_model(FAMILY)
     editor = new_editor(loaded, cls)
     runs = BatchRuns(method, METHODS[method], SIZE)
+    recipe = EditorRecipe.of(editor, runs.hparams.layers)
     return Runner(
         loaded,
         editor,
         cases(),
         config(method, mode),
         out,
-        fresh_editor=batch_editors(editor, runs),
+        fresh_editor=lambda: recipe(loaded),
         progress=False,
         batched=runs,
     )

@@ -22,6 +22,8 @@ SAMPLE = "counterfact/counterfact-rome-schema-sample.json"
     [
         ["eval", "--model", "random:tiny-gpt2", "--workers", "2", "--out", "OUT"],
         ["eval", "--model", "random:tiny-gpt2", "--ray-address", "auto", "--out", "OUT"],
+        ["eval", "--model", "random:tiny-gpt2", "--method", "memit", "--batch-size", "2"]
+        + ["--workers", "2", "--out", "OUT"],
         ["stats", "--model", "random:tiny-gpt2", "--workers", "2"],
     ],
 )

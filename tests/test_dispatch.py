@@ -29,7 +29,7 @@ def drive(dispatch: Dispatch, actors: list[str], deaths: int) -> tuple[Counter[i
         dispatch.submit(actors, start)
         flight = dispatch.landed(next(iter(dispatch.in_flight)))
         if flight.actor.count("'") < deaths:
-            retried += dispatch.lost(flight)
+            retried += len(dispatch.lost(flight))
             actors[flight.slot] = flight.actor + "'"
         else:
             computed[flight.unit.index] += len(flight.unit.variants)
@@ -41,7 +41,7 @@ def test_a_dead_actors_cases_are_requeued_once_each() -> None:
     dispatch.submit(["a", "b"], start)
     assert list(dispatch.in_flight) == [("a", 0), ("a", 1), ("b", 2), ("b", 3)]
     lost = dispatch.lost(dispatch.landed(("a", 0)))
-    assert lost == 2  # the case that failed and the one queued behind it on the same actor
+    assert len(lost) == 2  # the case that failed and the one queued behind it on the same actor
     assert list(dispatch.in_flight) == [("b", 2), ("b", 3)], "a requeued case stayed in flight"
     assert [u.index for u in dispatch.queue] == [0, 1]
     assert [u.attempts for u in dispatch.queue] == [1, 1]
