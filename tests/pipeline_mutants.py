@@ -652,6 +652,35 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_dispatch.py",),
     ),
     Mutant(
+        "sharded_rows_in_completion_order",
+        "ray",
+        "rome_fast/eval/distributed.py",
+        "        self._arrived(flight.unit, answer)",
+        "        self._arrived(next(iter(self.dispatch.in_flight.values()), flight).unit, answer)",
+        "a landed unit's rows are filed under the oldest unit in flight, as if flights landed in "
+        "order: a sharded run's rows in completion order",
+        ("tests/test_dispatch.py", "-k", "sharded_batches"),
+    ),
+    Mutant(
+        "retried_batches_not_facts",
+        "ray",
+        "rome_fast/eval/distributed.py",
+        "        return len(self.spans[unit.index])",
+        "        return 1",
+        "a dead actor's batches count one retried case each, not their facts",
+        ("tests/test_dispatch.py", "-k", "sharded_batches"),
+    ),
+    Mutant(
+        "worker_batch_not_restored",
+        "ray",
+        "rome_fast/eval/distributed.py",
+        "        return self._batches().single_batch(batch)",
+        "        return self._batches()._batch_rows(batch)[0]",
+        "a worker returns a single-mode batch's rows without restoring its model: its next batch "
+        "is scored on an actor that did not restore",
+        (BATCH_RUNS, "-k", "worker_writes"),
+    ),
+    Mutant(
         "shard_merge_mean",
         "statistics",
         "rome_fast/stats/sharded.py",

@@ -12,6 +12,12 @@ point (the weights and AlphaEdit's memory of earlier keys), requires the weights
 checkpoint's bit for bit, and goes on at the first unfinished batch. Rows of a batch cut
 short by a kill are dropped and the batch is redone, in both modes.
 
+The loops (``BatchRuns.run_single``, ``run_sequential``) read the folder, order, flag and
+write; the model-side work goes through ``protocols.SingleBatchWork`` and
+``protocols.BatchStreamWork``: :class:`InProcess` on the runner's model, or Ray workers
+(``rome_fast.eval.distributed``, ours only), each holding an ``InProcess`` of its own model;
+the driver reads the logs a resumed stream replays and sends them.
+
 Each row's ``diagnostics`` is its fact's record (``FactRecord``) with the batch's |Δ| (the
 largest edited layer's, as a single edit's) and ``batch``: the batch's own record (method,
 keys, per-layer |Δ| and conditioning, seconds) with its index and size.

@@ -257,14 +257,20 @@ class ShardedSingle:
 
 
 class ShardedBatches(ShardedSingle):
-    """A batched method's single-mode batches (``runs``' left on file) computed by the pool as
-    ``ShardedSingle``'s cases are, one unit per batch, handed to ``BatchRuns.run_single`` in
-    batch order."""
+    """A batched method's single-mode batches (``todo``, each the cases of its ``spans``
+    entry) computed by the pool as ``ShardedSingle``'s cases are, one unit per batch, handed
+    to ``BatchRuns.run_single`` in whatever order it asks for them (batch order)."""
 
-    def __init__(self, pool: Pool, runs: BatchRuns, runner: Runner, bar: tqdm[NoReturn]) -> None:
-        todo = {batch: [runs.variant] for batch in runs.single_batches_left(runner)}
-        super().__init__(pool, todo, bar, what="batch")
-        self.variant, self.spans = runs.variant, runs.spans(runner)
+    def __init__(
+        self,
+        pool: Pool,
+        variant: str,
+        todo: Sequence[int],
+        spans: Sequence[range],
+        bar: tqdm[NoReturn],
+    ) -> None:
+        super().__init__(pool, {batch: [variant] for batch in todo}, bar, what="batch")
+        self.variant, self.spans = variant, spans
 
     def single_batch(self, batch: int) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self._result(self.variant, batch)
@@ -433,7 +439,9 @@ def run_on_cluster(
         bar = tqdm(total=total, initial=_edits_done(runner), desc="edits", unit="edit")
         try:
             if "single" in cfg.modes and batched is not None:
-                batched.run_single(runner, ShardedBatches(pool, batched, runner, bar))
+                left, spans = batched.single_batches_left(runner), batched.spans(runner)
+                batches = ShardedBatches(pool, batched.variant, left, spans, bar)
+                batched.run_single(runner, batches)
             elif "single" in cfg.modes:
                 work = ShardedSingle(pool, _single_todo(runner), bar)
                 for variant in cfg.variants:
