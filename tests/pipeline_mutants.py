@@ -671,6 +671,16 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_dispatch.py", "-k", "sharded_batches"),
     ),
     Mutant(
+        "external_batches_sent_to_workers",
+        "ray",
+        "rome_fast/eval/distributed.py",
+        "    if not isinstance(batched, BatchRuns) or batched.external is not None:",
+        "    if not isinstance(batched, BatchRuns):",
+        "an editor under test's batched run goes to Ray workers, which write its batches with "
+        "our editor",
+        (BATCH_RUNS, "-k", "refused_on_workers"),
+    ),
+    Mutant(
         "worker_batch_not_restored",
         "ray",
         "rome_fast/eval/distributed.py",

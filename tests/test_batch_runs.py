@@ -27,12 +27,13 @@ from rome_fast.eval.batch_runs import BatchRuns, batch_spans, finished_facts
 from rome_fast.eval.case_scoring import score_case
 from rome_fast.eval.config import RunConfig
 from rome_fast.eval.data import EvalCase, load_cases
-from rome_fast.eval.distributed import EvalWorker, WorkerSpec
+from rome_fast.eval.distributed import EvalWorker, WorkerSpec, run_on_cluster
 from rome_fast.eval.files import read_lines
 from rome_fast.eval.reproducibility import without_timings
 from rome_fast.eval.runner import Runner
 from rome_fast.hparams.batched import MethodHParams
 from rome_fast.hparams.defaults import hparams_for
+from rome_fast.infra.cluster import Cluster
 from rome_fast.methods.alphaedit.update import AlphaEditHParams
 from rome_fast.methods.memit.update import MemitHParams
 from rome_fast.model.linear import onednn_is_faster
@@ -249,6 +250,33 @@ def test_a_worker_resumes_a_stream_from_the_batches_the_driver_read(
     weights = on_worker.edited_weights()
     assert weights.keys() == state["weights"].keys()
     assert all(torch.equal(weights[name], state["weights"][name]) for name in weights)
+
+
+def test_the_batches_left_to_shard_are_those_not_all_on_file(
+    single_memit: Runner, tmp_path: Path
+) -> None:
+    """What a resumed single-mode run gives its workers: batch 1 of a run killed after one of
+    its facts, and none of a finished run."""
+    rows = read_lines(single_memit.out / "single-memit.jsonl")
+    killed = batch_runner(tmp_path, "memit", "single")
+    files.rewrite_lines(killed.out / "single-memit.jsonl", rows[: SIZE + 1])
+    runs = BatchRuns("memit", MEMIT, SIZE)
+    assert runs.single_batches_left(killed) == [1]
+    assert runs.single_batches_left(single_memit) == []
+
+
+def test_an_editor_under_tests_batches_are_refused_on_workers(tmp_path: Path) -> None:
+    """A worker would write them with our editor: refused before Ray or the folder is used."""
+    runner = batch_runner(tmp_path, "memit", "single")
+    ours = runner.batched
+    assert isinstance(ours, BatchRuns)
+    runner.batched = dataclasses.replace(ours, external=lambda: new_editor(runner.loaded))
+    recipe = EditorRecipe.of(new_editor(runner.loaded), MEMIT.layers)
+    with pytest.raises(TypeError, match="editor under test"):
+        run_on_cluster(
+            runner, recipe, Cluster(workers=2), model=FAMILY, dtype=torch.float32, seed=0
+        )
+    assert list(tmp_path.iterdir()) == []
 
 
 def killer(monkeypatch: pytest.MonkeyPatch, kind: str, at: int) -> None:
