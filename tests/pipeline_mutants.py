@@ -652,6 +652,45 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_dispatch.py",),
     ),
     Mutant(
+        "sharded_rows_in_completion_order",
+        "ray",
+        "rome_fast/eval/distributed.py",
+        "        self._arrived(flight.unit, answer)",
+        "        self._arrived(next(iter(self.dispatch.in_flight.values()), flight).unit, answer)",
+        "a landed unit's rows are filed under the oldest unit in flight, as if flights landed in "
+        "order: a sharded run's rows in completion order",
+        ("tests/test_dispatch.py", "-k", "sharded_batches"),
+    ),
+    Mutant(
+        "retried_batches_not_facts",
+        "ray",
+        "rome_fast/eval/distributed.py",
+        "        return len(self.spans[unit.index])",
+        "        return 1",
+        "a dead actor's batches count one retried case each, not their facts",
+        ("tests/test_dispatch.py", "-k", "sharded_batches"),
+    ),
+    Mutant(
+        "external_batches_sent_to_workers",
+        "ray",
+        "rome_fast/eval/distributed.py",
+        "    if not isinstance(batched, BatchRuns) or batched.external is not None:",
+        "    if not isinstance(batched, BatchRuns):",
+        "an editor under test's batched run goes to Ray workers, which write its batches with "
+        "our editor",
+        (BATCH_RUNS, "-k", "refused_on_workers"),
+    ),
+    Mutant(
+        "worker_batch_not_restored",
+        "ray",
+        "rome_fast/eval/distributed.py",
+        "        return self._batches().single_batch(batch)",
+        "        return self._batches()._batch_rows(batch)[0]",
+        "a worker returns a single-mode batch's rows without restoring its model: its next batch "
+        "is scored on an actor that did not restore",
+        (BATCH_RUNS, "-k", "worker_writes"),
+    ),
+    Mutant(
         "shard_merge_mean",
         "statistics",
         "rome_fast/stats/sharded.py",
@@ -1431,9 +1470,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "batches_restored_in_a_stream",
         "batched runs",
         "rome_fast/eval/batch_runs.py",
-        'batch_rows, result = self._batch_rows(runner, writer, "sequential", batch, span)',
-        'batch_rows, result = self._batch_rows(runner, writer, "sequential", batch, span)\n'
-        "            writer.restore()",
+        "rows, result = self._batch_rows(batch)",
+        "rows, result = self._batch_rows(batch)\n        self.writer.restore()",
         "a sequential batched run restores the model after each batch: batches never accumulate",
         (BATCH_RUNS, "-k", "accumulate"),
     ),
@@ -1441,10 +1479,10 @@ MUTANTS: tuple[Mutant, ...] = (
         "batch_pre_scored_after_the_write",
         "batched runs",
         "rome_fast/eval/batch_runs.py",
-        "        self._score_before(runner, rows, timers)\n"
-        "        result, error, seconds = self._write(runner, writer, span)\n",
-        "        result, error, seconds = self._write(runner, writer, span)\n"
-        "        self._score_before(runner, rows, timers)\n",
+        "        self._score_before(rows, timers)\n"
+        "        result, error, seconds = self._write(span)\n",
+        "        result, error, seconds = self._write(span)\n"
+        "        self._score_before(rows, timers)\n",
         "a batch's facts are scored 'before' it on the model it has already edited",
         (BATCH_RUNS, "-k", "scored_after"),
     ),
@@ -1461,9 +1499,9 @@ MUTANTS: tuple[Mutant, ...] = (
         "batch_resumed_from_weights_only",
         "batched runs",
         "rome_fast/eval/batch_runs.py",
-        "                self._editor(runner).replay_log(folder)",
-        "                runner.snapshots.load(torch.load(state_path, weights_only=True)"
-        '["weights"])',
+        "        work.replay(self._logged(runner, logs, spans, done))",
+        "        self._logged(runner, logs, spans, done)\n"
+        '        work.begin_stream(self.variant, state["weights"])',
         "a resumed stream loads the checkpoint's weights: AlphaEdit forgets the earlier keys",
         (BATCH_RUNS, "-k", "resumes and alphaedit"),
     ),
@@ -1525,8 +1563,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "batch_glue_step_in_batches",
         "batched runs",
         "rome_fast/eval/batch_runs.py",
-        "runner.glue_at(runner, self.variant, span.stop, glue_done)",
-        "runner.glue_at(runner, self.variant, batch + 1, glue_done)",
+        "runner.glue_at(work, self.variant, span.stop, glue_done)",
+        "runner.glue_at(work, self.variant, batch + 1, glue_done)",
         "a batched stream's GLUE steps count batches, not the facts edited as every other step",
         (BATCH_RUNS, "-k", "glue"),
     ),

@@ -1,7 +1,9 @@
 """Runs of a batched method (``rome_fast.eval.batch_runs``) on tiny GPT-2 with the fixture
 facts, 2-fact batches and 3 target steps: what each row scores is checked against the batches
 written again by a second editor on a second copy of the model (restored between batches, or
-not), and a killed stream resumes to the records of an uninterrupted one."""
+not), a killed stream resumes to the records of an uninterrupted one, and a Ray worker's
+side of the same runs (``distributed.EvalWorker``, made here without Ray) computes the rows
+of the run in one process."""
 
 from __future__ import annotations
 
@@ -14,22 +16,27 @@ from typing import Any
 import pytest
 import torch
 
-from rome_fast.cli.eval import batch_editors, config_from_args
+from rome_fast.cli.eval import EditorRecipe, config_from_args
 from rome_fast.cli.main import build_parser
 from rome_fast.edit.batch_result import BatchResult
 from rome_fast.edit.editor import Editor
+from rome_fast.edit.log import read_replayable
 from rome_fast.edit.request import EditRequest
 from rome_fast.eval import batch_runs, files
 from rome_fast.eval.batch_runs import BatchRuns, batch_spans, finished_facts
 from rome_fast.eval.case_scoring import score_case
 from rome_fast.eval.config import RunConfig
 from rome_fast.eval.data import EvalCase, load_cases
+from rome_fast.eval.distributed import EvalWorker, WorkerSpec, run_on_cluster
 from rome_fast.eval.files import read_lines
+from rome_fast.eval.reproducibility import without_timings
 from rome_fast.eval.runner import Runner
 from rome_fast.hparams.batched import MethodHParams
 from rome_fast.hparams.defaults import hparams_for
+from rome_fast.infra.cluster import Cluster
 from rome_fast.methods.alphaedit.update import AlphaEditHParams
 from rome_fast.methods.memit.update import MemitHParams
+from rome_fast.model.linear import onednn_is_faster
 from rome_fast.model.loader import LoadedModel
 from tests.batch_editing import low_rank_spd
 from tests.faults import Killed, first_difference, records
@@ -88,13 +95,14 @@ def batch_runner(out: Path, method: str, mode: str, cls: type[Editor] = Editor) 
     loaded = fresh_model(FAMILY)
     editor = new_editor(loaded, cls)
     runs = BatchRuns(method, METHODS[method], SIZE)
+    recipe = EditorRecipe.of(editor, runs.hparams.layers)
     return Runner(
         loaded,
         editor,
         cases(),
         config(method, mode),
         out,
-        fresh_editor=batch_editors(editor, runs),
+        fresh_editor=lambda: recipe(loaded),
         progress=False,
         batched=runs,
     )
@@ -132,12 +140,20 @@ def test_batch_spans_cover_the_cases_in_order() -> None:
     assert [finished_facts(n, batch_spans(5, 2)) for n in range(6)] == [0, 0, 2, 2, 4, 5]
 
 
-def test_single_batches_are_each_scored_after_them_on_the_unedited_model(tmp_path: Path) -> None:
-    runner = batch_runner(tmp_path, "memit", "single")
-    unedited = weights_of(runner.loaded)
+@pytest.fixture(scope="module")
+def single_memit(tmp_path_factory: pytest.TempPathFactory) -> Runner:
+    """A single-mode run, done."""
+    runner = batch_runner(tmp_path_factory.mktemp("single-memit"), "memit", "single")
     runner.run()
-    assert changed_parameters(runner.loaded, unedited) == []
-    rows = read_lines(tmp_path / "single-memit.jsonl")
+    return runner
+
+
+def test_single_batches_are_each_scored_after_them_on_the_unedited_model(
+    single_memit: Runner,
+) -> None:
+    unedited = weights_of(fresh_model(FAMILY))
+    assert changed_parameters(single_memit.loaded, unedited) == []
+    rows = read_lines(single_memit.out / "single-memit.jsonl")
     expected = written_again("memit", restore_between=True)
     assert [(r["pre"], r["post"]) for r in rows] == expected
     assert [r["batch"] for r in rows] == [0, 0, 1, 1]
@@ -177,6 +193,90 @@ def test_the_summary_holds_each_batch(sequential_memit: Path) -> None:
         rows[3]["cumulative_norm"],
     ]
     assert [[s["layer"] for s in b["sites"]] for b in batches] == [[0, 1], [0, 1]]
+
+
+def worker(runner: Runner) -> EvalWorker:
+    """What a Ray actor of ``runner``'s memit run holds (``distributed.EvalWorker``), made
+    here: the model loaded as the actor loads it, editors of the driver's recipe."""
+    make_editor = EditorRecipe.of(new_editor(fresh_model(FAMILY)), MEMIT.layers)
+    threads, onednn = torch.get_num_threads(), onednn_is_faster()
+    runs = BatchRuns("memit", MEMIT, SIZE)
+    spec = WorkerSpec(
+        runner.cfg.model,
+        torch.float32,
+        0,
+        make_editor,
+        runner.cases,
+        runner.cfg,
+        onednn,
+        threads,
+        runs,
+    )
+    return EvalWorker(spec)
+
+
+def as_computed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows as a worker returns them: unflagged (the driver flags them), without times."""
+    flags = ("collapse", "collapse_reasons")
+    return [{k: v for k, v in without_timings(r).items() if k not in flags} for r in rows]
+
+
+def test_a_worker_writes_each_batch_on_its_unedited_model_in_any_order(
+    single_memit: Runner,
+) -> None:
+    """Batch 1 first, then batch 0 (as after a requeue): the rows of the run in one process."""
+    rows = read_lines(single_memit.out / "single-memit.jsonl")
+    on_worker = worker(single_memit)
+    second, first = on_worker.single_batch(1), on_worker.single_batch(0)
+    assert as_computed(first + second) == as_computed(rows)
+
+
+def test_a_worker_resumes_a_stream_from_the_batches_the_driver_read(
+    sequential_memit: Path,
+) -> None:
+    """Batch 0 replayed from its log, read here and handed over as the driver sends it; then
+    batch 1: its rows and the weights after it are those of the stream in one process."""
+    runner = batch_runner(sequential_memit, "memit", "sequential")
+    on_worker = worker(runner)
+    on_worker.begin_stream("memit", {})
+    log = sequential_memit / "sequential-memit.batches" / "batch-00000"
+    on_worker.replay(read_replayable(log, runner.model, runner.loaded.name))
+    rows, result = on_worker.stream_batch(1)
+    assert as_computed(rows) == as_computed(
+        read_lines(sequential_memit / "sequential-memit.jsonl")[SIZE:]
+    )
+    assert isinstance(result, BatchResult)
+    state = torch.load(sequential_memit / "sequential-memit.state.pt", weights_only=True)
+    weights = on_worker.edited_weights()
+    assert weights.keys() == state["weights"].keys()
+    assert all(torch.equal(weights[name], state["weights"][name]) for name in weights)
+
+
+def test_the_batches_left_to_shard_are_those_not_all_on_file(
+    single_memit: Runner, tmp_path: Path
+) -> None:
+    """What a resumed single-mode run gives its workers: batch 1 of a run killed after one of
+    its facts, and none of a finished run."""
+    rows = read_lines(single_memit.out / "single-memit.jsonl")
+    killed = batch_runner(tmp_path, "memit", "single")
+    files.rewrite_lines(killed.out / "single-memit.jsonl", rows[: SIZE + 1])
+    runs = BatchRuns("memit", MEMIT, SIZE)
+    assert runs.single_batches_left(killed) == [1]
+    assert runs.single_batches_left(single_memit) == []
+
+
+def test_an_editor_under_tests_batches_are_refused_on_workers(tmp_path: Path) -> None:
+    """A worker would write them with our editor: refused before Ray or the folder is used."""
+    runner = batch_runner(tmp_path, "memit", "single")
+    ours = runner.batched
+    assert isinstance(ours, BatchRuns)
+    runner.batched = dataclasses.replace(ours, external=lambda: new_editor(runner.loaded))
+    recipe = EditorRecipe.of(new_editor(runner.loaded), MEMIT.layers)
+    with pytest.raises(TypeError, match="editor under test"):
+        run_on_cluster(
+            runner, recipe, Cluster(workers=2), model=FAMILY, dtype=torch.float32, seed=0
+        )
+    assert list(tmp_path.iterdir()) == []
 
 
 def killer(monkeypatch: pytest.MonkeyPatch, kind: str, at: int) -> None:

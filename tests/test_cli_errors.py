@@ -52,7 +52,9 @@ def refused(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) 
         (["eval", *TINY, "--method", "rome", "--batch-size", "2"], "'rome'"),
         (["eval", *TINY, *BATCHED, "--variants", "rome"], "--variants"),
         (["eval", *TINY, *BATCHED, "--editor", "memit"], "--editor-path"),  # its checkout
-        (["eval", *TINY, *BATCHED, "--workers", "2"], "--workers"),
+        # before Ray is looked for: the default suite has none
+        (["eval", *TINY, *BATCHED, "--editor", "rome-verify", "--workers", "2"], "--editor"),
+        (["eval", *TINY, "--editor", "rome-verify", "--ray-address", "auto"], "--editor"),
         (["eval", *TINY, *BATCHED, "--impl", "naive"], "--impl naive"),
         (["eval", *TINY, *BATCHED, "--degrade", "zero"], "--degrade"),
         (["eval", *TINY, "--stats-samples", "0"], "--stats-samples"),

@@ -15,6 +15,7 @@ from rome_fast.infra.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = "counterfact/counterfact-rome-schema-sample.json"
+BATCHED = ["--method", "memit", "--batch-size", "2"]  # as ROME's runs, refused only for Ray
 
 
 @pytest.mark.parametrize(
@@ -22,6 +23,7 @@ SAMPLE = "counterfact/counterfact-rome-schema-sample.json"
     [
         ["eval", "--model", "random:tiny-gpt2", "--workers", "2", "--out", "OUT"],
         ["eval", "--model", "random:tiny-gpt2", "--ray-address", "auto", "--out", "OUT"],
+        ["eval", "--model", "random:tiny-gpt2", *BATCHED, "--workers", "2", "--out", "OUT"],
         ["stats", "--model", "random:tiny-gpt2", "--workers", "2"],
     ],
 )

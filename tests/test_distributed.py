@@ -1,11 +1,13 @@
 """Runs and statistics on a local Ray cluster started here (2 CPUs, tiny random models):
-the sharded run equals the same run in one process record for record, a killed worker
-loses nothing, statistics sharded three ways equal unsharded ones.
+the sharded run equals the same run in one process record for record (ROME's variants and a
+batched method's batches), a killed worker loses nothing, an interrupted driver resumes,
+statistics sharded three ways equal unsharded ones.
 
 Marked ``ray`` (``nox -s ray``); skipped where Ray is not installed."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,6 +22,7 @@ import torch
 
 from rome_fast.cli.eval import EditorRecipe
 from rome_fast.edit.editor import Editor
+from rome_fast.eval.batch_runs import BatchRuns
 from rome_fast.eval.config import RunConfig
 from rome_fast.eval.data import EvalCase
 from rome_fast.eval.distributed import run_on_cluster
@@ -28,6 +31,7 @@ from rome_fast.eval.reproducibility import without_timings
 from rome_fast.eval.runner import Runner
 from rome_fast.hparams.defaults import hparams_for
 from rome_fast.infra.cluster import Cluster
+from rome_fast.methods.memit.update import MemitHParams
 from rome_fast.model.loader import LoadedModel, random_model
 from rome_fast.stats import collect as stats
 from rome_fast.stats.corpus import from_texts
@@ -81,22 +85,41 @@ def config(modes: tuple[str, ...]) -> RunConfig:
     )
 
 
-def recipe(loaded: LoadedModel) -> EditorRecipe:
+# A batched method's runs: 7 cases in batches of 2 (the last one short), at two layers.
+MEMIT = MemitHParams(layers=(0, 1), mom2_update_weight=1.0)
+BATCHES = BatchRuns("memit", MEMIT, 2)
+N_FACTS = 7
+
+
+def recipe(loaded: LoadedModel, layers: tuple[int, ...] | None = None) -> EditorRecipe:
     hp = hparams_for(MODEL).replace(context_template_schedule=((5, 2),), v_num_grad_steps=5)
     d_in = key_dim(loaded, hp.layer)
-    return EditorRecipe.of(Editor(loaded, hparams=hp, stats=torch.eye(d_in)))
+    return EditorRecipe.of(Editor(loaded, hparams=hp, stats=torch.eye(d_in)), layers)
 
 
-def runner(out: Path, modes: tuple[str, ...], **options: Any) -> tuple[Runner, EditorRecipe]:
+def batched_config(modes: tuple[str, ...]) -> RunConfig:
+    return dataclasses.replace(
+        config(modes),
+        variants=("memit",),
+        method="memit",
+        facts_per_batch=BATCHES.size,
+        method_hparams=dataclasses.asdict(MEMIT),
+    )
+
+
+def runner(
+    out: Path, modes: tuple[str, ...], batched: bool = False, **options: Any
+) -> tuple[Runner, EditorRecipe]:
     loaded = random_model(MODEL.removeprefix("random:"))
-    make = recipe(loaded)
+    make = recipe(loaded, MEMIT.layers if batched else None)
     run = Runner(
         loaded,
         make(loaded),
-        make_cases(N_CASES),
-        config(modes),
+        make_cases(N_FACTS if batched else N_CASES),
+        batched_config(modes) if batched else config(modes),
         out,
         fresh_editor=lambda: make(loaded),
+        batched=BATCHES if batched else None,
         **options,
     )
     return run, make
@@ -219,3 +242,59 @@ def test_statistics_sharded_three_ways_equal_unsharded() -> None:
     assert sharded.sum.dtype == torch.float64
     scale = float(whole.sum.abs().max())
     torch.testing.assert_close(sharded.sum, whole.sum, rtol=0, atol=1e-12 * scale)
+
+
+@pytest.fixture(scope="module")
+def batched_one_process(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference of the batched runs: the same run in this process, both modes."""
+    out = tmp_path_factory.mktemp("batched-one-process")
+    run, _ = runner(out, ("single", "sequential"), batched=True)
+    torch.set_num_threads(1)
+    run.run()
+    return out
+
+
+def batch_logs(folder: Path) -> list[str]:
+    return sorted(p.name for p in (folder / "sequential-memit.batches").iterdir())
+
+
+@pytest.mark.usefixtures("cluster")
+@pytest.mark.parametrize("mode", ["single", "sequential"])
+def test_sharded_batches_equal_the_one_process_batches(
+    batched_one_process: Path, tmp_path: Path, mode: str
+) -> None:
+    summary = on_cluster(tmp_path, (mode,), batched=True)
+    assert_same_records(batched_one_process, tmp_path, f"{mode}-*.jsonl")
+    assert summary["execution"]["workers"] == 2
+    assert summary["execution"]["retried_cases"] == 0
+    if mode == "sequential":  # logged by the driver, one folder per batch
+        assert batch_logs(tmp_path) == batch_logs(batched_one_process)
+
+
+@pytest.mark.usefixtures("cluster")
+def test_a_killed_worker_loses_no_batch_and_counts_its_facts(
+    batched_one_process: Path, tmp_path: Path
+) -> None:
+    """Killed as the driver waits for the first batch: the batches are queued two on each
+    actor, so the dead one held batches 0 and 1 (4 facts) or 2 and 3 (3 facts)."""
+    summary = on_cluster(tmp_path, ("single",), batched=True, on_case=kill_a_worker_at("single", 0))
+    assert_same_records(batched_one_process, tmp_path, "single-*.jsonl")
+    assert summary["execution"]["retried_cases"] in (4, 3)
+
+
+@pytest.mark.usefixtures("cluster")
+def test_an_interrupted_batched_stream_resumes_on_an_actor_from_the_driver_logs(
+    batched_one_process: Path, tmp_path: Path
+) -> None:
+    """Interrupted before its second batch; resumed, the actor replays the first batch from
+    the log the driver read and sent, then goes on."""
+
+    def interrupt(_mode: str, _variant: str, index: int) -> None:
+        if index == BATCHES.size:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        on_cluster(tmp_path, ("sequential",), batched=True, on_case=interrupt)
+    assert batch_logs(tmp_path) == ["batch-00000"]
+    on_cluster(tmp_path, ("sequential",), batched=True)
+    assert_same_records(batched_one_process, tmp_path, "sequential-*.jsonl")

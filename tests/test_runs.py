@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from rome_fast.cli.eval import fresh_editors
+from rome_fast.cli.eval import EditorRecipe
 from rome_fast.edit.editor import Editor
 from rome_fast.edit.naive import NaiveEditor
 from rome_fast.edit.ownership import stored_weight
@@ -327,13 +327,13 @@ def test_runs_with_the_real_editor_on_a_tiny_model(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("impl", ["fast", "naive"])
-def test_fresh_editors_keep_the_class_settings_templates_and_c(impl: str) -> None:
+def test_a_recipes_editors_keep_the_class_settings_templates_and_c(impl: str) -> None:
     lm = random_model("tiny-gpt2")
     cls = NaiveEditor if impl == "naive" else Editor
     d_in = key_dim(lm, 1)
     hp = hparams_for("random:tiny-gpt2").replace(context_template_schedule=((5, 2),))
     editor = cls(lm, hparams=hp, seed=3, stats=torch.eye(d_in))
-    fresh = fresh_editors(editor)()
+    fresh = EditorRecipe.of(editor)(lm)
     assert type(fresh) is cls
     assert (fresh.hparams, fresh.seed, fresh.templates) == (hp, 3, editor.templates)
     assert fresh.covariance(1) is editor.covariance(1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -248,20 +248,35 @@ def input_digests(args: argparse.Namespace) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class LayerCovariances:
+    """The factor of C of each layer an editor writes, computed once on the unedited model:
+    the ``stats`` of a recipe's editors (a worker's too: it travels whole)."""
+
+    factors: Mapping[int, CovarianceFactor]
+
+    def __call__(self, _loaded: LoadedModel, layer: int) -> CovarianceFactor:
+        return self.factors[layer]
+
+
+@dataclass(frozen=True)
 class EditorRecipe:
     """Editors of one class (``--impl naive`` stays naive) and settings, sharing context
-    templates and C computed once on the unedited model: called with a loaded model (this
-    process's or a worker's), it returns a new editor of that model."""
+    templates and the C of each edited layer computed once on the unedited model (a resumed
+    batched stream replays its batches first, and C must not see them): called with a loaded
+    model (this process's or a worker's), it returns a new editor of that model."""
 
     cls: type[Editor]
     hparams: HParams
     seed: int
     templates: list[str]
-    covariance: CovarianceFactor
+    covariance: LayerCovariances
 
     @classmethod
-    def of(cls, editor: Editor) -> EditorRecipe:
-        covariance = editor.covariance(editor.layer)
+    def of(cls, editor: Editor, layers: Sequence[int] | None = None) -> EditorRecipe:
+        """``editor``'s recipe, with the C of ``layers`` (a batched method's; default: the
+        editor's layer)."""
+        chosen = (editor.layer,) if layers is None else layers
+        covariance = LayerCovariances({layer: editor.covariance(layer) for layer in chosen})
         return cls(type(editor), editor.hparams, editor.seed, editor.templates, covariance)
 
     def __call__(self, loaded: LoadedModel) -> Editor:
@@ -274,12 +289,6 @@ class EditorRecipe:
         )
 
 
-def fresh_editors(editor: Editor) -> Callable[[], Editor]:
-    """New editors like ``editor`` (see :class:`EditorRecipe`) of its model."""
-    recipe = EditorRecipe.of(editor)
-    return lambda: recipe(editor.loaded)
-
-
 def batch_runs(args: argparse.Namespace, editor: Editor) -> BatchRuns:
     """``--method``'s runs: the ``--hparams`` file's method hyperparameters, else the
     per-model ones placed at the editor's layer (as ``Editor.edit_batch`` places them)."""
@@ -290,25 +299,6 @@ def batch_runs(args: argparse.Namespace, editor: Editor) -> BatchRuns:
         args.method, editor.loaded.name, editor.hparams.layer
     )
     return BatchRuns(args.method, chosen, args.facts_per_batch)
-
-
-def batch_editors(editor: Editor, runs: BatchRuns) -> Callable[[], Editor]:
-    """New editors like ``editor`` of its model, sharing its templates and the C of each of
-    the method's layers, computed here on the unedited model (a resumed stream replays its
-    batches first, and C must not see them)."""
-    templates = editor.templates
-    factors = {layer: editor.covariance(layer) for layer in runs.hparams.layers}
-
-    def covariance(_loaded: LoadedModel, layer: int) -> CovarianceFactor:
-        return factors[layer]
-
-    return lambda: type(editor)(
-        editor.loaded,
-        hparams=editor.hparams,
-        seed=editor.seed,
-        stats=covariance,
-        templates=templates,
-    )
 
 
 def check_batched_options(args: argparse.Namespace) -> None:
@@ -327,7 +317,6 @@ def check_batched_options(args: argparse.Namespace) -> None:
         raise ValueError("--method edits the cases in batches: add --batch-size N")
     refused = {
         "--variants": args.variants is not None,
-        "--workers/--ray-address": args.workers is not None or args.ray_address is not None,
         "--impl naive": args.impl == "naive",
         "--degrade": args.degrade != "none",
         # our v* loop's precision: an editor under test optimizes its own targets
@@ -336,8 +325,8 @@ def check_batched_options(args: argparse.Namespace) -> None:
     given = [flag for flag, present in refused.items() if present]
     if given:
         raise ValueError(
-            f"{', '.join(given)} not supported with --method (batches in one process, the "
-            "method its one variant): drop them"
+            f"{', '.join(given)} not supported with --method (the method is its one "
+            "variant): drop them"
         )
 
 
@@ -370,6 +359,7 @@ def _run_locked(args: argparse.Namespace, cluster: Cluster | None) -> dict[str, 
     editor = build_editor(args)
     loaded = editor.loaded
     batched = None if args.method is None else batch_runs(args, editor)
+    recipe = EditorRecipe.of(editor, None if batched is None else batched.hparams.layers)
     cfg = config_from_args(
         args, loaded.name, editor.hparams, None if batched is None else batched.hparams
     )
@@ -389,7 +379,7 @@ def _run_locked(args: argparse.Namespace, cluster: Cluster | None) -> dict[str, 
         cases,
         cfg,
         args.out,
-        fresh_editor=fresh_editors(editor) if batched is None else batch_editors(editor, batched),
+        fresh_editor=lambda: recipe(loaded),
         progress=cluster is None,
         batched=batched,
     )
@@ -399,7 +389,7 @@ def _run_locked(args: argparse.Namespace, cluster: Cluster | None) -> dict[str, 
 
     return run_on_cluster(
         runner,
-        EditorRecipe.of(editor),
+        recipe,
         cluster,
         model=args.model,
         dtype=torch_dtype(args.dtype),
@@ -415,11 +405,11 @@ def run_eval(args: argparse.Namespace) -> int:
     read_inputs(args)
     check_batched_options(args)
     check_editor_timeout(args)
+    if args.editor is not None and (args.workers is not None or args.ray_address is not None):
+        raise ValueError("--workers/--ray-address shard our editor's runs; drop them with --editor")
     cluster = cluster_from_args(args)  # a missing Ray is reported here
     if args.editor is None and args.method is None:
         check_variants(comma_list(args.variants))
-    if cluster is not None and args.editor is not None:
-        raise ValueError("--workers/--ray-address shard our editor's runs; drop them with --editor")
     check_out_folder(args.out)
     if args.stats_npz is not None and not args.stats_npz.is_file():
         raise FileNotFoundError(f"--stats-npz {args.stats_npz} does not exist")

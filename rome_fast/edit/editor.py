@@ -461,10 +461,17 @@ class Editor:
     ) -> list[Applied]:
         """Apply a saved log's factors in order (atomically: all or nothing); ``guard``
         refuses the whole log, before any weight is touched, if any of its edits fails it."""
-        model = self.loaded.model
         results = read_replayable(
-            path, model, self.loaded.name, check_model=check_model, guard=guard
+            path, self.loaded.model, self.loaded.name, check_model=check_model, guard=guard
         )
+        self.replay(results)
+        return results
+
+    def replay(self, results: Sequence[Applied]) -> None:
+        """Apply edits read from a log (``read_replayable``: checked against this model) in
+        order, atomically: all or nothing. A log read elsewhere (a run's driver) is applied
+        here as it would be by ``replay_log``."""
+        model = self.loaded.model
         saved: dict[str, Tensor] = {}  # every weight the log writes, as it was before
         for result in results:
             for module_name in result.module_names:
@@ -481,4 +488,3 @@ class Editor:
             raise
         finally:
             self._batch_statistics.recall(self._log)
-        return results

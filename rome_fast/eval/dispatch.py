@@ -1,7 +1,8 @@
-"""The Ray driver's bookkeeping of single-edit cases, without Ray: which cases wait, which are
-in flight on which actor, and what an actor's death puts back in the queue.
+"""The Ray driver's bookkeeping of single-mode units (a case for some variants, or a batched
+method's batch), without Ray: which units wait, which are in flight on which actor, and what
+an actor's death puts back in the queue.
 
-Every unfinished unit is in exactly one place, queued or in flight, so a dead actor's cases
+Every unfinished unit is in exactly one place, queued or in flight, so a dead actor's units
 are computed once more and counted once as retried (``rome_fast.eval.distributed`` submits
 the units and collects the rows; ``tests/test_dispatch.py`` replays its loop without Ray).
 """
@@ -18,7 +19,8 @@ MAX_ATTEMPTS = 3  # a case (or stream) whose worker died this often fails the ru
 
 @dataclass
 class Unit:
-    """One case for some variants: what one actor call computes."""
+    """One case for some variants (or one batch, ``index`` its number): what one actor call
+    computes."""
 
     index: int
     variants: list[str]
@@ -35,10 +37,14 @@ class Flight:
 
 
 class Dispatch:
-    """The queue of units and the units in flight, keyed by their pending result (a Ray ref)."""
+    """The queue of units and the units in flight, keyed by their pending result (a Ray ref);
+    ``what`` names a unit's index in errors."""
 
-    def __init__(self, todo: Mapping[int, Sequence[str]], per_actor: int) -> None:
+    def __init__(
+        self, todo: Mapping[int, Sequence[str]], per_actor: int, what: str = "case index"
+    ) -> None:
         self.per_actor = per_actor  # units in flight per actor
+        self.what = what
         self.queue = deque(Unit(i, list(v)) for i, v in sorted(todo.items()) if v)
         self.in_flight: dict[Any, Flight] = {}  # ref -> the flight it answers
 
@@ -63,9 +69,9 @@ class Dispatch:
         """The flight ``ref`` answers, no longer in flight (its rows arrived or its actor died)."""
         return self.in_flight.pop(ref)
 
-    def lost(self, flight: Flight) -> int:
+    def lost(self, flight: Flight) -> list[Unit]:
         """``flight``'s actor died: its unit and every other unit in flight on that actor go
-        back to the front of the queue, in case order; returns how many. A RuntimeError once a
+        back to the front of the queue, in case order; returns them. A RuntimeError once a
         unit's worker died ``MAX_ATTEMPTS`` times."""
         lost = [flight.unit]
         for ref, other in list(self.in_flight.items()):
@@ -76,8 +82,8 @@ class Dispatch:
             unit.attempts += 1
             if unit.attempts >= MAX_ATTEMPTS:
                 raise RuntimeError(
-                    f"case index {unit.index}: its worker died {unit.attempts} times; "
+                    f"{self.what} {unit.index}: its worker died {unit.attempts} times; "
                     "see the Ray logs (out of memory?)"
                 )
             self.queue.appendleft(unit)
-        return len(lost)
+        return lost

@@ -6,6 +6,11 @@ through the same :class:`~rome_fast.eval.runner.Runner` loops as a run in one pr
 files, their order, the collapse flags and resuming are those of that run. Single-edit cases
 are sharded over the actors (prefetched, any completion order, written in case order); a
 sequential stream (one per variant) goes to one actor, since its edits depend on each other.
+A batched method's runs (``rome_fast.eval.batch_runs``, ours: an editor under test's batches
+stay in one process) go the same ways through the same loops: single-mode batches sharded as
+cases are, each written on an actor's unedited model; the stream on one actor, its batches
+logged and checkpointed by the driver, which on resume reads the logs and sends them to the
+actor to replay.
 
 A worker that dies loses nothing: its unfinished cases go to a replacement actor (the
 bookkeeping is ``rome_fast.eval.dispatch``, pure and tested without Ray); a stream
@@ -32,10 +37,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import torch
 from tqdm import tqdm
 
+from rome_fast.edit.batch_result import Applied
+from rome_fast.eval.batch_runs import BatchRuns, InProcess, our_editor
 from rome_fast.eval.config import RunConfig
 from rome_fast.eval.data import EvalCase
 from rome_fast.eval.dispatch import MAX_ATTEMPTS, Dispatch, Unit
 from rome_fast.eval.files import read_lines
+from rome_fast.eval.protocols import EditOutcome
 from rome_fast.eval.reproducibility import kernel_settings
 from rome_fast.eval.runner import Runner
 from rome_fast.infra.cluster import (
@@ -58,8 +66,9 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class WorkerSpec:
     """What an actor needs to compute the rows this process would: the model, an editor
-    recipe (templates and C computed once by the driver), the kernel choice and the intra-op
-    thread count (CPU reductions, e.g. in the v* loop's backward pass, round by it)."""
+    recipe (templates and C computed once by the driver), the cases, the run's options and
+    its batched method if any, the kernel choice and the intra-op thread count (CPU
+    reductions, e.g. in the v* loop's backward pass, round by it)."""
 
     model: str
     dtype: torch.dtype
@@ -69,6 +78,7 @@ class WorkerSpec:
     cfg: RunConfig
     onednn: bool
     threads: int
+    batched: BatchRuns | None
 
 
 class _RowRunner(Runner):
@@ -101,6 +111,7 @@ class EvalWorker:
             progress=False,
         )
         self.device = str(loaded.device)
+        self.batched = spec.batched
 
     def describe(self) -> dict[str, Any]:
         return {"device": self.device, "pid": os.getpid()}
@@ -129,6 +140,21 @@ class EvalWorker:
 
     def end_stream(self) -> None:
         self.runner.end_stream()
+
+    def _batches(self) -> InProcess:
+        """The batched method's work on this model, written by the runner's editor now."""
+        if self.batched is None:
+            raise TypeError("this worker's run has no batched method")
+        return InProcess(self.batched, self.runner, our_editor(self.runner))
+
+    def single_batch(self, batch: int) -> list[dict[str, Any]]:
+        return self._batches().single_batch(batch)
+
+    def replay(self, logged: Sequence[Applied]) -> None:
+        self._batches().replay(logged)
+
+    def stream_batch(self, batch: int) -> tuple[list[dict[str, Any]], EditOutcome | None]:
+        return self._batches().stream_batch(batch)
 
 
 # ---------------------------------------------------------------- the driver
@@ -177,40 +203,89 @@ class Pool:
 
 
 class ShardedSingle:
-    """Single-edit rows computed by the pool, two cases in flight per actor, handed to the
+    """Single-edit rows computed by the pool, two units in flight per actor, handed to the
     runner's loop in whatever order it asks for them (case order)."""
 
-    IN_FLIGHT = 2  # per actor: the next case is queued while the driver writes
+    IN_FLIGHT = 2  # per actor: the next unit is queued while the driver writes
 
-    def __init__(self, pool: Pool, todo: Mapping[int, Sequence[str]], bar: tqdm[NoReturn]) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        todo: Mapping[int, Sequence[str]],
+        bar: tqdm[NoReturn],
+        what: str = "case index",
+    ) -> None:
         self.pool, self.bar = pool, bar
-        self.dispatch = Dispatch(todo, self.IN_FLIGHT)
-        self.rows: dict[tuple[str, int], dict[str, Any]] = {}
+        self.dispatch = Dispatch(todo, self.IN_FLIGHT, what)
+        self.results: dict[tuple[str, int], Any] = {}  # (variant, unit index) -> its rows
 
     def single_row(self, variant: str, index: int) -> dict[str, Any]:
-        while (variant, index) not in self.rows:
+        row: dict[str, Any] = self._result(variant, index)
+        return row
+
+    def _result(self, variant: str, index: int) -> Any:
+        while (variant, index) not in self.results:
             self.dispatch.want(variant, index)
-            self.dispatch.submit(self.pool.actors, _start_unit)
+            self.dispatch.submit(self.pool.actors, self._start)
             self._collect()
-        return self.rows.pop((variant, index))
+        return self.results.pop((variant, index))
+
+    def _start(self, actor: Any, unit: Unit) -> Any:
+        return actor.single_rows.remote(unit.index, unit.variants)
+
+    def _arrived(self, unit: Unit, answer: Any) -> None:
+        """Keep what ``unit``'s actor answered (here: its row per variant) until asked for."""
+        for variant, row in answer.items():
+            self.results[(variant, unit.index)] = row
+        self.bar.update(len(answer))
+
+    def _cases(self, _unit: Unit) -> int:
+        """The cases a unit holds (counted as retried when its actor dies): one."""
+        return 1
 
     def _collect(self) -> None:
         (ref,), _ = self.pool.ray.wait(list(self.dispatch.in_flight), num_returns=1)
         flight = self.dispatch.landed(ref)
         try:
-            rows = fetch(self.pool.ray, ref)
+            answer = fetch(self.pool.ray, ref)
         except WorkerLost:
             lost = self.dispatch.lost(flight)
-            self.pool.replace(flight.slot, flight.actor, lost)
+            self.pool.replace(flight.slot, flight.actor, sum(map(self._cases, lost)))
             self.bar.set_postfix(retried=self.pool.retried)
             return
-        for variant, row in rows.items():
-            self.rows[(variant, flight.unit.index)] = row
-        self.bar.update(len(rows))
+        self._arrived(flight.unit, answer)
 
 
-def _start_unit(actor: Any, unit: Unit) -> Any:
-    return actor.single_rows.remote(unit.index, unit.variants)
+class ShardedBatches(ShardedSingle):
+    """A batched method's single-mode batches (``todo``, each the cases of its ``spans``
+    entry) computed by the pool as ``ShardedSingle``'s cases are, one unit per batch, handed
+    to ``BatchRuns.run_single`` in whatever order it asks for them (batch order)."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        variant: str,
+        todo: Sequence[int],
+        spans: Sequence[range],
+        bar: tqdm[NoReturn],
+    ) -> None:
+        super().__init__(pool, {batch: [variant] for batch in todo}, bar, what="batch")
+        self.variant, self.spans = variant, spans
+
+    def single_batch(self, batch: int) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self._result(self.variant, batch)
+        return rows
+
+    def _start(self, actor: Any, unit: Unit) -> Any:
+        return actor.single_batch.remote(unit.index)
+
+    def _arrived(self, unit: Unit, answer: Any) -> None:
+        """Keep a batch's rows until asked for."""
+        self.results[(self.variant, unit.index)] = answer
+        self.bar.update(len(answer))
+
+    def _cases(self, unit: Unit) -> int:
+        return len(self.spans[unit.index])
 
 
 class RemoteStream:
@@ -246,18 +321,40 @@ class RemoteStream:
         self._call("end_stream")
 
 
+class RemoteBatchStream(RemoteStream):
+    """A batched method's sequential stream, done by one actor; the driver logs its batches."""
+
+    def replay(self, logged: Sequence[Applied]) -> None:
+        self._call("replay", logged)
+
+    def stream_batch(self, batch: int) -> tuple[list[dict[str, Any]], EditOutcome | None]:
+        rows, result = self._call("stream_batch", batch)
+        self.bar.update(len(rows))
+        return rows, result
+
+
 def _run_stream(
-    runner: Runner, pool: Pool, slots: Queue[int], variant: str, bar: tqdm[NoReturn]
+    runner: Runner,
+    pool: Pool,
+    slots: Queue[int],
+    variant: str,
+    bar: tqdm[NoReturn],
+    batched: BatchRuns | None,
 ) -> None:
-    """The sequential stream of ``variant`` on a free actor; after its death, again on a new
-    actor from the last checkpoint (the rows written after it are redone)."""
+    """The sequential stream of ``variant`` (of ``batched`` if given) on a free actor; after
+    its death, again on a new actor from the last checkpoint (the rows written after it are
+    redone)."""
     path = runner.out / f"sequential-{variant}.jsonl"
+    in_flight = 1 if batched is None else batched.size  # the cases a lost edit held
     slot = slots.get()
     try:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             actor = pool.actors[slot]
             try:
-                runner.run_sequential(variant, RemoteStream(pool, actor, bar))
+                if batched is None:
+                    runner.run_sequential(variant, RemoteStream(pool, actor, bar))
+                else:
+                    batched.run_sequential(runner, RemoteBatchStream(pool, actor, bar))
                 return
             except WorkerLost:
                 if attempt == MAX_ATTEMPTS:
@@ -267,7 +364,7 @@ def _run_stream(
                     ) from None
                 dropped = len(read_lines(path)) - _checkpointed(runner, variant)
                 bar.update(-dropped)  # counted once more when redone
-                pool.replace(slot, actor, dropped + 1)  # and the case in flight
+                pool.replace(slot, actor, dropped + in_flight)
                 bar.set_postfix(retried=pool.retried)
     finally:
         slots.put(slot)
@@ -278,6 +375,20 @@ def _checkpointed(runner: Runner, variant: str) -> int:
     if not state.exists():
         return 0
     return int(torch.load(state, weights_only=True)["n_done"])
+
+
+def _our_batches(runner: Runner) -> BatchRuns | None:
+    """The runner's batched method, if any: ours only (an editor under test is built in this
+    process, and a worker would write its batches with our editor instead)."""
+    batched = runner.batched
+    if batched is None:
+        return None
+    if not isinstance(batched, BatchRuns) or batched.external is not None:
+        raise TypeError(
+            "only our batched editors run on Ray workers; run an editor under test's batches "
+            "in one process"
+        )
+    return batched
 
 
 def _single_todo(runner: Runner) -> dict[int, list[str]]:
@@ -308,6 +419,7 @@ def run_on_cluster(
     ``make_editor(loaded)``; ``summary.json`` as :meth:`Runner.run` writes it, its
     ``execution`` saying how the run was spread."""
     cfg = runner.cfg
+    batched = _our_batches(runner)
     spec = WorkerSpec(
         model,
         dtype,
@@ -317,6 +429,7 @@ def run_on_cluster(
         cfg,
         onednn_is_faster(),
         torch.get_num_threads(),
+        batched,
     )
     start = time.perf_counter()
     with runner.session(), connected(cluster) as ray:
@@ -325,7 +438,11 @@ def run_on_cluster(
         total = len(runner.cases) * len(cfg.variants) * len(cfg.modes)
         bar = tqdm(total=total, initial=_edits_done(runner), desc="edits", unit="edit")
         try:
-            if "single" in cfg.modes:
+            if "single" in cfg.modes and batched is not None:
+                left, spans = batched.single_batches_left(runner), batched.spans(runner)
+                batches = ShardedBatches(pool, batched.variant, left, spans, bar)
+                batched.run_single(runner, batches)
+            elif "single" in cfg.modes:
                 work = ShardedSingle(pool, _single_todo(runner), bar)
                 for variant in cfg.variants:
                     runner.run_single(variant, work)
@@ -334,9 +451,10 @@ def run_on_cluster(
                 for slot in range(size):
                     slots.put(slot)
                 with ThreadPoolExecutor(max_workers=size) as threads:
+                    variants = cfg.variants if batched is None else (batched.variant,)
                     streams = [
-                        threads.submit(_run_stream, runner, pool, slots, v, bar)
-                        for v in cfg.variants
+                        threads.submit(_run_stream, runner, pool, slots, v, bar, batched)
+                        for v in variants
                     ]
                     for stream in streams:
                         stream.result()

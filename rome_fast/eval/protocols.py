@@ -1,5 +1,6 @@
 """The interfaces a run is driven through: the editor (:class:`EditorLike`) and the
-model-side work of its loops (:class:`SingleWork`, :class:`StreamWork`)."""
+model-side work of its loops (:class:`SingleWork`, :class:`StreamWork`; a batched method's
+:class:`SingleBatchWork`, :class:`BatchStreamWork`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
+from rome_fast.edit.batch_result import Applied
 from rome_fast.edit.prepared import PreparedEdit
 from rome_fast.edit.request import EditRequest, EditResult
 from rome_fast.hparams.batched import MethodHParams
@@ -21,12 +23,12 @@ class SingleWork(Protocol):
     def single_row(self, variant: str, index: int) -> dict[str, Any]: ...
 
 
-class StreamWork(Protocol):
-    """The model-side work of a sequential stream, here or on one worker (as ``SingleWork``)."""
+class Stream(Protocol):
+    """What every sequential stream's loop asks of its model, here or on one worker (as
+    ``SingleWork``): the stream started from the unedited model plus ``weights`` (a
+    checkpoint's), its weights, checks and final scores, its end."""
 
     def begin_stream(self, variant: str, weights: Mapping[str, torch.Tensor]) -> None: ...
-
-    def stream_row(self, variant: str, index: int) -> dict[str, Any]: ...
 
     def edited_weights(self) -> dict[str, torch.Tensor]: ...
 
@@ -35,6 +37,12 @@ class StreamWork(Protocol):
     def final_row(self, index: int) -> dict[str, Any]: ...
 
     def end_stream(self) -> None: ...
+
+
+class StreamWork(Stream, Protocol):
+    """The model-side work of a sequential stream of single edits."""
+
+    def stream_row(self, variant: str, index: int) -> dict[str, Any]: ...
 
 
 class EditOutcome(Protocol):
@@ -85,3 +93,22 @@ class BatchWriter(Protocol):
     ) -> EditOutcome: ...
 
     def restore(self) -> None: ...
+
+
+class SingleBatchWork(Protocol):
+    """The model-side work of a batched method's single mode (``rome_fast.eval.batch_runs``),
+    here or on workers (as ``SingleWork``): batch ``batch``'s rows, unflagged, written on the
+    unedited model, which is restored after it."""
+
+    def single_batch(self, batch: int) -> list[dict[str, Any]]: ...
+
+
+class BatchStreamWork(Stream, Protocol):
+    """The model-side work of a batched method's sequential stream, here or on one worker:
+    the batches a checkpoint holds replayed (``Editor.replay``: the weights and AlphaEdit's
+    memory of earlier keys), and each next batch's rows, unflagged, with what wrote it (the
+    driver logs our ``BatchResult``)."""
+
+    def replay(self, logged: Sequence[Applied]) -> None: ...
+
+    def stream_batch(self, batch: int) -> tuple[list[dict[str, Any]], EditOutcome | None]: ...

@@ -53,7 +53,7 @@ from rome_fast.eval.files import (
 )
 from rome_fast.eval.glue import evaluate_glue
 from rome_fast.eval.lock import run_folder_lock
-from rome_fast.eval.protocols import AnyEditor, EditOutcome, SingleWork, StreamWork
+from rome_fast.eval.protocols import AnyEditor, EditOutcome, SingleWork, Stream, StreamWork
 from rome_fast.eval.reproducibility import kernel_settings
 from rome_fast.eval.resume import resume_rows
 from rome_fast.eval.snapshots import WeightSnapshots, editable_module_names
@@ -329,7 +329,7 @@ class Runner:
             batch_size=self.cfg.batch_size,
         )
 
-    def glue_at(self, work: StreamWork, variant: str, step: int, done: set[int]) -> None:
+    def glue_at(self, work: Stream, variant: str, step: int, done: set[int]) -> None:
         if self.cfg.glue_every == 0 or step in done:
             return
         append_line(self.out / f"glue-{variant}.jsonl", {"step": step, "tasks": work.glue_scores()})
@@ -412,7 +412,7 @@ class Runner:
             "metrics_post": metrics_of(scores),
         }
 
-    def final_scores(self, variant: str, work: StreamWork) -> list[dict[str, Any]]:
+    def final_scores(self, variant: str, work: Stream) -> list[dict[str, Any]]:
         path = self.out / f"sequential-{variant}-final.jsonl"
         rows = resume_rows(path, self.cases)
         for index in self._bar(len(rows), f"final {variant}"):
