@@ -1280,6 +1280,16 @@ MUTANTS: tuple[Mutant, ...] = (
         "a group whose facts stop early leaves the progress bar short of its total",
         ("tests/test_batch_targets.py", "-k", "progress_bar"),
     ),
+    Mutant(
+        "stopped_run_shown_as_a_traceback",
+        "command line",
+        "rome_fast/cli/main.py",
+        "    except RunStoppedError as err:",
+        "    except ZeroDivisionError as err:",
+        "a run stopped by an editor under test's write outside its layers reaches the user as a "
+        "traceback, not one line",
+        (BATCH_EVAL_EDITOR, "-k", "stops_the_command"),
+    ),
     # ---------------------------------------------------------------- batched editor
     Mutant(
         "batch_revert_leaves_a_layer",

@@ -29,6 +29,7 @@ from rome_fast.eval.batch_runs import BatchesOnly, BatchRuns
 from rome_fast.eval.data import load_cases
 from rome_fast.eval.files import read_lines
 from rome_fast.eval.runner import Runner
+from rome_fast.infra.errors import RunStoppedError
 from rome_fast.model import loader
 from tests import batch_conform_editors, batch_eval_editors
 from tests.batch_editing import low_rank_spd
@@ -181,7 +182,7 @@ def test_a_hung_editor_fails_its_batch_and_gets_no_later_one(tmp_path: Path) -> 
 
 def test_a_write_outside_the_layers_stops_the_run(tmp_path: Path) -> None:
     touches = lambda: CallableBatchEditor(batch_conform_editors.touches_embedding, "t")  # noqa: E731
-    with pytest.raises(RuntimeError, match="outside the layers"):
+    with pytest.raises(RunStoppedError, match="outside the layers"):
         external_runner(tmp_path, "memit", "single", touches).run()
     assert read_lines(tmp_path / "single-memit.jsonl") == []  # no row of that batch
 
@@ -267,6 +268,19 @@ def test_options_that_do_not_apply_are_refused_before_the_model_loads(
     assert named in error
     assert len(error.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_write_outside_the_layers_stops_the_command_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    editor = ["--editor", "tests.batch_conform_editors:touches_embedding"]
+    options = [*editor, "--method", "memit", "--batch-size", "2"]
+    assert main([*QUICK, *options, "--out", str(tmp_path / "run")]) == 1
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    last = error.strip().splitlines()[-1]
+    assert last.startswith("rome eval: stopped: ")
+    assert "outside the layers" in last
 
 
 def identity(*options: str) -> dict[str, Any]:

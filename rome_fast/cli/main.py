@@ -41,6 +41,7 @@ from rome_fast.cli.validate import (
     default_device,
     int_at_least,
 )
+from rome_fast.infra.errors import RunStoppedError
 from rome_fast.infra.extras import MissingExtraError
 
 if TYPE_CHECKING:
@@ -524,6 +525,9 @@ def _run(args: argparse.Namespace) -> int:
     except USER_ERRORS as err:
         print(f"rome {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RunStoppedError as err:
+        print(f"rome {args.command}: stopped: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         again = (
             "; rerunning the same command resumes from the last finished case"

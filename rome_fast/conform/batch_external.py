@@ -8,9 +8,10 @@ Nothing is left half-applied. The edited layers' weights are copied before each 
 back, and the model's flags, hooks and buffers reset (``state``), when the editor raises, hangs,
 replaces a weight, changes its shape, dtype or device, or writes a non-finite value: the batch
 is then refused with ValueError (its facts fail). A write outside the method's layers cannot be
-undone (those weights are not copied): it stops the run (RuntimeError). A hung editor's thread
-may still be running: its later batches are refused without calling it, and a weight changed
-after a batch returned is found before the next batch and before a restore (RuntimeError).
+undone (those weights are not copied): it stops the run (``RunStoppedError``). A hung editor's
+thread may still be running: its later batches are refused without calling it, and a weight
+changed after a batch returned is found before the next batch and before a restore
+(``RunStoppedError``).
 
 A restore (single mode, after each batch) also replaces the editor under test by a new one:
 what it remembers of the undone batches (AlphaEdit's keys of earlier batches, Kₚ) does not
@@ -36,6 +37,7 @@ from rome_fast.conform.timeouts import DEFAULT_TIMEOUT
 from rome_fast.edit.ownership import Fingerprint, fingerprint, require_own, stored_weight
 from rome_fast.edit.request import EditRequest
 from rome_fast.hparams.batched import MethodHParams
+from rome_fast.infra.errors import RunStoppedError
 from rome_fast.model.loader import LoadedModel
 
 
@@ -145,7 +147,7 @@ class ExternalBatchEditor:
         if failure is not None or outside:
             _put_back(modules, params, before)
         if outside:
-            raise RuntimeError(
+            raise RunStoppedError(
                 f"{self.name} wrote into {', '.join(outside)}, outside the layers "
                 f"{list(method_hparams.layers)} of {method}; that cannot be undone, so the run "
                 "stops (the method's layers were put back)"

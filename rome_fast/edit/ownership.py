@@ -9,12 +9,13 @@ import hashlib
 import torch
 from torch import Tensor, nn
 
+from rome_fast.infra.errors import RunStoppedError
 from rome_fast.solve.low_rank import Update
 
 Fingerprint = tuple[int, str]  # the tensor's in-place version counter, a digest of its bytes
 
 
-class ForeignWriteError(RuntimeError):
+class ForeignWriteError(RunStoppedError):
     """A weight the editor manages was changed by someone else since its last write."""
 
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from rome_fast.edit.ownership import stored_weight
 from rome_fast.eval.protocols import AnyEditor
+from rome_fast.infra.errors import RunStoppedError
 from rome_fast.model.loader import LoadedModel
 
 
@@ -33,7 +34,7 @@ class WeightSnapshots:
 
     def require(self, name: str) -> None:
         if name not in self.original:
-            raise RuntimeError(
+            raise RunStoppedError(
                 f"the editor changed {name!r}, which the run did not snapshot; "
                 f"snapshotted: {sorted(self.original)}"
             )
@@ -44,7 +45,7 @@ class WeightSnapshots:
     def check_restored(self, context: str) -> None:
         changed = self.changed()
         if changed:
-            raise RuntimeError(f"{context}: weights not restored bit-exactly: {changed}")
+            raise RunStoppedError(f"{context}: weights not restored bit-exactly: {changed}")
 
     def distance(self) -> float:
         """‖W − W0‖_F over every snapshotted weight (orientation does not matter)."""
