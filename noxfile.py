@@ -351,6 +351,27 @@ REGRESSION_SLICE = (
     "--glue-n",
     "16",
 )
+# The batched methods' SmolLM2 gate (`-- --method M`): 32 facts in two batches of 16, each
+# on the unedited model and in sequence, GLUE after each batch.
+BATCHED_SLICE = (
+    "--data",
+    "counterfact/counterfact-val.json",
+    "--limit",
+    "32",
+    "--modes",
+    "single,sequential",
+    "--batch-size",
+    "16",
+    "--generations",
+    "2",
+    "--generation-tokens",
+    "24",
+    "--glue-every",
+    "1",
+    "--glue-n",
+    "16",
+)
+BATCHED_METHODS = ("memit", "emmet", "alphaedit")
 PAPER_BASELINES = {
     "gpt2-xl": ("single", "gpt2xl-single"),
     "gpt-j-6b": ("single,sequential", "gptj-single", "gptj-sequential"),
@@ -359,25 +380,31 @@ PAPER_BASELINES = {
 
 @nox.session(default=False)
 def regression(session: nox.Session) -> None:
-    """Gate on real metrics: SmolLM2 on a fixed CounterFact slice against its measured baseline,
-    or `-- --model gpt2-xl|gpt-j-6b --data FILE` for the paper's setting and tables. Each run
-    starts from an empty folder; `-- --resume yes` continues an interrupted one instead;
-    `-- --workers N` and/or `-- --ray-address ADDRESS` run it on Ray actors."""
+    """Gate on real metrics: SmolLM2 on a fixed CounterFact slice against its measured baseline
+    (`-- --method memit|emmet|alphaedit`: a batched method on its own slice), or `-- --model
+    gpt2-xl|gpt-j-6b --data FILE` for the paper's setting and tables. Each run starts from an
+    empty folder; `-- --resume yes` continues an interrupted one instead; `-- --workers N`
+    and/or `-- --ray-address ADDRESS` run it on Ray actors."""
     opts = dict(zip(session.posargs[::2], session.posargs[1::2], strict=False))
     cluster = [a for k in ("--workers", "--ray-address") if k in opts for a in (k, opts[k])]
+    method = opts.get("--method")
+    if method is not None and method not in BATCHED_METHODS:
+        session.error(f"unknown --method {method!r}: use {', '.join(BATCHED_METHODS)}")
     install(session, extras="ray" if cluster else "")
     model = opts.get("--model", "smollm2")
-    out = f"runs/regression-{model}"
+    out = f"runs/regression-{model}" + (f"-{method}" if method else "")
     if opts.get("--resume") != "yes":
         fresh_folder(out)
     if model == "smollm2":
-        # Its baseline was measured on the full files: the slice's GLUE draws read all of them.
+        # Its baselines were measured on the full files: the slice's GLUE draws read all of them.
         full_data = outside_the_clone(session, "ROME_DATA_DIR", "data", REGRESSION_SLICE[1])
         env = {"ROME_DATA_DIR": full_data}
-        session.run(
-            "rome", "eval", "--model", "smollm2", *REGRESSION_SLICE, *cluster, "--out", out, env=env
-        )
-        baselines = ("smollm2-regression-single", "smollm2-regression-sequential")
+        chosen = ("--method", method, *BATCHED_SLICE) if method else REGRESSION_SLICE
+        session.run("rome", "eval", "--model", "smollm2", *chosen, *cluster, "--out", out, env=env)
+        stem = f"smollm2-regression-{method}" if method else "smollm2-regression"
+        baselines = (f"{stem}-single", f"{stem}-sequential")
+    elif method is not None:
+        session.error("--method gates SmolLM2 only: drop --model")
     elif model in PAPER_BASELINES:
         data = opts.get("--data")
         if data is None:
