@@ -50,7 +50,7 @@ from rome_fast.eval.case_scoring import metrics_of
 from rome_fast.eval.files import append_line, read_lines
 from rome_fast.eval.protocols import BatchStreamWork, BatchWriter, EditOutcome, SingleBatchWork
 from rome_fast.eval.resume import resume_rows
-from rome_fast.eval.runner import Runner, case_row
+from rome_fast.eval.runner import Runner, RunnerStream, case_row
 from rome_fast.hparams.batched import MethodHParams
 from rome_fast.infra.timer import PhaseTimer
 
@@ -265,7 +265,7 @@ class BatchRuns:
 
 
 @dataclass(frozen=True)
-class InProcess:
+class InProcess(RunnerStream):
     """A batched method's model-side work on ``runner``'s own model, the batches written by
     ``writer`` (:class:`~rome_fast.eval.protocols.SingleBatchWork` and
     :class:`~rome_fast.eval.protocols.BatchStreamWork`); a Ray worker holds one of its own."""
@@ -299,18 +299,6 @@ class InProcess:
         for row in rows:  # normalized like |Δ|, by the elements of one weight
             row.update(cumulative_norm=cumulative, cumulative_delta=cumulative / snapshots.numel)
         return rows, result
-
-    def edited_weights(self) -> dict[str, torch.Tensor]:
-        return self.runner.edited_weights()
-
-    def glue_scores(self) -> dict[str, Any]:
-        return self.runner.glue_scores()
-
-    def final_row(self, index: int) -> dict[str, Any]:
-        return self.runner.final_row(index)
-
-    def end_stream(self) -> None:
-        self.runner.end_stream()
 
     def _batch_rows(self, batch: int) -> tuple[list[dict[str, Any]], EditOutcome | None]:
         """The rows of batch ``batch``: each fact scored on the model as it is, the batch

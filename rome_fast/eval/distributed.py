@@ -45,7 +45,7 @@ from rome_fast.eval.dispatch import MAX_ATTEMPTS, Dispatch, Unit
 from rome_fast.eval.files import read_lines
 from rome_fast.eval.protocols import EditOutcome
 from rome_fast.eval.reproducibility import kernel_settings
-from rome_fast.eval.runner import Runner
+from rome_fast.eval.runner import Runner, RunnerStream
 from rome_fast.infra.cluster import (
     Cluster,
     WorkerLost,
@@ -91,7 +91,7 @@ class _RowRunner(Runner):
         return {}
 
 
-class EvalWorker:
+class EvalWorker(RunnerStream):
     """One model and one editor on one device (a Ray actor); the driver asks it for rows."""
 
     def __init__(self, spec: WorkerSpec) -> None:
@@ -128,18 +128,6 @@ class EvalWorker:
 
     def stream_row(self, variant: str, index: int) -> dict[str, Any]:
         return self.runner.stream_row(variant, index)
-
-    def edited_weights(self) -> dict[str, torch.Tensor]:
-        return self.runner.edited_weights()
-
-    def glue_scores(self) -> dict[str, Any]:
-        return self.runner.glue_scores()
-
-    def final_row(self, index: int) -> dict[str, Any]:
-        return self.runner.final_row(index)
-
-    def end_stream(self) -> None:
-        self.runner.end_stream()
 
     def _batches(self) -> InProcess:
         """The batched method's work on this model, written by the runner's editor now."""

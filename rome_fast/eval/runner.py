@@ -474,3 +474,23 @@ class Runner:
         summary["execution"] = dict(execution)
         write_json(self.out / "summary.json", summary)
         return summary
+
+
+class RunnerStream:
+    """The ``Stream`` calls a stream's model-side work passes to ``self.runner`` as it is
+    (its edited weights, GLUE scores, final rows, the end): shared by a Ray worker and a
+    batched method's work in one process."""
+
+    runner: Runner
+
+    def edited_weights(self) -> dict[str, torch.Tensor]:
+        return self.runner.edited_weights()
+
+    def glue_scores(self) -> dict[str, Any]:
+        return self.runner.glue_scores()
+
+    def final_row(self, index: int) -> dict[str, Any]:
+        return self.runner.final_row(index)
+
+    def end_stream(self) -> None:
+        self.runner.end_stream()
