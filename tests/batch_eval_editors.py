@@ -15,10 +15,11 @@ from rome_fast.edit.ownership import stored_weight
 
 
 @dataclass
-class FailsSecondBatch:
-    """Ours, but the second batch it is given is written and then raises."""
+class FailsOnBatch:
+    """Ours, but the ``fails_on``-th batch it is given (from 1) is written and then raises."""
 
-    name: str = "fails-second-batch"
+    fails_on: int = 2
+    name: str = "fails-on-a-batch"
     uncontrolled: list[str] = field(default_factory=list)
     calls: int = 0
     ours: OurBatchEditor = field(default_factory=OurBatchEditor)
@@ -26,8 +27,8 @@ class FailsSecondBatch:
     def edit(self, inputs: BatchInputs) -> None:
         self.calls += 1
         self.ours.edit(inputs)
-        if self.calls == 2:
-            raise RuntimeError("planted failure after the second batch's write")
+        if self.calls == self.fails_on:
+            raise RuntimeError(f"planted failure after batch {self.calls}'s write")
 
 
 def writes_nan(inputs: BatchInputs) -> None:

@@ -1290,6 +1290,16 @@ MUTANTS: tuple[Mutant, ...] = (
         "traceback, not one line",
         (BATCH_EVAL_EDITOR, "-k", "stops_the_command"),
     ),
+    Mutant(
+        "external_alphaedit_refusal_forgotten",
+        "batched runs",
+        "rome_fast/conform/batch_external.py",
+        'if method == "alphaedit":  # its Kₚ may hold the refused batch\'s keys by now',
+        "if False:",
+        "after a refused AlphaEdit batch, the editor under test writes the stream's later batches "
+        "with a memory of earlier keys that may hold the refused one",
+        (BATCH_EVAL_EDITOR, "-k", "refused_alphaedit"),
+    ),
     # ---------------------------------------------------------------- batched editor
     Mutant(
         "batch_revert_leaves_a_layer",

@@ -158,7 +158,7 @@ def test_a_failing_editor_fails_its_facts_on_the_model_as_it_was(name: str, tmp_
 
 def test_a_failed_batch_leaves_the_stream_as_the_batch_before_left_it(tmp_path: Path) -> None:
     external_runner(
-        tmp_path / "fails", "memit", "sequential", batch_eval_editors.FailsSecondBatch
+        tmp_path / "fails", "memit", "sequential", batch_eval_editors.FailsOnBatch
     ).run()
     rows = read_lines(tmp_path / "fails" / "sequential-memit.jsonl")
     assert [("error" in r) for r in rows] == [False] * SIZE + [True] * SIZE
@@ -167,6 +167,24 @@ def test_a_failed_batch_leaves_the_stream_as_the_batch_before_left_it(tmp_path: 
     summary = json.loads((tmp_path / "fails" / "summary.json").read_text())["results"]
     assert summary["sequential"]["memit"]["failed"] == SIZE
     assert [b["failed"] for b in summary["sequential"]["memit"]["batches"]] == [False, True]
+
+
+@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+def test_a_refused_alphaedit_batch_ends_the_stream_of_the_editor_under_test(
+    tmp_path: Path, method: str
+) -> None:
+    """AlphaEdit's editor under test may remember a refused batch's keys (Kₚ) and no revert
+    reaches that memory: its later batches are refused unrun. MEMIT keeps nothing but the
+    weights, so its stream goes on."""
+    fails_first = lambda: batch_eval_editors.FailsOnBatch(fails_on=1)  # noqa: E731
+    external_runner(tmp_path, method, "sequential", fails_first).run()
+    rows = read_lines(tmp_path / f"sequential-{method}.jsonl")
+    assert all("planted failure after batch 1" in r["error"] for r in rows[:SIZE])
+    later = [r.get("error", "") for r in rows[SIZE:]]
+    if method == "alphaedit":
+        assert all(e.startswith("ValueError: not run: an earlier alphaedit batch") for e in later)
+    else:
+        assert later == [""] * SIZE
 
 
 def test_a_hung_editor_fails_its_batch_and_gets_no_later_one(tmp_path: Path) -> None:

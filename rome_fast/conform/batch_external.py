@@ -15,7 +15,9 @@ changed after a batch returned is found before the next batch and before a resto
 
 A restore (single mode, after each batch) also replaces the editor under test by a new one:
 what it remembers of the undone batches (AlphaEdit's keys of earlier batches, Kₚ) does not
-carry over into the next, as our ``Editor.restore`` empties its log.
+carry over into the next, as our ``Editor.restore`` empties its log. A refused AlphaEdit batch
+cannot be taken out of that memory (the protocol has no revert), so the stream's later batches
+are refused unrun until a restore; MEMIT and EMMET keep nothing between batches but the weights.
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ class ExternalBatchEditor:
     _originals: dict[str, Tensor] = field(default_factory=dict, repr=False)
     _noted: dict[str, Fingerprint] = field(default_factory=dict, repr=False)
     _limit: TimeLimit = field(init=False, repr=False)
+    # why a refused AlphaEdit batch taints the editor under test until the next restore
+    _tainted: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.editor = self.make()
@@ -112,6 +116,8 @@ class ExternalBatchEditor:
         is as it was and ValueError says what the editor did."""
         if method_of(method_hparams) != method:
             raise ValueError(f"{method} given {type(method_hparams).__name__}")
+        if self._tainted is not None:
+            raise ValueError(f"not run: {self._tainted}")
         self._require_own("write the next batch")
         model = self.loaded.model
         modules = self._modules(method_hparams)
@@ -153,6 +159,11 @@ class ExternalBatchEditor:
                 "stops (the method's layers were put back)"
             )
         if failure is not None:
+            if method == "alphaedit":  # its Kₚ may hold the refused batch's keys by now
+                self._tainted = (
+                    "an earlier alphaedit batch was refused, and the editor under test's memory "
+                    "of earlier batches (Kₚ) may still hold its keys"
+                )
             raise ValueError(f"the editor under test failed (model restored): {failure}")
         sites = []
         for layer, (name, module) in zip(method_hparams.layers, modules.items(), strict=True):
@@ -174,6 +185,7 @@ class ExternalBatchEditor:
         self._originals.clear()
         self._noted.clear()
         self.editor = self.make()
+        self._tainted = None
 
 
 def _bad_weights(
