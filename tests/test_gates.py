@@ -15,6 +15,9 @@ from rome_fast.eval.gates import (
 )
 from rome_ref.metrics import TABLE_METRICS
 
+BATCHED = ("memit", "emmet", "alphaedit")
+MODES = ("single", "sequential")
+
 BASELINE: dict[str, Any] = {
     "name": "synthetic",
     "model": "m",
@@ -101,6 +104,8 @@ def test_baselines_are_package_data_found_by_name() -> None:
     names = shipped_baseline_names()
     assert names == sorted(p.stem for p in baselines_dir().glob("*.json"))
     assert {"gptj-single", "smollm2-regression-single"} <= set(names)
+    batched = {f"smollm2-regression-{m}-{mode}" for m in BATCHED for mode in MODES}
+    assert batched <= set(names)  # what `nox -s regression -- --method M` gates against
     for name in names:
         assert load_baseline(name)["variants"]
 
