@@ -36,6 +36,7 @@ from rome_fast.hparams.defaults import hparams_for
 from rome_fast.infra.cluster import Cluster
 from rome_fast.methods.alphaedit.update import AlphaEditHParams
 from rome_fast.methods.memit.update import MemitHParams
+from rome_fast.model import linear
 from rome_fast.model.linear import onednn_is_faster
 from rome_fast.model.loader import LoadedModel
 from tests.batch_editing import low_rank_spd
@@ -195,9 +196,11 @@ def test_the_summary_holds_each_batch(sequential_memit: Path) -> None:
     assert [[s["layer"] for s in b["sites"]] for b in batches] == [[0, 1], [0, 1]]
 
 
-def worker(runner: Runner) -> EvalWorker:
+def worker(runner: Runner, monkeypatch: pytest.MonkeyPatch) -> EvalWorker:
     """What a Ray actor of ``runner``'s memit run holds (``distributed.EvalWorker``), made
-    here: the model loaded as the actor loads it, editors of the driver's recipe."""
+    here: the model loaded as the actor loads it, editors of the driver's recipe. An actor pins
+    its process's oneDNN choice; this process gets its own back after the test."""
+    monkeypatch.setattr(linear, "_pinned", linear._pinned)
     make_editor = EditorRecipe.of(new_editor(fresh_model(FAMILY)), MEMIT.layers)
     threads, onednn = torch.get_num_threads(), onednn_is_faster()
     runs = BatchRuns("memit", MEMIT, SIZE)
@@ -222,22 +225,22 @@ def as_computed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def test_a_worker_writes_each_batch_on_its_unedited_model_in_any_order(
-    single_memit: Runner,
+    single_memit: Runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Batch 1 first, then batch 0 (as after a requeue): the rows of the run in one process."""
     rows = read_lines(single_memit.out / "single-memit.jsonl")
-    on_worker = worker(single_memit)
+    on_worker = worker(single_memit, monkeypatch)
     second, first = on_worker.single_batch(1), on_worker.single_batch(0)
     assert as_computed(first + second) == as_computed(rows)
 
 
 def test_a_worker_resumes_a_stream_from_the_batches_the_driver_read(
-    sequential_memit: Path,
+    sequential_memit: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Batch 0 replayed from its log, read here and handed over as the driver sends it; then
     batch 1: its rows and the weights after it are those of the stream in one process."""
     runner = batch_runner(sequential_memit, "memit", "sequential")
-    on_worker = worker(runner)
+    on_worker = worker(runner, monkeypatch)
     on_worker.begin_stream("memit", {})
     log = sequential_memit / "sequential-memit.batches" / "batch-00000"
     on_worker.replay(read_replayable(log, runner.model, runner.loaded.name))
