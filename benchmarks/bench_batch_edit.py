@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.bench_public_memit import TEMPLATES
+from benchmarks.batch_requests import TEMPLATES, facts
 from benchmarks.conftest import EditSetup, speedup_in_run, synthetic_second_moment
 from benchmarks.floors import Floor, Peaks, value_floor
 from benchmarks.naive_batch import NaiveBatchEditor
@@ -33,9 +33,6 @@ from rome_fast.model.loader import LoadedModel
 
 N_FACTS = (1, 16, 64, 256)
 STEPS = 5  # 4 Adam steps per fact, on both sides
-_PROMPTS = ("{} is located in", "The native language of {} is", "{} works in the field of")
-_SUBJECTS = ("The Eiffel Tower", "Danielle Darrieux", "Toyota", "Miles Davis", "Autonomous")
-_TARGETS = ("Rome", "English", "physics", "the city of Lyon")
 # Least speed-up of the batched editor over the yardstick, per n: the ratio of process CPU
 # times measured side by side at every n in one run on the 2-core machine, one round each,
 # 1 torch thread, load average 4.6 -> 4.0 (2026-12-07 15:53-16:05 UTC, BENCHMARKS.md):
@@ -49,15 +46,8 @@ MIN_SPEEDUP: dict[int, float] = {1: 6.91 / 2, 16: 9.16 / 2, 64: 12.28 / 2, 256: 
 # side by side in one run on the same machine, one round each, 1 torch thread, load average
 # 4.7 -> 5.4 (2026-12-07 16:44-16:50 UTC, commit a24a449, BENCHMARKS.md): 2.10× at n = 1,
 # 3.04× at n = 16, divided by the same margin of 2.
-SMOLLM2_FACTS = (1, 16)
+SMOLLM2_FACTS = (1, 16, 64)
 MIN_SPEEDUP_SMOLLM2: dict[int, float] = {1: 2.10 / 2, 16: 3.04 / 2}
-
-
-def facts(n: int) -> list[EditRequest]:
-    """n requests with distinct subjects, prompts and targets of 1 to 4 tokens in turn."""
-    return [
-        EditRequest(_PROMPTS[i % 3], f"{_SUBJECTS[i % 5]} {i}", _TARGETS[i % 4]) for i in range(n)
-    ]
 
 
 def targets_floor(

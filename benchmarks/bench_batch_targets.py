@@ -10,18 +10,13 @@ from typing import Any
 
 import pytest
 
+from benchmarks.batch_requests import facts
 from benchmarks.conftest import EditSetup
 from rome_fast.edit.batch_targets import BatchTargets, compute_batch_targets
-from rome_fast.edit.request import EditRequest
 
 N_FACTS = 16
 STEPS = 5  # 4 Adam steps, as the v* benchmark
-_PROMPTS = ("{} is located in", "The native language of {} is", "{} works in the field of")
-_SUBJECTS = ("The Eiffel Tower", "Danielle Darrieux", "Toyota", "Miles Davis", "Autonomous")
-_TARGETS = ("Rome", "English", "physics", "the city of Lyon")
-FACTS = [
-    EditRequest(_PROMPTS[i % 3], f"{_SUBJECTS[i % 5]} {i}", _TARGETS[i % 4]) for i in range(N_FACTS)
-]
+FACTS = facts(N_FACTS)
 
 
 @pytest.mark.parametrize("impl", ["per-fact", "batched"])

@@ -13,33 +13,20 @@ from typing import Any
 import pytest
 from torch import Tensor
 
+from benchmarks.batch_requests import TEMPLATES, facts
 from benchmarks.conftest import SEED, synthetic_second_moment
 from rome_fast.conform.public_memit import MemitInputs, PublicMemit
 from rome_fast.edit.editor import Editor
-from rome_fast.edit.request import EditRequest
 from rome_fast.hparams.defaults import HParams, hparams_for
 from rome_fast.methods.memit.update import MemitHParams
 from rome_fast.model.loader import LoadedModel, random_model
 from tests.anchors import anchors_present, anchors_root
 
-N_FACTS = 4
+# 4 facts, and 16 where the public code's per-fact cost meets our batching (about 8 CPU
+# minutes for its side alone on the 2-core machine)
+N_FACTS = (4, 16)
 STEPS = 5  # 4 Adam steps per optimization, as the v* benchmark (both sides the same)
 MODEL = "gpt2-medium"
-# the public code's own template shape: the bare prompt and five short prefixes
-TEMPLATES = [
-    "{}",
-    "The first thing. {}",
-    "Therefore, we went. {}",
-    "Because of it. {}",
-    "I said that. {}",
-    "You know the way. {}",
-]
-_PROMPTS = ("{} is located in", "The native language of {} is", "{} works in the field of")
-_SUBJECTS = ("The Eiffel Tower", "Danielle Darrieux", "Toyota", "Miles Davis")
-_TARGETS = ("Rome", "English", "physics", "Lyon")
-FACTS = [
-    EditRequest(_PROMPTS[i % 3], _SUBJECTS[i % 4], _TARGETS[(i + 1) % 4]) for i in range(N_FACTS)
-]
 
 pytestmark = pytest.mark.slow
 
@@ -49,9 +36,11 @@ def medium() -> LoadedModel:
     return random_model(MODEL, seed=SEED)
 
 
+# impl outermost: each n's public row runs just before ours, as the ratio needs.
 @pytest.mark.parametrize("impl", ["public", "batched"])
+@pytest.mark.parametrize("n", N_FACTS)
 def test_public_memit_vs_edit_batch(
-    run_bench: Callable[..., Any], medium: LoadedModel, impl: str
+    run_bench: Callable[..., Any], medium: LoadedModel, n: int, impl: str
 ) -> None:
     if not anchors_present():
         pytest.skip(f"no MEMIT checkout under {anchors_root()}")
@@ -61,27 +50,27 @@ def test_public_memit_vs_edit_batch(
     d_in = {layer: medium.adapter.edited_site(medium.model, layer).d_in for layer in layers}
     C = {layer: synthetic_second_moment(d_in[layer], layer) for layer in layers}
     timed = (
-        _public(medium, hparams, method, C)
+        _public(medium, hparams, method, C, n)
         if impl == "public"
-        else _ours(medium, hparams, method, C)
+        else _ours(medium, hparams, method, C, n)
     )
     run_bench(
         timed,
-        group=f"MEMIT, {N_FACTS} facts, random:{MODEL}, {len(layers)} layers, {STEPS} iterations",
+        group=f"MEMIT, {n} facts, random:{MODEL}, {len(layers)} layers, {STEPS} iterations",
         impl=impl,
         rounds=1,
         warmup_rounds=0,
-        facts=N_FACTS,
+        facts=n,
         layers=list(layers),
     )
 
 
 def _public(
-    loaded: LoadedModel, hparams: HParams, method: MemitHParams, C: dict[int, Tensor]
+    loaded: LoadedModel, hparams: HParams, method: MemitHParams, C: dict[int, Tensor], n: int
 ) -> Callable[[], None]:
-    """One batch by the public code, then its own revert."""
+    """One batch of n facts by the public code, then its own revert."""
     public = PublicMemit(anchors_root() / "memit")
-    inputs = MemitInputs(loaded, FACTS, TEMPLATES, C, hparams, method, seed=SEED)
+    inputs = MemitInputs(loaded, facts(n), TEMPLATES, C, hparams, method, seed=SEED)
 
     def timed() -> None:
         public.edit(inputs)
@@ -91,13 +80,14 @@ def _public(
 
 
 def _ours(
-    loaded: LoadedModel, hparams: HParams, method: MemitHParams, C: dict[int, Tensor]
+    loaded: LoadedModel, hparams: HParams, method: MemitHParams, C: dict[int, Tensor], n: int
 ) -> Callable[[], None]:
-    """One batch by ``Editor.edit_batch``, then ``restore``."""
+    """One batch of n facts by ``Editor.edit_batch``, then ``restore``."""
     editor = Editor(loaded, hparams=hparams, templates=TEMPLATES, stats=lambda _m, layer: C[layer])
+    requests = facts(n)
 
     def timed() -> None:
-        editor.edit_batch(FACTS, "memit", method_hparams=method)
+        editor.edit_batch(requests, "memit", method_hparams=method)
         editor.restore()
 
     return timed

@@ -3,7 +3,7 @@
 (``benchmarks.naive_batch``: one δ per fact, full forward passes) on the first few of them,
 seconds per fact each, and their ratio. The yardstick's cost per fact does not depend on n
 (each fact is its own loop), so it runs on a handful; the batched editor on all n. The
-templates are the public MEMIT code's shape (``bench_public_memit.TEMPLATES``), C a synthetic
+templates are the public MEMIT code's shape (``batch_requests.TEMPLATES``), C a synthetic
 SPD matrix per layer; one round each, the batched round including the factoring of each
 layer's C (its first batch)."""
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.bench_batch_edit import facts, targets_floor
-from benchmarks.bench_public_memit import TEMPLATES
+from benchmarks.batch_requests import TEMPLATES, facts
+from benchmarks.bench_batch_edit import targets_floor
 from benchmarks.conftest import synthetic_second_moment
 from benchmarks.floors import Peaks
 from benchmarks.naive_batch import NaiveBatchEditor
