@@ -34,6 +34,7 @@ BATCH_FILES = "tests/test_batch_hparams_files.py"
 BATCH_EDITOR = "tests/test_batch_editor.py"
 BATCH_CONFORM = "tests/test_batch_conform.py"
 PUBLIC_MEMIT = "tests/test_public_memit.py"
+LATE_WRITES = "tests/test_late_writes.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # ---------------------------------------------------------------- metrics
@@ -1625,6 +1626,33 @@ MUTANTS: tuple[Mutant, ...] = (
         "        self._noted.clear()\n",
         "single mode keeps one editor under test: AlphaEdit's Kₚ holds the undone batches' keys",
         (BATCH_EVAL_EDITOR, "-k", "ours_under_test and alphaedit"),
+    ),
+    Mutant(
+        "external_batch_hung_write_unwatched",
+        "batched runs",
+        "rome_fast/conform/batch_external.py",
+        "self._noted |= {name: fingerprint(module) for name, module in modules.items()}",
+        "pass",
+        "a hung batch's thread writing after the put-back goes unnoticed (nothing noted)",
+        (LATE_WRITES, "-k", "batch"),
+    ),
+    Mutant(
+        "external_hung_write_unwatched",
+        "conformance",
+        "rome_fast/conform/external.py",
+        "        if self._limit.hung is not None:\n            self._noted = fingerprint",
+        "        if False:\n            self._noted = fingerprint",
+        "a hung edit's thread writing after the put-back goes unnoticed (nothing noted)",
+        (LATE_WRITES, "-k", "edit_writing"),
+    ),
+    Mutant(
+        "hung_write_by_version_only",
+        "conformance",
+        "rome_fast/conform/invoke.py",
+        "    if limit.hung is None:\n        require_own(",
+        "    if True:\n        require_own(",
+        "after a hang, a late write through .data (no version counter moves) is not looked for",
+        (LATE_WRITES,),
     ),
     Mutant(
         "external_batch_identity_without_editor",

@@ -10,8 +10,8 @@ replaces a weight, changes its shape, dtype or device, or writes a non-finite va
 is then refused with ValueError (its facts fail). A write outside the method's layers cannot be
 undone (those weights are not copied): it stops the run (``RunStoppedError``). A hung editor's
 thread may still be running: its later batches are refused without calling it, and a weight
-changed after a batch returned is found before the next batch and before a restore
-(``RunStoppedError``).
+changed after the harness last wrote or put it back (each edited layer's digest noted then) is
+found before the next batch and before a restore (``RunStoppedError``).
 
 A restore (single mode, after each batch) also replaces the editor under test by a new one:
 what it remembers of the undone batches (AlphaEdit's keys of earlier batches, Kₚ) does not
@@ -33,10 +33,16 @@ from torch import Tensor, nn
 
 from rome_fast.conform.batch_protocol import BatchEditorUnderTest, BatchInputs, method_of
 from rome_fast.conform.batch_run import BatchSettings
-from rome_fast.conform.invoke import EditorHung, TimeLimit, describe_raise, seconds
+from rome_fast.conform.invoke import (
+    EditorHung,
+    TimeLimit,
+    describe_raise,
+    require_untouched,
+    seconds,
+)
 from rome_fast.conform.state import reset, snapshot
 from rome_fast.conform.timeouts import DEFAULT_TIMEOUT
-from rome_fast.edit.ownership import Fingerprint, fingerprint, require_own, stored_weight
+from rome_fast.edit.ownership import Fingerprint, fingerprint, stored_weight
 from rome_fast.edit.request import EditRequest
 from rome_fast.hparams.batched import MethodHParams
 from rome_fast.infra.errors import RunStoppedError
@@ -103,7 +109,8 @@ class ExternalBatchEditor:
 
     def _require_own(self, action: str) -> None:
         for name, noted in self._noted.items():
-            require_own(self.loaded.model.get_submodule(name), name, noted, action)
+            module = self.loaded.model.get_submodule(name)
+            require_untouched(module, name, noted, action, self._limit)
 
     def edit_batch(
         self,
@@ -152,6 +159,7 @@ class ExternalBatchEditor:
         reset(state, model)
         if failure is not None or outside:
             _put_back(modules, params, before)
+            self._noted |= {name: fingerprint(module) for name, module in modules.items()}
         if outside:
             raise RunStoppedError(
                 f"{self.name} wrote into {', '.join(outside)}, outside the layers "

@@ -11,9 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from rome_fast.conform.protocol import ConformInputs, EditorUnderTest
+from rome_fast.edit.ownership import Fingerprint, fingerprint, require_own
+from rome_fast.infra.errors import RunStoppedError
 
 
 class EditorFailed(RuntimeError):
@@ -74,6 +76,23 @@ class TimeLimit:
         except EditorHung as error:
             self.hung = str(error)
             raise
+
+
+def require_untouched(
+    module: nn.Module, module_name: str, noted: Fingerprint, action: str, limit: TimeLimit
+) -> None:
+    """``require_own`` for a weight the harness wrote or put back for an editor under test.
+    After a call hung, its thread may still write, by any route (a write through ``.data``
+    moves no version counter): the digest is compared every time, and a change stops the run
+    (``RunStoppedError``) naming the call that hung."""
+    if limit.hung is None:
+        require_own(module, module_name, noted, action)
+    elif fingerprint(module)[1] != noted[1]:
+        raise RunStoppedError(
+            f"cannot {action}: {module_name}.weight changed after the editor under test's "
+            f"{limit.per} was given up ({limit.hung}); its thread is still writing into the "
+            "model, so nothing scored since can be trusted and the run stops"
+        )
 
 
 def seconds(timeout: float | None) -> str:
