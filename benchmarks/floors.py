@@ -327,6 +327,27 @@ def value_floor(
     )
 
 
+def public_targets_floor(
+    peaks: Peaks, loaded: LoadedModel, layer: int, tokens: int, forwards: int, backwards: int
+) -> Floor:
+    """The public ``compute_z`` flow's targets: per iteration every block and the unembedding
+    at every real token of the rewriting and essence prompts (it runs the whole prompts and
+    takes a log-softmax at every position), and a backward pass (activations only: the
+    model's weights need no gradient) through the blocks above ``layer`` and the unembedding
+    at every token. Padding is not counted: a floor below the public code's own work."""
+    model = loaded.model
+    above = list(loaded.adapter.layers(model))[layer + 1 :]
+    backward = 2.0 * tokens * (matrix_params(above) + unembedding_numel(model))
+    return floor(
+        peaks,
+        bytes_moved=0,
+        flops=forwards * full_forward_flops(loaded, tokens) + backwards * backward,
+        dtype=model_dtype(loaded),
+        basis=f"{forwards} fwd × 2·(params(all blocks) + V·d)·{tokens} tokens + {backwards} bwd × "
+        f"2·(params(blocks>{layer}) + V·d)·{tokens} tokens",
+    )
+
+
 def stats_floor(peaks: Peaks, loaded: LoadedModel, layer: int, tokens: int, d_in: int) -> Floor:
     """Collection needs blocks 0..layer−1 per token and one k kᵀ accumulation (2·d_in² flops)."""
     blocks = list(loaded.adapter.layers(loaded.model))[:layer]
