@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rome_fast.edit.batch_keys import compute_batch_keys, key_matrix
+from rome_fast.edit.batch_keys import compute_batch_keys, key_matrix, key_prompts, keys_from_prompts
 from rome_fast.edit.keys import compute_keys
 from rome_fast.edit.request import EditRequest
-from tests.models import EDIT, FAMILIES, TEMPLATES, at, tiny_model
+from tests.models import EDIT, FAMILIES, TEMPLATES, at, fresh_model, tiny_model
 
 LAYER = 1
 REQUESTS = [
@@ -52,3 +52,27 @@ def test_a_template_list_without_the_bare_prompt_is_refused() -> None:
     loaded, site = at(tiny_model("tiny-gpt2"), LAYER)
     with pytest.raises(ValueError, match="must include the bare template"):
         compute_batch_keys(loaded, site, REQUESTS, ["A. {}"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_keys_above_an_edited_layer_replay_the_blocks_below_it_exactly(family: str) -> None:
+    """The schedule's keys at a later layer on the model as the first edited layer left it:
+    the blocks below the first layer, run once before that edit and replayed, give the keys of
+    a fresh pass on the edited model bit for bit."""
+    loaded = fresh_model(family)
+    first, later = at(loaded, LAYER)[1], at(loaded, LAYER + 1)[1]
+    prompts = key_prompts(loaded, REQUESTS, TEMPLATES, first.layer)
+    at_first = keys_from_prompts(loaded, first, prompts)
+    with torch.no_grad():
+        first.weight.add_(
+            torch.randn(first.weight.shape, generator=torch.Generator().manual_seed(0))
+        )
+    for replayed, fresh in (
+        (at_first, compute_batch_keys(loaded, first, REQUESTS, TEMPLATES)),  # its input: unedited
+        (
+            keys_from_prompts(loaded, later, prompts),
+            compute_batch_keys(loaded, later, REQUESTS, TEMPLATES),
+        ),
+    ):
+        for mine, theirs in zip(replayed, fresh, strict=True):
+            assert torch.equal(mine.per_template, theirs.per_template)

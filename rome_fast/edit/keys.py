@@ -18,7 +18,7 @@ from rome_fast.model.hooks import capture, run_until
 from rome_fast.model.linear import onednn_linears
 from rome_fast.model.loader import LoadedModel
 from rome_fast.model.site import EditedSite
-from rome_fast.model.tokens import apply_template, subject_last_positions
+from rome_fast.model.tokens import PromptBatch, apply_template, subject_last_positions
 
 BARE_TEMPLATE = "{}"
 
@@ -60,6 +60,13 @@ def keys_at_subject(
 ) -> Tensor:
     """The edited module's input at each prompt's subject-last token: (n_prompts, d_in) float32."""
     batch = subject_last_positions(loaded.tokenizer, prompts, subjects, padding_side)
+    return inputs_at_subjects(loaded, site, batch)
+
+
+@torch.no_grad()
+def inputs_at_subjects(loaded: LoadedModel, site: EditedSite, batch: PromptBatch) -> Tensor:
+    """The edited module's input at each row's subject-last token of ``batch``: (B, d_in)
+    float32, from a pass stopped there."""
     with capture(site.module, stop=True) as seen:
         run_until(loaded.model, **batch.model_inputs(loaded.device))
     if seen.input is None:
