@@ -47,7 +47,7 @@ MIN_SPEEDUP: dict[int, float] = {1: 6.91 / 2, 16: 9.16 / 2, 64: 12.28 / 2, 256: 
 # 4.7 -> 5.4 (2026-12-07 16:44-16:50 UTC, commit a24a449, BENCHMARKS.md): 2.10× at n = 1,
 # 3.04× at n = 16; n = 64 in a later run (21:43-21:58 UTC, commit eda5053, load 5.9 -> 5.4, the
 # same n = 1 and 16 rows read 2.19× and 3.04×): 3.82×; n = 256 alone (23:20-23:53 UTC, commit
-# 0b20d05, load 3.0): 3.96×; each divided by the same margin of 2.
+# 0b20d05, load 3.3 -> 3.0): 3.96×; each divided by the same margin of 2.
 SMOLLM2_FACTS = (1, 16, 64, 256)
 MIN_SPEEDUP_SMOLLM2: dict[int, float] = {1: 2.10 / 2, 16: 3.04 / 2, 64: 3.82 / 2, 256: 3.96 / 2}
 
