@@ -19,13 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from rome_fast.edit.batch_keys import (
-    KeyChoice,
-    KeyPrompts,
-    key_matrix,
-    key_prompts,
-    keys_from_prompts,
-)
+from rome_fast.edit.batch_keys import KeyChoice, key_matrix, key_prompts, keys_from_prompts
 from rome_fast.edit.keys import Keys
 from rome_fast.edit.ownership import copy_weight, stored_weight
 from rome_fast.edit.request import EditRequest
@@ -85,15 +79,14 @@ def write_batch(
     saved = {layer: stored_weight(site.module).detach().clone() for layer, site in sites.items()}
     read: dict[int, tuple[list[Keys], Tensor]] = {}  # layer -> (its Keys, K (d_in, n))
     values: list[Tensor] = []  # the last layer's V (d_out, n), once solved
-    prompts: list[KeyPrompts] = []  # once, at the first layer's keys: the blocks below it run once
+    # before any layer is written: the blocks below the first edited layer run once
+    prompts = key_prompts(loaded, requests, templates, layers[0])
 
     def step(layer: int) -> ScheduleLayer:
         site = sites[layer]
 
         def keys() -> Tensor:
-            if not prompts:
-                prompts.append(key_prompts(loaded, requests, templates, layers[0]))
-            batch_keys = keys_from_prompts(loaded, site, prompts[0])
+            batch_keys = keys_from_prompts(loaded, site, prompts)
             read[layer] = (batch_keys, key_matrix(batch_keys, templates, key_choice))
             return read[layer][1]
 

@@ -66,12 +66,15 @@ class KeyPrompts:
     ``first − 1`` on them (None when ``first`` is 0): what each edited layer's keys pass
     starts from when no layer below ``first`` is edited."""
 
-    batch: PromptBatch
-    n_requests: int
+    batch: PromptBatch  # request-major: row i · T + t is request i under template t
     templates: tuple[str, ...]
     first: int
     below: Tensor | None  # (n · T, width, d_model): block first − 1's output
     below_is_tuple: bool  # that block returned (hidden, ...)
+
+    @property
+    def n_requests(self) -> int:
+        return int(self.batch.input_ids.shape[0]) // len(self.templates)
 
 
 @torch.no_grad()
@@ -88,14 +91,12 @@ def key_prompts(
     subjects = [request.subject for request in requests for _ in templates]
     batch = subject_last_positions(loaded.tokenizer, prompts, subjects, padding_side)
     if first == 0:
-        return KeyPrompts(batch, len(requests), tuple(templates), first, None, False)
+        return KeyPrompts(batch, tuple(templates), first, None, False)
     block = loaded.adapter.block(loaded.model, first - 1)
     with onednn_linears(loaded.model), capture(block, output=True, stop=True) as seen:
         run_until(loaded.model, **batch.model_inputs(loaded.device))
     assert seen.output is not None, f"the forward pass never reached block {first - 1}"
-    return KeyPrompts(
-        batch, len(requests), tuple(templates), first, seen.output, seen.output_is_tuple
-    )
+    return KeyPrompts(batch, tuple(templates), first, seen.output, seen.output_is_tuple)
 
 
 @torch.no_grad()
