@@ -1988,6 +1988,25 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_batch_conform.py", "-k", "misuse"),
     ),
     Mutant(
+        "easyedit_float64_projector_ignored",
+        "batched conformance",
+        "rome_fast/conform/easyedit_batched.py",
+        '        if projector is None and self.projector_from == "float64":',
+        "        if False:",
+        "--projector float64 leaves EasyEdit's AlphaEdit its own float32 P: the run a user "
+        "asked for, to tell P's rounding apart, silently is the default one",
+        ("tests/test_easyedit_batched.py", "-k", "float64"),
+    ),
+    Mutant(
+        "easyedit_projector_for_any_method",
+        "batched conformance",
+        "rome_fast/cli/conform_batch.py",
+        '    if projector is not None and spec != "easyedit-alphaedit":',
+        "    if False:",
+        "--projector float64 with an editor that keeps no projector is dropped unsaid",
+        ("tests/test_batch_conform.py", "-k", "misuse"),
+    ),
+    Mutant(
         "driver_inputs_extra_required_field_accepted",
         "batched conformance",
         "rome_fast/conform/batch_protocol.py",

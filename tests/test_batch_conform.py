@@ -391,6 +391,11 @@ def test_easyedit_alphaedit_as_in_a_users_process_fails_no_trace() -> None:
         (["--editor", "rebuilding-rome", "--batch", "2"], "unknown --editor"),
         (["--editor", "easyedit-emmet", "--batch", "2", "--method", "memit"], "--method emmet"),
         (["--editor", "easyedit-alphaedit", "--batch", "2"], "EasyEdit's checkout"),
+        (["--editor", "rome-verify", "--projector", "float64"], "add --batch N"),
+        (
+            ["--editor", "easyedit-emmet", "--batch", "2", "--projector", "float64"],
+            "--projector applies to --editor easyedit-alphaedit",
+        ),
     ],
 )
 def test_cli_batch_misuse_exits_2_with_one_line(

@@ -15,11 +15,14 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
+from rome_fast.cli.conform_batch import PROJECTOR_SOURCES as CLI_PROJECTOR_SOURCES
 from rome_fast.conform.easyedit_batched import (
     ALPHAEDIT_GLOBALS,
     P_FILE,
+    PROJECTOR_SOURCES,
     EasyEditBatched,
     EasyEditInputs,
+    ProjectorSource,
 )
 from rome_fast.conform.public import weight_change
 from rome_fast.edit.request import EditRequest
@@ -345,6 +348,50 @@ def test_alphaedit_solves_with_the_projector_and_key_cache_handed_in() -> None:
     assert state is not None
     assert torch.equal(state.projector, torch.stack([projector[layer] for layer in LAYERS]))
     assert torch.equal(state.key_cache_before, torch.stack([cache[layer] for layer in LAYERS]))
+
+
+@pytest.mark.anchors
+def test_alphaedit_solves_with_the_reference_projector_when_asked_for_float64() -> None:
+    """``projector_from="float64"``: the P its solve reads is the reference's from the same C
+    (float64 eigh, stored in float32), not the code's own float32 SVD, which differs from it."""
+    loaded = fresh_model("tiny-gpt2")
+    threshold = AlphaEditHParams().nullspace_threshold
+    wanted = torch.stack(
+        [
+            torch.from_numpy(
+                null_space_projector(low_rank_spd(loaded, layer).double().numpy(), threshold)
+            ).float()
+            for layer in LAYERS
+        ]
+    )
+    code = EasyEditBatched("easyedit-alphaedit", checkout("easyedit"), projector_from="float64")
+    handed, own = (
+        easyedit_run("easyedit-alphaedit", loaded=loaded, editor=editor).editor.alphaedit
+        for editor in (code, EasyEditBatched("easyedit-alphaedit", checkout("easyedit")))
+    )
+    assert handed is not None
+    assert own is not None
+    assert torch.equal(handed.projector, wanted)
+    assert not torch.equal(own.projector, wanted)
+
+
+@pytest.mark.anchors
+@pytest.mark.parametrize(
+    ("spec", "source", "message"),
+    [
+        ("easyedit-memit", "float64", "easyedit-memit has no projector"),
+        ("easyedit-alphaedit", "float32", "unknown projector source 'float32'"),
+    ],
+)
+def test_a_projector_it_cannot_take_is_refused_by_name(
+    spec: str, source: ProjectorSource, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        EasyEditBatched(spec, checkout("easyedit"), projector_from=source)
+
+
+def test_the_command_line_offers_the_adapters_projector_sources() -> None:
+    assert PROJECTOR_SOURCES == CLI_PROJECTOR_SOURCES
 
 
 @pytest.mark.anchors

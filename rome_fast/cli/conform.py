@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rome_fast.cli.conform_batch import BATCH_EDITORS
+from rome_fast.cli.conform_batch import BATCH_EDITORS, PROJECTOR_SOURCES
 from rome_fast.cli.conform_inputs import context_templates
 from rome_fast.cli.options import (
     add_device_option,
@@ -154,6 +154,15 @@ def add_conform_arguments(p: argparse.ArgumentParser) -> None:
         "editors)",
     )
     p.add_argument(
+        "--projector",
+        choices=PROJECTOR_SOURCES,
+        default=None,
+        help="with --batch --editor easyedit-alphaedit: where its null-space projector P comes "
+        "from: code (its own float32 SVD of C) or float64 (the reference's, from the same C, "
+        "handed in: tells P's float32 rounding apart from the rest of the update) (default: "
+        "code)",
+    )
+    p.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_TIMEOUT,
@@ -179,6 +188,7 @@ def command_line(args: argparse.Namespace) -> str:
         "timeout",
         "method",
         "batch",
+        "projector",
     ):
         value = getattr(args, flag)
         if value is not None:
@@ -230,8 +240,14 @@ def conformance_report(args: argparse.Namespace) -> ConformReport:
     from rome_fast.hparams.defaults import hparams_for
     from rome_fast.model.loader import load_model
 
-    if args.method is not None or args.expect in KEY_VERDICTS:
-        what = f"--method {args.method}" if args.method else f"--expect {args.expect}"
+    if args.method is not None or args.projector is not None or args.expect in KEY_VERDICTS:
+        what = (
+            f"--method {args.method}"
+            if args.method
+            else f"--projector {args.projector}"
+            if args.projector
+            else f"--expect {args.expect}"
+        )
         raise ValueError(f"{what} applies to batched editors: add --batch N")
     requests = conformance_cases(args.sequential or args.cases)
     editor = editor_from_spec(args.editor, args.editor_path, args.editor_variant)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from rome_fast.conform.batch_protocol import BatchEditorUnderTest
     from rome_fast.conform.batch_run import BatchReport
+    from rome_fast.conform.easyedit_batched import ProjectorSource
     from rome_fast.edit.request import EditRequest
     from rome_fast.hparams.defaults import HParams
     from rome_fast.model.loader import LoadedModel
@@ -28,14 +29,26 @@ BATCH_EDITORS = (
     "easyedit-alphaedit",
 )  # besides module:callable
 MAX_FACTS = 8  # the conformance cases (rome_fast.conform.cases.CASES)
+# EasyEdit AlphaEdit's P (easyedit_batched.PROJECTOR_SOURCES: building the parser imports no torch)
+PROJECTOR_SOURCES = ("code", "float64")
 
 
 def batch_editor_from_spec(
-    spec: str, path: str | Path | None, method: str, variant: str | None
+    spec: str,
+    path: str | Path | None,
+    method: str,
+    variant: str | None,
+    projector: ProjectorSource | None = None,
 ) -> BatchEditorUnderTest:
     """The batched editor a ``--editor SPEC`` names: ``rome-verify`` (``--variant``: its key
     choice), ``memit`` (the original code at ``path``), ``easyedit-<method>`` (EasyEdit's
-    checkout at ``path``) or ``module:callable``."""
+    checkout at ``path``; ``--projector``: where AlphaEdit's P comes from) or
+    ``module:callable``."""
+    if projector is not None and spec != "easyedit-alphaedit":
+        raise ValueError(
+            f"--projector applies to --editor easyedit-alphaedit (whose P the harness can hand "
+            f"in), not {spec}; drop it"
+        )
     from rome_fast.conform.batch_protocol import (
         OurBatchEditor,
         load_batch_callable,
@@ -63,7 +76,7 @@ def batch_editor_from_spec(
             )
         return shaped_like_public(PublicMemit(Path(path)), MemitInputs)
     if spec.startswith("easyedit-") and spec in BATCH_EDITORS:
-        return easyedit_driver(spec, path, method)
+        return easyedit_driver(spec, path, method, projector or "code")
     if ":" in spec:
         return load_batch_callable(spec, None if path is None else str(path))
     raise ValueError(
@@ -72,8 +85,11 @@ def batch_editor_from_spec(
     )
 
 
-def easyedit_driver(spec: str, path: str | Path | None, method: str) -> BatchEditorUnderTest:
-    """EasyEdit's MEMIT, EMMET or AlphaEdit, run from the checkout at ``path``."""
+def easyedit_driver(
+    spec: str, path: str | Path | None, method: str, projector: ProjectorSource = "code"
+) -> BatchEditorUnderTest:
+    """EasyEdit's MEMIT, EMMET or AlphaEdit, run from the checkout at ``path`` (AlphaEdit's P
+    from ``projector``: ``EasyEditBatched.projector_from``)."""
     from rome_fast.conform.batch_protocol import shaped_like_public
     from rome_fast.conform.easyedit_batched import EasyEditBatched, EasyEditInputs
 
@@ -87,7 +103,8 @@ def easyedit_driver(spec: str, path: str | Path | None, method: str) -> BatchEdi
         raise ValueError(
             f"--editor {spec} needs EasyEdit's checkout: pass --editor-path or set ROME_EDITOR_PATH"
         )
-    return shaped_like_public(EasyEditBatched(spec, Path(path)), EasyEditInputs)
+    driver = EasyEditBatched(spec, Path(path), projector_from=projector)
+    return shaped_like_public(driver, EasyEditInputs)
 
 
 def batches_of(size: int, count: int) -> list[list[EditRequest]]:
@@ -137,7 +154,9 @@ def batch_conformance_report(args: argparse.Namespace, reproducer: str) -> Batch
     method_name = args.method or (
         args.editor.removeprefix("easyedit-") if args.editor.startswith("easyedit-") else "memit"
     )
-    editor = batch_editor_from_spec(args.editor, args.editor_path, method_name, args.editor_variant)
+    editor = batch_editor_from_spec(
+        args.editor, args.editor_path, method_name, args.editor_variant, args.projector
+    )
     loaded = load_model(args.model, device=args.device, seed=args.seed)
     hparams = hparams_for(args.model, layer=args.layer)
     if args.steps is not None:

@@ -38,7 +38,7 @@ import types
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -70,6 +70,7 @@ from rome_fast.methods.emmet.update import EmmetHParams
 from rome_fast.methods.memit.update import MemitHParams
 from rome_fast.model.loader import LoadedModel
 from rome_fast.model.weights import stores_transposed
+from rome_ref.batched import null_space_projector
 
 PACKAGE = "easyeditor"
 ALPHAEDIT_GLOBALS = ("P", "P_loaded", "cache_c", "cache_c_new")  # AlphaEdit_main.py:24-25, 48
@@ -145,6 +146,21 @@ class EasyEditInputs:
     key_cache: dict[int, Tensor] | None = field(default=None, repr=False)
 
 
+ProjectorSource = Literal["code", "float64"]
+PROJECTOR_SOURCES: tuple[ProjectorSource, ...] = get_args(ProjectorSource)
+
+
+def float64_projectors(inputs: EasyEditInputs) -> dict[int, Tensor]:
+    """Per edited layer, AlphaEdit's P from float64 ``eigh`` of the inputs' C (the reference's,
+    ``rome_ref.batched.null_space_projector``), stored in float32 as the code's own."""
+    assert isinstance(inputs.method, AlphaEditHParams)
+    threshold = inputs.method.nullspace_threshold
+    return {
+        layer: torch.from_numpy(null_space_projector(C.double().cpu().numpy(), threshold)).float()
+        for layer, C in inputs.C.items()
+    }
+
+
 @dataclass
 class AlphaEditState:
     """AlphaEdit's module-level state as its solve read it, and the key cache after the edit;
@@ -169,6 +185,10 @@ class EasyEditBatched:
     path: Path
     isolate_state: bool = True
     model_name: str | None = None
+    # AlphaEdit's P when the inputs hand none in: "code", its own float32 SVD of C
+    # (AlphaEdit_main.py:366-370); "float64", the reference's from the same C, so that what P's
+    # float32 rounding does (large on SmolLM2's layer 2) is told apart from the rest of the update
+    projector_from: ProjectorSource = "code"
     uncontrolled: list[str] = field(default_factory=list)
     stdout: str = ""  # the code's prints during the latest edit
     captured: Captured = field(default_factory=Captured)
@@ -187,6 +207,13 @@ class EasyEditBatched:
         if self.spec not in LAYOUTS:
             raise ValueError(f"unknown editor {self.spec!r}; choose one of {', '.join(LAYOUTS)}")
         self._layout = LAYOUTS[self.spec]
+        if self.projector_from not in PROJECTOR_SOURCES:
+            raise ValueError(
+                f"unknown projector source {self.projector_from!r}; choose one of "
+                f"{', '.join(PROJECTOR_SOURCES)}"
+            )
+        if self.projector_from != "code" and self._layout.alg_name != "AlphaEdit":
+            raise ValueError(f"{self.spec} has no projector; a projector applies to AlphaEdit")
         self._modules = _import(self._layout, Path(self.path), self.uncontrolled)
         if self._layout.alg_name == "AlphaEdit":
             chosen = self.model_name or "gpt2-xl for a Conv1D weight, llama for a Linear"
@@ -313,8 +340,11 @@ class EasyEditBatched:
         cache_c as handed in), and what its solve read of them recorded in ``alphaedit``."""
         layers = inputs.method.layers
         given: dict[str, Any] = {}
-        if inputs.projector is not None:  # the code loads it from P_loc itself
-            torch.save(torch.stack([inputs.projector[layer] for layer in layers]), workdir / P_FILE)
+        projector = inputs.projector
+        if projector is None and self.projector_from == "float64":
+            projector = float64_projectors(inputs)
+        if projector is not None:  # the code loads it from P_loc itself
+            torch.save(torch.stack([projector[layer] for layer in layers]), workdir / P_FILE)
             given["P_loaded"] = False
         carried = self.carried_key_cache()
         if inputs.key_cache is not None:

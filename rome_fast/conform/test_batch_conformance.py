@@ -6,7 +6,8 @@
 The settings of ``rome_fast.conform.test_conformance`` (``ROME_CONFORM_CASES``: how many
 batches; ``ROME_CONFORM_CONFIG``: ours' key choice; ``ROME_CONFORM_EXPECT``: the key choice
 required) and ``ROME_CONFORM_BATCH`` (required: the facts per batch), ``ROME_CONFORM_METHOD``
-(memit, emmet or alphaedit; default memit). One test per batched property, and one for the
+(memit, emmet or alphaedit; default memit), ``ROME_CONFORM_PROJECTOR`` (EasyEdit AlphaEdit's P:
+code or float64; ``rome conform --projector``). One test per batched property, and one for the
 verdict; each failure prints the measured numbers and the ``rome conform`` reproducer.
 """
 

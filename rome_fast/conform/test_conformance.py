@@ -57,6 +57,7 @@ def settings() -> argparse.Namespace:
         timeout=float(os.environ.get("ROME_CONFORM_TIMEOUT", DEFAULT_TIMEOUT)),
         method=os.environ.get("ROME_CONFORM_METHOD"),
         batch=number("ROME_CONFORM_BATCH"),
+        projector=os.environ.get("ROME_CONFORM_PROJECTOR"),
     )
 
 
