@@ -36,13 +36,13 @@ from rome_fast.conform.batch_run import BatchSettings
 from rome_fast.conform.invoke import (
     EditorHung,
     TimeLimit,
+    WatchedWeights,
     describe_raise,
-    require_untouched,
     seconds,
 )
 from rome_fast.conform.state import reset, snapshot
 from rome_fast.conform.timeouts import DEFAULT_TIMEOUT
-from rome_fast.edit.ownership import Fingerprint, fingerprint, stored_weight
+from rome_fast.edit.ownership import stored_weight
 from rome_fast.edit.request import EditRequest
 from rome_fast.hparams.batched import MethodHParams
 from rome_fast.infra.errors import RunStoppedError
@@ -87,14 +87,15 @@ class ExternalBatchEditor:
     timeout: float | None = DEFAULT_TIMEOUT
     editor: BatchEditorUnderTest = field(init=False)
     _originals: dict[str, Tensor] = field(default_factory=dict, repr=False)
-    _noted: dict[str, Fingerprint] = field(default_factory=dict, repr=False)
     _limit: TimeLimit = field(init=False, repr=False)
+    _watched: WatchedWeights = field(init=False, repr=False)
     # why a refused AlphaEdit batch taints the editor under test until the next restore
     _tainted: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.editor = self.make()
         self._limit = TimeLimit(self.timeout, "batch")
+        self._watched = WatchedWeights(self._limit)
 
     @property
     def name(self) -> str:
@@ -106,11 +107,6 @@ class ExternalBatchEditor:
             adapter.edited_module_name(layer): adapter.edited_module(model, layer)
             for layer in hp.layers
         }
-
-    def _require_own(self, action: str) -> None:
-        for name, noted in self._noted.items():
-            module = self.loaded.model.get_submodule(name)
-            require_untouched(module, name, noted, action, self._limit)
 
     def edit_batch(
         self,
@@ -125,7 +121,7 @@ class ExternalBatchEditor:
             raise ValueError(f"{method} given {type(method_hparams).__name__}")
         if self._tainted is not None:
             raise ValueError(f"not run: {self._tainted}")
-        self._require_own("write the next batch")
+        self._watched.require("write the next batch")
         model = self.loaded.model
         modules = self._modules(method_hparams)
         params = {name: stored_weight(module) for name, module in modules.items()}
@@ -159,7 +155,7 @@ class ExternalBatchEditor:
         reset(state, model)
         if failure is not None or outside:
             _put_back(modules, params, before)
-            self._noted |= {name: fingerprint(module) for name, module in modules.items()}
+            self._watched.note(modules)
         if outside:
             raise RunStoppedError(
                 f"{self.name} wrote into {', '.join(outside)}, outside the layers "
@@ -180,18 +176,18 @@ class ExternalBatchEditor:
             sites.append(
                 {"layer": layer, "module_name": name, "delta_norm": float(delta) / weight.numel()}
             )
-            self._noted[name] = fingerprint(module)
+        self._watched.note(modules)
         return ExternalBatchResult(method, self.name, tuple(requests), tuple(sites), elapsed)
 
     def restore(self) -> None:
         """Every weight a batch wrote back as it was before the first batch, bit for bit, and
         a new editor under test for the next batch (it remembers none of the undone ones)."""
-        self._require_own("restore the weights")
+        self._watched.require("restore the weights")
         with torch.no_grad():
             for name, weight in self._originals.items():
                 stored_weight(self.loaded.model.get_submodule(name)).copy_(weight)
         self._originals.clear()
-        self._noted.clear()
+        self._watched.clear()
         self.editor = self.make()
         self._tainted = None
 

@@ -21,10 +21,9 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from rome_fast.conform.invoke import EditorFailed, TimeLimit, edit_in_place, require_untouched
+from rome_fast.conform.invoke import EditorFailed, TimeLimit, WatchedWeights, edit_in_place
 from rome_fast.conform.protocol import ConformInputs, EditorUnderTest
 from rome_fast.conform.timeouts import DEFAULT_TIMEOUT
-from rome_fast.edit.ownership import Fingerprint, fingerprint
 from rome_fast.edit.request import EditRequest
 from rome_fast.hparams.defaults import HParams
 from rome_fast.model.loader import LoadedModel
@@ -81,21 +80,17 @@ class ExternalEditor:
     _originals: dict[str, Tensor] = field(default_factory=dict, repr=False)
     site: EditedSite = field(init=False, repr=False)
     _limit: TimeLimit = field(init=False, repr=False)
-    _noted: Fingerprint | None = field(default=None, repr=False)  # once an edit hung
+    _watched: WatchedWeights = field(init=False, repr=False)  # once an edit hung
 
     def __post_init__(self) -> None:
         self.site = self.loaded.adapter.edited_site(self.loaded.model, self.hparams.layer)
         self._limit = TimeLimit(self.timeout, "edit")
-
-    def _require_untouched(self, action: str) -> None:
-        if self._noted is not None:
-            site = self.site
-            require_untouched(site.module, site.module_name, self._noted, action, self._limit)
+        self._watched = WatchedWeights(self._limit)
 
     def _note(self) -> None:
         """The weight as the harness left it, once a hung thread may write into it."""
         if self._limit.hung is not None:
-            self._noted = fingerprint(self.site.module)
+            self._watched.note({self.site.module_name: self.site.module})
 
     @property
     def label(self) -> str:
@@ -106,7 +101,7 @@ class ExternalEditor:
         ``variant`` may only name this editor (its ``label``); empty means the same."""
         if variant not in ("", self.label):
             raise ValueError(f"this run edits with {self.label}, not variant {variant!r}")
-        self._require_untouched("write the next edit")
+        self._watched.require("write the next edit")
         site = self.site
         name, W = site.module_name, site.weight
         before = W.detach().clone()
@@ -136,17 +131,17 @@ class ExternalEditor:
         return self.edit(prepared, variant)
 
     def revert(self, result: ExternalResult) -> None:
-        self._require_untouched("revert the edit")
+        self._watched.require("revert the edit")
         with torch.no_grad():
             self.site.weight.copy_(result.before)
-        self._noted = None  # the run writes the weight itself between streams (a checkpoint)
+        self._watched.clear()  # the run writes the weight itself between streams (a checkpoint)
 
     def restore(self) -> None:
         """Every touched weight back to what it was before the first edit."""
-        self._require_untouched("restore the weight")
+        self._watched.require("restore the weight")
         site = self.site
         original = self._originals.pop(site.module_name, None)
         if original is not None:
             with torch.no_grad():
                 site.weight.copy_(original)
-        self._noted = None
+        self._watched.clear()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -93,6 +93,26 @@ def require_untouched(
             f"{limit.per} was given up ({limit.hung}); its thread is still writing into the "
             "model, so nothing scored since can be trusted and the run stops"
         )
+
+
+@dataclass
+class WatchedWeights:
+    """The weights the harness wrote or put back for an editor under test, each with its
+    fingerprint then: before the next write, revert or restore, each must be as noted
+    (``require_untouched``). Cleared when the run itself writes them again."""
+
+    limit: TimeLimit
+    noted: dict[str, tuple[nn.Module, Fingerprint]] = field(default_factory=dict)
+
+    def note(self, modules: dict[str, nn.Module]) -> None:
+        self.noted |= {name: (module, fingerprint(module)) for name, module in modules.items()}
+
+    def require(self, action: str) -> None:
+        for name, (module, noted) in self.noted.items():
+            require_untouched(module, name, noted, action, self.limit)
+
+    def clear(self) -> None:
+        self.noted.clear()
 
 
 def seconds(timeout: float | None) -> str:
