@@ -1741,7 +1741,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "easyedit_projector_not_handed_in",
         "EasyEdit batched",
         "rome_fast/conform/easyedit_batched.py",
-        "torch.save(torch.stack([inputs.projector[layer] for layer in layers]), workdir / P_FILE)",
+        "torch.save(torch.stack([projector[layer] for layer in layers]), workdir / P_FILE)",
         "pass",
         "a projector handed in never reaches the code, which computes its own from C",
         ("tests/test_easyedit_batched.py", "-k", "handed"),
