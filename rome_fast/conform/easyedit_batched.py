@@ -156,8 +156,10 @@ def float64_projectors(inputs: EasyEditInputs) -> dict[int, Tensor]:
     assert isinstance(inputs.method, AlphaEditHParams)
     threshold = inputs.method.nullspace_threshold
     return {
-        layer: torch.from_numpy(null_space_projector(C.double().cpu().numpy(), threshold)).float()
-        for layer, C in inputs.C.items()
+        layer: torch.from_numpy(
+            null_space_projector(inputs.C[layer].double().cpu().numpy(), threshold)
+        ).float()
+        for layer in inputs.method.layers
     }
 
 
